@@ -1,0 +1,200 @@
+"""Task decoders: raw graph outputs into results in image pixels, keyed by ``task``.
+
+Pure numpy. Each decoder is built from a version's config.json (its ``decode`` block,
+labels and output shapes) and refuses a config it cannot honour, so such a model fails
+at load time instead of on the first request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.imaging import LetterboxTransform
+
+LANDMARK_OUTPUTS = ("class_probs", "confidence", "points")
+
+
+class DecodeConfigError(ValueError):
+    """The config's decode block does not fit the decoder or the graph."""
+
+
+@dataclass(frozen=True)
+class LandmarkPoint:
+    """One decoded landmark; ``x``/``y`` in image pixels."""
+
+    class_id: int
+    label: str
+    score: float
+    x: float
+    y: float
+
+
+class GridConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(ge=1)
+    cols: int = Field(ge=1)
+
+
+class LandmarkDecodeConfig(BaseModel):
+    """``decode`` block of a ``landmark_points`` model (models/repository/README.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stride: int = Field(ge=1)
+    grid: GridConfig
+    anchors: int = Field(ge=1)
+    background_class: int = Field(ge=1)
+    confidence_threshold: float = Field(ge=0.0, le=1.0)
+    nms_radius: float = Field(ge=0.0)
+
+
+def _best_anchor(
+    class_probs: npt.NDArray[np.float32],
+    confidence: npt.NDArray[np.float32],
+    points: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Per cell, the anchor with the highest confidence: ``(C, K+1)``, ``(C,)``, ``(C, 2)``."""
+    cells = np.arange(confidence.shape[0])
+    best = np.argmax(confidence, axis=1)
+    return class_probs[cells, best], confidence[cells, best], points[cells, best]
+
+
+def point_nms(points: npt.NDArray[np.float64], radius: float) -> npt.NDArray[np.intp]:
+    """Greedy point suppression over ``(n, 2)`` points already sorted best first.
+
+    Returns the indices kept: a point is dropped when it lies within ``radius``
+    (distance <= radius) of a point kept before it.
+    """
+    count = points.shape[0]
+    suppressed = np.zeros(count, dtype=bool)
+    kept: list[int] = []
+    radius_sq = radius * radius
+    for index in range(count):
+        if suppressed[index]:
+            continue
+        kept.append(index)
+        # One vectorised distance row per kept point: at most a few hundred cells.
+        delta = points[index + 1 :] - points[index]
+        suppressed[index + 1 :] |= np.einsum("ij,ij->i", delta, delta) <= radius_sq
+    return np.asarray(kept, dtype=np.intp)
+
+
+class LandmarkPointsDecoder:
+    """Decoder for ``task = "landmark_points"`` (seed 000 claims 11, 12 and 20)."""
+
+    task = "landmark_points"
+
+    def __init__(self, config: LandmarkDecodeConfig, labels: Sequence[str]) -> None:
+        self.config = config
+        self.labels = tuple(labels)
+
+    @classmethod
+    def from_config(
+        cls,
+        decode: Mapping[str, Any],
+        labels: Sequence[str],
+        output_shapes: Mapping[str, Sequence[int]],
+    ) -> LandmarkPointsDecoder:
+        """Build from config.json parts; raises DecodeConfigError when they disagree."""
+        try:
+            config = LandmarkDecodeConfig.model_validate(dict(decode))
+        except ValidationError as exc:
+            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        classes = len(labels)
+        if config.background_class != classes:
+            raise DecodeConfigError(
+                f"background_class is {config.background_class} but there are {classes} "
+                "labels; background must be the last class index K"
+            )
+        missing = [name for name in LANDMARK_OUTPUTS if name not in output_shapes]
+        if missing:
+            raise DecodeConfigError(f"landmark_points needs outputs {missing}")
+        cells = config.grid.rows * config.grid.cols
+        expected = {
+            "class_probs": (cells, config.anchors, classes + 1),
+            "confidence": (cells, config.anchors),
+            "points": (cells, config.anchors, 2),
+        }
+        for name, dims in expected.items():
+            shape = tuple(output_shapes[name])
+            if len(shape) != len(dims) + 1 or any(
+                got != want and got != -1 for got, want in zip(shape[1:], dims, strict=True)
+            ):
+                raise DecodeConfigError(
+                    f"output {name!r} has shape {list(shape)}; the decode block implies "
+                    f"[-1, {', '.join(map(str, dims))}]"
+                )
+        return cls(config, labels)
+
+    def decode(
+        self,
+        outputs: Mapping[str, npt.NDArray[np.float32]],
+        transform: LetterboxTransform,
+        *,
+        min_score: float,
+        batch_index: int = 0,
+    ) -> list[LandmarkPoint]:
+        """Landmarks of one batch element, best score first, points in image pixels.
+
+        ``outputs``: ``class_probs (N, C, A, K+1)``, ``confidence (N, C, A)``,
+        ``points (N, C, A, 2)`` in model-input pixels; ``transform`` is that element's
+        letterbox.
+        """
+        class_probs, confidence, points = _best_anchor(
+            outputs["class_probs"][batch_index],
+            outputs["confidence"][batch_index],
+            outputs["points"][batch_index],
+        )
+        classes = self.config.background_class
+        foreground = class_probs[:, :classes]
+        class_ids = np.argmax(foreground, axis=1)
+        class_prob = np.take_along_axis(foreground, class_ids[:, None], axis=1)[:, 0]
+        scores = confidence.astype(np.float64) * class_prob.astype(np.float64)
+        keep = (confidence >= self.config.confidence_threshold) & (scores >= min_score)
+        candidates = np.flatnonzero(keep)
+        # Stable sort: equal scores keep cell order, so results are reproducible.
+        candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
+        model_points = points[candidates].astype(np.float64)
+        kept = candidates[point_nms(model_points, self.config.nms_radius)]
+        image_points = transform.to_image(points[kept])
+        return [
+            LandmarkPoint(
+                class_id=int(class_ids[cell]),
+                label=self.labels[int(class_ids[cell])],
+                score=float(scores[cell]),
+                x=float(xy[0]),
+                y=float(xy[1]),
+            )
+            for cell, xy in zip(kept, image_points, strict=True)
+        ]
+
+
+Decoder = LandmarkPointsDecoder
+DecoderFactory = Callable[[Mapping[str, Any], Sequence[str], Mapping[str, Sequence[int]]], Decoder]
+
+DECODERS: dict[str, DecoderFactory] = {
+    LandmarkPointsDecoder.task: LandmarkPointsDecoder.from_config,
+}
+
+
+def build_decoder(
+    task: str,
+    decode: Mapping[str, Any],
+    labels: Sequence[str],
+    output_shapes: Mapping[str, Sequence[int]],
+) -> Decoder:
+    """The decoder for ``task``; raises DecodeConfigError for an unknown task or bad config."""
+    try:
+        factory = DECODERS[task]
+    except KeyError:
+        raise DecodeConfigError(
+            f"unknown task {task!r}; this service decodes {sorted(DECODERS)}"
+        ) from None
+    return factory(decode, labels, output_shapes)

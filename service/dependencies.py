@@ -1,0 +1,63 @@
+"""Request dependencies: everything comes from ``request.app.state``, set by the lifespan."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+
+from service.errors import Unauthorized
+from service.metrics import Metrics
+from service.runtime import ModelRegistry
+from service.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
+    limiter: anyio.CapacityLimiter = request.app.state.decode_limiter
+    return limiter
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+DecodeLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_decode_limiter)]
+
+
+def _presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """401 unless API keys are off or the request carries one of them."""
+    if not settings.api_keys:
+        return
+    presented = _presented_key(request)
+    if presented is None:
+        raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
+    # Constant-time comparison against every key, so timing does not reveal a prefix match.
+    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in settings.api_keys]
+    if not any(matches):
+        raise Unauthorized("the API key is not valid")

@@ -1,0 +1,185 @@
+"""Service exceptions and their mapping to ``application/problem+json`` (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# Seconds a client should wait before retrying a 503; model loading takes seconds, not minutes.
+DEFAULT_RETRY_AFTER_S = 5
+# Problem types are URNs: identifiers that nobody is tempted to dereference (RFC 9457 3.1.1).
+PROBLEM_TYPE_PREFIX = "urn:vision-service:problem:"
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers deliberately; carries its HTTP mapping."""
+
+    status: ClassVar[int] = HTTPStatus.INTERNAL_SERVER_ERROR
+    title: ClassVar[str] = "Internal error"
+    type: ClassVar[str] = PROBLEM_TYPE_PREFIX + "internal"
+
+    def __init__(self, detail: str, *, extra: Mapping[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: dict[str, Any] = dict(extra or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the response must carry."""
+        return {}
+
+
+class InvalidImage(ServiceError):
+    status = HTTPStatus.BAD_REQUEST
+    title = "Invalid image"
+    type = PROBLEM_TYPE_PREFIX + "invalid-image"
+
+
+class PayloadTooLarge(ServiceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    title = "Payload too large"
+    type = PROBLEM_TYPE_PREFIX + "payload-too-large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    title = "Unsupported media type"
+    type = PROBLEM_TYPE_PREFIX + "unsupported-media-type"
+
+
+class Unauthorized(ServiceError):
+    status = HTTPStatus.UNAUTHORIZED
+    title = "Unauthorized"
+    type = PROBLEM_TYPE_PREFIX + "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ModelNotFound(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+    title = "Model not found"
+    type = PROBLEM_TYPE_PREFIX + "model-not-found"
+
+
+class NotReady(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    title = "Service not ready"
+    type = PROBLEM_TYPE_PREFIX + "not-ready"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int = DEFAULT_RETRY_AFTER_S,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, extra=extra)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; the message is the reason shown in health and /models."""
+
+
+def problem_response(
+    status: int,
+    *,
+    title: str,
+    detail: str,
+    type_: str = "about:blank",
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    """An RFC 9457 problem document; ``extra`` adds extension members."""
+    body: dict[str, Any] = {"type": type_, "title": title, "status": int(status), "detail": detail}
+    if extra:
+        body.update(jsonable_encoder(extra))
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc)
+    return problem_response(
+        exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        type_=exc.type,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+def _describe_validation_error(error: Mapping[str, Any]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{location}: {error.get('msg', 'invalid')}"
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    detail = "; ".join(_describe_validation_error(error) for error in errors) or "invalid request"
+    # `input` may echo back a whole upload; the location and message are enough to act on.
+    slim = [{k: v for k, v in error.items() if k in ("loc", "msg", "type")} for error in errors]
+    return problem_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        title="Invalid request",
+        detail=detail,
+        type_=PROBLEM_TYPE_PREFIX + "invalid-request",
+        extra={"errors": slim},
+    )
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    # about:blank means "no more than the status says", so the title is the status phrase.
+    return problem_response(
+        exc.status_code,
+        title=_status_phrase(exc.status_code),
+        detail=str(exc.detail),
+        headers=exc.headers,
+    )
+
+
+async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        title=_status_phrase(HTTPStatus.INTERNAL_SERVER_ERROR),
+        detail="the server failed to handle the request",
+    )
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    """Answer every error, expected or not, as problem+json."""
+    app.add_exception_handler(ServiceError, _handle_service_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(Exception, _handle_unexpected)

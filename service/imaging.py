@@ -1,0 +1,200 @@
+"""Upload decoding and model-input preparation.
+
+Pixel spaces: *image pixels* are those of the upload as the caller sees it (after EXIF
+orientation, origin top-left); *model-input pixels* are those of the letterboxed
+``height x width`` tensor the graph receives.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+# Transparent pixels are composited over white: sign and logo cut-outs are drawn for light
+# pages, and white is what a browser shows the caller behind them.
+ALPHA_BACKGROUND = (255, 255, 255)
+# Declared content types that may hold an image of any format; anything else is rejected.
+SNIFFED_CONTENT_TYPES = frozenset({"", "application/octet-stream"})
+# Largest value of a 16-bit sample; 16-bit images are scaled by 255/65535 to 8 bits.
+UINT16_MAX = 65535
+
+
+def configure_pillow(max_pixels: int) -> None:
+    """Set Pillow's process-wide decompression-bomb limit and make its warning an error.
+
+    Pillow warns above ``MAX_IMAGE_PIXELS`` and raises only above twice that; a warning
+    would let a bomb through, so it is escalated once, process-wide (a ``catch_warnings``
+    block per request is not thread-safe).
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Reject an upload whose declared type is clearly not an image (415).
+
+    A missing type or ``application/octet-stream`` is allowed: the bytes are sniffed by
+    decoding them.
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type in SNIFFED_CONTENT_TYPES or media_type.startswith("image/"):
+        return
+    raise UnsupportedMediaType(
+        f"the upload's content type {media_type!r} is not an image; send image/* "
+        "(JPEG, PNG, WebP, BMP or GIF) or application/octet-stream"
+    )
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Single-channel images deeper than 8 bits (I;16*, I, F) as mode L."""
+    array = np.asarray(image)
+    if image.mode == "F":
+        # Float images are taken as [0, 1] when they fit there, else as 0..255 values.
+        values = array.astype(np.float64)
+        if values.size and np.nanmax(values) <= 1.0:
+            values = values * 255.0
+        out = np.clip(np.nan_to_num(values), 0, 255)
+    else:
+        values = array.astype(np.int64)
+        # Integer images beyond 8 bits are 16-bit in practice (PNG, TIFF); scale their range.
+        scale = 255.0 / UINT16_MAX if values.size and values.max() > 255 else 1.0
+        out = np.clip(values * scale, 0, 255)
+    return Image.fromarray(np.rint(out).astype(np.uint8), mode="L")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as RGB; alpha is composited over ALPHA_BACKGROUND."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[np.uint8]:
+    """Decode an upload into an ``(H, W, 3)`` uint8 RGB array in image pixels.
+
+    The first frame of animated formats is used, EXIF orientation applied, every mode
+    converted to RGB. Raises InvalidImage (400) for empty, unknown, truncated or corrupt
+    data and PayloadTooLarge (413) above ``max_pixels`` or ``max_side``.
+    """
+    if not data:
+        raise InvalidImage("the upload is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels or max(width, height) > max_side:
+                raise PayloadTooLarge(
+                    f"the image is {width}x{height} pixels; at most {max_pixels} pixels "
+                    f"and {max_side} per side are accepted"
+                )
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(oriented)
+            array = np.asarray(rgb, dtype=np.uint8)
+    except PayloadTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(
+            "the upload is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF)"
+        ) from exc
+    except Exception as exc:
+        # Pillow's format plugins raise a zoo of types (OSError, SyntaxError, ValueError,
+        # struct.error, EOFError...) for damaged files; all of them are the client's bytes.
+        raise InvalidImage(f"the image could not be decoded (truncated or corrupt): {exc}") from exc
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InvalidImage(f"the image decoded to an unusable shape {array.shape}")
+    return array
+
+
+@dataclass(frozen=True)
+class LetterboxTransform:
+    """How an ``image_width x image_height`` image sits in the model input.
+
+    ``scale`` multiplies image pixels into model-input pixels; ``pad_x``/``pad_y`` are the
+    left/top borders in model-input pixels.
+    """
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    image_width: int
+    image_height: int
+
+    def to_image(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map ``(..., 2)`` points ``(u, v)`` in model-input pixels to ``(x, y)`` in image
+        pixels (float64, same shape): ``x = (u - pad_x) / s``, ``y = (v - pad_y) / s``."""
+        uv = np.asarray(points, dtype=np.float64)
+        pad = np.array([self.pad_x, self.pad_y], dtype=np.float64)
+        return (uv - pad) / self.scale
+
+    def to_model(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Inverse of to_image: ``(..., 2)`` image pixels to model-input pixels."""
+        xy = np.asarray(points, dtype=np.float64)
+        pad = np.array([self.pad_x, self.pad_y], dtype=np.float64)
+        return xy * self.scale + pad
+
+
+def letterbox(
+    image: npt.NDArray[np.uint8], height: int, width: int, pad_value: Sequence[int]
+) -> tuple[npt.NDArray[np.uint8], LetterboxTransform]:
+    """Fit an ``(H, W, 3)`` uint8 image into ``(height, width, 3)`` uint8, keeping its aspect.
+
+    The rule of models/repository/README.md: ``s = min(width / W, height / H)``, bilinear
+    resize (Pillow) to ``round(W * s) x round(H * s)``, centred with floored pads, borders
+    filled with ``pad_value`` (uint8 RGB).
+    """
+    image_height, image_width = image.shape[:2]
+    scale = min(width / image_width, height / image_height)
+    # At least one pixel: a 1 x 5000 strip must still become a (thin) image, not nothing.
+    new_width = min(width, max(1, round(image_width * scale)))
+    new_height = min(height, max(1, round(image_height * scale)))
+    pad_x = (width - new_width) // 2
+    pad_y = (height - new_height) // 2
+    if (new_width, new_height) == (image_width, image_height):
+        resized = image
+    else:
+        resized = np.asarray(
+            Image.fromarray(image, mode="RGB").resize(
+                (new_width, new_height), Image.Resampling.BILINEAR
+            ),
+            dtype=np.uint8,
+        )
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[...] = np.asarray(pad_value, dtype=np.uint8)
+    canvas[pad_y : pad_y + new_height, pad_x : pad_x + new_width] = resized
+    transform = LetterboxTransform(scale, pad_x, pad_y, image_width, image_height)
+    return canvas, transform
+
+
+def normalize(
+    images: npt.NDArray[np.uint8],
+    *,
+    scale: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> npt.NDArray[np.float32]:
+    """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 RGB into a float32 ``(N, 3, H, W)``
+    batch, ``((pixel * scale) - mean) / std`` per channel."""
+    batch = images[np.newaxis] if images.ndim == 3 else images
+    # Folded into one multiply-add so the whole batch is converted in one pass.
+    gain = (scale / np.asarray(std, dtype=np.float64)).astype(np.float32)
+    offset = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(
+        np.float32
+    )
+    chw = batch.transpose(0, 3, 1, 2)
+    out = chw * gain[:, None, None] + offset[:, None, None]
+    return np.ascontiguousarray(out, dtype=np.float32)

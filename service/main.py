@@ -1,0 +1,104 @@
+"""Application factory: ``uvicorn --factory service.main:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import Depends, FastAPI
+
+from service.dependencies import require_api_key
+from service.errors import install_exception_handlers
+from service.imaging import configure_pillow
+from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
+from service.metrics import MetricsMiddleware, create_metrics
+from service.routers import health, metrics, models, recognize
+from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger("service")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Level for the ``service`` loggers; a handler only when nobody configured logging."""
+    logger.setLevel(level)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+
+
+async def load_registry(settings: Settings) -> ModelRegistry:
+    """Load every configured model, each in its own worker thread, so the event loop stays
+    free and several models load concurrently."""
+    names, problem = discover_models(settings)
+    loaded: dict[str, LoadedModel] = {}
+
+    async def load_one(name: str) -> None:
+        loaded[name] = await anyio.to_thread.run_sync(load_model, name, settings)
+
+    async with anyio.create_task_group() as group:
+        for name in names:
+            group.start_soon(load_one, name)
+    if problem:
+        logger.error("model repository: %s", problem)
+    # Keep the configured order, not the order threads happened to finish in.
+    return ModelRegistry(models={name: loaded[name] for name in names}, problem=problem)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load and warm the models before the first request; drop them at shutdown."""
+    settings: Settings = app.state.settings
+    registry = await load_registry(settings)
+    for model in registry.models.values():
+        app.state.metrics.model_ready.labels(model.name, model.version or "").set(
+            1 if model.ready else 0
+        )
+    app.state.registry = registry
+    logger.info(
+        "serving %s; ready=%s",
+        {n: m.state.value for n, m in registry.models.items()},
+        registry.ready,
+    )
+    try:
+        yield
+    finally:
+        app.state.registry = ModelRegistry(problem="shutting down")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; models load in the lifespan, not here."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    configure_pillow(settings.max_image_pixels)
+
+    app = FastAPI(
+        title="Vision inference service",
+        version="0.1.0",
+        summary="Landmark recognition (and more to come) served from ONNX Runtime.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = create_metrics()
+    # Until the lifespan has loaded models, every model endpoint answers 503.
+    app.state.registry = ModelRegistry(problem="models are loading")
+    app.state.decode_limiter = anyio.CapacityLimiter(settings.resolved_decode_threads())
+
+    install_exception_handlers(app)
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(models.router, dependencies=protected)
+    app.include_router(recognize.router, dependencies=protected)
+    app.include_router(metrics.router, dependencies=protected)
+
+    # Added last = outermost: metrics also see the 413s the size limit answers itself.
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,98 @@
+"""Prometheus metrics, one registry per app so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Request latency buckets (seconds): from a cached health check (ms) to a big upload's
+# decode on a slow CPU (seconds).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Inference buckets: a 160x160 graph runs in a few ms on GPU and tens of ms on CPU.
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Label for requests no route matched, so scanners cannot blow up the label cardinality.
+UNMATCHED_ENDPOINT = "unmatched"
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    request_seconds: Histogram
+    inference_seconds: Histogram
+    model_ready: Gauge
+
+
+def create_metrics() -> Metrics:
+    """Fresh collectors in a fresh registry."""
+    registry = CollectorRegistry()
+    return Metrics(
+        registry=registry,
+        requests=Counter(
+            "vision_http_requests",
+            "HTTP requests by endpoint (route template), method and status code.",
+            ["endpoint", "method", "status"],
+            registry=registry,
+        ),
+        request_seconds=Histogram(
+            "vision_http_request_duration_seconds",
+            "Time from request start to response end, by endpoint.",
+            ["endpoint", "method"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        ),
+        inference_seconds=Histogram(
+            "vision_inference_duration_seconds",
+            "Time inside the ONNX Runtime session, by model and version.",
+            ["model", "version"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        ),
+        model_ready=Gauge(
+            "vision_model_ready",
+            "1 when the model loaded and warmed up, else 0.",
+            ["model", "version"],
+            registry=registry,
+        ),
+    )
+
+
+class MetricsMiddleware:
+    """Counts requests and times them, labelled by the matched route's path template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app dies before answering
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            endpoint = _endpoint(scope)
+            method = str(scope.get("method", ""))
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint, method).observe(
+                time.perf_counter() - started
+            )
+
+
+def _endpoint(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ENDPOINT

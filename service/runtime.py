@@ -1,0 +1,391 @@
+"""ONNX Runtime sessions and the model repository loader.
+
+The one place that touches ``onnxruntime``. Layout and config.json schema:
+models/repository/README.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.decoding import DecodeConfigError, Decoder, build_decoder
+from service.errors import ModelLoadError
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+CONFIG_FORMAT = 1
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+# Read the model file in 1 MiB blocks when hashing: large enough to be fast, small enough
+# not to hold a whole graph's bytes twice.
+HASH_BLOCK_BYTES = 1 << 20
+
+# KServe V2 datatypes (config.json) -> ONNX Runtime's type strings and numpy dtypes.
+ORT_TYPES = {
+    "BOOL": "tensor(bool)",
+    "UINT8": "tensor(uint8)",
+    "INT8": "tensor(int8)",
+    "INT32": "tensor(int32)",
+    "INT64": "tensor(int64)",
+    "FP16": "tensor(float16)",
+    "FP32": "tensor(float)",
+    "FP64": "tensor(double)",
+}
+NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+class TensorSpec(BaseModel):
+    """A graph input or output as config.json declares it; ``-1`` is a dynamic axis."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class PreprocessConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    resize: Literal["letterbox"]
+    pad_value: tuple[int, int, int]
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color: Literal["RGB"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+
+
+class ModelConfig(BaseModel):
+    """A version's config.json."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    format: int
+    name: str
+    version: str
+    task: str
+    file: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocess: PreprocessConfig
+    labels: list[str]
+    decode: dict[str, Any]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelState(enum.StrEnum):
+    READY = "ready"
+    FAILED = "failed"
+
+
+def resolve_providers(choice: str, available: Sequence[str]) -> list[str]:
+    """Execution providers to request for ``auto|cuda|cpu``, best first.
+
+    ``cuda`` keeps CPU after CUDA so that operators CUDA lacks still run; whether CUDA
+    really came up is checked on the session (see OnnxSession).
+    """
+    if choice == "cpu":
+        return [CPU_PROVIDER]
+    if choice == "cuda":
+        if CUDA_PROVIDER not in available:
+            raise ModelLoadError(
+                f"providers=cuda but this onnxruntime offers only {list(available)}"
+            )
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    """Thread counts from settings (not ORT's host-core default) and full graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.resolved_intra_op_threads()
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+class OnnxSession:
+    """An ``InferenceSession`` plus the providers it really uses.
+
+    ``run`` is thread-safe and releases the GIL; call it from a worker thread.
+    """
+
+    def __init__(self, model: Path | bytes, settings: Settings) -> None:
+        requested = resolve_providers(settings.providers, ort.get_available_providers())
+        source = str(model) if isinstance(model, Path) else model
+        try:
+            self._session = ort.InferenceSession(
+                source, sess_options=session_options(settings), providers=requested
+            )
+        except Exception as exc:  # ORT raises its own pybind types for bad graphs
+            raise ModelLoadError(f"onnxruntime could not load the graph: {exc}") from exc
+        # Only the session knows: ORT silently drops a provider whose libraries fail to load.
+        self.providers: list[str] = list(self._session.get_providers())
+        if CUDA_PROVIDER in requested and CUDA_PROVIDER not in self.providers:
+            message = (
+                f"CUDA was requested but the session runs on {self.providers}; the CUDA "
+                "provider failed to initialise (no GPU, or CUDA/cuDNN libraries missing)"
+            )
+            if settings.providers == "cuda":
+                raise ModelLoadError(message)
+            logger.warning("%s; serving on CPU, expect much slower inference", message)
+
+    @property
+    def inputs(self) -> list[Any]:
+        """ORT NodeArgs (name, shape, type) of the graph inputs."""
+        return list(self._session.get_inputs())
+
+    @property
+    def outputs(self) -> list[Any]:
+        """ORT NodeArgs (name, shape, type) of the graph outputs."""
+        return list(self._session.get_outputs())
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run the graph; returns the outputs by name."""
+        names = list(output_names) if output_names else [arg.name for arg in self.outputs]
+        results = self._session.run(names, dict(feeds))
+        return dict(zip(names, results, strict=True))
+
+
+@dataclass
+class LoadedModel:
+    """One configured model: ready (with session and decoder) or failed (with the reason)."""
+
+    name: str
+    state: ModelState
+    version: str | None = None
+    path: Path | None = None
+    config: ModelConfig | None = None
+    session: OnnxSession | None = None
+    decoder: Decoder | None = None
+    error: str | None = None
+    load_seconds: float | None = None
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.providers if self.session else []
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Run the session; only valid when ready."""
+        if self.session is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self.session.run(feeds)
+
+
+@dataclass
+class ModelRegistry:
+    """The models this process serves, by name, and any repository-wide problem."""
+
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    problem: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Every configured model loaded and warmed, and at least one configured."""
+        return (
+            self.problem is None
+            and bool(self.models)
+            and all(model.ready for model in self.models.values())
+        )
+
+    def get(self, name: str) -> LoadedModel | None:
+        return self.models.get(name)
+
+
+def discover_models(settings: Settings) -> tuple[list[str], str | None]:
+    """Names to load (``settings.models`` or every directory found) and a repository-wide
+    problem, if any."""
+    root = settings.model_repository
+    if not root.is_dir():
+        return list(settings.models or []), f"model repository {root} is not a directory"
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = list(settings.models) if settings.models is not None else found
+    if not names:
+        return [], f"no models found in {root}"
+    return names, None
+
+
+def select_version(model_dir: Path, pinned: str | None) -> Path:
+    """The version directory to serve: ``pinned``, else the highest integer version."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"no directory {model_dir} in the model repository")
+    versions = sorted(
+        (int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
+    )
+    if not versions:
+        raise ModelLoadError(f"{model_dir} has no integer version directories")
+    if pinned is None:
+        return versions[-1][1]
+    for number, path in versions:
+        if str(number) == pinned.strip() or path.name == pinned:
+            return path
+    available = [path.name for _, path in versions]
+    raise ModelLoadError(f"pinned version {pinned!r} not found; available: {available}")
+
+
+def read_config(version_dir: Path) -> ModelConfig:
+    """Parse and validate ``config.json``."""
+    path = version_dir / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        config = ModelConfig.model_validate(raw)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path} is missing") from exc
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ModelLoadError(f"{path} is not a valid config: {exc}") from exc
+    if config.format != CONFIG_FORMAT:
+        raise ModelLoadError(f"{path}: format {config.format} is not supported (want 1)")
+    for spec in (*config.inputs, *config.outputs):
+        if spec.datatype not in ORT_TYPES:
+            raise ModelLoadError(f"{path}: datatype {spec.datatype!r} of {spec.name!r} unknown")
+    return config
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    """Refuse a graph file whose digest is not the one config.json records."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(HASH_BLOCK_BYTES):
+                digest.update(block)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if digest.hexdigest() != expected.lower():
+        raise ModelLoadError(
+            f"sha256 of {path.name} is {digest.hexdigest()}, config.json says {expected}"
+        )
+
+
+def _dims_agree(declared: Sequence[int], actual: Sequence[Any]) -> bool:
+    if len(declared) != len(actual):
+        return False
+    for want, got in zip(declared, actual, strict=True):
+        # ORT reports symbolic or unknown axes as str/None: they accept any declared size.
+        if isinstance(got, int) and got != want:
+            return False
+    return True
+
+
+def check_signature(config: ModelConfig, session: OnnxSession) -> None:
+    """Names, datatypes and shapes of the session's inputs/outputs must match config.json."""
+    for kind, declared, actual in (
+        ("input", config.inputs, session.inputs),
+        ("output", config.outputs, session.outputs),
+    ):
+        by_name = {arg.name: arg for arg in actual}
+        if kind == "input" and set(by_name) != {spec.name for spec in declared}:
+            raise ModelLoadError(
+                f"graph inputs {sorted(by_name)} differ from config inputs "
+                f"{sorted(spec.name for spec in declared)}"
+            )
+        for spec in declared:
+            arg = by_name.get(spec.name)
+            if arg is None:
+                raise ModelLoadError(f"graph has no {kind} {spec.name!r}; it has {sorted(by_name)}")
+            if arg.type != ORT_TYPES[spec.datatype]:
+                raise ModelLoadError(
+                    f"{kind} {spec.name!r} is {arg.type} in the graph, {spec.datatype} in config"
+                )
+            if not _dims_agree(spec.shape, arg.shape):
+                raise ModelLoadError(
+                    f"{kind} {spec.name!r} has shape {arg.shape} in the graph, "
+                    f"{spec.shape} in config"
+                )
+
+
+def warm_up(config: ModelConfig, session: OnnxSession, runs: int) -> None:
+    """Run zero batches (dynamic axes = 1) so allocation and kernel choice happen now."""
+    feeds = {
+        spec.name: np.zeros(
+            [1 if dim < 0 else dim for dim in spec.shape], NUMPY_TYPES[spec.datatype]
+        )
+        for spec in config.inputs
+    }
+    for _ in range(runs):
+        session.run(feeds)
+
+
+def load_model(name: str, settings: Settings) -> LoadedModel:
+    """Load, verify and warm one model; never raises: failures come back with their reason."""
+    started = time.perf_counter()
+    model = LoadedModel(name=name, state=ModelState.FAILED)
+    try:
+        version_dir = select_version(
+            settings.model_repository / name, settings.model_versions.get(name)
+        )
+        model.version, model.path = version_dir.name, version_dir
+        config = read_config(version_dir)
+        model.config = config
+        if (config.name, config.version) != (name, version_dir.name):
+            raise ModelLoadError(
+                f"config.json names {config.name}/{config.version} but lives in "
+                f"{name}/{version_dir.name}"
+            )
+        try:
+            decoder = build_decoder(
+                config.task,
+                config.decode,
+                config.labels,
+                {spec.name: spec.shape for spec in config.outputs},
+            )
+        except DecodeConfigError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        graph = version_dir / config.file
+        verify_sha256(graph, config.sha256)
+        session = OnnxSession(graph, settings)
+        check_signature(config, session)
+        warm_up(config, session, settings.warmup_runs)
+    except ModelLoadError as exc:
+        model.error = str(exc)
+    except Exception as exc:  # a broken model must never take the others down with it
+        logger.exception("unexpected failure loading model %r", name)
+        model.error = f"unexpected {type(exc).__name__}: {exc}"
+    else:
+        model.session, model.decoder, model.state = session, decoder, ModelState.READY
+    model.load_seconds = time.perf_counter() - started
+    if model.ready:
+        logger.info(
+            "model %s/%s ready on %s in %.2fs",
+            name,
+            model.version,
+            model.providers,
+            model.load_seconds,
+        )
+    else:
+        logger.error("model %s failed to load: %s", name, model.error)
+    return model

@@ -1,0 +1,108 @@
+"""Service configuration: one settings class, read from ``VISION_*`` environment variables."""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Resolved from this file, not the cwd, so `uvicorn --factory` works from any directory.
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models" / "repository"
+
+# 20 MiB holds any sensible photo (a 24 MP JPEG is ~10 MiB) while keeping a single upload
+# far below what would hurt a small container's memory.
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# 40 MP is above any phone camera; decoded RGB that is 120 MB, about the most one request
+# should be allowed to allocate.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+# Pillow's decoders and our resize allocate per row/column; a 1 x 40M strip passes the pixel
+# limit but is no real photo, so the longest side is capped as well.
+DEFAULT_MAX_IMAGE_SIDE = 16_384
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_limit(root: Path) -> float | None:
+    """CPUs granted by the cgroup CPU quota (v2 ``cpu.max``, else v1 CFS), None if unlimited."""
+    try:
+        quota_s, period_s = (root / "cpu.max").read_text().split()[:2]
+        if quota_s != "max":
+            return int(quota_s) / int(period_s)
+        return None
+    except (OSError, ValueError):
+        pass
+    for v1_dir in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota = int((v1_dir / "cpu.cfs_quota_us").read_text())
+            period = int((v1_dir / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if quota > 0 and period > 0:
+            return quota / period
+        return None
+    return None
+
+
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may really use: its affinity mask, capped by the cgroup quota.
+
+    ``os.cpu_count()`` reports the host's cores, which inside a container oversubscribes
+    the quota and makes ONNX Runtime's thread pool spin against CFS throttling.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
+    return max(1, cpus)
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variables are ``VISION_<FIELD>`` (JSON for
+    lists and dicts, e.g. ``VISION_MODEL_VERSIONS='{"landmark": "1"}'``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VISION_", protected_namespaces=())
+
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    # name -> version directory to serve; a model not listed gets its highest integer version.
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    # Which models to load; None loads every model found in the repository.
+    models: list[str] | None = None
+    # Which model answers POST /recognize.
+    recognize_model: str = "landmark"
+    providers: Literal["auto", "cuda", "cpu"] = "auto"
+    # None = the CPUs this process may use (see available_cpus).
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    # One graph runs at a time per request; parallel branches in our small graphs are rare.
+    inter_op_threads: int = Field(default=1, ge=1)
+    # Threads that decode and resize uploads concurrently; None = available_cpus().
+    decode_threads: int | None = Field(default=None, ge=1)
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
+    max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    max_image_side: int = Field(default=DEFAULT_MAX_IMAGE_SIDE, ge=1)
+    # Non-empty: every endpoint but health and docs needs `X-API-Key` or `Authorization: Bearer`.
+    api_keys: list[str] = Field(default_factory=list)
+    # Runs of a zero batch after loading, so the first real request pays no allocation cost.
+    warmup_runs: int = Field(default=1, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    def resolved_intra_op_threads(self) -> int:
+        """Intra-op threads for ONNX Runtime sessions."""
+        return self.intra_op_threads or available_cpus()
+
+    def resolved_decode_threads(self) -> int:
+        """Worker threads allowed to decode images at once."""
+        return self.decode_threads or available_cpus()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()
