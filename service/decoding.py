@@ -156,8 +156,12 @@ class LandmarkPointsDecoder:
         foreground = class_probs[:, :classes]
         class_ids = np.argmax(foreground, axis=1)
         class_prob = np.take_along_axis(foreground, class_ids[:, None], axis=1)[:, 0]
-        scores = confidence.astype(np.float64) * class_prob.astype(np.float64)
-        keep = (confidence >= self.config.confidence_threshold) & (scores >= min_score)
+        # Compared in float32, the model's precision: a 0.7 from the graph is float32(0.7),
+        # which must pass min_score=0.7 although it is a hair below the double 0.7.
+        scores = confidence.astype(np.float32) * class_prob.astype(np.float32)
+        keep = (confidence >= np.float32(self.config.confidence_threshold)) & (
+            scores >= np.float32(min_score)
+        )
         candidates = np.flatnonzero(keep)
         # Stable sort: equal scores keep cell order, so results are reproducible.
         candidates = candidates[np.argsort(-scores[candidates], kind="stable")]

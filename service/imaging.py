@@ -92,13 +92,17 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[
     if not data:
         raise InvalidImage("the upload is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
             if width * height > max_pixels or max(width, height) > max_side:
                 raise PayloadTooLarge(
                     f"the image is {width}x{height} pixels; at most {max_pixels} pixels "
                     f"and {max_side} per side are accepted"
                 )
+            # load() skips checksums (a PNG with a bad IDAT CRC decodes to garbage);
+            # verify() checks them without decoding, but leaves the image unusable.
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             oriented = ImageOps.exif_transpose(image)
             rgb = _to_rgb(oriented)
@@ -155,7 +159,8 @@ def letterbox(
 
     The rule of models/repository/README.md: ``s = min(width / W, height / H)``, bilinear
     resize (Pillow) to ``round(W * s) x round(H * s)``, centred with floored pads, borders
-    filled with ``pad_value`` (uint8 RGB).
+    filled with ``pad_value`` (uint8 RGB). A side that would round to 0 pixels (aspect
+    beyond 320:1) is kept at 1 and the pad computed from that, so ``to_image`` stays exact.
     """
     image_height, image_width = image.shape[:2]
     scale = min(width / image_width, height / image_height)

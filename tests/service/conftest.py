@@ -1,0 +1,57 @@
+"""Shared fixtures: fake repositories, settings pointing at them, and clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+from tests.service.fakes import write_model
+
+
+@pytest.fixture(autouse=True)
+def _no_vision_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests configure Settings explicitly; a developer's VISION_* must not leak in."""
+    import os
+
+    for key in list(os.environ):
+        if key.upper().startswith("VISION_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository with one good landmark model, version 1."""
+    root = tmp_path / "repository"
+    write_model(root)
+    return root
+
+
+def make_settings(repo: Path, **changes: Any) -> Settings:
+    """Small, fast, CPU-only settings for tests."""
+    values: dict[str, Any] = {
+        "model_repository": repo,
+        "providers": "cpu",
+        "intra_op_threads": 1,
+        "decode_threads": 2,
+        "warmup_runs": 1,
+    }
+    values.update(changes)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings_for() -> Callable[..., Settings]:
+    return make_settings
+
+
+@pytest.fixture
+def client(repo: Path) -> Iterator[TestClient]:
+    """A running app (lifespan done) over the good repository."""
+    with TestClient(create_app(make_settings(repo))) as test_client:
+        yield test_client

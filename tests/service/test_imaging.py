@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.imaging import (
+    LetterboxTransform,
+    check_content_type,
+    configure_pillow,
+    decode_image,
+    letterbox,
+    normalize,
+)
+from tests.service.images import encode
+
+LIMITS = {"max_pixels": 40_000_000, "max_side": 16_384}
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def decode(data: bytes, **limits: int) -> np.ndarray:
+    return decode_image(data, **{**LIMITS, **limits})
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` (RGB, 8-bit) and holds no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+@pytest.fixture(autouse=True)
+def _restore_pillow_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+def test_zero_bytes_is_invalid() -> None:
+    with pytest.raises(InvalidImage, match="empty"):
+        decode(b"")
+
+
+def test_text_is_invalid() -> None:
+    with pytest.raises(InvalidImage, match="not an image"):
+        decode(b"hello, this is not an image\n" * 10)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_file_is_invalid(fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    data = encode(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), fmt)
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
+        decode(data[: len(data) // 2])
+
+
+def test_png_with_bad_crc_is_invalid() -> None:
+    data = bytearray(encode(np.zeros((8, 8, 3), np.uint8), "PNG"))
+    idat = data.index(b"IDAT")
+    length = struct.unpack(">I", data[idat - 4 : idat])[0]
+    data[idat + 4 + length] ^= 0xFF  # first CRC byte of the IDAT chunk
+    with pytest.raises(InvalidImage):
+        decode(bytes(data))
+
+
+def test_decompression_bomb_header_is_too_large() -> None:
+    with pytest.raises(PayloadTooLarge):
+        decode(png_header_only(100_000, 100_000))
+
+
+def test_pillow_bomb_warning_becomes_too_large() -> None:
+    # Between Pillow's limit and twice it, Pillow only warns; the warning must still stop it.
+    configure_pillow(1_000)
+    with pytest.raises(PayloadTooLarge):
+        decode(encode(np.zeros((40, 40, 3), np.uint8)), max_pixels=10_000_000)
+
+
+def test_pixel_and_side_limits() -> None:
+    data = encode(np.zeros((50, 100, 3), np.uint8))
+    with pytest.raises(PayloadTooLarge, match="100x50"):
+        decode(data, max_pixels=4_999)
+    with pytest.raises(PayloadTooLarge):
+        decode(data, max_side=99)
+    assert decode(data, max_pixels=5_000, max_side=100).shape == (50, 100, 3)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/json", "text/html; charset=utf-8", "video/mp4"]
+)
+def test_non_image_content_type_is_unsupported(content_type: str) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        check_content_type(content_type)
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "", "application/octet-stream", "image/png", "IMAGE/JPEG", "image/x"]
+)
+def test_image_or_unknown_content_type_is_accepted(content_type: str | None) -> None:
+    check_content_type(content_type)
+
+
+# --- odd but valid -------------------------------------------------------------------
+
+
+def test_exif_orientation_is_applied() -> None:
+    # Stored 40 wide x 20 high, left half red; orientation 6 = rotate 90 degrees clockwise
+    # to display, so the caller sees 20 wide x 40 high with red on top.
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = RED
+    stored[:, 20:] = BLUE
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb = decode(encode(stored, "JPEG", exif=exif, quality=95))
+    assert rgb.shape == (40, 20, 3)
+    assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 60
+    assert rgb[35, 10, 2] > 200 and rgb[35, 10, 0] < 60
+
+
+def test_cmyk_jpeg() -> None:
+    data = encode(Image.new("CMYK", (16, 8), (0, 255, 255, 0)), "JPEG", quality=95)
+    rgb = decode(data)
+    assert rgb.shape == (8, 16, 3) and rgb.dtype == np.uint8
+    assert rgb[4, 8, 0] > 200 and rgb[4, 8, 1] < 60 and rgb[4, 8, 2] < 60
+
+
+def test_16_bit_png_is_scaled_to_8_bits() -> None:
+    values = np.array([[0, 32896, 65535]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode.startswith("I;16")
+    rgb = decode(encode(image, "PNG"))
+    assert rgb.shape == (1, 3, 3)
+    assert rgb[0, :, 0].tolist() == [0, 128, 255]
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "expected"),
+    [("I", 65535, 255), ("I", 200, 200), ("F", 1.0, 255), ("F", 0.5, 128), ("F", 300.0, 255)],
+)
+def test_deep_single_channel_modes(mode: str, value: float, expected: int) -> None:
+    rgb = decode(encode(Image.new(mode, (3, 2), value), "TIFF"))
+    assert rgb.shape == (2, 3, 3)
+    assert (rgb == expected).all()
+
+
+def test_palette_with_transparency_composites_over_white() -> None:
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((0, 0), 1)
+    image.info["transparency"] = 0
+    rgb = decode(encode(image, "PNG", transparency=0))
+    assert rgb[0, 0].tolist() == [255, 0, 0]
+    assert rgb[3, 3].tolist() == [255, 255, 255]
+
+
+def test_la_alpha_composites_over_white() -> None:
+    image = Image.new("LA", (2, 1), (0, 255))
+    image.putpixel((1, 0), (0, 0))
+    rgb = decode(encode(image, "PNG"))
+    assert rgb[0, 0].tolist() == [0, 0, 0]
+    assert rgb[0, 1].tolist() == [255, 255, 255]
+
+
+def test_rgba_half_transparent() -> None:
+    rgb = decode(encode(Image.new("RGBA", (2, 2), (0, 0, 0, 128)), "PNG"))
+    assert np.abs(rgb.astype(int) - 127).max() <= 1
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), RED), Image.new("RGB", (8, 8), BLUE)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    rgb = decode(data)
+    assert rgb.shape == (8, 8, 3)
+    assert rgb[4, 4].tolist() == list(RED)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "BMP", "PNG", "JPEG"])
+def test_formats_and_one_pixel(fmt: str) -> None:
+    params = {"lossless": True} if fmt == "WEBP" else {}
+    rgb = decode(encode(Image.new("RGB", (1, 1), (10, 200, 30)), fmt, **params))
+    assert rgb.shape == (1, 1, 3) and rgb.dtype == np.uint8
+
+
+def test_bilevel_and_grey() -> None:
+    assert decode(encode(Image.new("1", (3, 3), 1), "PNG"))[0, 0].tolist() == [255, 255, 255]
+    assert decode(encode(Image.new("L", (3, 3), 7), "PNG"))[0, 0].tolist() == [7, 7, 7]
+
+
+# --- letterbox and normalize ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "scale", "pad_x", "pad_y", "inner"),
+    [
+        (160, 320, 0.5, 0, 40, (80, 160)),  # wide: bands top and bottom
+        (480, 160, 1 / 3, 53, 0, (160, 53)),  # tall: round(53.33) = 53, pad floor(107/2)
+        (160, 160, 1.0, 0, 0, (160, 160)),  # exact fit: no resize
+        (1, 1, 160.0, 0, 0, (160, 160)),
+        # 0.48 rounds to 0 rows; kept at one row, so the (floored) pad is (160 - 1) // 2.
+        (3, 1000, 0.16, 0, 79, (1, 160)),
+    ],
+)
+def test_letterbox_geometry(
+    height: int, width: int, scale: float, pad_x: int, pad_y: int, inner: tuple[int, int]
+) -> None:
+    image = np.full((height, width, 3), 200, np.uint8)
+    boxed, transform = letterbox(image, 160, 160, (114, 114, 114))
+    assert boxed.shape == (160, 160, 3) and boxed.dtype == np.uint8
+    assert transform == LetterboxTransform(scale, pad_x, pad_y, width, height)
+    inner_h = inner[0]
+    assert (boxed[pad_y : pad_y + inner_h, pad_x : pad_x + inner[1]] == 200).all()
+    assert (boxed[:pad_y] == 114).all() and (boxed[:, :pad_x] == 114).all()
+    assert (boxed[pad_y + inner_h :] == 114).all()
+
+
+def test_letterbox_round_trip_non_square() -> None:
+    _, transform = letterbox(np.zeros((480, 640, 3), np.uint8), 160, 160, (0, 0, 0))
+    assert (transform.scale, transform.pad_x, transform.pad_y) == (0.25, 0, 20)
+    image_points = np.array([[0.0, 0.0], [640.0, 480.0], [312.5, 140.0]])
+    model_points = transform.to_model(image_points)
+    np.testing.assert_allclose(model_points, [[0, 20], [160, 140], [78.125, 55]])
+    np.testing.assert_allclose(transform.to_image(model_points), image_points)
+    assert transform.to_image(np.zeros((2, 3, 2))).shape == (2, 3, 2)
+
+
+def test_letterbox_resizes_bilinear_with_pillow() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (100, 200, 3), dtype=np.uint8)
+    boxed, _ = letterbox(image, 160, 160, (114, 114, 114))
+    expected = np.asarray(Image.fromarray(image).resize((160, 80), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(boxed[40:120], expected)
+
+
+def test_normalize_layout_and_values() -> None:
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 255, (2, 4, 5, 3), dtype=np.uint8)
+    mean, std, scale = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255
+    batch = normalize(images, scale=scale, mean=mean, std=std)
+    assert batch.shape == (2, 3, 4, 5) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    expected = ((images * scale - np.array(mean)) / np.array(std)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(batch, expected, rtol=1e-5, atol=1e-5)
+    assert normalize(images[0], scale=scale, mean=mean, std=std).shape == (1, 3, 4, 5)
