@@ -1,0 +1,59 @@
+"""Real photographs available offline, split so held-out scenes use held-out photographs.
+
+No traffic-scene data set can be had on these machines (see SPEC), so generated scenes are
+pasted onto random crops of the photographs that ship inside scikit-image's and
+matplotlib's wheels. Each photograph belongs to exactly one split, so the test metrics are
+measured on backgrounds the model never saw.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+# Which photographs feed which split. `chelsea` and `cat` are the same photograph, so only
+# one is used. Grey-level photos are stacked to RGB.
+BACKGROUND_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": (
+        "astronaut",
+        "camera",
+        "brick",
+        "gravel",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "coins",
+        "moon",
+        "text",
+        "page",
+        "retina",
+        "colorwheel",
+        "grace_hopper",
+    ),
+    "val": ("chelsea", "clock"),
+    "test": ("rocket", "coffee", "grass"),
+}
+
+
+def _load(name: str) -> np.ndarray:
+    if name == "grace_hopper":
+        from matplotlib import cbook
+        from PIL import Image
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            image = np.asarray(Image.open(f).convert("RGB"))
+    else:
+        import skimage.data
+
+        image = np.asarray(getattr(skimage.data, name)())
+    if image.dtype != np.uint8:
+        image = (image.astype(np.float64) / max(float(image.max()), 1.0) * 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+@cache
+def backgrounds(split: str) -> tuple[np.ndarray, ...]:
+    """Photographs of one split as (H, W, 3) uint8 RGB arrays."""
+    return tuple(_load(name) for name in BACKGROUND_SPLITS[split])

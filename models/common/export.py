@@ -1,0 +1,134 @@
+"""ONNX export shared by every model, in the manner of timm's export script.
+
+Eval mode, named inputs and outputs, a dynamic batch axis, ``onnx.checker``, a parity check
+against PyTorch on a batch, and a ``config.json`` (models/repository/README.md) carrying
+everything the service needs to use the graph, with the graph's sha256.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+OPSET = 18  # the torch.export-based exporter's native opset; ONNX Runtime >= 1.16 runs it
+PARITY_TOLERANCE = 1e-4  # max abs difference between ONNX Runtime and PyTorch outputs
+MAX_BATCH = 1024  # upper bound of the dynamic batch axis, far above any batch served
+ONNX_TO_V2 = {
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.BOOL: "BOOL",
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+) -> onnx.ModelProto:
+    """Export ``module`` (eval mode) with axis 0 of every input dynamic; check the graph."""
+    module = module.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with warnings.catch_warnings():
+        # torch's exporter trips over its own deprecations; they say nothing about the graph.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes={name: {0: batch} for name in input_names},
+            dynamo=True,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def check_parity(
+    module: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor]
+) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and PyTorch over all outputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    with torch.no_grad():
+        want = module.eval()(*inputs.values())
+    want = want if isinstance(want, tuple | list) else (want,)
+    return max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True))
+
+
+def tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> list[dict]:
+    """``{"name", "datatype", "shape"}`` with -1 for dynamic axes, as config.json stores."""
+    specs = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        specs.append({"name": v.name, "datatype": ONNX_TO_V2[t.elem_type], "shape": shape})
+    return specs
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_config(
+    version_dir: Path,
+    model: onnx.ModelProto,
+    *,
+    name: str,
+    task: str,
+    preprocess: dict,
+    labels: Sequence[str],
+    decode: dict,
+    metrics: dict,
+    training: dict,
+) -> dict:
+    """Write ``config.json`` beside ``model.onnx`` in ``version_dir``; returns it."""
+    onnx_path = version_dir / "model.onnx"
+    config = {
+        "format": 1,
+        "name": name,
+        "version": version_dir.name,
+        "task": task,
+        "file": onnx_path.name,
+        "sha256": sha256(onnx_path),
+        "inputs": tensor_specs(model.graph.input),
+        "outputs": tensor_specs(model.graph.output),
+        "preprocess": preprocess,
+        "labels": list(labels),
+        "decode": decode,
+        "metrics": metrics,
+        "training": {"git_commit": git_commit(), "date": dt.date.today().isoformat(), **training},
+    }
+    (version_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
