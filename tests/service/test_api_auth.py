@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from tests.service.conftest import make_settings
+from tests.service.images import encode, scene
+
+KEYS = ["k-one", "k-two"]
+
+
+@pytest.fixture
+def keyed(repo: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(repo, api_keys=KEYS))) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "k-one"}],
+)
+@pytest.mark.parametrize("path", ["/models", "/metrics"])
+def test_missing_or_wrong_key_is_401(keyed: TestClient, headers: dict, path: str) -> None:
+    response = keyed.get(path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_recognize_needs_a_key(keyed: TestClient) -> None:
+    files = {"image": ("a.png", encode(scene()), "image/png")}
+    assert keyed.post("/recognize", files=files).status_code == 401
+    ok = keyed.post("/recognize", files=files, headers={"X-API-Key": "k-two"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-API-Key": "k-one"}, {"Authorization": "Bearer k-two"}, {"authorization": "bearer k-one"}],
+)
+def test_valid_key_in_either_header(keyed: TestClient, headers: dict) -> None:
+    assert keyed.get("/models", headers=headers).status_code == 200
+
+
+def test_health_and_docs_need_no_key(keyed: TestClient) -> None:
+    assert keyed.get("/health/live").status_code == 200
+    assert keyed.get("/health/ready").status_code == 200
+    assert keyed.get("/openapi.json").status_code == 200
+
+
+def test_no_keys_configured_means_open(client: TestClient) -> None:
+    assert client.get("/models").status_code == 200

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.main import create_app
+from tests.service.conftest import make_settings
+from tests.service.images import encode, scene
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_requests_and_time_inference(client: TestClient) -> None:
+    client.post("/recognize", files={"image": ("a.png", encode(scene()), "image/png")})
+    client.post("/recognize", files={"image": ("a.txt", b"x", "text/plain")})
+    client.get("/no/such/path")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    values = samples(response.text)
+    request = "vision_http_requests_total"
+    labels = (("endpoint", "/recognize"), ("method", "POST"))
+    assert values[(request, (*labels, ("status", "200")))] == 1
+    assert values[(request, (*labels, ("status", "415")))] == 1
+    unmatched = (("endpoint", "unmatched"), ("method", "GET"), ("status", "404"))
+    assert values[(request, unmatched)] == 1
+    inference = (("model", "landmark"), ("version", "1"))
+    assert values[("vision_inference_duration_seconds_count", inference)] == 1
+    assert values[("vision_http_request_duration_seconds_count", labels)] == 2
+    assert values[("vision_model_ready", inference)] == 1
+
+
+def test_each_app_has_its_own_registry(repo: Path) -> None:
+    with TestClient(create_app(make_settings(repo))) as first:
+        first.get("/health/live")
+        first.get("/health/live")
+        with TestClient(create_app(make_settings(repo))) as second:
+            second.get("/health/live")
+            live = (("endpoint", "/health/live"), ("method", "GET"), ("status", "200"))
+            key = ("vision_http_requests_total", live)
+            assert samples(first.get("/metrics").text)[key] == 2
+            assert samples(second.get("/metrics").text)[key] == 1

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.main import create_app
+from tests.service.conftest import make_settings
+from tests.service.fakes import FAKE_CLASS, LABELS, write_model
+from tests.service.images import encode, scene
+
+PROBLEM = "application/problem+json"
+
+
+def post_image(
+    client: TestClient, data: bytes, content_type: str | None = "image/png", **params: object
+):
+    file = ("upload.png", data) if content_type is None else ("upload.png", data, content_type)
+    return client.post("/recognize", files={"image": file}, params=params)
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["detail"]
+    return body
+
+
+def test_contract_shape_and_point_in_image_pixels(client: TestClient) -> None:
+    # 320x160 letterboxes at scale 0.5 with 40 px bands; the box covers model cell (10, 5),
+    # whose centre (44, 84) maps back to (88, 88) in the upload.
+    response = post_image(client, encode(scene(320, 160, (80, 80, 96, 96))))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == {"name": "landmark", "version": "1"}
+    assert body["image"] == {"width": 320, "height": 160}
+    (landmark,) = body["landmarks"]
+    assert set(landmark) == {"class_id", "label", "score", "point"}
+    assert landmark["class_id"] == FAKE_CLASS and landmark["label"] == LABELS[FAKE_CLASS]
+    assert landmark["score"] == pytest.approx(0.9, abs=1e-3)
+    assert landmark["point"] == {"x": 88.0, "y": 88.0}
+
+
+def test_tall_image_and_jpeg(client: TestClient) -> None:
+    # 160x320 (w x h): scale 0.5, pad_x 40; the box covers model cell (row 1, col 10),
+    # centred at (84, 12) in model pixels = (88, 24) in the upload.
+    response = post_image(client, encode(scene(160, 320, (80, 16, 96, 32)), "JPEG"), "image/jpeg")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image"] == {"width": 160, "height": 320}
+    assert [lm["point"] for lm in body["landmarks"]] == [{"x": 88.0, "y": 24.0}]
+
+
+def test_min_score_filters(client: TestClient) -> None:
+    data = encode(scene())
+    assert post_image(client, data, min_score=0.95).json()["landmarks"] == []
+    assert len(post_image(client, data).json()["landmarks"]) == 1  # default 0.5
+    # The fake gives grey padding cells a weak confidence: visible only at low min_score.
+    assert len(post_image(client, data, min_score=0.0).json()["landmarks"]) > 1
+    assert post_image(client, data, min_score=1).json()["landmarks"] == []
+
+
+def test_exif_rotated_upload_reports_oriented_size(client: TestClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(np.zeros((100, 300, 3), np.uint8), "JPEG", exif=exif)
+    body = post_image(client, data, "image/jpeg").json()
+    assert body["image"] == {"width": 100, "height": 300}
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream"])
+def test_unknown_content_type_is_sniffed(client: TestClient, content_type: str | None) -> None:
+    response = post_image(client, encode(scene()), content_type)
+    assert response.status_code == 200, response.text
+
+
+def test_not_an_image_is_400(client: TestClient) -> None:
+    body = assert_problem(post_image(client, b"GIF89a but not really"), 400)
+    assert "image" in body["detail"]
+    assert_problem(post_image(client, b""), 400)
+    truncated = encode(scene(), "JPEG")[:300]
+    assert_problem(post_image(client, truncated, "image/jpeg"), 400)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/json"])
+def test_non_image_content_type_is_415(client: TestClient, content_type: str) -> None:
+    assert_problem(post_image(client, b'{"a": 1}', content_type), 415)
+
+
+@pytest.mark.parametrize("min_score", ["-0.1", "1.5", "abc"])
+def test_bad_min_score_is_422(client: TestClient, min_score: str) -> None:
+    body = assert_problem(post_image(client, encode(scene()), min_score=min_score), 422)
+    assert "min_score" in body["detail"]
+
+
+def test_missing_image_field_is_422(client: TestClient) -> None:
+    body = assert_problem(client.post("/recognize", files={"picture": ("a.png", b"x")}), 422)
+    assert "image" in body["detail"]
+    assert_problem(client.post("/recognize"), 422)
+
+
+@pytest.fixture
+def small_limit_client(repo: Path) -> Iterator[TestClient]:
+    settings = make_settings(repo, max_upload_bytes=10_000, max_image_pixels=50_000)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_upload_over_size_limit_is_413(small_limit_client: TestClient) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    data = encode(noise, "PNG")  # ~30 kB: over the file limit, under the body slack
+    assert len(data) > 10_000
+    assert_problem(post_image(small_limit_client, data), 413)
+
+
+def test_body_far_over_limit_is_413_from_content_length(small_limit_client: TestClient) -> None:
+    assert_problem(post_image(small_limit_client, b"\0" * 200_000), 413)
+
+
+def test_streamed_body_without_length_is_cut_off(small_limit_client: TestClient) -> None:
+    # Chunked, no Content-Length: only counting the stream can catch it (see test_limits).
+    def chunks() -> Iterator[bytes]:
+        for _ in range(100):
+            yield b"\0" * 10_000
+
+    response = small_limit_client.post(
+        "/recognize",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert_problem(response, 413)
+
+
+def test_too_many_pixels_is_413(small_limit_client: TestClient) -> None:
+    data = encode(np.zeros((300, 300, 3), np.uint8), "PNG")  # small file, 90 000 pixels
+    body = assert_problem(post_image(small_limit_client, data), 413)
+    assert "pixels" in body["detail"]
+
+
+def test_failed_model_answers_503_with_retry_after(tmp_path: Path) -> None:
+    write_model(tmp_path, file_bytes=b"corrupt")
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        response = post_image(client, encode(scene()))
+        body = assert_problem(response, 503)
+        assert int(response.headers["retry-after"]) > 0
+        assert "sha256" in body["detail"]
+
+
+def test_unconfigured_recognize_model_answers_503(repo: Path) -> None:
+    with TestClient(create_app(make_settings(repo, recognize_model="other"))) as client:
+        assert_problem(post_image(client, encode(scene())), 503)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service.errors import (
+    InvalidImage,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+    install_exception_handlers,
+)
+
+
+def app_raising(exc: Exception) -> TestClient:
+    app = FastAPI()
+    install_exception_handlers(app)
+
+    @app.get("/boom")
+    async def get_boom() -> None:
+        raise exc
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_service_errors_map_to_problem_json() -> None:
+    for exc, status in [
+        (InvalidImage("bad"), 400),
+        (Unauthorized("who"), 401),
+        (ModelNotFound("none"), 404),
+        (PayloadTooLarge("big"), 413),
+        (UnsupportedMediaType("text"), 415),
+        (NotReady("later", retry_after=7), 503),
+    ]:
+        assert isinstance(exc, ServiceError)
+        response = app_raising(exc).get("/boom")
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body == {"type": exc.type, "title": exc.title, "status": status, "detail": str(exc)}
+        assert body["type"].startswith("urn:vision-service:problem:")
+    assert app_raising(NotReady("later", retry_after=7)).get("/boom").headers["retry-after"] == "7"
+
+
+def test_framework_404_and_405_are_problem_json(client: TestClient) -> None:
+    for response, status in [(client.get("/nowhere"), 404), (client.delete("/models"), 405)]:
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "about:blank"
+        assert response.json()["status"] == status
+
+
+def test_unexpected_error_is_a_500_problem_without_internals() -> None:
+    response = app_raising(RuntimeError("secret internals")).get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "secret" not in response.text
+
+
+def test_openapi_documents_the_contract(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    recognize = spec["paths"]["/recognize"]["post"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(recognize["responses"])
+    assert client.get("/docs").status_code == 200
