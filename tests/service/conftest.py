@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,6 @@ from tests.service.fakes import write_model
 @pytest.fixture(autouse=True)
 def _no_vision_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests configure Settings explicitly; a developer's VISION_* must not leak in."""
-    import os
-
     for key in list(os.environ):
         if key.upper().startswith("VISION_"):
             monkeypatch.delenv(key)

@@ -192,3 +192,16 @@ def test_thread_settings_are_applied(repo: Path) -> None:
     options = session_options(Settings(model_repository=repo, intra_op_threads=3))
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_run_is_safe_from_several_threads(repo: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_model("landmark", make_settings(repo, intra_op_threads=2))
+    rng = np.random.default_rng(0)
+    batches = [rng.random((1, 3, 160, 160), dtype=np.float32) for _ in range(8)]
+    expected = [model.run({"image": batch})["confidence"] for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda b: model.run({"image": b})["confidence"], batches * 3))
+    for index, result in enumerate(results):
+        np.testing.assert_array_equal(result, expected[index % len(batches)])
