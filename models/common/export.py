@@ -68,9 +68,7 @@ def export_onnx(
     return model
 
 
-def check_parity(
-    module: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor]
-) -> float:
+def check_parity(module: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor]) -> float:
     """Max abs difference between ONNX Runtime (CPU) and PyTorch over all outputs."""
     import onnxruntime as ort
 
@@ -94,8 +92,9 @@ def tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> list[dict]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -36,13 +36,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test-images", type=int, default=1000)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     a = p.parse_args(argv)
-    base = TrainConfig(train_images=a.train_images, epochs=a.epochs, test_images=a.test_images,
-                       class_only_epochs=1, loc_ramp_epochs=1, mine_from_epoch=3, mine_every=2)
+    base = TrainConfig(
+        train_images=a.train_images,
+        epochs=a.epochs,
+        test_images=a.test_images,
+        class_only_epochs=1,
+        loc_ramp_epochs=1,
+        mine_from_epoch=3,
+        mine_every=2,
+    )
     test = LandmarkDataset(load_data(base, "test"), MEAN, STD)
     result_path = a.out / "ablation.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {"runs": {}}
     result["command"] = "python -m models.landmark.ablation " + " ".join(
-        argv if argv is not None else sys.argv[1:])
+        argv if argv is not None else sys.argv[1:]
+    )
     result["note"] = (
         f"Each variant: {a.train_images} generated training scenes (10 % of landmarks "
         f"unlabelled), {a.epochs} epochs, seed {base.seed}; a shorter budget than the committed "
@@ -54,15 +62,20 @@ def main(argv: list[str] | None = None) -> dict:
             base,
             out=str(a.out / name.replace(" ", "_")),
             mining=switches.get("mining", True),
-            loss=replace(base.loss, center_sampling=switches.get("center_sampling", True),
-                         similarity=switches.get("similarity", True)),
+            loss=replace(
+                base.loss,
+                center_sampling=switches.get("center_sampling", True),
+                similarity=switches.get("similarity", True),
+            ),
         )
         history = train(cfg)
         net, _ = load_checkpoint(Path(cfg.out) / "best.pt")
         metrics, _ = evaluate(net, test)
         result["runs"][name] = {
-            "mining": cfg.mining, "center_sampling": cfg.loss.center_sampling,
-            "similarity": cfg.loss.similarity, "test": metrics,
+            "mining": cfg.mining,
+            "center_sampling": cfg.loss.center_sampling,
+            "similarity": cfg.loss.similarity,
+            "test": metrics,
             "best_val_ap": max(r["val"]["average_precision"] for r in history["epochs"]),
         }
         a.out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
         a.out / "ablation.png",
         names,
         {
-            "recall @ precision 95%": [result["runs"][n]["test"]["recall_at_precision_95"] for n in names],
+            "recall @ precision 95%": [
+                result["runs"][n]["test"]["recall_at_precision_95"] for n in names
+            ],
             "average precision": [result["runs"][n]["test"]["average_precision"] for n in names],
             "class accuracy": [result["runs"][n]["test"]["class_accuracy"] for n in names],
         },

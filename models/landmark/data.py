@@ -51,7 +51,11 @@ def _generate_one(args: tuple[SceneConfig, str, int, int]) -> tuple:
 
 
 def generate_split(
-    config: SceneConfig, split: str, count: int, seed: int = 0, cache_dir: Path | None = None,
+    config: SceneConfig,
+    split: str,
+    count: int,
+    seed: int = 0,
+    cache_dir: Path | None = None,
     workers: int = 2,
 ) -> LandmarkArrays:
     """Generate (or load from ``cache_dir``) ``count`` scenes of ``split``."""
@@ -62,8 +66,9 @@ def generate_split(
         z = np.load(path, allow_pickle=False)
         bounds = z["bounds"]
         split_at = lambda a, b: np.split(a, b)[:-1] if len(a) else [a[:0]] * count  # noqa: E731
-        return LandmarkArrays(z["images"], split_at(z["labels"], bounds[:, 0]),
-                              split_at(z["hidden"], bounds[:, 1]))
+        return LandmarkArrays(
+            z["images"], split_at(z["labels"], bounds[:, 0]), split_at(z["hidden"], bounds[:, 1])
+        )
     jobs = [(config, split, i, seed) for i in range(count)]
     if workers > 1:
         with Pool(workers) as pool:
@@ -75,10 +80,20 @@ def generate_split(
     )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        bounds = np.stack([np.cumsum([len(a) for a in arrays.labels]),
-                           np.cumsum([len(a) for a in arrays.hidden])], axis=1)
-        np.savez(path, images=arrays.images, labels=np.concatenate(arrays.labels),
-                 hidden=np.concatenate(arrays.hidden), bounds=bounds)
+        bounds = np.stack(
+            [
+                np.cumsum([len(a) for a in arrays.labels]),
+                np.cumsum([len(a) for a in arrays.hidden]),
+            ],
+            axis=1,
+        )
+        np.savez(
+            path,
+            images=arrays.images,
+            labels=np.concatenate(arrays.labels),
+            hidden=np.concatenate(arrays.hidden),
+            bounds=bounds,
+        )
     return arrays
 
 
@@ -138,7 +153,9 @@ def load_coco(path: Path, size: int, image_root: Path | None = None) -> Landmark
     coco = json.loads(path.read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     files = {im["id"]: im["file_name"] for im in coco["images"]}
-    records: dict[str, list[tuple[str, float, float, float | None]]] = {f: [] for f in files.values()}
+    records: dict[str, list[tuple[str, float, float, float | None]]] = {
+        f: [] for f in files.values()
+    }
     for ann in coco["annotations"]:
         x, y = ann["keypoints"][:2]
         width = ann["bbox"][2] if ann.get("bbox") else None
@@ -170,4 +187,3 @@ class LandmarkDataset(Dataset):
 def collate(batch: list) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     images, labels, ignore = zip(*batch, strict=True)
     return torch.stack(images), list(labels), list(ignore)
-

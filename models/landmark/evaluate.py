@@ -1,7 +1,7 @@
-"""Decoding and point-detection metrics for the landmark model (numpy, model-input pixels).
+"""Point-detection metrics for the landmark model (numpy, model-input pixels).
 
-``decode`` follows the rule written into config.json (models/repository/README.md) so the
-numbers in the model card are those of the decoding the service does.
+Decoding is the service's own (``service.decoding``, numpy only): training and export
+measure exactly what the service returns, with no second copy of the rule to drift.
 """
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.decoding import GridConfig, LandmarkDecodeConfig, LandmarkPointsDecoder
+from service.imaging import LetterboxTransform
+
 # Detections and labels match when their points are this close, in model-input pixels (the
 # issue's criterion: a third of the smallest landmark's width).
 MATCH_RADIUS = 4.0
 TARGET_PRECISION = 0.95
+# Metrics are computed in model-input pixels, so the letterbox is the identity.
+IDENTITY = LetterboxTransform(scale=1.0, pad_x=0, pad_y=0, image_width=0, image_height=0)
 
 
 @dataclass
@@ -35,23 +40,33 @@ def decode(
 ) -> Detections:
     """One image's outputs, (C, A, K+1), (C, A), (C, A, 2), to detections.
 
-    Best anchor per cell by confidence (claim 11), drop it below ``confidence_threshold``
-    (claim 12), score = confidence x best landmark-class probability, greedy NMS on points.
+    Runs the service's own decoder (best anchor per cell by confidence, claim 11; drop it
+    below ``confidence_threshold``, claim 12; score = confidence x best landmark-class
+    probability; greedy point NMS), so the measured metrics are those of the served model.
     """
-    cells = np.arange(confidence.shape[0])
-    best = confidence.argmax(1)  # (C,)
-    conf = confidence[cells, best]
-    probs = class_probs[cells, best, :-1]  # landmark classes only
-    cls = probs.argmax(1)
-    score = conf * probs[cells, cls]
-    keep = (conf >= confidence_threshold) & (score >= min_score)
-    order = np.argsort(-score[keep], kind="stable")
-    cls, score, pts = cls[keep][order], score[keep][order], points[cells, best][keep][order]
-    kept: list[int] = []
-    for i in range(len(score)):
-        if all(np.hypot(*(pts[i] - pts[j])) > nms_radius for j in kept):
-            kept.append(i)
-    return Detections(cls[kept], score[kept], pts[kept])
+    cells, anchors, k1 = class_probs.shape
+    side = round(cells**0.5)
+    decoder = LandmarkPointsDecoder(
+        LandmarkDecodeConfig(
+            stride=1,
+            grid=GridConfig(rows=side, cols=side),
+            anchors=anchors,
+            background_class=k1 - 1,
+            confidence_threshold=confidence_threshold,
+            nms_radius=nms_radius,
+        ),
+        [str(i) for i in range(k1 - 1)],
+    )
+    found = decoder.decode(
+        {"class_probs": class_probs[None], "confidence": confidence[None], "points": points[None]},
+        IDENTITY,
+        min_score=min_score,
+    )
+    return Detections(
+        np.array([f.class_id for f in found], int),
+        np.array([f.score for f in found], float),
+        np.array([(f.x, f.y) for f in found], float).reshape(-1, 2),
+    )
 
 
 @dataclass
@@ -105,7 +120,7 @@ def summarize(matches: Iterable[Match], num_classes: int, operating_score: float
     at = scores >= operating_score
     found = label_found >= operating_score
     return {
-        "labels": int(len(label_classes)),
+        "labels": len(label_classes),
         "average_precision": ap,
         "recall_at_precision_95": float(recall[best]) if best is not None else 0.0,
         "score_at_precision_95": float(scores[order][best]) if best is not None else None,
@@ -113,7 +128,8 @@ def summarize(matches: Iterable[Match], num_classes: int, operating_score: float
         "precision": float(matched[at].mean()) if at.any() else 0.0,
         "recall": float(found.mean()) if len(found) else 0.0,
         "class_accuracy": float(correct[at & matched].mean()) if (at & matched).any() else 0.0,
-        "mean_point_error_px": float(np.nanmean(errors[at & matched])) if (at & matched).any()
+        "mean_point_error_px": float(np.nanmean(errors[at & matched]))
+        if (at & matched).any()
         else None,
         "recall_by_class": {
             str(k): float(found[label_classes == k].mean()) if (label_classes == k).any() else None

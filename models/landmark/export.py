@@ -16,7 +16,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -57,10 +56,14 @@ def draw_examples(dataset: LandmarkDataset, preds: list, path: Path, count: int 
     for i in range(count):
         im = Image.fromarray(dataset.arrays.images[i]).resize((320, 320), Image.NEAREST)
         d = ImageDraw.Draw(im)
-        for c, x, y, _ in dataset.arrays.labels[i]:
+        for _, x, y, _ in dataset.arrays.labels[i]:
             d.ellipse((2 * x - 7, 2 * y - 7, 2 * x + 7, 2 * y + 7), outline=(0, 255, 0), width=2)
-        det = decode(*preds[i], confidence_threshold=CONFIDENCE_THRESHOLD,
-                     min_score=OPERATING_SCORE, nms_radius=NMS_RADIUS)
+        det = decode(
+            *preds[i],
+            confidence_threshold=CONFIDENCE_THRESHOLD,
+            min_score=OPERATING_SCORE,
+            nms_radius=NMS_RADIUS,
+        )
         for c, s, (x, y) in zip(det.classes, det.scores, det.points, strict=True):
             d.line((2 * x - 4, 2 * y, 2 * x + 4, 2 * y), fill=(255, 0, 0), width=2)
             d.line((2 * x, 2 * y - 4, 2 * x, 2 * y + 4), fill=(255, 0, 0), width=2)
@@ -130,19 +133,32 @@ def model_card(config: dict, ablation: dict | None, history: dict | None) -> str
         "![examples](examples.png)",
     ]
     if history and history.get("mining"):
-        lines += ["", "## Missing-label mining during training (seed 004 #1)", "",
-                  "| epoch | threshold (score at 99 % val recall) | mined points | of which truly "
-                  "unlabelled landmarks | unlabelled landmarks in the training split |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Missing-label mining during training (seed 004 #1)",
+            "",
+            "| epoch | threshold (score at 99 % val recall) | mined points | of which truly "
+            "unlabelled landmarks | unlabelled landmarks in the training split |",
+            "|---|---|---|---|---|",
+        ]
         for r in history["mining"]:
-            lines.append(f"| {r['epoch']} | {r['threshold']:.3f} | {r['mined']} | "
-                         f"{r['mined_true_unlabelled']} | {r['hidden_total']} |")
+            lines.append(
+                f"| {r['epoch']} | {r['threshold']:.3f} | {r['mined']} | "
+                f"{r['mined_true_unlabelled']} | {r['hidden_total']} |"
+            )
     if ablation:
-        lines += ["", "## Ablation of seed 004 (held-out test split)", "",
-                  ablation["note"], "", f"```\n{ablation['command']}\n```", "",
-                  "| variant | mining | centre sampling | similarity | R@P95 | AP | precision@0.5 | "
-                  "recall@0.5 | class acc. | point err. px |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Ablation of seed 004 (held-out test split)",
+            "",
+            ablation["note"],
+            "",
+            f"```\n{ablation['command']}\n```",
+            "",
+            "| variant | mining | centre sampling | similarity | R@P95 | AP | precision@0.5 | "
+            "recall@0.5 | class acc. | point err. px |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in ablation["runs"].items():
             tm = r["test"]
             lines.append(
@@ -168,16 +184,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     net, ckpt = load_checkpoint(a.checkpoint)
     train_cfg = ckpt.get("train_config", {})
-    cfg = TrainConfig(**{k: v for k, v in train_cfg.items()
-                         if k in ("data", "val_data", "seed", "cache_dir", "test_images")})
+    cfg = TrainConfig(
+        **{
+            k: v
+            for k, v in train_cfg.items()
+            if k in ("data", "val_data", "seed", "cache_dir", "test_images")
+        }
+    )
     cfg.test_images = a.test_images or train_cfg.get("test_images", cfg.test_images)
     cfg.net = net.config
     version_dir = a.repository / NAME / a.version
     version_dir.mkdir(parents=True, exist_ok=True)
     export = LandmarkExport(net).eval()
     size = net.config.input_size
-    model = export_onnx(export, (torch.zeros(2, 3, size, size),), version_dir / "model.onnx",
-                        INPUTS, OUTPUTS)
+    model = export_onnx(
+        export, (torch.zeros(2, 3, size, size),), version_dir / "model.onnx", INPUTS, OUTPUTS
+    )
     test = LandmarkDataset(load_data(cfg, "test"), ckpt["mean"], ckpt["std"])
     batch = torch.stack([test[i][0] for i in range(min(8, len(test)))])
     parity = check_parity(export, version_dir / "model.onnx", {"image": batch})
@@ -186,8 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     preds = onnx_predict(version_dir / "model.onnx", test)
     matches = [
-        match(decode(*pr, confidence_threshold=CONFIDENCE_THRESHOLD,
-                     min_score=CONFIDENCE_THRESHOLD, nms_radius=NMS_RADIUS), labels)
+        match(
+            decode(
+                *pr,
+                confidence_threshold=CONFIDENCE_THRESHOLD,
+                min_score=CONFIDENCE_THRESHOLD,
+                nms_radius=NMS_RADIUS,
+            ),
+            labels,
+        )
         for pr, labels in zip(preds, test.arrays.labels, strict=True)
     ]
     metrics = summarize(matches, len(LABELS), OPERATING_SCORE)
@@ -206,28 +235,47 @@ def main(argv: list[str] | None = None) -> dict:
         f"unlabelled, {train_cfg.get('val_images')} validation and {cfg.test_images} test scenes, "
         "fully labelled. No real traffic-scene photograph was used: the figures below say how "
         "well the method learns this generator, not how it does on real roads."
-        if synthetic else f"Real data: {cfg.data} (validation {cfg.val_data})."
+        if synthetic
+        else f"Real data: {cfg.data} (validation {cfg.val_data})."
     )
     config = write_config(
         version_dir,
         model,
         name=NAME,
         task="landmark_points",
-        preprocess={"height": size, "width": size, "resize": "letterbox",
-                    "pad_value": list(PAD_VALUE), "scale": 1 / 255, "mean": list(ckpt["mean"]),
-                    "std": list(ckpt["std"]), "color": "RGB", "layout": "NCHW"},
+        preprocess={
+            "height": size,
+            "width": size,
+            "resize": "letterbox",
+            "pad_value": list(PAD_VALUE),
+            "scale": 1 / 255,
+            "mean": list(ckpt["mean"]),
+            "std": list(ckpt["std"]),
+            "color": "RGB",
+            "layout": "NCHW",
+        },
         labels=LABELS,
-        decode={"stride": net.config.stride, "grid": {"rows": g, "cols": g},
-                "anchors": net.config.anchors, "background_class": len(LABELS),
-                "confidence_threshold": CONFIDENCE_THRESHOLD, "nms_radius": NMS_RADIUS},
+        decode={
+            "stride": net.config.stride,
+            "grid": {"rows": g, "cols": g},
+            "anchors": net.config.anchors,
+            "background_class": len(LABELS),
+            "confidence_threshold": CONFIDENCE_THRESHOLD,
+            "nms_radius": NMS_RADIUS,
+        },
         metrics={"test": metrics, "targets": TARGETS, "match_radius_px": MATCH_RADIUS},
-        training={"command": command,
-                  "export_command": "python -m models.landmark.export " + " ".join(
-                      argv if argv is not None else __import__("sys").argv[1:]),
-                  "data": data, "synthetic": synthetic, "seed": cfg.seed,
-                  "epochs_trained": ckpt.get("epoch"), "test_images": cfg.test_images,
-                  "onnx_bytes": (version_dir / "model.onnx").stat().st_size,
-                  "parity_max_abs_diff": parity},
+        training={
+            "command": command,
+            "export_command": "python -m models.landmark.export "
+            + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+            "data": data,
+            "synthetic": synthetic,
+            "seed": cfg.seed,
+            "epochs_trained": ckpt.get("epoch"),
+            "test_images": cfg.test_images,
+            "onnx_bytes": (version_dir / "model.onnx").stat().st_size,
+            "parity_max_abs_diff": parity,
+        },
     )
     draw_examples(test, preds, version_dir / "examples.png")
     history = json.loads(a.history.read_text()) if a.history else None

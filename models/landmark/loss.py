@@ -91,7 +91,7 @@ def assign(
     """
     n, c, a = confidence_logits.shape
     k = len(LABELS)
-    g = int(round(c**0.5))
+    g = round(c**0.5)
     positive = torch.zeros(n, c, a, dtype=torch.bool)
     classes = torch.full((n, c, a), k, dtype=torch.long)
     points = torch.zeros(n, c, a, 2)
@@ -162,7 +162,9 @@ def landmark_loss(
     conf = out["confidence_logits"]
     conf_pos = F.binary_cross_entropy_with_logits(conf[pos], torch.ones_like(conf[pos]))
     conf_neg_logits = conf[targets.conf_negative]
-    conf_neg = F.binary_cross_entropy_with_logits(conf_neg_logits, torch.zeros_like(conf_neg_logits))
+    conf_neg = F.binary_cross_entropy_with_logits(
+        conf_neg_logits, torch.zeros_like(conf_neg_logits)
+    )
 
     err = F.smooth_l1_loss(
         out["points"][pos] / stride, targets.points[pos] / stride, reduction="none", beta=0.1

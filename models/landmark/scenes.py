@@ -82,7 +82,10 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def _regular_polygon(n: int, cx: float, cy: float, r: float, phase: float) -> list[tuple]:
     return [
-        (cx + r * math.cos(phase + 2 * math.pi * i / n), cy + r * math.sin(phase + 2 * math.pi * i / n))
+        (
+            cx + r * math.cos(phase + 2 * math.pi * i / n),
+            cy + r * math.sin(phase + 2 * math.pi * i / n),
+        )
         for i in range(n)
     ]
 
@@ -202,8 +205,8 @@ def _warp_landmark(
     out = (out @ rot.T) * scale
     offset = out.min(axis=0) - 2
     out -= offset
-    size = (int(math.ceil(out[:, 0].max())) + 2, int(math.ceil(out[:, 1].max())) + 2)
-    h = _homography(corners + [tw / 2, th / 2], out)
+    size = (math.ceil(out[:, 0].max()) + 2, math.ceil(out[:, 1].max()) + 2)
+    h = _homography([*corners, tw / 2, th / 2], out)
     inv = np.linalg.inv(h)
     coeffs = (inv / inv[2, 2]).flatten()[:8]
     patch = tmpl.transform(size, Image.PERSPECTIVE, tuple(coeffs), Image.BICUBIC)
@@ -328,5 +331,5 @@ def generate(config: SceneConfig, split: str, index: int, seed: int = 0) -> Scen
     ox, oy = (size - w) // 2, (size - h) // 2
     out[oy : oy + h, ox : ox + w] = np.asarray(scene)
     shift = np.array([0, ox, oy, 0], np.float32)
-    as_array = lambda rows: (np.asarray(rows, np.float32).reshape(-1, 4) + shift)  # noqa: E731
+    as_array = lambda rows: np.asarray(rows, np.float32).reshape(-1, 4) + shift  # noqa: E731
     return Scene(out, as_array(labels), as_array(hidden))

@@ -79,7 +79,9 @@ def load_data(config: TrainConfig, which: str) -> LandmarkArrays:
         return load_csv(Path(spec[4:]), size)
     if spec.startswith("coco:"):
         return load_coco(Path(spec[5:]), size)
-    scenes = SceneConfig(size=size, unlabelled_rate=config.unlabelled_rate if which == "train" else 0.0)
+    scenes = SceneConfig(
+        size=size, unlabelled_rate=config.unlabelled_rate if which == "train" else 0.0
+    )
     count = {"train": config.train_images, "val": config.val_images, "test": config.test_images}
     cache = Path(config.cache_dir) if config.cache_dir else None
     return generate_split(scenes, which, count[which], config.seed, cache)
@@ -99,12 +101,20 @@ def predict(net: LandmarkNet, dataset: LandmarkDataset, batch_size: int = 128) -
     return out
 
 
-def evaluate(net: LandmarkNet, dataset: LandmarkDataset, min_score: float = CONFIDENCE_THRESHOLD
-             ) -> tuple[dict, list[Match]]:
+def evaluate(
+    net: LandmarkNet, dataset: LandmarkDataset, min_score: float = CONFIDENCE_THRESHOLD
+) -> tuple[dict, list[Match]]:
     preds = predict(net, dataset)
     matches = [
-        match(decode(*p, confidence_threshold=CONFIDENCE_THRESHOLD, min_score=min_score,
-                     nms_radius=NMS_RADIUS), labels)
+        match(
+            decode(
+                *p,
+                confidence_threshold=CONFIDENCE_THRESHOLD,
+                min_score=min_score,
+                nms_radius=NMS_RADIUS,
+            ),
+            labels,
+        )
         for p, labels in zip(preds, dataset.arrays.labels, strict=True)
     ]
     return summarize(matches, len(LABELS), OPERATING_SCORE), matches
@@ -119,8 +129,12 @@ def mine_missing_labels(net: LandmarkNet, train: LandmarkDataset, threshold: flo
     preds = predict(net, train)
     mined = true_hits = hidden_total = 0
     for i, p in enumerate(preds):
-        det = decode(*p, confidence_threshold=CONFIDENCE_THRESHOLD, min_score=threshold,
-                     nms_radius=NMS_RADIUS)
+        det = decode(
+            *p,
+            confidence_threshold=CONFIDENCE_THRESHOLD,
+            min_score=threshold,
+            nms_radius=NMS_RADIUS,
+        )
         labels = train.arrays.labels[i]
         unmatched = match(det, labels, radius=2 * NMS_RADIUS)
         points = det.points[~unmatched.matched]
@@ -129,10 +143,16 @@ def mine_missing_labels(net: LandmarkNet, train: LandmarkDataset, threshold: flo
         hidden = train.arrays.hidden[i]
         hidden_total += len(hidden)
         if len(hidden) and len(points):
-            d = np.hypot(points[:, None, 0] - hidden[None, :, 1], points[:, None, 1] - hidden[None, :, 2])
+            d = np.hypot(
+                points[:, None, 0] - hidden[None, :, 1], points[:, None, 1] - hidden[None, :, 2]
+            )
             true_hits += int((d.min(1) <= 2 * NMS_RADIUS).sum())
-    return {"threshold": threshold, "mined": mined, "mined_true_unlabelled": true_hits,
-            "hidden_total": hidden_total}
+    return {
+        "threshold": threshold,
+        "mined": mined,
+        "mined_true_unlabelled": true_hits,
+        "hidden_total": hidden_total,
+    }
 
 
 def loc_weight(config: TrainConfig, epoch_float: float) -> float:
@@ -155,18 +175,27 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     similarity = similarity_matrix(config.loss.similarity)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collate, generator=generator)
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate,
+        generator=generator,
+    )
     total_steps = config.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=total_steps,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, config.lr, total_steps=total_steps, pct_start=0.1
+    )
     command = "python -m models.landmark.train " + " ".join(sys.argv[1:])
     history: dict = {"config": _jsonable(config), "command": command, "epochs": [], "mining": []}
     best_ap = -1.0
     step = 0
     for epoch in range(config.epochs):
-        if config.mining and epoch >= config.mine_from_epoch and (
-            (epoch - config.mine_from_epoch) % config.mine_every == 0
+        if (
+            config.mining
+            and epoch >= config.mine_from_epoch
+            and ((epoch - config.mine_from_epoch) % config.mine_every == 0)
         ):
             _, val_matches = evaluate(net, val_set)
             threshold = max(score_at_recall(val_matches, MINING_RECALL), CONFIDENCE_THRESHOLD)
@@ -176,13 +205,20 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         net.train()
         sums = {"class": 0.0, "confidence": 0.0, "localization": 0.0, "total": 0.0}
         started = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   leave=False)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
+        )
         for images, labels, ignore in bar:
             w_loc = loc_weight(config, step / len(loader))
             o = net(images)
-            targets = assign(labels, ignore, o["confidence_logits"], net.centres.view(-1, 2),
-                             config.net.stride, config.loss)
+            targets = assign(
+                labels,
+                ignore,
+                o["confidence_logits"],
+                net.centres.view(-1, 2),
+                config.net.stride,
+                config.loss,
+            )
             terms = landmark_loss(o, targets, similarity, config.net.stride, config.loss)
             loss = terms["class"] + terms["confidence"] + w_loc * terms["localization"]
             opt.zero_grad(set_to_none=True)
@@ -195,20 +231,31 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             sums["total"] += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}", loc_w=f"{w_loc:.2f}")
         metrics, _ = evaluate(net, val_set)
-        row = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
-               "loc_weight": w_loc, **{f"train_{k}": v / len(loader) for k, v in sums.items()},
-               "val": metrics}
+        row = {
+            "epoch": epoch + 1,
+            "seconds": round(time.time() - started, 1),
+            "loc_weight": w_loc,
+            **{f"train_{k}": v / len(loader) for k, v in sums.items()},
+            "val": metrics,
+        }
         history["epochs"].append(row)
         tqdm.write(
-            f"epoch {epoch + 1}: loss {row['train_total']:.3f} val AP {metrics['average_precision']:.4f} "
+            f"epoch {epoch + 1}: loss {row['train_total']:.3f} "
+            f"val AP {metrics['average_precision']:.4f} "
             f"R@P95 {metrics['recall_at_precision_95']:.4f} cls {metrics['class_accuracy']:.4f} "
             f"err {metrics['mean_point_error_px']} ({row['seconds']} s)"
         )
         save_checkpoint(out / "last.pt", net, epoch=epoch + 1, mean=MEAN, std=STD)
         if metrics["average_precision"] > best_ap:
             best_ap = metrics["average_precision"]
-            save_checkpoint(out / "best.pt", net, epoch=epoch + 1, mean=MEAN, std=STD,
-                            train_config=_jsonable(config) | {"command": command})
+            save_checkpoint(
+                out / "best.pt",
+                net,
+                epoch=epoch + 1,
+                mean=MEAN,
+                std=STD,
+                train_config=_jsonable(config) | {"command": command},
+            )
         (out / "history.json").write_text(json.dumps(history, indent=1))
     plot_training(history, out / "loss_curves.png")
     return history
@@ -226,7 +273,9 @@ def plot_training(history: dict, path: Path) -> None:
         },
         {
             "val: average precision": [r["val"]["average_precision"] for r in history["epochs"]],
-            "val: recall @ precision 95%": [r["val"]["recall_at_precision_95"] for r in history["epochs"]],
+            "val: recall @ precision 95%": [
+                r["val"]["recall_at_precision_95"] for r in history["epochs"]
+            ],
         },
         title="Landmark training",
     )
@@ -242,8 +291,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--out", default=d.out)
     p.add_argument("--data", default=d.data, help="synthetic | csv:PATH | coco:PATH")
     p.add_argument("--val-data", default=None, help="validation set for real data (same forms)")
-    for name in ("train_images", "val_images", "test_images", "epochs", "batch_size",
-                 "class_only_epochs", "loc_ramp_epochs", "mine_from_epoch", "mine_every", "seed"):
+    for name in (
+        "train_images",
+        "val_images",
+        "test_images",
+        "epochs",
+        "batch_size",
+        "class_only_epochs",
+        "loc_ramp_epochs",
+        "mine_from_epoch",
+        "mine_every",
+        "seed",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--threads", type=int, default=None)
     for name in ("lr", "weight_decay", "unlabelled_rate"):
@@ -254,14 +313,28 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--input-size", type=int, default=d.net.input_size)
     a = p.parse_args(argv)
     return TrainConfig(
-        out=a.out, data=a.data, val_data=a.val_data, train_images=a.train_images,
-        val_images=a.val_images, test_images=a.test_images, unlabelled_rate=a.unlabelled_rate,
-        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-        class_only_epochs=a.class_only_epochs, loc_ramp_epochs=a.loc_ramp_epochs,
-        mining=not a.no_mining, mine_from_epoch=a.mine_from_epoch, mine_every=a.mine_every,
-        seed=a.seed, threads=a.threads, net=replace(d.net, input_size=a.input_size),
-        loss=replace(d.loss, center_sampling=not a.no_center_sampling,
-                     similarity=not a.no_similarity),
+        out=a.out,
+        data=a.data,
+        val_data=a.val_data,
+        train_images=a.train_images,
+        val_images=a.val_images,
+        test_images=a.test_images,
+        unlabelled_rate=a.unlabelled_rate,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        class_only_epochs=a.class_only_epochs,
+        loc_ramp_epochs=a.loc_ramp_epochs,
+        mining=not a.no_mining,
+        mine_from_epoch=a.mine_from_epoch,
+        mine_every=a.mine_every,
+        seed=a.seed,
+        threads=a.threads,
+        net=replace(d.net, input_size=a.input_size),
+        loss=replace(
+            d.loss, center_sampling=not a.no_center_sampling, similarity=not a.no_similarity
+        ),
     )
 
 

@@ -25,12 +25,14 @@ def _outputs(cells):
 
 
 def test_best_anchor_threshold_and_nms():
-    probs, conf, points = _outputs({
-        0: (1, 2, 0.9, 0.9, (10, 10)),
-        1: (0, 2, 0.8, 0.8, (12, 11)),  # duplicate of the same landmark, 2.2 px away
-        2: (0, 5, 0.9, 0.5, (40, 40)),
-        3: (1, 3, 0.9, 0.04, (60, 60)),  # below the confidence threshold
-    })
+    probs, conf, points = _outputs(
+        {
+            0: (1, 2, 0.9, 0.9, (10, 10)),
+            1: (0, 2, 0.8, 0.8, (12, 11)),  # duplicate of the same landmark, 2.2 px away
+            2: (0, 5, 0.9, 0.5, (40, 40)),
+            3: (1, 3, 0.9, 0.04, (60, 60)),  # below the confidence threshold
+        }
+    )
     conf[0, 0] = 0.3  # the other anchor of cell 0 is less confident: not used
     probs[0, 0, 7] = 1.0
     det = decode(probs, conf, points, confidence_threshold=0.05, min_score=0.1, nms_radius=6)
@@ -42,8 +44,13 @@ def test_best_anchor_threshold_and_nms():
 
 
 def test_match_and_summary():
-    probs, conf, points = _outputs({0: (0, 1, 1.0, 0.9, (10, 10)), 1: (0, 4, 1.0, 0.6, (50, 50)),
-                                    2: (0, 2, 1.0, 0.3, (90, 90))})
+    probs, conf, points = _outputs(
+        {
+            0: (0, 1, 1.0, 0.9, (10, 10)),
+            1: (0, 4, 1.0, 0.6, (50, 50)),
+            2: (0, 2, 1.0, 0.3, (90, 90)),
+        }
+    )
     det = decode(probs, conf, points, confidence_threshold=0.05, min_score=0.05, nms_radius=6)
     labels = np.array([[1, 13, 10, 20], [3, 50, 51, 20], [0, 200, 200, 20]], np.float32)
     m = match(det, labels)

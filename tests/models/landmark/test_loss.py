@@ -12,9 +12,13 @@ from models.landmark.scenes import LABELS
 
 STRIDE = 8
 GRID = 4  # a 32x32 input: cell centres at 4, 12, 20, 28
-CENTRES = torch.stack(
-    torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")[::-1], -1
-).reshape(-1, 2).float() * STRIDE + STRIDE / 2
+CENTRES = (
+    torch.stack(torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")[::-1], -1)
+    .reshape(-1, 2)
+    .float()
+    * STRIDE
+    + STRIDE / 2
+)
 
 
 def _assign(labels, ignore=None, conf=None, **config):
@@ -123,7 +127,10 @@ def test_localization_weight_is_detached_and_switchable():
     # The point is 4 px left of its target: descending the gradient moves it right.
     assert out["points"].grad[0, 0, 0, 0] < 0
     unweighted = landmark_loss(
-        _outputs(), _targets(), similarity_matrix(False), STRIDE,
+        _outputs(),
+        _targets(),
+        similarity_matrix(False),
+        STRIDE,
         LossConfig(class_weighted_localization=False),
     )
     assert unweighted["localization"].item() == pytest.approx(0.45, rel=1e-5)

@@ -46,7 +46,7 @@ def test_reference_point_follows_the_warp(class_id):
     for _ in range(10):
         patch, (x, y) = _warp_landmark(rng, class_id, rng.uniform(20, 60))
         alpha = np.asarray(patch)[..., 3].astype(float)
-        assert alpha[int(round(y)), int(round(x))] > 200
+        assert alpha[round(y), round(x)] > 200
         if LABELS[class_id] in ("no_entry", "speed_limit", "mandatory_direction", "stop"):
             ys, xs = np.nonzero(alpha > 127)
             tol = 0.08 * patch.width

@@ -23,9 +23,19 @@ TINY = LandmarkNetConfig(input_size=64, widths=(8, 8, 16, 16), head_width=16)
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     config = TrainConfig(
-        out=str(out), train_images=48, val_images=16, test_images=16, epochs=3, batch_size=16,
-        class_only_epochs=1, loc_ramp_epochs=1, mine_from_epoch=1, mine_every=1,
-        cache_dir=None, net=TINY, unlabelled_rate=0.3,
+        out=str(out),
+        train_images=48,
+        val_images=16,
+        test_images=16,
+        epochs=3,
+        batch_size=16,
+        class_only_epochs=1,
+        loc_ramp_epochs=1,
+        mine_from_epoch=1,
+        mine_every=1,
+        cache_dir=None,
+        net=TINY,
+        unlabelled_rate=0.3,
     )
     history = train(config, progress=False)
     return out, history
@@ -64,10 +74,20 @@ def test_checkpoint_rebuilds_the_network_from_the_file_alone(trained):
 
 def test_export_writes_a_checked_graph_that_matches_pytorch(trained, tmp_path):
     out, _ = trained
-    config = export.main([
-        "--checkpoint", str(out / "best.pt"), "--repository", str(tmp_path), "--version", "3",
-        "--history", str(out / "history.json"), "--test-images", "16",
-    ])
+    config = export.main(
+        [
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--repository",
+            str(tmp_path),
+            "--version",
+            "3",
+            "--history",
+            str(out / "history.json"),
+            "--test-images",
+            "16",
+        ]
+    )
     version = tmp_path / "landmark" / "3"
     graph = version / "model.onnx"
     onnx.checker.check_model(onnx.load(str(graph)), full_check=True)
@@ -100,8 +120,14 @@ def test_real_csv_data_trains(tmp_path):
     (tmp_path / "train.csv").write_text(
         "file,class,x,y\n" + "".join(f"{i}.png,stop,{20 + 10 * i},40\n" for i in range(4))
     )
-    config = TrainConfig(out=str(tmp_path / "run"), data=f"csv:{tmp_path / 'train.csv'}",
-                         epochs=1, batch_size=2, cache_dir=None, mining=False,
-                         net=replace(TINY))
+    config = TrainConfig(
+        out=str(tmp_path / "run"),
+        data=f"csv:{tmp_path / 'train.csv'}",
+        epochs=1,
+        batch_size=2,
+        cache_dir=None,
+        mining=False,
+        net=replace(TINY),
+    )
     history = train(config, progress=False)
     assert history["epochs"][0]["val"]["labels"] == 4
