@@ -206,7 +206,7 @@ def _warp_landmark(
     offset = out.min(axis=0) - 2
     out -= offset
     size = (math.ceil(out[:, 0].max()) + 2, math.ceil(out[:, 1].max()) + 2)
-    h = _homography([*corners, tw / 2, th / 2], out)
+    h = _homography(corners + np.array([tw / 2, th / 2]), out)
     inv = np.linalg.inv(h)
     coeffs = (inv / inv[2, 2]).flatten()[:8]
     patch = tmpl.transform(size, Image.PERSPECTIVE, tuple(coeffs), Image.BICUBIC)
