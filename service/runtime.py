@@ -1,7 +1,9 @@
 """ONNX Runtime sessions and the model repository loader.
 
 The one place that touches ``onnxruntime``. Layout and config.json schema:
-models/repository/README.md.
+models/repository/README.md. A version holds one graph (top-level ``file``/``sha256``/
+``inputs``/``outputs``, served under the name ``DEFAULT_GRAPH``) or several named graphs
+(``graphs``); every graph of a version is verified, checked and warmed before it serves.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.decoding import DecodeConfigError, Decoder, build_decoder
 from service.errors import ModelLoadError
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 CONFIG_FORMAT = 1
+# The name a single-graph version's graph is served under (LoadedModel.sessions key).
+DEFAULT_GRAPH = "model"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 # Read the model file in 1 MiB blocks when hashing: large enough to be fast, small enough
@@ -82,8 +86,20 @@ class PreprocessConfig(BaseModel):
     layout: Literal["NCHW"] = "NCHW"
 
 
+class GraphConfig(BaseModel):
+    """One ONNX graph of a version: its file, digest and signature."""
+
+    model_config = ConfigDict(extra="allow")
+
+    file: str
+    sha256: str
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+
+
 class ModelConfig(BaseModel):
-    """A version's config.json."""
+    """A version's config.json: one graph (``file``/``sha256``/``inputs``/``outputs`` at the
+    top level) or several named ones (``graphs``), never both."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
@@ -91,15 +107,53 @@ class ModelConfig(BaseModel):
     name: str
     version: str
     task: str
-    file: str
-    sha256: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    file: str | None = None
+    sha256: str | None = None
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    graphs: dict[str, GraphConfig] | None = None
     preprocess: PreprocessConfig
     labels: list[str]
     decode: dict[str, Any]
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> ModelConfig:
+        top_level = [
+            key
+            for key, value in (
+                ("file", self.file),
+                ("sha256", self.sha256),
+                ("inputs", self.inputs),
+                ("outputs", self.outputs),
+            )
+            if value
+        ]
+        if self.graphs is None:
+            missing = {"file", "sha256", "inputs", "outputs"} - set(top_level)
+            if missing:
+                raise ValueError(f"a single-graph config needs {sorted(missing)}")
+        else:
+            if not self.graphs:
+                raise ValueError("graphs is empty")
+            if top_level:
+                raise ValueError(f"graphs and top-level {top_level} are exclusive")
+        return self
+
+    def graph_configs(self) -> dict[str, GraphConfig]:
+        """Every graph of the version by name; a single-graph version's is DEFAULT_GRAPH."""
+        if self.graphs is not None:
+            return dict(self.graphs)
+        assert self.file is not None and self.sha256 is not None  # the validator saw to it
+        graph = GraphConfig(
+            file=self.file, sha256=self.sha256, inputs=self.inputs, outputs=self.outputs
+        )
+        return {DEFAULT_GRAPH: graph}
+
+    def all_outputs(self) -> list[TensorSpec]:
+        """The outputs of every graph, in graph order."""
+        return [spec for graph in self.graph_configs().values() for spec in graph.outputs]
 
 
 class ModelState(enum.StrEnum):
@@ -180,7 +234,11 @@ class OnnxSession:
 
 @dataclass
 class LoadedModel:
-    """One configured model: ready (with session and decoder) or failed (with the reason)."""
+    """One configured model: ready (with sessions and decoder) or failed (with the reason).
+
+    ``sessions`` holds every graph of the version by name (a single-graph version's under
+    DEFAULT_GRAPH); ``session`` is that single graph, None for a multi-graph version.
+    """
 
     name: str
     state: ModelState
@@ -191,20 +249,36 @@ class LoadedModel:
     decoder: Decoder | None = None
     error: str | None = None
     load_seconds: float | None = None
+    sessions: dict[str, OnnxSession] = field(default_factory=dict)
 
     @property
     def providers(self) -> list[str]:
-        return self.session.providers if self.session else []
+        """Providers in use by any of the model's sessions, best first, without repeats."""
+        sessions = list(self.sessions.values()) or ([self.session] if self.session else [])
+        return list(dict.fromkeys(p for s in sessions for p in s.providers))
 
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
-    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        """Run the session; only valid when ready."""
-        if self.session is None:
+    def graph(self, name: str | None = None) -> OnnxSession:
+        """The session of graph ``name`` (None: the single graph); only valid when ready."""
+        if name is None and self.session is not None:
+            return self.session
+        session = self.sessions.get(name or DEFAULT_GRAPH)
+        if session is None:
+            raise RuntimeError(
+                f"model {self.name!r} has no loaded graph {name!r}; it has {sorted(self.sessions)}"
+            )
+        return session
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[Any]], graph: str | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run one graph (``graph`` name; None for a single-graph model); only when ready."""
+        if not self.sessions and self.session is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
-        return self.session.run(feeds)
+        return self.graph(graph).run(feeds)
 
 
 @dataclass
@@ -270,9 +344,10 @@ def read_config(version_dir: Path) -> ModelConfig:
         raise ModelLoadError(f"{path} is not a valid config: {exc}") from exc
     if config.format != CONFIG_FORMAT:
         raise ModelLoadError(f"{path}: format {config.format} is not supported (want 1)")
-    for spec in (*config.inputs, *config.outputs):
-        if spec.datatype not in ORT_TYPES:
-            raise ModelLoadError(f"{path}: datatype {spec.datatype!r} of {spec.name!r} unknown")
+    for graph in config.graph_configs().values():
+        for spec in (*graph.inputs, *graph.outputs):
+            if spec.datatype not in ORT_TYPES:
+                raise ModelLoadError(f"{path}: datatype {spec.datatype!r} of {spec.name!r} unknown")
     return config
 
 
@@ -301,7 +376,7 @@ def _dims_agree(declared: Sequence[int], actual: Sequence[Any]) -> bool:
     return True
 
 
-def check_signature(config: ModelConfig, session: OnnxSession) -> None:
+def check_signature(config: GraphConfig | ModelConfig, session: OnnxSession) -> None:
     """Names, datatypes and shapes of the session's inputs/outputs must match config.json."""
     for kind, declared, actual in (
         ("input", config.inputs, session.inputs),
@@ -328,7 +403,7 @@ def check_signature(config: ModelConfig, session: OnnxSession) -> None:
                 )
 
 
-def warm_up(config: ModelConfig, session: OnnxSession, runs: int) -> None:
+def warm_up(config: GraphConfig | ModelConfig, session: OnnxSession, runs: int) -> None:
     """Run zero batches (dynamic axes = 1) so allocation and kernel choice happen now."""
     feeds = {
         spec.name: np.zeros(
@@ -361,22 +436,32 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
                 config.task,
                 config.decode,
                 config.labels,
-                {spec.name: spec.shape for spec in config.outputs},
+                {spec.name: spec.shape for spec in config.all_outputs()},
             )
         except DecodeConfigError as exc:
             raise ModelLoadError(str(exc)) from exc
-        graph = version_dir / config.file
-        verify_sha256(graph, config.sha256)
-        session = OnnxSession(graph, settings)
-        check_signature(config, session)
-        warm_up(config, session, settings.warmup_runs)
+        sessions: dict[str, OnnxSession] = {}
+        for graph_name, graph_config in config.graph_configs().items():
+            try:
+                graph = version_dir / graph_config.file
+                verify_sha256(graph, graph_config.sha256)
+                session = OnnxSession(graph, settings)
+                check_signature(graph_config, session)
+                warm_up(graph_config, session, settings.warmup_runs)
+            except ModelLoadError as exc:
+                if config.graphs is None:
+                    raise
+                raise ModelLoadError(f"graph {graph_name!r}: {exc}") from exc
+            sessions[graph_name] = session
     except ModelLoadError as exc:
         model.error = str(exc)
     except Exception as exc:  # a broken model must never take the others down with it
         logger.exception("unexpected failure loading model %r", name)
         model.error = f"unexpected {type(exc).__name__}: {exc}"
     else:
-        model.session, model.decoder, model.state = session, decoder, ModelState.READY
+        model.sessions, model.decoder, model.state = sessions, decoder, ModelState.READY
+        if config.graphs is None:
+            model.session = sessions[DEFAULT_GRAPH]
     model.load_seconds = time.perf_counter() - started
     if model.ready:
         logger.info(

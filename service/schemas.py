@@ -62,8 +62,20 @@ class TensorInfo(BaseModel):
     shape: list[int]
 
 
+class GraphInfo(BaseModel):
+    """One ONNX graph of a multi-graph model version."""
+
+    file: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+
 class ModelInfo(BaseModel):
-    """One model as served: what it expects, what it says, where it runs."""
+    """One model as served: what it expects, what it says, where it runs.
+
+    A multi-graph version lists the first graph's inputs and every graph's outputs at the
+    top level, and each graph in ``graphs``; a single-graph version has ``graphs`` null.
+    """
 
     name: str
     version: str | None
@@ -75,6 +87,7 @@ class ModelInfo(BaseModel):
     labels: list[str] = Field(default_factory=list)
     providers: list[str] = Field(default_factory=list, description="providers in use")
     metrics: dict[str, Any] = Field(default_factory=dict)
+    graphs: dict[str, GraphInfo] | None = None
 
 
 class ModelsResponse(BaseModel):

@@ -12,7 +12,7 @@ import hashlib
 import json
 import subprocess
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +100,19 @@ def git_commit() -> str | None:
         return None
 
 
+def graph_entry(version_dir: Path, file: str, model: onnx.ModelProto) -> dict:
+    """``{"file", "sha256", "inputs", "outputs"}`` of one graph file in ``version_dir``."""
+    return {
+        "file": file,
+        "sha256": sha256(version_dir / file),
+        "inputs": tensor_specs(model.graph.input),
+        "outputs": tensor_specs(model.graph.output),
+    }
+
+
 def write_config(
     version_dir: Path,
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | None,
     *,
     name: str,
     task: str,
@@ -111,18 +121,32 @@ def write_config(
     decode: dict,
     metrics: dict,
     training: dict,
+    graphs: Mapping[str, tuple[str, onnx.ModelProto]] | None = None,
 ) -> dict:
-    """Write ``config.json`` beside ``model.onnx`` in ``version_dir``; returns it."""
-    onnx_path = version_dir / "model.onnx"
+    """Write ``config.json`` in ``version_dir``; returns it.
+
+    One graph: ``model`` is ``model.onnx``'s graph (top-level ``file``/``sha256``/
+    ``inputs``/``outputs``). Several: ``model`` is None and ``graphs`` maps each graph's
+    name to ``(file name, graph)``, written as the ``graphs`` object.
+    """
+    if (model is None) == (graphs is None):
+        raise ValueError("give either one model or graphs")
+    if graphs is None:
+        assert model is not None
+        layout = graph_entry(version_dir, "model.onnx", model)
+    else:
+        layout = {
+            "graphs": {
+                graph_name: graph_entry(version_dir, file, graph)
+                for graph_name, (file, graph) in graphs.items()
+            }
+        }
     config = {
         "format": 1,
         "name": name,
         "version": version_dir.name,
         "task": task,
-        "file": onnx_path.name,
-        "sha256": sha256(onnx_path),
-        "inputs": tensor_specs(model.graph.input),
-        "outputs": tensor_specs(model.graph.output),
+        **layout,
         "preprocess": preprocess,
         "labels": list(labels),
         "decode": decode,

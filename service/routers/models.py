@@ -5,10 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.dependencies import RegistryDep
-from service.runtime import LoadedModel
-from service.schemas import ModelInfo, ModelsResponse, TensorInfo
+from service.runtime import LoadedModel, TensorSpec
+from service.schemas import GraphInfo, ModelInfo, ModelsResponse, TensorInfo
 
 router = APIRouter(tags=["models"])
+
+
+def _tensors(specs: list[TensorSpec]) -> list[TensorInfo]:
+    return [TensorInfo(**spec.model_dump(include={"name", "datatype", "shape"})) for spec in specs]
 
 
 def model_info(model: LoadedModel) -> ModelInfo:
@@ -23,14 +27,16 @@ def model_info(model: LoadedModel) -> ModelInfo:
     )
     if config is not None:
         info.task = config.task
-        info.inputs = [
-            TensorInfo(**spec.model_dump(include={"name", "datatype", "shape"}))
-            for spec in config.inputs
-        ]
-        info.outputs = [
-            TensorInfo(**spec.model_dump(include={"name", "datatype", "shape"}))
-            for spec in config.outputs
-        ]
+        graphs = config.graph_configs()
+        info.inputs = _tensors(next(iter(graphs.values())).inputs)
+        info.outputs = _tensors(config.all_outputs())
+        if config.graphs is not None:
+            info.graphs = {
+                name: GraphInfo(
+                    file=graph.file, inputs=_tensors(graph.inputs), outputs=_tensors(graph.outputs)
+                )
+                for name, graph in graphs.items()
+            }
         info.labels = list(config.labels)
         info.metrics = dict(config.metrics)
     return info

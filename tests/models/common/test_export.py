@@ -1,0 +1,66 @@
+"""write_config: both layouts are read back by the service's loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from models.common.export import write_config
+from service.runtime import read_config
+
+
+def _graph(name_in: str, name_out: str) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name_in], [name_out])],
+        "g",
+        [helper.make_tensor_value_info(name_in, TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info(name_out, TensorProto.FLOAT, ["N", 3, 4, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+COMMON = {
+    "name": "m",
+    "task": "t",
+    "preprocess": {
+        "height": 4,
+        "width": 4,
+        "resize": "letterbox",
+        "pad_value": [0, 0, 0],
+        "scale": 1.0,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+    },
+    "labels": ["a"],
+    "decode": {},
+    "metrics": {},
+    "training": {"command": "test"},
+}
+
+
+def test_single_and_multi_graph_configs_read_back(tmp_path: Path) -> None:
+    one = tmp_path / "m" / "1"
+    one.mkdir(parents=True)
+    model = _graph("image", "out")
+    onnx.save(model, one / "model.onnx")
+    config = write_config(one, model, **COMMON)
+    assert config["file"] == "model.onnx" and "graphs" not in config
+    assert read_config(one).graph_configs()["model"].outputs[0].name == "out"
+
+    two = tmp_path / "m" / "2"
+    two.mkdir(parents=True)
+    first, second = _graph("image", "mid"), _graph("mid", "out")
+    onnx.save(first, two / "a.onnx")
+    onnx.save(second, two / "b.onnx")
+    config = write_config(
+        two, None, graphs={"a": ("a.onnx", first), "b": ("b.onnx", second)}, **COMMON
+    )
+    assert "file" not in config and set(config["graphs"]) == {"a", "b"}
+    graphs = read_config(two).graph_configs()
+    assert graphs["b"].inputs[0].name == "mid" and graphs["a"].file == "a.onnx"
+
+    with pytest.raises(ValueError, match="either"):
+        write_config(two, first, graphs={"a": ("a.onnx", first)}, **COMMON)
