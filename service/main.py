@@ -10,11 +10,13 @@ import anyio
 from fastapi import Depends, FastAPI
 
 from service.dependencies import require_api_key
+from service.docs import install_offline_docs
 from service.errors import install_exception_handlers
 from service.imaging import configure_pillow
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from service.metrics import MetricsMiddleware, create_metrics
 from service.routers import health, metrics, models, recognize
+from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
 from service.settings import Settings, get_settings
 
@@ -82,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Landmark recognition (and more to come) served from ONNX Runtime.",
         lifespan=lifespan,
+        # Served from this app's own copies of the assets (service/docs.py), not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = create_metrics()
@@ -95,6 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, dependencies=protected)
     app.include_router(recognize.router, dependencies=protected)
     app.include_router(metrics.router, dependencies=protected)
+    # KServe V2 answers its own errors ({"error": ...}) and checks API keys per route.
+    app.include_router(v2_router)
+    install_offline_docs(app)
 
     # Added last = outermost: metrics also see the 413s the size limit answers itself.
     app.add_middleware(

@@ -1,0 +1,71 @@
+"""``/docs`` (Swagger UI) and ``/redoc`` served with no internet.
+
+FastAPI's own pages load their JavaScript and CSS from a CDN, which an air-gapped cluster
+cannot reach. The assets here come from the ``fastapi-offline`` wheel (Swagger UI 5 and
+ReDoc 2 bundles, MIT/Apache-2.0), served by this app under ``DOCS_ASSETS_URL``; only the
+two HTML pages are generated. Create the app with ``docs_url=None, redoc_url=None`` and
+call :func:`install_offline_docs`.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+DOCS_ASSETS_URL = "/docs-assets"
+SWAGGER_JS = "swagger-ui-bundle.js"
+SWAGGER_CSS = "swagger-ui.css"
+REDOC_JS = "redoc.standalone.js"
+FAVICON = "favicon.png"
+
+
+def assets_directory() -> Path:
+    """The folder of the packaged Swagger UI and ReDoc bundles."""
+    return Path(str(files("fastapi_offline") / "static"))
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """Serve the assets and the ``/docs`` and ``/redoc`` pages from this app."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=assets_directory()), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url or f"{DOCS_URL}/oauth2-redirect"
+
+    def asset(request: Request, name: str) -> str:
+        return f"{request.scope.get('root_path', '')}{DOCS_ASSETS_URL}/{name}"
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=oauth2_redirect_url,
+            swagger_js_url=asset(request, SWAGGER_JS),
+            swagger_css_url=asset(request, SWAGGER_CSS),
+            swagger_favicon_url=asset(request, FAVICON),
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(oauth2_redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get(REDOC_URL, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=asset(request, REDOC_JS),
+            redoc_favicon_url=asset(request, FAVICON),
+            with_google_fonts=False,
+        )

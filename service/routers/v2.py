@@ -1,0 +1,685 @@
+"""Open Inference Protocol (KServe V2) for raw tensors, over every ONNX graph served.
+
+Naming: a single-graph model version is the V2 model ``<model>`` (``landmark``); a version
+with several graphs (config.json ``graphs``) exposes each graph as its own V2 model
+``<model>.<graph>`` (``attention.features``, ``attention.perception``). V2 names are looked
+up in the registry only: nothing here touches the filesystem, so a name cannot reach a path.
+
+Tensors travel as JSON (``data``, flat row-major or nested) or with Triton's binary tensor
+data extension: the body is ``Inference-Header-Content-Length`` bytes of JSON followed by
+each binary input's raw little-endian bytes in input order (``parameters.binary_data_size``).
+Outputs come back binary when the request asks (``binary_data`` per output, or
+``binary_data_output`` for all), JSON otherwise. Request bodies may be gzip or deflate
+encoded (``Content-Encoding``), as tritonclient sends them on request.
+
+Every error is ``{"error": "..."}`` with a 4xx status for anything the request got wrong
+(400 malformed, 401 key, 404 unknown model, 413 too large) and 503 while models load; the
+endpoints' own schema is the protocol's, not problem+json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.dependencies import MetricsDep, RegistryDep, require_api_key
+from service.errors import DEFAULT_RETRY_AFTER_S, ServiceError
+from service.runtime import (
+    DEFAULT_GRAPH,
+    NUMPY_TYPES,
+    GraphConfig,
+    LoadedModel,
+    ModelRegistry,
+    OnnxSession,
+    TensorSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "vision-service"
+# The binary tensor extension under Triton's name, which tritonclient looks for.
+EXTENSIONS = ["binary_tensor_data"]
+PLATFORM = "onnxruntime_onnx"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_MEDIA_TYPE = "application/octet-stream"
+# Joins a model and one of its graphs into a V2 model name.
+GRAPH_SEPARATOR = "."
+# Longest model name echoed back in an error; the rest is elided.
+MAX_ECHOED_NAME = 80
+
+V2_NAME = Annotated[str, Path(description="V2 model name: `<model>` or `<model>.<graph>`")]
+V2_VERSION = Annotated[str, Path(description="model version; only the served one is known")]
+
+
+class V2Error(Exception):
+    """An error answered as the protocol's ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+
+
+class V2Route(APIRoute):
+    """Answers every error of a V2 route, the app's own included, as ``{"error": ...}``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except V2Error as exc:
+                return error_response(exc.status, exc.message, exc.headers)
+            except RequestValidationError as exc:
+                detail = "; ".join(str(error.get("msg", "invalid")) for error in exc.errors())
+                return error_response(400, detail or "invalid request")
+            except ServiceError as exc:  # 401 from the API key check, 503s
+                return error_response(int(exc.status), exc.detail, exc.headers)
+
+        return route
+
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=V2Route)
+protected = [Depends(require_api_key)]
+
+
+# --- protocol documents (request parsing and the OpenAPI schema) ----------------------------
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(examples=[[-1, 3, 160, 160]])
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class LiveStatus(BaseModel):
+    live: bool
+
+
+class ReadyStatus(BaseModel):
+    ready: bool
+
+
+class ModelReadyStatus(BaseModel):
+    name: str
+    ready: bool
+
+
+class ErrorDocument(BaseModel):
+    error: str
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: Any = Field(
+        default=None,
+        description="row-major values, flat or nested; absent with parameters.binary_data_size",
+    )
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description='{"binary_data": true} returns it as raw bytes'
+    )
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description='{"binary_data_output": true}: every output binary'
+    )
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = Field(default=None, description="default: all")
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+INFER_EXAMPLE = {
+    "id": "42",
+    "inputs": [
+        {"name": "image", "datatype": "FP32", "shape": [1, 3, 2, 2], "data": [0.0] * 12},
+    ],
+    "outputs": [{"name": "confidence", "parameters": {"binary_data": False}}],
+}
+INFER_RESPONSE_EXAMPLE = {
+    "model_name": "landmark",
+    "model_version": "1",
+    "id": "42",
+    "outputs": [{"name": "confidence", "datatype": "FP32", "shape": [1, 2], "data": [0.1, 0.05]}],
+}
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "model": ErrorDocument,
+        "description": description,
+        "content": {"application/json": {"example": {"error": description}}},
+    }
+
+
+NOT_READY: Responses = {503: _error("not ready (models loading or failed); see Retry-After")}
+UNKNOWN_MODEL: Responses = {
+    401: _error("API keys are configured and none or a wrong one was sent"),
+    404: _error("no such V2 model (or version) on this server"),
+}
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined, for ``openapi_extra``."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+INFER_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "JSON; or, with the `Inference-Header-Content-Length: N` header, N bytes of this "
+            "JSON followed by the binary inputs' raw little-endian bytes in input order."
+        ),
+        "content": {
+            "application/json": {"schema": _inline_schema(InferRequest), "example": INFER_EXAMPLE},
+            BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+# --- the registry seen as V2 models ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class V2Model:
+    """One V2 model: a graph of a loaded model (``graph`` None when the config is unknown)."""
+
+    name: str
+    model: LoadedModel
+    graph: str | None
+    config: GraphConfig | None
+
+
+def v2_models(registry: ModelRegistry) -> dict[str, V2Model]:
+    """Every V2 model this registry serves, by V2 name."""
+    served: dict[str, V2Model] = {}
+    for model in registry.models.values():
+        config = model.config
+        if config is None:  # failed before its config was read: known, never ready
+            served[model.name] = V2Model(model.name, model, None, None)
+        elif config.graphs is None:
+            graph = config.graph_configs()[DEFAULT_GRAPH]
+            served[model.name] = V2Model(model.name, model, DEFAULT_GRAPH, graph)
+        else:
+            for graph_name, graph in config.graphs.items():
+                name = f"{model.name}{GRAPH_SEPARATOR}{graph_name}"
+                served[name] = V2Model(name, model, graph_name, graph)
+    return served
+
+
+def _echo(name: str) -> str:
+    return repr(name if len(name) <= MAX_ECHOED_NAME else name[:MAX_ECHOED_NAME] + "...")
+
+
+def find_model(registry: ModelRegistry, name: str, version: str | None = None) -> V2Model:
+    """The V2 model ``name`` (at ``version``, if given), else 404."""
+    served = v2_models(registry)
+    found = served.get(name)
+    if found is None:
+        parent = registry.get(name)
+        if parent is not None and parent.config is not None and parent.config.graphs:
+            graphs = [f"{name}{GRAPH_SEPARATOR}{graph}" for graph in parent.config.graphs]
+            raise V2Error(404, f"model {_echo(name)} has several graphs; use one of {graphs}")
+        raise V2Error(404, f"unknown model {_echo(name)}; this server serves {sorted(served)}")
+    if version is not None and version != found.model.version:
+        raise V2Error(
+            404,
+            f"model {_echo(name)} has no version {_echo(version)}; "
+            f"it serves version {found.model.version!r}",
+        )
+    return found
+
+
+def ready_session(found: V2Model) -> tuple[OnnxSession, GraphConfig]:
+    """The model's session and graph config, or 503 with the reason."""
+    model = found.model
+    if not model.ready or found.config is None or found.graph is None:
+        raise V2Error(
+            503,
+            f"model {found.name!r} is not ready: {model.error or 'loading'}",
+            {"Retry-After": str(DEFAULT_RETRY_AFTER_S)},
+        )
+    return model.graph(None if model.session is not None else found.graph), found.config
+
+
+def _tensors(specs: Sequence[TensorSpec]) -> list[MetadataTensor]:
+    return [MetadataTensor(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in specs]
+
+
+# --- tensors in and out ---------------------------------------------------------------------
+
+# Which numpy kinds a JSON array may have for each datatype (no strings, no silent bools).
+JSON_KINDS = {"BOOL": "b", "UINT8": "iu", "INT8": "iu", "INT32": "iu", "INT64": "iu"}
+FLOAT_KINDS = "iuf"
+
+
+def _little_endian(datatype: str) -> np.dtype[Any]:
+    return np.dtype(NUMPY_TYPES[datatype]).newbyteorder("<")
+
+
+def _check_shape(name: str, shape: Sequence[int], spec: TensorSpec) -> None:
+    if len(shape) != len(spec.shape):
+        raise V2Error(400, f"input {name!r} has shape {list(shape)}; the graph wants {spec.shape}")
+    for got, want in zip(shape, spec.shape, strict=True):
+        if (want < 0 and got < 1) or (want >= 0 and got != want):
+            raise V2Error(
+                400,
+                f"input {name!r} has shape {list(shape)}; the graph wants {spec.shape} "
+                "(-1: any size from 1)",
+            )
+
+
+def _json_tensor(name: str, data: Any, datatype: str, count: int) -> npt.NDArray[Any]:
+    if data is None:
+        raise V2Error(400, f"input {name!r} has neither data nor parameters.binary_data_size")
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise V2Error(400, f"input {name!r}: data is not a regular array ({exc})") from exc
+    if raw.size != count:
+        raise V2Error(400, f"input {name!r} has {raw.size} values; its shape holds {count}")
+    kinds = JSON_KINDS.get(datatype, FLOAT_KINDS)
+    if raw.size and raw.dtype.kind not in kinds:
+        raise V2Error(400, f"input {name!r}: data of kind {raw.dtype} is not {datatype}")
+    dtype = np.dtype(NUMPY_TYPES[datatype])
+    if raw.size and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if int(raw.min()) < info.min or int(raw.max()) > info.max:
+            raise V2Error(400, f"input {name!r}: values outside the range of {datatype}")
+    return raw.astype(dtype)
+
+
+def decode_inputs(
+    request: InferRequest, binary: bytes, config: GraphConfig
+) -> dict[str, npt.NDArray[Any]]:
+    """The request's tensors, checked against the graph's inputs, by input name."""
+    declared = {spec.name: spec for spec in config.inputs}
+    names = [item.name for item in request.inputs]
+    if len(set(names)) != len(names):
+        raise V2Error(400, f"inputs {names} name a tensor more than once")
+    if set(names) != set(declared):
+        raise V2Error(400, f"inputs {sorted(names)} differ from the graph's {sorted(declared)}")
+    feeds: dict[str, npt.NDArray[Any]] = {}
+    offset = 0
+    for item in request.inputs:
+        spec = declared[item.name]
+        if item.datatype != spec.datatype:
+            raise V2Error(
+                400, f"input {item.name!r} is {item.datatype}; the graph wants {spec.datatype}"
+            )
+        _check_shape(item.name, item.shape, spec)
+        count = math.prod(item.shape)
+        size = item.parameters.get("binary_data_size")
+        if size is None:
+            array = _json_tensor(item.name, item.data, spec.datatype, count)
+        else:
+            dtype = _little_endian(spec.datatype)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise V2Error(400, f"input {item.name!r}: binary_data_size must be an integer")
+            if item.data is not None:
+                raise V2Error(400, f"input {item.name!r} has both data and binary_data_size")
+            if size != count * dtype.itemsize:
+                raise V2Error(
+                    400,
+                    f"input {item.name!r}: binary_data_size is {size}; shape {item.shape} "
+                    f"of {spec.datatype} needs {count * dtype.itemsize}",
+                )
+            if offset + size > len(binary):
+                raise V2Error(400, f"input {item.name!r}: the binary data ends early")
+            array = np.frombuffer(binary, dtype, count, offset)
+            offset += size
+        feeds[item.name] = array.reshape(item.shape).astype(NUMPY_TYPES[spec.datatype])
+    if offset != len(binary):
+        raise V2Error(400, f"{len(binary) - offset} bytes of binary data belong to no input")
+    return feeds
+
+
+def _flag(parameters: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise V2Error(400, f"parameter {key} must be true or false")
+    return value
+
+
+def requested_outputs(request: InferRequest, config: GraphConfig) -> list[tuple[str, bool]]:
+    """(output name, as binary) for each output to return, in request order."""
+    declared = [spec.name for spec in config.outputs]
+    default_binary = _flag(request.parameters, "binary_data_output", False)
+    if request.outputs is None:
+        return [(name, default_binary) for name in declared]
+    wanted: list[tuple[str, bool]] = []
+    for item in request.outputs:
+        if item.name not in declared:
+            raise V2Error(400, f"unknown output {item.name!r}; the graph has {declared}")
+        if "classification" in item.parameters:
+            raise V2Error(400, "the classification extension is not supported")
+        wanted.append((item.name, _flag(item.parameters, "binary_data", default_binary)))
+    if len({name for name, _ in wanted}) != len(wanted):
+        raise V2Error(400, "outputs name a tensor more than once")
+    return wanted
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip/deflate body, inflated to at most ``limit`` bytes (no decompression bombs)."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise V2Error(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise V2Error(400, f"the body is not valid {encoding}: {exc}") from exc
+    if len(data) > limit:
+        raise V2Error(413, f"the inflated body exceeds {limit} bytes")
+    return data
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+    """The JSON request and the binary tail (Triton's binary tensor data extension)."""
+    if header_length is None:
+        head, tail = body, b""
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= len(body):
+            raise V2Error(400, f"{HEADER_LENGTH} must be a length within the body")
+        head, tail = body[:length], body[length:]
+    try:
+        payload = json.loads(head)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise V2Error(400, f"the inference request is not valid JSON: {exc}") from exc
+    try:
+        return InferRequest.model_validate(payload), tail
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise V2Error(400, f"not an inference request: {problems}") from exc
+
+
+def encode_outputs(
+    results: Mapping[str, npt.NDArray[Any]],
+    wanted: Sequence[tuple[str, bool]],
+    config: GraphConfig,
+    body: dict[str, Any],
+) -> Response:
+    """JSON response, or JSON header + binary outputs when any output is binary."""
+    datatypes = {spec.name: spec.datatype for spec in config.outputs}
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, binary in wanted:
+        datatype = datatypes[name]
+        array = np.asarray(results[name])
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            raw = np.ascontiguousarray(array, dtype=_little_endian(datatype)).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        outputs.append(entry)
+    body["outputs"] = outputs
+    header = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(chunks),
+        media_type=BINARY_MEDIA_TYPE,
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+@router.get("", dependencies=protected, responses={401: UNKNOWN_MODEL[401]})
+async def server_metadata(request: Request) -> ServerMetadata:
+    """Server name, version and protocol extensions."""
+    return ServerMetadata(name=SERVER_NAME, version=request.app.version, extensions=EXTENSIONS)
+
+
+@router.get("/health/live")
+async def server_live() -> LiveStatus:
+    """200 while the process runs."""
+    return LiveStatus(live=True)
+
+
+@router.get("/health/ready", responses=NOT_READY)
+async def server_ready(registry: RegistryDep) -> ReadyStatus:
+    """200 once every configured model is loaded and warmed, else 503."""
+    if not registry.ready:
+        failed = [f"{n}: {m.error}" for n, m in registry.models.items() if m.error]
+        reason = "; ".join(([registry.problem] if registry.problem else []) + failed)
+        raise V2Error(
+            503,
+            f"not ready: {reason or 'models are loading'}",
+            {"Retry-After": str(DEFAULT_RETRY_AFTER_S)},
+        )
+    return ReadyStatus(ready=True)
+
+
+def _metadata(found: V2Model) -> ModelMetadata:
+    if found.config is None:
+        raise V2Error(
+            503,
+            f"model {found.name!r} failed before its signature was read: {found.model.error}",
+            {"Retry-After": str(DEFAULT_RETRY_AFTER_S)},
+        )
+    return ModelMetadata(
+        name=found.name,
+        versions=[found.model.version or ""],
+        platform=PLATFORM,
+        inputs=_tensors(found.config.inputs),
+        outputs=_tensors(found.config.outputs),
+    )
+
+
+@router.get("/models/{name}", dependencies=protected, responses={**UNKNOWN_MODEL, **NOT_READY})
+async def model_metadata(name: V2_NAME, registry: RegistryDep) -> ModelMetadata:
+    """Inputs and outputs (names, datatypes, shapes; -1 is a dynamic axis) of a V2 model."""
+    return _metadata(find_model(registry, name))
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    dependencies=protected,
+    responses={**UNKNOWN_MODEL, **NOT_READY},
+)
+async def model_version_metadata(
+    name: V2_NAME, version: V2_VERSION, registry: RegistryDep
+) -> ModelMetadata:
+    """As ``/v2/models/{name}``, for the served version only."""
+    return _metadata(find_model(registry, name, version))
+
+
+def _model_ready(found: V2Model) -> ModelReadyStatus:
+    ready_session(found)
+    return ModelReadyStatus(name=found.name, ready=True)
+
+
+@router.get(
+    "/models/{name}/ready", dependencies=protected, responses={**UNKNOWN_MODEL, **NOT_READY}
+)
+async def model_ready(name: V2_NAME, registry: RegistryDep) -> ModelReadyStatus:
+    """200 when the model's graphs are loaded and warmed, else 503."""
+    return _model_ready(find_model(registry, name))
+
+
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    dependencies=protected,
+    responses={**UNKNOWN_MODEL, **NOT_READY},
+)
+async def model_version_ready(
+    name: V2_NAME, version: V2_VERSION, registry: RegistryDep
+) -> ModelReadyStatus:
+    """As ``/v2/models/{name}/ready``, for the served version only."""
+    return _model_ready(find_model(registry, name, version))
+
+
+def _timed_run(
+    session: OnnxSession, feeds: dict[str, npt.NDArray[Any]], names: list[str]
+) -> tuple[dict[str, npt.NDArray[Any]], float]:
+    started = time.perf_counter()
+    results = session.run(feeds, names)
+    return results, time.perf_counter() - started
+
+
+async def _infer(
+    found: V2Model, request: Request, registry: ModelRegistry, metrics: MetricsDep
+) -> Response:
+    session, config = ready_session(found)
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        settings = request.app.state.settings
+        body = _decompress(body, encoding, settings.max_upload_bytes)
+    parsed, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+    feeds = decode_inputs(parsed, binary, config)
+    wanted = requested_outputs(parsed, config)
+    try:
+        results, seconds = await anyio.to_thread.run_sync(
+            partial(_timed_run, session, feeds, [name for name, _ in wanted])
+        )
+    except Exception as exc:  # inputs were checked: a failure here is the server's
+        logger.exception("V2 inference on %s failed", found.name)
+        raise V2Error(500, f"inference failed: {exc}") from exc
+    version = found.model.version or ""
+    metrics.inference_seconds.labels(found.model.name, version).observe(seconds)
+    head: dict[str, Any] = {"model_name": found.name, "model_version": version}
+    if parsed.id is not None:
+        head["id"] = parsed.id
+    return encode_outputs(results, wanted, config, head)
+
+
+INFER_RESPONSES: Responses = {
+    200: {
+        "model": InferResponse,
+        "description": (
+            "JSON; when an output is binary, `application/octet-stream` with the JSON header "
+            f"length in `{HEADER_LENGTH}` and the outputs' bytes after it"
+        ),
+        "content": {
+            "application/json": {"example": INFER_RESPONSE_EXAMPLE},
+            BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    400: _error("malformed request: JSON, names, datatypes, shapes or binary sizes"),
+    **UNKNOWN_MODEL,
+    413: _error("the body exceeds the upload limit"),
+    **NOT_READY,
+}
+
+
+@router.post(
+    "/models/{name}/infer",
+    dependencies=protected,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
+    response_class=Response,
+)
+async def model_infer(
+    name: V2_NAME, request: Request, registry: RegistryDep, metrics: MetricsDep
+) -> Response:
+    """Run one graph on raw tensors (JSON or binary); returns the requested outputs."""
+    return await _infer(find_model(registry, name), request, registry, metrics)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    dependencies=protected,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
+    response_class=Response,
+)
+async def model_version_infer(
+    name: V2_NAME, version: V2_VERSION, request: Request, registry: RegistryDep, metrics: MetricsDep
+) -> Response:
+    """As ``/v2/models/{name}/infer``, for the served version only."""
+    return await _infer(find_model(registry, name, version), request, registry, metrics)

@@ -1,0 +1,342 @@
+"""KServe V2 / Open Inference Protocol routes with hand-made requests: naming, tensors in
+JSON and binary, every error as {"error": ...} with a 4xx (503 while not ready)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.routers.v2 import HEADER_LENGTH
+from tests.service.conftest import make_settings
+from tests.service.fakes import CELLS, SIZE, write_model
+from tests.service.fakes_v2 import square_cell, square_tensor, write_v2_repository
+
+CONFIDENT = 0.999  # sigmoid(10) of the fake graph's covered cell
+
+
+@pytest.fixture
+def v2(tmp_path: Path) -> Iterator[TestClient]:
+    root = write_v2_repository(tmp_path / "repository")
+    with TestClient(create_app(make_settings(root))) as client:
+        yield client
+
+
+def json_request(tensor: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(tensor.shape),
+                "data": tensor.reshape(-1).tolist(),
+            }
+        ],
+        **extra,
+    }
+
+
+def binary_body(header: dict[str, Any], *chunks: bytes) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(header).encode()
+    return head + b"".join(chunks), {HEADER_LENGTH: str(len(head))}
+
+
+def binary_image_request(tensor: np.ndarray, **extra: Any) -> tuple[bytes, dict[str, str]]:
+    raw = tensor.astype("<f4").tobytes()
+    header = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(tensor.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ],
+        **extra,
+    }
+    return binary_body(header, raw)
+
+
+def error_of(response: Any, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    message: str = body["error"]
+    return message
+
+
+def test_server_metadata_and_health(v2: TestClient) -> None:
+    meta = v2.get("/v2").json()
+    assert meta["name"] == "vision-service" and meta["version"] == "0.1.0"
+    assert "binary_tensor_data" in meta["extensions"]
+    assert v2.get("/v2/health/live").json() == {"live": True}
+    assert v2.get("/v2/health/ready").json() == {"ready": True}
+
+
+def test_every_graph_is_a_model_named_model_dot_graph(v2: TestClient) -> None:
+    single = v2.get("/v2/models/landmark").json()
+    assert single["name"] == "landmark" and single["versions"] == ["1"]
+    assert single["platform"] == "onnxruntime_onnx"
+    assert single["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}]
+    assert [o["name"] for o in single["outputs"]] == ["class_probs", "confidence", "points"]
+    front = v2.get("/v2/models/chain.front").json()
+    assert front["outputs"] == [{"name": "mid", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}]
+    head = v2.get("/v2/models/chain.head/versions/1").json()
+    assert head["inputs"][0]["name"] == "mid"
+    for name in ("landmark", "chain.front", "chain.head"):
+        assert v2.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
+    assert "chain.front" in error_of(v2.get("/v2/models/chain"), 404)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/nope",
+        "/v2/models/%2e%2e",
+        "/v2/models/landmark.model",
+        "/v2/models/chain.front/versions/2",
+        "/v2/models/landmark/versions/%2e%2e",
+        "/v2/models/nope/ready",
+    ],
+)
+def test_unknown_models_and_versions_are_404(v2: TestClient, path: str) -> None:
+    error_of(v2.get(path), 404)
+
+
+def test_traversal_never_reaches_a_model(v2: TestClient) -> None:
+    for path in ("/v2/models/..%2F..%2Fetc%2Fpasswd", "/v2/models/%2e%2e/infer"):
+        response = v2.get(path) if "infer" not in path else v2.post(path, json={})
+        assert response.status_code in (404, 405)
+
+
+def test_infer_json_in_json_out(v2: TestClient) -> None:
+    request = json_request(square_tensor(2), id="abc", outputs=[{"name": "confidence"}])
+    response = v2.post("/v2/models/landmark/infer", json=request)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "landmark" and body["model_version"] == "1"
+    assert body["id"] == "abc"
+    (output,) = body["outputs"]
+    assert output["name"] == "confidence" and output["datatype"] == "FP32"
+    assert output["shape"] == [2, CELLS, 2]
+    confidence = np.array(output["data"], np.float32).reshape(output["shape"])
+    assert confidence[0, square_cell(), 0] > CONFIDENT
+    assert confidence[1, square_cell(), 1] == pytest.approx(confidence[1, square_cell(), 0] / 2)
+    assert confidence[:, : square_cell(), :].max() < 1e-3
+
+
+def test_infer_nested_json_and_every_output_by_default(v2: TestClient) -> None:
+    request = json_request(square_tensor())
+    request["inputs"][0]["data"] = square_tensor().tolist()
+    outputs = v2.post("/v2/models/landmark/versions/1/infer", json=request).json()["outputs"]
+    assert [o["name"] for o in outputs] == ["class_probs", "confidence", "points"]
+    assert all("data" in o for o in outputs)
+
+
+def test_infer_binary_in_binary_out(v2: TestClient) -> None:
+    body, headers = binary_image_request(
+        square_tensor(), parameters={"binary_data_output": True}, outputs=[{"name": "points"}]
+    )
+    response = v2.post("/v2/models/landmark/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    length = int(response.headers[HEADER_LENGTH])
+    header = json.loads(response.content[:length])
+    (output,) = header["outputs"]
+    assert output["shape"] == [1, CELLS, 2, 2] and "data" not in output
+    size = output["parameters"]["binary_data_size"]
+    assert size == CELLS * 2 * 2 * 4 == len(response.content) - length
+    points = np.frombuffer(response.content[length:], "<f4").reshape(output["shape"])
+    assert points[0, square_cell(), 0].tolist() == [68.0, 44.0]  # the cell's centre (u, v)
+
+
+def test_mixed_binary_and_json_outputs_and_gzip_request(v2: TestClient) -> None:
+    body, headers = binary_image_request(
+        square_tensor(),
+        outputs=[
+            {"name": "confidence", "parameters": {"binary_data": True}},
+            {"name": "points", "parameters": {"binary_data": False}},
+        ],
+    )
+    headers["Content-Encoding"] = "gzip"
+    response = v2.post("/v2/models/landmark/infer", content=gzip.compress(body), headers=headers)
+    assert response.status_code == 200, response.text
+    length = int(response.headers[HEADER_LENGTH])
+    confidence, points = json.loads(response.content[:length])["outputs"]
+    assert confidence["parameters"]["binary_data_size"] == len(response.content) - length
+    assert len(points["data"]) == CELLS * 2 * 2
+
+
+def test_two_graphs_chain_through_v2(v2: TestClient) -> None:
+    body, headers = binary_image_request(square_tensor(), parameters={"binary_data_output": True})
+    front = v2.post("/v2/models/chain.front/infer", content=body, headers=headers)
+    length = int(front.headers[HEADER_LENGTH])
+    mid = np.frombuffer(front.content[length:], "<f4").reshape(1, 3, SIZE, SIZE)
+    np.testing.assert_array_equal(mid, square_tensor())
+    request = json_request(mid, outputs=[{"name": "confidence"}])
+    request["inputs"][0]["name"] = "mid"
+    head = v2.post("/v2/models/chain.head/infer", json=request).json()
+    assert head["model_name"] == "chain.head"
+    assert np.array(head["outputs"][0]["data"]).reshape(1, CELLS, 2)[0, square_cell(), 0] > 0.99
+
+
+def _input(**changes: Any) -> dict[str, Any]:
+    tensor = {
+        "name": "image",
+        "datatype": "FP32",
+        "shape": [1, 3, SIZE, SIZE],
+        "data": [0.0] * (3 * SIZE * SIZE),
+    }
+    tensor.update(changes)
+    return {"inputs": [tensor]}
+
+
+@pytest.mark.parametrize(
+    ("request_body", "fragment"),
+    [
+        (_input(datatype="INT64"), "FP32"),
+        (_input(datatype="BYTES"), "FP32"),
+        (_input(shape=[1, 3, SIZE]), "shape"),
+        (_input(shape=[1, 3, SIZE, SIZE + 1]), "shape"),
+        (_input(shape=[0, 3, SIZE, SIZE], data=[]), "shape"),
+        (_input(shape=[-1, 3, SIZE, SIZE]), "shape"),
+        (_input(data=[0.0] * 10), "values"),
+        (_input(data=["0"] * (3 * SIZE * SIZE)), "kind"),
+        (_input(data=[[0.0], [0.0, 1.0]]), "regular"),
+        (_input(data=None), "neither"),
+        (_input(name="img"), "differ"),
+        ({"inputs": [*_input()["inputs"], *_input()["inputs"]]}, "more than once"),
+        ({"inputs": []}, "inputs"),
+        ({"outputs": []}, "inputs"),
+        ([1, 2], "not an inference request"),
+        ({**_input(), "outputs": [{"name": "nope"}]}, "unknown output"),
+        ({**_input(), "outputs": [{"name": "points"}, {"name": "points"}]}, "more than once"),
+        (
+            {**_input(), "outputs": [{"name": "points", "parameters": {"classification": 3}}]},
+            "classification",
+        ),
+        ({**_input(), "parameters": {"binary_data_output": "yes"}}, "true or false"),
+        (_input(parameters={"binary_data_size": 10}), "both data"),
+        (_input(parameters={"binary_data_size": "x"}, data=None), "integer"),
+    ],
+)
+def test_bad_json_requests_are_400(v2: TestClient, request_body: Any, fragment: str) -> None:
+    response = v2.post("/v2/models/landmark/infer", json=request_body)
+    assert fragment in error_of(response, 400)
+
+
+def test_integer_range_is_checked(tmp_path: Path) -> None:
+    # The fake graph has only FP32 inputs; the check itself is pure numpy.
+    from service.routers.v2 import V2Error, _json_tensor
+
+    assert _json_tensor("x", [1, 255], "UINT8", 2).dtype == np.uint8
+    with pytest.raises(V2Error, match="range"):
+        _json_tensor("x", [1, 256], "UINT8", 2)
+    with pytest.raises(V2Error, match="kind"):
+        _json_tensor("x", [True, False], "INT32", 2)
+    with pytest.raises(V2Error, match="kind"):
+        _json_tensor("x", [1.5], "INT64", 1)
+
+
+@pytest.mark.parametrize(
+    ("cut", "extra", "header", "fragment"),
+    [
+        (4, b"", None, "ends early"),
+        (0, b"\0\0\0\0", None, "belong to no input"),
+        (0, b"", "-1", HEADER_LENGTH),
+        (0, b"", "999999999", HEADER_LENGTH),
+        (0, b"", "abc", HEADER_LENGTH),
+        (0, b"", "3", "not valid JSON"),
+    ],
+)
+def test_bad_binary_requests_are_400(
+    v2: TestClient, cut: int, extra: bytes, header: str | None, fragment: str
+) -> None:
+    body, headers = binary_image_request(square_tensor())
+    if header is not None:
+        headers[HEADER_LENGTH] = header
+    body = (body[:-cut] if cut else body) + extra
+    response = v2.post("/v2/models/landmark/infer", content=body, headers=headers)
+    assert fragment in error_of(response, 400)
+
+
+def test_binary_size_must_match_the_shape(v2: TestClient) -> None:
+    raw = square_tensor().tobytes()
+    header = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": [2, 3, SIZE, SIZE],
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
+    body, headers = binary_body(header, raw)
+    response = v2.post("/v2/models/landmark/infer", content=body, headers=headers)
+    assert "needs" in error_of(response, 400)
+
+
+def test_bad_content_encoding_is_400(v2: TestClient) -> None:
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    response = v2.post("/v2/models/landmark/infer", content=b"not gzip", headers=headers)
+    assert "gzip" in error_of(response, 400)
+    headers["Content-Encoding"] = "br"
+    assert "not supported" in error_of(
+        v2.post("/v2/models/landmark/infer", content=b"{}", headers=headers), 400
+    )
+
+
+def test_gzip_bomb_is_413(tmp_path: Path) -> None:
+    root = write_v2_repository(tmp_path / "repository")
+    with TestClient(create_app(make_settings(root, max_upload_bytes=100_000))) as client:
+        bomb = gzip.compress(b" " * 1_000_000)
+        headers = {"Content-Encoding": "gzip"}
+        response = client.post("/v2/models/landmark/infer", content=bomb, headers=headers)
+        assert "inflated" in error_of(response, 413)
+
+
+def test_api_keys_guard_everything_but_health(tmp_path: Path) -> None:
+    root = write_v2_repository(tmp_path / "repository")
+    with TestClient(create_app(make_settings(root, api_keys=["k"]))) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/v2/health/live").status_code == 200
+        for path in ("/v2", "/v2/models/landmark", "/v2/models/landmark/ready"):
+            assert "API key" in error_of(client.get(path), 401)
+        assert error_of(client.post("/v2/models/landmark/infer", json={}), 401)
+        assert client.get("/v2/models/landmark", headers={"X-API-Key": "k"}).status_code == 200
+
+
+def test_failed_model_is_503_with_reason(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    write_model(root)
+    write_model(root, "broken", file_bytes=b"not the graph")
+    with TestClient(create_app(make_settings(root))) as client:
+        response = client.get("/v2/health/ready")
+        assert "broken" in error_of(response, 503) and response.headers["Retry-After"]
+        assert "sha256" in error_of(client.get("/v2/models/broken/ready"), 503)
+        assert client.get("/v2/models/broken").json()["name"] == "broken"  # config was read
+        assert "not ready" in error_of(
+            client.post("/v2/models/broken/infer", json=_input()), 503
+        )
+        assert client.get("/v2/models/landmark/ready").status_code == 200
+
+
+def test_openapi_documents_v2_with_examples_and_errors(v2: TestClient) -> None:
+    paths = v2.get("/openapi.json").json()["paths"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert {"400", "401", "404", "413", "503"} <= set(infer["responses"])
+    body = infer["requestBody"]["content"]
+    assert body["application/json"]["example"]["inputs"][0]["name"] == "image"
+    assert "application/octet-stream" in body
+    assert "$ref" not in json.dumps(body["application/json"]["schema"])
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready"):
+        assert path in paths
