@@ -1,0 +1,42 @@
+"""A small typed client for the vision service, sync and async, built on httpx.
+
+    from client import VisionClient
+    with VisionClient("http://localhost:8000") as vision:
+        result = vision.recognize("photo.jpg", min_score=0.5)
+
+Every endpoint has one method; error statuses raise :mod:`client.errors` (``BadRequest``,
+``PayloadTooLarge``, ``ServiceUnavailable`` with ``retry_after``...) carrying the
+problem+json fields. Install with the ``client`` extra (httpx).
+"""
+
+from client._calls import ImageInput, InferResult
+from client._client import AsyncVisionClient, VisionClient
+from client.errors import (
+    ApiError,
+    BadRequest,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    VisionError,
+)
+
+__all__ = [
+    "ApiError",
+    "AsyncVisionClient",
+    "BadRequest",
+    "ImageInput",
+    "InferResult",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServerError",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "VisionClient",
+    "VisionError",
+]

@@ -1,0 +1,207 @@
+"""What each endpoint sends and how its answer is read; shared by the sync and async clients.
+
+Each function returns a :class:`Call`: the request's parts and a parser for the response.
+The clients only send it and raise :mod:`client.errors` for error statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from service.schemas import LiveResponse, ModelsResponse, ReadyResponse, RecognizeResponse
+
+T = TypeVar("T")
+
+# Anything an image can be given as: its bytes, a path to it, or an open binary file.
+ImageInput = bytes | str | Path | IO[bytes]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# numpy dtype -> Open Inference Protocol datatype (the ones ONNX graphs use here).
+V2_DATATYPES: dict[np.dtype[Any], str] = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+}
+NUMPY_DTYPES = {name: dtype for dtype, name in V2_DATATYPES.items()}
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and how to read its successful (or ``accept``-ed) response."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # Error statuses that are an answer, not a failure (e.g. 503 from a readiness probe).
+    accept: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """A V2 inference response with its outputs as numpy arrays, by output name."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, npt.NDArray[Any]]
+    id: str | None = None
+
+
+def _image_part(image: ImageInput, filename: str | None) -> tuple[str, bytes, str]:
+    if isinstance(image, bytes):
+        data, name = image, filename or "image"
+    elif isinstance(image, str | Path):
+        path = Path(image)
+        data, name = path.read_bytes(), filename or path.name
+    else:
+        data, name = image.read(), filename or Path(getattr(image, "name", "image")).name
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return name, data, content_type
+
+
+def recognize(image: ImageInput, min_score: float | None, filename: str | None) -> Call[Any]:
+    params = {"min_score": min_score} if min_score is not None else None
+    return Call(
+        "POST",
+        "/recognize",
+        lambda r: RecognizeResponse.model_validate(r.json()),
+        params=params,
+        files={"image": _image_part(image, filename)},
+    )
+
+
+def health_live() -> Call[LiveResponse]:
+    return Call("GET", "/health/live", lambda r: LiveResponse.model_validate(r.json()))
+
+
+def health_ready() -> Call[ReadyResponse]:
+    return Call("GET", "/health/ready", lambda r: ReadyResponse.model_validate(r.json()))
+
+
+def models() -> Call[ModelsResponse]:
+    return Call("GET", "/models", lambda r: ModelsResponse.model_validate(r.json()))
+
+
+def metrics() -> Call[str]:
+    return Call("GET", "/metrics", lambda r: r.text)
+
+
+def _ok(response: httpx.Response) -> bool:
+    return response.status_code == httpx.codes.OK
+
+
+def v2_server_metadata() -> Call[dict[str, Any]]:
+    return Call("GET", "/v2", lambda r: dict(r.json()))
+
+
+def v2_live() -> Call[bool]:
+    return Call("GET", "/v2/health/live", _ok, accept=frozenset({503}))
+
+
+def v2_ready() -> Call[bool]:
+    return Call("GET", "/v2/health/ready", _ok, accept=frozenset({503}))
+
+
+def _model_path(name: str, version: str | None) -> str:
+    path = f"/v2/models/{quote(name, safe='')}"
+    return path + (f"/versions/{quote(version, safe='')}" if version else "")
+
+
+def v2_model_metadata(name: str, version: str | None) -> Call[dict[str, Any]]:
+    return Call("GET", _model_path(name, version), lambda r: dict(r.json()))
+
+
+def v2_model_ready(name: str, version: str | None) -> Call[bool]:
+    return Call("GET", _model_path(name, version) + "/ready", _ok, accept=frozenset({503}))
+
+
+def _read_infer(response: httpx.Response) -> InferResult:
+    length = response.headers.get(HEADER_LENGTH)
+    body = response.content
+    header = json.loads(body[: int(length)] if length is not None else body)
+    offset = int(length) if length is not None else len(body)
+    outputs: dict[str, npt.NDArray[Any]] = {}
+    for output in header["outputs"]:
+        dtype = NUMPY_DTYPES[output["datatype"]]
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            array = np.asarray(output["data"], dtype)
+        else:
+            count = size // dtype.itemsize
+            array = np.frombuffer(body, dtype.newbyteorder("<"), count, offset).astype(dtype)
+            offset += size
+        outputs[output["name"]] = array.reshape(output["shape"])
+    return InferResult(
+        model_name=header["model_name"],
+        model_version=header["model_version"],
+        outputs=outputs,
+        id=header.get("id"),
+    )
+
+
+def v2_infer(
+    name: str,
+    inputs: Mapping[str, npt.ArrayLike],
+    outputs: Sequence[str] | None,
+    binary: bool,
+    version: str | None,
+    request_id: str | None,
+) -> Call[InferResult]:
+    """Inputs by name (their numpy dtype picks the datatype); with ``binary`` the tensors
+    travel as raw bytes both ways (Triton's binary tensor data extension), else as JSON."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for input_name, value in inputs.items():
+        array = np.asarray(value)
+        datatype = V2_DATATYPES.get(array.dtype)
+        if datatype is None:
+            raise TypeError(f"input {input_name!r}: dtype {array.dtype} has no V2 datatype")
+        tensor: dict[str, Any] = {
+            "name": input_name,
+            "datatype": datatype,
+            "shape": list(array.shape),
+        }
+        if binary:
+            raw = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        tensors.append(tensor)
+    request: dict[str, Any] = {"inputs": tensors}
+    if request_id is not None:
+        request["id"] = request_id
+    if outputs is not None:
+        request["outputs"] = [{"name": o, "parameters": {"binary_data": binary}} for o in outputs]
+    else:
+        request["parameters"] = {"binary_data_output": binary}
+    head = json.dumps(request).encode()
+    headers = {"Content-Type": "application/json"}
+    if binary:
+        headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    return Call(
+        "POST",
+        _model_path(name, version) + "/infer",
+        _read_infer,
+        content=head + b"".join(chunks),
+        headers=headers,
+    )

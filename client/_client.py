@@ -1,0 +1,230 @@
+"""The sync and async clients: one method per endpoint, errors raised as client.errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+import numpy.typing as npt
+
+from client import _calls
+from client._calls import Call, ImageInput, InferResult
+from client.errors import error_from_response
+from service.schemas import LiveResponse, ModelsResponse, ReadyResponse, RecognizeResponse
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "http://localhost:8000"
+# Seconds for a whole request: a big upload on a busy CPU server takes a few seconds.
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"X-API-Key": api_key} if api_key else {}
+
+
+def _request_args(call: Call[Any]) -> dict[str, Any]:
+    return {
+        "params": call.params,
+        "files": call.files,
+        "content": call.content,
+        "headers": call.headers,
+    }
+
+
+def _result(call: Call[T], response: httpx.Response) -> T:
+    if response.is_error and response.status_code not in call.accept:
+        raise error_from_response(response)
+    return call.parse(response)
+
+
+class VisionClient:
+    """Blocking client. ``http_client`` replaces the httpx.Client it would create (its
+    base URL and headers are then the caller's)."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._owned = http_client is None
+        self._http = http_client or httpx.Client(
+            base_url=base_url, headers=_headers(api_key), timeout=timeout
+        )
+        if http_client is not None and api_key:
+            self._http.headers.update(_headers(api_key))
+
+    def _send(self, call: Call[T]) -> T:
+        response = self._http.request(call.method, call.path, **_request_args(call))
+        return _result(call, response)
+
+    def close(self) -> None:
+        if self._owned:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def recognize(
+        self, image: ImageInput, *, min_score: float | None = None, filename: str | None = None
+    ) -> RecognizeResponse:
+        """``POST /recognize``: landmarks with class, score and point in image pixels."""
+        result: RecognizeResponse = self._send(_calls.recognize(image, min_score, filename))
+        return result
+
+    def health_live(self) -> LiveResponse:
+        """``GET /health/live``."""
+        return self._send(_calls.health_live())
+
+    def health_ready(self) -> ReadyResponse:
+        """``GET /health/ready``; raises ServiceUnavailable (with the reasons) when not ready."""
+        return self._send(_calls.health_ready())
+
+    def models(self) -> ModelsResponse:
+        """``GET /models``."""
+        return self._send(_calls.models())
+
+    def metrics(self) -> str:
+        """``GET /metrics``: Prometheus text."""
+        return self._send(_calls.metrics())
+
+    def v2_server_metadata(self) -> dict[str, Any]:
+        """``GET /v2``: name, version, extensions."""
+        return self._send(_calls.v2_server_metadata())
+
+    def v2_live(self) -> bool:
+        """``GET /v2/health/live``."""
+        return self._send(_calls.v2_live())
+
+    def v2_ready(self) -> bool:
+        """``GET /v2/health/ready``: False while not ready."""
+        return self._send(_calls.v2_ready())
+
+    def v2_model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``GET /v2/models/{name}[/versions/{version}]``."""
+        return self._send(_calls.v2_model_metadata(name, version))
+
+    def v2_model_ready(self, name: str, version: str | None = None) -> bool:
+        """``GET /v2/models/{name}[/versions/{version}]/ready``; raises NotFound if unknown."""
+        return self._send(_calls.v2_model_ready(name, version))
+
+    def v2_infer(
+        self,
+        name: str,
+        inputs: Mapping[str, npt.ArrayLike],
+        *,
+        outputs: Sequence[str] | None = None,
+        binary: bool = True,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> InferResult:
+        """``POST /v2/models/{name}[/versions/{version}]/infer`` on numpy arrays."""
+        return self._send(_calls.v2_infer(name, inputs, outputs, binary, version, request_id))
+
+
+class AsyncVisionClient:
+    """The same methods as :class:`VisionClient`, awaitable."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._owned = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            base_url=base_url, headers=_headers(api_key), timeout=timeout
+        )
+        if http_client is not None and api_key:
+            self._http.headers.update(_headers(api_key))
+
+    async def _send(self, call: Call[T]) -> T:
+        response = await self._http.request(call.method, call.path, **_request_args(call))
+        return _result(call, response)
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def recognize(
+        self, image: ImageInput, *, min_score: float | None = None, filename: str | None = None
+    ) -> RecognizeResponse:
+        """``POST /recognize``."""
+        result: RecognizeResponse = await self._send(_calls.recognize(image, min_score, filename))
+        return result
+
+    async def health_live(self) -> LiveResponse:
+        """``GET /health/live``."""
+        return await self._send(_calls.health_live())
+
+    async def health_ready(self) -> ReadyResponse:
+        """``GET /health/ready``; raises ServiceUnavailable when not ready."""
+        return await self._send(_calls.health_ready())
+
+    async def models(self) -> ModelsResponse:
+        """``GET /models``."""
+        return await self._send(_calls.models())
+
+    async def metrics(self) -> str:
+        """``GET /metrics``."""
+        return await self._send(_calls.metrics())
+
+    async def v2_server_metadata(self) -> dict[str, Any]:
+        """``GET /v2``."""
+        return await self._send(_calls.v2_server_metadata())
+
+    async def v2_live(self) -> bool:
+        """``GET /v2/health/live``."""
+        return await self._send(_calls.v2_live())
+
+    async def v2_ready(self) -> bool:
+        """``GET /v2/health/ready``."""
+        return await self._send(_calls.v2_ready())
+
+    async def v2_model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``GET /v2/models/{name}[/versions/{version}]``."""
+        return await self._send(_calls.v2_model_metadata(name, version))
+
+    async def v2_model_ready(self, name: str, version: str | None = None) -> bool:
+        """``GET /v2/models/{name}[/versions/{version}]/ready``."""
+        return await self._send(_calls.v2_model_ready(name, version))
+
+    async def v2_infer(
+        self,
+        name: str,
+        inputs: Mapping[str, npt.ArrayLike],
+        *,
+        outputs: Sequence[str] | None = None,
+        binary: bool = True,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> InferResult:
+        """``POST /v2/models/{name}[/versions/{version}]/infer``."""
+        call = _calls.v2_infer(name, inputs, outputs, binary, version, request_id)
+        return await self._send(call)

@@ -1,0 +1,123 @@
+"""Typed errors raised by the client, one per status the service documents.
+
+The service answers errors as RFC 9457 problem+json (``type``, ``title``, ``status``,
+``detail``) and the Open Inference Protocol routes as ``{"error": "..."}``; both become an
+:class:`ApiError` subclass carrying the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class VisionError(Exception):
+    """Base of every error this client raises."""
+
+
+class ApiError(VisionError):
+    """The service answered with an error status."""
+
+    status: int = 0
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str = "",
+        type: str = "about:blank",
+        body: Any = None,
+        headers: httpx.Headers | None = None,
+    ) -> None:
+        super().__init__(f"{status} {title}: {detail}" if title else f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.title = title
+        self.type = type
+        self.body = body
+        self.headers = headers if headers is not None else httpx.Headers()
+
+
+class BadRequest(ApiError):
+    """400: not a decodable image, or a malformed V2 request."""
+
+
+class Unauthorized(ApiError):
+    """401: API keys are configured and none or a wrong one was sent."""
+
+
+class NotFound(ApiError):
+    """404: no such route or V2 model."""
+
+
+class PayloadTooLarge(ApiError):
+    """413: the upload exceeds the size or pixel limit."""
+
+
+class UnsupportedMediaType(ApiError):
+    """415: the upload's content type is not an image."""
+
+
+class InvalidRequest(ApiError):
+    """422: a missing field or an out-of-range parameter (``errors`` lists them)."""
+
+    @property
+    def errors(self) -> list[Any]:
+        found = self.body.get("errors") if isinstance(self.body, dict) else None
+        return list(found) if isinstance(found, list) else []
+
+
+class ServiceUnavailable(ApiError):
+    """503: not ready (models loading or failed) or overloaded; retry after ``retry_after``."""
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.headers.get("retry-after")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+
+class ServerError(ApiError):
+    """A 5xx other than 503: the service failed."""
+
+
+STATUS_ERRORS: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidRequest,
+    503: ServiceUnavailable,
+}
+
+
+def error_from_response(response: httpx.Response) -> ApiError:
+    """The typed error for an error response (problem+json, V2 ``error``, or plain text)."""
+    body: Any
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    title, type_, detail = response.reason_phrase, "about:blank", ""
+    if isinstance(body, dict):
+        detail = str(body.get("detail", body.get("error", "")))
+        title = str(body.get("title", title))
+        type_ = str(body.get("type", type_))
+    elif isinstance(body, str):
+        detail = body
+    cls = STATUS_ERRORS.get(response.status_code)
+    if cls is None:
+        cls = ServerError if response.status_code >= 500 else ApiError
+    return cls(
+        response.status_code,
+        detail or title,
+        title=title,
+        type=type_,
+        body=body,
+        headers=response.headers,
+    )

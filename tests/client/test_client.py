@@ -1,0 +1,145 @@
+"""The Python client, sync and async, against a real server on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from client import (
+    AsyncVisionClient,
+    BadRequest,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    VisionClient,
+)
+from service.main import create_app
+from tests.live_server import live_server
+from tests.service.conftest import make_settings
+from tests.service.fakes import CELLS, FAKE_CLASS, LABELS, write_model
+from tests.service.fakes_v2 import square_cell, square_tensor, write_v2_repository
+from tests.service.images import encode, scene
+
+API_KEY = "secret"
+MAX_UPLOAD = 2_000_000  # above the V2 tests' two 160x160 FP32 images
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = write_v2_repository(tmp_path_factory.mktemp("client") / "repository")
+    settings = make_settings(root, api_keys=[API_KEY], max_upload_bytes=MAX_UPLOAD)
+    with live_server(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+def vision(base_url: str) -> Iterator[VisionClient]:
+    with VisionClient(base_url, api_key=API_KEY) as client:
+        yield client
+
+
+def test_recognize_from_bytes_path_and_file(vision: VisionClient, tmp_path: Path) -> None:
+    png = encode(scene(320, 160, (80, 80, 96, 96)))
+    path = tmp_path / "scene.png"
+    path.write_bytes(png)
+    with path.open("rb") as handle:
+        results = [vision.recognize(png), vision.recognize(path), vision.recognize(handle)]
+    for result in results:
+        assert result.model.name == "landmark" and result.model.version == "1"
+        assert (result.image.width, result.image.height) == (320, 160)
+        (landmark,) = result.landmarks
+        assert landmark.label == LABELS[FAKE_CLASS]
+        assert (landmark.point.x, landmark.point.y) == pytest.approx((88.0, 88.0))
+    assert vision.recognize(png, min_score=1.0).landmarks == []
+
+
+def test_operations(vision: VisionClient) -> None:
+    assert vision.health_live().status == "alive"
+    assert set(vision.health_ready().models) == {"landmark", "chain"}
+    names = {model.name: model for model in vision.models().models}
+    assert names["landmark"].providers == ["CPUExecutionProvider"]
+    assert names["chain"].graphs is not None
+    assert "vision_http_requests" in vision.metrics()
+
+
+def test_typed_errors_carry_problem_fields(vision: VisionClient, base_url: str) -> None:
+    with pytest.raises(BadRequest) as bad:
+        vision.recognize(b"not an image", filename="x.png")
+    assert bad.value.status == 400 and bad.value.title == "Invalid image" and bad.value.detail
+    assert bad.value.type.startswith("urn:vision-service:problem:")
+    with pytest.raises(UnsupportedMediaType):
+        vision.recognize(b"hello", filename="notes.txt")
+    with pytest.raises(PayloadTooLarge):
+        vision.recognize(b"\0" * (MAX_UPLOAD * 2), filename="big.png")
+    with pytest.raises(InvalidRequest) as invalid:
+        vision.recognize(encode(scene()), min_score=2.0)
+    assert invalid.value.errors and invalid.value.errors[0]["loc"][-1] == "min_score"
+    with VisionClient(base_url) as anonymous, pytest.raises(Unauthorized):
+        anonymous.models()
+    with VisionClient(base_url, api_key="wrong") as wrong, pytest.raises(Unauthorized) as denied:
+        wrong.v2_model_metadata("landmark")
+    assert "API key" in denied.value.detail  # a V2 {"error": ...} body
+
+
+def test_v2(vision: VisionClient) -> None:
+    assert vision.v2_live() and vision.v2_ready()
+    assert "binary_tensor_data" in vision.v2_server_metadata()["extensions"]
+    assert vision.v2_model_ready("chain.front", version="1")
+    assert vision.v2_model_metadata("landmark")["inputs"][0]["name"] == "image"
+    for binary in (True, False):
+        result = vision.v2_infer(
+            "landmark", {"image": square_tensor(2)}, outputs=["confidence"], binary=binary
+        )
+        confidence = result.outputs["confidence"]
+        assert confidence.shape == (2, CELLS, 2) and confidence.dtype == np.float32
+        assert confidence[:, square_cell(), 0].min() > 0.99
+    every = vision.v2_infer("landmark", {"image": square_tensor()}, request_id="7")
+    assert set(every.outputs) == {"class_probs", "confidence", "points"} and every.id == "7"
+    with pytest.raises(NotFound) as missing:
+        vision.v2_infer("chain", {"image": square_tensor()})
+    assert "chain.front" in missing.value.detail
+    with pytest.raises(BadRequest):
+        vision.v2_infer("landmark", {"image": square_tensor().astype(np.float64)})
+    with pytest.raises(TypeError):
+        vision.v2_infer("landmark", {"image": np.array(["a"])})
+
+
+def test_async_client(base_url: str) -> None:
+    async def main() -> None:
+        async with AsyncVisionClient(base_url, api_key=API_KEY) as vision:
+            assert (await vision.health_live()).status == "alive"
+            assert (await vision.health_ready()).status == "ready"
+            assert len((await vision.models()).models) == 2
+            assert "vision_inference_duration_seconds" in await vision.metrics()
+            result = await vision.recognize(encode(scene(320, 160, (80, 80, 96, 96))))
+            assert len(result.landmarks) == 1
+            assert await vision.v2_live() and await vision.v2_ready()
+            assert (await vision.v2_server_metadata())["name"] == "vision-service"
+            assert await vision.v2_model_ready("landmark")
+            assert (await vision.v2_model_metadata("chain.head"))["name"] == "chain.head"
+            out = await vision.v2_infer("chain.front", {"image": square_tensor()})
+            np.testing.assert_array_equal(out.outputs["mid"], square_tensor())
+            with pytest.raises(BadRequest):
+                await vision.recognize(b"nope", filename="x.png")
+
+    anyio.run(main)
+
+
+def test_not_ready_is_service_unavailable(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    write_model(root, file_bytes=b"corrupt")
+    with live_server(create_app(make_settings(root))) as url, VisionClient(url) as vision:
+        with pytest.raises(ServiceUnavailable) as unavailable:
+            vision.health_ready()
+        assert unavailable.value.retry_after == 5 and "sha256" in unavailable.value.detail
+        assert vision.v2_ready() is False
+        assert vision.v2_model_ready("landmark") is False
+        with pytest.raises(ServiceUnavailable):
+            vision.recognize(encode(scene()))
