@@ -16,6 +16,9 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Label for requests no route matched, so scanners cannot blow up the label cardinality.
 UNMATCHED_ENDPOINT = "unmatched"
+# Paths that are not work: probes and scrapes would otherwise keep the in-flight gauge (and
+# so an autoscaler reading it) above zero on an idle server.
+NOT_IN_FLIGHT_PREFIXES = ("/health/", "/v2/health/", "/metrics")
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Metrics:
     request_seconds: Histogram
     inference_seconds: Histogram
     model_ready: Gauge
+    in_flight: Gauge
 
 
 def create_metrics() -> Metrics:
@@ -58,6 +62,11 @@ def create_metrics() -> Metrics:
             ["model", "version"],
             registry=registry,
         ),
+        in_flight=Gauge(
+            "vision_http_requests_in_flight",
+            "Requests being handled now, probes and scrapes excluded (the autoscaling signal).",
+            registry=registry,
+        ),
     )
 
 
@@ -74,6 +83,9 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
+        counted = not str(scope.get("path", "")).startswith(NOT_IN_FLIGHT_PREFIXES)
+        if counted:
+            self.metrics.in_flight.inc()
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
@@ -84,6 +96,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            if counted:
+                self.metrics.in_flight.dec()
             endpoint = _endpoint(scope)
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(endpoint, method, str(status)).inc()
