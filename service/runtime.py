@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib.util
 import json
 import logging
 import time
@@ -176,6 +177,18 @@ def resolve_providers(choice: str, available: Sequence[str]) -> list[str]:
             )
         return [CUDA_PROVIDER, CPU_PROVIDER]
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+
+
+def preload_cuda_libraries() -> bool:
+    """Load CUDA and cuDNN from the ``nvidia-*`` wheels (``onnxruntime-gpu[cuda,cudnn]``, the
+    GPU image) so the CUDA provider finds them without LD_LIBRARY_PATH; a no-op, returning
+    False, on a CPU build or where those wheels are not installed (a CUDA base image)."""
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return False
+    if importlib.util.find_spec("nvidia") is None or not hasattr(ort, "preload_dlls"):
+        return False
+    ort.preload_dlls(directory="")
+    return True
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:

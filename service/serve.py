@@ -1,0 +1,56 @@
+"""The container's entry command: ``python -m service.serve``.
+
+One uvicorn worker per process (scale with replicas, not workers: each worker would load
+every model again). Read from the environment besides the ``VISION_*`` settings:
+
+| variable | default | meaning |
+|---|---|---|
+| ``HOST`` | ``0.0.0.0`` | interface to listen on |
+| ``PORT`` | ``8000`` | port to listen on |
+| ``GRACEFUL_SHUTDOWN_S`` | ``20`` | after SIGTERM, seconds in-flight requests get to finish |
+| ``FORWARDED_ALLOW_IPS`` | ``127.0.0.1`` | proxies whose X-Forwarded-* headers are trusted |
+
+Before the app is built, CUDA/cuDNN from the ``nvidia-*`` wheels are preloaded when they
+are installed (the GPU image) and the settings do not force the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+
+from service.runtime import preload_cuda_libraries
+from service.settings import get_settings
+
+DEFAULT_HOST = "0.0.0.0"  # a container listens on every interface
+DEFAULT_PORT = 8000
+# Shorter than the Kubernetes termination grace period minus the preStop pause (see
+# deploy/kubernetes/deployment.yaml), so a draining pod is never killed mid-request.
+DEFAULT_GRACEFUL_SHUTDOWN_S = 20
+
+logger = logging.getLogger("service")
+
+
+def main() -> None:
+    settings = get_settings()
+    if settings.providers != "cpu" and preload_cuda_libraries():
+        logger.info("preloaded CUDA and cuDNN from the nvidia wheels")
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=os.environ.get("HOST", DEFAULT_HOST),
+        port=int(os.environ.get("PORT", DEFAULT_PORT)),
+        workers=1,
+        timeout_graceful_shutdown=int(
+            os.environ.get("GRACEFUL_SHUTDOWN_S", DEFAULT_GRACEFUL_SHUTDOWN_S)
+        ),
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

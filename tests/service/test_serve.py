@@ -1,0 +1,36 @@
+"""The container entry command (python -m service.serve): uvicorn options from the env."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+
+from service import serve
+from service.runtime import preload_cuda_libraries
+
+
+def test_main_runs_one_worker_with_env_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(serve.uvicorn, "run", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(serve, "preload_cuda_libraries", lambda: pytest.fail("cpu: no preload"))
+    monkeypatch.setenv("VISION_PROVIDERS", "cpu")
+    monkeypatch.setenv("PORT", "9001")
+    monkeypatch.setenv("GRACEFUL_SHUTDOWN_S", "7")
+    serve.get_settings.cache_clear()
+    try:
+        serve.main()
+    finally:
+        serve.get_settings.cache_clear()
+    ((args, kwargs),) = calls
+    assert args == ("service.main:create_app",)
+    assert kwargs["factory"] is True and kwargs["workers"] == 1
+    assert kwargs["host"] == "0.0.0.0" and kwargs["port"] == 9001
+    assert kwargs["timeout_graceful_shutdown"] == 7
+
+
+def test_preload_is_a_no_op_without_nvidia_wheels() -> None:
+    if importlib.util.find_spec("nvidia") is not None:
+        pytest.skip("nvidia-* wheels installed here")
+    assert preload_cuda_libraries() is False
