@@ -1,0 +1,99 @@
+"""docker-compose.yml against the Compose specification's JSON schema, plus what the issue
+asks of it. The schema is the compose-spec one that check-jsonschema (dev extra) vendors:
+nothing is fetched at test time."""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib.resources import files
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from service.settings import Settings
+from tests.deploy.dockerfile import ROOT, env, lineage, parse
+
+COMPOSE = ROOT / "docker-compose.yml"
+# Environment the entry command reads besides the settings (service/serve.py).
+ENTRY_VARIABLES = {"HOST", "PORT", "GRACEFUL_SHUTDOWN_S", "FORWARDED_ALLOW_IPS"}
+
+
+def compose_schema() -> dict[str, Any]:
+    vendored = files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema: dict[str, Any] = json.loads(vendored.read_text(encoding="utf-8"))
+    return schema
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())  # resolves the << merges
+    return document
+
+
+def test_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    jsonschema.validate(compose, compose_schema())
+
+
+def test_schema_is_alive(compose: dict[str, Any]) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["vision"]["restart"] = ["always"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, compose_schema())
+    broken = copy.deepcopy(compose)
+    broken["services"]["vision"]["healthcheck"]["intervall"] = "5s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, compose_schema())
+
+
+def test_cpu_service_on_8000(compose: dict[str, Any]) -> None:
+    vision = compose["services"]["vision"]
+    assert "profiles" not in vision  # `docker compose up` starts it
+    assert vision["build"] == {"context": ".", "dockerfile": "docker/Dockerfile", "target": "cpu"}
+    assert vision["ports"] == ["${PORT:-8000}:8000"]
+    assert vision["environment"]["VISION_PROVIDERS"] == "cpu"
+    assert vision["restart"] == "unless-stopped"
+    limits = vision["deploy"]["resources"]["limits"]
+    assert limits["cpus"] == vision["environment"]["VISION_INTRA_OP_THREADS"]
+    assert limits["memory"]
+
+
+def test_gpu_profile_reserves_an_nvidia_device(compose: dict[str, Any]) -> None:
+    gpu = compose["services"]["vision-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["target"] == "gpu"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["count"] == 1
+    assert gpu["environment"]["VISION_PROVIDERS"] == "cuda"
+
+
+@pytest.mark.parametrize("name", ["vision", "vision-gpu"])
+def test_health_volume_and_settings(compose: dict[str, Any], name: str) -> None:
+    service = compose["services"][name]
+    assert "/health/ready" in " ".join(service["healthcheck"]["test"])
+    assert service["healthcheck"]["start_period"]
+    database = service["environment"]["VISION_FEEDBACK_DB"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
+    directory = database.rsplit("/", 1)[0]
+    assert mounts[directory] in compose["volumes"], "the feedback DB is on a named volume"
+    fields = {f"VISION_{field.upper()}" for field in Settings.model_fields}
+    for key in service["environment"]:
+        assert key in fields | ENTRY_VARIABLES, f"{key} is not a setting"
+    # The values parse as the service will parse them: from the environment.
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in service["environment"].items():
+            patch.setenv(key, str(value))
+        Settings()
+    # Longer than the drain the entry command allows after SIGTERM.
+    grace = int(service["stop_grace_period"].removesuffix("s"))
+    assert grace > int(service["environment"]["GRACEFUL_SHUTDOWN_S"])
+
+
+def test_compose_and_image_agree_on_paths(compose: dict[str, Any]) -> None:
+    image_env = env(lineage(parse(), "cpu"))
+    service = compose["services"]["vision"]
+    assert service["environment"]["VISION_FEEDBACK_DB"] == image_env["VISION_FEEDBACK_DB"]
+    assert service["ports"][0].endswith(f":{image_env['PORT']}")
