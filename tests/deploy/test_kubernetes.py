@@ -1,0 +1,214 @@
+"""deploy/kubernetes/ against the Kubernetes JSON schemas (kubernetes-validate, offline,
+strict: unknown fields fail), and the properties the manifests promise to each other."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import schema_contents
+from referencing import Registry, Resource
+
+from service.metrics import create_metrics
+from service.settings import Settings
+from tests.deploy.dockerfile import ROOT
+
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+# The oldest release these manifests target (autoscaling/v2, policy/v1 PDB, sleep via exec)
+# and the newest the validator knows.
+VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
+NOT_KUBERNETES = {"kustomization.yaml", "inferenceservice.yaml"}
+ENTRY_VARIABLES = {"HOST", "PORT", "GRACEFUL_SHUTDOWN_S", "FORWARDED_ALLOW_IPS"}
+# Fields of a KServe predictor that are not PodSpec fields (ComponentExtensionSpec).
+KSERVE_PREDICTOR_EXTENSIONS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+}
+
+
+def documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d]
+
+
+def all_resources() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (path.name, document)
+        for path in sorted(MANIFESTS.glob("*.yaml"))
+        if path.name not in NOT_KUBERNETES
+        for document in documents(path.name)
+    ]
+
+
+def by_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in all_resources() if d["kind"] == kind}
+
+
+def validate_definition(instance: Any, definition: str, version: str) -> None:
+    """Validate against one strict definition schema, e.g. ``podspec-v1``."""
+    directory = f"kubernetes-json-schema/v{version}-local-strict"
+    schema = schema_contents(f"{directory}/{definition}.json", version)
+    definitions = schema_contents(f"{directory}/_definitions.json", version)
+    registry: Registry[Any] = Resource.from_contents(schema) @ Registry()
+    registry = Resource.from_contents(definitions) @ registry
+    jsonschema.validators.Draft202012Validator(schema, registry=registry).validate(instance)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(
+    ("name", "resource"), all_resources(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_manifest_matches_the_kubernetes_schema(
+    name: str, resource: dict[str, Any], version: str
+) -> None:
+    kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_validator_is_alive() -> None:
+    (deployment,) = documents("deployment.yaml")
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSIONS[-1], strict=True)
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSIONS[-1], strict=True)
+
+
+def test_every_kind_the_issue_asks_for_is_there() -> None:
+    kinds = {d["kind"] for _, d in all_resources()}
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+    } <= kinds
+    assert documents("inferenceservice.yaml")[0]["kind"] == "InferenceService"
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("name", ["vision", "vision-gpu"])
+def test_probes_resources_and_drain(name: str) -> None:
+    deployment = by_kind("Deployment")[name]
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert container["startupProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] and resources["limits"]["memory"]
+    # terminationGracePeriodSeconds > preStop pause + drain after SIGTERM
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    settings = by_kind("ConfigMap")["vision-settings"]["data"]
+    drain = int(settings["GRACEFUL_SHUTDOWN_S"])
+    assert pod["terminationGracePeriodSeconds"] > pause + drain
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert container["envFrom"] == [{"configMapRef": {"name": "vision-settings"}}]
+
+
+def test_gpu_variant_requests_a_gpu() -> None:
+    container = _container(by_kind("Deployment")["vision-gpu"])
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VISION_PROVIDERS"] == "cuda"
+    cpu = _container(by_kind("Deployment")["vision"])
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+
+
+def test_selectors_match_the_pods() -> None:
+    deployments = by_kind("Deployment")
+    pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in deployments.values()]
+    for deployment in deployments.values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for service in by_kind("Service").values():
+        matched = [
+            labels for labels in pod_labels if service["spec"]["selector"].items() <= labels.items()
+        ]
+        assert len(matched) == 1, service["metadata"]["name"]
+        assert service["spec"]["ports"][0]["targetPort"] == "http"
+    for pdb in by_kind("PodDisruptionBudget").values():
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        assert len([lb for lb in pod_labels if selector.items() <= lb.items()]) == 1
+
+
+def test_autoscalers() -> None:
+    deployments = by_kind("Deployment")
+    hpas = by_kind("HorizontalPodAutoscaler")
+    for hpa in hpas.values():
+        assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
+    (cpu_metric,) = hpas["vision"]["spec"]["metrics"]
+    assert cpu_metric["resource"]["name"] == "cpu"
+    (custom,) = hpas["vision-gpu"]["spec"]["metrics"]
+    gauge = create_metrics().in_flight._name
+    assert custom["type"] == "Pods" and custom["pods"]["metric"]["name"] == gauge
+    # The adapter rule exposes that very series under that name.
+    (adapter,) = documents("prometheus-adapter-rules.yaml")
+    kubernetes_validate.validate(adapter, VERSIONS[-1], strict=True)
+    (rule,) = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert rule["seriesQuery"].startswith(gauge + "{")
+    assert rule["name"]["as"] == gauge
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def test_configmap_holds_only_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = by_kind("ConfigMap")["vision-settings"]["data"]
+    fields = {f"VISION_{name.upper()}" for name in Settings.model_fields}
+    assert set(data) <= fields | ENTRY_VARIABLES
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    limit = _container(by_kind("Deployment")["vision"])["resources"]["limits"]["cpu"]
+    assert settings.intra_op_threads == int(limit)
+
+
+def test_kustomization_lists_existing_manifests() -> None:
+    (kustomization,) = documents("kustomization.yaml")
+    for resource in kustomization["resources"]:
+        assert (MANIFESTS / resource).is_file()
+    expected = {p.name for p in MANIFESTS.glob("*.yaml")} - NOT_KUBERNETES
+    assert set(kustomization["resources"]) == expected - {"prometheus-adapter-rules.yaml"}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_kserve_inference_service(version: str) -> None:
+    (service,) = documents("inferenceservice.yaml")
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert set(service) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(service["spec"]) == {"predictor"}
+    predictor = dict(service["spec"]["predictor"])
+    extensions = {k: predictor.pop(k) for k in list(predictor) if k in KSERVE_PREDICTOR_EXTENSIONS}
+    assert extensions["minReplicas"] <= extensions["maxReplicas"]
+    # What remains is the predictor's PodSpec: validate it as one.
+    validate_definition(predictor, "podspec-v1", version)
+    validate_definition(service["metadata"], "objectmeta-meta-v1", version)
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["ports"][0]["containerPort"] == 8000
+
+
+def test_manifests_are_plain_yaml_files() -> None:
+    for path in MANIFESTS.iterdir():
+        assert path.suffix == ".yaml", path
