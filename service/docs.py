@@ -5,12 +5,17 @@ cannot reach. The assets here come from the ``fastapi-offline`` wheel (Swagger U
 ReDoc 2 bundles, MIT/Apache-2.0), served by this app under ``DOCS_ASSETS_URL``; only the
 two HTML pages are generated. Create the app with ``docs_url=None, redoc_url=None`` and
 call :func:`install_offline_docs`.
+
+It also documents the 401 of every operation behind the API key (those ``require_api_key``
+marks with a security scheme), so no router has to repeat it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import (
@@ -20,6 +25,8 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+
+from service.schemas import Problem
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -35,8 +42,42 @@ def assets_directory() -> Path:
     return Path(str(files("fastapi_offline") / "static"))
 
 
+# Added to the finished schema, so the body is a reference (Problem is in the components:
+# /health/ready and /recognize use it).
+UNAUTHORIZED: dict[str, Any] = {
+    "description": "API keys are configured and none or a wrong one was sent",
+    "content": {
+        "application/problem+json": {
+            "schema": {"$ref": f"#/components/schemas/{Problem.__name__}"},
+            "example": {
+                "type": "urn:vision-service:problem:unauthorized",
+                "title": "Unauthorized",
+                "status": 401,
+                "detail": "an API key is required: send X-API-Key or Authorization: Bearer",
+            },
+        }
+    },
+}
+
+
+def document_api_key(schema: dict[str, Any]) -> None:
+    """Add the 401 to every operation that declares a security scheme and lacks one."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and operation.get("security"):
+                operation.setdefault("responses", {}).setdefault("401", UNAUTHORIZED)
+
+
 def install_offline_docs(app: FastAPI) -> None:
     """Serve the assets and the ``/docs`` and ``/redoc`` pages from this app."""
+    build_schema: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build_schema()
+        document_api_key(schema)  # idempotent: the schema is cached and reused
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=assets_directory()), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url or f"{DOCS_URL}/oauth2-redirect"

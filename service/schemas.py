@@ -34,7 +34,25 @@ class Landmark(BaseModel):
 
 
 class RecognizeResponse(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "landmark", "version": "1"},
+                    "image": {"width": 640, "height": 480},
+                    "landmarks": [
+                        {
+                            "class_id": 0,
+                            "label": "stop",
+                            "score": 0.97,
+                            "point": {"x": 312.4, "y": 140.2},
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
     model: ModelRef
     image: ImageSize
@@ -42,6 +60,8 @@ class RecognizeResponse(BaseModel):
 
 
 class LiveResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "alive"}]})
+
     status: Literal["alive"] = "alive"
 
 
@@ -52,6 +72,17 @@ class ModelHealth(BaseModel):
 
 
 class ReadyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "models": {"landmark": {"state": "ready", "version": "1", "error": None}},
+                }
+            ]
+        }
+    )
+
     status: Literal["ready"] = "ready"
     models: dict[str, ModelHealth]
 
@@ -77,6 +108,26 @@ class ModelInfo(BaseModel):
     top level, and each graph in ``graphs``; a single-graph version has ``graphs`` null.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "landmark",
+                    "version": "2",
+                    "state": "ready",
+                    "error": None,
+                    "task": "landmark_points",
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 160, 160]}],
+                    "outputs": [{"name": "confidence", "datatype": "FP32", "shape": [-1, 400, 2]}],
+                    "labels": ["stop", "yield"],
+                    "providers": ["CPUExecutionProvider"],
+                    "metrics": {"point_f1": 0.9},
+                    "graphs": None,
+                }
+            ]
+        }
+    )
+
     name: str
     version: str | None
     state: str
@@ -91,13 +142,53 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "models": [
+                        {
+                            "name": "landmark",
+                            "version": "1",
+                            "state": "ready",
+                            "error": None,
+                            "task": "landmark_points",
+                            "inputs": [
+                                {"name": "image", "datatype": "FP32", "shape": [-1, 3, 160, 160]}
+                            ],
+                            "outputs": [
+                                {"name": "confidence", "datatype": "FP32", "shape": [-1, 400, 2]}
+                            ],
+                            "labels": ["stop", "yield"],
+                            "providers": ["CPUExecutionProvider"],
+                            "metrics": {"point_f1": 0.9},
+                            "graphs": None,
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
     models: list[ModelInfo]
 
 
 class Problem(BaseModel):
     """RFC 9457 problem details; extension members may follow."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:vision-service:problem:invalid-image",
+                    "title": "Invalid image",
+                    "status": 400,
+                    "detail": "the upload is not a decodable image",
+                }
+            ]
+        },
+    )
 
     type: str
     title: str

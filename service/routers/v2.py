@@ -115,12 +115,34 @@ class MetadataTensor(BaseModel):
 
 
 class ServerMetadata(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "vision-service", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+            ]
+        }
+    )
+
     name: str
     version: str
     extensions: list[str]
 
 
 class ModelMetadata(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "landmark",
+                    "versions": ["1"],
+                    "platform": PLATFORM,
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 160, 160]}],
+                    "outputs": [{"name": "confidence", "datatype": "FP32", "shape": [-1, 400, 2]}],
+                }
+            ]
+        }
+    )
+
     name: str
     versions: list[str]
     platform: str
@@ -129,19 +151,33 @@ class ModelMetadata(BaseModel):
 
 
 class LiveStatus(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"live": True}]})
+
     live: bool
 
 
 class ReadyStatus(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ready": True}]})
+
     ready: bool
 
 
 class ModelReadyStatus(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "attention.features", "ready": True}]}
+    )
+
     name: str
     ready: bool
 
 
 class ErrorDocument(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": "unknown model 'nope'; this server serves ['landmark']"}]
+        }
+    )
+
     error: str
 
 
@@ -219,11 +255,14 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+# Every other client error, also in the protocol's shape (and no FastAPI 422: V2 says 400).
+OTHER_CLIENT_ERRORS: Responses = {"4XX": _error("any other client error")}
 NOT_READY: Responses = {503: _error("not ready (models loading or failed); see Retry-After")}
 UNKNOWN_MODEL: Responses = {
     401: _error("API keys are configured and none or a wrong one was sent"),
     404: _error("no such V2 model (or version) on this server"),
 }
+MODEL_RESPONSES: Responses = {**UNKNOWN_MODEL, **NOT_READY, **OTHER_CLIENT_ERRORS}
 
 
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -560,7 +599,7 @@ def _metadata(found: V2Model) -> ModelMetadata:
     )
 
 
-@router.get("/models/{name}", dependencies=protected, responses={**UNKNOWN_MODEL, **NOT_READY})
+@router.get("/models/{name}", dependencies=protected, responses=MODEL_RESPONSES)
 async def model_metadata(name: V2_NAME, registry: RegistryDep) -> ModelMetadata:
     """Inputs and outputs (names, datatypes, shapes; -1 is a dynamic axis) of a V2 model."""
     return _metadata(find_model(registry, name))
@@ -569,7 +608,7 @@ async def model_metadata(name: V2_NAME, registry: RegistryDep) -> ModelMetadata:
 @router.get(
     "/models/{name}/versions/{version}",
     dependencies=protected,
-    responses={**UNKNOWN_MODEL, **NOT_READY},
+    responses=MODEL_RESPONSES,
 )
 async def model_version_metadata(
     name: V2_NAME, version: V2_VERSION, registry: RegistryDep
@@ -583,9 +622,7 @@ def _model_ready(found: V2Model) -> ModelReadyStatus:
     return ModelReadyStatus(name=found.name, ready=True)
 
 
-@router.get(
-    "/models/{name}/ready", dependencies=protected, responses={**UNKNOWN_MODEL, **NOT_READY}
-)
+@router.get("/models/{name}/ready", dependencies=protected, responses=MODEL_RESPONSES)
 async def model_ready(name: V2_NAME, registry: RegistryDep) -> ModelReadyStatus:
     """200 when the model's graphs are loaded and warmed, else 503."""
     return _model_ready(find_model(registry, name))
@@ -594,7 +631,7 @@ async def model_ready(name: V2_NAME, registry: RegistryDep) -> ModelReadyStatus:
 @router.get(
     "/models/{name}/versions/{version}/ready",
     dependencies=protected,
-    responses={**UNKNOWN_MODEL, **NOT_READY},
+    responses=MODEL_RESPONSES,
 )
 async def model_version_ready(
     name: V2_NAME, version: V2_VERSION, registry: RegistryDep
@@ -654,6 +691,7 @@ INFER_RESPONSES: Responses = {
     **UNKNOWN_MODEL,
     413: _error("the body exceeds the upload limit"),
     **NOT_READY,
+    **OTHER_CLIENT_ERRORS,
 }
 
 

@@ -324,9 +324,7 @@ def test_failed_model_is_503_with_reason(tmp_path: Path) -> None:
         assert "broken" in error_of(response, 503) and response.headers["Retry-After"]
         assert "sha256" in error_of(client.get("/v2/models/broken/ready"), 503)
         assert client.get("/v2/models/broken").json()["name"] == "broken"  # config was read
-        assert "not ready" in error_of(
-            client.post("/v2/models/broken/infer", json=_input()), 503
-        )
+        assert "not ready" in error_of(client.post("/v2/models/broken/infer", json=_input()), 503)
         assert client.get("/v2/models/landmark/ready").status_code == 200
 
 
