@@ -313,19 +313,20 @@ class V2Model:
 
 
 def v2_models(registry: ModelRegistry) -> dict[str, V2Model]:
-    """Every V2 model this registry serves, by V2 name."""
+    """Every V2 model this registry serves, by V2 name. Should a model's own name equal
+    another's ``<model>.<graph>``, the model that comes first in the registry keeps it."""
     served: dict[str, V2Model] = {}
     for model in registry.models.values():
         config = model.config
         if config is None:  # failed before its config was read: known, never ready
-            served[model.name] = V2Model(model.name, model, None, None)
+            served.setdefault(model.name, V2Model(model.name, model, None, None))
         elif config.graphs is None:
             graph = config.graph_configs()[DEFAULT_GRAPH]
-            served[model.name] = V2Model(model.name, model, DEFAULT_GRAPH, graph)
+            served.setdefault(model.name, V2Model(model.name, model, DEFAULT_GRAPH, graph))
         else:
             for graph_name, graph in config.graphs.items():
                 name = f"{model.name}{GRAPH_SEPARATOR}{graph_name}"
-                served[name] = V2Model(name, model, graph_name, graph)
+                served.setdefault(name, V2Model(name, model, graph_name, graph))
     return served
 
 
