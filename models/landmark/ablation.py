@@ -9,6 +9,7 @@ held-out test scenes, so the rows differ only by the switch.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 from dataclasses import replace
@@ -28,6 +29,21 @@ VARIANTS = {
 }
 
 
+def _merge(out: Path, name: str, run: dict, command: str, note: str) -> dict:
+    """Add one variant to ``out/ablation.json``; variants may run in parallel processes."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "ablation.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = out / "ablation.json"
+        result = json.loads(path.read_text()) if path.exists() else {"runs": {}, "commands": []}
+        result["runs"][name] = run
+        if command not in result["commands"]:
+            result["commands"].append(command)
+        result["note"] = note
+        path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/ablation"))
@@ -35,6 +51,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--test-images", type=int, default=1000)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads; run variants in parallel processes with 1 each",
+    )
     a = p.parse_args(argv)
     base = TrainConfig(
         train_images=a.train_images,
@@ -44,14 +66,13 @@ def main(argv: list[str] | None = None) -> dict:
         loc_ramp_epochs=1,
         mine_from_epoch=3,
         mine_every=2,
+        threads=a.threads,
     )
     test = LandmarkDataset(load_data(base, "test"), MEAN, STD)
-    result_path = a.out / "ablation.json"
-    result = json.loads(result_path.read_text()) if result_path.exists() else {"runs": {}}
-    result["command"] = "python -m models.landmark.ablation " + " ".join(
+    command = "python -m models.landmark.ablation " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    result["note"] = (
+    note = (
         f"Each variant: {a.train_images} generated training scenes (10 % of landmarks "
         f"unlabelled), {a.epochs} epochs, seed {base.seed}; a shorter budget than the committed "
         f"model, so absolute numbers are lower than its own. Test: {a.test_images} held-out scenes."
@@ -71,17 +92,16 @@ def main(argv: list[str] | None = None) -> dict:
         history = train(cfg)
         net, _ = load_checkpoint(Path(cfg.out) / "best.pt")
         metrics, _ = evaluate(net, test)
-        result["runs"][name] = {
+        run = {
             "mining": cfg.mining,
             "center_sampling": cfg.loss.center_sampling,
             "similarity": cfg.loss.similarity,
             "test": metrics,
             "best_val_ap": max(r["val"]["average_precision"] for r in history["epochs"]),
         }
-        a.out.mkdir(parents=True, exist_ok=True)
-        result_path.write_text(json.dumps(result, indent=1))
+        result = _merge(a.out, name, run, command, note)
         print(name, json.dumps(metrics))
-    names = list(result["runs"])
+    names = [n for n in VARIANTS if n in result["runs"]]
     plot_bars(
         a.out / "ablation.png",
         names,

@@ -55,7 +55,10 @@ class TrainConfig:
     val_images: int = 1000
     test_images: int = 1000
     unlabelled_rate: float = 0.1  # training scenes only: landmarks left out of the labels
-    epochs: int = 20
+    epochs: int = 20  # length of the learning-rate schedule
+    # Stop after this many epochs of that schedule (None = all): how the committed model was
+    # cut short when the machine's time ran out, reproducibly.
+    stop_after_epoch: int | None = None
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -191,7 +194,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     history: dict = {"config": _jsonable(config), "command": command, "epochs": [], "mining": []}
     best_ap = -1.0
     step = 0
-    for epoch in range(config.epochs):
+    for epoch in range(config.stop_after_epoch or config.epochs):
         if (
             config.mining
             and epoch >= config.mine_from_epoch
@@ -305,6 +308,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        default=None,
+        help="stop after N epochs of the --epochs schedule",
+    )
     for name in ("lr", "weight_decay", "unlabelled_rate"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--no-mining", action="store_true", help="seed 004 #1 off")
@@ -331,6 +340,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         mine_every=a.mine_every,
         seed=a.seed,
         threads=a.threads,
+        stop_after_epoch=a.stop_after_epoch,
         net=replace(d.net, input_size=a.input_size),
         loss=replace(
             d.loss, center_sampling=not a.no_center_sampling, similarity=not a.no_similarity
