@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from service.main import create_app
+from service.runtime import NUMPY_TYPES
 from tests.live_server import live_server
 from tests.service.conftest import make_settings
 from tests.service.fakes import CELLS, SIZE
@@ -19,7 +20,23 @@ from tests.service.fakes_v2 import square_cell, square_tensor, write_v2_reposito
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-LANDMARK_MODEL = Path(__file__).resolve().parents[2] / "models" / "repository" / "landmark"
+REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
+COMMITTED = sorted(
+    p.name for p in REPOSITORY.iterdir() if p.is_dir() and any(p.glob("*/config.json"))
+)
+
+
+def v2_names(repository: Path, models: list[str]) -> list[str]:
+    """The V2 names the committed models should be served under (highest versions)."""
+    names = []
+    for model in models:
+        version = max(
+            (p for p in (repository / model).iterdir() if p.name.isdigit()),
+            key=lambda p: int(p.name),
+        )
+        graphs = json.loads((version / "config.json").read_text()).get("graphs")
+        names += [f"{model}.{graph}" for graph in graphs] if graphs else [model]
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -101,23 +118,30 @@ def test_errors_reach_the_client_as_messages(triton: httpclient.InferenceServerC
     assert unknown.value.status() == "404" and "chain.front" in unknown.value.message()
 
 
-@pytest.mark.skipif(
-    not (LANDMARK_MODEL / "1" / "config.json").is_file(), reason="landmark/1 not committed yet"
-)
-def test_committed_landmark_model(tmp_path: Path) -> None:
-    settings = make_settings(LANDMARK_MODEL.parent, models=["landmark"])
+@pytest.mark.skipif(not COMMITTED, reason="no model committed to models/repository yet")
+def test_every_graph_of_the_committed_models() -> None:
+    """Each V2 model (each graph of each committed model) answers zeros of its declared
+    input shapes (dynamic axes = 2) with outputs of its declared shapes."""
+    settings = make_settings(REPOSITORY, models=COMMITTED)
     with live_server(create_app(settings)) as url:
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
         try:
-            metadata = client.get_model_metadata("landmark")
-            (spec,) = metadata["inputs"]
-            shape = [1 if dim < 0 else dim for dim in spec["shape"]]
-            image = httpclient.InferInput(spec["name"], shape, spec["datatype"])
-            image.set_data_from_numpy(np.zeros(shape, np.float32))
-            result = client.infer("landmark", [image])
-            for output in metadata["outputs"]:
-                array = result.as_numpy(output["name"])
-                assert array is not None
-                assert list(array.shape[1:]) == output["shape"][1:]
+            assert client.is_server_ready()
+            names = v2_names(REPOSITORY, COMMITTED)
+            assert all(client.is_model_ready(name) for name in names), names
+            for name in names:
+                metadata = client.get_model_metadata(name)
+                inputs = []
+                for spec in metadata["inputs"]:
+                    shape = [2 if dim < 0 else dim for dim in spec["shape"]]
+                    tensor = httpclient.InferInput(spec["name"], shape, spec["datatype"])
+                    tensor.set_data_from_numpy(np.zeros(shape, NUMPY_TYPES[spec["datatype"]]))
+                    inputs.append(tensor)
+                result = client.infer(name, inputs)
+                for output in metadata["outputs"]:
+                    array = result.as_numpy(output["name"])
+                    assert array is not None, (name, output["name"])
+                    assert array.shape[0] == 2, (name, output["name"])
+                    assert list(array.shape[1:]) == output["shape"][1:], (name, output["name"])
         finally:
             client.close()
