@@ -180,11 +180,110 @@ class LandmarkPointsDecoder:
         ]
 
 
-Decoder = LandmarkPointsDecoder
+class MapSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+
+
+class AttentionDecodeConfig(BaseModel):
+    """``decode`` block of an ``attention_classification`` model (models/repository/README.md):
+    which graph and output is which, the attention map's grid, how many classes to list."""
+
+    model_config = ConfigDict(extra="allow")
+
+    map: MapSize
+    top_k: int = Field(default=5, ge=1)
+    features_graph: str = "features"
+    perception_graph: str = "perception"
+    feature_map: str = "feature_map"
+    attention_map: str = "attention_map"
+    attention_probs: str = "attention_probs"
+    perception_probs: str = "perception_probs"
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    class_id: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The arg-max class and the ``top_k`` best classes, best first."""
+
+    class_id: int
+    label: str
+    score: float
+    top_k: tuple[ClassScore, ...]
+
+
+class AttentionDecoder:
+    """Decoder for ``task = "attention_classification"`` (seed 002): probabilities into
+    classes; the graphs' roles and the map grid come from the decode block."""
+
+    task = "attention_classification"
+
+    def __init__(self, config: AttentionDecodeConfig, labels: Sequence[str]) -> None:
+        self.config = config
+        self.labels = tuple(labels)
+
+    @classmethod
+    def from_config(
+        cls,
+        decode: Mapping[str, Any],
+        labels: Sequence[str],
+        output_shapes: Mapping[str, Sequence[int]],
+    ) -> AttentionDecoder:
+        try:
+            config = AttentionDecodeConfig.model_validate(dict(decode))
+        except ValidationError as exc:
+            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        classes = len(labels)
+        h, w = config.map.height, config.map.width
+        expected = {
+            config.attention_map: (1, h, w),
+            config.attention_probs: (classes,),
+            config.perception_probs: (classes,),
+        }
+        names = (config.feature_map, *expected)
+        missing = [name for name in names if name not in output_shapes]
+        if missing:
+            raise DecodeConfigError(f"attention_classification needs outputs {missing}")
+        feature_shape = tuple(output_shapes[config.feature_map])
+        if len(feature_shape) != 4 or tuple(feature_shape[2:]) != (h, w):
+            raise DecodeConfigError(
+                f"output {config.feature_map!r} has shape {list(feature_shape)}; the map "
+                f"grid implies [-1, K, {h}, {w}]"
+            )
+        for name, dims in expected.items():
+            shape = tuple(output_shapes[name])
+            if len(shape) != len(dims) + 1 or tuple(shape[1:]) != dims:
+                raise DecodeConfigError(
+                    f"output {name!r} has shape {list(shape)}; expected "
+                    f"[-1, {', '.join(map(str, dims))}]"
+                )
+        return cls(config, labels)
+
+    def classify(self, probs: npt.NDArray[np.float32]) -> Classification:
+        """One element's ``(K,)`` probabilities: arg-max and top k (ties: lower id first)."""
+        order = np.argsort(-probs, kind="stable")[: self.config.top_k]
+        top = tuple(
+            ClassScore(class_id=int(i), label=self.labels[int(i)], score=float(probs[i]))
+            for i in order
+        )
+        best = top[0]
+        return Classification(best.class_id, best.label, best.score, top)
+
+
+Decoder = LandmarkPointsDecoder | AttentionDecoder
 DecoderFactory = Callable[[Mapping[str, Any], Sequence[str], Mapping[str, Sequence[int]]], Decoder]
 
 DECODERS: dict[str, DecoderFactory] = {
     LandmarkPointsDecoder.task: LandmarkPointsDecoder.from_config,
+    AttentionDecoder.task: AttentionDecoder.from_config,
 }
 
 

@@ -46,6 +46,29 @@ class InvalidImage(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "invalid-image"
 
 
+class InvalidMask(InvalidImage):
+    """The attention mask upload cannot be decoded (400, like a bad image)."""
+
+    title = "Invalid mask"
+    type = PROBLEM_TYPE_PREFIX + "invalid-mask"
+
+
+class InvalidField(ServiceError):
+    """A form field the request validator cannot judge alone (e.g. an unknown label)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    title = "Invalid field"
+    type = PROBLEM_TYPE_PREFIX + "invalid-field"
+
+
+class ReloadFailed(ServiceError):
+    """A new version could not be loaded; the version that was serving keeps serving."""
+
+    status = HTTPStatus.CONFLICT
+    title = "Reload failed"
+    type = PROBLEM_TYPE_PREFIX + "reload-failed"
+
+
 class PayloadTooLarge(ServiceError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     title = "Payload too large"

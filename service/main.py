@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import Depends, FastAPI
 
+from service.attention import FeatureCache
 from service.dependencies import require_api_key
 from service.docs import install_offline_docs
 from service.errors import install_exception_handlers
+from service.feedback import FeedbackStore
 from service.imaging import configure_pillow
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from service.metrics import MetricsMiddleware, create_metrics
-from service.routers import health, metrics, models, recognize
+from service.routers import attention, health, metrics, models, recognize, ui
 from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
 from service.settings import Settings, get_settings
@@ -93,12 +95,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Until the lifespan has loaded models, every model endpoint answers 503.
     app.state.registry = ModelRegistry(problem="models are loading")
     app.state.decode_limiter = anyio.CapacityLimiter(settings.resolved_decode_threads())
+    app.state.feature_cache = FeatureCache(settings.feature_cache_size)
+    app.state.feedback_store = FeedbackStore(settings.feedback_db)
+    app.state.reload_lock = anyio.Lock()
 
     install_exception_handlers(app)
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(models.router, dependencies=protected)
     app.include_router(recognize.router, dependencies=protected)
+    app.include_router(attention.router, dependencies=protected)
+    app.include_router(ui.router)
     app.include_router(metrics.router, dependencies=protected)
     # KServe V2 answers its own errors ({"error": ...}) and checks API keys per route.
     app.include_router(v2_router)

@@ -13,6 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Resolved from this file, not the cwd, so `uvicorn --factory` works from any directory.
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models" / "repository"
+# Teacher records of the attention editor (SQLite); var/ is git-ignored.
+DEFAULT_FEEDBACK_DB = Path(__file__).resolve().parent.parent / "var" / "feedback.sqlite3"
+# An editing session re-sends one image with many masks; 64 feature maps of the attention
+# model are ~3 MB and cover many concurrent sessions.
+DEFAULT_FEATURE_CACHE_SIZE = 64
 
 # 20 MiB holds any sensible photo (a 24 MP JPEG is ~10 MiB) while keeping a single upload
 # far below what would hurt a small container's memory.
@@ -77,6 +82,12 @@ class Settings(BaseSettings):
     models: list[str] | None = None
     # Which model answers POST /recognize.
     recognize_model: str = "landmark"
+    # Which model answers POST /attention and /attention/correct.
+    attention_model: str = "attention"
+    # SQLite database of the attention editor's teacher records (WAL, synchronous=FULL).
+    feedback_db: Path = DEFAULT_FEEDBACK_DB
+    # Feature maps kept per image (LRU by sha256 of the bytes); 0 disables the cache.
+    feature_cache_size: int = Field(default=DEFAULT_FEATURE_CACHE_SIZE, ge=0)
     providers: Literal["auto", "cuda", "cpu"] = "auto"
     # None = the CPUs this process may use (see available_cpus).
     intra_op_threads: int | None = Field(default=None, ge=1)

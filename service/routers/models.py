@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from typing import Any
 
-from service.dependencies import RegistryDep
-from service.runtime import LoadedModel, TensorSpec
-from service.schemas import GraphInfo, ModelInfo, ModelsResponse, TensorInfo
+import anyio
+from fastapi import APIRouter, Request
+
+from service.dependencies import MetricsDep, RegistryDep, SettingsDep
+from service.errors import ModelNotFound, ReloadFailed
+from service.runtime import LoadedModel, TensorSpec, load_model
+from service.schemas import GraphInfo, ModelInfo, ModelsResponse, Problem, TensorInfo
 
 router = APIRouter(tags=["models"])
+logger = logging.getLogger(__name__)
 
 
 def _tensors(specs: list[TensorSpec]) -> list[TensorInfo]:
@@ -46,3 +52,50 @@ def model_info(model: LoadedModel) -> ModelInfo:
 async def list_models(registry: RegistryDep) -> ModelsResponse:
     """List every configured model with its state."""
     return ModelsResponse(models=[model_info(model) for model in registry.models.values()])
+
+
+RELOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for status, text in (
+        (404, "no model of that name is served here"),
+        (409, "the new version failed to load; the serving version keeps serving"),
+    )
+}
+
+
+@router.post("/models/{name}/reload", responses=RELOAD_ERRORS)
+async def reload_model(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> ModelInfo:
+    """Load the version the repository now designates (a new highest version, or the pinned
+    one) and swap it in once loaded and warmed; until then, and if it fails, the version
+    that was serving keeps serving. 404 for a model this server does not serve."""
+    if name not in registry.models:
+        raise ModelNotFound(
+            f"model {name!r} is not served here; known models: {sorted(registry.models)}"
+        )
+    lock: anyio.Lock = request.app.state.reload_lock
+    async with lock:  # one reload at a time: two would race to swap
+        old = registry.models[name]
+        new = await anyio.to_thread.run_sync(load_model, name, settings)
+        if not new.ready:
+            raise ReloadFailed(
+                f"model {name!r} could not be reloaded: {new.error}; "
+                + (
+                    f"version {old.version} keeps serving"
+                    if old.ready
+                    else "it was not serving before either"
+                ),
+                extra={"serving_version": old.version if old.ready else None},
+            )
+        # A dict assignment: requests already holding the old model finish on it.
+        registry.models[name] = new
+        metrics.model_ready.labels(name, new.version or "").set(1)
+        if old.version != new.version:
+            metrics.model_ready.labels(name, old.version or "").set(0)
+    logger.info("model %s reloaded: version %s -> %s", name, old.version, new.version)
+    return model_info(new)

@@ -1,0 +1,194 @@
+"""Attention maps for the seed 002 model: edited masks in, map PNGs out, cached features.
+
+Pure numpy/Pillow. A *mask* is any image the caller uploads; its luminance 0..255 is
+attention 0..1 over the uploaded image. It is placed on the model input exactly as the
+image was (same letterbox; padding = no attention) and then area-averaged to the map grid:
+each map cell is the mean attention of the model-input pixels it covers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InvalidMask, PayloadTooLarge
+from service.imaging import LetterboxTransform
+
+
+def decode_mask(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[np.float32]:
+    """An uploaded mask as ``(H, W)`` float32 attention in 0..1 (luminance / 255).
+
+    EXIF orientation is applied; transparent pixels count as no attention (composited over
+    black). Raises InvalidMask (400) when the bytes are not a decodable image and
+    PayloadTooLarge (413) above the pixel limits.
+    """
+    if not data:
+        raise InvalidMask("the mask upload is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if width * height > max_pixels or max(width, height) > max_side:
+                raise PayloadTooLarge(
+                    f"the mask is {width}x{height} pixels; at most {max_pixels} pixels "
+                    f"and {max_side} per side are accepted"
+                )
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            if oriented.mode in ("I", "F") or oriented.mode.startswith("I;16"):
+                return _deep_to_unit(np.asarray(oriented, dtype=np.float64), oriented.mode)
+            has_alpha = oriented.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+                "transparency" in oriented.info
+            )
+            if has_alpha:
+                rgba = oriented.convert("RGBA")
+                black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                oriented = Image.alpha_composite(black, rgba)
+            luminance = np.asarray(oriented.convert("L"), dtype=np.float32)
+    except PayloadTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"the mask has too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidMask("the mask is not an image in a supported format") from exc
+    except Exception as exc:  # Pillow's many decoder errors: all the client's bytes
+        raise InvalidMask(f"the mask could not be decoded (truncated or corrupt): {exc}") from exc
+    if luminance.ndim != 2 or luminance.size == 0:
+        raise InvalidMask(f"the mask decoded to an unusable shape {luminance.shape}")
+    return luminance / np.float32(255.0)
+
+
+UINT16_PEAK = 65535.0
+
+
+def _deep_to_unit(grey: npt.NDArray[np.float64], mode: str) -> npt.NDArray[np.float32]:
+    """A 16-bit/32-bit/float grey mask to 0..1: float images already in [0, 1] as they
+    are, values beyond 8 bits as 16-bit, anything else as 0..255."""
+    grey = np.nan_to_num(grey)
+    peak = float(grey.max()) if grey.size else 0.0
+    if mode == "F" and peak <= 1.0:
+        divisor = 1.0
+    elif peak > 255.0:
+        divisor = UINT16_PEAK
+    else:
+        divisor = 255.0
+    return np.clip(grey / divisor, 0.0, 1.0).astype(np.float32)
+
+
+def mask_to_grid(
+    mask: npt.NDArray[np.float32],
+    transform: LetterboxTransform,
+    input_height: int,
+    input_width: int,
+    grid_height: int,
+    grid_width: int,
+) -> npt.NDArray[np.float32]:
+    """Resample an ``(H, W)`` mask over the uploaded image to a ``(1, 1, gh, gw)`` map.
+
+    The mask is stretched over the image (whatever its own size), placed in the model input
+    with the image's letterbox (area-averaging resize, Pillow BOX), padding 0, and then each
+    grid cell takes the mean of the model-input pixels it covers.
+    """
+    content_w = max(1, min(input_width, round(transform.image_width * transform.scale)))
+    content_h = max(1, min(input_height, round(transform.image_height * transform.scale)))
+    resized = np.asarray(
+        Image.fromarray(np.ascontiguousarray(mask, dtype=np.float32), mode="F").resize(
+            (content_w, content_h), Image.Resampling.BOX
+        ),
+        dtype=np.float32,
+    )
+    canvas = np.zeros((input_height, input_width), np.float32)
+    x0, y0 = transform.pad_x, transform.pad_y
+    canvas[y0 : y0 + content_h, x0 : x0 + content_w] = resized
+    return area_average(canvas, grid_height, grid_width)[None, None]
+
+
+def area_average(
+    values: npt.NDArray[np.float32], grid_height: int, grid_width: int
+) -> npt.NDArray[np.float32]:
+    """``(H, W)`` -> ``(gh, gw)``: each cell the area-weighted mean of what it covers
+    (exact block means when the sizes divide, Pillow's BOX filter otherwise)."""
+    height, width = values.shape
+    if height % grid_height == 0 and width % grid_width == 0:
+        blocks = values.reshape(grid_height, height // grid_height, grid_width, -1)
+        means: npt.NDArray[np.float32] = blocks.mean(axis=(1, 3), dtype=np.float32)
+        return np.clip(means, 0.0, 1.0)
+    image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
+    out = np.asarray(image.resize((grid_width, grid_height), Image.Resampling.BOX), np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def map_to_png(attention: npt.NDArray[Any]) -> bytes:
+    """An ``(h, w)`` map in 0..1 as an 8-bit grey PNG, value = round(255 * M)."""
+    grey = np.rint(np.clip(np.asarray(attention, np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_base64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def image_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """What the features graph (and the perception graph with the model's own map) said
+    about one upload; enough to answer a correction with only the perception graph."""
+
+    feature_map: npt.NDArray[np.float32]  # (1, K, h, w)
+    attention_map: npt.NDArray[np.float32]  # (1, 1, h, w)
+    attention_probs: npt.NDArray[np.float32]  # (K,)
+    perception_probs: npt.NDArray[np.float32]  # (K,)
+    transform: LetterboxTransform
+
+
+class FeatureCache:
+    """A bounded, thread-safe LRU of ImageFeatures keyed by (model, version, sha256)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, str, str], ImageFeatures] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str, str]) -> ImageFeatures | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: tuple[str, str, str], value: ImageFeatures) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

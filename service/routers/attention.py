@@ -1,0 +1,441 @@
+"""Attention-editable classification (seed 002): the class with its attention map, the
+class recomputed from a person's edited map, and the teacher records those edits leave.
+
+The model is two graphs (models/repository/README.md, "Several graphs"): ``features``
+(image -> feature map, attention map, attention-branch probabilities) and ``perception``
+(feature map + any attention map -> probabilities). A correction needs only the second
+when the image's feature map is cached (FeatureCache, keyed by the image bytes' sha256).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from service.attention import (
+    FeatureCache,
+    ImageFeatures,
+    decode_mask,
+    image_key,
+    map_to_png,
+    mask_to_grid,
+    png_base64,
+)
+from service.decoding import AttentionDecoder, Classification
+from service.dependencies import DecodeLimiterDep, MetricsDep, RegistryDep, SettingsDep
+from service.errors import InvalidField, NotReady, PayloadTooLarge
+from service.feedback import FeedbackStore, TeacherRecord
+from service.imaging import check_content_type, decode_image, letterbox, normalize
+from service.metrics import Metrics
+from service.runtime import LoadedModel, ModelConfig, OnnxSession
+from service.schemas import ModelRef, Problem
+
+router = APIRouter(tags=["attention"])
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for status, text in (
+        (400, "the image (or the mask) is not a decodable image"),
+        (401, "API keys are configured and none or a wrong one was sent"),
+        (413, "an upload exceeds the size or pixel limit"),
+        (415, "an upload's content type is not an image"),
+        (422, "a missing field, an unknown label, or save without a label"),
+        (503, "the attention model is not loaded; retry after Retry-After seconds"),
+    )
+}
+
+
+class ScoredClass(BaseModel):
+    class_id: int
+    label: str
+    score: float
+
+
+class ClassPrediction(ScoredClass):
+    top_k: list[ScoredClass]
+
+
+class Extent(BaseModel):
+    """The rectangle the map covers, in image pixels (beyond the image where the model
+    input was letterboxed)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class AttentionMap(BaseModel):
+    width: int
+    height: int
+    png_base64: str
+    extent: Extent
+
+
+_TOP: list[JsonValue] = [
+    {"class_id": 3, "label": "dress", "score": 0.91},
+    {"class_id": 0, "label": "t_shirt_top", "score": 0.05},
+]
+_MAP: dict[str, JsonValue] = {
+    "width": 16,
+    "height": 16,
+    "png_base64": "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAAAAAA6mKC9...",
+    "extent": {"x0": 0.0, "y0": -32.0, "x1": 256.0, "y1": 224.0},
+}
+
+
+class AttentionResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "attention", "version": "1"},
+                    "prediction": {"class_id": 3, "label": "dress", "score": 0.91, "top_k": _TOP},
+                    "attention_branch": {"class_id": 3, "label": "dress", "score": 0.88},
+                    "attention_map": _MAP,
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    prediction: ClassPrediction
+    attention_branch: ScoredClass
+    attention_map: AttentionMap
+
+
+class CorrectionResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "attention", "version": "1"},
+                    "original": {"class_id": 3, "label": "dress", "score": 0.91, "top_k": _TOP},
+                    "corrected": {
+                        "class_id": 8,
+                        "label": "bag",
+                        "score": 0.77,
+                        "top_k": [{"class_id": 8, "label": "bag", "score": 0.77}],
+                    },
+                    "attention_map": _MAP,
+                    "edited_map": _MAP,
+                    "feature_cache": "hit",
+                    "feedback_id": "3f2c9b7e0d8a4c1e9b6f5a4d3c2b1a09",
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    original: ClassPrediction
+    corrected: ClassPrediction
+    attention_map: AttentionMap
+    edited_map: AttentionMap
+    feature_cache: str  # "hit" or "miss": whether the features graph had to run
+    feedback_id: str | None = None
+
+
+class FeedbackResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "total": 12,
+                    "per_label": {"bag": 5, "dress": 7},
+                    "misrecognised": 9,
+                    "misrecognised_attention_branch": 8,
+                    "per_model_version": {"attention/1": 12},
+                }
+            ]
+        }
+    )
+
+    total: int
+    per_label: dict[str, int]
+    misrecognised: int
+    misrecognised_attention_branch: int
+    per_model_version: dict[str, int]
+
+
+@dataclass(frozen=True)
+class AttentionModel:
+    """A ready attention model with its parts narrowed to non-optional."""
+
+    model: LoadedModel
+    config: ModelConfig
+    decoder: AttentionDecoder
+    features: OnnxSession
+    perception: OnnxSession
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.config.name, version=self.config.version)
+
+    @property
+    def cache_prefix(self) -> tuple[str, str]:
+        return self.config.name, self.config.version
+
+
+def get_feature_cache(request: Request) -> FeatureCache:
+    cache: FeatureCache = request.app.state.feature_cache
+    return cache
+
+
+def get_feedback_store(request: Request) -> FeedbackStore:
+    store: FeedbackStore = request.app.state.feedback_store
+    return store
+
+
+def attention_model(registry: RegistryDep, settings: SettingsDep) -> AttentionModel:
+    """The attention model if ready, else 503 with the reason."""
+    name = settings.attention_model
+    model = registry.get(name)
+    if model is None:
+        raise NotReady(f"model {name!r} is not configured on this server")
+    if not model.ready or model.config is None or model.decoder is None:
+        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
+    decoder = model.decoder
+    if not isinstance(decoder, AttentionDecoder):
+        raise NotReady(f"model {name!r} is not an attention_classification model")
+    features = model.sessions.get(decoder.config.features_graph)
+    perception = model.sessions.get(decoder.config.perception_graph)
+    if features is None or perception is None:
+        raise NotReady(f"model {name!r} lacks its features or perception graph")
+    return AttentionModel(model, model.config, decoder, features, perception)
+
+
+def _prediction(result: Classification) -> ClassPrediction:
+    return ClassPrediction(
+        class_id=result.class_id,
+        label=result.label,
+        score=result.score,
+        top_k=[
+            ScoredClass(class_id=c.class_id, label=c.label, score=c.score) for c in result.top_k
+        ],
+    )
+
+
+def _map(
+    attention: npt.NDArray[np.float32], features: ImageFeatures, config: ModelConfig
+) -> AttentionMap:
+    height, width = attention.shape[-2:]
+    grid = attention.reshape(height, width)
+    size = np.array([[0.0, 0.0], [config.preprocess.width, config.preprocess.height]])
+    corners = features.transform.to_image(size)
+    return AttentionMap(
+        width=int(width),
+        height=int(height),
+        png_base64=png_base64(map_to_png(grid)),
+        extent=Extent(
+            x0=float(corners[0, 0]),
+            y0=float(corners[0, 1]),
+            x1=float(corners[1, 0]),
+            y1=float(corners[1, 1]),
+        ),
+    )
+
+
+async def _read(upload: UploadFile, limit: int) -> bytes:
+    check_content_type(upload.content_type)
+    data = await upload.read()
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the upload is {len(data)} bytes; the limit is {limit}")
+    return data
+
+
+def compute_features(
+    data: bytes, serving: AttentionModel, max_pixels: int, max_side: int, metrics: Metrics
+) -> ImageFeatures:
+    """Decode, letterbox, normalise, run the features graph and the perception graph with
+    the model's own map (CPU-bound: run in a worker thread)."""
+    rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
+    pre = serving.config.preprocess
+    boxed, transform = letterbox(rgb, pre.height, pre.width, pre.pad_value)
+    tensor = normalize(boxed, scale=pre.scale, mean=pre.mean, std=pre.std)
+    names = serving.decoder.config
+    input_name = serving.features.inputs[0].name
+    started = time.perf_counter()
+    extracted = serving.features.run({input_name: tensor})
+    perceived = serving.perception.run(
+        {
+            names.feature_map: extracted[names.feature_map],
+            names.attention_map: extracted[names.attention_map],
+        }
+    )
+    seconds = time.perf_counter() - started
+    metrics.inference_seconds.labels(serving.config.name, serving.config.version).observe(seconds)
+    return ImageFeatures(
+        feature_map=extracted[names.feature_map],
+        attention_map=extracted[names.attention_map],
+        attention_probs=extracted[names.attention_probs][0],
+        perception_probs=perceived[names.perception_probs][0],
+        transform=transform,
+    )
+
+
+async def image_features(
+    data: bytes,
+    serving: AttentionModel,
+    settings: SettingsDep,
+    metrics: Metrics,
+    cache: FeatureCache,
+    limiter: anyio.CapacityLimiter,
+) -> tuple[ImageFeatures, bool]:
+    """The upload's features from the cache (True) or freshly computed and cached (False)."""
+    key = (*serving.cache_prefix, image_key(data))
+    cached = cache.get(key)
+    if cached is not None:
+        return cached, True
+    computed = await anyio.to_thread.run_sync(
+        partial(
+            compute_features,
+            data,
+            serving,
+            settings.max_image_pixels,
+            settings.max_image_side,
+            metrics,
+        ),
+        limiter=limiter,
+    )
+    cache.put(key, computed)
+    return computed, False
+
+
+@router.post("/attention", responses=ERROR_RESPONSES)
+async def classify_with_attention(
+    request: Request,
+    image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, BMP, GIF)")],
+    registry: RegistryDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    decode_limiter: DecodeLimiterDep,
+) -> AttentionResponse:
+    """Classify an image; return both branches' classes and the attention map."""
+    serving = attention_model(registry, settings)
+    data = await _read(image, settings.max_upload_bytes)
+    found, _ = await image_features(
+        data, serving, settings, metrics, get_feature_cache(request), decode_limiter
+    )
+    branch = serving.decoder.classify(found.attention_probs)
+    return AttentionResponse(
+        model=serving.ref,
+        prediction=_prediction(serving.decoder.classify(found.perception_probs)),
+        attention_branch=ScoredClass(
+            class_id=branch.class_id, label=branch.label, score=branch.score
+        ),
+        attention_map=_map(found.attention_map, found, serving.config),
+    )
+
+
+def _run_perception(
+    serving: AttentionModel, features: ImageFeatures, edited: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], float]:
+    names = serving.decoder.config
+    started = time.perf_counter()
+    out = serving.perception.run(
+        {names.feature_map: features.feature_map, names.attention_map: edited}
+    )
+    return out[names.perception_probs][0], time.perf_counter() - started
+
+
+def _edited_map(
+    data: bytes, features: ImageFeatures, serving: AttentionModel, settings: SettingsDep
+) -> npt.NDArray[np.float32]:
+    mask = decode_mask(data, max_pixels=settings.max_image_pixels, max_side=settings.max_image_side)
+    pre, grid = serving.config.preprocess, serving.decoder.config.map
+    return mask_to_grid(mask, features.transform, pre.height, pre.width, grid.height, grid.width)
+
+
+@router.post("/attention/correct", responses=ERROR_RESPONSES)
+async def correct_with_edited_map(
+    request: Request,
+    image: Annotated[UploadFile, File(description="the photo, as sent to /attention")],
+    mask: Annotated[
+        UploadFile, File(description="the edited attention map: luminance 0..255 = 0..1")
+    ],
+    registry: RegistryDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    decode_limiter: DecodeLimiterDep,
+    label: Annotated[str | None, Form(description="the true class name")] = None,
+    save: Annotated[bool, Form(description="store a teacher record (needs label)")] = False,
+) -> CorrectionResponse:
+    """Re-classify with the edited map replacing the model's; optionally keep the edit."""
+    serving = attention_model(registry, settings)
+    label_id: int | None = None
+    if label is not None:
+        label = label.strip()
+        if label not in serving.decoder.labels:
+            raise InvalidField(
+                f"label {label!r} is not one of the model's labels {list(serving.decoder.labels)}"
+            )
+        label_id = serving.decoder.labels.index(label)
+    if save and label_id is None:
+        raise InvalidField("save=true needs the true class in the label field")
+    data = await _read(image, settings.max_upload_bytes)
+    mask_data = await _read(mask, settings.max_upload_bytes)
+    found, hit = await image_features(
+        data, serving, settings, metrics, get_feature_cache(request), decode_limiter
+    )
+    edited = await anyio.to_thread.run_sync(
+        partial(_edited_map, mask_data, found, serving, settings), limiter=decode_limiter
+    )
+    probs, seconds = await anyio.to_thread.run_sync(_run_perception, serving, found, edited)
+    metrics.inference_seconds.labels(serving.config.name, serving.config.version).observe(seconds)
+    original = serving.decoder.classify(found.perception_probs)
+    corrected = serving.decoder.classify(probs)
+    feedback_id = None
+    if save:
+        assert label is not None and label_id is not None
+        grid = serving.decoder.config.map
+        record = TeacherRecord(
+            model_name=serving.config.name,
+            model_version=serving.config.version,
+            label=label,
+            label_id=label_id,
+            perception_class_id=original.class_id,
+            attention_class_id=serving.decoder.classify(found.attention_probs).class_id,
+            corrected_class_id=corrected.class_id,
+            image=data,
+            edited_map=map_to_png(edited[0, 0]),
+            model_map=map_to_png(found.attention_map[0, 0]),
+            map_height=grid.height,
+            map_width=grid.width,
+        )
+        # Committed (WAL fsynced) before the response is built.
+        feedback_id = await anyio.to_thread.run_sync(get_feedback_store(request).add, record)
+    return CorrectionResponse(
+        model=serving.ref,
+        original=_prediction(original),
+        corrected=_prediction(corrected),
+        attention_map=_map(found.attention_map, found, serving.config),
+        edited_map=_map(edited, found, serving.config),
+        feature_cache="hit" if hit else "miss",
+        feedback_id=feedback_id,
+    )
+
+
+@router.get(
+    "/attention/feedback",
+    responses={status: ERROR_RESPONSES[status] for status in (401,)},
+)
+async def feedback_counts(request: Request) -> FeedbackResponse:
+    """How many teacher records are stored: in total, per label, misrecognised."""
+    counts = await anyio.to_thread.run_sync(get_feedback_store(request).counts)
+    return FeedbackResponse(
+        total=counts.total,
+        per_label=counts.per_label,
+        misrecognised=counts.misrecognised,
+        misrecognised_attention_branch=counts.misrecognised_attention_branch,
+        per_model_version=counts.per_model_version,
+    )

@@ -1,0 +1,258 @@
+// Attention editor: plain JS, no dependencies. Talks to POST /attention,
+// POST /attention/correct and GET /models of the same server.
+"use strict";
+
+const MAX_SIDE = 512; // displayed image side in CSS pixels (small images are enlarged)
+
+const $ = (id) => document.getElementById(id);
+const view = $("view");
+const viewCtx = view.getContext("2d");
+// The edited attention, grey (white = attention 1), covering the displayed image exactly.
+const edit = document.createElement("canvas");
+const editCtx = edit.getContext("2d", { willReadFrequently: true });
+
+const state = {
+  file: null, // the uploaded File, re-sent with every correction (the server caches it)
+  bitmap: null,
+  modelMap: null, // HTMLImageElement of the model's map PNG
+  extent: null, // the map's extent in image pixels {x0, y0, x1, y1}
+  scale: 1, // display pixels per image pixel
+  drawing: false,
+  last: null,
+};
+
+function headers() {
+  const key = $("api-key").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+async function problemText(response) {
+  try {
+    const body = await response.json();
+    return `${response.status} ${body.title || ""}: ${body.detail || ""}`;
+  } catch (err) {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+function showClass(element, result) {
+  element.textContent = `${result.label} (${(100 * result.score).toFixed(1)} %)`;
+  element.dataset.classId = String(result.class_id);
+  element.dataset.label = result.label;
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error("cannot display the image"));
+    image.src = src;
+  });
+}
+
+function drawModelMap() {
+  const e = state.extent;
+  const s = state.scale;
+  editCtx.globalCompositeOperation = "source-over";
+  editCtx.globalAlpha = 1;
+  editCtx.fillStyle = "#000";
+  editCtx.fillRect(0, 0, edit.width, edit.height);
+  editCtx.imageSmoothingEnabled = false; // keep the map's cells as the model made them
+  editCtx.drawImage(state.modelMap, e.x0 * s, e.y0 * s, (e.x1 - e.x0) * s, (e.y1 - e.y0) * s);
+}
+
+function render() {
+  if (!state.bitmap) return;
+  viewCtx.globalAlpha = 1;
+  viewCtx.imageSmoothingEnabled = true;
+  viewCtx.drawImage(state.bitmap, 0, 0, view.width, view.height);
+  const opacity = Number($("opacity").value) / 100;
+  const src = editCtx.getImageData(0, 0, edit.width, edit.height).data;
+  const overlay = viewCtx.createImageData(edit.width, edit.height);
+  const out = overlay.data;
+  for (let i = 0; i < src.length; i += 4) {
+    const a = src[i] / 255; // attention 0..1 from the red (= grey) channel
+    out[i] = 255;
+    out[i + 1] = Math.round(200 * (1 - a));
+    out[i + 2] = 0;
+    out[i + 3] = Math.round(255 * opacity * a);
+  }
+  const layer = document.createElement("canvas");
+  layer.width = edit.width;
+  layer.height = edit.height;
+  layer.getContext("2d").putImageData(overlay, 0, 0);
+  viewCtx.drawImage(layer, 0, 0);
+}
+
+async function classify(file) {
+  const form = new FormData();
+  form.append("image", file, file.name || "image");
+  setStatus("Classifying…");
+  const response = await fetch("/attention", { method: "POST", body: form, headers: headers() });
+  if (!response.ok) {
+    setStatus(`Error: ${await problemText(response)}`);
+    return;
+  }
+  const body = await response.json();
+  state.file = file;
+  state.bitmap = await loadImage(URL.createObjectURL(file));
+  state.modelMap = await loadImage("data:image/png;base64," + body.attention_map.png_base64);
+  const w = state.bitmap.naturalWidth;
+  const h = state.bitmap.naturalHeight;
+  state.scale = MAX_SIDE / Math.max(w, h);
+  view.width = edit.width = Math.max(1, Math.round(w * state.scale));
+  view.height = edit.height = Math.max(1, Math.round(h * state.scale));
+  state.extent = body.attention_map.extent || { x0: 0, y0: 0, x1: w, y1: h };
+  drawModelMap();
+  render();
+  showClass($("original-class"), body.prediction);
+  showClass($("attention-branch-class"), body.attention_branch);
+  $("corrected-class").textContent = "–";
+  delete $("corrected-class").dataset.classId;
+  selectLabel(body.prediction.label);
+  for (const id of ["clear-map", "reset-map", "submit", "save"]) $(id).disabled = false;
+  setStatus(
+    `Model ${body.model.name} v${body.model.version}: edit the map with the brush, then classify.`
+  );
+}
+
+function pointerPosition(event) {
+  const rect = view.getBoundingClientRect();
+  return {
+    x: ((event.clientX - rect.left) / rect.width) * view.width,
+    y: ((event.clientY - rect.top) / rect.height) * view.height,
+  };
+}
+
+function paint(from, to) {
+  const mode = document.querySelector('input[name="brush-mode"]:checked').value;
+  const size = Number($("brush-size").value);
+  editCtx.globalCompositeOperation = "source-over";
+  editCtx.globalAlpha = Number($("brush-strength").value) / 100;
+  editCtx.strokeStyle = editCtx.fillStyle = mode === "add" ? "#fff" : "#000";
+  editCtx.lineWidth = size;
+  editCtx.lineCap = "round";
+  editCtx.beginPath();
+  if (from) {
+    editCtx.moveTo(from.x, from.y);
+    editCtx.lineTo(to.x, to.y);
+    editCtx.stroke();
+  } else {
+    editCtx.arc(to.x, to.y, size / 2, 0, 2 * Math.PI);
+    editCtx.fill();
+  }
+  render();
+}
+
+view.addEventListener("pointerdown", (event) => {
+  if (!state.bitmap) return;
+  event.preventDefault();
+  view.setPointerCapture(event.pointerId);
+  state.drawing = true;
+  state.last = pointerPosition(event);
+  paint(null, state.last);
+});
+view.addEventListener("pointermove", (event) => {
+  if (!state.drawing) return;
+  event.preventDefault();
+  const point = pointerPosition(event);
+  paint(state.last, point);
+  state.last = point;
+});
+for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
+  view.addEventListener(type, () => {
+    state.drawing = false;
+    state.last = null;
+  });
+}
+
+function maskBlob() {
+  return new Promise((resolve) => edit.toBlob(resolve, "image/png"));
+}
+
+async function correct(save) {
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "image");
+  form.append("mask", await maskBlob(), "mask.png");
+  if (save) {
+    form.append("label", $("label-select").value);
+    form.append("save", "true");
+  }
+  const response = await fetch("/attention/correct", {
+    method: "POST",
+    body: form,
+    headers: headers(),
+  });
+  if (!response.ok) {
+    const text = `Error: ${await problemText(response)}`;
+    if (save) $("save-status").textContent = text;
+    else setStatus(text);
+    return null;
+  }
+  const body = await response.json();
+  showClass($("original-class"), body.original);
+  showClass($("corrected-class"), body.corrected);
+  return body;
+}
+
+$("image-input").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (file) classify(file).catch((err) => setStatus(`Error: ${err.message}`));
+});
+$("opacity").addEventListener("input", render);
+$("clear-map").addEventListener("click", () => {
+  editCtx.globalCompositeOperation = "source-over";
+  editCtx.globalAlpha = 1;
+  editCtx.fillStyle = "#000";
+  editCtx.fillRect(0, 0, edit.width, edit.height);
+  render();
+  setStatus("Empty map: paint where the classifier should look.");
+});
+$("reset-map").addEventListener("click", () => {
+  drawModelMap();
+  render();
+});
+$("submit").addEventListener("click", async () => {
+  setStatus("Classifying with your map…");
+  const body = await correct(false);
+  if (body) {
+    setStatus(`Done (feature cache ${body.feature_cache}).`);
+    selectLabel(body.corrected.label);
+  }
+});
+$("save").addEventListener("click", async () => {
+  $("save-status").textContent = "Saving…";
+  const body = await correct(true);
+  if (body) {
+    $("save-status").textContent = `Saved teacher map ${body.feedback_id}.`;
+    $("save-status").dataset.feedbackId = body.feedback_id;
+  }
+});
+
+function selectLabel(label) {
+  const select = $("label-select");
+  if ([...select.options].some((o) => o.value === label)) select.value = label;
+}
+
+async function loadLabels() {
+  try {
+    const response = await fetch("/models", { headers: headers() });
+    if (!response.ok) return;
+    const body = await response.json();
+    const model = body.models.find((m) => m.task === "attention_classification");
+    if (!model) return;
+    const select = $("label-select");
+    select.replaceChildren(
+      ...model.labels.map((label) => new Option(label.replaceAll("_", " "), label))
+    );
+  } catch (err) {
+    // The labels only fill the save box; the editor works without them.
+  }
+}
+
+$("api-key").addEventListener("change", loadLabels);
+loadLabels();

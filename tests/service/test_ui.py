@@ -1,0 +1,33 @@
+"""GET /ui and its assets: served by the service itself, nothing from elsewhere."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+ASSETS = ("/ui/static/editor.js", "/ui/static/editor.css")
+
+
+def test_page_and_assets_are_served(client: TestClient) -> None:
+    page = client.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in ASSETS:
+        assert asset in page.text
+        response = client.get(asset)
+        assert response.status_code == 200 and response.text.strip()
+    assert client.get("/ui/static/editor.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_no_asset_comes_from_another_origin(client: TestClient) -> None:
+    for path in ("/ui", *ASSETS):
+        text = client.get(path).text
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), path
+        assert "cdn" not in text.lower() and "@import" not in text
+
+
+def test_unknown_assets_are_404_problems(client: TestClient) -> None:
+    for path in ("/ui/static/../settings.py", "/ui/static/editor.html.bak", "/ui/static/x.js"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("application/problem+json")
