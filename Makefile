@@ -44,5 +44,34 @@ export-landmark: $(VENV)/.dev
 	$(BIN)/python -m models.landmark.export --checkpoint runs/landmark-v1/best.pt --version 1 \
 		--history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json
 
+.PHONY: system-packages train-attention export-attention finetune-attention
+
+# Debian packages the attention model and its tests need: the Fashion-MNIST files and
+# chromium (the editor's browser test). Skipped where already installed or without apt.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-packages:
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium; \
+	else echo "no apt-get: install dataset-fashion-mnist and chromium yourself" >&2; fi
+
+# Reproduce the committed attention model (about 45 min on two busy CPU cores).
+train-attention: $(VENV)/.dev system-packages
+	$(BIN)/python -m models.attention.train --out runs/attention-v1
+
+export-attention: $(VENV)/.dev system-packages
+	$(BIN)/python -m models.attention.export --checkpoint runs/attention-v1/best.pt \
+		--version 1 --history runs/attention-v1/history.json
+
+# Second embodiment: simulated teacher records (a stand-in for people's edits), then
+# fine-tuning version 1 into version 2. With real records, point FEEDBACK at
+# var/feedback.sqlite3 (the service's default) and skip the simulate step.
+FEEDBACK ?= data/attention/simulated_feedback.sqlite3
+finetune-attention: $(VENV)/.dev system-packages
+	rm -f $(FEEDBACK) $(FEEDBACK)-wal $(FEEDBACK)-shm
+	$(BIN)/python -m models.attention.finetune simulate --base-version 1 --feedback $(FEEDBACK)
+	$(BIN)/python -m models.attention.finetune --base-version 1 --version 2 --feedback $(FEEDBACK)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

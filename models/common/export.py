@@ -51,6 +51,11 @@ def export_onnx(
         # torch's exporter trips over its own deprecations; they say nothing about the graph.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        # Several inputs share the one batch axis (e.g. feature map + attention map): the
+        # exporter notes that it keeps one name for them, which is what is wanted.
+        warnings.filterwarnings(
+            "ignore", message=r".*shares the same shape constraints", category=UserWarning
+        )
         torch.onnx.export(
             module,
             example,

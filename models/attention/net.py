@@ -1,0 +1,156 @@
+"""Attention Branch Network (seed 002) with an attention map that can be replaced.
+
+    image -> feature extractor -> feature map f (K x h x w)
+          -> attention branch: conv block -> 1x1 conv to C (classes) -> BN -> ReLU
+                 (a) 1x1 conv C -> C + global average pooling = attention-branch logits
+                 (b) 1x1 conv C -> 1 -> BN -> sigmoid = attention map M (1 x h x w, 0..1)
+          -> synthesis: f * M (the seed's pixel-wise product, every channel)
+             or (1 + M) * f (ABN's residual form), chosen by ``synthesis``
+          -> perception branch: residual stage + GAP + FC = perception logits
+
+``forward(image, attention=M')`` replaces M by an edited map (the first embodiment); the
+two halves are exported separately (``FeaturesExport`` and ``PerceptionExport``) so that
+the service applies an edited map without re-running the feature extractor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SYNTHESES = ("multiply", "residual")
+
+
+@dataclass(frozen=True)
+class AttentionNetConfig:
+    num_classes: int = 10
+    input_size: int = 64  # square canvas side in pixels; a multiple of the stride
+    stem_width: int = 24  # channels at stride 2
+    feature_width: int = 64  # K: channels of the feature map at stride 4
+    perception_width: int = 128  # channels of the perception branch at stride 8
+    synthesis: str = "multiply"  # "multiply": f * M (seed 002); "residual": (1 + M) * f
+
+    @property
+    def stride(self) -> int:
+        return 4
+
+    @property
+    def map_size(self) -> int:
+        return self.input_size // self.stride
+
+
+class ConvBN(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, k: int = 3):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Residual(nn.Module):
+    """Two 3x3 convolutions with an identity shortcut."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = ConvBN(c, c)
+        self.conv2 = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(self.conv1(x)))
+
+
+class AttentionNet(nn.Module):
+    def __init__(self, config: AttentionNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or AttentionNetConfig()
+        if config.synthesis not in SYNTHESES:
+            raise ValueError(f"synthesis must be one of {SYNTHESES}, not {config.synthesis!r}")
+        s, k, p, c = (
+            config.stem_width,
+            config.feature_width,
+            config.perception_width,
+            config.num_classes,
+        )
+        self.features = nn.Sequential(
+            ConvBN(3, s, stride=2),
+            Residual(s),
+            ConvBN(s, k, stride=2),
+            Residual(k),
+        )
+        # Attention branch: a stride-1 conv block, then K -> C (ABN: 1x1 conv, BN, ReLU).
+        self.attention_block = nn.Sequential(
+            Residual(k),
+            nn.Conv2d(k, c, 1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+        )
+        self.attention_head = nn.Conv2d(c, c, 1)  # + GAP = attention-branch logits
+        self.map_head = nn.Sequential(nn.Conv2d(c, 1, 1, bias=False), nn.BatchNorm2d(1))
+        self.perception = nn.Sequential(ConvBN(k, p, stride=2), Residual(p))
+        self.classifier = nn.Linear(p, c)
+
+    def extract(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Feature map, attention map (N, 1, h, w) in 0..1, attention-branch logits."""
+        features = self.features(image)
+        a = self.attention_block(features)
+        return {
+            "features": features,
+            "attention_map": torch.sigmoid(self.map_head(a)),
+            "attention_logits": self.attention_head(a).mean(dim=(2, 3)),
+        }
+
+    def perceive(self, features: torch.Tensor, attention_map: torch.Tensor) -> torch.Tensor:
+        """Perception logits from a feature map and any (N, 1, h, w) map in 0..1."""
+        if self.config.synthesis == "multiply":
+            synthesized = features * attention_map
+        else:
+            synthesized = features * (1.0 + attention_map)
+        return self.classifier(self.perception(synthesized).mean(dim=(2, 3)))
+
+    def forward(
+        self, image: torch.Tensor, attention: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """All outputs; ``attention`` (N, 1, h, w) replaces the model's own map when given."""
+        out = self.extract(image)
+        used = out["attention_map"] if attention is None else attention
+        out["perception_logits"] = self.perceive(out["features"], used)
+        return out
+
+
+class FeaturesExport(nn.Module):
+    """Graph 1: image -> feature_map, attention_map, attention_probs."""
+
+    def __init__(self, net: AttentionNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net.extract(image)
+        return out["features"], out["attention_map"], out["attention_logits"].softmax(-1)
+
+
+class PerceptionExport(nn.Module):
+    """Graph 2: feature_map + attention_map -> perception_probs."""
+
+    def __init__(self, net: AttentionNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, feature_map: torch.Tensor, attention_map: torch.Tensor) -> torch.Tensor:
+        return self.net.perceive(feature_map, attention_map).softmax(-1)
+
+
+def save_checkpoint(path, net: AttentionNet, **extra) -> None:
+    """A checkpoint that rebuilds the network from the file alone."""
+    torch.save({"config": asdict(net.config), "state_dict": net.state_dict(), **extra}, path)
+
+
+def load_checkpoint(path) -> tuple[AttentionNet, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net = AttentionNet(AttentionNetConfig(**ckpt["config"]))
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval(), ckpt

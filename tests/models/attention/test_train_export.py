@@ -1,0 +1,167 @@
+"""Tiny end-to-end run: train, export two graphs (parity <= 1e-4), serve them, simulate
+teacher records, fine-tune into the next version, serve that."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.attention import export as exporter
+from models.attention import finetune
+from models.attention.net import AttentionNetConfig, load_checkpoint
+from models.attention.train import TrainConfig, to_tensor, train
+from models.common.export import PARITY_TOLERANCE
+from service.feedback import FeedbackStore
+from service.runtime import load_model
+from service.settings import Settings
+from tests.models.attention.fakes import write_fake_fashion_mnist
+from tests.service.conftest import make_settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.train]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("attention")
+    data = write_fake_fashion_mnist(root / "fmnist")
+    config = TrainConfig(
+        out=str(root / "run"),
+        train_images=256,
+        val_images=64,
+        val_pairs=32,
+        epochs=2,
+        batch_size=64,
+        data_root=str(data),
+        net=AttentionNetConfig(stem_width=8, feature_width=16, perception_width=16),
+    )
+    history = train(config, progress=False)
+    repo = root / "repository"
+    common = ["--repository", str(repo), "--data-root", str(data)]
+    exporter.main(
+        [
+            "--checkpoint",
+            str(root / "run" / "best.pt"),
+            "--version",
+            "1",
+            "--history",
+            str(root / "run" / "history.json"),
+            "--test-pairs",
+            "32",
+            "--test-items",
+            "64",
+            *common,
+        ]
+    )
+    feedback = root / "feedback.sqlite3"
+    finetune.main(["simulate", "--feedback", str(feedback), "--count", "48", *common])
+    finetune.main(
+        [
+            "--feedback",
+            str(feedback),
+            "--select",
+            "all",
+            "--epochs",
+            "1",
+            "--held-out",
+            "32",
+            "--test-pairs",
+            "32",
+            "--test-items",
+            "64",
+            *common,
+        ]
+    )
+    return {"root": root, "repo": repo, "history": history, "feedback": feedback, "data": data}
+
+
+def test_training_records_history_and_checkpoints(pipeline: dict) -> None:
+    history = pipeline["history"]
+    assert len(history["epochs"]) == 2
+    row = history["epochs"][-1]
+    assert {"train_attention", "train_perception", "train_total"} <= set(row)
+    assert row["train_total"] == pytest.approx(row["train_attention"] + row["train_perception"])
+    run = pipeline["root"] / "run"
+    assert (run / "best.pt").exists() and (run / "loss_curves.png").exists()
+
+
+def test_export_writes_two_graphs_with_parity(pipeline: dict) -> None:
+    version_dir = pipeline["repo"] / "attention" / "1"
+    config = json.loads((version_dir / "config.json").read_text())
+    assert "file" not in config and set(config["graphs"]) == {"features", "perception"}
+    parity = config["training"]["parity_max_abs_diff"]
+    assert max(parity.values()) <= PARITY_TOLERANCE
+    for name in ("features.onnx", "perception.onnx", "MODEL_CARD.md", "checkpoint.pt"):
+        assert (version_dir / name).exists(), name
+    assert config["decode"]["map"] == {"height": 16, "width": 16}
+    assert 0.0 <= config["metrics"]["test"]["perception_accuracy"] <= 1.0
+
+    # Independent parity check: ONNX Runtime on fresh inputs and an edited map.
+    net, _ = load_checkpoint(version_dir / "checkpoint.pt")
+    onnx_model = exporter.OnnxAttention(version_dir)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    edited = rng.random((5, 1, 16, 16), dtype=np.float32)
+    got = onnx_model.run(images, [None, edited])
+    with torch.no_grad():
+        own = net(to_tensor(images))
+        with_edit = net(to_tensor(images), attention=torch.from_numpy(edited))
+    assert np.abs(got["perception_0"] - own["perception_logits"].softmax(-1).numpy()).max() <= 1e-4
+    assert (
+        np.abs(got["perception_1"] - with_edit["perception_logits"].softmax(-1).numpy()).max()
+        <= 1e-4
+    )
+    assert np.abs(got["maps"] - own["attention_map"].numpy()).max() <= 1e-4
+
+
+def test_service_loads_both_versions(pipeline: dict) -> None:
+    settings = make_settings(pipeline["repo"])
+    for version in ("1", "2"):
+        model = load_model("attention", replace_versions(settings, version))
+        assert model.ready, model.error
+        assert sorted(model.sessions) == ["features", "perception"]
+
+
+def replace_versions(settings: Settings, version: str) -> Settings:
+    return settings.model_copy(update={"model_versions": {"attention": version}})
+
+
+def test_finetune_reads_the_records_and_writes_the_next_version(pipeline: dict) -> None:
+    store = FeedbackStore(pipeline["feedback"])
+    assert store.counts().total == 48
+    config = json.loads((pipeline["repo"] / "attention" / "2" / "config.json").read_text())
+    info = config["metrics"]["finetune"]
+    assert info["records_selected"] == 48 and info["selection"] == "all"
+    assert info["trained_parts"] == ["attention", "perception"]
+    assert set(info["held_out_before"]) == set(info["held_out_after"])
+    assert (
+        "Fine-tuning from teacher maps"
+        in (pipeline["repo"] / "attention" / "2" / "MODEL_CARD.md").read_text()
+    )
+
+
+def test_finetune_freezes_the_parts_not_chosen(pipeline: dict) -> None:
+    net, _ = load_checkpoint(pipeline["repo"] / "attention" / "1" / "checkpoint.pt")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    data = finetune.teacher_set(FeedbackStore(pipeline["feedback"]).records()[:16], net)
+    finetune.finetune(net, data, parts=("attention",), gamma=0.1, epochs=1, lr=1e-2, progress=False)
+    after = net.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= {"attention_block", "attention_head", "map_head"}
+
+
+def test_selection_follows_the_seed() -> None:
+    from service.feedback import TeacherRecord
+
+    def record(label: int, per: int, att: int) -> TeacherRecord:
+        return TeacherRecord("attention", "1", "x", label, per, att, -1, b"", b"", b"", 2, 2)
+
+    records = [record(0, 0, 0), record(0, 1, 0), record(0, 0, 1), record(0, 1, 1)]
+    assert finetune.select(records, "misrecognised") == [records[1], records[3]]
+    assert finetune.select(records, "attention") == [records[2], records[3]]
+    assert finetune.select(records, "either") == records[1:]
+    assert finetune.select(records, "all") == records
+    with pytest.raises(ValueError):
+        finetune.select(records, "some")
