@@ -18,7 +18,14 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from service.schemas import LiveResponse, ModelsResponse, ReadyResponse, RecognizeResponse
+from service.routers.attention import AttentionResponse, CorrectionResponse, FeedbackResponse
+from service.schemas import (
+    LiveResponse,
+    ModelInfo,
+    ModelsResponse,
+    ReadyResponse,
+    RecognizeResponse,
+)
 
 T = TypeVar("T")
 
@@ -50,6 +57,7 @@ class Call(Generic[T]):
     parse: Callable[[httpx.Response], T]
     params: dict[str, Any] | None = None
     files: dict[str, tuple[str, bytes, str]] | None = None
+    data: dict[str, str] | None = None
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     # Error statuses that are an answer, not a failure (e.g. 503 from a readiness probe).
@@ -86,6 +94,46 @@ def recognize(image: ImageInput, min_score: float | None, filename: str | None) 
         lambda r: RecognizeResponse.model_validate(r.json()),
         params=params,
         files={"image": _image_part(image, filename)},
+    )
+
+
+def attention(image: ImageInput, filename: str | None) -> Call[AttentionResponse]:
+    return Call(
+        "POST",
+        "/attention",
+        lambda r: AttentionResponse.model_validate(r.json()),
+        files={"image": _image_part(image, filename)},
+    )
+
+
+def attention_correct(
+    image: ImageInput,
+    mask: ImageInput,
+    label: str | None,
+    save: bool,
+    filename: str | None,
+) -> Call[CorrectionResponse]:
+    data: dict[str, str] = {"save": "true" if save else "false"}
+    if label is not None:
+        data["label"] = label
+    return Call(
+        "POST",
+        "/attention/correct",
+        lambda r: CorrectionResponse.model_validate(r.json()),
+        files={"image": _image_part(image, filename), "mask": _image_part(mask, "mask.png")},
+        data=data,
+    )
+
+
+def attention_feedback() -> Call[FeedbackResponse]:
+    return Call("GET", "/attention/feedback", lambda r: FeedbackResponse.model_validate(r.json()))
+
+
+def reload_model(name: str) -> Call[ModelInfo]:
+    return Call(
+        "POST",
+        f"/models/{quote(name, safe='')}/reload",
+        lambda r: ModelInfo.model_validate(r.json()),
     )
 
 

@@ -12,7 +12,14 @@ import numpy.typing as npt
 from client import _calls
 from client._calls import Call, ImageInput, InferResult
 from client.errors import error_from_response
-from service.schemas import LiveResponse, ModelsResponse, ReadyResponse, RecognizeResponse
+from service.routers.attention import AttentionResponse, CorrectionResponse, FeedbackResponse
+from service.schemas import (
+    LiveResponse,
+    ModelInfo,
+    ModelsResponse,
+    ReadyResponse,
+    RecognizeResponse,
+)
 
 T = TypeVar("T")
 
@@ -29,6 +36,7 @@ def _request_args(call: Call[Any]) -> dict[str, Any]:
     return {
         "params": call.params,
         "files": call.files,
+        "data": call.data,
         "content": call.content,
         "headers": call.headers,
     }
@@ -84,6 +92,30 @@ class VisionClient:
         """``POST /recognize``: landmarks with class, score and point in image pixels."""
         result: RecognizeResponse = self._send(_calls.recognize(image, min_score, filename))
         return result
+
+    def attention(self, image: ImageInput, *, filename: str | None = None) -> AttentionResponse:
+        """``POST /attention``: class, attention-branch class and the attention map."""
+        return self._send(_calls.attention(image, filename))
+
+    def attention_correct(
+        self,
+        image: ImageInput,
+        mask: ImageInput,
+        *,
+        label: str | None = None,
+        save: bool = False,
+        filename: str | None = None,
+    ) -> CorrectionResponse:
+        """``POST /attention/correct``: re-classify with an edited map (``mask``)."""
+        return self._send(_calls.attention_correct(image, mask, label, save, filename))
+
+    def attention_feedback(self) -> FeedbackResponse:
+        """``GET /attention/feedback``: counts of stored teacher records."""
+        return self._send(_calls.attention_feedback())
+
+    def reload_model(self, name: str) -> ModelInfo:
+        """``POST /models/{name}/reload``: swap in the version the repository designates."""
+        return self._send(_calls.reload_model(name))
 
     def health_live(self) -> LiveResponse:
         """``GET /health/live``."""
@@ -178,6 +210,32 @@ class AsyncVisionClient:
         """``POST /recognize``."""
         result: RecognizeResponse = await self._send(_calls.recognize(image, min_score, filename))
         return result
+
+    async def attention(
+        self, image: ImageInput, *, filename: str | None = None
+    ) -> AttentionResponse:
+        """``POST /attention``."""
+        return await self._send(_calls.attention(image, filename))
+
+    async def attention_correct(
+        self,
+        image: ImageInput,
+        mask: ImageInput,
+        *,
+        label: str | None = None,
+        save: bool = False,
+        filename: str | None = None,
+    ) -> CorrectionResponse:
+        """``POST /attention/correct``."""
+        return await self._send(_calls.attention_correct(image, mask, label, save, filename))
+
+    async def attention_feedback(self) -> FeedbackResponse:
+        """``GET /attention/feedback``."""
+        return await self._send(_calls.attention_feedback())
+
+    async def reload_model(self, name: str) -> ModelInfo:
+        """``POST /models/{name}/reload``."""
+        return await self._send(_calls.reload_model(name))
 
     async def health_live(self) -> LiveResponse:
         """``GET /health/live``."""

@@ -149,3 +149,48 @@ def test_not_ready_is_service_unavailable(tmp_path: Path) -> None:
         assert vision.v2_model_ready("landmark") is False
         with pytest.raises(ServiceUnavailable):
             vision.recognize(encode(scene()))
+
+
+def test_reload_model_swaps_in_a_new_version(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    write_model(root)
+    with live_server(create_app(make_settings(root))) as url, VisionClient(url) as vision:
+        write_model(root, version="2")
+        info = vision.reload_model("landmark")
+        assert info.name == "landmark" and info.version == "2" and info.state == "ready"
+        assert vision.v2_model_metadata("landmark")["versions"] == ["2"]
+        with pytest.raises(NotFound):
+            vision.reload_model("nope")
+
+
+ATTENTION = Path(__file__).resolve().parents[2] / "models" / "repository" / "attention"
+
+
+@pytest.mark.skipif(not ATTENTION.is_dir(), reason="no committed attention model")
+def test_attention_endpoints(tmp_path: Path) -> None:
+    repository = ATTENTION.parent
+    settings = make_settings(
+        repository, models=["attention"], feedback_db=tmp_path / "feedback.sqlite3"
+    )
+    image = encode(scene(96, 96, (24, 24, 72, 72)))
+    mask = encode(np.full((14, 14), 255, np.uint8))
+    with live_server(create_app(settings)) as url, VisionClient(url) as vision:
+        (model,) = vision.models().models
+        found = vision.attention(image)
+        assert found.model.name == "attention"
+        assert found.prediction.label in model.labels
+        label = model.labels[0]
+        corrected = vision.attention_correct(image, mask, label=label, save=True)
+        assert corrected.feedback_id
+        assert vision.attention_feedback().total == 1
+        with pytest.raises(InvalidRequest):
+            vision.attention_correct(image, mask, label="no such label")
+
+        async def main() -> None:
+            async with AsyncVisionClient(url) as client:
+                assert (await client.attention(image)).model.name == "attention"
+                assert (await client.attention_feedback()).total == 1
+                again = await client.attention_correct(image, mask)
+                assert again.feedback_id is None
+
+        anyio.run(main)
