@@ -56,7 +56,7 @@ system-packages:
 		$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium; \
 	else echo "no apt-get: install dataset-fashion-mnist and chromium yourself" >&2; fi
 
-# Reproduce the committed attention model (about 45 min on two busy CPU cores).
+# Reproduce the committed attention model (see its MODEL_CARD.md for the exact commands).
 train-attention: $(VENV)/.dev system-packages
 	$(BIN)/python -m models.attention.train --out runs/attention-v1
 

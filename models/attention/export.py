@@ -322,6 +322,17 @@ def main_card(config: dict) -> str:
         "Loss L = Latt + Lper (softmax cross-entropy, equal weights). Code: "
         "`models/attention/`.",
         "",
+        "Synthesis: the seed's product f x M, not ABN's residual (1 + M) x f: with the "
+        "product a cell a person erases contributes nothing to the perception branch, which is "
+        "what makes a mask on one item answer for that item; with (1 + M) x f the erased item "
+        "would still be seen at weight 1. The residual form is available (`--synthesis "
+        "residual`) but was not trained or measured here.",
+        "",
+        "Training detail: with probability `mask_substitution` (0.25) per sample, the "
+        "perception branch is given the item's box, area-averaged to the map grid like an "
+        "edited mask, instead of the model's own M (the loss stays Latt + Lper); this teaches "
+        "the perception branch the kind of map people draw.",
+        "",
         "Served as two ONNX graphs (config.json `graphs`): `features.onnx` (image -> feature "
         "map, attention map, attention-branch probabilities) and `perception.onnx` (feature map "
         "+ attention map -> perception probabilities), so that an edited map is applied by "
@@ -376,6 +387,7 @@ def main_card(config: dict) -> str:
         "",
         "Two-item test canvases: the model's own map, then a mask on item A, then on item B, "
         "each with the perception branch's answer.",
+        "",
         "",
     ]
     return "\n".join(lines)

@@ -58,6 +58,7 @@ PARTS = ("features", "attention", "perception")
 CHECKPOINT = "checkpoint.pt"  # the PyTorch weights kept beside a version's graphs
 HELD_OUT_SEED = 2000
 SIMULATE_SEED = 3000
+REPLAY_SEED = 4000
 MAX_PIXELS, MAX_SIDE = 40_000_000, 16_384
 
 
@@ -134,15 +135,26 @@ def finetune(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    replay: Canvases | None = None,
 ) -> list[dict]:
     """Fine-tune in place; batch-norm statistics stay frozen (the teacher set is small and
-    one-sided). Returns per-epoch mean loss terms."""
+    one-sided). ``replay``: single-item training canvases mixed in with Latt + Lper only
+    (no teacher map), so that the model does not forget what the teacher records do not
+    show. Returns per-epoch mean loss terms."""
     torch.manual_seed(seed)
     params = set_trainable(net, parts)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    x_all = to_tensor(data.images)
-    y_all = torch.from_numpy(data.labels)
-    m_all = torch.from_numpy(data.maps)
+    images, labels, maps = data.images, data.labels, data.maps
+    has_map = np.ones(len(labels), bool)
+    if replay is not None and len(replay):
+        images = np.concatenate([images, replay.images])
+        labels = np.concatenate([labels, replay.labels[:, 0]])
+        maps = np.concatenate([maps, np.zeros((len(replay), *maps.shape[1:]), np.float32)])
+        has_map = np.concatenate([has_map, np.zeros(len(replay), bool)])
+    x_all = to_tensor(images)
+    y_all = torch.from_numpy(labels)
+    m_all = torch.from_numpy(maps)
+    h_all = torch.from_numpy(has_map)
     generator = torch.Generator().manual_seed(seed)
     history = []
     net.eval()  # frozen BN statistics; gradients still flow
@@ -157,7 +169,7 @@ def finetune(
             leave=False,
         ):
             idx = order[i : i + batch_size]
-            terms = finetune_loss(net(x_all[idx]), y_all[idx], m_all[idx], gamma)
+            terms = finetune_loss(net(x_all[idx]), y_all[idx], m_all[idx], gamma, h_all[idx])
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
@@ -248,6 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gamma", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--replay",
+        type=int,
+        default=4000,
+        help="single-item training canvases mixed in (Latt + Lper only); 0 = none",
+    )
     p.add_argument("--held-out", type=int, default=2000, help="distractor canvases (test)")
     p.add_argument("--test-pairs", type=int, default=2000)
     p.add_argument("--test-items", type=int, default=None)
@@ -272,7 +290,10 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainConfig(net=net.config, data_root=a.data_root)
     held_out = make_split(config, "test", a.held_out, "distractor", HELD_OUT_SEED)
     before = distractor_metrics(net, held_out)
-    history = finetune(net, data, parts=parts, gamma=a.gamma, epochs=a.epochs, lr=a.lr)
+    replay = make_split(config, "train", a.replay, "single", REPLAY_SEED) if a.replay else None
+    history = finetune(
+        net, data, parts=parts, gamma=a.gamma, epochs=a.epochs, lr=a.lr, replay=replay
+    )
     after = distractor_metrics(net, held_out)
     print(json.dumps({"before": before, "after": after}, indent=1))
 
@@ -289,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gamma": a.gamma,
         "epochs": a.epochs,
         "lr": a.lr,
+        "replay_single_item_canvases": a.replay,
         "held_out_distractor_canvases": a.held_out,
         "held_out_before": before,
         "held_out_after": after,
@@ -385,7 +407,10 @@ def finetune_section(info: dict, version: str, base_config: dict) -> str:
             "Seed 002's second embodiment: L = Latt + Lper + gamma ||M' - M||^2 "
             f"(gamma = {info['gamma']}), parts re-learned: {', '.join(info['trained_parts'])} "
             f"(the rest frozen, batch-norm statistics frozen), {info['epochs']} epochs, "
-            f"lr {info['lr']}, {info['seconds'] / 60:.1f} min including export.",
+            f"lr {info['lr']}, {info['seconds'] / 60:.1f} min including export. Mixed in: "
+            f"{info['replay_single_item_canvases']} single-item training canvases with Latt + "
+            "Lper only (no teacher map). This replay is not in the seed; `--replay 0` "
+            "turns it off.",
             "",
             f"Teacher records: {info['records_stored']} stored in `{info['feedback_db']}`, "
             f"{info['records_selected']} selected (`--select {info['selection']}`). They were "

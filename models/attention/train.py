@@ -23,7 +23,12 @@ from tqdm import tqdm
 
 from models.attention.data import CanvasConfig, Canvases, box_masks, compose, load_fashion_mnist
 from models.attention.loss import abn_loss
-from models.attention.net import AttentionNet, AttentionNetConfig, save_checkpoint
+from models.attention.net import (
+    AttentionNet,
+    AttentionNetConfig,
+    load_checkpoint,
+    save_checkpoint,
+)
 from models.common.plots import plot_curves
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: real photographs are the backgrounds
@@ -48,6 +53,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     data_root: str | None = None
+    # Start from this checkpoint's weights (same network config) instead of from scratch:
+    # a second, lower-learning-rate run on freshly composed canvases (another --seed).
+    init: str | None = None
     net: AttentionNetConfig = field(default_factory=AttentionNetConfig)
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
@@ -124,6 +132,11 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     tqdm.write(f"data: {len(train_set)} train canvases in {time.time() - started_all:.0f} s")
 
     net = AttentionNet(config.net)
+    if config.init:
+        start, _ = load_checkpoint(config.init)
+        if start.config != config.net:
+            raise SystemExit(f"--init {config.init} has network {start.config}, not {config.net}")
+        net.load_state_dict(start.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_set) // config.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -222,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for name in ("train_images", "val_images", "val_pairs", "epochs", "batch_size", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", default=None, help="checkpoint to start from (same network)")
     for name in ("lr", "weight_decay", "mask_substitution"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     for name in ("stem_width", "feature_width", "perception_width"):
@@ -241,6 +255,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         seed=a.seed,
         threads=a.threads,
         data_root=a.data_root,
+        init=a.init,
         net=AttentionNetConfig(
             stem_width=a.stem_width,
             feature_width=a.feature_width,

@@ -41,3 +41,11 @@ def test_finetune_loss_adds_gamma_times_the_map_term() -> None:
     terms = finetune_loss(out, torch.tensor([1]), teacher, gamma=0.25)
     assert terms["map"].item() == pytest.approx(4.0)
     assert terms["total"].item() == pytest.approx(2 * math.log(2) + 0.25 * 4.0)
+
+
+def test_map_loss_counts_only_samples_with_a_teacher() -> None:
+    m = torch.zeros(2, 1, 2, 2)
+    teacher = torch.ones(2, 1, 2, 2)
+    has = torch.tensor([True, False])
+    assert map_loss(m, teacher, has).item() == pytest.approx(4.0)
+    assert map_loss(m, teacher, torch.tensor([False, False])).item() == 0.0
