@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         threads=a.threads,
     )
     test = LandmarkDataset(load_data(base, "test"), MEAN, STD)
-    command = "python -m models.landmark.ablation " + " ".join(
+    command = "python -m models.landmark.ablation " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
     note = (
