@@ -415,6 +415,19 @@ def training_section(history: dict | None) -> str:
     )
 
 
+def training_commands(ckpt: dict) -> list[str]:
+    """The training commands that made a checkpoint, oldest first: a run started with
+    ``--init`` is preceded by the run(s) that made its starting weights."""
+    config = ckpt.get("train_config") or {}
+    chain = [config.get("command", "(unknown)")]
+    init = config.get("init")
+    while init and Path(init).exists():
+        config = torch.load(init, map_location="cpu", weights_only=False).get("train_config") or {}
+        chain.insert(0, config.get("command", "(unknown)"))
+        init = config.get("init")
+    return chain
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -434,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
     graphs = export_graphs(net, version_dir, to_tensor(single.images[:16]))
     metrics, s, pr = measure(OnnxAttention(version_dir), net, single, pairs)
     history = json.loads(a.history.read_text()) if a.history else None
-    train_command = (ckpt.get("train_config") or {}).get("command", "(unknown)")
+    chain = training_commands(ckpt)
+    train_command = chain[-1]
     export_command = "python -m models.attention.export " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
@@ -445,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict:
         {"test": metrics, "targets": TARGETS},
         {
             "command": train_command,
-            "commands": [train_command, export_command],
+            "commands": [*chain, export_command],
             "data": DATA_NOTE,
             "seed": (ckpt.get("train_config") or {}).get("seed", 0),
             "epochs_trained": ckpt.get("epoch"),
