@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from service.errors import InvalidMask, PayloadTooLarge
-from service.imaging import LetterboxTransform
+from service.errors import InvalidMask
+from service.imaging import LetterboxTransform, open_upload
 
 
 def decode_mask(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[np.float32]:
@@ -31,41 +31,29 @@ def decode_mask(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[n
     black). Raises InvalidMask (400) when the bytes are not a decodable image and
     PayloadTooLarge (413) above the pixel limits.
     """
-    if not data:
-        raise InvalidMask("the mask upload is empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > max_pixels or max(width, height) > max_side:
-                raise PayloadTooLarge(
-                    f"the mask is {width}x{height} pixels; at most {max_pixels} pixels "
-                    f"and {max_side} per side are accepted"
-                )
-            probe.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            oriented = ImageOps.exif_transpose(image)
-            if oriented.mode in ("I", "F") or oriented.mode.startswith("I;16"):
-                return _deep_to_unit(np.asarray(oriented, dtype=np.float64), oriented.mode)
-            has_alpha = oriented.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-                "transparency" in oriented.info
-            )
-            if has_alpha:
-                rgba = oriented.convert("RGBA")
-                black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-                oriented = Image.alpha_composite(black, rgba)
-            luminance = np.asarray(oriented.convert("L"), dtype=np.float32)
-    except PayloadTooLarge:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"the mask has too many pixels: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidMask("the mask is not an image in a supported format") from exc
-    except Exception as exc:  # Pillow's many decoder errors: all the client's bytes
-        raise InvalidMask(f"the mask could not be decoded (truncated or corrupt): {exc}") from exc
-    if luminance.ndim != 2 or luminance.size == 0:
-        raise InvalidMask(f"the mask decoded to an unusable shape {luminance.shape}")
-    return luminance / np.float32(255.0)
+    attention = open_upload(
+        data,
+        _mask_attention,
+        max_pixels=max_pixels,
+        max_side=max_side,
+        what="mask",
+        invalid=InvalidMask,
+    )
+    if attention.ndim != 2 or attention.size == 0:
+        raise InvalidMask(f"the mask decoded to an unusable shape {attention.shape}")
+    return attention
+
+
+def _mask_attention(image: Image.Image) -> npt.NDArray[np.float32]:
+    """A decoded mask as ``(H, W)`` float32 attention in 0..1."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return _deep_to_unit(np.asarray(image, dtype=np.float64), image.mode)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or ("transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
 
 
 UINT16_PEAK = 65535.0

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+T = TypeVar("T")
 
 # Transparent pixels are composited over white: sign and logo cut-outs are drawn for light
 # pages, and white is what a browser shows the caller behind them.
@@ -82,21 +85,30 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[np.uint8]:
-    """Decode an upload into an ``(H, W, 3)`` uint8 RGB array in image pixels.
+def open_upload(
+    data: bytes,
+    convert: Callable[[Image.Image], T],
+    *,
+    max_pixels: int,
+    max_side: int,
+    what: str = "image",
+    invalid: type[InvalidImage] = InvalidImage,
+) -> T:
+    """Open uploaded bytes with every guard, then ``convert`` the decoded image.
 
-    The first frame of animated formats is used, EXIF orientation applied, every mode
-    converted to RGB. Raises InvalidImage (400) for empty, unknown, truncated or corrupt
-    data and PayloadTooLarge (413) above ``max_pixels`` or ``max_side``.
+    The first frame of animated formats is used and EXIF orientation applied before
+    ``convert`` sees the image. Raises ``invalid`` (400) for empty, unknown, truncated or
+    corrupt data (also when ``convert`` fails on it) and PayloadTooLarge (413) above
+    ``max_pixels`` or ``max_side``; ``what`` names the upload in the messages.
     """
     if not data:
-        raise InvalidImage("the upload is empty (0 bytes)")
+        raise invalid(f"the {what} upload is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
             if width * height > max_pixels or max(width, height) > max_side:
                 raise PayloadTooLarge(
-                    f"the image is {width}x{height} pixels; at most {max_pixels} pixels "
+                    f"the {what} is {width}x{height} pixels; at most {max_pixels} pixels "
                     f"and {max_side} per side are accepted"
                 )
             # load() skips checksums (a PNG with a bad IDAT CRC decodes to garbage);
@@ -104,21 +116,32 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[
             probe.verify()
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            oriented = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(oriented)
-            array = np.asarray(rgb, dtype=np.uint8)
-    except PayloadTooLarge:
+            return convert(ImageOps.exif_transpose(image))
+    except (PayloadTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
+        raise PayloadTooLarge(f"the {what} has too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise InvalidImage(
-            "the upload is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF)"
+        raise invalid(
+            f"the {what} is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF)"
         ) from exc
     except Exception as exc:
         # Pillow's format plugins raise a zoo of types (OSError, SyntaxError, ValueError,
         # struct.error, EOFError...) for damaged files; all of them are the client's bytes.
-        raise InvalidImage(f"the image could not be decoded (truncated or corrupt): {exc}") from exc
+        raise invalid(f"the {what} could not be decoded (truncated or corrupt): {exc}") from exc
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[np.uint8]:
+    """Decode an upload into an ``(H, W, 3)`` uint8 RGB array in image pixels.
+
+    Every Pillow mode is converted to RGB; errors as ``open_upload``.
+    """
+    array = open_upload(
+        data,
+        lambda image: np.asarray(_to_rgb(image), dtype=np.uint8),
+        max_pixels=max_pixels,
+        max_side=max_side,
+    )
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidImage(f"the image decoded to an unusable shape {array.shape}")
     return array
