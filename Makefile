@@ -6,7 +6,7 @@ PORT ?= 8000
 HOST ?= 0.0.0.0
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck train-landmark ablation-landmark export-landmark clean
+.PHONY: run test lint train-landmark ablation-landmark export-landmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,8 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.serve
 	$(BIN)/uvicorn --factory service.main:create_app --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev
+# The Debian packages too: the attention tests read Fashion-MNIST and drive Chromium.
+test: $(VENV)/.dev system-packages
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev
