@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -45,18 +46,7 @@ def decode(
     probability; greedy point NMS), so the measured metrics are those of the served model.
     """
     cells, anchors, k1 = class_probs.shape
-    side = round(cells**0.5)
-    decoder = LandmarkPointsDecoder(
-        LandmarkDecodeConfig(
-            stride=1,
-            grid=GridConfig(rows=side, cols=side),
-            anchors=anchors,
-            background_class=k1 - 1,
-            confidence_threshold=confidence_threshold,
-            nms_radius=nms_radius,
-        ),
-        [str(i) for i in range(k1 - 1)],
-    )
+    decoder = _decoder(cells, anchors, k1 - 1, confidence_threshold, nms_radius)
     found = decoder.decode(
         {"class_probs": class_probs[None], "confidence": confidence[None], "points": points[None]},
         IDENTITY,
@@ -66,6 +56,25 @@ def decode(
         np.array([f.class_id for f in found], int),
         np.array([f.score for f in found], float),
         np.array([(f.x, f.y) for f in found], float).reshape(-1, 2),
+    )
+
+
+@cache
+def _decoder(
+    cells: int, anchors: int, classes: int, confidence_threshold: float, nms_radius: float
+) -> LandmarkPointsDecoder:
+    """One decoder per output layout and thresholds, not one per image decoded."""
+    side = round(cells**0.5)
+    return LandmarkPointsDecoder(
+        LandmarkDecodeConfig(
+            stride=1,
+            grid=GridConfig(rows=side, cols=side),
+            anchors=anchors,
+            background_class=classes,
+            confidence_threshold=confidence_threshold,
+            nms_radius=nms_radius,
+        ),
+        [str(i) for i in range(classes)],
     )
 
 
