@@ -29,10 +29,10 @@ from models.attention.net import (
     load_checkpoint,
     save_checkpoint,
 )
+from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
 from models.common.plots import plot_curves
 
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: real photographs are the backgrounds
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass

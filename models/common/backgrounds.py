@@ -12,6 +12,11 @@ from functools import cache
 
 import numpy as np
 
+# ImageNet channel statistics (RGB, 0..1): the models see real photographs as backgrounds,
+# so the usual photographic normalisation suits them; each export writes them to config.json.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # Which photographs feed which split. `chelsea` and `cat` are the same photograph, so only
 # one is used. Grey-level photos are stacked to RGB.
 BACKGROUND_SPLITS: dict[str, tuple[str, ...]] = {

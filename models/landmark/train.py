@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
 from models.common.plots import plot_curves
 from models.landmark.data import (
     LandmarkArrays,
@@ -35,8 +36,7 @@ from models.landmark.loss import LossConfig, assign, landmark_loss, similarity_m
 from models.landmark.net import LandmarkNet, LandmarkNetConfig, save_checkpoint
 from models.landmark.scenes import LABELS, SceneConfig
 
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: real photographs are the backgrounds
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 # Decoding constants written into config.json. Confidence below 0.05 is never a landmark
 # at any useful operating point; 6 px is under the 8 px gap between neighbouring cells
 # that see the same landmark and over the 1-2 px their points differ by.
