@@ -56,6 +56,10 @@ class TrainConfig:
     # Start from this checkpoint's weights (same network config) instead of from scratch:
     # a second, lower-learning-rate run on freshly composed canvases (another --seed).
     init: str | None = None
+    # Compose fresh training canvases (new positions, scales, backgrounds) every epoch
+    # instead of reusing one set: with one fixed set the wider network overfits (train
+    # loss 0.12 vs validation accuracy 0.91 by epoch 10). Costs ~40 s per epoch.
+    recompose: bool = False
     net: AttentionNetConfig = field(default_factory=AttentionNetConfig)
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
@@ -147,6 +151,13 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     history: dict = {"config": _jsonable(config), "command": command, "epochs": []}
     best = -1.0
     for epoch in range(config.epochs):
+        if config.recompose and epoch > 0:
+            fresh = make_split(
+                config, "train", config.train_images, "single", config.seed + 1000 * epoch
+            )
+            train_masks = torch.from_numpy(box_masks(fresh.boxes[:, 0], size, grid))
+            train_images = to_tensor(fresh.images)
+            train_labels = torch.from_numpy(fresh.labels[:, 0])
         net.train()
         order = torch.randperm(len(train_set), generator=generator)
         sums = {"attention": 0.0, "perception": 0.0, "total": 0.0}
@@ -241,6 +252,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for name in ("stem_width", "feature_width", "perception_width"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(n, name))
     p.add_argument("--synthesis", choices=("multiply", "residual"), default=n.synthesis)
+    p.add_argument(
+        "--recompose", action="store_true", help="compose fresh training canvases every epoch"
+    )
     a = p.parse_args(argv)
     return TrainConfig(
         out=a.out,
@@ -256,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         threads=a.threads,
         data_root=a.data_root,
         init=a.init,
+        recompose=a.recompose,
         net=AttentionNetConfig(
             stem_width=a.stem_width,
             feature_width=a.feature_width,

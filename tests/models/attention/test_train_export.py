@@ -35,6 +35,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
         epochs=2,
         batch_size=64,
         data_root=str(data),
+        recompose=True,  # epoch 2 trains on freshly composed canvases
         net=AttentionNetConfig(stem_width=8, feature_width=16, perception_width=16),
     )
     history = train(config, progress=False)
