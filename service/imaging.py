@@ -28,6 +28,10 @@ ALPHA_BACKGROUND = (255, 255, 255)
 SNIFFED_CONTENT_TYPES = frozenset({"", "application/octet-stream"})
 # Largest value of a 16-bit sample; 16-bit images are scaled by 255/65535 to 8 bits.
 UINT16_MAX = 65535
+# The only Pillow plugins an upload may be opened with. Pillow otherwise tries every format
+# it knows, EPS among them, which it hands to Ghostscript: a large attack surface for no
+# photo anyone sends. (The JPEG opener also yields MPO, multi-picture phone JPEGs.)
+SERVED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -104,7 +108,7 @@ def open_upload(
     if not data:
         raise invalid(f"the {what} upload is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=SERVED_FORMATS) as probe:
             width, height = probe.size
             if width * height > max_pixels or max(width, height) > max_side:
                 raise PayloadTooLarge(
@@ -114,7 +118,7 @@ def open_upload(
             # load() skips checksums (a PNG with a bad IDAT CRC decodes to garbage);
             # verify() checks them without decoding, but leaves the image unusable.
             probe.verify()
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=SERVED_FORMATS) as image:
             image.load()
             return convert(ImageOps.exif_transpose(image))
     except (PayloadTooLarge, InvalidImage):
@@ -123,7 +127,7 @@ def open_upload(
         raise PayloadTooLarge(f"the {what} has too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise invalid(
-            f"the {what} is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF)"
+            f"the {what} is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)"
         ) from exc
     except Exception as exc:
         # Pillow's format plugins raise a zoo of types (OSError, SyntaxError, ValueError,

@@ -1,0 +1,254 @@
+"""Every file of the hostile / odd upload corpus (tests/data/bad/, made by
+tests/data/make_bad_corpus.py) against every endpoint that takes an upload.
+
+The endpoints are discovered from the app's own OpenAPI schema (every multipart operation
+with a binary field), so an endpoint added later is covered without touching this file.
+Each answer must be the status the manifest documents, a problem+json body for every
+error, and never a 5xx.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.limits import MULTIPART_OVERHEAD_BYTES
+from service.main import create_app
+from tests.data import make_bad_corpus
+from tests.data.make_bad_corpus import CORPUS_DIR, MANIFEST
+from tests.service.conftest import make_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+REPOSITORY = ROOT / "models" / "repository"
+# Small enough that the huge-body cases stay fast, far above every corpus file (< 100 kB).
+MAX_UPLOAD_BYTES = 1 << 20
+MANIFEST_DATA: dict[str, Any] = json.loads((CORPUS_DIR / MANIFEST).read_text())
+FILES: list[dict[str, Any]] = MANIFEST_DATA["files"]
+REQUESTS: dict[str, dict[str, Any]] = {case["name"]: case for case in MANIFEST_DATA["requests"]}
+# What an error body must never show: a traceback, a source file, this checkout's path.
+LEAKS = re.compile(r"Traceback|File \"|\.py\b|" + re.escape(str(ROOT)))
+
+
+@dataclass(frozen=True)
+class UploadEndpoint:
+    """A multipart operation of the schema and its form fields."""
+
+    path: str
+    file_fields: tuple[str, ...]  # required binary fields, in schema order
+    required_other: tuple[str, ...]  # required non-file fields (none today)
+
+    @property
+    def mask_field(self) -> str | None:
+        return "mask" if "mask" in self.file_fields else None
+
+    @property
+    def image_fields(self) -> tuple[str, ...]:
+        return tuple(name for name in self.file_fields if name != "mask")
+
+
+def upload_endpoints(schema: dict[str, Any]) -> list[UploadEndpoint]:
+    """Every POST whose body is multipart/form-data with at least one binary field."""
+    components = schema.get("components", {}).get("schemas", {})
+    found = []
+    for path, operations in schema["paths"].items():
+        body = operations.get("post", {}).get("requestBody", {})
+        form = body.get("content", {}).get("multipart/form-data")
+        if form is None:
+            continue
+        ref = form["schema"].get("$ref", "")
+        model = components.get(ref.rsplit("/", 1)[-1], form["schema"])
+        properties, required = model.get("properties", {}), set(model.get("required", []))
+
+        def is_file(spec: dict[str, Any]) -> bool:
+            return (
+                spec.get("format") == "binary"
+                or spec.get("contentMediaType") == "application/octet-stream"
+            )
+
+        files = tuple(name for name, spec in properties.items() if is_file(spec))
+        if files:
+            others = tuple(name for name in required if name not in files)
+            found.append(UploadEndpoint(path, files, others))
+    return found
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app over every committed model, with a 1 MiB upload limit."""
+    settings = make_settings(
+        REPOSITORY,
+        feedback_db=tmp_path_factory.mktemp("feedback") / "feedback.sqlite3",
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def good_image() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 160, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def good_files(endpoint: UploadEndpoint) -> dict[str, tuple[str, bytes, str]]:
+    return {name: (f"{name}.png", good_image(), "image/png") for name in endpoint.file_fields}
+
+
+ENDPOINTS = upload_endpoints(create_app(make_settings(REPOSITORY)).openapi())
+
+
+@pytest.fixture(scope="module")
+def serving(client: TestClient) -> dict[str, bool]:
+    """Per endpoint: whether it answers a good upload with 200 (its model is served)."""
+    answered = {}
+    for endpoint in ENDPOINTS:
+        response = client.post(endpoint.path, files=good_files(endpoint))
+        assert response.status_code < 500 or response.status_code == 503, response.text
+        answered[endpoint.path] = response.status_code == 200
+    return answered
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """A problem+json error of ``status`` that gives nothing internal away."""
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    assert not LEAKS.search(response.text), response.text[:500]
+    return body
+
+
+def check(response: httpx.Response, expected: int, entry: dict[str, Any] | None = None) -> None:
+    assert response.status_code < 500, response.text[:500]
+    if expected >= 400:
+        body = assert_problem(response, expected)
+        if entry and entry.get("problem_type"):
+            assert body["type"].endswith(entry["problem_type"])
+        return
+    assert response.status_code == expected, response.text[:500]
+    size = entry.get("image_size") if entry else None
+    reported = response.json().get("image")
+    if size and isinstance(reported, dict):
+        assert (reported["width"], reported["height"]) == tuple(size)
+
+
+def test_corpus_is_big_enough_and_documented() -> None:
+    assert len(FILES) >= 30
+    on_disk = {p.name for p in CORPUS_DIR.iterdir()} - {MANIFEST}
+    assert on_disk == {entry["file"] for entry in FILES}
+    assert all(entry["why"] and entry["status"] in (200, 400, 413, 415) for entry in FILES)
+    assert ENDPOINTS, "no upload endpoint found in the OpenAPI schema"
+
+
+def test_generator_is_deterministic_and_matches_the_committed_corpus(tmp_path: Path) -> None:
+    first = make_bad_corpus.build(tmp_path / "a")
+    make_bad_corpus.build(tmp_path / "b")
+    assert json.loads(json.dumps(first)) == MANIFEST_DATA
+    for entry in FILES:
+        name = entry["file"]
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def _ids(value: Any) -> str:
+    return value.path if isinstance(value, UploadEndpoint) else str(value)
+
+
+CASES = [
+    pytest.param(endpoint, entry, id=f"{entry['file']}-{endpoint.path}")
+    for endpoint in ENDPOINTS
+    for entry in FILES
+    if entry["field"] == "image" or endpoint.mask_field
+]
+
+
+@pytest.mark.parametrize(("endpoint", "entry"), CASES)
+def test_corpus_file(
+    client: TestClient, serving: dict[str, bool], endpoint: UploadEndpoint, entry: dict[str, Any]
+) -> None:
+    """The file in each field it can go in; the other fields get a good image."""
+    targets = endpoint.image_fields if entry["field"] == "image" else (endpoint.mask_field,)
+    expected = entry["status"]
+    if expected == 200 and not serving[endpoint.path]:
+        pytest.skip(f"{endpoint.path}: its model is not served here")
+    if expected == 200 and endpoint.required_other:
+        expected = 422  # a required non-file field we cannot fill generically
+    data = (CORPUS_DIR / entry["file"]).read_bytes()
+    for target in targets:
+        assert target is not None
+        files = good_files(endpoint)
+        files[target] = (entry["file"], data, entry["content_type"])
+        check(client.post(endpoint.path, files=files), expected, entry)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=_ids)
+def test_malformed_requests(client: TestClient, endpoint: UploadEndpoint) -> None:
+    """Wrong and missing fields, empty and non-multipart bodies, text for a file."""
+    good = good_files(endpoint)
+    renamed = [("file", spec) for spec in good.values()]
+    check(client.post(endpoint.path, files=renamed), REQUESTS["wrong_field_name"]["status"])
+    for name in endpoint.file_fields:
+        missing = {key: spec for key, spec in good.items() if key != name}
+        check(
+            client.post(endpoint.path, files=missing or None),
+            REQUESTS["missing_field"]["status"],
+        )
+    empty = client.post(
+        endpoint.path,
+        content=b"--vision-boundary--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=vision-boundary"},
+    )
+    check(empty, REQUESTS["empty_multipart"]["status"])
+    check(
+        client.post(endpoint.path, json={"image": "aGVsbG8="}), REQUESTS["not_multipart"]["status"]
+    )
+    as_text = {key: spec for key, spec in good.items() if key != endpoint.file_fields[0]}
+    check(
+        client.post(endpoint.path, data={endpoint.file_fields[0]: "not a file"}, files=as_text),
+        REQUESTS["field_as_text"]["status"],
+    )
+
+
+def _huge_multipart(field: str, size: int) -> tuple[bytes, str]:
+    boundary = "vision-huge"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="h.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + b"\0" * (size - len(head) - len(tail)) + tail, boundary
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=_ids)
+def test_huge_multipart_is_413_declared_or_streamed(
+    client: TestClient, endpoint: UploadEndpoint
+) -> None:
+    limit = MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES
+    declared = REQUESTS["huge_multipart_declared"]
+    body, boundary = _huge_multipart(
+        endpoint.file_fields[0], limit + declared["extra"]["bytes_over_limit"]
+    )
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    check(client.post(endpoint.path, content=body, headers=headers), declared["status"])
+
+    streamed = REQUESTS["huge_multipart_streamed"]
+    body, boundary = _huge_multipart(
+        endpoint.file_fields[0], limit + streamed["extra"]["bytes_over_limit"]
+    )
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    check(client.post(endpoint.path, content=chunks(), headers=headers), streamed["status"])
