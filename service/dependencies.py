@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -41,6 +42,11 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DecodeLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_decode_limiter)]
 
 
+def _digest(key: str) -> bytes:
+    """SHA-256 of a key: equal-length inputs for ``hmac.compare_digest``."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
 def _presented_key(request: Request) -> str | None:
     key = request.headers.get("x-api-key")
     if key:
@@ -69,7 +75,9 @@ def require_api_key(
     presented = _presented_key(request)
     if presented is None:
         raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
-    # Constant-time comparison against every key, so timing does not reveal a prefix match.
-    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in settings.api_keys]
+    # Constant-time comparison against every key (no early exit), so timing reveals neither
+    # a matching prefix nor which key matched; digests first, so not the length either.
+    offered = _digest(presented)
+    matches = [hmac.compare_digest(offered, _digest(key)) for key in settings.api_keys]
     if not any(matches):
         raise Unauthorized("the API key is not valid")

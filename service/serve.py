@@ -21,6 +21,7 @@ import os
 
 import uvicorn
 
+from service.logs import uvicorn_log_config
 from service.runtime import preload_cuda_libraries
 from service.settings import get_settings
 
@@ -49,6 +50,10 @@ def main() -> None:
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         log_level=settings.log_level.lower(),
+        # uvicorn's loggers write through the service's formatter (VISION_LOG_FORMAT); the
+        # access line comes from RequestIdMiddleware, with the request ID.
+        log_config=uvicorn_log_config(settings.log_format, settings.log_level),
+        access_log=False,
     )
 
 
