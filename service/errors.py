@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Seconds a client should wait before retrying a 503; model loading takes seconds, not minutes.
 DEFAULT_RETRY_AFTER_S = 5
+# A full queue drains in a few batch times: a second is ample before retrying.
+OVERLOADED_RETRY_AFTER_S = 1
+# nginx's "client closed request": not in HTTPStatus, used only for logs and metrics.
+CLIENT_CLOSED_REQUEST = 499
 # Problem types are URNs: identifiers that nobody is tempted to dereference (RFC 9457 3.1.1).
 PROBLEM_TYPE_PREFIX = "urn:vision-service:problem:"
 
@@ -115,6 +119,31 @@ class NotReady(ServiceError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class Overloaded(NotReady):
+    """A model's bounded queue is full: retry shortly rather than wait without bound (503)."""
+
+    title = "Service overloaded"
+    type = PROBLEM_TYPE_PREFIX + "overloaded"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int = OVERLOADED_RETRY_AFTER_S,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after, extra=extra)
+
+
+class ClientClosedRequest(ServiceError):
+    """The client went away before its request reached the model; nobody reads the answer,
+    the status (nginx's 499) is for logs and metrics."""
+
+    status = CLIENT_CLOSED_REQUEST
+    title = "Client closed request"
+    type = PROBLEM_TYPE_PREFIX + "client-closed-request"
 
 
 class ModelLoadError(Exception):

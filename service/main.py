@@ -16,8 +16,7 @@ from service.errors import install_exception_handlers
 from service.feedback import FeedbackStore
 from service.imaging import configure_pillow
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
-from service.logs import RequestIdMiddleware, make_handler
-from service.metrics import MetricsMiddleware, create_metrics
+from service.metrics import Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, health, metrics, models, recognize, ui
 from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
@@ -25,23 +24,26 @@ from service.settings import Settings, get_settings
 
 logger = logging.getLogger("service")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Level for the ``service`` loggers; a handler (text or JSON lines, with request IDs)
-    only when nobody configured logging (``service.serve`` configures the root logger)."""
+
+def configure_logging(level: str) -> None:
+    """Level for the ``service`` loggers; a handler only when nobody configured logging."""
     logger.setLevel(level)
     if not logging.getLogger().handlers and not logger.handlers:
-        logger.addHandler(make_handler(log_format))
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
 
 
-async def load_registry(settings: Settings) -> ModelRegistry:
+async def load_registry(settings: Settings, metrics: Metrics | None = None) -> ModelRegistry:
     """Load every configured model, each in its own worker thread, so the event loop stays
-    free and several models load concurrently."""
+    free and several models load concurrently; their batchers report to ``metrics``."""
     names, problem = discover_models(settings)
     loaded: dict[str, LoadedModel] = {}
 
     async def load_one(name: str) -> None:
-        loaded[name] = await anyio.to_thread.run_sync(load_model, name, settings)
+        loaded[name] = await anyio.to_thread.run_sync(load_model, name, settings, metrics)
 
     async with anyio.create_task_group() as group:
         for name in names:
@@ -56,7 +58,7 @@ async def load_registry(settings: Settings) -> ModelRegistry:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm the models before the first request; drop them at shutdown."""
     settings: Settings = app.state.settings
-    registry = await load_registry(settings)
+    registry = await load_registry(settings, app.state.metrics)
     for model in registry.models.values():
         app.state.metrics.model_ready.labels(model.name, model.version or "").set(
             1 if model.ready else 0
@@ -76,7 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; models load in the lifespan, not here."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level)
     configure_pillow(settings.max_image_pixels)
 
     app = FastAPI(
@@ -104,9 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recognize.router, dependencies=protected)
     app.include_router(attention.router, dependencies=protected)
     app.include_router(ui.router)
-    app.include_router(
-        metrics.router, dependencies=protected if settings.metrics_require_key else []
-    )
+    app.include_router(metrics.router, dependencies=protected)
     # KServe V2 answers its own errors ({"error": ...}) and checks API keys per route.
     app.include_router(v2_router)
     install_offline_docs(app)
@@ -116,6 +116,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    # Outermost: every response, the size limit's 413s too, carries X-Request-ID.
-    app.add_middleware(RequestIdMiddleware)
     return app

@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Inference buckets: a 160x160 graph runs in a few ms on GPU and tens of ms on CPU.
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Batch sizes: powers of two up to well past any max batch size in use.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # Label for requests no route matched, so scanners cannot blow up the label cardinality.
 UNMATCHED_ENDPOINT = "unmatched"
 # Paths that are not work: probes and scrapes would otherwise keep the in-flight gauge (and
@@ -29,6 +31,10 @@ class Metrics:
     inference_seconds: Histogram
     model_ready: Gauge
     in_flight: Gauge
+    queue_seconds: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    rejected: Counter
 
 
 def create_metrics() -> Metrics:
@@ -65,6 +71,32 @@ def create_metrics() -> Metrics:
         in_flight=Gauge(
             "vision_http_requests_in_flight",
             "Requests being handled now, probes and scrapes excluded (the autoscaling signal).",
+            registry=registry,
+        ),
+        queue_seconds=Histogram(
+            "vision_batch_queue_duration_seconds",
+            "Time a request waited in its graph's queue before its batch started.",
+            ["model", "version", "graph"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        ),
+        batch_size=Histogram(
+            "vision_batch_size",
+            "Rows (images) per ONNX Runtime run, by graph.",
+            ["model", "version", "graph"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        ),
+        queue_depth=Gauge(
+            "vision_batch_queue_depth",
+            "Requests admitted to a graph and not yet running (being decoded or queued).",
+            ["model", "version", "graph"],
+            registry=registry,
+        ),
+        rejected=Counter(
+            "vision_batch_rejected",
+            "Requests that never reached the model: queue_full (503) or client_gone.",
+            ["model", "version", "graph", "reason"],
             registry=registry,
         ),
     )

@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +24,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.batching import Batcher, Disconnected, Feed, Normalization, Reservation
 from service.decoding import DecodeConfigError, Decoder, build_decoder
 from service.errors import ModelLoadError
+from service.metrics import Metrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -192,12 +193,47 @@ def preload_cuda_libraries() -> bool:
     return True
 
 
+GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
 def session_options(settings: Settings) -> ort.SessionOptions:
-    """Thread counts from settings (not ORT's host-core default) and full graph optimisation."""
+    """Thread counts from settings (the CPUs this process may use, not ORT's host-core
+    default), graph optimisation level, memory arena and pattern, intra-op spinning."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.resolved_intra_op_threads()
     options.inter_op_num_threads = settings.inter_op_threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = GRAPH_OPTIMIZATION[settings.graph_optimization]
+    options.enable_cpu_mem_arena = settings.cpu_mem_arena
+    options.enable_mem_pattern = settings.mem_pattern
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0"
+    )
+    return options
+
+
+def provider_options(settings: Settings, providers: Sequence[str]) -> list[dict[str, str]]:
+    """Options for each provider of ``providers`` (same order), as InferenceSession takes
+    them: CUDA gets its device, cuDNN convolution search, arena growth and memory cap."""
+    options: list[dict[str, str]] = []
+    for provider in providers:
+        if provider == CUDA_PROVIDER:
+            cuda = {
+                "device_id": str(settings.cuda_device_id),
+                "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
+                "arena_extend_strategy": settings.cuda_arena_extend_strategy,
+                # Copies on the compute stream: no race between the input copy and the run.
+                "do_copy_in_default_stream": "1",
+            }
+            if settings.gpu_mem_limit_mb is not None:
+                cuda["gpu_mem_limit"] = str(settings.gpu_mem_limit_mb * 1024 * 1024)
+            options.append(cuda)
+        else:
+            options.append({})
     return options
 
 
@@ -212,7 +248,10 @@ class OnnxSession:
         source = str(model) if isinstance(model, Path) else model
         try:
             self._session = ort.InferenceSession(
-                source, sess_options=session_options(settings), providers=requested
+                source,
+                sess_options=session_options(settings),
+                providers=requested,
+                provider_options=provider_options(settings, requested),
             )
         except Exception as exc:  # ORT raises its own pybind types for bad graphs
             raise ModelLoadError(f"onnxruntime could not load the graph: {exc}") from exc
@@ -226,6 +265,14 @@ class OnnxSession:
             if settings.providers == "cuda":
                 raise ModelLoadError(message)
             logger.warning("%s; serving on CPU, expect much slower inference", message)
+        # On CUDA, I/O binding copies each (batched) input to the device once and lets ORT
+        # allocate outputs where they are produced; on CPU it only adds bookkeeping.
+        self.io_binding = settings.io_binding == "on" or (
+            settings.io_binding == "auto" and CUDA_PROVIDER in self.providers
+        )
+        self._device = (
+            ("cuda", settings.cuda_device_id) if CUDA_PROVIDER in self.providers else ("cpu", 0)
+        )
 
     @property
     def inputs(self) -> list[Any]:
@@ -242,7 +289,25 @@ class OnnxSession:
     ) -> dict[str, npt.NDArray[Any]]:
         """Run the graph; returns the outputs by name."""
         names = list(output_names) if output_names else [arg.name for arg in self.outputs]
+        if self.io_binding:
+            return self._run_bound(feeds, names)
         results = self._session.run(names, dict(feeds))
+        return dict(zip(names, results, strict=True))
+
+    def _run_bound(
+        self, feeds: Mapping[str, npt.NDArray[Any]], names: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run with I/O binding: inputs copied to the session's device in one go, outputs
+        allocated there by ORT and copied back once."""
+        binding = self._session.io_binding()
+        device, device_id = self._device
+        for name, array in feeds.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
+            binding.bind_ortvalue_input(name, value)
+        for name in names:
+            binding.bind_output(name, device, device_id)
+        self._session.run_with_iobinding(binding)
+        results = binding.copy_outputs_to_cpu()
         return dict(zip(names, results, strict=True))
 
 
@@ -264,6 +329,8 @@ class LoadedModel:
     error: str | None = None
     load_seconds: float | None = None
     sessions: dict[str, OnnxSession] = field(default_factory=dict)
+    # One dynamic batcher per graph, same keys as sessions (service/batching.py).
+    batchers: dict[str, Batcher] = field(default_factory=dict)
 
     @property
     def providers(self) -> list[str]:
@@ -289,10 +356,37 @@ class LoadedModel:
     def run(
         self, feeds: Mapping[str, npt.NDArray[Any]], graph: str | None = None
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run one graph (``graph`` name; None for a single-graph model); only when ready."""
+        """Run one graph (``graph`` name; None for a single-graph model); only when ready.
+        Blocking and unbatched: request handlers use ``infer``."""
         if not self.sessions and self.session is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         return self.graph(graph).run(feeds)
+
+    def batcher(self, graph: str | None = None) -> Batcher:
+        """The dynamic batcher of graph ``graph`` (None: the single graph); only when ready."""
+        found = self.batchers.get(graph or DEFAULT_GRAPH)
+        if found is None:
+            raise RuntimeError(
+                f"model {self.name!r} has no batcher for graph {graph!r}; "
+                f"it has {sorted(self.batchers)}"
+            )
+        return found
+
+    async def infer(
+        self,
+        feeds: Mapping[str, Feed],
+        graph: str | None = None,
+        *,
+        reservation: Reservation | None = None,
+        disconnected: Disconnected | None = None,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run one graph on ``feeds`` (batch axis first; ``ImageRows`` for uint8 images)
+        batched with concurrent requests, off the event loop; returns this request's rows
+        of every output. 503 (Overloaded) when the graph's queue is full; pass
+        ``request.is_disconnected`` as ``disconnected`` so a departed client is dropped."""
+        return await self.batcher(graph).infer(
+            feeds, reservation=reservation, disconnected=disconnected
+        )
 
 
 @dataclass
@@ -315,31 +409,16 @@ class ModelRegistry:
         return self.models.get(name)
 
 
-# An absolute path in a message: a slash not preceded by a word, dot or colon, then segments.
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+[^\s/'\":,;)]*")
-
-
-def public_reason(message: str, repository: Path) -> str:
-    """A failure as clients may read it (health, /models, 503 details): paths inside the
-    model repository relative to it, any other absolute path cut to its file name, so no
-    answer shows the server's file layout."""
-    for root in dict.fromkeys((str(repository), str(repository.resolve()))):
-        message = message.replace(root.rstrip("/") + "/", "").replace(root, "the repository")
-    return ABSOLUTE_PATH.sub(lambda match: match.group(0).rstrip("/").rsplit("/", 1)[-1], message)
-
-
 def discover_models(settings: Settings) -> tuple[list[str], str | None]:
     """Names to load (``settings.models`` or every directory found) and a repository-wide
     problem, if any."""
     root = settings.model_repository
     if not root.is_dir():
-        logger.error("model repository %s is not a directory", root)
-        return list(settings.models or []), "the model repository is not a directory"
+        return list(settings.models or []), f"model repository {root} is not a directory"
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = list(settings.models) if settings.models is not None else found
     if not names:
-        logger.error("no models found in %s", root)
-        return [], "no models found in the model repository"
+        return [], f"no models found in {root}"
     return names, None
 
 
@@ -432,20 +511,47 @@ def check_signature(config: GraphConfig | ModelConfig, session: OnnxSession) -> 
                 )
 
 
-def warm_up(config: GraphConfig | ModelConfig, session: OnnxSession, runs: int) -> None:
-    """Run zero batches (dynamic axes = 1) so allocation and kernel choice happen now."""
-    feeds = {
-        spec.name: np.zeros(
-            [1 if dim < 0 else dim for dim in spec.shape], NUMPY_TYPES[spec.datatype]
-        )
-        for spec in config.inputs
-    }
-    for _ in range(runs):
-        session.run(feeds)
+def warm_up(
+    config: GraphConfig | ModelConfig,
+    session: OnnxSession,
+    runs: int,
+    batch_sizes: Sequence[int] = (1,),
+) -> None:
+    """Run zero batches at each batch size (other dynamic axes = 1) so allocation and, on
+    CUDA, cuDNN's per-shape kernel choice happen now, not in a user's request."""
+    for size in batch_sizes:
+        feeds = {
+            spec.name: np.zeros(
+                [
+                    (size if axis == 0 else 1) if dim < 0 else dim
+                    for axis, dim in enumerate(spec.shape)
+                ],
+                NUMPY_TYPES[spec.datatype],
+            )
+            for spec in config.inputs
+        }
+        for _ in range(runs):
+            session.run(feeds)
 
 
-def load_model(name: str, settings: Settings) -> LoadedModel:
-    """Load, verify and warm one model; never raises: failures come back with their reason."""
+def batchable(config: GraphConfig) -> bool:
+    """Whether requests can share a run: every input and output has a dynamic first axis."""
+    return all(spec.shape and spec.shape[0] < 0 for spec in (*config.inputs, *config.outputs))
+
+
+def warmup_batch_sizes(settings: Settings, session: OnnxSession, max_size: int) -> list[int]:
+    """The batch sizes to warm: the setting, else every size up to ``max_size`` on CUDA
+    (cuDNN tunes per shape) and 1 and ``max_size`` on CPU (arena sized for the largest)."""
+    if settings.warmup_batch_sizes is not None:
+        return sorted({size for size in settings.warmup_batch_sizes if size >= 1})
+    if CUDA_PROVIDER in session.providers:
+        return list(range(1, max_size + 1))
+    return sorted({1, max_size})
+
+
+def load_model(name: str, settings: Settings, metrics: Metrics | None = None) -> LoadedModel:
+    """Load, verify and warm one model, with a batcher per graph reporting to ``metrics``;
+    never raises: failures come back with their reason."""
     started = time.perf_counter()
     model = LoadedModel(name=name, state=ModelState.FAILED)
     try:
@@ -470,26 +576,42 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
         except DecodeConfigError as exc:
             raise ModelLoadError(str(exc)) from exc
         sessions: dict[str, OnnxSession] = {}
+        batchers: dict[str, Batcher] = {}
+        pre = config.preprocess
+        normalization = Normalization.of(pre.scale, pre.mean, pre.std)
         for graph_name, graph_config in config.graph_configs().items():
             try:
                 graph = version_dir / graph_config.file
                 verify_sha256(graph, graph_config.sha256)
                 session = OnnxSession(graph, settings)
                 check_signature(graph_config, session)
-                warm_up(graph_config, session, settings.warmup_runs)
+                policy = settings.batch_policy(name, None if config.graphs is None else graph_name)
+                can_batch = batchable(graph_config)
+                sizes = warmup_batch_sizes(settings, session, policy.max_size if can_batch else 1)
+                warm_up(graph_config, session, settings.warmup_runs, sizes)
             except ModelLoadError as exc:
                 if config.graphs is None:
                     raise
                 raise ModelLoadError(f"graph {graph_name!r}: {exc}") from exc
             sessions[graph_name] = session
+            batchers[graph_name] = Batcher(
+                runner=session,
+                policy=policy,
+                model=name,
+                version=version_dir.name,
+                graph=graph_name,
+                batchable=can_batch,
+                normalization=normalization,
+                metrics=metrics,
+            )
     except ModelLoadError as exc:
-        model.error = public_reason(str(exc), settings.model_repository)
+        model.error = str(exc)
     except Exception as exc:  # a broken model must never take the others down with it
         logger.exception("unexpected failure loading model %r", name)
-        reason = f"unexpected {type(exc).__name__}: {exc}"
-        model.error = public_reason(reason, settings.model_repository)
+        model.error = f"unexpected {type(exc).__name__}: {exc}"
     else:
         model.sessions, model.decoder, model.state = sessions, decoder, ModelState.READY
+        model.batchers = batchers
         if config.graphs is None:
             model.session = sessions[DEFAULT_GRAPH]
     model.load_seconds = time.perf_counter() - started

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Resolved from this file, not the cwd, so `uvicorn --factory` works from any directory.
@@ -30,6 +31,34 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGE_SIDE = 16_384
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# 16 images of a small CNN fill the CPU's vector units and a GPU's first wave; beyond it
+# latency grows with no throughput gain on CPU.
+DEFAULT_BATCH_MAX_SIZE = 16
+# A queued request waits at most this long (ms) for requests still being decoded.
+DEFAULT_BATCH_MAX_DELAY_MS = 2.0
+# Queue bound = this many max-size batches: enough to keep the model busy while the next
+# batch decodes, short enough that an accepted request's wait stays a few batch times.
+BATCH_QUEUE_FACTOR = 4
+
+
+class BatchOverride(BaseModel):
+    """Batching of one model or graph; unset fields keep the global settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_size: int | None = Field(default=None, ge=1)
+    max_delay_ms: float | None = Field(default=None, ge=0)
+    queue_size: int | None = Field(default=None, ge=1)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How one graph batches: rows per run, wait for company (s), requests admitted."""
+
+    max_size: int
+    max_delay_s: float
+    queue_size: int
 
 
 def _cgroup_cpu_limit(root: Path) -> float | None:
@@ -100,14 +129,41 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=DEFAULT_MAX_IMAGE_SIDE, ge=1)
     # Non-empty: every endpoint but health and docs needs `X-API-Key` or `Authorization: Bearer`.
     api_keys: list[str] = Field(default_factory=list)
-    # With API keys set, whether GET /metrics needs one too (False: open to a scraper that
-    # has no key, e.g. behind a network policy).
-    metrics_require_key: bool = True
     # Runs of a zero batch after loading, so the first real request pays no allocation cost.
     warmup_runs: int = Field(default=1, ge=0)
+    # Batch sizes every graph is warmed at (each warmup_runs times); None = every size up to
+    # the graph's max batch size on CUDA (cuDNN picks kernels per shape), {1, max} on CPU.
+    warmup_batch_sizes: list[int] | None = None
+    # Dynamic batching (service/batching.py): concurrent requests for one graph run as one
+    # batch. False runs every request alone (still through the bounded queue).
+    batching: bool = True
+    # Most rows (images) one run may hold; a single larger request still runs alone.
+    batch_max_size: int = Field(default=DEFAULT_BATCH_MAX_SIZE, ge=1)
+    # Longest a queued request waits for others while more are being decoded (ms); with
+    # nothing else on its way a request runs at once, so one client pays no delay.
+    batch_max_delay_ms: float = Field(default=DEFAULT_BATCH_MAX_DELAY_MS, ge=0)
+    # Requests admitted per graph (being decoded or queued); beyond it 503 + Retry-After.
+    # None = BATCH_QUEUE_FACTOR x batch_max_size.
+    batch_queue_size: int | None = Field(default=None, ge=1)
+    # Per model (``"landmark"``) or graph (``"attention.features"``) overrides, e.g.
+    # ``{"landmark": {"max_size": 8, "max_delay_ms": 1, "queue_size": 32}}``.
+    batch_per_model: dict[str, BatchOverride] = Field(default_factory=dict)
+    # ONNX Runtime graph optimisation level.
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # ORT's CPU memory arena and memory-pattern planning (reuse buffers between runs).
+    cpu_mem_arena: bool = True
+    mem_pattern: bool = True
+    # Intra-op threads spin while waiting for work: lower latency on idle cores, but burnt
+    # CPU that decoding threads need when cores are few.
+    intra_op_spinning: bool = True
+    # CUDA provider: device, cuDNN convolution search, arena growth, memory cap (MiB).
+    cuda_device_id: int = Field(default=0, ge=0)
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
+    gpu_mem_limit_mb: int | None = Field(default=None, ge=1)
+    # I/O binding (inputs copied once to the device, outputs bound): auto = on CUDA only.
+    io_binding: Literal["auto", "on", "off"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    # "json": one JSON object per log line (service/logs.py); "text": human-readable.
-    log_format: Literal["text", "json"] = "text"
 
     def resolved_intra_op_threads(self) -> int:
         """Intra-op threads for ONNX Runtime sessions."""
@@ -116,6 +172,27 @@ class Settings(BaseSettings):
     def resolved_decode_threads(self) -> int:
         """Worker threads allowed to decode images at once."""
         return self.decode_threads or available_cpus()
+
+    def batch_policy(self, model: str, graph: str | None = None) -> BatchPolicy:
+        """Batching of one graph: defaults, then the model's override, then the graph's."""
+        max_size = self.batch_max_size
+        max_delay_ms = self.batch_max_delay_ms
+        queue_size = self.batch_queue_size
+        for key in (model, f"{model}.{graph}" if graph else None):
+            override = self.batch_per_model.get(key) if key else None
+            if override is not None:
+                max_size = override.max_size or max_size
+                max_delay_ms = (
+                    override.max_delay_ms if override.max_delay_ms is not None else max_delay_ms
+                )
+                queue_size = override.queue_size or queue_size
+        if not self.batching:
+            max_size, max_delay_ms = 1, 0.0
+        return BatchPolicy(
+            max_size=max_size,
+            max_delay_s=max_delay_ms / 1000.0,
+            queue_size=queue_size or BATCH_QUEUE_FACTOR * max(max_size, self.batch_max_size),
+        )
 
 
 @lru_cache

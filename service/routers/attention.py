@@ -9,7 +9,6 @@ when the image's feature map is cached (FeatureCache, keyed by the image bytes' 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
@@ -29,14 +28,15 @@ from service.attention import (
     mask_to_grid,
     png_base64,
 )
+from service.batching import Disconnected, decode_upload
 from service.decoding import AttentionDecoder, Classification
-from service.dependencies import DecodeLimiterDep, MetricsDep, RegistryDep, SettingsDep
+from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.errors import InvalidField, NotReady, PayloadTooLarge
 from service.feedback import FeedbackStore, TeacherRecord
-from service.imaging import check_content_type, decode_image, letterbox, normalize
-from service.metrics import Metrics
+from service.imaging import check_content_type
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import ModelRef, Problem
+from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
 
@@ -253,27 +253,34 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
-def compute_features(
-    data: bytes, serving: AttentionModel, max_pixels: int, max_side: int, metrics: Metrics
+async def compute_features(
+    data: bytes,
+    serving: AttentionModel,
+    settings: Settings,
+    limiter: anyio.CapacityLimiter,
+    disconnected: Disconnected,
 ) -> ImageFeatures:
-    """Decode, letterbox, normalise, run the features graph and the perception graph with
-    the model's own map (CPU-bound: run in a worker thread)."""
-    rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
-    pre = serving.config.preprocess
-    boxed, transform = letterbox(rgb, pre.height, pre.width, pre.pad_value)
-    tensor = normalize(boxed, scale=pre.scale, mean=pre.mean, std=pre.std)
+    """Decode and letterbox (decode pool), then the features graph and the perception graph
+    with the model's own map, each batched with concurrent requests."""
     names = serving.decoder.config
-    input_name = serving.features.inputs[0].name
-    started = time.perf_counter()
-    extracted = serving.features.run({input_name: tensor})
-    perceived = serving.perception.run(
+    model = serving.model
+    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
+    with model.batcher(names.features_graph).slot() as reservation:
+        rows, transform = await decode_upload(data, serving.config.preprocess, settings, limiter)
+        extracted = await model.infer(
+            {serving.features.inputs[0].name: rows},
+            names.features_graph,
+            reservation=reservation,
+            disconnected=disconnected,
+        )
+    perceived = await model.infer(
         {
             names.feature_map: extracted[names.feature_map],
             names.attention_map: extracted[names.attention_map],
-        }
+        },
+        names.perception_graph,
+        disconnected=disconnected,
     )
-    seconds = time.perf_counter() - started
-    metrics.inference_seconds.labels(serving.config.name, serving.config.version).observe(seconds)
     return ImageFeatures(
         feature_map=extracted[names.feature_map],
         attention_map=extracted[names.attention_map],
@@ -287,26 +294,16 @@ async def image_features(
     data: bytes,
     serving: AttentionModel,
     settings: SettingsDep,
-    metrics: Metrics,
     cache: FeatureCache,
     limiter: anyio.CapacityLimiter,
+    disconnected: Disconnected,
 ) -> tuple[ImageFeatures, bool]:
     """The upload's features from the cache (True) or freshly computed and cached (False)."""
     key = (*serving.cache_prefix, image_key(data))
     cached = cache.get(key)
     if cached is not None:
         return cached, True
-    computed = await anyio.to_thread.run_sync(
-        partial(
-            compute_features,
-            data,
-            serving,
-            settings.max_image_pixels,
-            settings.max_image_side,
-            metrics,
-        ),
-        limiter=limiter,
-    )
+    computed = await compute_features(data, serving, settings, limiter, disconnected)
     cache.put(key, computed)
     return computed, False
 
@@ -317,14 +314,13 @@ async def classify_with_attention(
     image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, BMP, GIF)")],
     registry: RegistryDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     decode_limiter: DecodeLimiterDep,
 ) -> AttentionResponse:
     """Classify an image; return both branches' classes and the attention map."""
     serving = attention_model(registry, settings)
     data = await _read(image, settings.max_upload_bytes)
     found, _ = await image_features(
-        data, serving, settings, metrics, get_feature_cache(request), decode_limiter
+        data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )
     branch = serving.decoder.classify(found.attention_probs)
     return AttentionResponse(
@@ -335,17 +331,6 @@ async def classify_with_attention(
         ),
         attention_map=_map(found.attention_map, found, serving.config),
     )
-
-
-def _run_perception(
-    serving: AttentionModel, features: ImageFeatures, edited: npt.NDArray[np.float32]
-) -> tuple[npt.NDArray[np.float32], float]:
-    names = serving.decoder.config
-    started = time.perf_counter()
-    out = serving.perception.run(
-        {names.feature_map: features.feature_map, names.attention_map: edited}
-    )
-    return out[names.perception_probs][0], time.perf_counter() - started
 
 
 def _edited_map(
@@ -365,7 +350,6 @@ async def correct_with_edited_map(
     ],
     registry: RegistryDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     decode_limiter: DecodeLimiterDep,
     label: Annotated[str | None, Form(description="the true class name")] = None,
     save: Annotated[bool, Form(description="store a teacher record (needs label)")] = False,
@@ -385,13 +369,18 @@ async def correct_with_edited_map(
     data = await _read(image, settings.max_upload_bytes)
     mask_data = await _read(mask, settings.max_upload_bytes)
     found, hit = await image_features(
-        data, serving, settings, metrics, get_feature_cache(request), decode_limiter
+        data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )
     edited = await anyio.to_thread.run_sync(
         partial(_edited_map, mask_data, found, serving, settings), limiter=decode_limiter
     )
-    probs, seconds = await anyio.to_thread.run_sync(_run_perception, serving, found, edited)
-    metrics.inference_seconds.labels(serving.config.name, serving.config.version).observe(seconds)
+    names = serving.decoder.config
+    perceived = await serving.model.infer(
+        {names.feature_map: found.feature_map, names.attention_map: edited},
+        names.perception_graph,
+        disconnected=request.is_disconnected,
+    )
+    probs = perceived[names.perception_probs][0]
     original = serving.decoder.classify(found.perception_probs)
     corrected = serving.decoder.classify(probs)
     feedback_id = None

@@ -81,7 +81,7 @@ async def reload_model(
     lock: anyio.Lock = request.app.state.reload_lock
     async with lock:  # one reload at a time: two would race to swap
         old = registry.models[name]
-        new = await anyio.to_thread.run_sync(load_model, name, settings)
+        new = await anyio.to_thread.run_sync(load_model, name, settings, metrics)
         if not new.ready:
             raise ReloadFailed(
                 f"model {name!r} could not be reloaded: {new.error}; "

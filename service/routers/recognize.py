@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated, Any
 
-import anyio
-import numpy as np
-import numpy.typing as npt
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 
+from service.batching import decode_upload
 from service.decoding import LandmarkPointsDecoder
-from service.dependencies import DecodeLimiterDep, MetricsDep, RegistryDep, SettingsDep
+from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.errors import NotReady, PayloadTooLarge
-from service.imaging import (
-    LetterboxTransform,
-    check_content_type,
-    decode_image,
-    letterbox,
-    normalize,
-)
+from service.imaging import check_content_type
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import ImageSize, Landmark, ModelRef, Point, Problem, RecognizeResponse
 
@@ -41,14 +31,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "the landmark model is not loaded; retry after Retry-After seconds"),
     )
 }
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An upload ready for the graph: ``tensor`` float32 (1, 3, h, w) in model-input pixels."""
-
-    tensor: npt.NDArray[np.float32]
-    transform: LetterboxTransform
 
 
 @dataclass(frozen=True)
@@ -74,32 +56,12 @@ def serving_model(registry: RegistryDep, settings: SettingsDep) -> ServingModel:
     return ServingModel(model, model.config, model.session, model.decoder)
 
 
-def prepare_image(
-    data: bytes, config: ModelConfig, max_pixels: int, max_side: int
-) -> PreparedImage:
-    """Decode, letterbox and normalise one upload (CPU-bound: run in a worker thread)."""
-    rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
-    pre = config.preprocess
-    boxed, transform = letterbox(rgb, pre.height, pre.width, pre.pad_value)
-    tensor = normalize(boxed, scale=pre.scale, mean=pre.mean, std=pre.std)
-    return PreparedImage(tensor, transform)
-
-
-def timed_run(
-    session: OnnxSession, feeds: dict[str, npt.NDArray[Any]]
-) -> tuple[dict[str, npt.NDArray[Any]], float]:
-    """Run the session and return its outputs with the seconds spent inside it."""
-    started = time.perf_counter()
-    outputs = session.run(feeds)
-    return outputs, time.perf_counter() - started
-
-
 @router.post("/recognize", responses=ERROR_RESPONSES)
 async def recognize_landmarks(
+    request: Request,
     image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, BMP, GIF)")],
     registry: RegistryDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     decode_limiter: DecodeLimiterDep,
     min_score: Annotated[
         float, Query(ge=0.0, le=1.0, description="lowest landmark score to report")
@@ -113,25 +75,20 @@ async def recognize_landmarks(
         raise PayloadTooLarge(
             f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}"
         )
-    prepared = await anyio.to_thread.run_sync(
-        partial(
-            prepare_image,
-            data,
-            serving.config,
-            settings.max_image_pixels,
-            settings.max_image_side,
-        ),
-        limiter=decode_limiter,
-    )
-    feeds = {serving.config.inputs[0].name: prepared.tensor}
-    outputs, seconds = await anyio.to_thread.run_sync(timed_run, serving.session, feeds)
-    metrics.inference_seconds.labels(serving.config.name, serving.config.version).observe(seconds)
-    points = serving.decoder.decode(outputs, prepared.transform, min_score=min_score)
+    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
+    with serving.model.batcher().slot() as reservation:
+        rows, transform = await decode_upload(
+            data, serving.config.preprocess, settings, decode_limiter
+        )
+        outputs = await serving.model.infer(
+            {serving.config.inputs[0].name: rows},
+            reservation=reservation,
+            disconnected=request.is_disconnected,
+        )
+    points = serving.decoder.decode(outputs, transform, min_score=min_score)
     return RecognizeResponse(
         model=ModelRef(name=serving.config.name, version=serving.config.version),
-        image=ImageSize(
-            width=prepared.transform.image_width, height=prepared.transform.image_height
-        ),
+        image=ImageSize(width=transform.image_width, height=transform.image_height),
         landmarks=[
             Landmark(
                 class_id=point.class_id,

@@ -22,14 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 import zlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated, Any
 
-import anyio
 import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -38,7 +35,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.dependencies import MetricsDep, RegistryDep, require_api_key
+from service.dependencies import RegistryDep, require_api_key
 from service.errors import DEFAULT_RETRY_AFTER_S, ServiceError
 from service.runtime import (
     DEFAULT_GRAPH,
@@ -641,18 +638,9 @@ async def model_version_ready(
     return _model_ready(find_model(registry, name, version))
 
 
-def _timed_run(
-    session: OnnxSession, feeds: dict[str, npt.NDArray[Any]], names: list[str]
-) -> tuple[dict[str, npt.NDArray[Any]], float]:
-    started = time.perf_counter()
-    results = session.run(feeds, names)
-    return results, time.perf_counter() - started
-
-
-async def _infer(
-    found: V2Model, request: Request, registry: ModelRegistry, metrics: MetricsDep
-) -> Response:
-    session, config = ready_session(found)
+async def _infer(found: V2Model, request: Request) -> Response:
+    _, config = ready_session(found)
+    assert found.graph is not None  # ready_session saw to it
     body = await request.body()
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
@@ -662,14 +650,14 @@ async def _infer(
     feeds = decode_inputs(parsed, binary, config)
     wanted = requested_outputs(parsed, config)
     try:
-        results, seconds = await anyio.to_thread.run_sync(
-            partial(_timed_run, session, feeds, [name for name, _ in wanted])
-        )
+        # Batched with concurrent requests for the same graph and per-row shape.
+        results = await found.model.infer(feeds, found.graph, disconnected=request.is_disconnected)
+    except ServiceError:  # 503 queue full, 499 client gone: answered by V2Route
+        raise
     except Exception as exc:  # inputs were checked: a failure here is the server's
         logger.exception("V2 inference on %s failed", found.name)
         raise V2Error(500, f"inference failed: {exc}") from exc
     version = found.model.version or ""
-    metrics.inference_seconds.labels(found.model.name, version).observe(seconds)
     head: dict[str, Any] = {"model_name": found.name, "model_version": version}
     if parsed.id is not None:
         head["id"] = parsed.id
@@ -703,11 +691,9 @@ INFER_RESPONSES: Responses = {
     openapi_extra=INFER_OPENAPI,
     response_class=Response,
 )
-async def model_infer(
-    name: V2_NAME, request: Request, registry: RegistryDep, metrics: MetricsDep
-) -> Response:
+async def model_infer(name: V2_NAME, request: Request, registry: RegistryDep) -> Response:
     """Run one graph on raw tensors (JSON or binary); returns the requested outputs."""
-    return await _infer(find_model(registry, name), request, registry, metrics)
+    return await _infer(find_model(registry, name), request)
 
 
 @router.post(
@@ -718,7 +704,7 @@ async def model_infer(
     response_class=Response,
 )
 async def model_version_infer(
-    name: V2_NAME, version: V2_VERSION, request: Request, registry: RegistryDep, metrics: MetricsDep
+    name: V2_NAME, version: V2_VERSION, request: Request, registry: RegistryDep
 ) -> Response:
     """As ``/v2/models/{name}/infer``, for the served version only."""
-    return await _infer(find_model(registry, name, version), request, registry, metrics)
+    return await _infer(find_model(registry, name, version), request)

@@ -1,0 +1,450 @@
+"""Dynamic batching: concurrent requests for one ONNX graph run as one batch.
+
+One ``Batcher`` per graph (``LoadedModel.batchers``). A request takes a slot first
+(``reserve()``, before decoding, so an overloaded server answers 503 before spending CPU on
+the upload), then ``await batcher.infer(feeds)``. A worker task gathers queued requests
+whose inputs agree in everything but the batch axis, up to ``max_size`` rows; it waits for
+more (at most ``max_delay_s`` after the oldest arrived) only while other requests hold
+slots and are still being decoded, so a lone client never waits. The batch runs in a
+worker thread (ORT releases the GIL, the event loop stays free) and each request gets its
+own rows of every output back.
+
+Requests whose client went away (``disconnected``) or whose task was cancelled are dropped
+before the batch forms. Slots are bounded (``queue_size``): a full graph raises
+``Overloaded`` (503 + Retry-After) instead of letting latency grow.
+
+Image inputs may be sent as ``ImageRows`` (letterboxed uint8 pixels): the batch is then
+normalised in one vectorised step straight into a pre-allocated float32 NCHW buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import ClientClosedRequest, Overloaded
+from service.imaging import LetterboxTransform, decode_image, letterbox
+from service.metrics import Metrics
+from service.settings import BatchPolicy, Settings
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, npt.NDArray[Any]]
+Disconnected = Callable[[], Awaitable[bool]]
+
+
+class Runner(Protocol):
+    """What a batcher runs: OnnxSession's ``run`` (thread-safe, releases the GIL)."""
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
+    ) -> Outputs: ...
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """uint8 RGB -> float32 ``pixel * gain + offset`` per channel, gain = scale / std and
+    offset = -mean / std (the preprocess block of config.json)."""
+
+    gain: npt.NDArray[np.float32]  # (3,)
+    offset: npt.NDArray[np.float32]  # (3,)
+
+    @classmethod
+    def of(cls, scale: float, mean: Sequence[float], std: Sequence[float]) -> Normalization:
+        std64 = np.asarray(std, dtype=np.float64)
+        gain = (scale / std64).astype(np.float32)
+        offset = (-np.asarray(mean, dtype=np.float64) / std64).astype(np.float32)
+        return cls(gain, offset)
+
+    def into(self, pixels: npt.NDArray[np.uint8], out: npt.NDArray[np.float32]) -> None:
+        """Normalise ``(N, H, W, 3)`` uint8 into ``out`` ``(N, 3, H, W)`` float32 in place:
+        one multiply and one add over the batch, no float temporaries."""
+        chw = pixels.transpose(0, 3, 1, 2)  # (N, 3, H, W), a view
+        np.multiply(chw, self.gain[:, None, None], out=out)
+        np.add(out, self.offset[:, None, None], out=out)
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """Letterboxed images for a float32 NCHW image input: ``pixels`` uint8 (N, H, W, 3)."""
+
+    pixels: npt.NDArray[np.uint8]
+
+
+Feed = npt.NDArray[Any] | ImageRows
+
+
+def decode_rows(
+    data: bytes,
+    *,
+    height: int,
+    width: int,
+    pad_value: Sequence[int],
+    max_pixels: int,
+    max_side: int,
+) -> tuple[ImageRows, LetterboxTransform]:
+    """Decode an upload straight to uint8 RGB and letterbox it into one ImageRows row
+    (CPU-bound: run in the decode pool); the float conversion happens once per batch."""
+    rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
+    boxed, transform = letterbox(rgb, height, width, pad_value)  # (height, width, 3) uint8
+    return ImageRows(boxed[np.newaxis]), transform
+
+
+class Letterbox(Protocol):
+    """The part of config.json's preprocess block decoding needs (PreprocessConfig)."""
+
+    height: int
+    width: int
+    pad_value: tuple[int, int, int]
+
+
+async def decode_upload(
+    data: bytes, pre: Letterbox, settings: Settings, limiter: anyio.CapacityLimiter
+) -> tuple[ImageRows, LetterboxTransform]:
+    """``decode_rows`` in the decode pool (``limiter``: VISION_DECODE_THREADS at once), so
+    the event loop stays free; 400/413 for bad or oversized images."""
+    return await anyio.to_thread.run_sync(
+        partial(
+            decode_rows,
+            data,
+            height=pre.height,
+            width=pre.width,
+            pad_value=pre.pad_value,
+            max_pixels=settings.max_image_pixels,
+            max_side=settings.max_image_side,
+        ),
+        limiter=limiter,
+    )
+
+
+def _rows(value: Feed) -> int:
+    return int((value.pixels if isinstance(value, ImageRows) else value).shape[0])
+
+
+def _signature(feeds: Mapping[str, Feed]) -> tuple[Any, ...]:
+    """What must agree for requests to share a batch: names, kinds, dtypes, non-batch dims."""
+    parts = []
+    for name in sorted(feeds):
+        value = feeds[name]
+        array = value.pixels if isinstance(value, ImageRows) else value
+        parts.append((name, isinstance(value, ImageRows), array.dtype.str, array.shape[1:]))
+    return tuple(parts)
+
+
+@dataclass(eq=False)
+class _Item:
+    feeds: Mapping[str, Feed]
+    rows: int
+    signature: tuple[Any, ...]
+    future: asyncio.Future[Outputs]
+    enqueued: float
+    disconnected: Disconnected | None
+
+
+@dataclass(eq=False)
+class Reservation:
+    """A slot in a graph's bounded queue, held from before decoding until the request's
+    batch starts (or the request leaves)."""
+
+    batcher: Batcher
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.batcher._release_slot()
+
+
+@dataclass
+class _Labels:
+    model: str
+    version: str
+    graph: str
+
+    def values(self) -> tuple[str, str, str]:
+        return self.model, self.version, self.graph
+
+
+@dataclass(eq=False)
+class Batcher:
+    """Gathers concurrent requests for one graph into batched runs (see the module doc).
+
+    ``batchable`` False (a graph without a dynamic batch axis on every input and output)
+    runs every request alone; ``normalization`` is needed only for ImageRows feeds.
+    """
+
+    runner: Runner
+    policy: BatchPolicy
+    model: str
+    version: str
+    graph: str
+    batchable: bool = True
+    normalization: Normalization | None = None
+    metrics: Metrics | None = None
+    _queue: deque[_Item] = field(default_factory=deque)
+    _slots: int = 0
+    _worker: asyncio.Task[None] | None = None
+    _wakeup: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    # Pre-allocated float32 batches for ImageRows inputs, by (input name, per-row shape).
+    _buffers: dict[tuple[str, tuple[int, ...]], npt.NDArray[np.float32]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def max_size(self) -> int:
+        return self.policy.max_size if self.batchable else 1
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the queue (not counting those still being decoded)."""
+        return len(self._queue)
+
+    @property
+    def slots(self) -> int:
+        """Requests admitted and not yet running (being decoded or queued)."""
+        return self._slots
+
+    # --- admission ------------------------------------------------------------------------
+
+    def reserve(self) -> Reservation:
+        """Take a queue slot or raise Overloaded (503); release it with ``release()`` or by
+        passing it to ``infer``. Call before decoding an upload."""
+        if self._slots >= self.policy.queue_size:
+            self._count_rejected("queue_full")
+            raise Overloaded(
+                f"model {self.model!r} graph {self.graph!r} has {self._slots} requests "
+                f"queued, its limit (VISION_BATCH_QUEUE_SIZE); retry shortly"
+            )
+        self._slots += 1
+        self._observe_depth()
+        return Reservation(self)
+
+    @contextmanager
+    def slot(self) -> Iterator[Reservation]:
+        """``with batcher.slot() as reservation:`` reserve, and release on the way out."""
+        reservation = self.reserve()
+        try:
+            yield reservation
+        finally:
+            reservation.release()
+
+    def _release_slot(self) -> None:
+        self._slots -= 1
+        self._observe_depth()
+        self._wake()
+
+    # --- the request side -----------------------------------------------------------------
+
+    async def infer(
+        self,
+        feeds: Mapping[str, Feed],
+        *,
+        reservation: Reservation | None = None,
+        disconnected: Disconnected | None = None,
+    ) -> Outputs:
+        """Run ``feeds`` (every input, batch axis first) in the next batch; returns every
+        output for this request's rows. Raises Overloaded when no slot is free (without a
+        reservation), ClientClosedRequest when ``disconnected()`` says the client left."""
+        if not feeds:
+            raise ValueError("no inputs to run")
+        rows = {_rows(value) for value in feeds.values()}
+        if len(rows) != 1:
+            raise ValueError(f"inputs disagree on the batch size: {sorted(rows)}")
+        if reservation is None or reservation.released:
+            reservation = self.reserve()
+        loop = self._bind_loop()
+        item = _Item(
+            feeds=feeds,
+            rows=rows.pop(),
+            signature=_signature(feeds),
+            future=loop.create_future(),
+            enqueued=time.perf_counter(),
+            disconnected=disconnected,
+        )
+        # From here the queue owns the slot: the worker releases it when it takes the item.
+        reservation.released = True
+        self._queue.append(item)
+        self._wake()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._work(), name=f"batcher {self.model}")
+        return await item.future
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A new event loop (a new test client, say): nothing of the old one is usable.
+            self._loop, self._wakeup, self._worker = loop, asyncio.Event(), None
+        return loop
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # --- the worker -----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        """Run batches while requests are queued; exits when the queue is empty (the next
+        request starts a new worker), so an idle model holds no task."""
+        while self._queue:
+            await self._gather()
+            batch = await self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _gather(self) -> None:
+        """Wait for company: while the batch is not full, requests are still being decoded
+        (slots not yet queued), and the oldest has waited less than max_delay."""
+        if self.max_size <= 1 or self.policy.max_delay_s <= 0 or self._wakeup is None:
+            return
+        deadline = self._queue[0].enqueued + self.policy.max_delay_s
+        while self._queue and self._queued_rows() < self.max_size and self._incoming() > 0:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _queued_rows(self) -> int:
+        return sum(item.rows for item in self._queue)
+
+    def _incoming(self) -> int:
+        """Requests holding a slot that have not reached the queue yet (decoding)."""
+        return self._slots - len(self._queue)
+
+    async def _take_batch(self) -> list[_Item]:
+        """Pop the oldest live request and every later one that fits with it."""
+        batch: list[_Item] = []
+        kept: list[_Item] = []
+        rows = 0
+        while self._queue:
+            item = self._queue.popleft()
+            if batch and (item.signature != batch[0].signature or rows + item.rows > self.max_size):
+                kept.append(item)
+                continue
+            self._release_slot()
+            if item.future.done():  # the request's task was cancelled while queued
+                self._count_rejected("client_gone")
+                continue
+            if item.disconnected is not None and await item.disconnected():
+                self._count_rejected("client_gone")
+                item.future.set_exception(
+                    ClientClosedRequest("the client disconnected before its batch ran")
+                )
+                continue
+            batch.append(item)
+            rows += item.rows
+            if rows >= self.max_size:
+                break
+        self._queue.extendleft(reversed(kept))
+        return batch
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        if self.metrics is not None:
+            waited = self.metrics.queue_seconds.labels(*self._labels())
+            for item in batch:
+                waited.observe(started - item.enqueued)
+        try:
+            outputs, seconds = await anyio.to_thread.run_sync(self._run, batch)
+        except Exception as exc:  # ORT failures belong to every request of the batch
+            logger.exception("batch of %d on %s/%s failed", len(batch), self.model, self.graph)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        if self.metrics is not None:
+            self.metrics.batch_size.labels(*self._labels()).observe(sum(i.rows for i in batch))
+            self.metrics.inference_seconds.labels(self.model, self.version).observe(seconds)
+        start = 0
+        for item in batch:
+            stop = start + item.rows
+            if not item.future.done():
+                item.future.set_result(
+                    outputs if len(batch) == 1 else {k: v[start:stop] for k, v in outputs.items()}
+                )
+            start = stop
+
+    def _run(self, batch: list[_Item]) -> tuple[Outputs, float]:
+        """Assemble the batch and run it (in a worker thread); returns outputs and the
+        seconds inside ORT."""
+        feeds = {
+            name: self._assemble(name, [item.feeds[name] for item in batch])
+            for name in batch[0].feeds
+        }
+        started = time.perf_counter()
+        outputs = self.runner.run(feeds)
+        seconds = time.perf_counter() - started
+        rows = sum(item.rows for item in batch)
+        if len(batch) > 1:
+            for name, value in outputs.items():
+                if value.ndim == 0 or value.shape[0] != rows:
+                    raise RuntimeError(
+                        f"output {name!r} has shape {value.shape}, not {rows} rows: the graph "
+                        "cannot be batched"
+                    )
+        return outputs, seconds
+
+    def _assemble(self, name: str, parts: list[Feed]) -> npt.NDArray[Any]:
+        """One input of the batch: ImageRows normalised into a pre-allocated buffer, arrays
+        as they are (one) or copied once into the buffer (several)."""
+        first = parts[0]
+        if isinstance(first, ImageRows):
+            if self.normalization is None:
+                raise RuntimeError(f"graph {self.graph!r} has no preprocess for image rows")
+            pixels = [part.pixels for part in parts if isinstance(part, ImageRows)]
+            rows = sum(p.shape[0] for p in pixels)
+            height, width = first.pixels.shape[1:3]
+            out = self._buffer(name, (3, height, width), rows)
+            start = 0
+            for block in pixels:
+                self.normalization.into(block, out[start : start + block.shape[0]])
+                start += block.shape[0]
+            return out
+        arrays = [part for part in parts if not isinstance(part, ImageRows)]
+        if len(arrays) == 1:
+            return arrays[0]
+        rows = sum(a.shape[0] for a in arrays)
+        if arrays[0].dtype == np.float32:
+            out = self._buffer(name, tuple(arrays[0].shape[1:]), rows)
+            return np.concatenate(arrays, axis=0, out=out)
+        return np.concatenate(arrays, axis=0)
+
+    def _buffer(self, name: str, row_shape: tuple[int, ...], rows: int) -> npt.NDArray[np.float32]:
+        """The first ``rows`` rows of this input's reusable float32 batch buffer. Safe to
+        reuse: one batch per graph is assembled and run at a time (one worker)."""
+        if rows > self.max_size:  # a single oversized request: not worth keeping
+            return np.empty((rows, *row_shape), np.float32)
+        key = (name, row_shape)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = np.empty((self.max_size, *row_shape), np.float32)
+            self._buffers[key] = buffer
+        return buffer[:rows]
+
+    # --- metrics ----------------------------------------------------------------------------
+
+    def _labels(self) -> tuple[str, str, str]:
+        return self.model, self.version, self.graph
+
+    def _observe_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels(*self._labels()).set(self._slots)
+
+    def _count_rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(*self._labels(), reason).inc()
