@@ -16,6 +16,7 @@ from service.errors import install_exception_handlers
 from service.feedback import FeedbackStore
 from service.imaging import configure_pillow
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
+from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, health, metrics, models, recognize, ui
 from service.routers.v2 import router as v2_router
@@ -24,16 +25,13 @@ from service.settings import Settings, get_settings
 
 logger = logging.getLogger("service")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-
-def configure_logging(level: str) -> None:
-    """Level for the ``service`` loggers; a handler only when nobody configured logging."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Level for the ``service`` loggers; a handler (text or JSON lines, with request IDs)
+    only when nobody configured logging (``service.serve`` configures the root logger)."""
     logger.setLevel(level)
     if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        logger.addHandler(handler)
+        logger.addHandler(make_handler(log_format))
 
 
 async def load_registry(settings: Settings, metrics: Metrics | None = None) -> ModelRegistry:
@@ -78,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; models load in the lifespan, not here."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_pillow(settings.max_image_pixels)
 
     app = FastAPI(
@@ -106,7 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recognize.router, dependencies=protected)
     app.include_router(attention.router, dependencies=protected)
     app.include_router(ui.router)
-    app.include_router(metrics.router, dependencies=protected)
+    app.include_router(
+        metrics.router, dependencies=protected if settings.metrics_require_key else []
+    )
     # KServe V2 answers its own errors ({"error": ...}) and checks API keys per route.
     app.include_router(v2_router)
     install_offline_docs(app)
@@ -116,4 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Outermost: every response, the size limit's 413s too, carries X-Request-ID.
+    app.add_middleware(RequestIdMiddleware)
     return app

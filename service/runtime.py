@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -409,16 +410,31 @@ class ModelRegistry:
         return self.models.get(name)
 
 
+# An absolute path in a message: a slash not preceded by a word, dot or colon, then segments.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+[^\s/'\":,;)]*")
+
+
+def public_reason(message: str, repository: Path) -> str:
+    """A failure as clients may read it (health, /models, 503 details): paths inside the
+    model repository relative to it, any other absolute path cut to its file name, so no
+    answer shows the server's file layout."""
+    for root in dict.fromkeys((str(repository), str(repository.resolve()))):
+        message = message.replace(root.rstrip("/") + "/", "").replace(root, "the repository")
+    return ABSOLUTE_PATH.sub(lambda match: match.group(0).rstrip("/").rsplit("/", 1)[-1], message)
+
+
 def discover_models(settings: Settings) -> tuple[list[str], str | None]:
     """Names to load (``settings.models`` or every directory found) and a repository-wide
     problem, if any."""
     root = settings.model_repository
     if not root.is_dir():
-        return list(settings.models or []), f"model repository {root} is not a directory"
+        logger.error("model repository %s is not a directory", root)
+        return list(settings.models or []), "the model repository is not a directory"
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = list(settings.models) if settings.models is not None else found
     if not names:
-        return [], f"no models found in {root}"
+        logger.error("no models found in %s", root)
+        return [], "no models found in the model repository"
     return names, None
 
 
@@ -605,10 +621,11 @@ def load_model(name: str, settings: Settings, metrics: Metrics | None = None) ->
                 metrics=metrics,
             )
     except ModelLoadError as exc:
-        model.error = str(exc)
+        model.error = public_reason(str(exc), settings.model_repository)
     except Exception as exc:  # a broken model must never take the others down with it
         logger.exception("unexpected failure loading model %r", name)
-        model.error = f"unexpected {type(exc).__name__}: {exc}"
+        reason = f"unexpected {type(exc).__name__}: {exc}"
+        model.error = public_reason(reason, settings.model_repository)
     else:
         model.sessions, model.decoder, model.state = sessions, decoder, ModelState.READY
         model.batchers = batchers

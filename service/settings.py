@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=DEFAULT_MAX_IMAGE_SIDE, ge=1)
     # Non-empty: every endpoint but health and docs needs `X-API-Key` or `Authorization: Bearer`.
     api_keys: list[str] = Field(default_factory=list)
+    # With API keys set, whether GET /metrics needs one too (False: open to a scraper that
+    # has no key, e.g. behind a network policy).
+    metrics_require_key: bool = True
     # Runs of a zero batch after loading, so the first real request pays no allocation cost.
     warmup_runs: int = Field(default=1, ge=0)
     # Batch sizes every graph is warmed at (each warmup_runs times); None = every size up to
@@ -164,6 +167,8 @@ class Settings(BaseSettings):
     # I/O binding (inputs copied once to the device, outputs bound): auto = on CUDA only.
     io_binding: Literal["auto", "on", "off"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # "json": one JSON object per log line (service/logs.py); "text": human-readable.
+    log_format: Literal["text", "json"] = "text"
 
     def resolved_intra_op_threads(self) -> int:
         """Intra-op threads for ONNX Runtime sessions."""
