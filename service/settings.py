@@ -38,8 +38,9 @@ DEFAULT_BATCH_MAX_SIZE = 16
 # A queued request waits at most this long (ms) for requests still being decoded.
 DEFAULT_BATCH_MAX_DELAY_MS = 2.0
 # Queue bound = this many max-size batches: enough to keep the model busy while the next
-# batch decodes, short enough that an accepted request's wait stays a few batch times.
-BATCH_QUEUE_FACTOR = 4
+# batch decodes, short enough that under overload an accepted request waits about two
+# batch times, not more (the benchmark's overload check).
+BATCH_QUEUE_FACTOR = 2
 
 
 class BatchOverride(BaseModel):

@@ -1,0 +1,175 @@
+"""A small HTTP/1.1 load generator over loopback: asyncio streams, keep-alive, no client
+library, so the client spends as little of the shared CPUs as possible.
+
+Closed loop (``closed_loop``): ``concurrency`` connections, each sending its next request
+as soon as the previous answer arrived. Open loop (``open_loop``): requests start at a
+fixed rate whatever the server does; latency counts from the scheduled start (no
+coordinated omission), connections come from a pool that grows as needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# An answer taking longer than this is a failure of the benchmark, not a latency.
+REQUEST_TIMEOUT_S = 60.0
+
+
+def multipart_request(
+    host: str, port: int, path: str, field_name: str, filename: str, content: bytes, mime: str
+) -> bytes:
+    """The bytes of one keep-alive ``POST path`` with a multipart/form-data upload."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
+            f'filename="{filename}"\r\nContent-Type: {mime}\r\n\r\n'
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+@dataclass
+class Result:
+    """Outcome of a load run: latencies (s) by status, wall time of the measured window."""
+
+    seconds: float
+    latencies: dict[int, list[float]] = field(default_factory=dict)
+    errors: int = 0
+
+    def add(self, status: int, latency: float) -> None:
+        self.latencies.setdefault(status, []).append(latency)
+
+    def count(self, status: int) -> int:
+        return len(self.latencies.get(status, []))
+
+    def summary(self) -> dict[str, float | int]:
+        """Throughput of 200s (req/s), their p50/p95/p99 (ms), and the other outcomes."""
+        ok = np.asarray(self.latencies.get(200, []), dtype=np.float64) * 1000.0
+        rejected = np.asarray(self.latencies.get(503, []), dtype=np.float64) * 1000.0
+        others = sum(len(v) for k, v in self.latencies.items() if k not in (200, 503))
+        out: dict[str, float | int] = {
+            "ok": int(ok.size),
+            "rejected_503": int(rejected.size),
+            "other_status": others,
+            "errors": self.errors,
+            "throughput_rps": ok.size / self.seconds if self.seconds > 0 else 0.0,
+        }
+        for q in (50, 95, 99):
+            out[f"p{q}_ms"] = float(np.percentile(ok, q)) if ok.size else float("nan")
+        out["p99_503_ms"] = float(np.percentile(rejected, 99)) if rejected.size else float("nan")
+        return out
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; ``send`` returns the status code."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> int:
+        self.writer.write(request)
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            if key == b"content-length":
+                length = int(value.strip())
+            elif key == b"connection" and value.strip().lower() == b"close":
+                close = True
+        if length:
+            await self.reader.readexactly(length)
+        if close:
+            raise ConnectionResetError("server closed the connection")
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def closed_loop(
+    host: str, port: int, request: bytes, concurrency: int, duration_s: float, warmup_s: float
+) -> Result:
+    """``concurrency`` clients back to back for ``warmup_s`` + ``duration_s``; only requests
+    that start inside the measured window count."""
+    connections = [await Connection.open(host, port) for _ in range(concurrency)]
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop = measure_from + duration_s
+    result = Result(seconds=duration_s)
+
+    async def client(index: int) -> None:
+        connection = connections[index]
+        while (began := time.perf_counter()) < stop:
+            try:
+                status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                result.errors += began >= measure_from
+                connection.close()
+                connection = await Connection.open(host, port)
+                continue
+            if began >= measure_from:
+                result.add(status, time.perf_counter() - began)
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    for connection in connections:
+        connection.close()
+    return result
+
+
+async def open_loop(
+    host: str, port: int, request: bytes, rate_rps: float, duration_s: float, warmup_s: float
+) -> Result:
+    """Requests started every ``1/rate_rps`` seconds for ``warmup_s`` + ``duration_s``;
+    latency from each request's scheduled start; only the measured window counts."""
+    pool: list[Connection] = []
+    result = Result(seconds=duration_s)
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    total = int((warmup_s + duration_s) * rate_rps)
+
+    async def one(scheduled: float) -> None:
+        connection = pool.pop() if pool else await Connection.open(host, port)
+        try:
+            status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            result.errors += scheduled >= measure_from
+            connection.close()
+            return
+        if scheduled >= measure_from:
+            result.add(status, time.perf_counter() - scheduled)
+        pool.append(connection)
+
+    tasks = []
+    for index in range(total):
+        scheduled = start + index / rate_rps
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    for connection in pool:
+        connection.close()
+    return result

@@ -1,0 +1,485 @@
+"""Throughput and latency of the service against the raw ONNX Runtime limit and a naive peer.
+
+    python -m benchmarks.run [--duration 5] [--warmup 1] [--concurrency 1 4 16 64]
+        [--image-size 640x480] [--out benchmarks/results]     (or: make benchmark)
+
+In one run on this machine (CPU provider, the threads the service would use):
+
+1. the limit: ``InferenceSession.run`` on pre-processed float32 tensors for every graph of
+   the served version of every model in the repository, at batch 1, 2, 4, ... 32 (decode
+   NOT included), and for the landmark model the same per image plus the measured
+   in-process decode + letterbox + normalise of the benchmark JPEG (decode included);
+2. the naive peer (benchmarks/naive_app.py: tutorial FastAPI + ORT, decoding on the event
+   loop, one run per request);
+3. this service (``python -m service.serve``, landmark model only) with batching off and on;
+
+each at concurrency 1, 4, 16 and 64 of POST /recognize with one JPEG, closed loop, over
+loopback with benchmarks/loadgen.py (raw asyncio HTTP/1.1, keep-alive). Then the overload
+check (service, batching on: open loop at twice the throughput it reached at concurrency
+16) and concurrency-1 p50 against decode + pre-processing + one run.
+
+Writes ``benchmark.json``, ``benchmark.md`` (the tables) and ``benchmark.png`` under
+``--out``. Everything runs on the same CPUs as the servers (the load generator too), with
+the machine's load average recorded before and after: on a shared machine the figures
+move with what else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from benchmarks.loadgen import closed_loop, multipart_request, open_loop
+from service.batching import Normalization
+from service.imaging import decode_image, letterbox
+from service.runtime import NUMPY_TYPES, OnnxSession, read_config, select_version
+from service.settings import Settings, available_cpus
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# Seconds each batch size of the limit is timed for (at least MIN_RUNS runs).
+LIMIT_SECONDS = 0.6
+MIN_RUNS = 5
+# Seconds a server gets to become ready (loading + warming the model).
+START_TIMEOUT_S = 120.0
+# The overload check offers this multiple of the throughput reached at OVERLOAD_BASE.
+OVERLOAD_FACTOR = 2.0
+OVERLOAD_BASE = 16
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def benchmark_image(size: tuple[int, int]) -> bytes:
+    """A real photograph (matplotlib's sample of Grace Hopper) as a JPEG of ``size``."""
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        photo = Image.open(handle).convert("RGB")
+    buffer = io.BytesIO()
+    photo.resize(size, Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def timed(fn: Callable[[], Any], seconds: float = LIMIT_SECONDS) -> float:
+    """Median seconds of one call of ``fn``, over ``seconds`` (at least MIN_RUNS calls)."""
+    fn()  # warm
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < MIN_RUNS or time.perf_counter() < deadline:
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def measure_limits(settings: Settings) -> list[dict[str, Any]]:
+    """Raw session.run on random pre-processed inputs, every graph of every served model."""
+    rows = []
+    for model_dir in sorted(p for p in settings.model_repository.iterdir() if p.is_dir()):
+        try:
+            version_dir = select_version(model_dir, None)
+            config = read_config(version_dir)
+        except Exception as exc:  # a model still being added by someone: say so, go on
+            print(f"skipping {model_dir.name}: {exc}", file=sys.stderr)
+            continue
+        for graph_name, graph in config.graph_configs().items():
+            session = OnnxSession(version_dir / graph.file, settings)
+            per_size = []
+            for size in BATCH_SIZES:
+                rng = np.random.default_rng(0)
+                feeds = {
+                    spec.name: rng.random(
+                        [
+                            size if axis == 0 else (1 if dim < 0 else dim)
+                            for axis, dim in enumerate(spec.shape)
+                        ]
+                    ).astype(NUMPY_TYPES[spec.datatype])
+                    for spec in graph.inputs
+                }
+                seconds = timed(lambda feeds=feeds, session=session: session.run(feeds))
+                per_size.append(
+                    {"batch": size, "ms": seconds * 1000, "images_per_s": size / seconds}
+                )
+            best = max(per_size, key=lambda row: row["images_per_s"])
+            rows.append(
+                {
+                    "model": config.name,
+                    "version": config.version,
+                    "graph": graph_name,
+                    "batch_1_ms": per_size[0]["ms"],
+                    "batch_1_images_per_s": per_size[0]["images_per_s"],
+                    "best_batch": best["batch"],
+                    "best_images_per_s": best["images_per_s"],
+                    "best_ms": best["ms"],
+                    "sizes": per_size,
+                }
+            )
+            print(
+                f"limit {config.name}/{config.version} {graph_name}: batch 1 "
+                f"{per_size[0]['images_per_s']:.0f} img/s, best batch {best['batch']} "
+                f"{best['images_per_s']:.0f} img/s",
+                flush=True,
+            )
+    return rows
+
+
+def measure_pipeline(image: bytes, settings: Settings) -> dict[str, float]:
+    """In-process cost of one /recognize image: decode, letterbox + normalise, one run."""
+    version_dir = select_version(settings.model_repository / settings.recognize_model, None)
+    config = read_config(version_dir)
+    pre = config.preprocess
+    session = OnnxSession(version_dir / config.graph_configs()["model"].file, settings)
+    normalization = Normalization.of(pre.scale, pre.mean, pre.std)
+    limits = settings.max_image_pixels, settings.max_image_side
+    rgb = decode_image(image, max_pixels=limits[0], max_side=limits[1])
+
+    def preprocess() -> np.ndarray:
+        boxed, _ = letterbox(rgb, pre.height, pre.width, pre.pad_value)
+        out = np.empty((1, 3, pre.height, pre.width), np.float32)
+        normalization.into(boxed[np.newaxis], out)
+        return out
+
+    tensor = preprocess()
+    name = config.graph_configs()["model"].inputs[0].name
+    return {
+        "decode_ms": 1000
+        * timed(lambda: decode_image(image, max_pixels=limits[0], max_side=limits[1]), 1.0),
+        "preprocess_ms": 1000 * timed(preprocess, 1.0),
+        "run_ms": 1000 * timed(lambda: session.run({name: tensor}), 1.0),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], ready_path: str) -> Iterator[int]:
+    """Start a server subprocess on a free loopback port; stop it (SIGTERM) afterwards."""
+    port = free_port()
+    full_env = {**os.environ, **env, "HOST": HOST, "PORT": str(port)}
+    full_env["PYTHONPATH"] = str(ROOT)
+    command = [arg.replace("{port}", str(port)) for arg in command]
+    # The server's own log (one warning per 503 under overload) goes to a file, not here.
+    # Closed in the finally below, after the server has stopped writing to it.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix="benchmark-server-", suffix=".log", delete=False
+    )
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited with {process.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}{ready_path}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command} not ready after {START_TIMEOUT_S}s")
+            time.sleep(0.2)
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def load_levels(
+    port: int, image: bytes, levels: list[int], duration: float, warmup: float
+) -> list[dict[str, Any]]:
+    request = multipart_request(HOST, port, "/recognize", "image", "photo.jpg", image, "image/jpeg")
+    rows = []
+    for concurrency in levels:
+        result = asyncio.run(closed_loop(HOST, port, request, concurrency, duration, warmup))
+        row = {"concurrency": concurrency, **result.summary()}
+        rows.append(row)
+        print(
+            f"  c={concurrency:>3}: {row['throughput_rps']:.1f} req/s, p50 {row['p50_ms']:.1f} "
+            f"p95 {row['p95_ms']:.1f} p99 {row['p99_ms']:.1f} ms, 503s {row['rejected_503']}, "
+            f"other {row['other_status']}, errors {row['errors']}",
+            flush=True,
+        )
+    return rows
+
+
+def overload(
+    port: int, image: bytes, rate: float, duration: float, warmup: float
+) -> dict[str, Any]:
+    request = multipart_request(HOST, port, "/recognize", "image", "photo.jpg", image, "image/jpeg")
+    result = asyncio.run(open_loop(HOST, port, request, rate, duration, warmup))
+    summary = result.summary()
+    offered = summary["ok"] + summary["rejected_503"] + summary["other_status"] + summary["errors"]
+    return {"offered_rps": rate, "offered": offered, **summary}
+
+
+def service_env(batching: bool, tmp: Path) -> dict[str, str]:
+    return {
+        "VISION_MODELS": '["landmark"]',
+        "VISION_PROVIDERS": "cpu",
+        "VISION_BATCHING": "true" if batching else "false",
+        "VISION_LOG_LEVEL": "WARNING",
+        "VISION_FEEDBACK_DB": str(tmp / "feedback.sqlite3"),
+    }
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"  # NaN check
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# Benchmark: POST /recognize (landmark), CPU",
+        "",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cpus_usable']} usable CPUs, "
+        f"onnxruntime {report['machine']['onnxruntime']}; load average (1/5/15 min) before "
+        f"{report['machine']['load_before']}, after {report['machine']['load_after']}. "
+        f"Image: {report['image']['size']} JPEG, {report['image']['bytes']} bytes. "
+        f"Command: `{report['command']}` ({report['seconds_total']:.0f} s).",
+        "",
+        "## Limit: raw InferenceSession.run on pre-processed tensors (decode not included)",
+        "",
+        "| model | graph | batch 1 ms | batch 1 img/s | best batch | best img/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["limits"]:
+        lines.append(
+            f"| {row['model']}/{row['version']} | {row['graph']} | {row['batch_1_ms']:.2f} | "
+            f"{row['batch_1_images_per_s']:.0f} | {row['best_batch']} | "
+            f"{row['best_images_per_s']:.0f} |"
+        )
+    pipe = report["pipeline"]
+    lines += [
+        "",
+        f"Landmark, one image in-process: decode {pipe['decode_ms']:.2f} ms + letterbox and "
+        f"normalise {pipe['preprocess_ms']:.2f} ms + one run {pipe['run_ms']:.2f} ms = "
+        f"{pipe['single_ms']:.2f} ms. Limit with decode included (serial: decode + "
+        f"pre-processing + the best batch's run time per image): "
+        f"{pipe['limit_with_decode_images_per_s']:.0f} img/s.",
+        "",
+        "## HTTP, closed loop over loopback",
+        "",
+        "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | 503 | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in report["http"].items():
+        for row in rows:
+            lines.append(
+                f"| {name} | {row['concurrency']} | {row['throughput_rps']:.1f} | "
+                f"{_fmt(row['p50_ms'])} | {_fmt(row['p95_ms'])} | {_fmt(row['p99_ms'])} | "
+                f"{row['rejected_503']} | {row['errors'] + row['other_status']} |"
+            )
+    head = report["headline"]
+    over = report["overload"]
+    lines += [
+        "",
+        "## Headline (concurrency 16 unless said)",
+        "",
+        f"- service (batching on) / limit with decode included: "
+        f"{head['on_vs_limit_with_decode']:.2f} (target >= 0.80)",
+        f"- service (batching on) / raw ORT limit, decode not included: "
+        f"{head['on_vs_limit_without_decode']:.2f}",
+        f"- service (batching on) / naive peer: {head['on_vs_naive']:.2f} (target >= 2)",
+        f"- service (batching off) / naive peer: {head['off_vs_naive']:.2f}",
+        f"- concurrency 1 p50 {head['c1_p50_ms']:.2f} ms vs decode + pre + run "
+        f"{pipe['single_ms']:.2f} ms: ratio {head['c1_ratio']:.2f} (target <= 1.2)",
+        f"- overload: {over['offered_rps']:.0f} req/s offered (2x the {OVERLOAD_BASE}-client "
+        f"throughput) for {report['settings']['duration_s']:.0f} s: {over['ok']} accepted, "
+        f"{over['rejected_503']} answered 503 (p99 {_fmt(over['p99_503_ms'])} ms), "
+        f"{over['errors'] + over['other_status']} errors; accepted p99 "
+        f"{_fmt(over['p99_ms'])} ms vs {OVERLOAD_BASE}-client p99 "
+        f"{_fmt(head['base_p99_ms'])} ms: ratio {head['overload_p99_ratio']:.2f} (target <= 2)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, rows in report["http"].items():
+        levels = [row["concurrency"] for row in rows]
+        left.plot(levels, [row["throughput_rps"] for row in rows], marker="o", label=name)
+        right.plot(levels, [row["p99_ms"] for row in rows], marker="o", label=name)
+    landmark = next(row for row in report["limits"] if row["model"] == "landmark")
+    left.axhline(
+        landmark["best_images_per_s"], color="k", ls="--", lw=1, label="raw ORT limit (no decode)"
+    )
+    left.axhline(
+        report["pipeline"]["limit_with_decode_images_per_s"],
+        color="grey",
+        ls=":",
+        lw=1.5,
+        label="limit, decode included",
+    )
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.grid(alpha=0.3)
+    left.set_ylabel("requests/s (200 only)")
+    right.set_ylabel("p99 latency, ms")
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    fig.suptitle(
+        f"POST /recognize, CPU ({report['machine']['cpus_usable']} usable CPUs, load "
+        f"{report['machine']['load_before'][0]} before)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="measured s per level")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured s per level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--image-size", default="640x480", help="WxH of the benchmark JPEG")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    width, height = (int(v) for v in args.image_size.split("x"))
+    image = benchmark_image((width, height))
+    settings = Settings(providers="cpu")
+    report: dict[str, Any] = {
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpus_usable": available_cpus(),
+            "cpus_host": os.cpu_count(),
+            "onnxruntime": ort.__version__,
+            "python": platform.python_version(),
+            "load_before": load_average(),
+        },
+        "image": {"size": args.image_size, "bytes": len(image)},
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "intra_op_threads": settings.resolved_intra_op_threads(),
+            "batch_max_size": settings.batch_max_size,
+            "batch_max_delay_ms": settings.batch_max_delay_ms,
+            "batch_queue_size": settings.batch_policy(settings.recognize_model).queue_size,
+        },
+    }
+    print(f"load before: {report['machine']['load_before']}", flush=True)
+    report["limits"] = measure_limits(settings)
+    pipeline = measure_pipeline(image, settings)
+    landmark = next(row for row in report["limits"] if row["model"] == settings.recognize_model)
+    pipeline["single_ms"] = pipeline["decode_ms"] + pipeline["preprocess_ms"] + pipeline["run_ms"]
+    per_image_ms = (
+        pipeline["decode_ms"] + pipeline["preprocess_ms"] + 1000 / landmark["best_images_per_s"]
+    )
+    pipeline["limit_with_decode_images_per_s"] = 1000 / per_image_ms
+    report["pipeline"] = pipeline
+    print(f"pipeline: {pipeline}", flush=True)
+
+    report["http"] = {}
+    version_dir = select_version(settings.model_repository / settings.recognize_model, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        print("naive peer", flush=True)
+        naive = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.naive_app:app",
+            "--host",
+            HOST,
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+        with server(naive, {"NAIVE_MODEL_DIR": str(version_dir)}, "/openapi.json") as port:
+            report["http"]["naive peer"] = load_levels(
+                port, image, args.concurrency, args.duration, args.warmup
+            )
+        service = [sys.executable, "-m", "service.serve"]
+        for batching in (False, True):
+            name = f"service, batching {'on' if batching else 'off'}"
+            print(name, flush=True)
+            with server(service, service_env(batching, Path(tmp)), "/health/ready") as port:
+                rows = load_levels(port, image, args.concurrency, args.duration, args.warmup)
+                report["http"][name] = rows
+                if batching:
+                    base = next((r for r in rows if r["concurrency"] == OVERLOAD_BASE), rows[-1])
+                    rate = OVERLOAD_FACTOR * base["throughput_rps"]
+                    print(f"overload at {rate:.0f} req/s", flush=True)
+                    report["overload"] = overload(port, image, rate, args.duration, args.warmup)
+                    print(f"  {report['overload']}", flush=True)
+
+    def at(name: str, level: int) -> dict[str, Any]:
+        rows = report["http"][name]
+        return next((r for r in rows if r["concurrency"] == level), rows[-1])
+
+    on16, off16 = at("service, batching on", 16), at("service, batching off", 16)
+    naive16 = at("naive peer", 16)
+    on1 = at("service, batching on", 1)
+    base = at("service, batching on", OVERLOAD_BASE)
+    report["headline"] = {
+        "on_vs_limit_with_decode": on16["throughput_rps"]
+        / pipeline["limit_with_decode_images_per_s"],
+        "on_vs_limit_without_decode": on16["throughput_rps"] / landmark["best_images_per_s"],
+        "on_vs_naive": on16["throughput_rps"] / naive16["throughput_rps"],
+        "off_vs_naive": off16["throughput_rps"] / naive16["throughput_rps"],
+        "c1_p50_ms": on1["p50_ms"],
+        "c1_ratio": on1["p50_ms"] / pipeline["single_ms"],
+        "base_p99_ms": base["p99_ms"],
+        "overload_p99_ratio": report["overload"]["p99_ms"] / base["p99_ms"],
+    }
+    report["machine"]["load_after"] = load_average()
+    report["seconds_total"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report, args.out / "benchmark.md")
+    write_plot(report, args.out / "benchmark.png")
+    print((args.out / "benchmark.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
