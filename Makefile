@@ -74,5 +74,19 @@ finetune-attention: $(VENV)/.dev system-packages
 	$(BIN)/python -m models.attention.finetune simulate --base-version 1 --feedback $(FEEDBACK)
 	$(BIN)/python -m models.attention.finetune --base-version 1 --version 2 --feedback $(FEEDBACK)
 
+.PHONY: train-occlusion export-occlusion
+
+# Reproduce the committed occlusion model (seed 001) and its masking-off ablation; the
+# exact commands of the committed version are in its MODEL_CARD.md.
+train-occlusion: $(VENV)/.dev
+	$(BIN)/python -m models.occlusion.train --out runs/occlusion-v1 --steps 1400 \
+		--eval-every 200 --threads 1
+	$(BIN)/python -m models.occlusion.train --out runs/occlusion-nomask --no-masking \
+		--steps 1400 --eval-every 200 --threads 1
+
+export-occlusion: $(VENV)/.dev
+	$(BIN)/python -m models.occlusion.export --checkpoint runs/occlusion-v1/best.pt \
+		--ablation runs/occlusion-nomask/best.pt --version 1
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -278,12 +278,119 @@ class AttentionDecoder:
         return Classification(best.class_id, best.label, best.score, top)
 
 
-Decoder = LandmarkPointsDecoder | AttentionDecoder
+class OcclusionDecodeConfig(BaseModel):
+    """``decode`` block of an ``occlusion_embedding`` model (seed 001): the K x K grid, the
+    pattern table (index = pattern id; null = no occlusion, else ``[row_start, row_end,
+    col_start, col_end]`` with exclusive ends), the output names and the verify threshold."""
+
+    model_config = ConfigDict(extra="allow")
+
+    grid: GridConfig
+    patterns: list[tuple[int, int, int, int] | None] = Field(min_length=2)
+    pattern_logits: str = "pattern_logits"
+    embedding: str = "embedding"
+    # Cosine similarity at or above which two faces are called the same person.
+    verify_threshold: float = Field(ge=-1.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class OcclusionResult:
+    """One face: the arg-max pattern, its softmax probability, its blocks (None when not
+    occluded), its box in image pixels ``(x0, y0, x1, y1)`` clipped to the image, and the
+    L2-normalised embedding (float32)."""
+
+    occluded: bool
+    pattern_id: int
+    score: float
+    blocks: tuple[int, int, int, int] | None
+    box: tuple[float, float, float, float] | None
+    embedding: npt.NDArray[np.float32]
+
+
+class OcclusionDecoder:
+    """Decoder for ``task = "occlusion_embedding"`` (seed 001): pattern logits into the
+    pattern, its blocks and its box in the upload's pixels; the embedding normalised."""
+
+    task = "occlusion_embedding"
+
+    def __init__(self, config: OcclusionDecodeConfig, labels: Sequence[str]) -> None:
+        self.config = config
+        self.labels = tuple(labels)
+
+    @classmethod
+    def from_config(
+        cls,
+        decode: Mapping[str, Any],
+        labels: Sequence[str],
+        output_shapes: Mapping[str, Sequence[int]],
+    ) -> OcclusionDecoder:
+        try:
+            config = OcclusionDecodeConfig.model_validate(dict(decode))
+        except ValidationError as exc:
+            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        rows, cols = config.grid.rows, config.grid.cols
+        for pid, blocks in enumerate(config.patterns):
+            if blocks is None:
+                continue
+            r0, r1, c0, c1 = blocks
+            if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
+                raise DecodeConfigError(f"pattern {pid} {list(blocks)} is not inside the grid")
+        missing = [n for n in (config.pattern_logits, config.embedding) if n not in output_shapes]
+        if missing:
+            raise DecodeConfigError(f"occlusion_embedding needs outputs {missing}")
+        logits = tuple(output_shapes[config.pattern_logits])
+        if len(logits) != 2 or logits[1] != len(config.patterns):
+            raise DecodeConfigError(
+                f"output {config.pattern_logits!r} has shape {list(logits)}; the pattern "
+                f"table implies [-1, {len(config.patterns)}]"
+            )
+        if len(tuple(output_shapes[config.embedding])) != 2:
+            raise DecodeConfigError(f"output {config.embedding!r} must be (batch, dimension)")
+        return cls(config, labels)
+
+    def decode(
+        self,
+        outputs: Mapping[str, npt.NDArray[Any]],
+        transform: LetterboxTransform,
+        model_size: tuple[int, int],
+        index: int = 0,
+    ) -> OcclusionResult:
+        """Element ``index`` of a batch; ``model_size`` is the input's (height, width) in
+        model-input pixels, which the grid divides."""
+        logits = np.asarray(outputs[self.config.pattern_logits][index], np.float64)
+        exp = np.exp(logits - logits.max())
+        probs = exp / exp.sum()
+        pid = int(np.argmax(probs))
+        emb = np.asarray(outputs[self.config.embedding][index], np.float32)
+        emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
+        blocks = self.config.patterns[pid]
+        if blocks is None:
+            return OcclusionResult(False, pid, float(probs[pid]), None, None, emb)
+        r0, r1, c0, c1 = blocks
+        height, width = model_size
+        rows, cols = self.config.grid.rows, self.config.grid.cols
+        corners = transform.to_image(
+            [[c0 * width / cols, r0 * height / rows], [c1 * width / cols, r1 * height / rows]]
+        )
+        # The letterbox band is not part of the upload: the box ends at the image's edges.
+        (x0, y0), (x1, y1) = corners
+        w, h = transform.image_width, transform.image_height
+        box = (
+            float(np.clip(x0, 0, w)),
+            float(np.clip(y0, 0, h)),
+            float(np.clip(x1, 0, w)),
+            float(np.clip(y1, 0, h)),
+        )
+        return OcclusionResult(True, pid, float(probs[pid]), blocks, box, emb)
+
+
+Decoder = LandmarkPointsDecoder | AttentionDecoder | OcclusionDecoder
 DecoderFactory = Callable[[Mapping[str, Any], Sequence[str], Mapping[str, Sequence[int]]], Decoder]
 
 DECODERS: dict[str, DecoderFactory] = {
     LandmarkPointsDecoder.task: LandmarkPointsDecoder.from_config,
     AttentionDecoder.task: AttentionDecoder.from_config,
+    OcclusionDecoder.task: OcclusionDecoder.from_config,
 }
 
 

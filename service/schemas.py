@@ -194,3 +194,105 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+
+
+class OcclusionGrid(BaseModel):
+    rows: int
+    cols: int
+
+
+class OcclusionBlocks(BaseModel):
+    """Grid blocks of the pattern; ``*_end`` are exclusive."""
+
+    row_start: int
+    row_end: int
+    col_start: int
+    col_end: int
+
+
+class Box(BaseModel):
+    """A rectangle in image pixels, origin top-left."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class Occlusion(BaseModel):
+    """The predicted occlusion pattern; ``blocks`` and ``box`` are null when not occluded."""
+
+    occluded: bool
+    pattern_id: int
+    score: float = Field(description="softmax probability of the pattern")
+    grid: OcclusionGrid
+    blocks: OcclusionBlocks | None
+    box: Box | None = Field(description="the covered area in image pixels")
+
+
+OCCLUSION_EXAMPLE: dict[str, Any] = {
+    "occluded": True,
+    "pattern_id": 37,
+    "score": 0.88,
+    "grid": {"rows": 5, "cols": 5},
+    "blocks": {"row_start": 2, "row_end": 4, "col_start": 0, "col_end": 4},
+    "box": {"x0": 0.0, "y0": 44.8, "x1": 76.8, "y1": 89.6},
+}
+
+
+class OcclusionResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "occlusion", "version": "1"},
+                    "image": {"width": 96, "height": 112},
+                    "occlusion": OCCLUSION_EXAMPLE,
+                    "embedding": [0.01, -0.12, 0.08],
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    image: ImageSize
+    occlusion: Occlusion
+    embedding: list[float] = Field(description="L2-normalised identity embedding")
+
+
+class VerifiedFace(BaseModel):
+    """One of the two faces of a verification: its size and its occlusion pattern."""
+
+    image: ImageSize
+    occlusion: Occlusion
+
+
+class VerifyResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "occlusion", "version": "1"},
+                    "similarity": 0.91,
+                    "threshold": 0.8,
+                    "same": True,
+                    "faces": [
+                        {"image": {"width": 96, "height": 112}, "occlusion": OCCLUSION_EXAMPLE},
+                        {
+                            "image": {"width": 192, "height": 224},
+                            "occlusion": OCCLUSION_EXAMPLE
+                            | {"occluded": False, "pattern_id": 0, "blocks": None, "box": None},
+                        },
+                    ],
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    similarity: float = Field(description="cosine similarity of the two embeddings, -1..1")
+    threshold: float = Field(description="the model's same-person threshold (config.json)")
+    same: bool = Field(description="similarity >= threshold")
+    faces: list[VerifiedFace] = Field(description="image_a's face, then image_b's")

@@ -1,0 +1,1 @@
+"""Occlusion pattern and occlusion-robust face embedding (seed 001, FROM-like)."""

@@ -1,0 +1,99 @@
+"""Held-out measures of an occlusion model, from any ``predict`` (PyTorch or ONNX Runtime).
+
+``predict(x)``: normalised faces (N, 3, H, W) float32 -> pattern logits (N, P), embeddings
+(N, D) (normalised here). Pattern measures are on the occluded copies; embedding measures
+compare clean and occluded copies of the same augmented face.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from models.occlusion.data import Batch
+from models.occlusion.patterns import NO_OCCLUSION, box_iou, pattern_box
+
+Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def run(predict: Predict, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    logits, embs = [], []
+    for i in range(0, len(x), batch):
+        lo, em = predict(x[i : i + batch])
+        logits.append(lo)
+        embs.append(em / np.maximum(np.linalg.norm(em, axis=1, keepdims=True), 1e-6))
+    return np.concatenate(logits), np.concatenate(embs)
+
+
+def pattern_metrics(pred: np.ndarray, true: np.ndarray, grid: int, h: int, w: int) -> dict:
+    """Exact pattern accuracy, occluded-vs-not accuracy, mean IoU of predicted vs true box
+    over truly occluded faces (a face called clean scores 0) and over all faces."""
+    ious = np.array(
+        [
+            box_iou(pattern_box(grid, int(p), h, w), pattern_box(grid, int(t), h, w))
+            for p, t in zip(pred, true, strict=True)
+        ]
+    )
+    occluded = true != NO_OCCLUSION
+    return {
+        "pattern_exact": float((pred == true).mean()),
+        "pattern_exact_occluded": float((pred[occluded] == true[occluded]).mean()),
+        "occluded_vs_not": float(((pred != NO_OCCLUSION) == occluded).mean()),
+        "mean_iou_occluded": float(ious[occluded].mean()),
+        "mean_iou_all": float(ious.mean()),
+    }
+
+
+def pair_scores(clean: np.ndarray, occluded: np.ndarray, faces: np.ndarray):
+    """Cosine similarities of every clean sample with every other sample's occluded copy:
+    (same-face scores, different-face scores)."""
+    sims = clean @ occluded.T
+    same = faces[:, None] == faces[None, :]
+    off_diagonal = ~np.eye(len(faces), dtype=bool)
+    return sims[same & off_diagonal], sims[~same]
+
+
+def auc(same: np.ndarray, diff: np.ndarray) -> float:
+    """P(same-pair score > different-pair score), ties half (ROC AUC)."""
+    scores = np.concatenate([same, diff])
+    ranks = scores.argsort().argsort().astype(np.float64) + 1
+    # Average ranks of ties.
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, ranks)
+    ranks = (sums / counts)[inverse]
+    n1, n0 = len(same), len(diff)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def best_threshold(same: np.ndarray, diff: np.ndarray) -> float:
+    """The threshold with the best balanced accuracy (mean of same and different rates)."""
+    cands = np.unique(np.concatenate([same, diff]))
+    cands = np.quantile(cands, np.linspace(0, 1, 513))
+    acc = [((same >= t).mean() + (diff < t).mean()) / 2 for t in cands]
+    return float(cands[int(np.argmax(acc))])
+
+
+def evaluate(predict: Predict, data: Batch, grid: int, threshold: float | None = None) -> dict:
+    """Every measure on one fixed set; ``threshold`` None picks the best one on this set
+    (validation), else it is applied (test)."""
+    h, w = data.occluded.shape[2:]
+    logits, emb_occ = run(predict, data.occluded.numpy())
+    _, emb_clean = run(predict, data.clean.numpy())
+    true = data.pattern.numpy()
+    faces = data.face.numpy()
+    m = pattern_metrics(logits.argmax(1), true, grid, h, w)
+    occluded = true != NO_OCCLUSION
+    m["cos_clean_vs_occluded"] = float((emb_clean * emb_occ).sum(1)[occluded].mean())
+    same, diff = pair_scores(emb_clean, emb_occ, faces)
+    t = best_threshold(same, diff) if threshold is None else threshold
+    m |= {
+        "verify_auc": auc(same, diff),
+        "verify_threshold": t,
+        "verify_balanced_accuracy": float(((same >= t).mean() + (diff < t).mean()) / 2),
+        "same_mean_cos": float(same.mean()),
+        "different_mean_cos": float(diff.mean()),
+        "samples": len(true),
+        "identities": len(np.unique(faces)),
+    }
+    return m

@@ -1,0 +1,178 @@
+"""POST /occlusion and POST /faces/verify: occlusion pattern and face embedding (seed 001)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, File, Request, UploadFile
+
+from service.batching import Disconnected, ImageRows, decode_upload
+from service.decoding import OcclusionDecoder, OcclusionResult
+from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
+from service.errors import NotReady, PayloadTooLarge
+from service.imaging import LetterboxTransform, check_content_type
+from service.runtime import LoadedModel, ModelConfig, OnnxSession
+from service.schemas import (
+    Box,
+    ImageSize,
+    ModelRef,
+    Occlusion,
+    OcclusionBlocks,
+    OcclusionGrid,
+    OcclusionResponse,
+    Problem,
+    VerifiedFace,
+    VerifyResponse,
+)
+from service.settings import Settings
+
+router = APIRouter(tags=["faces"])
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for status, text in (
+        (400, "an upload is not a decodable image"),
+        (401, "API keys are configured and none or a wrong one was sent"),
+        (413, "an upload exceeds the size or pixel limit"),
+        (415, "an upload's content type is not an image"),
+        (422, "a missing field"),
+        (503, "the occlusion model is not loaded; retry after Retry-After seconds"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A ready occlusion model with its parts narrowed to non-optional."""
+
+    model: LoadedModel
+    config: ModelConfig
+    session: OnnxSession
+    decoder: OcclusionDecoder
+
+
+def serving_model(registry: RegistryDep, settings: SettingsDep) -> ServingModel:
+    """The occlusion model if ready, else 503 with the reason."""
+    name = settings.occlusion_model
+    model = registry.get(name)
+    if model is None:
+        raise NotReady(f"model {name!r} is not configured on this server")
+    if not model.ready or model.config is None or model.session is None or model.decoder is None:
+        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
+    if not isinstance(model.decoder, OcclusionDecoder):
+        raise NotReady(f"model {name!r} is not an occlusion_embedding model")
+    return ServingModel(model, model.config, model.session, model.decoder)
+
+
+async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
+    """The upload's bytes after the content-type and size checks (415, 413)."""
+    check_content_type(upload.content_type)
+    data = await upload.read()
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}"
+        )
+    return data
+
+
+async def infer_faces(
+    serving: ServingModel,
+    uploads: list[bytes],
+    settings: Settings,
+    limiter: anyio.CapacityLimiter,
+    disconnected: Disconnected,
+) -> list[tuple[OcclusionResult, LetterboxTransform]]:
+    """Decode every upload and run them together through the model's dynamic batcher (one
+    request of len(uploads) rows); decode each row."""
+    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
+    with serving.model.batcher().slot() as reservation:
+        decoded = [
+            await decode_upload(data, serving.config.preprocess, settings, limiter)
+            for data in uploads
+        ]
+        rows = ImageRows(np.concatenate([r.pixels for r, _ in decoded]))  # (N, h, w, 3) uint8
+        outputs = await serving.model.infer(
+            {serving.config.inputs[0].name: rows},
+            reservation=reservation,
+            disconnected=disconnected,
+        )
+    size = (serving.config.preprocess.height, serving.config.preprocess.width)
+    return [
+        (serving.decoder.decode(outputs, transform, size, index), transform)
+        for index, (_, transform) in enumerate(decoded)
+    ]
+
+
+def occlusion_body(result: OcclusionResult, decoder: OcclusionDecoder) -> Occlusion:
+    """The contract's ``occlusion`` object of one face."""
+    grid = decoder.config.grid
+    blocks = box = None
+    if result.blocks is not None and result.box is not None:
+        r0, r1, c0, c1 = result.blocks
+        blocks = OcclusionBlocks(row_start=r0, row_end=r1, col_start=c0, col_end=c1)
+        x0, y0, x1, y1 = result.box
+        box = Box(x0=x0, y0=y0, x1=x1, y1=y1)
+    return Occlusion(
+        occluded=result.occluded,
+        pattern_id=result.pattern_id,
+        score=result.score,
+        grid=OcclusionGrid(rows=grid.rows, cols=grid.cols),
+        blocks=blocks,
+        box=box,
+    )
+
+
+@router.post("/occlusion", responses=ERROR_RESPONSES)
+async def detect_occlusion(
+    request: Request,
+    image: Annotated[UploadFile, File(description="an aligned or roughly cropped face")],
+    registry: RegistryDep,
+    settings: SettingsDep,
+    decode_limiter: DecodeLimiterDep,
+) -> OcclusionResponse:
+    """Occlusion pattern (grid blocks and pixel box) and identity embedding of a face."""
+    serving = serving_model(registry, settings)
+    data = await read_upload(image, settings)
+    [(result, transform)] = await infer_faces(
+        serving, [data], settings, decode_limiter, request.is_disconnected
+    )
+    return OcclusionResponse(
+        model=ModelRef(name=serving.config.name, version=serving.config.version),
+        image=ImageSize(width=transform.image_width, height=transform.image_height),
+        occlusion=occlusion_body(result, serving.decoder),
+        embedding=[float(v) for v in result.embedding],
+    )
+
+
+@router.post("/faces/verify", responses=ERROR_RESPONSES)
+async def verify_faces(
+    request: Request,
+    image_a: Annotated[UploadFile, File(description="the first face")],
+    image_b: Annotated[UploadFile, File(description="the second face")],
+    registry: RegistryDep,
+    settings: SettingsDep,
+    decode_limiter: DecodeLimiterDep,
+) -> VerifyResponse:
+    """Cosine similarity of two faces, the same-person decision and both occlusions."""
+    serving = serving_model(registry, settings)
+    uploads = [await read_upload(image_a, settings), await read_upload(image_b, settings)]
+    results = await infer_faces(serving, uploads, settings, decode_limiter, request.is_disconnected)
+    (a, _), (b, _) = results
+    similarity = float(np.clip(np.dot(a.embedding, b.embedding), -1.0, 1.0))
+    threshold = serving.decoder.config.verify_threshold
+    return VerifyResponse(
+        model=ModelRef(name=serving.config.name, version=serving.config.version),
+        similarity=similarity,
+        threshold=threshold,
+        same=similarity >= threshold,
+        faces=[
+            VerifiedFace(
+                image=ImageSize(width=t.image_width, height=t.image_height),
+                occlusion=occlusion_body(r, serving.decoder),
+            )
+            for r, t in results
+        ],
+    )
