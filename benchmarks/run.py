@@ -189,7 +189,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(command: list[str], env: dict[str, str], ready_path: str) -> Iterator[int]:
+def server(command: list[str], env: dict[str, str], ready_path: str) -> Iterator[tuple[int, int]]:
     """Start a server subprocess on a free loopback port; stop it (SIGTERM) afterwards."""
     port = free_port()
     full_env = {**os.environ, **env, "HOST": HOST, "PORT": str(port)}
@@ -215,7 +215,7 @@ def server(command: list[str], env: dict[str, str], ready_path: str) -> Iterator
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{command} not ready after {START_TIMEOUT_S}s")
             time.sleep(0.2)
-        yield port
+        yield port, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -226,19 +226,35 @@ def server(command: list[str], env: dict[str, str], ready_path: str) -> Iterator
         log.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_levels(
-    port: int, image: bytes, levels: list[int], duration: float, warmup: float
+    port: int, pid: int, image: bytes, levels: list[int], duration: float, warmup: float
 ) -> list[dict[str, Any]]:
+    """Closed-loop levels; also the server's CPU time per answered request (all threads),
+    a figure the machine's other load does not inflate the way it does latency."""
     request = multipart_request(HOST, port, "/recognize", "image", "photo.jpg", image, "image/jpeg")
     rows = []
     for concurrency in levels:
+        cpu_before = cpu_seconds(pid)
         result = asyncio.run(closed_loop(HOST, port, request, concurrency, duration, warmup))
-        row = {"concurrency": concurrency, **result.summary()}
+        cpu = cpu_seconds(pid) - cpu_before
+        answered = sum(len(v) for v in result.latencies.values()) * ((duration + warmup) / duration)
+        row = {
+            "concurrency": concurrency,
+            **result.summary(),
+            "server_cpu_ms_per_request": 1000 * cpu / answered if answered else float("nan"),
+        }
         rows.append(row)
         print(
             f"  c={concurrency:>3}: {row['throughput_rps']:.1f} req/s, p50 {row['p50_ms']:.1f} "
             f"p95 {row['p95_ms']:.1f} p99 {row['p99_ms']:.1f} ms, 503s {row['rejected_503']}, "
-            f"other {row['other_status']}, errors {row['errors']}",
+            f"other {row['other_status']}, errors {row['errors']}, server CPU "
+            f"{row['server_cpu_ms_per_request']:.2f} ms/request",
             flush=True,
         )
     return rows
@@ -300,15 +316,17 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         "## HTTP, closed loop over loopback",
         "",
-        "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | 503 | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | 503 | errors "
+        "| server CPU ms/request |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in report["http"].items():
         for row in rows:
             lines.append(
                 f"| {name} | {row['concurrency']} | {row['throughput_rps']:.1f} | "
                 f"{_fmt(row['p50_ms'])} | {_fmt(row['p95_ms'])} | {_fmt(row['p99_ms'])} | "
-                f"{row['rejected_503']} | {row['errors'] + row['other_status']} |"
+                f"{row['rejected_503']} | {row['errors'] + row['other_status']} | "
+                f"{_fmt(row['server_cpu_ms_per_request'], 2)} |"
             )
     head = report["headline"]
     over = report["overload"]
@@ -435,16 +453,22 @@ def main() -> None:
             "warning",
             "--no-access-log",
         ]
-        with server(naive, {"NAIVE_MODEL_DIR": str(version_dir)}, "/openapi.json") as port:
+        with server(naive, {"NAIVE_MODEL_DIR": str(version_dir)}, "/openapi.json") as (
+            port,
+            pid,
+        ):
             report["http"]["naive peer"] = load_levels(
-                port, image, args.concurrency, args.duration, args.warmup
+                port, pid, image, args.concurrency, args.duration, args.warmup
             )
         service = [sys.executable, "-m", "service.serve"]
         for batching in (False, True):
             name = f"service, batching {'on' if batching else 'off'}"
             print(name, flush=True)
-            with server(service, service_env(batching, Path(tmp)), "/health/ready") as port:
-                rows = load_levels(port, image, args.concurrency, args.duration, args.warmup)
+            with server(service, service_env(batching, Path(tmp)), "/health/ready") as (
+                port,
+                pid,
+            ):
+                rows = load_levels(port, pid, image, args.concurrency, args.duration, args.warmup)
                 report["http"][name] = rows
                 if batching:
                     base = next((r for r in rows if r["concurrency"] == OVERLOAD_BASE), rows[-1])

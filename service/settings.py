@@ -159,9 +159,10 @@ class Settings(BaseSettings):
     # ORT's CPU memory arena and memory-pattern planning (reuse buffers between runs).
     cpu_mem_arena: bool = True
     mem_pattern: bool = True
-    # Intra-op threads spin while waiting for work: lower latency on idle cores, but burnt
-    # CPU that decoding threads need when cores are few.
-    intra_op_spinning: bool = True
+    # Intra-op threads spin while waiting for work: a little lower latency on idle cores,
+    # but CPU burnt that the decoding threads need; off measured 7-8 instead of 9-12 ms of
+    # server CPU per /recognize request on 2 shared cores (benchmarks/run.py).
+    intra_op_spinning: bool = False
     # CUDA provider: device, cuDNN convolution search, arena growth, memory cap (MiB).
     cuda_device_id: int = Field(default=0, ge=0)
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"

@@ -260,7 +260,7 @@ def test_session_and_cuda_provider_options() -> None:
         graph_optimization="basic",
         cpu_mem_arena=False,
         mem_pattern=False,
-        intra_op_spinning=False,
+        intra_op_spinning=True,
         cuda_device_id=1,
         cudnn_conv_algo_search="HEURISTIC",
         gpu_mem_limit_mb=512,
@@ -269,7 +269,11 @@ def test_session_and_cuda_provider_options() -> None:
     assert options.intra_op_num_threads == 3
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert not options.enable_cpu_mem_arena and not options.enable_mem_pattern
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert (
+        session_options(Settings()).get_session_config_entry("session.intra_op.allow_spinning")
+        == "0"
+    )
     cuda, cpu = provider_options(settings, [CUDA_PROVIDER, CPU_PROVIDER])
     assert cuda == {
         "device_id": "1",
