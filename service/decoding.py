@@ -384,12 +384,87 @@ class OcclusionDecoder:
         return OcclusionResult(True, pid, float(probs[pid]), blocks, box, emb)
 
 
-Decoder = LandmarkPointsDecoder | AttentionDecoder | OcclusionDecoder
+class GenderDecodeConfig(BaseModel):
+    """``decode`` block of a ``gender_contour`` model (seed 003): the names of the logits
+    and contour-map outputs and the contour map's size."""
+
+    model_config = ConfigDict(extra="allow")
+
+    map: MapSize
+    logits: str = "logits"
+    contour_map: str = "contour_map"
+
+
+@dataclass(frozen=True)
+class GenderResult:
+    """Softmax probabilities by label, the arg-max label and its score, and the ``(h, w)``
+    contour map in 0..1 (float32)."""
+
+    label: str
+    score: float
+    probabilities: dict[str, float]
+    contour_map: npt.NDArray[np.float32]
+
+
+class GenderDecoder:
+    """Decoder for ``task = "gender_contour"`` (seed 003): logits into class probabilities,
+    the contour map passed through."""
+
+    task = "gender_contour"
+
+    def __init__(self, config: GenderDecodeConfig, labels: Sequence[str]) -> None:
+        self.config = config
+        self.labels = tuple(labels)
+
+    @classmethod
+    def from_config(
+        cls,
+        decode: Mapping[str, Any],
+        labels: Sequence[str],
+        output_shapes: Mapping[str, Sequence[int]],
+    ) -> GenderDecoder:
+        try:
+            config = GenderDecodeConfig.model_validate(dict(decode))
+        except ValidationError as exc:
+            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        expected = {
+            config.logits: (len(labels),),
+            config.contour_map: (1, config.map.height, config.map.width),
+        }
+        missing = [name for name in expected if name not in output_shapes]
+        if missing:
+            raise DecodeConfigError(f"gender_contour needs outputs {missing}")
+        for name, dims in expected.items():
+            shape = tuple(output_shapes[name])
+            if len(shape) != len(dims) + 1 or tuple(shape[1:]) != dims:
+                raise DecodeConfigError(
+                    f"output {name!r} has shape {list(shape)}; expected "
+                    f"[-1, {', '.join(map(str, dims))}]"
+                )
+        return cls(config, labels)
+
+    def decode(self, outputs: Mapping[str, npt.NDArray[Any]], index: int = 0) -> GenderResult:
+        """Element ``index`` of a batch: softmax of its logits and its contour map."""
+        logits = np.asarray(outputs[self.config.logits][index], np.float64)
+        exp = np.exp(logits - logits.max())
+        probs = exp / exp.sum()
+        best = int(np.argmax(probs))
+        contour = np.asarray(outputs[self.config.contour_map][index, 0], np.float32)
+        return GenderResult(
+            label=self.labels[best],
+            score=float(probs[best]),
+            probabilities={label: float(p) for label, p in zip(self.labels, probs, strict=True)},
+            contour_map=np.clip(contour, 0.0, 1.0),
+        )
+
+
+Decoder = LandmarkPointsDecoder | AttentionDecoder | GenderDecoder | OcclusionDecoder
 DecoderFactory = Callable[[Mapping[str, Any], Sequence[str], Mapping[str, Sequence[int]]], Decoder]
 
 DECODERS: dict[str, DecoderFactory] = {
     LandmarkPointsDecoder.task: LandmarkPointsDecoder.from_config,
     AttentionDecoder.task: AttentionDecoder.from_config,
+    GenderDecoder.task: GenderDecoder.from_config,
     OcclusionDecoder.task: OcclusionDecoder.from_config,
 }
 

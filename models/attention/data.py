@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.common.backgrounds import backgrounds
+from models.common.backgrounds import backgrounds, random_crop
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 LABELS = (
@@ -107,16 +107,7 @@ def load_fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR) -> tuple[np.n
 
 def background(rng: np.random.Generator, photos: tuple[np.ndarray, ...], size: int, gain: float):
     """A random square crop of a random photograph, resized to ``size``, dimmed (float32)."""
-    photo = photos[rng.integers(len(photos))]
-    h, w = photo.shape[:2]
-    side = int(rng.integers(min(size, h, w), min(h, w) + 1))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    crop = Image.fromarray(photo[y : y + side, x : x + side]).resize(
-        (size, size), Image.Resampling.BILINEAR
-    )
-    if rng.random() < 0.5:
-        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(crop, np.float32) * gain
+    return random_crop(rng, photos, size) * gain
 
 
 def paste(

@@ -62,3 +62,21 @@ def _load(name: str) -> np.ndarray:
 def backgrounds(split: str) -> tuple[np.ndarray, ...]:
     """Photographs of one split as (H, W, 3) uint8 RGB arrays."""
     return tuple(_load(name) for name in BACKGROUND_SPLITS[split])
+
+
+def random_crop(rng: np.random.Generator, photos: tuple[np.ndarray, ...], size: int) -> np.ndarray:
+    """A random square crop of a random photograph (side between ``size`` and the photo's
+    shorter side), resized to ``size`` (bilinear), flipped left-right half the time;
+    float32 ``(size, size, 3)`` in 0..255."""
+    from PIL import Image
+
+    photo = photos[rng.integers(len(photos))]
+    h, w = photo.shape[:2]
+    side = int(rng.integers(min(size, h, w), min(h, w) + 1))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = Image.fromarray(photo[y : y + side, x : x + side]).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(crop, np.float32)

