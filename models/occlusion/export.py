@@ -119,6 +119,23 @@ def draw_examples(test: Batch, predict: Predict, grid: int, path: Path, count: i
     sheet.save(path)
 
 
+def reproducible_command(checkpoint: Path, train_config: dict) -> str:
+    """The run's training command; a run its --time-limit cut short gets --stop-after-step
+    at the step it stopped instead, which reproduces it."""
+    command = train_config["command"]
+    history_path = checkpoint.parent / "history.json"
+    if not history_path.exists():
+        return command
+    stopped = json.loads(history_path.read_text()).get("stopped_early_at_step")
+    if stopped is None:
+        return command
+    words = shlex.split(command)
+    if "--time-limit" in words:
+        i = words.index("--time-limit")
+        del words[i : i + 2]
+    return shlex.join([*words, "--stop-after-step", str(stopped)])
+
+
 def fmt(v: float) -> str:
     return f"{v:.3f}"
 
@@ -308,6 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     net, ckpt = load_checkpoint(a.checkpoint)
     tc = ckpt["train_config"]
+    as_run = tc["command"]
+    tc["command"] = reproducible_command(a.checkpoint, tc)
     grid = net.config.grid
     version_dir = a.repository / NAME / a.version
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -319,6 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
     ab = ablation_ckpt = None
     if a.ablation:
         ab_net, ablation_ckpt = load_checkpoint(a.ablation)
+        ab_tc = ablation_ckpt["train_config"]
+        ab_tc["command"] = reproducible_command(a.ablation, ab_tc)
         if ab_net.config.masking:
             raise SystemExit(f"{a.ablation} was trained with masking; want --no-masking")
         ab = measure(torch_predict(ab_net), sets, grid)
@@ -380,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics=metrics,
         training={
             "command": tc["command"],
+            "command_as_run": as_run,
             "export_command": export_command,
             "step": ckpt["step"],
             "val": m["val"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,8 @@ class TrainConfig:
     threads: int | None = None
     # Stop (after an evaluation) once this many minutes have passed; None: run all steps.
     time_limit: float | None = None
+    # Stop (after an evaluation) at this step; reproduces a run the time limit cut short.
+    stop_after_step: int | None = None
     net: OcclusionNetConfig = field(default_factory=OcclusionNetConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
@@ -82,7 +85,8 @@ def selection_score(m: dict) -> float:
     return (m["pattern_exact"] + m["mean_iou_occluded"] + m["verify_auc"]) / 3
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, command: str | None = None) -> dict:
+    """Train; ``command`` is the shell command recorded in the checkpoints (the CLI's own)."""
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -123,7 +127,7 @@ def train(config: TrainConfig) -> dict:
         opt, config.lr, total_steps=config.steps, pct_start=0.1
     )
     g = torch.Generator().manual_seed(config.seed)
-    command = "python -m models.occlusion.train " + " ".join(sys.argv[1:])
+    command = command or "python -m models.occlusion.train (called from Python; see config)"
     history: dict = {
         "config": json.loads(json.dumps(asdict(config))),
         "command": command,
@@ -153,7 +157,7 @@ def train(config: TrainConfig) -> dict:
         seen += 1
         out_of_time = (
             config.time_limit is not None and time.time() - started > config.time_limit * 60
-        )
+        ) or (config.stop_after_step is not None and step >= config.stop_after_step)
         if step % config.eval_every == 0 or step == config.steps or out_of_time:
             m = evaluate(torch_predict(net), val, config.net.grid)
             row = {
@@ -229,6 +233,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--time-limit", type=float, default=None, help="minutes")
+    p.add_argument("--stop-after-step", type=int, default=None)
     for name in ("lr", "weight_decay", "pattern_weight", "distill_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--no-masking", action="store_true", help="ablation: features not masked")
@@ -245,6 +250,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         seed=a.seed,
         threads=a.threads,
         time_limit=a.time_limit,
+        stop_after_step=a.stop_after_step,
         lr=a.lr,
         weight_decay=a.weight_decay,
         pattern_weight=a.pattern_weight,
@@ -254,7 +260,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    args = sys.argv[1:] if argv is None else argv
+    train(parse_args(argv), "python -m models.occlusion.train " + shlex.join(args))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         config = TrainConfig(
             out=str(root / "run"),
             faces=str(folder),
-            steps=4,
+            steps=6,
+            stop_after_step=4,
             batch_size=16,
             train_sprites=16,
             val_sprites=16,
@@ -47,7 +48,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
             net=OcclusionNetConfig(widths=(4, 8, 8, 16), pattern_width=4, embedding_dim=16),
             synth=SynthConfig(),
         )
-        history = train(config)
+        history = train(config, f"python -m models.occlusion.train --faces {folder}")
         mp.setattr(export, "TEST_SPRITES", 16)
         ckpt = root / "run" / "best.pt"
         result = export.main(
@@ -63,6 +64,7 @@ def test_training_writes_history_checkpoints_and_curves(exported: dict) -> None:
     }
     evals = exported["history"]["evals"]
     assert [row["step"] for row in evals] == [2, 4]
+    assert exported["history"]["stopped_early_at_step"] == 4
     assert all(np.isfinite(row["train_total"]) for row in evals)
 
 
@@ -82,6 +84,9 @@ def test_export_writes_the_version(exported: dict) -> None:
     assert {"pattern_exact", "mean_iou_occluded", "occluded_vs_not"} <= set(config["metrics"])
     card = (version / "MODEL_CARD.md").read_text()
     assert "python -m models.occlusion.train" in card and "--faces" in card
+    # The run stopped early: the card's command reproduces where it stopped.
+    assert "--stop-after-step 4" in card
+    assert config["training"]["command"].endswith("--stop-after-step 4")
 
 
 def test_onnx_matches_pytorch_on_a_dynamic_batch(exported: dict) -> None:
