@@ -178,9 +178,10 @@ def test_corpus_file(
 ) -> None:
     """The file in each field it can go in; the other fields get a good image."""
     targets = endpoint.image_fields if entry["field"] == "image" else (endpoint.mask_field,)
+    if not serving[endpoint.path]:
+        # It answers 503 (not ready) before reading any upload; covered once its model is.
+        pytest.skip(f"{endpoint.path}: its model is not in models/repository")
     expected = entry["status"]
-    if expected == 200 and not serving[endpoint.path]:
-        pytest.skip(f"{endpoint.path}: its model is not served here")
     if expected == 200 and endpoint.required_other:
         expected = 422  # a required non-file field we cannot fill generically
     data = (CORPUS_DIR / entry["file"]).read_bytes()

@@ -6,81 +6,35 @@ The same process runs with ``VISION_LOG_FORMAT=json``: every line it writes is J
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.live_server import LiveProcess, live_process
 from tests.service.fakes import write_model
 from tests.service.images import encode, scene
 
-ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 3
-START_TIMEOUT_S = 60.0
 BOUNDARY = "drain-boundary"
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen[bytes]
-    port: int
-    stderr: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path) -> Iterator[LiveProcess]:
     write_model(tmp_path / "repository")
-    port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VISION_")},
         "VISION_MODEL_REPOSITORY": str(tmp_path / "repository"),
         "VISION_FEEDBACK_DB": str(tmp_path / "feedback.sqlite3"),
         "VISION_PROVIDERS": "cpu",
         "VISION_INTRA_OP_THREADS": "1",
         "VISION_LOG_FORMAT": "json",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
         "GRACEFUL_SHUTDOWN_S": str(GRACE_S),
     }
-    stderr = tmp_path / "stderr.log"
-    with stderr.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.serve"], cwd=ROOT, env=env, stderr=sink
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, stderr.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
-        yield Served(process, port, stderr)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with live_process(env, tmp_path / "stderr.log") as process:
+        yield process
 
 
 def multipart(image: bytes) -> bytes:
@@ -134,7 +88,7 @@ def refused(port: int) -> bool:
     return False
 
 
-def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(served: Served) -> None:
+def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(served: LiveProcess) -> None:
     body = multipart(encode(scene()))
     in_flight = start_request(served.port, body, len(body) // 2)
     time.sleep(0.3)  # the server has read the headers: the request is in flight
@@ -162,7 +116,7 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(served: Ser
 
 
 def test_sigterm_exits_within_the_grace_period_when_a_client_never_finishes(
-    served: Served,
+    served: LiveProcess,
 ) -> None:
     body = multipart(encode(scene()))
     stalled = start_request(served.port, body, 10)  # the rest never comes
