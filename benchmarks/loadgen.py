@@ -84,7 +84,9 @@ class Connection:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
 
-    async def send(self, request: bytes) -> int:
+    async def send(self, request: bytes) -> tuple[int, bool]:
+        """Send one request; returns its status and whether the server closes the
+        connection after it (a 503 refused before its body was read, say)."""
         self.writer.write(request)
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -101,9 +103,7 @@ class Connection:
                 close = True
         if length:
             await self.reader.readexactly(length)
-        if close:
-            raise ConnectionResetError("server closed the connection")
-        return status
+        return status, close
 
     def close(self) -> None:
         self.writer.close()
@@ -124,7 +124,7 @@ async def closed_loop(
         connection = connections[index]
         while (began := time.perf_counter()) < stop:
             try:
-                status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+                status, close = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
             except (OSError, asyncio.IncompleteReadError, TimeoutError):
                 result.errors += began >= measure_from
                 connection.close()
@@ -132,6 +132,9 @@ async def closed_loop(
                 continue
             if began >= measure_from:
                 result.add(status, time.perf_counter() - began)
+            if close:
+                connection.close()
+                connection = await Connection.open(host, port)
 
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     for connection in connections:
@@ -153,14 +156,17 @@ async def open_loop(
     async def one(scheduled: float) -> None:
         connection = pool.pop() if pool else await Connection.open(host, port)
         try:
-            status = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+            status, close = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             result.errors += scheduled >= measure_from
             connection.close()
             return
         if scheduled >= measure_from:
             result.add(status, time.perf_counter() - scheduled)
-        pool.append(connection)
+        if close:
+            connection.close()
+        else:
+            pool.append(connection)
 
     tasks = []
     for index in range(total):

@@ -218,15 +218,24 @@ class Batcher:
 
     # --- admission ------------------------------------------------------------------------
 
+    @property
+    def full(self) -> bool:
+        """Whether a new request would be refused now."""
+        return self._slots >= self.policy.queue_size
+
+    def overloaded(self) -> Overloaded:
+        """The 503 for a request refused because this graph is full (and count it)."""
+        self._count_rejected("queue_full")
+        return Overloaded(
+            f"model {self.model!r} graph {self.graph!r} has {self._slots} requests "
+            f"queued, its limit (VISION_BATCH_QUEUE_SIZE); retry shortly"
+        )
+
     def reserve(self) -> Reservation:
         """Take a queue slot or raise Overloaded (503); release it with ``release()`` or by
         passing it to ``infer``. Call before decoding an upload."""
-        if self._slots >= self.policy.queue_size:
-            self._count_rejected("queue_full")
-            raise Overloaded(
-                f"model {self.model!r} graph {self.graph!r} has {self._slots} requests "
-                f"queued, its limit (VISION_BATCH_QUEUE_SIZE); retry shortly"
-            )
+        if self.full:
+            raise self.overloaded()
         self._slots += 1
         self._observe_depth()
         return Reservation(self)

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import Depends, FastAPI
 
+from service.admission import AdmissionMiddleware
 from service.attention import FeatureCache
 from service.dependencies import require_api_key
 from service.docs import install_offline_docs
@@ -116,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     )
+    # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
+    app.add_middleware(AdmissionMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Outermost: every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)

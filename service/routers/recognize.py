@@ -28,7 +28,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "the upload exceeds the size or pixel limit"),
         (415, "the upload's content type is not an image"),
         (422, "a missing field or an out-of-range parameter"),
-        (503, "the landmark model is not loaded; retry after Retry-After seconds"),
+        (503, "the landmark model is not loaded or its queue is full; retry after Retry-After s"),
     )
 }
 

@@ -322,6 +322,8 @@ def test_api_queue_full_is_503_problem_with_retry_after(repo: Path) -> None:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["retry-after"] == "1"
         assert response.json()["type"].endswith("overloaded")
+        # Refused by AdmissionMiddleware before the body was read: the connection closes.
+        assert response.headers["connection"] == "close"
         assert _post(client, encode(scene())).status_code == 200
         text = client.get("/metrics").text
     assert 'vision_batch_rejected_total{graph="model",model="landmark",reason="queue_full"' in text
@@ -353,3 +355,18 @@ def test_api_concurrent_requests_match_sequential_answers(repo: Path, batching: 
         'vision_http_requests_total{endpoint="/recognize",method="POST",status="200"} 24.0',
     ):
         assert name in text
+
+
+def test_api_full_queue_still_answers_401_without_a_key(repo: Path) -> None:
+    settings = make_settings(repo, batch_queue_size=1, api_keys=["secret"])
+    with TestClient(create_app(settings)) as client:
+        batcher = client.app.state.registry.get("landmark").batcher()  # type: ignore[attr-defined]
+        with batcher.slot():
+            anonymous = _post(client, encode(scene()))
+            keyed = client.post(
+                "/recognize",
+                files={"image": ("x.png", encode(scene()), "image/png")},
+                headers={"X-API-Key": "secret"},
+            )
+    assert anonymous.status_code == 401
+    assert keyed.status_code == 503 and keyed.headers["retry-after"] == "1"

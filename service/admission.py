@@ -1,0 +1,75 @@
+"""Early 503: refuse an upload before its body is read when its model's queue is full.
+
+The batchers (service/batching.py) bound each graph's queue, but FastAPI reads and parses a
+multipart body before the handler can ask for a slot; under overload that parsing alone
+keeps the event loop busy, and the 503s (and the accepted requests behind them) wait for
+it. This middleware looks at the path first: a POST to a model endpoint whose model has a
+full graph is answered 503 problem+json with Retry-After at once, unread body and all (the
+connection is then closed, as HTTP/1.1 requires when a body is left unread). Requests
+without a valid API key (when keys are set) pass through to get their 401.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.dependencies import require_api_key
+from service.errors import Overloaded, ServiceError, problem_response
+from service.runtime import ModelRegistry
+from service.settings import Settings
+
+# POST path -> the setting naming the model that serves it.
+MODEL_ENDPOINTS: Mapping[str, str] = {
+    "/recognize": "recognize_model",
+    "/attention": "attention_model",
+    "/attention/correct": "attention_model",
+    "/gender": "gender_model",
+    "/occlusion": "occlusion_model",
+    "/faces/verify": "occlusion_model",
+}
+
+
+class AdmissionMiddleware:
+    """503 before the body is read for a model endpoint whose model has a full queue."""
+
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, str] = MODEL_ENDPOINTS) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            rejection = self._rejection(scope)
+            if rejection is not None:
+                response = problem_response(
+                    rejection.status,
+                    title=rejection.title,
+                    detail=rejection.detail,
+                    type_=rejection.type,
+                    headers={**rejection.headers, "Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _rejection(self, scope: Scope) -> Overloaded | None:
+        attribute = self.endpoints.get(str(scope.get("path", "")))
+        if attribute is None:
+            return None
+        state = scope["app"].state
+        settings: Settings = state.settings
+        registry: ModelRegistry = state.registry
+        name = getattr(settings, attribute, None)
+        model = registry.get(name) if isinstance(name, str) else None
+        if model is None:
+            return None
+        full = [batcher for batcher in model.batchers.values() if batcher.full]
+        if not full:
+            return None
+        try:
+            require_api_key(Request(scope), settings)  # the routes' own key check
+        except ServiceError:
+            return None  # no or a wrong key: the route answers its 401
+        return full[0].overloaded()
