@@ -4,8 +4,9 @@ The batchers (service/batching.py) bound each graph's queue, but FastAPI reads a
 multipart body before the handler can ask for a slot; under overload that parsing alone
 keeps the event loop busy, and the 503s (and the accepted requests behind them) wait for
 it. This middleware looks at the path first: a POST to a model endpoint whose model has a
-full graph is answered 503 problem+json with Retry-After at once, unread body and all (the
-connection is then closed, as HTTP/1.1 requires when a body is left unread). Requests
+full graph has its body drained unparsed (closing with it unread would reset the
+connection and could lose the answer) and is answered 503 problem+json with Retry-After;
+a body beyond the upload limit is not drained, the connection closes instead. Requests
 without a valid API key (when keys are set) pass through to get their 401.
 """
 
@@ -35,24 +36,44 @@ MODEL_ENDPOINTS: Mapping[str, str] = {
 class AdmissionMiddleware:
     """503 before the body is read for a model endpoint whose model has a full queue."""
 
-    def __init__(self, app: ASGIApp, endpoints: Mapping[str, str] = MODEL_ENDPOINTS) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, endpoints: Mapping[str, str] = MODEL_ENDPOINTS
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "POST":
             rejection = self._rejection(scope)
             if rejection is not None:
+                headers = dict(rejection.headers)
+                if not await self._drain(receive):
+                    headers["Connection"] = "close"
                 response = problem_response(
                     rejection.status,
                     title=rejection.title,
                     detail=rejection.detail,
                     type_=rejection.type,
-                    headers={**rejection.headers, "Connection": "close"},
+                    headers=headers,
                 )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _drain(self, receive: Receive) -> bool:
+        """Read and drop the body (no parsing, no buffering); False when it went past the
+        upload limit or the client left, so the connection should close."""
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                return False
+            if not message.get("more_body", False):
+                return True
 
     def _rejection(self, scope: Scope) -> Overloaded | None:
         attribute = self.endpoints.get(str(scope.get("path", "")))

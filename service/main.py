@@ -118,7 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     )
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
-    app.add_middleware(AdmissionMiddleware)
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Outermost: every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
