@@ -61,15 +61,18 @@ train-gender: $(VENV)/.dev
 export-gender: $(VENV)/.dev
 	$(BIN)/python -m models.gender.export --run runs/gender-v1 --version 1
 
-# Debian packages the attention model and its tests need: the Fashion-MNIST files and
-# chromium (the editor's browser test). Skipped where already installed or without apt.
+# Debian packages the attention model and its tests need: the Fashion-MNIST files,
+# chromium (the editor's browser test) and postgresql (the teacher-record store's tests
+# start a throwaway server from its initdb/pg_ctl). Skipped where already installed or
+# without apt.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-packages:
-	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x /usr/bin/chromium ]; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x /usr/bin/chromium ] && \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium; \
-	else echo "no apt-get: install dataset-fashion-mnist and chromium yourself" >&2; fi
+		$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium postgresql; \
+	else echo "no apt-get: install dataset-fashion-mnist, chromium and postgresql yourself" >&2; fi
 
 # Reproduce the committed attention model (see its MODEL_CARD.md for the exact commands).
 train-attention: $(VENV)/.dev system-packages

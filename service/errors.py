@@ -146,6 +146,14 @@ class ClientClosedRequest(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "client-closed-request"
 
 
+class StoreUnavailable(NotReady):
+    """The teacher-record database is unreachable, read-only, full or failing (503): the
+    request may be retried; what was stored before is untouched."""
+
+    title = "Teacher-record store unavailable"
+    type = PROBLEM_TYPE_PREFIX + "store-unavailable"
+
+
 class ModelLoadError(Exception):
     """A model could not be loaded; the message is the reason shown in health and /models."""
 

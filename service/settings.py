@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Resolved from this file, not the cwd, so `uvicorn --factory` works from any directory.
@@ -116,8 +116,12 @@ class Settings(BaseSettings):
     attention_model: str = "attention"
     # Which model answers POST /occlusion and /faces/verify.
     occlusion_model: str = "occlusion"
-    # SQLite database of the attention editor's teacher records (WAL, synchronous=FULL).
+    # SQLite database of the attention editor's teacher records (WAL, synchronous=FULL),
+    # used when feedback_url is unset.
     feedback_db: Path = DEFAULT_FEEDBACK_DB
+    # Database URL of the teacher records, overriding feedback_db: sqlite:///<path> (SQLite,
+    # one host) or postgresql://user:password@host:port/dbname (shared by every replica).
+    feedback_url: SecretStr | None = None
     # Feature maps kept per image (LRU by sha256 of the bytes); 0 disables the cache.
     feature_cache_size: int = Field(default=DEFAULT_FEATURE_CACHE_SIZE, ge=0)
     providers: Literal["auto", "cuda", "cpu"] = "auto"
@@ -181,6 +185,12 @@ class Settings(BaseSettings):
     def resolved_decode_threads(self) -> int:
         """Worker threads allowed to decode images at once."""
         return self.decode_threads or available_cpus()
+
+    def resolved_feedback_url(self) -> str:
+        """Where teacher records go: ``feedback_url`` when set and non-empty, else the
+        SQLite file ``feedback_db``."""
+        url = self.feedback_url.get_secret_value().strip() if self.feedback_url else ""
+        return url or str(self.feedback_db)
 
     def batch_policy(self, model: str, graph: str | None = None) -> BatchPolicy:
         """Batching of one graph: defaults, then the model's override, then the graph's."""

@@ -3,7 +3,9 @@
     python -m models.attention.finetune --base-version 1 --version 2 \
         --feedback var/feedback.sqlite3
 
-reads the teacher records the editor stored (service/feedback.py), selects by default the
+reads the teacher records the editor stored (service/feedback/; ``--feedback`` takes what
+the service's ``VISION_FEEDBACK_URL`` takes: a SQLite path, ``sqlite:///<path>`` or
+``postgresql://user:password@host:port/dbname``), selects by default the
 misrecognised ones (the perception branch's answer with the model's own map was wrong;
 ``--select attention`` uses the attention branch's answer, ``either`` both, ``all`` every
 record: the seed's variation 7), and fine-tunes the base version's network with
@@ -24,7 +26,7 @@ teacher record per canvas whose edited map is the target item's box:
     python -m models.attention.finetune simulate --base-version 1 \
         --feedback data/attention/simulated_feedback.sqlite3 --count 4000
 
-Records are read through service/feedback.py (the same code that writes them) and images
+Records are read through service/feedback/ (the same code that writes them) and images
 are prepared with service/imaging.py, exactly as the service prepares uploads.
 """
 
@@ -50,7 +52,7 @@ from models.attention.net import AttentionNet, load_checkpoint, save_checkpoint
 from models.attention.train import MEAN, STD, TrainConfig, make_split, predict, to_tensor
 from models.common.plots import plot_bars
 from service.attention import area_average, map_to_png
-from service.feedback import FeedbackStore, TeacherRecord
+from service.feedback import TeacherRecord, open_store, redact
 from service.imaging import decode_image, letterbox
 
 SELECTIONS = ("misrecognised", "attention", "either", "all")
@@ -210,7 +212,7 @@ def simulate(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="finetune simulate")
     p.add_argument("--repository", type=Path, default=Path("models/repository"))
     p.add_argument("--base-version", default="1")
-    p.add_argument("--feedback", type=Path, required=True)
+    p.add_argument("--feedback", required=True, help="teacher-record database: path or URL")
     p.add_argument("--count", type=int, default=4000)
     p.add_argument("--seed", type=int, default=SIMULATE_SEED)
     p.add_argument("--data-root", default=None, help="Fashion-MNIST directory (idx .gz files)")
@@ -220,28 +222,28 @@ def simulate(argv: list[str]) -> dict:
     canvases = make_split(config, "train", a.count, "distractor", a.seed)
     out = predict(net, canvases.images)
     teachers = box_masks(canvases.boxes[:, 0], net.config.input_size, net.config.map_size)
-    store = FeedbackStore(a.feedback)
-    for i in range(len(canvases)):
-        buffer = io.BytesIO()
-        Image.fromarray(canvases.images[i]).save(buffer, format="PNG")
-        label = int(canvases.labels[i, 0])
-        store.add(
-            TeacherRecord(
-                model_name=exporter.NAME,
-                model_version=a.base_version,
-                label=LABELS[label],
-                label_id=label,
-                perception_class_id=int(out["perception"][i].argmax()),
-                attention_class_id=int(out["attention"][i].argmax()),
-                corrected_class_id=-1,  # not asked: the simulated person only drew the map
-                image=buffer.getvalue(),
-                edited_map=map_to_png(teachers[i, 0]),
-                model_map=map_to_png(out["maps"][i, 0]),
-                map_height=net.config.map_size,
-                map_width=net.config.map_size,
+    with open_store(a.feedback) as store:
+        for i in range(len(canvases)):
+            buffer = io.BytesIO()
+            Image.fromarray(canvases.images[i]).save(buffer, format="PNG")
+            label = int(canvases.labels[i, 0])
+            store.add(
+                TeacherRecord(
+                    model_name=exporter.NAME,
+                    model_version=a.base_version,
+                    label=LABELS[label],
+                    label_id=label,
+                    perception_class_id=int(out["perception"][i].argmax()),
+                    attention_class_id=int(out["attention"][i].argmax()),
+                    corrected_class_id=-1,  # not asked: the simulated person only drew the map
+                    image=buffer.getvalue(),
+                    edited_map=map_to_png(teachers[i, 0]),
+                    model_map=map_to_png(out["maps"][i, 0]),
+                    map_height=net.config.map_size,
+                    map_width=net.config.map_size,
+                )
             )
-        )
-    counts = store.counts()
+        counts = store.counts()
     print(json.dumps(counts.__dict__, indent=1))
     return counts.__dict__
 
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repository", type=Path, default=Path("models/repository"))
     p.add_argument("--base-version", default="1")
     p.add_argument("--version", default=None, help="default: base version + 1")
-    p.add_argument("--feedback", type=Path, required=True, help="teacher-record database")
+    p.add_argument("--feedback", required=True, help="teacher-record database: path or URL")
     p.add_argument("--select", choices=SELECTIONS, default="misrecognised")
     p.add_argument("--train", default="attention,perception", help="parts to re-learn")
     p.add_argument("--gamma", type=float, default=0.05)
@@ -280,7 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     version = a.version or str(int(a.base_version) + 1)
     net, ckpt = load_checkpoint(base_checkpoint(a.repository, a.base_version))
-    records = FeedbackStore(a.feedback).records(model_name=exporter.NAME)
+    with open_store(a.feedback) as store:
+        records = store.records(model_name=exporter.NAME)
+        source = store.description  # the password masked: this goes into the model card
     chosen = select(records, a.select)
     if not chosen:
         raise SystemExit(
@@ -299,10 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     version_dir = a.repository / exporter.NAME / version
     version_dir.mkdir(parents=True, exist_ok=True)
-    command = "python -m models.attention.finetune " + " ".join(argv)
+    # The --feedback URL's password must not reach the card or the checkpoint.
+    command = "python -m models.attention.finetune " + " ".join(redact(arg) for arg in argv)
     finetune_info = {
         "base_version": a.base_version,
-        "feedback_db": str(a.feedback),
+        "feedback_db": source,
         "records_stored": len(records),
         "records_selected": len(chosen),
         "selection": a.select,

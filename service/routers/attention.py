@@ -48,7 +48,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "an upload exceeds the size or pixel limit"),
         (415, "an upload's content type is not an image"),
         (422, "a missing field, an unknown label, or save without a label"),
-        (503, "the attention model is not loaded; retry after Retry-After seconds"),
+        (
+            503,
+            "the attention model is not loaded, or the teacher-record database is unreachable,"
+            " read-only or full; retry after Retry-After seconds",
+        ),
     )
 }
 
@@ -401,7 +405,8 @@ async def correct_with_edited_map(
             map_height=grid.height,
             map_width=grid.width,
         )
-        # Committed (WAL fsynced) before the response is built.
+        # Durably committed (service/feedback) before the response is built; a database
+        # failure is a 503 (StoreUnavailable) and nothing half-written stays behind.
         feedback_id = await anyio.to_thread.run_sync(get_feedback_store(request).add, record)
     return CorrectionResponse(
         model=serving.ref,
@@ -416,7 +421,7 @@ async def correct_with_edited_map(
 
 @router.get(
     "/attention/feedback",
-    responses={status: ERROR_RESPONSES[status] for status in (401,)},
+    responses={status: ERROR_RESPONSES[status] for status in (401, 503)},
 )
 async def feedback_counts(request: Request) -> FeedbackResponse:
     """How many teacher records are stored: in total, per label, misrecognised."""

@@ -8,11 +8,13 @@ import copy
 import json
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 import yaml
 
+from service.feedback import PostgresFeedbackStore, open_store
 from service.settings import Settings
 from tests.deploy.dockerfile import ROOT, env, lineage, parse
 
@@ -70,7 +72,7 @@ def test_gpu_profile_reserves_an_nvidia_device(compose: dict[str, Any]) -> None:
     assert gpu["environment"]["VISION_PROVIDERS"] == "cuda"
 
 
-@pytest.mark.parametrize("name", ["vision", "vision-gpu"])
+@pytest.mark.parametrize("name", ["vision", "vision-gpu", "vision-postgres"])
 def test_health_volume_and_settings(compose: dict[str, Any], name: str) -> None:
     service = compose["services"][name]
     assert "/health/ready" in " ".join(service["healthcheck"]["test"])
@@ -90,6 +92,26 @@ def test_health_volume_and_settings(compose: dict[str, Any], name: str) -> None:
     # Longer than the drain the entry command allows after SIGTERM.
     grace = int(service["stop_grace_period"].removesuffix("s"))
     assert grace > int(service["environment"]["GRACEFUL_SHUTDOWN_S"])
+
+
+def test_postgres_profile_points_the_service_at_a_healthy_database(
+    compose: dict[str, Any],
+) -> None:
+    database = compose["services"]["postgres"]
+    service = compose["services"]["vision-postgres"]
+    assert database["profiles"] == service["profiles"] == ["postgres"]
+    assert "pg_isready" in " ".join(database["healthcheck"]["test"])
+    (mount,) = database["volumes"]
+    volume, path = mount.split(":")
+    assert volume in compose["volumes"] and path == "/var/lib/postgresql/data"
+    assert service["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    # The URL names that service, its user and database; the password is the same variable.
+    url = urlsplit(service["environment"]["VISION_FEEDBACK_URL"])
+    env = database["environment"]
+    assert url.scheme == "postgresql" and url.hostname == "postgres" and url.port == 5432
+    assert url.username == env["POSTGRES_USER"] and url.path == "/" + env["POSTGRES_DB"]
+    assert url.password == env["POSTGRES_PASSWORD"]
+    assert isinstance(open_store(url.geturl()), PostgresFeedbackStore)
 
 
 def test_compose_and_image_agree_on_paths(compose: dict[str, Any]) -> None:

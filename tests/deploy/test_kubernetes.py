@@ -13,6 +13,7 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
+from service.feedback import PostgresFeedbackStore, open_store
 from service.metrics import create_metrics
 from service.settings import Settings
 from tests.deploy.dockerfile import ROOT
@@ -22,6 +23,7 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 # and the newest the validator knows.
 VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 NOT_KUBERNETES = {"kustomization.yaml", "inferenceservice.yaml"}
+SECRET_EXAMPLE = "feedback-db-secret.example.yaml"
 ENTRY_VARIABLES = {"HOST", "PORT", "GRACEFUL_SHUTDOWN_S", "FORWARDED_ALLOW_IPS"}
 # Fields of a KServe predictor that are not PodSpec fields (ComponentExtensionSpec).
 KSERVE_PREDICTOR_EXTENSIONS = {
@@ -187,7 +189,28 @@ def test_kustomization_lists_existing_manifests() -> None:
     for resource in kustomization["resources"]:
         assert (MANIFESTS / resource).is_file()
     expected = {p.name for p in MANIFESTS.glob("*.yaml")} - NOT_KUBERNETES
-    assert set(kustomization["resources"]) == expected - {"prometheus-adapter-rules.yaml"}
+    assert set(kustomization["resources"]) == expected - {
+        "prometheus-adapter-rules.yaml",
+        SECRET_EXAMPLE,  # real credentials are made with kubectl, not applied from git
+    }
+
+
+def test_every_replica_takes_the_feedback_database_url_from_the_secret() -> None:
+    """Replicas must share one teacher-record store: the URL comes from a Secret (never the
+    ConfigMap), in both Deployments and the InferenceService."""
+    (secret,) = documents(SECRET_EXAMPLE)
+    assert secret["kind"] == "Secret"
+    url = secret["stringData"]["url"]
+    assert isinstance(open_store(url), PostgresFeedbackStore)
+    (inference,) = documents("inferenceservice.yaml")
+    containers = [_container(d) for d in by_kind("Deployment").values()]
+    containers += inference["spec"]["predictor"]["containers"]
+    for container in containers:
+        env = {e["name"]: e for e in container["env"]}
+        reference = env["VISION_FEEDBACK_URL"]["valueFrom"]["secretKeyRef"]
+        assert reference == {"name": secret["metadata"]["name"], "key": "url"}
+        assert "optional" not in reference  # no Secret, no pod: never a silent per-pod file
+    assert "VISION_FEEDBACK_URL" not in by_kind("ConfigMap")["vision-settings"]["data"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.attention.data import FASHION_MNIST_DIR, LABELS, compose, load_fashion_mnist
-from service.feedback import FeedbackStore
+from service.feedback import open_store
 from service.main import create_app
 from tests.service.conftest import make_settings
 from tests.service.images import encode
@@ -172,7 +172,7 @@ def test_save_stores_a_durable_teacher_record(client: TestClient, feedback_db: P
     feedback_id = body["feedback_id"]
     assert isinstance(feedback_id, str) and len(feedback_id) == 32
     # Committed before the response: a fresh store (another connection) sees it.
-    (stored,) = [r for r in FeedbackStore(feedback_db).records() if r.id == feedback_id]
+    (stored,) = [r for r in open_store(feedback_db).records() if r.id == feedback_id]
     assert (
         stored.image == image and stored.label == "bag" and stored.label_id == LABELS.index("bag")
     )

@@ -18,7 +18,7 @@ import uvicorn
 from PIL import Image
 
 from models.attention.data import FASHION_MNIST_DIR, LABELS, compose, load_fashion_mnist
-from service.feedback import FeedbackStore
+from service.feedback import open_store
 from service.main import create_app
 from tests.service.conftest import make_settings
 
@@ -145,7 +145,7 @@ def test_upload_brush_submit_and_save(server: tuple[str, Path], tmp_path: Path) 
             feedback_id = page.get_attribute("#save-status", "data-feedback-id")
         finally:
             browser.close()
-    (record,) = FeedbackStore(feedback).records()
+    (record,) = open_store(feedback).records()
     assert record.id == feedback_id and record.label == LABELS[label_b]
     edited = np.asarray(Image.open(io.BytesIO(record.edited_map)), np.float32)
     # The painted attention lies on item B's side of the canvas.

@@ -14,7 +14,7 @@ from models.attention import finetune
 from models.attention.net import AttentionNetConfig, load_checkpoint
 from models.attention.train import TrainConfig, to_tensor, train
 from models.common.export import PARITY_TOLERANCE
-from service.feedback import FeedbackStore
+from service.feedback import open_store
 from service.runtime import load_model
 from service.settings import Settings
 from tests.models.attention.fakes import write_fake_fashion_mnist
@@ -130,7 +130,7 @@ def replace_versions(settings: Settings, version: str) -> Settings:
 
 
 def test_finetune_reads_the_records_and_writes_the_next_version(pipeline: dict) -> None:
-    store = FeedbackStore(pipeline["feedback"])
+    store = open_store(pipeline["feedback"])
     assert store.counts().total == 48
     config = json.loads((pipeline["repo"] / "attention" / "2" / "config.json").read_text())
     info = config["metrics"]["finetune"]
@@ -146,11 +146,28 @@ def test_finetune_reads_the_records_and_writes_the_next_version(pipeline: dict) 
 def test_finetune_freezes_the_parts_not_chosen(pipeline: dict) -> None:
     net, _ = load_checkpoint(pipeline["repo"] / "attention" / "1" / "checkpoint.pt")
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    data = finetune.teacher_set(FeedbackStore(pipeline["feedback"]).records()[:16], net)
+    data = finetune.teacher_set(open_store(pipeline["feedback"]).records()[:16], net)
     finetune.finetune(net, data, parts=("attention",), gamma=0.1, epochs=1, lr=1e-2, progress=False)
     after = net.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= {"attention_block", "attention_head", "map_head"}
+
+
+def test_simulate_and_finetune_use_postgresql_by_url(pipeline: dict, postgres_url: str) -> None:
+    """--feedback takes what VISION_FEEDBACK_URL takes: simulate writes to PostgreSQL,
+    fine-tuning reads from it, and the card names the database without its password."""
+    common = ["--repository", str(pipeline["repo"]), "--data-root", str(pipeline["data"])]
+    counts = finetune.main(["simulate", "--feedback", postgres_url, "--count", "12", *common])
+    assert counts["total"] == 12
+    small = ["--epochs", "1", "--replay", "0", "--held-out", "16", "--test-pairs", "16"]
+    finetune.main(
+        ["--feedback", postgres_url, "--select", "all", "--version", "3", *small, *common]
+    )
+    version_dir = pipeline["repo"] / "attention" / "3"
+    info = json.loads((version_dir / "config.json").read_text())["metrics"]["finetune"]
+    assert info["records_stored"] == 12 and info["records_selected"] == 12
+    assert info["feedback_db"].startswith("postgresql://vision:***@127.0.0.1:")
+    assert "test-password" not in (version_dir / "MODEL_CARD.md").read_text()
 
 
 def test_selection_follows_the_seed() -> None:
