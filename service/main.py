@@ -13,8 +13,8 @@ from service.admission import AdmissionMiddleware
 from service.attention import FeatureCache
 from service.dependencies import require_api_key
 from service.docs import install_offline_docs
-from service.errors import install_exception_handlers
-from service.feedback import FeedbackStore
+from service.errors import StoreUnavailable, install_exception_handlers
+from service.feedback import FeedbackStore, open_store
 from service.imaging import configure_pillow
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from service.logs import RequestIdMiddleware, make_handler
@@ -68,10 +68,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         {n: m.state.value for n, m in registry.models.items()},
         registry.ready,
     )
+    store: FeedbackStore = app.state.feedback_store
+    try:
+        versions = await anyio.to_thread.run_sync(store.open)
+        logger.info("teacher records: %s (migrations applied now: %s)", store.description, versions)
+    except StoreUnavailable as exc:
+        # Only saving and counting records need it: the models serve on, those answer 503
+        # and retry the migration until the database is back.
+        logger.error("teacher records unavailable at start: %s", exc.detail)
     try:
         yield
     finally:
         app.state.registry = ModelRegistry(problem="shutting down")
+        await anyio.to_thread.run_sync(store.close)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -95,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = ModelRegistry(problem="models are loading")
     app.state.decode_limiter = anyio.CapacityLimiter(settings.resolved_decode_threads())
     app.state.feature_cache = FeatureCache(settings.feature_cache_size)
-    app.state.feedback_store = FeedbackStore(settings.feedback_db)
+    app.state.feedback_store = open_store(settings.resolved_feedback_url())
     app.state.reload_lock = anyio.Lock()
 
     install_exception_handlers(app)
