@@ -38,6 +38,12 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Throughput and latency of POST /recognize against the raw ONNX Runtime limit and a naive
+# FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/).
+.PHONY: benchmark
+benchmark: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.run
+
 # Reproduce the committed landmark model (tens of minutes on two CPU cores).
 train-landmark: $(VENV)/.dev
 	$(BIN)/python -m models.landmark.train --out runs/landmark-v1
