@@ -240,14 +240,16 @@ def load_levels(
     request = multipart_request(HOST, port, "/recognize", "image", "photo.jpg", image, "image/jpeg")
     rows = []
     for concurrency in levels:
-        cpu_before = cpu_seconds(pid)
+        cpu_before, client_before = cpu_seconds(pid), time.process_time()
         result = asyncio.run(closed_loop(HOST, port, request, concurrency, duration, warmup))
         cpu = cpu_seconds(pid) - cpu_before
+        client_cpu = time.process_time() - client_before
         answered = sum(len(v) for v in result.latencies.values()) * ((duration + warmup) / duration)
         row = {
             "concurrency": concurrency,
             **result.summary(),
             "server_cpu_ms_per_request": 1000 * cpu / answered if answered else float("nan"),
+            "client_cpu_ms_per_request": 1000 * client_cpu / answered if answered else float("nan"),
         }
         rows.append(row)
         print(
@@ -317,8 +319,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "## HTTP, closed loop over loopback",
         "",
         "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | 503 | errors "
-        "| server CPU ms/request |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server CPU ms/request | load generator CPU ms/request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in report["http"].items():
         for row in rows:
@@ -326,7 +328,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"| {name} | {row['concurrency']} | {row['throughput_rps']:.1f} | "
                 f"{_fmt(row['p50_ms'])} | {_fmt(row['p95_ms'])} | {_fmt(row['p99_ms'])} | "
                 f"{row['rejected_503']} | {row['errors'] + row['other_status']} | "
-                f"{_fmt(row['server_cpu_ms_per_request'], 2)} |"
+                f"{_fmt(row['server_cpu_ms_per_request'], 2)} | "
+                f"{_fmt(row['client_cpu_ms_per_request'], 2)} |"
             )
     head = report["headline"]
     over = report["overload"]
