@@ -42,9 +42,9 @@ SQLITE_SCHEME = "sqlite://"
 
 def check_store_url(url: str) -> str:
     """``url`` if ``open_store`` understands it, else ValueError saying what would."""
-    if url.startswith(POSTGRES_SCHEMES) or "://" not in url:
-        if not url.strip():
-            raise ValueError("the teacher-record store URL is empty")
+    if not url.strip():
+        raise ValueError("the teacher-record store URL is empty")
+    if url.startswith(POSTGRES_SCHEMES) or "://" not in url:  # PostgreSQL, or a plain path
         return url
     if url.startswith(SQLITE_SCHEME):
         rest = url.removeprefix(SQLITE_SCHEME)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +63,9 @@ COLUMNS = (
 BLOB_COLUMNS = ("image", "edited_map", "model_map")
 # Longest backend message quoted in a 503's detail (the full one goes to the log).
 MAX_REASON_CHARS = 200
+# After a failed migration attempt (database down), calls within this many seconds fail at
+# once rather than queueing one by one behind fresh attempts that each wait for a timeout.
+RETRY_MIGRATION_AFTER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class FeedbackStore(ABC):
         self.migrations = tuple(sorted(migrations, key=lambda m: m.version))
         self._migrate_lock = threading.Lock()
         self._migrated = False
+        self._failed: tuple[float, StoreUnavailable] | None = None  # (monotonic s, error)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def open(self) -> list[int]:
@@ -188,9 +193,15 @@ class FeedbackStore(ABC):
         with self._migrate_lock:
             if self._migrated:
                 return []
-            with self._guard("migrate the schema"):
-                applied = self._migrate()
-            self._migrated = True
+            if self._failed and time.monotonic() - self._failed[0] < RETRY_MIGRATION_AFTER_S:
+                raise StoreUnavailable(self._failed[1].detail)
+            try:
+                with self._guard("migrate the schema"):
+                    applied = self._migrate()
+            except StoreUnavailable as exc:
+                self._failed = (time.monotonic(), exc)
+                raise
+            self._migrated, self._failed = True, None
         if applied:
             logger.info("teacher-record store %s: applied migrations %s", self.description, applied)
         return applied
@@ -286,6 +297,12 @@ class FeedbackStore(ABC):
         (rows,) = self._fetch((query + " ORDER BY created_at, id", params))
         return [from_row(self._plain(row)) for row in rows]
 
+    def _reason(self, exc: BaseException) -> str:
+        """What a client may be told about ``exc``: no paths, hosts or credentials."""
+        if isinstance(exc, OSError):
+            return exc.strerror or type(exc).__name__
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
     @contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
         """Turn the backend's failures into ``StoreUnavailable`` (503), logged in full."""
@@ -294,7 +311,7 @@ class FeedbackStore(ABC):
         except StoreUnavailable:
             raise
         except self.failures as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = self._reason(exc)
             logger.error(
                 "teacher-record store %s: could not %s: %s: %s",
                 self.description,

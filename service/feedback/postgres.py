@@ -96,6 +96,13 @@ class PostgresFeedbackStore(FeedbackStore):
     def close(self) -> None:
         self._pool.close(timeout=POOL_TIMEOUT_S)
 
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate:  # the server's own words
+            return f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+        if isinstance(exc, psycopg.OperationalError):  # connecting: the message names hosts
+            return "the database server cannot be reached"
+        return super()._reason(exc)
+
     def _connection(self) -> Any:
         if self._pool.closed and not self._migrated:
             self._pool.open(wait=False)

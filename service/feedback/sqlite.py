@@ -89,7 +89,7 @@ class SQLiteFeedbackStore(FeedbackStore):
                 # Persistent in the file; outside any transaction, as SQLite requires.
                 mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
-                    raise sqlite3.OperationalError(f"{self.path}: SQLite refused WAL mode ({mode})")
+                    raise sqlite3.OperationalError(f"SQLite refused WAL mode ({mode})")
         return super()._migrate()
 
     def _applied_versions(self) -> set[int]:
