@@ -35,6 +35,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.errors import StoreUnavailable
 from service.feedback import (
     MIGRATIONS,
     Migration,
@@ -335,6 +336,25 @@ def test_an_unreachable_database_is_a_503_and_the_models_still_serve(
             files={"image": ("i.png", image, "image/png"), "mask": ("m.png", MASK, "image/png")},
         )
         assert response.status_code == 200 and response.json().get("feedback_id") is None
+
+
+def test_after_a_failed_attempt_calls_fail_at_once_for_a_moment(short_pool_timeout: None) -> None:
+    """Database down: the first call waits for the pool (1 s here) and fails; calls right
+    after it fail at once with the same reason instead of each waiting again."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with opened(f"postgresql://vision:s3cret@127.0.0.1:{port}/vision") as store:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as first:
+            store.add(record())
+        waited = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as second:
+            store.add(record())
+        assert time.monotonic() - started < waited / 2
+        assert "cannot be reached" in first.value.detail
+        assert second.value.detail == first.value.detail
 
 
 @needs_model
