@@ -56,6 +56,13 @@ class UploadEndpoint:
         return tuple(name for name in self.file_fields if name != "mask")
 
 
+def _is_file(spec: dict[str, Any]) -> bool:
+    """A form field that is an upload (OpenAPI 3.0 and 3.1 spellings)."""
+    return spec.get("format") == "binary" or spec.get("contentMediaType") == (
+        "application/octet-stream"
+    )
+
+
 def upload_endpoints(schema: dict[str, Any]) -> list[UploadEndpoint]:
     """Every POST whose body is multipart/form-data with at least one binary field."""
     components = schema.get("components", {}).get("schemas", {})
@@ -68,14 +75,7 @@ def upload_endpoints(schema: dict[str, Any]) -> list[UploadEndpoint]:
         ref = form["schema"].get("$ref", "")
         model = components.get(ref.rsplit("/", 1)[-1], form["schema"])
         properties, required = model.get("properties", {}), set(model.get("required", []))
-
-        def is_file(spec: dict[str, Any]) -> bool:
-            return (
-                spec.get("format") == "binary"
-                or spec.get("contentMediaType") == "application/octet-stream"
-            )
-
-        files = tuple(name for name, spec in properties.items() if is_file(spec))
+        files = tuple(name for name, spec in properties.items() if _is_file(spec))
         if files:
             others = tuple(name for name in required if name not in files)
             found.append(UploadEndpoint(path, files, others))
