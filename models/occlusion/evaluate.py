@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from models.occlusion.data import Batch
-from models.occlusion.patterns import NO_OCCLUSION, box_iou, pattern_box
+from models.occlusion.patterns import NO_OCCLUSION, box_iou, pattern_box, pattern_table
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -26,6 +26,12 @@ def run(predict: Predict, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, 
     return np.concatenate(logits), np.concatenate(embs)
 
 
+def blocks_of(grid: int, pid: int) -> int:
+    """How many grid blocks pattern ``pid`` covers (0 for no occlusion)."""
+    blocks = pattern_table(grid)[pid]
+    return 0 if blocks is None else (blocks[1] - blocks[0]) * (blocks[3] - blocks[2])
+
+
 def pattern_metrics(pred: np.ndarray, true: np.ndarray, grid: int, h: int, w: int) -> dict:
     """Exact pattern accuracy, occluded-vs-not accuracy, mean IoU of predicted vs true box
     over truly occluded faces (a face called clean scores 0) and over all faces."""
@@ -36,8 +42,15 @@ def pattern_metrics(pred: np.ndarray, true: np.ndarray, grid: int, h: int, w: in
         ]
     )
     occluded = true != NO_OCCLUSION
+    called = pred != NO_OCCLUSION
+    single = np.array([blocks_of(grid, int(t)) == 1 for t in true])
     return {
         "pattern_exact": float((pred == true).mean()),
+        # Where "occluded vs not" goes wrong: false alarms on clean faces, misses overall
+        # and misses of the smallest occluders (one block).
+        "clean_called_occluded": float(called[~occluded].mean()),
+        "occluded_called_clean": float((~called[occluded]).mean()),
+        "one_block_called_clean": float((~called[single]).mean()) if single.any() else 0.0,
         "pattern_exact_occluded": float((pred[occluded] == true[occluded]).mean()),
         "occluded_vs_not": float(((pred != NO_OCCLUSION) == occluded).mean()),
         "mean_iou_occluded": float(ious[occluded].mean()),

@@ -230,6 +230,12 @@ def card(
             ">= 0.80",
         ),
         row("occluded vs not", fmt(t["occluded_vs_not"]), ">= 0.98"),
+        row(
+            "... clean faces called occluded / occluded called clean / one-block occluders "
+            "called clean",
+            f"{fmt(t['clean_called_occluded'])} / {fmt(t['occluded_called_clean'])} / "
+            f"{fmt(t['one_block_called_clean'])}",
+        ),
         row("cosine similarity clean vs occluded, same face", fmt(t["cos_clean_vs_occluded"])),
         row(
             "verification ROC AUC (clean vs occluded copies, same vs different face)",
