@@ -154,6 +154,14 @@ class StoreUnavailable(NotReady):
     type = PROBLEM_TYPE_PREFIX + "store-unavailable"
 
 
+class UploadStorageUnavailable(NotReady):
+    """The temporary directory that uploads over 1 MiB are spooled to is full or failing
+    (503): the server's condition, to be retried, not a malformed request."""
+
+    title = "Upload storage unavailable"
+    type = PROBLEM_TYPE_PREFIX + "upload-storage-unavailable"
+
+
 class ModelLoadError(Exception):
     """A model could not be loaded; the message is the reason shown in health and /models."""
 
@@ -219,6 +227,15 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
 
 async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, OSError):
+        # FastAPI answers any failure while parsing a form with 400; an OSError there is
+        # the server's temporary storage for spooled uploads (full tmpfs), not the client.
+        reason = exc.__cause__.strerror or type(exc.__cause__).__name__
+        logger.error(
+            "%s %s: spooling the upload failed: %s", request.method, request.url.path, exc.__cause__
+        )
+        storage = UploadStorageUnavailable(f"the upload could not be buffered ({reason}); retry")
+        return await _handle_service_error(request, storage)
     # about:blank means "no more than the status says", so the title is the status phrase.
     return problem_response(
         exc.status_code,

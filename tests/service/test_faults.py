@@ -10,9 +10,11 @@ full in test_feedback.py (503, nothing stored corrupted; issue 9's store).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,3 +117,31 @@ def test_a_broken_model_is_reported_isolated_and_recoverable(tmp_path: Path, fau
         assert client.post("/models/landmark/reload").status_code == 200
         assert client.get("/health/ready").status_code == 200
         assert client.post("/recognize", files=upload).status_code == 200
+
+
+def test_temporary_storage_full_while_spooling_an_upload_is_503(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uploads over 1 MiB are spooled to the temp directory (a small tmpfs in the
+    container, whose root is read-only); when it is full the answer is 503 + Retry-After,
+    not a 400 telling the client that its request was malformed."""
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    noise = np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)
+    big = encode(noise)  # ~1.5 MB of PNG: past the spooling threshold
+    assert len(big) > 1 << 20
+    with TestClient(create_app(make_settings(repo))) as client:
+        monkeypatch.setattr(tempfile, "TemporaryFile", no_space)
+        full = client.post("/recognize", files={"image": ("big.png", big, "image/png")})
+        assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
+        assert full.headers["content-type"].startswith("application/problem+json")
+        assert "No space left on device" in full.json()["detail"]
+        small = client.post("/recognize", files={"image": ("a.png", encode(scene()), "image/png")})
+        assert small.status_code == 200
+        monkeypatch.undo()
+        assert (
+            client.post("/recognize", files={"image": ("b.png", big, "image/png")}).status_code
+            == 200
+        )
