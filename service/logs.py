@@ -38,9 +38,11 @@ QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-# Attributes every LogRecord has; anything else on a record came in through ``extra=``.
+# Attributes every LogRecord has; anything else on a record came in through ``extra=``
+# (uvicorn's ``color_message`` is its message again, with terminal colour codes).
 _STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+    | {"message", "asctime", "color_message"}
 )
 
 
