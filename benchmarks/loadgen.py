@@ -2,9 +2,10 @@
 library, so the client spends as little of the shared CPUs as possible.
 
 Closed loop (``closed_loop``): ``concurrency`` connections, each sending its next request
-as soon as the previous answer arrived. Open loop (``open_loop``): requests start at a
-fixed rate whatever the server does; latency counts from the scheduled start (no
-coordinated omission), connections come from a pool that grows as needed.
+as soon as the previous answer arrived (after a 503, once its Retry-After has passed).
+Open loop (``open_loop``): requests start at a fixed rate whatever the server does;
+latency counts from the scheduled start (no coordinated omission), connections come from
+a pool that grows as needed.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class Connection:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
 
-    async def send(self, request: bytes) -> tuple[int, bool]:
-        """Send one request; returns its status and whether the server closes the
-        connection after it (a 503 refused before its body was read, say)."""
+    async def send(self, request: bytes) -> tuple[int, bool, float]:
+        """Send one request; returns its status, whether the server closes the connection
+        after it, and its Retry-After in seconds (0 when absent)."""
         self.writer.write(request)
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -94,6 +95,7 @@ class Connection:
         status = int(lines[0].split(b" ", 2)[1])
         length = 0
         close = False
+        retry_after = 0.0
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             key = name.strip().lower()
@@ -101,9 +103,11 @@ class Connection:
                 length = int(value.strip())
             elif key == b"connection" and value.strip().lower() == b"close":
                 close = True
+            elif key == b"retry-after":
+                retry_after = float(value.strip())
         if length:
             await self.reader.readexactly(length)
-        return status, close
+        return status, close, retry_after
 
     def close(self) -> None:
         self.writer.close()
@@ -124,7 +128,9 @@ async def closed_loop(
         connection = connections[index]
         while (began := time.perf_counter()) < stop:
             try:
-                status, close = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+                status, close, retry_after = await asyncio.wait_for(
+                    connection.send(request), REQUEST_TIMEOUT_S
+                )
             except (OSError, asyncio.IncompleteReadError, TimeoutError):
                 result.errors += began >= measure_from
                 connection.close()
@@ -135,6 +141,10 @@ async def closed_loop(
             if close:
                 connection.close()
                 connection = await Connection.open(host, port)
+            if status == 503 and retry_after > 0:
+                # A well-behaved client (client/ raises ServiceUnavailable with retry_after)
+                # waits as told rather than hammering an overloaded server.
+                await asyncio.sleep(min(retry_after, max(0.0, stop - time.perf_counter())))
 
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     for connection in connections:
@@ -156,7 +166,7 @@ async def open_loop(
     async def one(scheduled: float) -> None:
         connection = pool.pop() if pool else await Connection.open(host, port)
         try:
-            status, close = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+            status, close, _ = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             result.errors += scheduled >= measure_from
             connection.close()

@@ -37,10 +37,10 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_BATCH_MAX_SIZE = 16
 # A queued request waits at most this long (ms) for requests still being decoded.
 DEFAULT_BATCH_MAX_DELAY_MS = 2.0
-# Queue bound = this many max-size batches: enough to keep the model busy while the next
-# batch decodes, short enough that under overload an accepted request waits about two
-# batch times, not more (the benchmark's overload check).
-BATCH_QUEUE_FACTOR = 2
+# Queue bound = this many max-size batches. One is enough to keep the model busy (a slot
+# is freed when its batch starts, so the next batch decodes while this one runs) and keeps
+# an accepted request's wait under overload to about one batch time.
+BATCH_QUEUE_FACTOR = 1
 
 
 class BatchOverride(BaseModel):

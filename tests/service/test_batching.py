@@ -245,11 +245,11 @@ def test_settings_batch_policy_and_overrides(monkeypatch: pytest.MonkeyPatch) ->
     )
     settings = Settings()
     assert settings.batch_policy("landmark") == BatchPolicy(4, 0.003, 10)
-    assert settings.batch_policy("attention", "features") == BatchPolicy(8, 0.0, 16)
-    assert settings.batch_policy("attention", "perception") == BatchPolicy(8, 0.003, 16)
+    assert settings.batch_policy("attention", "features") == BatchPolicy(8, 0.0, 8)
+    assert settings.batch_policy("attention", "perception") == BatchPolicy(8, 0.003, 8)
     monkeypatch.delenv("VISION_BATCH_PER_MODEL")
     off = Settings(batching=False, batch_per_model={"landmark": {"max_size": 4}})
-    assert off.batch_policy("landmark") == BatchPolicy(1, 0.0, 16)  # the queue stays bounded
+    assert off.batch_policy("landmark") == BatchPolicy(1, 0.0, 8)  # the queue stays bounded
     with pytest.raises(ValueError, match="extra"):
         Settings(batch_per_model={"landmark": {"max_batch": 4}})
 
