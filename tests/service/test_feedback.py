@@ -590,10 +590,13 @@ def test_two_services_save_at_once_and_a_sigkill_mid_save_loses_no_acknowledged_
         while acknowledged("B") < 8:
             assert time.monotonic() < deadline, b.output()
             time.sleep(0.01)
+        # Its own budget: on a loaded machine the warm-up above can use most of the first.
+        catch_deadline = time.monotonic() + 120
         while not mid_save(store_url, b.process.pid):
-            assert time.monotonic() < deadline, "never caught B inside a write transaction"
+            assert time.monotonic() < catch_deadline, "never caught B inside a write transaction"
         os.kill(b.process.pid, signal.SIGKILL)
         after_kill = acknowledged("A")
+        deadline = time.monotonic() + 120
         while acknowledged("A") < after_kill + 8:
             assert time.monotonic() < deadline, a.output()
             time.sleep(0.01)
