@@ -14,7 +14,8 @@ In one run on this machine (CPU provider, the threads the service would use):
 3. this service (``python -m service.serve``, landmark model only) with batching off and on;
 
 each at concurrency 1, 4, 16 and 64 of POST /recognize with one JPEG, closed loop, over
-loopback with benchmarks/loadgen.py (raw asyncio HTTP/1.1, keep-alive). Then the overload
+loopback with benchmarks/loadgen.py (raw asyncio HTTP/1.1, keep-alive); the three servers
+run side by side and take turns at each level. Then the overload
 check (service, batching on: open loop at twice the throughput it reached at concurrency
 16) and concurrency-1 p50 against decode + pre-processing + one run.
 
@@ -41,7 +42,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +279,7 @@ def service_env(batching: bool, tmp: Path) -> dict[str, str]:
         "VISION_PROVIDERS": "cpu",
         "VISION_BATCHING": "true" if batching else "false",
         "VISION_LOG_LEVEL": "WARNING",
-        "VISION_FEEDBACK_DB": str(tmp / "feedback.sqlite3"),
+        "VISION_FEEDBACK_DB": str(tmp / f"feedback-{batching}.sqlite3"),
     }
 
 
@@ -439,46 +440,39 @@ def main() -> None:
     report["pipeline"] = pipeline
     print(f"pipeline: {pipeline}", flush=True)
 
-    report["http"] = {}
     version_dir = select_version(settings.model_repository / settings.recognize_model, None)
-    with tempfile.TemporaryDirectory() as tmp:
-        print("naive peer", flush=True)
-        naive = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.naive_app:app",
-            "--host",
-            HOST,
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
-        with server(naive, {"NAIVE_MODEL_DIR": str(version_dir)}, "/openapi.json") as (
-            port,
-            pid,
-        ):
-            report["http"]["naive peer"] = load_levels(
-                port, pid, image, args.concurrency, args.duration, args.warmup
-            )
-        service = [sys.executable, "-m", "service.serve"]
-        for batching in (False, True):
-            name = f"service, batching {'on' if batching else 'off'}"
-            print(name, flush=True)
-            with server(service, service_env(batching, Path(tmp)), "/health/ready") as (
-                port,
-                pid,
-            ):
-                rows = load_levels(port, pid, image, args.concurrency, args.duration, args.warmup)
-                report["http"][name] = rows
-                if batching:
-                    base = next((r for r in rows if r["concurrency"] == OVERLOAD_BASE), rows[-1])
-                    rate = OVERLOAD_FACTOR * base["throughput_rps"]
-                    print(f"overload at {rate:.0f} req/s", flush=True)
-                    report["overload"] = overload(port, image, rate, args.duration, args.warmup)
-                    print(f"  {report['overload']}", flush=True)
+    naive = [sys.executable, "-m", "uvicorn", "benchmarks.naive_app:app", "--host", HOST]
+    naive += ["--port", "{port}", "--log-level", "warning", "--no-access-log"]
+    service = [sys.executable, "-m", "service.serve"]
+    # The three servers run side by side (an idle one costs no CPU) and take turns at each
+    # concurrency level, so a change in the machine's other load hits them alike rather
+    # than whichever happened to be measured at the time.
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        servers = {
+            "naive peer": stack.enter_context(
+                server(naive, {"NAIVE_MODEL_DIR": str(version_dir)}, "/openapi.json")
+            ),
+            "service, batching off": stack.enter_context(
+                server(service, service_env(False, Path(tmp)), "/health/ready")
+            ),
+            "service, batching on": stack.enter_context(
+                server(service, service_env(True, Path(tmp)), "/health/ready")
+            ),
+        }
+        report["http"] = {name: [] for name in servers}
+        for concurrency in args.concurrency:
+            for name, (port, pid) in servers.items():
+                print(name, flush=True)
+                report["http"][name] += load_levels(
+                    port, pid, image, [concurrency], args.duration, args.warmup
+                )
+        rows = report["http"]["service, batching on"]
+        base = next((r for r in rows if r["concurrency"] == OVERLOAD_BASE), rows[-1])
+        rate = OVERLOAD_FACTOR * base["throughput_rps"]
+        print(f"overload at {rate:.0f} req/s", flush=True)
+        port, _ = servers["service, batching on"]
+        report["overload"] = overload(port, image, rate, args.duration, args.warmup)
+        print(f"  {report['overload']}", flush=True)
 
     def at(name: str, level: int) -> dict[str, Any]:
         rows = report["http"][name]
