@@ -19,7 +19,7 @@ from service.imaging import configure_pillow
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
 from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import Metrics, MetricsMiddleware, create_metrics
-from service.routers import attention, health, metrics, models, occlusion, recognize, ui
+from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
 from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
 from service.settings import Settings, get_settings
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recognize.router, dependencies=protected)
     app.include_router(attention.router, dependencies=protected)
     app.include_router(occlusion.router, dependencies=protected)
+    app.include_router(gender.router, dependencies=protected)
     app.include_router(ui.router)
     app.include_router(
         metrics.router, dependencies=protected if settings.metrics_require_key else []

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     recognize_model: str = "landmark"
     # Which model answers POST /attention and /attention/correct.
     attention_model: str = "attention"
+    # Which model answers POST /gender.
+    gender_model: str = "gender"
     # Which model answers POST /occlusion and /faces/verify.
     occlusion_model: str = "occlusion"
     # SQLite database of the attention editor's teacher records (WAL, synchronous=FULL),

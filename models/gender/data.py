@@ -2,11 +2,11 @@
 
 No gender-labelled clothing set can be had on these machines (see SPEC), so garments are
 generated: a symmetric silhouette polygon per garment type, with cut parameters drawn from
-ranges that differ between womenswear and menswear but overlap (a blouse can be as straight
-as a shirt, women's trousers as straight as men's), filled with a random colour and texture
-that say nothing about the label, over a plain backdrop or a crop of a real photograph
-(models/common/backgrounds.py: the train/val/test photographs are disjoint). The exact
-outline of each garment is kept as a contour label.
+ranges that differ between womenswear and menswear, and a share of blouses and women's
+trousers cut exactly like a shirt or men's trousers (the classes overlap there), filled
+with a random colour and texture that say nothing about the label, over a plain
+backdrop or a crop of a real photograph (models/common/backgrounds.py: the train/val/test
+photographs are disjoint). The exact outline of each garment is kept as a contour label.
 
 * ``generate``: garments with labels (0 = female, 1 = male), kinds and outline maps;
 * ``colour_augment``: the seed's colour transformation (swap channels, shift one channel)
@@ -44,6 +44,9 @@ class GarmentConfig:
     fill: tuple[float, float] = (0.55, 0.9)  # garment's longer side as a share of the image
     rotation: float = 8.0  # max rotation in degrees either way
     photo_background: float = 0.5  # share of images over a photograph (rest: plain backdrop)
+    # Share of blouses and of women's trousers cut exactly like menswear (a shirt, straight
+    # trousers): the classes overlap there, and only chance can tell those apart.
+    overlap: float = 0.1
     background_gain: tuple[float, float] = (0.5, 1.0)  # photographs are dimmed by this
 
 
@@ -80,31 +83,31 @@ def _mirror(right: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def _top(rng: np.random.Generator, kind: str) -> list[tuple[float, float]]:
     """Right half of a top (blouse, shirt, jacket, dress bodice); shoulder half-width ~0.5."""
     female = kind in ("blouse", "dress")
-    shoulder = _u(rng, 0.40, 0.50) if female else _u(rng, 0.46, 0.56)
+    shoulder = _u(rng, 0.40, 0.48) if female else _u(rng, 0.48, 0.56)
     if kind == "suit_jacket":
         shoulder += 0.04  # padded shoulders
     neck = _u(rng, 0.12, 0.18)
     depth = {
-        "blouse": _u(rng, 0.04, 0.30),
+        "blouse": _u(rng, 0.10, 0.30),
         "dress": _u(rng, 0.05, 0.30),
-        "shirt": _u(rng, 0.0, 0.10),
+        "shirt": _u(rng, 0.0, 0.08),
         "suit_jacket": _u(rng, 0.25, 0.55),  # the lapels' V
     }[kind]
-    drop = _u(rng, 0.06, 0.12) if female else _u(rng, 0.02, 0.08)
+    drop = _u(rng, 0.07, 0.12) if female else _u(rng, 0.02, 0.06)
     chest = shoulder * _u(rng, 0.85, 0.95)
     armpit = _u(rng, 0.30, 0.40)
     length = {"blouse": _u(rng, 0.75, 1.05), "dress": _u(rng, 0.45, 0.6)}.get(kind) or _u(
         rng, 0.95, 1.25
     )
-    waist_ratio = _u(rng, 0.62, 0.88) if female else _u(rng, 0.84, 1.0)
-    hem_ratio = _u(rng, 0.85, 1.15) if kind == "blouse" else _u(rng, 0.9, 1.02)
+    waist_ratio = _u(rng, 0.60, 0.80) if female else _u(rng, 0.88, 1.0)
+    hem_ratio = _u(rng, 1.0, 1.2) if kind == "blouse" else _u(rng, 0.92, 1.0)
     if kind == "dress":
         hem_ratio = waist_ratio
     waist_y = armpit + (length - armpit) * (0.55 if kind != "dress" else 1.0)
     sleeve = {
-        "blouse": rng.choice([0.0, _u(rng, 0.12, 0.3), _u(rng, 0.6, 0.95)]),
+        "blouse": rng.choice([0.0, _u(rng, 0.1, 0.25), _u(rng, 0.45, 0.7)]),
         "dress": rng.choice([0.0, _u(rng, 0.1, 0.25)]),
-        "shirt": rng.choice([_u(rng, 0.2, 0.35), _u(rng, 0.8, 1.05)]),
+        "shirt": rng.choice([_u(rng, 0.25, 0.38), _u(rng, 0.85, 1.05)]),
         "suit_jacket": _u(rng, 0.85, 1.05),
     }[kind]
     angle = math.radians(_u(rng, 12, 35))
@@ -146,13 +149,10 @@ def _bottom(
     hip = waist * _u(rng, 1.02, 1.15)
     crotch = top + _u(rng, 0.25, 0.35) * length / 1.8
     if kind == "womens_trousers":
-        style = rng.choice(["flare", "skinny", "straight"])
-        leg = {"flare": _u(rng, 0.55, 0.8), "skinny": _u(rng, 0.28, 0.4)}.get(
-            str(style), _u(rng, 0.42, 0.5)
-        )
-        outer = hip * {"flare": _u(rng, 1.05, 1.3), "skinny": _u(rng, 0.7, 0.85)}.get(
-            str(style), _u(rng, 0.85, 0.95)
-        )
+        if rng.random() < 0.5:  # flared
+            leg, outer = _u(rng, 0.6, 0.85), hip * _u(rng, 1.08, 1.35)
+        else:  # skinny
+            leg, outer = _u(rng, 0.26, 0.36), hip * _u(rng, 0.68, 0.8)
     else:
         leg = _u(rng, 0.44, 0.55)
         outer = hip * _u(rng, 0.88, 1.0)
@@ -166,8 +166,17 @@ def _bottom(
     ]
 
 
-def _silhouette(rng: np.random.Generator, kind: str) -> list[tuple[float, float]]:
-    """A closed outline of garment ``kind`` in its own units (y down)."""
+# Womenswear types that are sometimes cut exactly like a menswear type.
+MENSWEAR_CUT = {"blouse": "shirt", "womens_trousers": "mens_trousers"}
+
+
+def _silhouette(
+    rng: np.random.Generator, kind: str, overlap: float = 0.0
+) -> list[tuple[float, float]]:
+    """A closed outline of garment ``kind`` in its own units (y down); with probability
+    ``overlap`` a blouse or women's trousers get the menswear cut."""
+    if kind in MENSWEAR_CUT and rng.random() < overlap:
+        kind = MENSWEAR_CUT[kind]
     if kind in ("blouse", "shirt", "suit_jacket"):
         return _mirror(_top(rng, kind))
     if kind == "dress":
@@ -255,7 +264,7 @@ def generate(
     outlines = np.empty((count, size, size), np.uint8)
     for n in range(count):
         kind = str(rng.choice(KINDS[LABELS[labels[n]]]))
-        polygon = _place(rng, _silhouette(rng, kind), config)
+        polygon = _place(rng, _silhouette(rng, kind, config.overlap), config)
         mask_img = Image.new("L", (big, big), 0)
         ImageDraw.Draw(mask_img).polygon(polygon, fill=255)
         alpha = np.asarray(mask_img.resize((size, size), Image.Resampling.BOX), np.float32) / 255

@@ -57,6 +57,9 @@ class GenderNetConfig:
     num_classes: int = 2  # female, male
     use_semantic: bool = True  # ablation switch: semantic features in the fusion input
     use_contour: bool = True  # ablation switch: contour features in the fusion input
+    # Batch norm on the pooled contour features before the concat: they are frozen and come
+    # at ~17x the scale of the semantic features, which otherwise swamp the fusion convs.
+    normalize_contour: bool = True
 
     @property
     def grid(self) -> int:
@@ -127,6 +130,10 @@ class GenderNet(nn.Module):
             config.contour.feature_channels if config.use_contour else 0
         )
         f = config.fusion_width
+        c = config.contour.feature_channels
+        self.contour_norm = (
+            nn.BatchNorm2d(c) if config.use_contour and config.normalize_contour else nn.Identity()
+        )
         self.fusion = nn.Sequential(ConvBN(c_in, f), ConvBN(f, f))
         self.classifier = nn.Linear(f, config.num_classes)
 
@@ -154,7 +161,7 @@ class GenderNet(nn.Module):
             parts.append(self.semantic(image))  # (N, Cs, g, g)
         if self.config.use_contour:
             assert pooled_contour is not None
-            parts.append(pooled_contour)  # (N, 4U, g, g)
+            parts.append(self.contour_norm(pooled_contour))  # (N, 4U, g, g)
         fused = self.fusion(torch.cat(parts, dim=1))  # (N, F, g, g)
         return self.classifier(fused.mean(dim=(2, 3)))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +49,7 @@ from models.gender.net import (
     ContourNetConfig,
     GenderNet,
     GenderNetConfig,
+    load_checkpoint,
     save_checkpoint,
 )
 
@@ -76,10 +78,16 @@ class TrainConfig:
     train_images: int = 8000
     val_images: int = 1000
     test_images: int = 2000
-    epochs: int = 6
+    epochs: int = 10
     lr: float = 3e-3
     variants: tuple[str, ...] = ("fused", "semantic", "contour")
     image_folder: str | None = None  # real data set (female/, male/) instead of generated
+    # Reuse stage 1 of an earlier run (its contour.pt, teacher.npz and history) instead of
+    # training the contour network again.
+    contour_from: str | None = None
+    # Variants not trained here (see ``variants``) are taken from this earlier run when its
+    # recipe for them was the same (same data seeds and network for that variant).
+    variants_from: str | None = None
     # Shared.
     batch_size: int = 64
     weight_decay: float = 5e-4
@@ -331,17 +339,27 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     command = "python -m models.gender.train " + shlex.join(sys.argv[1:])
     started = time.time()
     history: dict = {"config": _jsonable(config), "command": command}
-    contour, history["contour"] = train_contour(config, out, progress)
-    teacher = teacher_data(config, out)
-    test_ref = teacher["test_edges"] >= config.teacher_edge
-    test_garments = generate(config.eval_photos, "test", config.seed + 22, config.garments)
-    history["contour"]["test"] = {
-        "photos_vs_teacher": f_measure(contour_maps(contour, teacher["test_images"]), test_ref),
-        "garments_vs_outline": f_measure(
-            contour_maps(contour, test_garments.images), test_garments.outlines.astype(bool)
-        ),
-    }
-    tqdm.write(f"contour test: {history['contour']['test']}")
+    if config.contour_from:
+        source = Path(config.contour_from)
+        loaded, _ = load_checkpoint(source / "contour.pt")
+        assert isinstance(loaded, ContourNet)
+        contour = loaded
+        shutil.copy(source / "contour.pt", out / "contour.pt")
+        shutil.copy(source / "teacher.npz", out / "teacher.npz")
+        earlier = json.loads((source / "history.json").read_text())
+        history["contour"] = earlier["contour"] | {"command": earlier["command"]}
+    else:
+        contour, history["contour"] = train_contour(config, out, progress)
+        teacher = teacher_data(config, out)
+        test_ref = teacher["test_edges"] >= config.teacher_edge
+        test_garments = generate(config.eval_photos, "test", config.seed + 22, config.garments)
+        history["contour"]["test"] = {
+            "photos_vs_teacher": f_measure(contour_maps(contour, teacher["test_images"]), test_ref),
+            "garments_vs_outline": f_measure(
+                contour_maps(contour, test_garments.images), test_garments.outlines.astype(bool)
+            ),
+        }
+        tqdm.write(f"contour test: {history['contour']['test']}")
     raw = gender_data(config)
     helper = GenderNet(config.net)
     helper.contour.load_state_dict(contour.state_dict())
@@ -353,6 +371,17 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     for variant in config.variants:
         history["variants"][variant] = train_gender(config, contour, variant, data, out, progress)
         history["seconds"] = round(time.time() - started, 1)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    if config.variants_from:
+        source = Path(config.variants_from)
+        earlier = json.loads((source / "history.json").read_text())
+        for variant, record in earlier.get("variants", {}).items():
+            if variant not in history["variants"]:
+                history["variants"][variant] = record | {"from_run": earlier["command"]}
+                shutil.copy(source / f"gender-{variant}.pt", out / f"gender-{variant}.pt")
+        history["variants"] = {
+            v: history["variants"][v] for v in VARIANTS if v in history["variants"]
+        }
         (out / "history.json").write_text(json.dumps(history, indent=1))
     plot_training(history, out)
     return history
@@ -415,6 +444,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(d.variants))
     p.add_argument("--image-folder", default=None, help="real data set: DIR/female, DIR/male")
+    p.add_argument("--contour-from", default=None, help="reuse stage 1 of this earlier run")
+    p.add_argument("--variants-from", default=None, help="take untrained variants from a run")
     p.add_argument("--input-size", type=int, default=d.net.contour.input_size)
     a = vars(p.parse_args(argv))
     size = a.pop("input_size")

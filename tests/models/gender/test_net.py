@@ -54,6 +54,8 @@ def test_ablation_variants(use_semantic: bool, use_contour: bool, fusion_in: int
     net = GenderNet(config).eval()
     assert net.fusion[0][0].in_channels == fusion_in
     assert (net.semantic is not None) == use_semantic
+    # The frozen contour features are normalised before the concat (trainable batch norm).
+    assert isinstance(net.contour_norm, torch.nn.BatchNorm2d) == use_contour
     with torch.no_grad():
         out = net(torch.randn(2, 3, 64, 64))
     assert out["logits"].shape == (2, 2)

@@ -4,6 +4,7 @@ one graph with a dynamic batch (parity <= 1e-4), and the service loading it."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -53,7 +54,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     history = train(config, progress=False)
     repo = root / "repository"
     metrics = exporter.main(["--run", config.out, "--version", "3", "--repository", str(repo)])
-    return {"root": root, "history": history, "repo": repo, "metrics": metrics}
+    return {
+        "root": root,
+        "config": config,
+        "history": history,
+        "repo": repo,
+        "metrics": metrics,
+    }
 
 
 def test_training_records_both_stages_and_every_variant(pipeline: dict) -> None:
@@ -118,3 +125,21 @@ def test_the_service_loads_and_decodes_it(pipeline: dict) -> None:
     assert result.label in ("female", "male")
     assert abs(sum(result.probabilities.values()) - 1.0) < 1e-6
     assert result.contour_map.shape == (SIZE, SIZE)
+
+
+def test_a_second_run_reuses_stage_one(pipeline: dict) -> None:
+    first = pipeline["root"] / "run"
+    config = replace(
+        pipeline["config"],
+        out=str(pipeline["root"] / "second"),
+        contour_from=str(first),
+        variants=("contour",),
+        epochs=1,
+    )
+    history = train(config, progress=False)
+    assert history["contour"]["command"] == pipeline["history"]["command"]
+    assert history["contour"]["epochs"] == pipeline["history"]["contour"]["epochs"]
+    reused, _ = load_checkpoint(pipeline["root"] / "second" / "contour.pt")
+    original, _ = load_checkpoint(first / "contour.pt")
+    for k, v in original.state_dict().items():
+        torch.testing.assert_close(reused.state_dict()[k], v, msg=k)

@@ -1,0 +1,166 @@
+"""POST /gender: female/male from multi-level contour features fused with semantic
+features (seed 003), optionally with the contour map the model saw."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from pydantic import BaseModel, ConfigDict
+
+from service.attention import map_to_png, png_base64
+from service.batching import decode_upload
+from service.decoding import GenderDecoder
+from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
+from service.errors import NotReady, PayloadTooLarge
+from service.imaging import LetterboxTransform, check_content_type
+from service.runtime import LoadedModel, ModelConfig, OnnxSession
+from service.schemas import ModelRef, Problem
+
+router = APIRouter(tags=["gender"])
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for status, text in (
+        (400, "the upload is not a decodable image"),
+        (401, "API keys are configured and none or a wrong one was sent"),
+        (413, "the upload exceeds the size or pixel limit"),
+        (415, "the upload's content type is not an image"),
+        (422, "a missing field or an out-of-range parameter"),
+        (503, "the gender model is not loaded; retry after Retry-After seconds"),
+    )
+}
+
+
+class ContourExtent(BaseModel):
+    """The rectangle the contour map covers, in image pixels (beyond the image where the
+    model input was letterboxed)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class ContourMap(BaseModel):
+    """8-bit grey PNG at the map's own resolution, value = round(255 * contour probability)."""
+
+    width: int
+    height: int
+    png_base64: str
+    extent: ContourExtent
+
+
+class GenderResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "gender", "version": "1"},
+                    "label": "female",
+                    "score": 0.93,
+                    "probabilities": {"female": 0.93, "male": 0.07},
+                    "contour_map": {
+                        "width": 128,
+                        "height": 128,
+                        "png_base64": "iVBORw0KGgoAAAANSUhEUgAAAIAAAACACAAAAADrRVxmAAA...",
+                        "extent": {"x0": 0.0, "y0": -40.0, "x1": 400.0, "y1": 360.0},
+                    },
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    label: str
+    score: float
+    probabilities: dict[str, float]
+    contour_map: ContourMap | None = None  # only with ?contour=true
+
+
+@dataclass(frozen=True)
+class GenderModel:
+    """A ready gender model with its parts narrowed to non-optional."""
+
+    model: LoadedModel
+    config: ModelConfig
+    session: OnnxSession
+    decoder: GenderDecoder
+
+
+def gender_model(registry: RegistryDep, settings: SettingsDep) -> GenderModel:
+    """The gender model if ready, else 503 with the reason."""
+    name = settings.gender_model
+    model = registry.get(name)
+    if model is None:
+        raise NotReady(f"model {name!r} is not configured on this server")
+    if not model.ready or model.config is None or model.session is None or model.decoder is None:
+        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
+    if not isinstance(model.decoder, GenderDecoder):
+        raise NotReady(f"model {name!r} is not a gender_contour model")
+    return GenderModel(model, model.config, model.session, model.decoder)
+
+
+def contour_map(
+    values: npt.NDArray[np.float32], transform: LetterboxTransform, config: ModelConfig
+) -> ContourMap:
+    """The ``(h, w)`` contour map as a PNG with the image-pixel rectangle it covers."""
+    height, width = values.shape
+    size = np.array([[0.0, 0.0], [config.preprocess.width, config.preprocess.height]])
+    corners = transform.to_image(size)
+    return ContourMap(
+        width=int(width),
+        height=int(height),
+        png_base64=png_base64(map_to_png(values)),
+        extent=ContourExtent(
+            x0=float(corners[0, 0]),
+            y0=float(corners[0, 1]),
+            x1=float(corners[1, 0]),
+            y1=float(corners[1, 1]),
+        ),
+    )
+
+
+@router.post("/gender", responses=ERROR_RESPONSES)
+async def classify_gender(
+    request: Request,
+    image: Annotated[UploadFile, File(description="a product photo of a garment")],
+    registry: RegistryDep,
+    settings: SettingsDep,
+    decode_limiter: DecodeLimiterDep,
+    contour: Annotated[
+        bool, Query(description="also return the contour map as an 8-bit PNG")
+    ] = False,
+) -> GenderResponse:
+    """Classify a garment as womenswear or menswear, optionally with its contour map."""
+    serving = gender_model(registry, settings)
+    check_content_type(image.content_type)
+    data = await image.read()
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}"
+        )
+    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
+    with serving.model.batcher().slot() as reservation:
+        rows, transform = await decode_upload(
+            data, serving.config.preprocess, settings, decode_limiter
+        )
+        outputs = await serving.model.infer(
+            {serving.config.inputs[0].name: rows},
+            reservation=reservation,
+            disconnected=request.is_disconnected,
+        )
+    result = serving.decoder.decode(outputs)
+    return GenderResponse(
+        model=ModelRef(name=serving.config.name, version=serving.config.version),
+        label=result.label,
+        score=result.score,
+        probabilities=result.probabilities,
+        contour_map=(
+            contour_map(result.contour_map, transform, serving.config) if contour else None
+        ),
+    )
