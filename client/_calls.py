@@ -19,12 +19,15 @@ import numpy as np
 import numpy.typing as npt
 
 from service.routers.attention import AttentionResponse, CorrectionResponse, FeedbackResponse
+from service.routers.gender import GenderResponse
 from service.schemas import (
     LiveResponse,
     ModelInfo,
     ModelsResponse,
+    OcclusionResponse,
     ReadyResponse,
     RecognizeResponse,
+    VerifyResponse,
 )
 
 T = TypeVar("T")
@@ -122,6 +125,34 @@ def attention_correct(
         lambda r: CorrectionResponse.model_validate(r.json()),
         files={"image": _image_part(image, filename), "mask": _image_part(mask, "mask.png")},
         data=data,
+    )
+
+
+def gender(image: ImageInput, contour: bool, filename: str | None) -> Call[GenderResponse]:
+    return Call(
+        "POST",
+        "/gender",
+        lambda r: GenderResponse.model_validate(r.json()),
+        params={"contour": "true" if contour else "false"},
+        files={"image": _image_part(image, filename)},
+    )
+
+
+def occlusion(image: ImageInput, filename: str | None) -> Call[OcclusionResponse]:
+    return Call(
+        "POST",
+        "/occlusion",
+        lambda r: OcclusionResponse.model_validate(r.json()),
+        files={"image": _image_part(image, filename)},
+    )
+
+
+def verify_faces(image_a: ImageInput, image_b: ImageInput) -> Call[VerifyResponse]:
+    return Call(
+        "POST",
+        "/faces/verify",
+        lambda r: VerifyResponse.model_validate(r.json()),
+        files={"image_a": _image_part(image_a, None), "image_b": _image_part(image_b, None)},
     )
 
 

@@ -13,12 +13,15 @@ from client import _calls
 from client._calls import Call, ImageInput, InferResult
 from client.errors import error_from_response
 from service.routers.attention import AttentionResponse, CorrectionResponse, FeedbackResponse
+from service.routers.gender import GenderResponse
 from service.schemas import (
     LiveResponse,
     ModelInfo,
     ModelsResponse,
+    OcclusionResponse,
     ReadyResponse,
     RecognizeResponse,
+    VerifyResponse,
 )
 
 T = TypeVar("T")
@@ -108,6 +111,20 @@ class VisionClient:
     ) -> CorrectionResponse:
         """``POST /attention/correct``: re-classify with an edited map (``mask``)."""
         return self._send(_calls.attention_correct(image, mask, label, save, filename))
+
+    def gender(
+        self, image: ImageInput, *, contour: bool = False, filename: str | None = None
+    ) -> GenderResponse:
+        """``POST /gender``: female/male probabilities, with ``contour`` the contour map."""
+        return self._send(_calls.gender(image, contour, filename))
+
+    def occlusion(self, image: ImageInput, *, filename: str | None = None) -> OcclusionResponse:
+        """``POST /occlusion``: the occlusion pattern (blocks, box in image pixels), embedding."""
+        return self._send(_calls.occlusion(image, filename))
+
+    def verify_faces(self, image_a: ImageInput, image_b: ImageInput) -> VerifyResponse:
+        """``POST /faces/verify``: cosine similarity, same-person decision, both occlusions."""
+        return self._send(_calls.verify_faces(image_a, image_b))
 
     def attention_feedback(self) -> FeedbackResponse:
         """``GET /attention/feedback``: counts of stored teacher records."""
@@ -228,6 +245,22 @@ class AsyncVisionClient:
     ) -> CorrectionResponse:
         """``POST /attention/correct``."""
         return await self._send(_calls.attention_correct(image, mask, label, save, filename))
+
+    async def gender(
+        self, image: ImageInput, *, contour: bool = False, filename: str | None = None
+    ) -> GenderResponse:
+        """``POST /gender``."""
+        return await self._send(_calls.gender(image, contour, filename))
+
+    async def occlusion(
+        self, image: ImageInput, *, filename: str | None = None
+    ) -> OcclusionResponse:
+        """``POST /occlusion``."""
+        return await self._send(_calls.occlusion(image, filename))
+
+    async def verify_faces(self, image_a: ImageInput, image_b: ImageInput) -> VerifyResponse:
+        """``POST /faces/verify``."""
+        return await self._send(_calls.verify_faces(image_a, image_b))
 
     async def attention_feedback(self) -> FeedbackResponse:
         """``GET /attention/feedback``."""

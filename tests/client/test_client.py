@@ -194,3 +194,37 @@ def test_attention_endpoints(tmp_path: Path) -> None:
                 assert again.feedback_id is None
 
         anyio.run(main)
+
+
+REPOSITORY = ATTENTION.parent
+
+
+@pytest.mark.skipif(
+    not (REPOSITORY / "gender").is_dir() or not (REPOSITORY / "occlusion").is_dir(),
+    reason="no committed gender or occlusion model",
+)
+def test_gender_occlusion_and_verify(tmp_path: Path) -> None:
+    settings = make_settings(REPOSITORY, models=["gender", "occlusion"])
+    face = encode(scene(96, 112, (20, 20, 76, 92)))
+    other = encode(scene(96, 112, (0, 0, 40, 40)))
+    with live_server(create_app(settings)) as url, VisionClient(url) as vision:
+        gender = vision.gender(face)
+        assert set(gender.probabilities) == {"female", "male"}
+        assert gender.contour_map is None
+        with_map = vision.gender(face, contour=True)
+        assert with_map.contour_map is not None and with_map.contour_map.png_base64
+        found = vision.occlusion(face)
+        assert found.model.name == "occlusion" and len(found.embedding) > 0
+        same = vision.verify_faces(face, face)
+        assert same.same and same.similarity == pytest.approx(1.0, abs=1e-4)
+        assert len(vision.verify_faces(face, other).faces) == 2
+        with pytest.raises(BadRequest):
+            vision.occlusion(b"nope", filename="x.png")
+
+        async def main() -> None:
+            async with AsyncVisionClient(url) as client:
+                assert (await client.gender(face)).label == gender.label
+                assert (await client.occlusion(face)).occlusion == found.occlusion
+                assert (await client.verify_faces(face, face)).same
+
+        anyio.run(main)
