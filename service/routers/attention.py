@@ -31,11 +31,11 @@ from service.attention import (
 from service.batching import Disconnected, decode_upload
 from service.decoding import AttentionDecoder, Classification
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.errors import InvalidField, NotReady, PayloadTooLarge
+from service.errors import InvalidField, NotReady
 from service.feedback import FeedbackStore, TeacherRecord
-from service.imaging import check_content_type
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import ModelRef, Problem
+from service.serving import read_upload
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
@@ -249,14 +249,6 @@ def _map(
     )
 
 
-async def _read(upload: UploadFile, limit: int) -> bytes:
-    check_content_type(upload.content_type)
-    data = await upload.read()
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the upload is {len(data)} bytes; the limit is {limit}")
-    return data
-
-
 async def compute_features(
     data: bytes,
     serving: AttentionModel,
@@ -322,7 +314,7 @@ async def classify_with_attention(
 ) -> AttentionResponse:
     """Classify an image; return both branches' classes and the attention map."""
     serving = attention_model(registry, settings)
-    data = await _read(image, settings.max_upload_bytes)
+    data = await read_upload(image, settings.max_upload_bytes)
     found, _ = await image_features(
         data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )
@@ -370,8 +362,8 @@ async def correct_with_edited_map(
         label_id = serving.decoder.labels.index(label)
     if save and label_id is None:
         raise InvalidField("save=true needs the true class in the label field")
-    data = await _read(image, settings.max_upload_bytes)
-    mask_data = await _read(mask, settings.max_upload_bytes)
+    data = await read_upload(image, settings.max_upload_bytes)
+    mask_data = await read_upload(mask, settings.max_upload_bytes)
     found, hit = await image_features(
         data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )

@@ -3,7 +3,6 @@ features (seed 003), optionally with the contour map the model saw."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,10 +14,10 @@ from service.attention import map_to_png, png_base64
 from service.batching import decode_upload
 from service.decoding import GenderDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.errors import NotReady, PayloadTooLarge
-from service.imaging import LetterboxTransform, check_content_type
-from service.runtime import LoadedModel, ModelConfig, OnnxSession
+from service.imaging import LetterboxTransform
+from service.runtime import ModelConfig
 from service.schemas import ModelRef, Problem
+from service.serving import read_upload, ready_model
 
 router = APIRouter(tags=["gender"])
 
@@ -82,29 +81,6 @@ class GenderResponse(BaseModel):
     contour_map: ContourMap | None = None  # only with ?contour=true
 
 
-@dataclass(frozen=True)
-class GenderModel:
-    """A ready gender model with its parts narrowed to non-optional."""
-
-    model: LoadedModel
-    config: ModelConfig
-    session: OnnxSession
-    decoder: GenderDecoder
-
-
-def gender_model(registry: RegistryDep, settings: SettingsDep) -> GenderModel:
-    """The gender model if ready, else 503 with the reason."""
-    name = settings.gender_model
-    model = registry.get(name)
-    if model is None:
-        raise NotReady(f"model {name!r} is not configured on this server")
-    if not model.ready or model.config is None or model.session is None or model.decoder is None:
-        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
-    if not isinstance(model.decoder, GenderDecoder):
-        raise NotReady(f"model {name!r} is not a gender_contour model")
-    return GenderModel(model, model.config, model.session, model.decoder)
-
-
 def contour_map(
     values: npt.NDArray[np.float32], transform: LetterboxTransform, config: ModelConfig
 ) -> ContourMap:
@@ -137,13 +113,8 @@ async def classify_gender(
     ] = False,
 ) -> GenderResponse:
     """Classify a garment as womenswear or menswear, optionally with its contour map."""
-    serving = gender_model(registry, settings)
-    check_content_type(image.content_type)
-    data = await image.read()
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}"
-        )
+    serving = ready_model(registry, settings.gender_model, GenderDecoder)
+    data = await read_upload(image, settings.max_upload_bytes)
     # The slot is taken before decoding: a full queue answers 503 without spending CPU.
     with serving.model.batcher().slot() as reservation:
         rows, transform = await decode_upload(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
@@ -12,9 +11,7 @@ from fastapi import APIRouter, File, Request, UploadFile
 from service.batching import Disconnected, ImageRows, decode_upload
 from service.decoding import OcclusionDecoder, OcclusionResult
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.errors import NotReady, PayloadTooLarge
-from service.imaging import LetterboxTransform, check_content_type
-from service.runtime import LoadedModel, ModelConfig, OnnxSession
+from service.imaging import LetterboxTransform
 from service.schemas import (
     Box,
     ImageSize,
@@ -27,6 +24,7 @@ from service.schemas import (
     VerifiedFace,
     VerifyResponse,
 )
+from service.serving import ServingModel, read_upload, ready_model
 from service.settings import Settings
 
 router = APIRouter(tags=["faces"])
@@ -44,42 +42,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class ServingModel:
-    """A ready occlusion model with its parts narrowed to non-optional."""
-
-    model: LoadedModel
-    config: ModelConfig
-    session: OnnxSession
-    decoder: OcclusionDecoder
-
-
-def serving_model(registry: RegistryDep, settings: SettingsDep) -> ServingModel:
-    """The occlusion model if ready, else 503 with the reason."""
-    name = settings.occlusion_model
-    model = registry.get(name)
-    if model is None:
-        raise NotReady(f"model {name!r} is not configured on this server")
-    if not model.ready or model.config is None or model.session is None or model.decoder is None:
-        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
-    if not isinstance(model.decoder, OcclusionDecoder):
-        raise NotReady(f"model {name!r} is not an occlusion_embedding model")
-    return ServingModel(model, model.config, model.session, model.decoder)
-
-
-async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
-    """The upload's bytes after the content-type and size checks (415, 413)."""
-    check_content_type(upload.content_type)
-    data = await upload.read()
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}"
-        )
-    return data
-
-
 async def infer_faces(
-    serving: ServingModel,
+    serving: ServingModel[OcclusionDecoder],
     uploads: list[bytes],
     settings: Settings,
     limiter: anyio.CapacityLimiter,
@@ -134,8 +98,8 @@ async def detect_occlusion(
     decode_limiter: DecodeLimiterDep,
 ) -> OcclusionResponse:
     """Occlusion pattern (grid blocks and pixel box) and identity embedding of a face."""
-    serving = serving_model(registry, settings)
-    data = await read_upload(image, settings)
+    serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
+    data = await read_upload(image, settings.max_upload_bytes)
     [(result, transform)] = await infer_faces(
         serving, [data], settings, decode_limiter, request.is_disconnected
     )
@@ -157,8 +121,8 @@ async def verify_faces(
     decode_limiter: DecodeLimiterDep,
 ) -> VerifyResponse:
     """Cosine similarity of two faces, the same-person decision and both occlusions."""
-    serving = serving_model(registry, settings)
-    uploads = [await read_upload(image_a, settings), await read_upload(image_b, settings)]
+    serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
+    uploads = [await read_upload(image, settings.max_upload_bytes) for image in (image_a, image_b)]
     results = await infer_faces(serving, uploads, settings, decode_limiter, request.is_disconnected)
     (a, _), (b, _) = results
     similarity = float(np.clip(np.dot(a.embedding, b.embedding), -1.0, 1.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -10,10 +9,8 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from service.batching import decode_upload
 from service.decoding import LandmarkPointsDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.errors import NotReady, PayloadTooLarge
-from service.imaging import check_content_type
-from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import ImageSize, Landmark, ModelRef, Point, Problem, RecognizeResponse
+from service.serving import read_upload, ready_model
 
 router = APIRouter(tags=["recognition"])
 
@@ -33,29 +30,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class ServingModel:
-    """A ready model with its parts narrowed to non-optional."""
-
-    model: LoadedModel
-    config: ModelConfig
-    session: OnnxSession
-    decoder: LandmarkPointsDecoder
-
-
-def serving_model(registry: RegistryDep, settings: SettingsDep) -> ServingModel:
-    """The recognize model if ready, else 503 with the reason."""
-    name = settings.recognize_model
-    model = registry.get(name)
-    if model is None:
-        raise NotReady(f"model {name!r} is not configured on this server")
-    if not model.ready or model.config is None or model.session is None or model.decoder is None:
-        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
-    if not isinstance(model.decoder, LandmarkPointsDecoder):
-        raise NotReady(f"model {name!r} is not a landmark_points model")
-    return ServingModel(model, model.config, model.session, model.decoder)
-
-
 @router.post("/recognize", responses=ERROR_RESPONSES)
 async def recognize_landmarks(
     request: Request,
@@ -68,13 +42,8 @@ async def recognize_landmarks(
     ] = DEFAULT_MIN_SCORE,
 ) -> RecognizeResponse:
     """Recognise landmarks: class, score and reference point in image pixels."""
-    serving = serving_model(registry, settings)
-    check_content_type(image.content_type)
-    data = await image.read()
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}"
-        )
+    serving = ready_model(registry, settings.recognize_model, LandmarkPointsDecoder)
+    data = await read_upload(image, settings.max_upload_bytes)
     # The slot is taken before decoding: a full queue answers 503 without spending CPU.
     with serving.model.batcher().slot() as reservation:
         rows, transform = await decode_upload(

@@ -1,0 +1,50 @@
+"""What every model endpoint does first: find its ready model and read the upload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from fastapi import UploadFile
+
+from service.errors import NotReady, PayloadTooLarge
+from service.imaging import check_content_type
+from service.runtime import LoadedModel, ModelConfig, ModelRegistry, OnnxSession
+
+D = TypeVar("D")
+
+
+@dataclass(frozen=True)
+class ServingModel(Generic[D]):
+    """A ready model with its parts narrowed to non-optional; ``decoder`` of the task the
+    endpoint expects."""
+
+    model: LoadedModel
+    config: ModelConfig
+    session: OnnxSession
+    decoder: D
+
+
+def ready_model(registry: ModelRegistry, name: str, decoder_type: type[D]) -> ServingModel[D]:
+    """Model ``name`` if it is loaded, warmed and decodes with ``decoder_type``; otherwise
+    503 (NotReady) saying which of those it is not."""
+    model = registry.get(name)
+    if model is None:
+        raise NotReady(f"model {name!r} is not configured on this server")
+    if not model.ready or model.config is None or model.session is None or model.decoder is None:
+        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
+    decoder = model.decoder
+    if not isinstance(decoder, decoder_type):
+        task = getattr(decoder_type, "task", decoder_type.__name__)
+        raise NotReady(f"model {name!r} is not a {task} model")
+    return ServingModel(model, model.config, model.session, decoder)
+
+
+async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    """The upload's bytes after the content-type (415) and size (413) checks. The body-size
+    middleware has already cut off bodies far over the limit while they streamed."""
+    check_content_type(upload.content_type)
+    data = await upload.read()
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the upload is {len(data)} bytes; the limit is {max_bytes}")
+    return data
