@@ -319,6 +319,17 @@ def provenance(history: dict, earlier: dict | None) -> str:
     return text + " " + make.format(retrain=retrain)
 
 
+def dropout_note(share: float) -> str:
+    """The card's words for the fused model's contour dropout (none when it is off)."""
+    if not share:
+        return ""
+    return (
+        f" In training, each image's contour features are zeroed with probability {share:g} "
+        "(modality dropout), so the semantic CNN keeps learning on its own "
+        "instead of leaning on the frozen contour features; inference always uses both."
+    )
+
+
 def write_card(
     version_dir: Path,
     metrics: dict,
@@ -379,7 +390,8 @@ def write_card(
                 "dropped) are average-pooled to the same grid and concatenated "
                 "channel-wise; two 3x3 conv layers fuse them; global average pooling + FC "
                 "classify female/male. Only the semantic CNN and the fusion layers are "
-                "trained (softmax cross-entropy); the contour network is not updated.",
+                "trained (softmax cross-entropy); the contour network is not updated."
+                + dropout_note(c["net"].get("contour_dropout", 0.0)),
                 f"- Served graph `model.onnx`: image (N, 3, {s}, {s}) -> `logits` (N, 2: "
                 f"female, male) and `contour_map` (N, 1, {s}, {s}) in 0..1 (the "
                 "single-channel layer is kept in the export only to return the map). "
@@ -427,8 +439,9 @@ def write_card(
         "Held-out photo crops: input, HED teacher, ours; then test garments: input, exact "
         "outline, ours.",
         "## Training",
-        f"Last run: {(history.get('seconds') or 0) / 60:.1f} min on this machine's CPU (1 thread, "
-        f"shared with other jobs). Contour stage: {len(contour)} epochs, last validation F "
+        f"Last run: {(history.get('seconds') or 0) / 60:.1f} min on this machine's CPU "
+        f"({c.get('threads') or 'all'} thread(s), shared with other jobs). "
+        f"Contour stage: {len(contour)} epochs, last validation F "
         f"{contour[-1]['val_photo_f']:.3f} (photos vs teacher) / "
         f"{contour[-1]['val_outline_f']:.3f} (garment outlines). Hyper-parameters: "
         f"`{json.dumps(c)}`.",

@@ -60,6 +60,10 @@ class GenderNetConfig:
     # Batch norm on the pooled contour features before the concat: they are frozen and come
     # at ~17x the scale of the semantic features, which otherwise swamp the fusion convs.
     normalize_contour: bool = True
+    # Modality dropout: in training, this share of images has its (normalised) contour
+    # features zeroed, so the semantic CNN keeps learning on its own instead of leaning on
+    # the frozen contour features, which solve the easy garments first; fused models only.
+    contour_dropout: float = 0.0
 
     @property
     def grid(self) -> int:
@@ -161,7 +165,12 @@ class GenderNet(nn.Module):
             parts.append(self.semantic(image))  # (N, Cs, g, g)
         if self.config.use_contour:
             assert pooled_contour is not None
-            parts.append(self.contour_norm(pooled_contour))  # (N, 4U, g, g)
+            contour = self.contour_norm(pooled_contour)  # (N, 4U, g, g)
+            p = self.config.contour_dropout
+            if self.training and self.semantic is not None and p > 0:
+                keep = torch.rand(len(contour), 1, 1, 1, device=contour.device) >= p
+                contour = contour * keep.to(contour.dtype)  # (N, 4U, g, g), zero when dropped
+            parts.append(contour)
         fused = self.fusion(torch.cat(parts, dim=1))  # (N, F, g, g)
         return self.classifier(fused.mean(dim=(2, 3)))
 

@@ -447,10 +447,17 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--contour-from", default=None, help="reuse stage 1 of this earlier run")
     p.add_argument("--variants-from", default=None, help="take untrained variants from a run")
     p.add_argument("--input-size", type=int, default=d.net.contour.input_size)
+    p.add_argument(
+        "--contour-dropout",
+        type=float,
+        default=d.net.contour_dropout,
+        help="share of training images whose contour features the fused model does not see",
+    )
     a = vars(p.parse_args(argv))
     size = a.pop("input_size")
+    dropout = a.pop("contour_dropout")
     a["variants"] = tuple(a["variants"])
-    net = replace(d.net, contour=ContourNetConfig(input_size=size))
+    net = replace(d.net, contour=ContourNetConfig(input_size=size), contour_dropout=dropout)
     return TrainConfig(**a, net=net, garments=replace(d.garments, size=size))
 
 

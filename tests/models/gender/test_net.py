@@ -116,3 +116,34 @@ def test_checkpoint_rebuilds_the_network(tmp_path: Path, kind: str) -> None:
     if kind == "gender":
         a, b = a["logits"], b["logits"]
     torch.testing.assert_close(a, b)
+
+
+def test_contour_dropout_zeroes_whole_images_in_training_only() -> None:
+    config = GenderNetConfig(
+        contour=CONTOUR, semantic_widths=(8, 8, 16, 16), fusion_width=16, contour_dropout=0.5
+    )
+    net = GenderNet(config)
+    net.freeze_contour()
+    seen: list[torch.Tensor] = []
+    net.fusion.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    image = torch.randn(64, 3, 64, 64)
+    pooled = torch.randn(64, 16, 4, 4) + 1.0
+    torch.manual_seed(0)
+    net.train()
+    net.classify(image, pooled)
+    contour = seen[-1][:, 16:]  # (N, 4U, g, g): the contour slice of the fusion input
+    dropped = contour.flatten(1).abs().sum(1) == 0
+    # About half the images lose all their contour features, the others keep all of them.
+    assert 16 < int(dropped.sum()) < 48
+    assert bool((contour[~dropped].flatten(1) != 0).all())
+    assert bool((seen[-1][dropped, :16] != 0).any())  # semantic features untouched
+    net.eval()
+    net.classify(image, pooled)
+    assert bool((seen[-1][:, 16:].flatten(1).abs().sum(1) > 0).all())  # never at inference
+
+
+def test_contour_dropout_is_a_training_option() -> None:
+    from models.gender.train import parse_args
+
+    assert parse_args([]).net.contour_dropout == GenderNetConfig().contour_dropout
+    assert parse_args(["--contour-dropout", "0.5"]).net.contour_dropout == 0.5
