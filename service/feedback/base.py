@@ -85,7 +85,9 @@ class TeacherRecord:
     map_height: int
     map_width: int
     id: str = ""
-    created_at: str = ""  # ISO 8601, UTC, milliseconds
+    # ISO 8601, UTC, microseconds: records() sorts by it, and two saves in one millisecond
+    # (PostgreSQL takes well under one) must not fall back to the random id for their order.
+    created_at: str = ""
 
     @property
     def misrecognised(self) -> bool:
@@ -103,7 +105,7 @@ class FeedbackCounts:
 
 def new_row(record: TeacherRecord) -> dict[str, Any]:
     """``record`` as column values, with its id and creation time filled in."""
-    created = record.created_at or dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    created = record.created_at or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
     values = {name: getattr(record, name) for name in COLUMNS if name != "misrecognised"}
     values.update(
         id=record.id or uuid.uuid4().hex,

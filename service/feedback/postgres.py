@@ -136,7 +136,7 @@ class PostgresFeedbackStore(FeedbackStore):
     def _plain(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         created = COLUMNS.index("created_at")
         stamp: dt.datetime = row[created]
-        iso = stamp.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+        iso = stamp.astimezone(dt.UTC).isoformat(timespec="microseconds")
         return (*row[:created], iso, *row[created + 1 :])
 
 
