@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +86,17 @@ def point_nms(points: npt.NDArray[np.float64], radius: float) -> npt.NDArray[np.
     return np.asarray(kept, dtype=np.intp)
 
 
+_Block = TypeVar("_Block", bound=BaseModel)
+
+
+def parse_decode_block(model: type[_Block], decode: Mapping[str, Any]) -> _Block:
+    """config.json's ``decode`` block as ``model``; DecodeConfigError when it does not fit."""
+    try:
+        return model.model_validate(dict(decode))
+    except ValidationError as exc:
+        raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+
+
 class LandmarkPointsDecoder:
     """Decoder for ``task = "landmark_points"`` (seed 000 claims 11, 12 and 20)."""
 
@@ -103,10 +114,7 @@ class LandmarkPointsDecoder:
         output_shapes: Mapping[str, Sequence[int]],
     ) -> LandmarkPointsDecoder:
         """Build from config.json parts; raises DecodeConfigError when they disagree."""
-        try:
-            config = LandmarkDecodeConfig.model_validate(dict(decode))
-        except ValidationError as exc:
-            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        config = parse_decode_block(LandmarkDecodeConfig, decode)
         classes = len(labels)
         if config.background_class != classes:
             raise DecodeConfigError(
@@ -237,10 +245,7 @@ class AttentionDecoder:
         labels: Sequence[str],
         output_shapes: Mapping[str, Sequence[int]],
     ) -> AttentionDecoder:
-        try:
-            config = AttentionDecodeConfig.model_validate(dict(decode))
-        except ValidationError as exc:
-            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        config = parse_decode_block(AttentionDecodeConfig, decode)
         classes = len(labels)
         h, w = config.map.height, config.map.width
         expected = {
@@ -324,10 +329,7 @@ class OcclusionDecoder:
         labels: Sequence[str],
         output_shapes: Mapping[str, Sequence[int]],
     ) -> OcclusionDecoder:
-        try:
-            config = OcclusionDecodeConfig.model_validate(dict(decode))
-        except ValidationError as exc:
-            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        config = parse_decode_block(OcclusionDecodeConfig, decode)
         rows, cols = config.grid.rows, config.grid.cols
         for pid, blocks in enumerate(config.patterns):
             if blocks is None:
@@ -423,10 +425,7 @@ class GenderDecoder:
         labels: Sequence[str],
         output_shapes: Mapping[str, Sequence[int]],
     ) -> GenderDecoder:
-        try:
-            config = GenderDecodeConfig.model_validate(dict(decode))
-        except ValidationError as exc:
-            raise DecodeConfigError(f"invalid decode block: {exc}") from exc
+        config = parse_decode_block(GenderDecodeConfig, decode)
         expected = {
             config.logits: (len(labels),),
             config.contour_map: (1, config.map.height, config.map.width),
