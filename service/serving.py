@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+import anyio
+import numpy as np
+import numpy.typing as npt
 from fastapi import UploadFile
 
+from service.batching import Disconnected, ImageRows, decode_upload
 from service.errors import NotReady, PayloadTooLarge
-from service.imaging import check_content_type
+from service.imaging import LetterboxTransform, check_content_type
 from service.runtime import LoadedModel, ModelConfig, ModelRegistry, OnnxSession
+from service.settings import Settings
 
 D = TypeVar("D")
 
@@ -48,3 +54,34 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"the upload is {len(data)} bytes; the limit is {max_bytes}")
     return data
+
+
+async def infer_images(
+    serving: ServingModel[Any],
+    uploads: Sequence[bytes],
+    settings: Settings,
+    limiter: anyio.CapacityLimiter,
+    disconnected: Disconnected,
+) -> tuple[dict[str, npt.NDArray[Any]], list[LetterboxTransform]]:
+    """Decode and letterbox ``uploads`` in the decode pool, then run them as one request of
+    ``len(uploads)`` rows through the model's dynamic batcher. Returns the outputs (row i
+    is upload i) and each upload's letterbox transform (model input <-> image pixels)."""
+    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
+    with serving.model.batcher().slot() as reservation:
+        decoded = [
+            await decode_upload(data, serving.config.preprocess, settings, limiter)
+            for data in uploads
+        ]
+        rows = (
+            decoded[0][0]
+            if len(decoded) == 1
+            else ImageRows(
+                np.concatenate([r.pixels for r, _ in decoded])  # (N, h, w, 3) uint8
+            )
+        )
+        outputs = await serving.model.infer(
+            {serving.config.inputs[0].name: rows},
+            reservation=reservation,
+            disconnected=disconnected,
+        )
+    return outputs, [transform for _, transform in decoded]

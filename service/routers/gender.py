@@ -11,13 +11,12 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict
 
 from service.attention import map_to_png, png_base64
-from service.batching import decode_upload
 from service.decoding import GenderDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.imaging import LetterboxTransform
 from service.runtime import ModelConfig
 from service.schemas import ModelRef, Problem
-from service.serving import read_upload, ready_model
+from service.serving import infer_images, read_upload, ready_model
 
 router = APIRouter(tags=["gender"])
 
@@ -115,16 +114,9 @@ async def classify_gender(
     """Classify a garment as womenswear or menswear, optionally with its contour map."""
     serving = ready_model(registry, settings.gender_model, GenderDecoder)
     data = await read_upload(image, settings.max_upload_bytes)
-    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
-    with serving.model.batcher().slot() as reservation:
-        rows, transform = await decode_upload(
-            data, serving.config.preprocess, settings, decode_limiter
-        )
-        outputs = await serving.model.infer(
-            {serving.config.inputs[0].name: rows},
-            reservation=reservation,
-            disconnected=request.is_disconnected,
-        )
+    outputs, (transform,) = await infer_images(
+        serving, [data], settings, decode_limiter, request.is_disconnected
+    )
     result = serving.decoder.decode(outputs)
     return GenderResponse(
         model=ModelRef(name=serving.config.name, version=serving.config.version),

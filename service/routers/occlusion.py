@@ -8,7 +8,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, File, Request, UploadFile
 
-from service.batching import Disconnected, ImageRows, decode_upload
+from service.batching import Disconnected
 from service.decoding import OcclusionDecoder, OcclusionResult
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.imaging import LetterboxTransform
@@ -24,7 +24,7 @@ from service.schemas import (
     VerifiedFace,
     VerifyResponse,
 )
-from service.serving import ServingModel, read_upload, ready_model
+from service.serving import ServingModel, infer_images, read_upload, ready_model
 from service.settings import Settings
 
 router = APIRouter(tags=["faces"])
@@ -49,24 +49,13 @@ async def infer_faces(
     limiter: anyio.CapacityLimiter,
     disconnected: Disconnected,
 ) -> list[tuple[OcclusionResult, LetterboxTransform]]:
-    """Decode every upload and run them together through the model's dynamic batcher (one
-    request of len(uploads) rows); decode each row."""
-    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
-    with serving.model.batcher().slot() as reservation:
-        decoded = [
-            await decode_upload(data, serving.config.preprocess, settings, limiter)
-            for data in uploads
-        ]
-        rows = ImageRows(np.concatenate([r.pixels for r, _ in decoded]))  # (N, h, w, 3) uint8
-        outputs = await serving.model.infer(
-            {serving.config.inputs[0].name: rows},
-            reservation=reservation,
-            disconnected=disconnected,
-        )
+    """Every upload as one request of len(uploads) rows through the model's dynamic
+    batcher; each row decoded into its occlusion result."""
+    outputs, transforms = await infer_images(serving, uploads, settings, limiter, disconnected)
     size = (serving.config.preprocess.height, serving.config.preprocess.width)
     return [
         (serving.decoder.decode(outputs, transform, size, index), transform)
-        for index, (_, transform) in enumerate(decoded)
+        for index, transform in enumerate(transforms)
     ]
 
 

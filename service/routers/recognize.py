@@ -6,11 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from service.batching import decode_upload
 from service.decoding import LandmarkPointsDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.schemas import ImageSize, Landmark, ModelRef, Point, Problem, RecognizeResponse
-from service.serving import read_upload, ready_model
+from service.serving import infer_images, read_upload, ready_model
 
 router = APIRouter(tags=["recognition"])
 
@@ -44,16 +43,9 @@ async def recognize_landmarks(
     """Recognise landmarks: class, score and reference point in image pixels."""
     serving = ready_model(registry, settings.recognize_model, LandmarkPointsDecoder)
     data = await read_upload(image, settings.max_upload_bytes)
-    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
-    with serving.model.batcher().slot() as reservation:
-        rows, transform = await decode_upload(
-            data, serving.config.preprocess, settings, decode_limiter
-        )
-        outputs = await serving.model.infer(
-            {serving.config.inputs[0].name: rows},
-            reservation=reservation,
-            disconnected=request.is_disconnected,
-        )
+    outputs, (transform,) = await infer_images(
+        serving, [data], settings, decode_limiter, request.is_disconnected
+    )
     points = serving.decoder.decode(outputs, transform, min_score=min_score)
     return RecognizeResponse(
         model=ModelRef(name=serving.config.name, version=serving.config.version),
