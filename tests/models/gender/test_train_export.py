@@ -16,7 +16,7 @@ from models.gender import export as exporter
 from models.gender import hed
 from models.gender.data import GarmentConfig, generate
 from models.gender.net import ContourNetConfig, GenderExport, GenderNetConfig, load_checkpoint
-from models.gender.train import TrainConfig, to_tensor, train
+from models.gender.train import TrainConfig, fresh_train_data, to_tensor, train
 from service.decoding import GenderDecoder
 from service.runtime import load_model
 from tests.service.conftest import make_settings
@@ -143,3 +143,31 @@ def test_a_second_run_reuses_stage_one(pipeline: dict) -> None:
     original, _ = load_checkpoint(first / "contour.pt")
     for k, v in original.state_dict().items():
         torch.testing.assert_close(reused.state_dict()[k], v, msg=k)
+
+
+def test_regenerated_training_sets_differ_per_epoch_not_per_variant(pipeline: dict) -> None:
+    config = replace(pipeline["config"], regenerate=True, train_images=12)
+    contour, _ = load_checkpoint(pipeline["root"] / "run" / "contour.pt")
+    first, _, first_labels = fresh_train_data(config, contour, 1)
+    again, _, again_labels = fresh_train_data(config, contour, 1)
+    second, pooled, _ = fresh_train_data(config, contour, 2)
+    assert first.shape == (12, SIZE, SIZE, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)  # every variant sees the same garments
+    torch.testing.assert_close(first_labels, again_labels)
+    assert not np.array_equal(first, second)
+    assert pooled.shape[0] == 12 and torch.isfinite(pooled).all()
+
+
+def test_a_regenerating_run_trains_and_records_every_variant(pipeline: dict) -> None:
+    config = replace(
+        pipeline["config"],
+        out=str(pipeline["root"] / "regenerated"),
+        contour_from=str(pipeline["root"] / "run"),
+        regenerate=True,
+        variants=("fused", "semantic"),
+    )
+    history = train(config, progress=False)
+    assert history["config"]["regenerate"] is True
+    for variant in ("fused", "semantic"):
+        assert len(history["variants"][variant]["epochs"]) == config.epochs
+        assert 0.0 <= history["variants"][variant]["test_accuracy"] <= 1.0
