@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.dependencies import require_api_key
+from service.dependencies import check_api_key
 from service.errors import Overloaded, ServiceError, problem_response
 from service.runtime import ModelRegistry
 from service.settings import Settings
@@ -90,7 +90,7 @@ class AdmissionMiddleware:
         if not full:
             return None
         try:
-            require_api_key(Request(scope), settings)  # the routes' own key check
+            check_api_key(Request(scope), settings)  # the routes' own key check
         except ServiceError:
             return None  # no or a wrong key: the route answers its 401
         return full[0].overloaded()

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.errors import ClientClosedRequest, Overloaded
-from service.imaging import LetterboxTransform, decode_image, letterbox
+from service.imaging import LetterboxTransform, decode_image, decode_to_fit, letterbox
 from service.metrics import Metrics
 from service.settings import BatchPolicy, Settings
 
@@ -93,11 +93,18 @@ def decode_rows(
     pad_value: Sequence[int],
     max_pixels: int,
     max_side: int,
+    draft: bool = True,
 ) -> tuple[ImageRows, LetterboxTransform]:
     """Decode an upload straight to uint8 RGB and letterbox it into one ImageRows row
-    (CPU-bound: run in the decode pool); the float conversion happens once per batch."""
-    rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
-    boxed, transform = letterbox(rgb, height, width, pad_value)  # (height, width, 3) uint8
+    (CPU-bound: run in the decode pool); the float conversion happens once per batch.
+    ``draft``: JPEGs decode at the smallest libjpeg scale that still covers the input."""
+    if draft:
+        rgb, full = decode_to_fit(data, height, width, max_pixels=max_pixels, max_side=max_side)
+    else:
+        rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
+        full = (rgb.shape[1], rgb.shape[0])
+    # (height, width, 3) uint8; the transform maps to the full image's pixels
+    boxed, transform = letterbox(rgb, height, width, pad_value, source_size=full)
     return ImageRows(boxed[np.newaxis]), transform
 
 
@@ -123,6 +130,7 @@ async def decode_upload(
             pad_value=pre.pad_value,
             max_pixels=settings.max_image_pixels,
             max_side=settings.max_image_side,
+            draft=settings.jpeg_draft,
         ),
         limiter=limiter,
     )

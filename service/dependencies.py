@@ -16,22 +16,24 @@ from service.runtime import ModelRegistry
 from service.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+# Every dependency is ``async def`` though none awaits: FastAPI runs a plain ``def``
+# dependency in the thread pool, one thread hop per dependency per request.
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
+async def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
     limiter: anyio.CapacityLimiter = request.app.state.decode_limiter
     return limiter
 
@@ -63,13 +65,18 @@ API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="A
 BEARER = HTTPBearer(auto_error=False, scheme_name="Bearer")
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     settings: SettingsDep,
     _header: Annotated[str | None, Security(API_KEY_HEADER)] = None,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> None:
     """401 unless API keys are off or the request carries one of them."""
+    check_api_key(request, settings)
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
+    """Raise Unauthorized (401) unless API keys are off or ``request`` carries one."""
     if not settings.api_keys:
         return
     presented = _presented_key(request)

@@ -8,6 +8,7 @@ orientation, origin top-left); *model-input pixels* are those of the letterboxed
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ UINT16_MAX = 65535
 # it knows, EPS among them, which it hands to Ghostscript: a large attack surface for no
 # photo anyone sends. (The JPEG opener also yields MPO, multi-picture phone JPEGs.)
 SERVED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# EXIF orientations (5-8) that swap width and height when applied.
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+EXIF_ORIENTATION_TAG = 0x0112
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -97,6 +101,7 @@ def open_upload(
     max_side: int,
     what: str = "image",
     invalid: type[InvalidImage] = InvalidImage,
+    before_load: Callable[[Image.Image], None] | None = None,
 ) -> T:
     """Open uploaded bytes with every guard, then ``convert`` the decoded image.
 
@@ -104,6 +109,7 @@ def open_upload(
     ``convert`` sees the image. Raises ``invalid`` (400) for empty, unknown, truncated or
     corrupt data (also when ``convert`` fails on it) and PayloadTooLarge (413) above
     ``max_pixels`` or ``max_side``; ``what`` names the upload in the messages.
+    ``before_load`` may configure the opened, not yet decoded image (``draft``).
     """
     if not data:
         raise invalid(f"the {what} upload is empty (0 bytes)")
@@ -119,6 +125,8 @@ def open_upload(
             # verify() checks them without decoding, but leaves the image unusable.
             probe.verify()
         with Image.open(io.BytesIO(data), formats=SERVED_FORMATS) as image:
+            if before_load is not None:
+                before_load(image)
             image.load()
             return convert(ImageOps.exif_transpose(image))
     except (PayloadTooLarge, InvalidImage):
@@ -151,6 +159,51 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[
     return array
 
 
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as the caller sees it: after its EXIF
+    orientation (read from the header, before decoding)."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
+    except Exception:  # a damaged EXIF block: exif_transpose will ignore it too
+        orientation = None
+    return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def decode_to_fit(
+    data: bytes, height: int, width: int, *, max_pixels: int, max_side: int
+) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
+    """Decode an upload that will be letterboxed into ``height x width``, letting libjpeg
+    decode a JPEG at 1/2, 1/4 or 1/8 scale when the letterboxed size still fits in that
+    (``Image.draft``: the reduction happens in the DCT domain, an area average, so most of
+    the decoding and resizing work is never done; other formats decode in full).
+
+    Returns ``(H', W', 3)`` uint8 RGB, at least as large as the letterboxed size, and the
+    full image's ``(width, height)`` in image pixels (``letterbox``'s ``source_size``).
+    Errors as ``open_upload``.
+    """
+    full: list[tuple[int, int]] = []
+
+    def draft(image: Image.Image) -> None:
+        oriented = oriented_size(image)
+        full.append(oriented)
+        scale = min(width / oriented[0], height / oriented[1])
+        if scale < 0.5:  # libjpeg's largest reduction that keeps the letterboxed size
+            stored_w, stored_h = image.size
+            image.draft(None, (math.ceil(stored_w * scale), math.ceil(stored_h * scale)))
+
+    array = open_upload(
+        data,
+        lambda image: np.asarray(_to_rgb(image), dtype=np.uint8),
+        max_pixels=max_pixels,
+        max_side=max_side,
+        before_load=draft,
+    )
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InvalidImage(f"the image decoded to an unusable shape {array.shape}")
+    return array, full[0]
+
+
 @dataclass(frozen=True)
 class LetterboxTransform:
     """How an ``image_width x image_height`` image sits in the model input.
@@ -180,7 +233,11 @@ class LetterboxTransform:
 
 
 def letterbox(
-    image: npt.NDArray[np.uint8], height: int, width: int, pad_value: Sequence[int]
+    image: npt.NDArray[np.uint8],
+    height: int,
+    width: int,
+    pad_value: Sequence[int],
+    source_size: tuple[int, int] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], LetterboxTransform]:
     """Fit an ``(H, W, 3)`` uint8 image into ``(height, width, 3)`` uint8, keeping its aspect.
 
@@ -188,15 +245,17 @@ def letterbox(
     resize (Pillow) to ``round(W * s) x round(H * s)``, centred with floored pads, borders
     filled with ``pad_value`` (uint8 RGB). A side that would round to 0 pixels (aspect
     beyond 320:1) is kept at 1 and the pad computed from that, so ``to_image`` stays exact.
+    ``source_size``: the ``(W, H)`` of the full image when ``image`` is a reduced decode of
+    it (``decode_to_fit``); sizes and the transform are then those of the full image.
     """
-    image_height, image_width = image.shape[:2]
+    image_width, image_height = source_size or (image.shape[1], image.shape[0])
     scale = min(width / image_width, height / image_height)
     # At least one pixel: a 1 x 5000 strip must still become a (thin) image, not nothing.
     new_width = min(width, max(1, round(image_width * scale)))
     new_height = min(height, max(1, round(image_height * scale)))
     pad_x = (width - new_width) // 2
     pad_y = (height - new_height) // 2
-    if (new_width, new_height) == (image_width, image_height):
+    if (new_width, new_height) == (image.shape[1], image.shape[0]):
         resized = image
     else:
         resized = np.asarray(

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(default=1, ge=1)
     # Threads that decode and resize uploads concurrently; None = available_cpus().
     decode_threads: int | None = Field(default=None, ge=1)
+    # JPEGs much larger than a model's input decode at 1/2, 1/4 or 1/8 scale (libjpeg's
+    # DCT-domain reduction): a 640x480 photo for a 160x160 input decodes in about a
+    # quarter of the time (benchmarks/README.md). False = full decode, then resize only.
+    jpeg_draft: bool = True
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_image_side: int = Field(default=DEFAULT_MAX_IMAGE_SIDE, ge=1)

@@ -13,6 +13,7 @@ from service.imaging import (
     check_content_type,
     configure_pillow,
     decode_image,
+    decode_to_fit,
     letterbox,
     normalize,
 )
@@ -253,3 +254,53 @@ def test_normalize_layout_and_values() -> None:
     expected = ((images * scale - np.array(mean)) / np.array(std)).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(batch, expected, rtol=1e-5, atol=1e-5)
     assert normalize(images[0], scale=scale, mean=mean, std=std).shape == (1, 3, 4, 5)
+
+
+def gradient_photo(width: int, height: int) -> np.ndarray:
+    """Smooth colour ramps with a few hard edges: JPEG-friendly, like a photograph."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1)
+    image[height // 3 : height // 2, width // 4 : width // 2] = (250, 250, 20)
+    return image.astype(np.uint8)
+
+
+def test_draft_decodes_a_large_jpeg_reduced_with_the_full_geometry() -> None:
+    data = encode(gradient_photo(640, 480), "JPEG", quality=90)
+    reduced, full = decode_to_fit(data, 160, 160, **LIMITS)
+    assert full == (640, 480)
+    assert reduced.shape == (120, 160, 3)  # libjpeg's 1/4 scale: still covers 160 x 120
+    drafted, transform = letterbox(reduced, 160, 160, (114, 114, 114), source_size=full)
+    plain, plain_transform = letterbox(decode(data), 160, 160, (114, 114, 114))
+    assert transform == plain_transform  # points map to the full image's pixels
+    assert transform.image_width == 640 and transform.image_height == 480
+    difference = np.abs(drafted.astype(int) - plain.astype(int))
+    assert difference.mean() < 3.0  # an area average instead of bilinear: close, not equal
+
+
+def test_draft_respects_exif_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 640 x 320, shown 320 x 640
+    data = encode(gradient_photo(640, 320), "JPEG", exif=exif, quality=90)
+    reduced, full = decode_to_fit(data, 64, 64, **LIMITS)
+    assert full == (320, 640)
+    assert reduced.shape[0] > reduced.shape[1] and reduced.shape[0] >= 64
+    _, transform = letterbox(reduced, 64, 64, (0, 0, 0), source_size=full)
+    _, plain = letterbox(decode(data), 64, 64, (0, 0, 0))
+    assert transform == plain
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size"), [("PNG", (640, 480)), ("JPEG", (200, 150)), ("WEBP", (640, 480))]
+)
+def test_no_draft_where_it_cannot_help_is_bit_exact(fmt: str, size: tuple[int, int]) -> None:
+    # Only JPEG decodes reduced, and only at 1/2 or less of the stored size.
+    data = encode(gradient_photo(*size), fmt, **({"quality": 90} if fmt != "PNG" else {}))
+    reduced, full = decode_to_fit(data, 160, 160, **LIMITS)
+    assert full == size
+    np.testing.assert_array_equal(reduced, decode(data))
+
+
+def test_draft_keeps_the_size_limits() -> None:
+    data = encode(gradient_photo(640, 480), "JPEG", quality=90)
+    with pytest.raises(PayloadTooLarge):
+        decode_to_fit(data, 160, 160, max_pixels=100_000, max_side=16_384)
