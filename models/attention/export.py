@@ -27,7 +27,13 @@ from PIL import Image, ImageDraw
 from models.attention.data import LABELS, Canvases, box_masks
 from models.attention.net import AttentionNet, FeaturesExport, PerceptionExport, load_checkpoint
 from models.attention.train import MEAN, STD, TrainConfig, make_split, to_tensor
-from models.common.export import PARITY_TOLERANCE, check_parity, export_onnx, write_config
+from models.common.export import (
+    PARITY_TOLERANCE,
+    check_parity,
+    export_onnx,
+    letterbox_preprocess,
+    write_config,
+)
 
 NAME = "attention"
 TASK = "attention_classification"
@@ -246,17 +252,7 @@ def write_version(
         graphs=protos,
         name=NAME,
         task=TASK,
-        preprocess={
-            "height": size,
-            "width": size,
-            "resize": "letterbox",
-            "pad_value": [0, 0, 0],
-            "scale": 1 / 255,
-            "mean": list(MEAN),
-            "std": list(STD),
-            "color": "RGB",
-            "layout": "NCHW",
-        },
+        preprocess=letterbox_preprocess(size, size, [0, 0, 0], MEAN, STD),
         labels=LABELS,
         decode={
             "map": {"height": grid, "width": grid},

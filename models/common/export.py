@@ -115,6 +115,24 @@ def graph_entry(version_dir: Path, file: str, model: onnx.ModelProto) -> dict:
     }
 
 
+def letterbox_preprocess(
+    height: int, width: int, pad_value: Sequence[int], mean: Sequence[float], std: Sequence[float]
+) -> dict:
+    """config.json's ``preprocess`` block for an RGB NCHW input the service letterboxes to
+    ``height x width`` (``pad_value`` uint8 RGB) and normalises as ``(x / 255 - mean) / std``."""
+    return {
+        "height": height,
+        "width": width,
+        "resize": "letterbox",
+        "pad_value": [int(v) for v in pad_value],
+        "scale": 1 / 255,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "color": "RGB",
+        "layout": "NCHW",
+    }
+
+
 def write_config(
     version_dir: Path,
     model: onnx.ModelProto | None,

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from models.common.export import PARITY_TOLERANCE, check_parity, export_onnx, write_config
+from models.common.export import (
+    PARITY_TOLERANCE,
+    check_parity,
+    export_onnx,
+    letterbox_preprocess,
+    write_config,
+)
 from models.common.plots import plot_bars
 from models.gender.data import LABELS, PAD_VALUE, GarmentConfig, generate
 from models.gender.evaluate import f_measure
@@ -198,17 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         graph["model"],
         name=NAME,
         task=TASK,
-        preprocess={
-            "height": size,
-            "width": size,
-            "resize": "letterbox",
-            "pad_value": [PAD_VALUE] * 3,
-            "scale": 1 / 255,
-            "mean": list(MEAN),
-            "std": list(STD),
-            "color": "RGB",
-            "layout": "NCHW",
-        },
+        preprocess=letterbox_preprocess(size, size, [PAD_VALUE] * 3, MEAN, STD),
         labels=LABELS,
         decode={
             "map": {"height": size, "width": size},

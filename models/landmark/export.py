@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from models.common.export import PARITY_TOLERANCE, check_parity, export_onnx, write_config
+from models.common.export import (
+    PARITY_TOLERANCE,
+    check_parity,
+    export_onnx,
+    letterbox_preprocess,
+    write_config,
+)
 from models.landmark.data import PAD_VALUE, LandmarkDataset
 from models.landmark.evaluate import MATCH_RADIUS, decode, match, summarize
 from models.landmark.net import LandmarkExport, load_checkpoint
@@ -275,17 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         model,
         name=NAME,
         task="landmark_points",
-        preprocess={
-            "height": size,
-            "width": size,
-            "resize": "letterbox",
-            "pad_value": list(PAD_VALUE),
-            "scale": 1 / 255,
-            "mean": list(ckpt["mean"]),
-            "std": list(ckpt["std"]),
-            "color": "RGB",
-            "layout": "NCHW",
-        },
+        preprocess=letterbox_preprocess(size, size, list(PAD_VALUE), ckpt["mean"], ckpt["std"]),
         labels=LABELS,
         decode={
             "stride": net.config.stride,

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from models.common.export import PARITY_TOLERANCE, check_parity, export_onnx, write_config
+from models.common.export import (
+    PARITY_TOLERANCE,
+    check_parity,
+    export_onnx,
+    letterbox_preprocess,
+    write_config,
+)
 from models.common.plots import plot_bars
 from models.occlusion.data import MEAN, STD, Batch, SynthConfig, Synthesizer, fixed_set, to_uint8
 from models.occlusion.evaluate import Predict, evaluate, run
@@ -424,17 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
         model,
         name=NAME,
         task="occlusion_embedding",
-        preprocess={
-            "height": h,
-            "width": w,
-            "resize": "letterbox",
-            "pad_value": [128, 128, 128],
-            "scale": 1 / 255,
-            "mean": list(MEAN),
-            "std": list(STD),
-            "color": "RGB",
-            "layout": "NCHW",
-        },
+        preprocess=letterbox_preprocess(h, w, [128, 128, 128], MEAN, STD),
         labels=labels,
         decode={
             "grid": {"rows": grid, "cols": grid},
