@@ -414,20 +414,21 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every measurement; write and return the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="measured s per level")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured s per level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--image-size", default="640x480", help="WxH of the benchmark JPEG")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     width, height = (int(v) for v in args.image_size.split("x"))
     image = benchmark_image((width, height))
     settings = Settings(providers="cpu")
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {
             "cpu": cpu_model(),
             "cpus_usable": available_cpus(),
@@ -523,6 +524,7 @@ def main() -> None:
     write_markdown(report, args.out / "benchmark.md")
     write_plot(report, args.out / "benchmark.png")
     print((args.out / "benchmark.md").read_text())
+    return report
 
 
 if __name__ == "__main__":

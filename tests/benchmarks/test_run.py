@@ -1,0 +1,66 @@
+"""The benchmark end to end at a token load: the limit table, the in-process pipeline,
+the naive peer and both service configurations start, answer and are reported. No timing
+is asserted (speed targets are read from `make benchmark` on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+
+pytestmark = pytest.mark.slow
+
+SERVERS = ("naive peer", "service, batching off", "service, batching on")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("benchmark")
+    argv = ["--duration", "0.4", "--warmup", "0.2", "--concurrency", "1", "2", "--out", str(out)]
+    return run.main(argv), out
+
+
+def test_every_graph_in_the_repository_has_a_limit_row(report: tuple[dict, Path]) -> None:
+    rows = report[0]["limits"]
+    assert {row["model"] for row in rows} >= {"landmark", "attention", "gender", "occlusion"}
+    for row in rows:
+        assert [size["batch"] for size in row["sizes"]] == list(run.BATCH_SIZES)
+        assert row["best_images_per_s"] >= row["batch_1_images_per_s"] > 0
+
+
+def test_pipeline_reports_the_service_decode_and_the_full_decode(
+    report: tuple[dict, Path],
+) -> None:
+    pipe = report[0]["pipeline"]
+    assert pipe["jpeg_draft"] is True  # the service's default
+    for key in ("decode_ms", "preprocess_ms", "run_ms", "full_decode_ms", "full_preprocess_ms"):
+        assert pipe[key] > 0, key
+    assert pipe["single_ms"] == pytest.approx(
+        pipe["decode_ms"] + pipe["preprocess_ms"] + pipe["run_ms"]
+    )
+
+
+def test_all_three_servers_answered_every_level_without_errors(
+    report: tuple[dict, Path],
+) -> None:
+    http = report[0]["http"]
+    assert set(http) == set(SERVERS)
+    for name in SERVERS:
+        assert [row["concurrency"] for row in http[name]] == [1, 2]
+        for row in http[name]:
+            assert row["ok"] > 0 and row["errors"] == 0 and row["other_status"] == 0, (name, row)
+
+
+def test_overload_and_headline_are_written(report: tuple[dict, Path]) -> None:
+    data, out = report
+    assert data["overload"]["offered_rps"] > 0
+    assert data["overload"]["errors"] == 0
+    for key in ("on_vs_limit_with_decode", "on_vs_naive", "c1_ratio", "overload_p99_ratio"):
+        assert data["headline"][key] > 0, key
+    assert json.loads((out / "benchmark.json").read_text())["headline"] == data["headline"]
+    markdown = (out / "benchmark.md").read_text()
+    assert "naive peer" in markdown and "Headline" in markdown
+    assert (out / "benchmark.png").stat().st_size > 0
