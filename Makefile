@@ -40,9 +40,13 @@ lint: $(VENV)/.dev
 
 # Throughput and latency of POST /recognize against the raw ONNX Runtime limit and a naive
 # FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/).
-.PHONY: benchmark
+.PHONY: benchmark benchmark-jpeg-draft
 benchmark: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.run
+
+# Landmark accuracy with JPEG draft decoding on and off (scenes need the train extra).
+benchmark-jpeg-draft: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.jpeg_draft
 
 # Reproduce the committed landmark model (tens of minutes on two CPU cores).
 train-landmark: $(VENV)/.dev

@@ -135,7 +135,8 @@ class Settings(BaseSettings):
     decode_threads: int | None = Field(default=None, ge=1)
     # JPEGs much larger than a model's input decode at 1/2, 1/4 or 1/8 scale (libjpeg's
     # DCT-domain reduction): a 640x480 photo for a 160x160 input decodes in about a
-    # quarter of the time (benchmarks/README.md). False = full decode, then resize only.
+    # third of the time (benchmarks/results/jpeg_draft.md: no loss of landmark accuracy).
+    # False = full decode, then resize only.
     jpeg_draft: bool = True
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
