@@ -311,6 +311,15 @@ def provenance(history: dict, earlier: dict | None) -> str:
                 "contour-only variants were trained again with `normalize_contour` (the "
                 "current default) in the last run."
             )
+    config = history["config"]
+    if config.get("regenerate"):
+        text += (
+            f" Stage 2 drew {config['train_images']} fresh training garments every epoch "
+            f"(`--regenerate`; {config['train_images'] * config['epochs']} in all over "
+            f"{config['epochs']} epochs), the same garments for all three variants, so the "
+            "ablation stays like for like: with one fixed set (version 2) the training loss "
+            "fell to 0.14 while validation accuracy stalled at 0.92."
+        )
     retrain = " (stage 1 then trains on the current generator, so its figures differ a little)"
     return text + " " + make.format(retrain=retrain)
 
