@@ -66,10 +66,10 @@ export-landmark: $(VENV)/.dev
 # Reproduce the committed gender model: HED teacher maps, contour network, then the gender
 # model and its ablation (semantic only, contour only, fused); see its MODEL_CARD.md.
 train-gender: $(VENV)/.dev
-	$(BIN)/python -m models.gender.train --out runs/gender-v3 --threads 1 --train-images 16000 --epochs 10 --contour-dropout 0.5 --regenerate
+	$(BIN)/python -m models.gender.train --out runs/gender-v4 --threads 1 --train-images 16000 --epochs 10 --contour-dropout 0 --regenerate
 
 export-gender: $(VENV)/.dev
-	$(BIN)/python -m models.gender.export --run runs/gender-v3 --version 3
+	$(BIN)/python -m models.gender.export --run runs/gender-v4 --version 4
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
 # chromium (the editor's browser test) and postgresql (the teacher-record store's tests

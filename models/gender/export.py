@@ -302,15 +302,7 @@ def provenance(history: dict, earlier: dict | None) -> str:
         )
         fused = other["variants"].get("fused")
         if fused is not None and "from_run" not in history["variants"].get("fused", {}):
-            text += (
-                " That run also trained the fused model without the batch norm on the "
-                "contour features (the frozen features come at ~17x the semantic features' "
-                f"scale): validation accuracy {fused['val_accuracy']:.3f} (test "
-                f"{fused['test_accuracy']:.3f}; semantic-only validation "
-                f"{other['variants']['semantic']['val_accuracy']:.3f}), so the fused and "
-                "contour-only variants were trained again with `normalize_contour` (the "
-                "current default) in the last run."
-            )
+            text += " " + earlier_fused_note(other, fused, history["config"]["net"])
     config = history["config"]
     if config.get("regenerate"):
         text += (
@@ -322,6 +314,27 @@ def provenance(history: dict, earlier: dict | None) -> str:
         )
     retrain = " (stage 1 then trains on the current generator, so its figures differ a little)"
     return text + " " + make.format(retrain=retrain)
+
+
+def earlier_fused_note(other: dict, fused: dict, net: dict) -> str:
+    """The card's words for the fused model the reused run trained and this run replaced."""
+    before = other["config"]["net"]
+    if "normalize_contour" not in before:
+        change = (
+            "without the batch norm on the contour features (the frozen features come at "
+            "~17x the semantic features' scale)"
+        )
+    else:
+        change = (
+            f"with contour dropout {before.get('contour_dropout', 0.0):g} (this run: "
+            f"{net.get('contour_dropout', 0.0):g})"
+        )
+    return (
+        f"That run also trained the fused model {change}: validation accuracy "
+        f"{fused['val_accuracy']:.3f} (test {fused['test_accuracy']:.3f}; semantic-only "
+        f"validation {other['variants']['semantic']['val_accuracy']:.3f}); the fused model "
+        "here replaces it."
+    )
 
 
 def dropout_note(share: float) -> str:
