@@ -32,6 +32,8 @@ class AttentionNetConfig:
     stem_width: int = 24  # channels at stride 2
     feature_width: int = 64  # K: channels of the feature map at stride 4
     perception_width: int = 128  # channels of the perception branch at stride 8
+    feature_blocks: int = 1  # residual blocks at stride 4 in the feature extractor
+    perception_blocks: int = 1  # residual blocks in the perception branch
     synthesis: str = "multiply"  # "multiply": f * M (seed 002); "residual": (1 + M) * f
 
     @property
@@ -59,7 +61,7 @@ class AttentionNet(nn.Module):
             ConvBN(3, s, stride=2),
             Residual(s),
             ConvBN(s, k, stride=2),
-            Residual(k),
+            *(Residual(k) for _ in range(config.feature_blocks)),
         )
         # Attention branch: a stride-1 conv block, then K -> C (ABN: 1x1 conv, BN, ReLU).
         self.attention_block = nn.Sequential(
@@ -70,7 +72,9 @@ class AttentionNet(nn.Module):
         )
         self.attention_head = nn.Conv2d(c, c, 1)  # + GAP = attention-branch logits
         self.map_head = nn.Sequential(nn.Conv2d(c, 1, 1, bias=False), nn.BatchNorm2d(1))
-        self.perception = nn.Sequential(ConvBN(k, p, stride=2), Residual(p))
+        self.perception = nn.Sequential(
+            ConvBN(k, p, stride=2), *(Residual(p) for _ in range(config.perception_blocks))
+        )
         self.classifier = nn.Linear(p, c)
 
     def extract(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -127,6 +131,28 @@ class PerceptionExport(nn.Module):
 def save_checkpoint(path, net: AttentionNet, **extra) -> None:
     """A checkpoint that rebuilds the network from the file alone."""
     torch.save({"config": asdict(net.config), "state_dict": net.state_dict(), **extra}, path)
+
+
+def grow_from(net: AttentionNet, smaller: AttentionNet) -> list[str]:
+    """Copy ``smaller``'s weights into ``net``, which has the same widths but more residual
+    blocks; each extra block starts as the identity (its last batch norm's scale and shift
+    are zero, so ``relu(x + 0) = x`` on the non-negative input), so ``net`` starts out
+    computing exactly what ``smaller`` does. Returns the names of the new parameters."""
+    a, b = asdict(net.config), asdict(smaller.config)
+    for key in ("feature_blocks", "perception_blocks"):
+        if a.pop(key) < b.pop(key):
+            raise ValueError(f"cannot grow to fewer {key}")
+    if a != b:
+        raise ValueError(f"only the block counts may differ: {a} vs {b}")
+    missing, unexpected = net.load_state_dict(smaller.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"unexpected weights: {unexpected}")
+    for name, module in net.named_modules():
+        if isinstance(module, Residual) and any(m.startswith(name + ".") for m in missing):
+            bn = module.conv2[1]
+            nn.init.zeros_(bn.weight)
+            nn.init.zeros_(bn.bias)
+    return list(missing)
 
 
 def load_checkpoint(path) -> tuple[AttentionNet, dict]:

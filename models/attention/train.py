@@ -26,6 +26,7 @@ from models.attention.loss import abn_loss
 from models.attention.net import (
     AttentionNet,
     AttentionNetConfig,
+    grow_from,
     load_checkpoint,
     save_checkpoint,
 )
@@ -53,8 +54,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     data_root: str | None = None
-    # Start from this checkpoint's weights (same network config) instead of from scratch:
-    # a second, lower-learning-rate run on freshly composed canvases (another --seed).
+    # Start from this checkpoint's weights instead of from scratch: a second,
+    # lower-learning-rate run on freshly composed canvases (another --seed). The network may
+    # have more residual blocks than the checkpoint's; the extra ones start as the identity.
     init: str | None = None
     # Compose fresh training canvases (new positions, scales, backgrounds) every epoch
     # instead of reusing one set: with one fixed set the wider network overfits (train
@@ -138,9 +140,14 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     net = AttentionNet(config.net)
     if config.init:
         start, _ = load_checkpoint(config.init)
-        if start.config != config.net:
-            raise SystemExit(f"--init {config.init} has network {start.config}, not {config.net}")
-        net.load_state_dict(start.state_dict())
+        if start.config == config.net:
+            net.load_state_dict(start.state_dict())
+        else:
+            try:
+                grown = grow_from(net, start)
+            except ValueError as error:
+                raise SystemExit(f"--init {config.init}: {error}") from None
+            tqdm.write(f"grown from {config.init}: {len(grown)} new tensors start as identity")
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_set) // config.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -246,10 +253,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for name in ("train_images", "val_images", "val_pairs", "epochs", "batch_size", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--init", default=None, help="checkpoint to start from (same network)")
+    p.add_argument("--init", default=None, help="checkpoint to start from (same widths, <= blocks)")
     for name in ("lr", "weight_decay", "mask_substitution"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    for name in ("stem_width", "feature_width", "perception_width"):
+    for name in (
+        "stem_width",
+        "feature_width",
+        "perception_width",
+        "feature_blocks",
+        "perception_blocks",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(n, name))
     p.add_argument("--synthesis", choices=("multiply", "residual"), default=n.synthesis)
     p.add_argument(
@@ -275,6 +288,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             stem_width=a.stem_width,
             feature_width=a.feature_width,
             perception_width=a.perception_width,
+            feature_blocks=a.feature_blocks,
+            perception_blocks=a.perception_blocks,
             synthesis=a.synthesis,
         ),
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from models.attention.net import (
     AttentionNetConfig,
     FeaturesExport,
     PerceptionExport,
+    grow_from,
     load_checkpoint,
     save_checkpoint,
 )
@@ -97,3 +100,32 @@ def test_checkpoint_rebuilds_the_network(tmp_path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(net(x)["perception_logits"], again(x)["perception_logits"])
+
+
+def test_a_grown_network_starts_out_computing_what_the_smaller_one_did() -> None:
+    torch.manual_seed(0)
+    small = AttentionNet(SMALL)
+    # Train-mode steps give the batch norms non-trivial running statistics.
+    with torch.no_grad():
+        for _ in range(3):
+            small(torch.randn(8, 3, 64, 64))
+    small.eval()
+    big = AttentionNet(replace(SMALL, feature_blocks=2, perception_blocks=3))
+    new = grow_from(big, small)
+    big.eval()
+    assert new and all(n.startswith(("features.4.", "perception.2.", "perception.3.")) for n in new)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = small(x), big(x)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    # The new blocks add trainable parameters (they are not the identity for good).
+    assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in small.parameters())
+
+
+def test_growing_refuses_other_widths_or_fewer_blocks() -> None:
+    small = AttentionNet(replace(SMALL, perception_blocks=2))
+    with pytest.raises(ValueError, match="fewer perception_blocks"):
+        grow_from(AttentionNet(SMALL), small)
+    with pytest.raises(ValueError, match="only the block counts"):
+        grow_from(AttentionNet(replace(SMALL, feature_width=24, perception_blocks=2)), small)
