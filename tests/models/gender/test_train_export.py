@@ -53,7 +53,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     history = train(config, progress=False)
     repo = root / "repository"
-    metrics = exporter.main(["--run", config.out, "--version", "3", "--repository", str(repo)])
+    extra = root / "earlier.md"
+    extra.write_text("## Earlier versions\n\nVersion 2 reached 0.5 (a line the card must keep).\n")
+    args = ["--run", config.out, "--version", "3", "--repository", str(repo)]
+    metrics = exporter.main([*args, "--extra-card", str(extra)])
     return {
         "root": root,
         "config": config,
@@ -113,6 +116,7 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     assert f"{config['metrics']['test_accuracy']:.4f}" in card
     for image in ("contour_examples.png", "ablation.png", "contour_curves.png"):
         assert (version / image).exists() and f"]({image})" in card
+    assert card.rstrip().endswith("Version 2 reached 0.5 (a line the card must keep).")
 
 
 def test_the_service_loads_and_decodes_it(pipeline: dict) -> None:
@@ -171,3 +175,12 @@ def test_a_regenerating_run_trains_and_records_every_variant(pipeline: dict) -> 
     for variant in ("fused", "semantic"):
         assert len(history["variants"][variant]["epochs"]) == config.epochs
         assert 0.0 <= history["variants"][variant]["test_accuracy"] <= 1.0
+
+
+def test_a_single_regenerating_run_card_says_how_its_garments_were_drawn() -> None:
+    history = {"config": {"regenerate": True, "train_images": 100, "epochs": 3}, "variants": {}}
+    text = exporter.provenance(history, None)
+    assert "100 fresh training garments every epoch" in text and "300 in all" in text
+    assert "stage 1 then trains" not in text and "--contour-from" not in text
+    history["config"]["regenerate"] = False
+    assert "fresh training garments" not in exporter.provenance(history, None)
