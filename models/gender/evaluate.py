@@ -10,6 +10,8 @@ usual lighter stand-in, so figures are comparable between our models, not to the
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import thin
@@ -51,3 +53,14 @@ def f_measure(
         if f > best["ods_f"]:
             best = {"ods_f": f, "threshold": float(t), "precision": precision, "recall": recall}
     return best
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value of two classifiers on the same samples: under the
+    null hypothesis each sample only one of them gets right is a fair coin flip, so the
+    smaller count is Binomial(only_first + only_second, 1/2)."""
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    k = min(only_first, only_second)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)

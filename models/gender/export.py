@@ -31,9 +31,9 @@ from models.common.export import (
 )
 from models.common.plots import plot_bars
 from models.gender.data import LABELS, PAD_VALUE, GarmentConfig, generate
-from models.gender.evaluate import f_measure
+from models.gender.evaluate import f_measure, mcnemar_exact
 from models.gender.net import GenderExport, GenderNet, load_checkpoint
-from models.gender.train import MEAN, STD, to_tensor
+from models.gender.train import MEAN, STD, pooled_features, predict, to_tensor
 
 NAME = "gender"
 TASK = "gender_contour"
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_kind_accuracy": per_kind,
         "ablation_test_accuracy": variants,
         "fused_minus_semantic": margin,
+        "fused_vs_semantic": paired_comparison(run, test.images, test.labels),
         "contour_ods_f_vs_teacher_photos": photo_f,
         "contour_ods_f_vs_outlines_garments": outline_f,
     }
@@ -250,6 +251,27 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(json.dumps(metrics, indent=1))
     return metrics
+
+
+def paired_comparison(run: Path, images: np.ndarray, labels: np.ndarray) -> dict | None:
+    """Fused against semantic-only on the same test garments (both checkpoints of ``run``,
+    PyTorch): how many only one of them gets right, and McNemar's exact p-value."""
+    right = {}
+    for variant in ("fused", "semantic"):
+        path = run / f"gender-{variant}.pt"
+        if not path.exists():
+            return None
+        net, _ = load_checkpoint(path)
+        assert isinstance(net, GenderNet)
+        predicted = predict(net, images, pooled_features(net, images)).numpy()
+        right[variant] = predicted == labels
+    fused_only = int((right["fused"] & ~right["semantic"]).sum())
+    semantic_only = int((~right["fused"] & right["semantic"]).sum())
+    return {
+        "fused_only_right": fused_only,
+        "semantic_only_right": semantic_only,
+        "mcnemar_p": mcnemar_exact(fused_only, semantic_only),
+    }
 
 
 def renamed(command: str, folder: str | None) -> str:
@@ -391,6 +413,14 @@ def write_card(
     else:
         verb = "beats" if margin > 0 else "does not beat"
         beats = f"{verb} semantic-only: {margin * 100:+.2f} points of test accuracy"
+        paired = metrics.get("fused_vs_semantic")
+        if paired:
+            beats += (
+                f" (on the same test garments only the fused model is right on "
+                f"{paired['fused_only_right']}, only semantic-only on "
+                f"{paired['semantic_only_right']}; McNemar's exact two-sided p = "
+                f"{paired['mcnemar_p']:.3g})"
+            )
     commands = "\n".join(training["commands"])
 
     def f_row(name: str, f: dict) -> str:

@@ -279,14 +279,21 @@ def pooled_features(net: GenderNet, images: np.ndarray, batch_size: int = 256) -
 
 
 @torch.no_grad()
+def predict(net: GenderNet, images: np.ndarray, pooled: torch.Tensor) -> torch.Tensor:
+    """Class index ``(N,)`` int64 of ``(N, S, S, 3)`` uint8 images (``pooled``: their
+    pooled contour features, see ``pooled_features``)."""
+    net.eval()
+    return torch.cat(
+        [
+            net.classify(to_tensor(images[i : i + 256]), pooled[i : i + 256]).argmax(1)
+            for i in range(0, len(images), 256)
+        ]
+    )
+
+
 def accuracy(net: GenderNet, images: np.ndarray, pooled: torch.Tensor, labels: torch.Tensor):
     """Share of ``(N, S, S, 3)`` uint8 images classified as ``labels``."""
-    net.eval()
-    correct = 0
-    for i in range(0, len(images), 256):
-        logits = net.classify(to_tensor(images[i : i + 256]), pooled[i : i + 256])
-        correct += int((logits.argmax(1) == labels[i : i + 256]).sum())
-    return correct / len(images)
+    return int((predict(net, images, pooled) == labels).sum()) / len(images)
 
 
 class VariantRun:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.gender.evaluate import f_measure
+from models.gender.evaluate import f_measure, mcnemar_exact
 
 
 def _squares(n: int = 4, size: int = 40) -> np.ndarray:
@@ -36,3 +36,12 @@ def test_best_threshold_is_chosen_over_the_whole_set() -> None:
     pred[:, 15:20, 15:20] = 0.5  # a blob inside every square, weaker than the edges
     result = f_measure(pred, ref)
     assert result["threshold"] > 0.5 and result["ods_f"] == 1.0
+
+
+def test_mcnemar_exact_matches_the_binomial_by_hand() -> None:
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(4, 4) == 1.0
+    assert mcnemar_exact(0, 5) == 2 / 32  # both tails of Binomial(5, 1/2) at the extremes
+    assert mcnemar_exact(3, 0) == mcnemar_exact(0, 3) == 2 / 8
+    # 10 against 2: P(X <= 2) for X ~ Binomial(12, 1/2) = (1 + 12 + 66) / 4096, doubled.
+    assert abs(mcnemar_exact(10, 2) - 2 * 79 / 4096) < 1e-12

@@ -110,6 +110,12 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     assert config["metrics"]["test_accuracy"] == pipeline["metrics"]["test_accuracy"]
     ablation = config["metrics"]["ablation_test_accuracy"]
     assert config["metrics"]["fused_minus_semantic"] == ablation["fused"] - ablation["semantic"]
+    # The paired counts come from the same test garments the ablation was measured on.
+    paired = config["metrics"]["fused_vs_semantic"]
+    n = config["metrics"]["test_images"]
+    difference = (paired["fused_only_right"] - paired["semantic_only_right"]) / n
+    assert abs(difference - config["metrics"]["fused_minus_semantic"]) < 1e-9
+    assert 0.0 < paired["mcnemar_p"] <= 1.0
     assert (version / "model.onnx").stat().st_size < 10 * 1024 * 1024
     card = (version / "MODEL_CARD.md").read_text()
     assert "python -m models.gender.train" in card and "python -m models.gender.export" in card
@@ -117,6 +123,7 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     for image in ("contour_examples.png", "ablation.png", "contour_curves.png"):
         assert (version / image).exists() and f"]({image})" in card
     assert card.rstrip().endswith("Version 2 reached 0.5 (a line the card must keep).")
+    assert f"McNemar's exact two-sided p = {paired['mcnemar_p']:.3g}" in card
 
 
 def test_the_service_loads_and_decodes_it(pipeline: dict) -> None:
