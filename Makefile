@@ -66,10 +66,10 @@ export-landmark: $(VENV)/.dev
 # Reproduce the committed gender model: HED teacher maps, contour network, then the gender
 # model and its ablation (semantic only, contour only, fused); see its MODEL_CARD.md.
 train-gender: $(VENV)/.dev
-	$(BIN)/python -m models.gender.train --out runs/gender-v4 --threads 1 --train-images 16000 --epochs 10 --contour-dropout 0 --regenerate
+	$(BIN)/python -m models.gender.train --out runs/gender-v5 --threads 2 --train-images 16000 --epochs 16 --contour-dropout 0 --regenerate
 
 export-gender: $(VENV)/.dev
-	$(BIN)/python -m models.gender.export --run runs/gender-v4 --version 4
+	$(BIN)/python -m models.gender.export --run runs/gender-v5 --version 5
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
 # chromium (the editor's browser test) and postgresql (the teacher-record store's tests
