@@ -308,7 +308,7 @@ def provenance(history: dict, earlier: dict | None) -> str:
             "the later ones reused it (`--contour-from`) and trained stage 2."
         )
     fused = None if earlier is None else earlier.get("variants", {}).get("fused")
-    if earlier is not None and fused is not None:
+    if fused is not None:
         text += (
             f" That first run's own stage 2 (fused, {earlier['config']['epochs']} epochs, an "
             "earlier garment generator whose womenswear and menswear cut ranges overlapped "
