@@ -7,7 +7,8 @@ whose inputs agree in everything but the batch axis, up to ``max_size`` rows; it
 more (at most ``max_delay_s`` after the oldest arrived) only while other requests hold
 slots and are still being decoded, so a lone client never waits. The batch runs in a
 worker thread (ORT releases the GIL, the event loop stays free) and each request gets its
-own rows of every output back.
+own rows of every output back. Up to ``policy.parallel`` batches of a graph run at once,
+so the next batch forms and starts while the previous one is still in ONNX Runtime.
 
 Requests whose client went away (``disconnected``) or whose task was cancelled are dropped
 before the batch forms. Slots are bounded (``queue_size``): a full graph raises
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 Outputs = dict[str, npt.NDArray[Any]]
 Disconnected = Callable[[], Awaitable[bool]]
+# A float32 batch buffer's key: (input name, per-row shape).
+BufferKey = tuple[str, tuple[int, ...]]
 
 
 class Runner(Protocol):
@@ -205,10 +209,14 @@ class Batcher:
     _worker: asyncio.Task[None] | None = None
     _wakeup: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
-    # Pre-allocated float32 batches for ImageRows inputs, by (input name, per-row shape).
-    _buffers: dict[tuple[str, tuple[int, ...]], npt.NDArray[np.float32]] = field(
-        default_factory=dict
-    )
+    # Batches running now (at most policy.parallel), held so they are not garbage-collected.
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
+    _run_slots: asyncio.Semaphore | None = None
+    # Free pre-allocated float32 batches (max_size rows) for ImageRows inputs: one list per
+    # key, since batches running at once each need their own; taken and given back by the
+    # worker threads, hence the lock.
+    _buffers: dict[BufferKey, list[npt.NDArray[np.float32]]] = field(default_factory=dict)
+    _buffers_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def max_size(self) -> int:
@@ -303,6 +311,8 @@ class Batcher:
         if loop is not self._loop:
             # A new event loop (a new test client, say): nothing of the old one is usable.
             self._loop, self._wakeup, self._worker = loop, asyncio.Event(), None
+            self._run_slots = asyncio.Semaphore(max(1, self.policy.parallel))
+            self._running = set()
         return loop
 
     def _wake(self) -> None:
@@ -312,13 +322,30 @@ class Batcher:
     # --- the worker -----------------------------------------------------------------------
 
     async def _work(self) -> None:
-        """Run batches while requests are queued; exits when the queue is empty (the next
-        request starts a new worker), so an idle model holds no task."""
+        """Form and start batches while requests are queued, at most ``policy.parallel``
+        running at once; exits when the queue is empty (the next request starts a new
+        worker), so an idle model holds no task."""
+        assert self._run_slots is not None and self._loop is not None
         while self._queue:
-            await self._gather()
-            batch = await self._take_batch()
-            if batch:
-                await self._execute(batch)
+            # Wait for a free run slot first: requests arriving meanwhile join this batch.
+            await self._run_slots.acquire()
+            try:
+                await self._gather()
+                batch = await self._take_batch()
+            except BaseException:
+                self._run_slots.release()
+                raise
+            if not batch:
+                self._run_slots.release()
+                continue
+            task = self._loop.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._run_slots is not None:
+            self._run_slots.release()
 
     async def _gather(self) -> None:
         """Wait for company: while the batch is not full, requests are still being decoded
@@ -399,13 +426,20 @@ class Batcher:
     def _run(self, batch: list[_Item]) -> tuple[Outputs, float]:
         """Assemble the batch and run it (in a worker thread); returns outputs and the
         seconds inside ORT."""
-        feeds = {
-            name: self._assemble(name, [item.feeds[name] for item in batch])
-            for name in batch[0].feeds
-        }
-        started = time.perf_counter()
-        outputs = self.runner.run(feeds)
-        seconds = time.perf_counter() - started
+        borrowed: list[tuple[BufferKey, npt.NDArray[np.float32]]] = []
+        try:
+            feeds = {
+                name: self._assemble(name, [item.feeds[name] for item in batch], borrowed)
+                for name in batch[0].feeds
+            }
+            started = time.perf_counter()
+            outputs = self.runner.run(feeds)
+            seconds = time.perf_counter() - started
+        finally:
+            # ORT's outputs are arrays of their own, so the inputs can be reused at once.
+            with self._buffers_lock:
+                for key, buffer in borrowed:
+                    self._buffers.setdefault(key, []).append(buffer)
         rows = sum(item.rows for item in batch)
         if len(batch) > 1:
             for name, value in outputs.items():
@@ -416,9 +450,15 @@ class Batcher:
                     )
         return outputs, seconds
 
-    def _assemble(self, name: str, parts: list[Feed]) -> npt.NDArray[Any]:
+    def _assemble(
+        self,
+        name: str,
+        parts: list[Feed],
+        borrowed: list[tuple[BufferKey, npt.NDArray[np.float32]]],
+    ) -> npt.NDArray[Any]:
         """One input of the batch: ImageRows normalised into a pre-allocated buffer, arrays
-        as they are (one) or copied once into the buffer (several)."""
+        as they are (one) or copied once into the buffer (several). Buffers taken from the
+        pool are added to ``borrowed``, for the caller to give back after the run."""
         first = parts[0]
         if isinstance(first, ImageRows):
             if self.normalization is None:
@@ -426,7 +466,7 @@ class Batcher:
             pixels = [part.pixels for part in parts if isinstance(part, ImageRows)]
             rows = sum(p.shape[0] for p in pixels)
             height, width = first.pixels.shape[1:3]
-            out = self._buffer(name, (3, height, width), rows)
+            out = self._buffer(name, (3, height, width), rows, borrowed)
             start = 0
             for block in pixels:
                 self.normalization.into(block, out[start : start + block.shape[0]])
@@ -437,20 +477,29 @@ class Batcher:
             return arrays[0]
         rows = sum(a.shape[0] for a in arrays)
         if arrays[0].dtype == np.float32:
-            out = self._buffer(name, tuple(arrays[0].shape[1:]), rows)
+            out = self._buffer(name, tuple(arrays[0].shape[1:]), rows, borrowed)
             return np.concatenate(arrays, axis=0, out=out)
         return np.concatenate(arrays, axis=0)
 
-    def _buffer(self, name: str, row_shape: tuple[int, ...], rows: int) -> npt.NDArray[np.float32]:
-        """The first ``rows`` rows of this input's reusable float32 batch buffer. Safe to
-        reuse: one batch per graph is assembled and run at a time (one worker)."""
+    def _buffer(
+        self,
+        name: str,
+        row_shape: tuple[int, ...],
+        rows: int,
+        borrowed: list[tuple[BufferKey, npt.NDArray[np.float32]]],
+    ) -> npt.NDArray[np.float32]:
+        """The first ``rows`` rows of a free float32 batch buffer of this input (one of at
+        most ``policy.parallel`` per input, allocated on first need), recorded in
+        ``borrowed``."""
         if rows > self.max_size:  # a single oversized request: not worth keeping
             return np.empty((rows, *row_shape), np.float32)
         key = (name, row_shape)
-        buffer = self._buffers.get(key)
+        with self._buffers_lock:
+            free = self._buffers.get(key)
+            buffer = free.pop() if free else None
         if buffer is None:
             buffer = np.empty((self.max_size, *row_shape), np.float32)
-            self._buffers[key] = buffer
+        borrowed.append((key, buffer))
         return buffer[:rows]
 
     # --- metrics ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ queued, so these tests decide what a batch holds by reserving slots before submi
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -157,6 +158,65 @@ def test_image_rows_are_normalised_into_the_batch_like_normalize(repo: Path) -> 
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
 
 
+class OverlapRunner:
+    """Wraps a session; each run waits (up to PATIENT_S) until ``parallel`` runs are inside
+    at once or no more are coming, and records the most that ever were."""
+
+    def __init__(self, inner: Any, parallel: int, total: int) -> None:
+        self.inner, self.parallel, self.total = inner, parallel, total
+        self.lock = threading.Condition()
+        self.inside = self.started = self.most_inside = 0
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        with self.lock:
+            self.inside += 1
+            self.started += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.lock.notify_all()
+            self.lock.wait_for(
+                lambda: self.inside >= self.parallel or self.started == self.total, PATIENT_S
+            )
+        try:
+            result: dict[str, npt.NDArray[Any]] = self.inner.run(feeds, output_names)
+            return result
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_up_to_parallel_batches_run_at_once_each_with_its_own_buffer(
+    repo: Path, parallel: int
+) -> None:
+    """Batches of one row each, image rows normalised into pooled buffers: exactly
+    ``parallel`` runs overlap, and every request still gets its own image's answer."""
+    model = _model(repo)
+    config = model.config
+    assert config is not None
+    pre = config.preprocess
+    batcher = model.batcher()
+    total = 2 * parallel + 1
+    runner = OverlapRunner(batcher.runner, parallel, total)
+    batcher.runner = runner
+    batcher.policy = BatchPolicy(
+        max_size=1, max_delay_s=PATIENT_S, queue_size=64, parallel=parallel
+    )
+    rng = np.random.default_rng(2)
+    pixels = [rng.integers(0, 256, (1, 160, 160, 3), dtype=np.uint8) for _ in range(total)]
+
+    results = asyncio.run(_submit_together(batcher, [{"image": ImageRows(p)} for p in pixels]))
+
+    assert runner.started == total
+    assert runner.most_inside == parallel
+    for block, got in zip(pixels, results, strict=True):
+        want = model.run({"image": normalize(block, scale=pre.scale, mean=pre.mean, std=pre.std)})
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    assert batcher.slots == 0 and batcher.queued == 0
+
+
 def test_normalization_into_matches_normalize() -> None:
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (4, 5, 7, 3), dtype=np.uint8)
@@ -238,18 +298,20 @@ def test_batching_off_runs_every_request_alone(repo: Path) -> None:
 def test_settings_batch_policy_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISION_BATCH_MAX_SIZE", "8")
     monkeypatch.setenv("VISION_BATCH_MAX_DELAY_MS", "3")
+    monkeypatch.setenv("VISION_BATCH_PARALLEL", "3")
     monkeypatch.setenv(
         "VISION_BATCH_PER_MODEL",
         '{"landmark": {"max_size": 4, "queue_size": 10},'
-        ' "attention.features": {"max_delay_ms": 0}}',
+        ' "attention.features": {"max_delay_ms": 0, "parallel": 1}}',
     )
     settings = Settings()
-    assert settings.batch_policy("landmark") == BatchPolicy(4, 0.003, 10)
-    assert settings.batch_policy("attention", "features") == BatchPolicy(8, 0.0, 8)
-    assert settings.batch_policy("attention", "perception") == BatchPolicy(8, 0.003, 8)
+    assert settings.batch_policy("landmark") == BatchPolicy(4, 0.003, 10, parallel=3)
+    assert settings.batch_policy("attention", "features") == BatchPolicy(8, 0.0, 8, parallel=1)
+    assert settings.batch_policy("attention", "perception") == BatchPolicy(8, 0.003, 8, parallel=3)
     monkeypatch.delenv("VISION_BATCH_PER_MODEL")
     off = Settings(batching=False, batch_per_model={"landmark": {"max_size": 4}})
-    assert off.batch_policy("landmark") == BatchPolicy(1, 0.0, 8)  # the queue stays bounded
+    # Batching off: every request alone, the queue still bounded.
+    assert off.batch_policy("landmark") == BatchPolicy(1, 0.0, 8, parallel=3)
     with pytest.raises(ValueError, match="extra"):
         Settings(batch_per_model={"landmark": {"max_batch": 4}})
 
