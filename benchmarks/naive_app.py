@@ -5,6 +5,9 @@ One request, one ``session.run``; the upload is decoded, resized and normalised 
 answer is the cells whose confidence passes 0.5 with their class. Serve it with
 ``uvicorn benchmarks.naive_app:app`` (``NAIVE_MODEL_DIR`` = a landmark version directory).
 It exists only as the baseline of ``python -m benchmarks.run``; nothing imports it.
+
+``POST /upload`` is the HTTP floor: the same multipart upload read and its size answered,
+no decoding and no model, so what HTTP alone costs at concurrency 1 is measured too.
 """
 
 from __future__ import annotations
@@ -55,3 +58,8 @@ async def predict(image: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B00
             for cell in cells
         ]
     }
+
+
+@app.post("/upload")
+async def upload(image: UploadFile = File(...)) -> dict[str, int]:  # noqa: B008 (tutorial style)
+    return {"bytes": len(await image.read())}

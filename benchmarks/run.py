@@ -244,11 +244,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def load_levels(
-    port: int, pid: int, image: bytes, levels: list[int], duration: float, warmup: float
+    port: int,
+    pid: int,
+    image: bytes,
+    levels: list[int],
+    duration: float,
+    warmup: float,
+    path: str = "/recognize",
 ) -> list[dict[str, Any]]:
     """Closed-loop levels; also the server's CPU time per answered request (all threads),
     a figure the machine's other load does not inflate the way it does latency."""
-    request = multipart_request(HOST, port, "/recognize", "image", "photo.jpg", image, "image/jpeg")
+    request = multipart_request(HOST, port, path, "image", "photo.jpg", image, "image/jpeg")
     rows = []
     for concurrency in levels:
         cpu_before, client_before = cpu_seconds(pid), time.process_time()
@@ -364,6 +370,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{pipe['single_ms']:.2f} ms: ratio {head['c1_ratio']:.2f} (target <= 1.2); against "
         f"the full-decode pipeline {pipe['full_single_ms']:.2f} ms: "
         f"{head['c1_ratio_vs_full_decode']:.2f}",
+        f"- HTTP floor at concurrency 1 (a FastAPI endpoint that only reads the same upload, "
+        f"the naive peer's POST /upload): p50 {report['http_floor']['p50_ms']:.2f} ms; floor "
+        f"+ decode + pre + run = {head['c1_floor_plus_pipeline_ms']:.2f} ms, so the service "
+        f"adds {head['c1_p50_ms'] - head['c1_floor_plus_pipeline_ms']:.2f} ms of its own "
+        f"(thread hand-offs, middleware, batcher)",
         f"- overload: {over['offered_rps']:.0f} req/s offered (2x the {OVERLOAD_BASE}-client "
         f"throughput) for {report['settings']['duration_s']:.0f} s: {over['ok']} accepted, "
         f"{over['rejected_503']} answered 503 (p99 {_fmt(over['p99_503_ms'])} ms), "
@@ -489,6 +500,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 report["http"][name] += load_levels(
                     port, pid, image, [concurrency], args.duration, args.warmup
                 )
+        print("HTTP floor (naive peer's POST /upload)", flush=True)
+        port, pid = servers["naive peer"]
+        report["http_floor"] = load_levels(
+            port, pid, image, [1], args.duration, args.warmup, path="/upload"
+        )[0]
         rows = report["http"]["service, batching on"]
         base = next((r for r in rows if r["concurrency"] == OVERLOAD_BASE), rows[-1])
         rate = OVERLOAD_FACTOR * base["throughput_rps"]
@@ -514,6 +530,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "c1_p50_ms": on1["p50_ms"],
         "c1_ratio": on1["p50_ms"] / pipeline["single_ms"],
         "c1_ratio_vs_full_decode": on1["p50_ms"] / pipeline["full_single_ms"],
+        "c1_floor_plus_pipeline_ms": report["http_floor"]["p50_ms"] + pipeline["single_ms"],
         "base_p99_ms": base["p99_ms"],
         "overload_p99_ratio": report["overload"]["p99_ms"] / base["p99_ms"],
     }

@@ -54,6 +54,14 @@ def test_all_three_servers_answered_every_level_without_errors(
             assert row["ok"] > 0 and row["errors"] == 0 and row["other_status"] == 0, (name, row)
 
 
+def test_http_floor_is_the_naive_peers_upload_only_endpoint(report: tuple[dict, Path]) -> None:
+    floor, pipe, head = report[0]["http_floor"], report[0]["pipeline"], report[0]["headline"]
+    assert floor["concurrency"] == 1 and floor["ok"] > 0 and floor["errors"] == 0
+    assert floor["other_status"] == 0  # every answer a 200: the route exists and took the upload
+    assert head["c1_floor_plus_pipeline_ms"] == pytest.approx(floor["p50_ms"] + pipe["single_ms"])
+    assert "HTTP floor" in (report[1] / "benchmark.md").read_text()
+
+
 def test_overload_and_headline_are_written(report: tuple[dict, Path]) -> None:
     data, out = report
     assert data["overload"]["offered_rps"] > 0
