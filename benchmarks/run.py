@@ -361,10 +361,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "## Headline (concurrency 16 unless said)",
         "",
         f"- service (batching on) / limit with decode included: "
-        f"{head['on_vs_limit_with_decode']:.2f} (target >= 0.80)",
+        f"{head['on_vs_limit_with_decode']:.3f} (target >= 0.80)",
         f"- service (batching on) / raw ORT limit, decode not included: "
         f"{head['on_vs_limit_without_decode']:.2f}",
-        f"- service (batching on) / naive peer: {head['on_vs_naive']:.2f} (target >= 2)",
+        f"- service (batching on) / naive peer: {head['on_vs_naive']:.3f} (target >= 2)",
         f"- service (batching off) / naive peer: {head['off_vs_naive']:.2f}",
         f"- concurrency 1 p50 {head['c1_p50_ms']:.2f} ms vs decode + pre + run "
         f"{pipe['single_ms']:.2f} ms: ratio {head['c1_ratio']:.2f} (target <= 1.2); against "
