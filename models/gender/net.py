@@ -184,6 +184,32 @@ class GenderNet(nn.Module):
         }
 
 
+def grow_fused_from_semantic(fused: GenderNet, semantic: GenderNet) -> None:
+    """Give ``fused`` the trained weights of a semantic-only ``semantic`` network, with the
+    contour features' weights in the first fusion conv at zero: ``fused`` then answers
+    exactly as ``semantic`` does, and training can only add what the contour features
+    carry. Both must share widths and the (frozen) contour network."""
+    if not (fused.config.use_semantic and fused.config.use_contour):
+        raise ValueError("the grown network must use semantic and contour features")
+    if semantic.config.use_contour or not semantic.config.use_semantic:
+        raise ValueError("the source network must be semantic-only")
+    target, source = fused.state_dict(), semantic.state_dict()
+    first = "fusion.0.0.weight"  # (F, Cs + 4U, 3, 3): semantic channels come first
+    grown = {}
+    for name, value in target.items():
+        if name == first:
+            weight = torch.zeros_like(value)
+            weight[:, : source[name].shape[1]] = source[name]
+            grown[name] = weight
+        elif name in source:
+            if source[name].shape != value.shape:
+                raise ValueError(f"{name}: {tuple(source[name].shape)} vs {tuple(value.shape)}")
+            grown[name] = source[name].clone()
+        else:
+            grown[name] = value  # the contour features' batch norm: only fused has it
+    fused.load_state_dict(grown)
+
+
 class GenderExport(nn.Module):
     """The served graph: image -> (gender logits (N, 2), contour map (N, 1, S, S) in 0..1)."""
 

@@ -49,6 +49,7 @@ from models.gender.net import (
     ContourNetConfig,
     GenderNet,
     GenderNetConfig,
+    grow_fused_from_semantic,
     load_checkpoint,
     save_checkpoint,
 )
@@ -92,6 +93,11 @@ class TrainConfig:
     # Variants not trained here (see ``variants``) are taken from this earlier run when its
     # recipe for them was the same (same data seeds and network for that variant).
     variants_from: str | None = None
+    # Start the semantic and fused variants from this earlier run's semantic-only network
+    # (gender-semantic.pt): semantic-only trains on from it, fused starts as exactly that
+    # network with zero weights on the contour features (grow_fused_from_semantic), so the
+    # two differ only in what the contour features add over the same further training.
+    init_from: str | None = None
     # Shared.
     batch_size: int = 64
     weight_decay: float = 5e-4
@@ -300,10 +306,24 @@ class VariantRun:
     """Stage 2 of one ablation variant, stepped an epoch at a time so that all variants
     can share each epoch's (possibly freshly generated) training set."""
 
-    def __init__(self, config: TrainConfig, contour: ContourNet, variant: str, steps: int):
+    def __init__(
+        self,
+        config: TrainConfig,
+        contour: ContourNet,
+        variant: str,
+        steps: int,
+        start: GenderNet | None = None,
+    ):
         torch.manual_seed(config.seed)  # every variant starts from the same draws
         self.config, self.variant, self.steps = config, variant, steps
         self.net = GenderNet(replace(config.net, **VARIANTS[variant]))
+        if start is not None:  # a trained semantic-only network (TrainConfig.init_from)
+            if variant == "semantic":
+                self.net.load_state_dict(start.state_dict())
+            elif variant == "fused":
+                grow_fused_from_semantic(self.net, start)
+            else:
+                raise ValueError(f"init_from starts semantic and fused only, not {variant!r}")
         self.net.contour.load_state_dict(contour.state_dict())
         self.net.freeze_contour()
         trainable = [p for p in self.net.parameters() if p.requires_grad]
@@ -381,7 +401,12 @@ def train_gender(
     variant's history and test accuracy."""
     train_set = data["train"]
     steps = len(train_set[0]) // config.batch_size
-    runs = [VariantRun(config, contour, v, steps) for v in variants]
+    start = None
+    if config.init_from:
+        loaded, _ = load_checkpoint(Path(config.init_from) / "gender-semantic.pt")
+        assert isinstance(loaded, GenderNet)
+        start = loaded
+    runs = [VariantRun(config, contour, v, steps, start) for v in variants]
     for epoch in range(config.epochs):
         if config.regenerate and epoch > 0 and not config.image_folder:
             train_set = fresh_train_data(config, contour, epoch)
@@ -508,6 +533,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--contour-from", default=None, help="reuse stage 1 of this earlier run")
     p.add_argument("--variants-from", default=None, help="take untrained variants from a run")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start semantic and fused from this run's gender-semantic.pt (fused: contour "
+        "weights at zero)",
+    )
     p.add_argument("--input-size", type=int, default=d.net.contour.input_size)
     p.add_argument(
         "--contour-dropout",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from models.gender.net import (
     GenderExport,
     GenderNet,
     GenderNetConfig,
+    grow_fused_from_semantic,
     load_checkpoint,
     save_checkpoint,
 )
@@ -147,3 +149,35 @@ def test_contour_dropout_is_a_training_option() -> None:
 
     assert parse_args([]).net.contour_dropout == GenderNetConfig().contour_dropout
     assert parse_args(["--contour-dropout", "0.5"]).net.contour_dropout == 0.5
+
+
+def test_fused_grown_from_semantic_answers_exactly_as_it_and_can_learn_contours() -> None:
+    torch.manual_seed(0)
+    semantic = GenderNet(replace(SMALL, use_contour=False))
+    fused = GenderNet(SMALL)
+    fused.contour.load_state_dict(semantic.contour.state_dict())
+    # Give the semantic network non-default batch-norm statistics, as training would.
+    semantic.train()
+    with torch.no_grad():
+        semantic.classify(torch.randn(8, 3, 64, 64), None)
+    grow_fused_from_semantic(fused, semantic)
+    semantic.eval(), fused.eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)["logits"], semantic(x)["logits"])
+    # The zeroed contour weights still get gradients: training can bring them in.
+    fused.train()
+    fused.freeze_contour()
+    pooled = fused.pooled_contour(fused.contour.features(x)).detach()
+    fused.classify(x, pooled).sum().backward()
+    first = fused.fusion[0][0].weight
+    grad = first.grad
+    assert grad is not None and grad[:, 16:].abs().sum() > 0  # the 4U = 16 contour channels
+
+
+def test_growing_needs_a_semantic_only_source_and_a_fused_target() -> None:
+    semantic = GenderNet(replace(SMALL, use_contour=False))
+    with pytest.raises(ValueError, match="semantic-only"):
+        grow_fused_from_semantic(GenderNet(SMALL), GenderNet(SMALL))
+    with pytest.raises(ValueError, match="semantic and contour"):
+        grow_fused_from_semantic(GenderNet(replace(SMALL, use_semantic=False)), semantic)

@@ -15,7 +15,13 @@ from models.common.export import PARITY_TOLERANCE
 from models.gender import export as exporter
 from models.gender import hed
 from models.gender.data import GarmentConfig, generate
-from models.gender.net import ContourNetConfig, GenderExport, GenderNetConfig, load_checkpoint
+from models.gender.net import (
+    ContourNetConfig,
+    GenderExport,
+    GenderNet,
+    GenderNetConfig,
+    load_checkpoint,
+)
 from models.gender.train import TrainConfig, fresh_train_data, to_tensor, train
 from service.decoding import GenderDecoder
 from service.runtime import load_model
@@ -191,3 +197,31 @@ def test_a_single_regenerating_run_card_says_how_its_garments_were_drawn() -> No
     assert "stage 1 then trains" not in text and "--contour-from" not in text
     history["config"]["regenerate"] = False
     assert "fresh training garments" not in exporter.provenance(history, None)
+
+
+def test_a_run_can_start_semantic_and_fused_from_an_earlier_semantic_network(
+    pipeline: dict,
+) -> None:
+    first = pipeline["root"] / "run"
+    config = replace(
+        pipeline["config"],
+        out=str(pipeline["root"] / "grown"),
+        contour_from=str(first),
+        init_from=str(first),
+        variants=("fused", "semantic"),
+        epochs=1,
+        lr=0.0,  # no weight moves (batch-norm statistics still do, alike in both)
+    )
+    history = train(config, progress=False)
+    start, _ = load_checkpoint(first / "gender-semantic.pt")
+    semantic, _ = load_checkpoint(pipeline["root"] / "grown" / "gender-semantic.pt")
+    fused, _ = load_checkpoint(pipeline["root"] / "grown" / "gender-fused.pt")
+    assert isinstance(fused, GenderNet) and isinstance(start, GenderNet)
+    torch.testing.assert_close(semantic.classifier.weight, start.classifier.weight)
+    assert not fused.fusion[0][0].weight[:, start.config.semantic_widths[-1] :].any()
+    x = to_tensor(generate(4, "test", 5, GarmentConfig(size=SIZE)).images)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)["logits"], semantic(x)["logits"])
+    assert history["config"]["init_from"] == str(first)
+    with pytest.raises(ValueError, match="semantic and fused only"):
+        train(replace(config, out=str(pipeline["root"] / "bad"), variants=("contour",)))
