@@ -332,13 +332,22 @@ def provenance(history: dict, earlier: dict | None) -> str:
         if fused is not None and "from_run" not in history["variants"].get("fused", {}):
             text += " " + earlier_fused_note(other, fused, history["config"]["net"])
     config = history["config"]
+    if config.get("init_from"):
+        start = json.loads((Path(config["init_from"]) / "history.json").read_text())
+        text += (
+            " Semantic-only and fused both start from the semantic-only network of the run "
+            f"`{start['command']}` (`--init-from`): semantic-only trains on from it; fused "
+            "starts as exactly that network, its weights on the contour features in the "
+            "first fusion conv at zero, so after the same further training on the same "
+            "garments the two differ only in what the contour features add."
+        )
     if config.get("regenerate"):
         text += (
             f" Stage 2 drew {config['train_images']} fresh training garments every epoch "
             f"(`--regenerate`; {config['train_images'] * config['epochs']} in all over "
-            f"{config['epochs']} epochs), the same garments for all three variants, so the "
-            "ablation stays like for like: with one fixed set (version 2) the training loss "
-            "fell to 0.14 while validation accuracy stalled at 0.92."
+            f"{config['epochs']} epochs), the same garments for every variant trained in the "
+            "run, so the ablation stays like for like: with one fixed set (version 2) the "
+            "training loss fell to 0.14 while validation accuracy stalled at 0.92."
         )
     retrain = (
         ""

@@ -223,5 +223,6 @@ def test_a_run_can_start_semantic_and_fused_from_an_earlier_semantic_network(
     with torch.no_grad():
         torch.testing.assert_close(fused(x)["logits"], semantic(x)["logits"])
     assert history["config"]["init_from"] == str(first)
+    assert "`--init-from`" in exporter.provenance(history, None)
     with pytest.raises(ValueError, match="semantic and fused only"):
         train(replace(config, out=str(pipeline["root"] / "bad"), variants=("contour",)))
