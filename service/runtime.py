@@ -165,8 +165,21 @@ class ModelState(enum.StrEnum):
     FAILED = "failed"
 
 
-def resolve_providers(choice: str, available: Sequence[str]) -> list[str]:
-    """Execution providers to request for ``auto|cuda|cpu``, best first.
+# Device nodes of an NVIDIA driver's GPUs (/dev/nvidia0, ...) and WSL2's GPU bridge
+# (/dev/dxg). onnxruntime-gpu lists CUDA whether or not a GPU is there, then logs errors
+# and falls back to the CPU for every session; with none of these nodes ``auto`` does not
+# try CUDA at all.
+GPU_DEVICE_PATTERNS = ("nvidia[0-9]*", "dxg")
+
+
+def gpu_visible(dev: Path = Path("/dev")) -> bool:
+    """Whether an NVIDIA GPU (or WSL2's GPU bridge) is visible to this process."""
+    return any(next(dev.glob(pattern), None) is not None for pattern in GPU_DEVICE_PATTERNS)
+
+
+def resolve_providers(choice: str, available: Sequence[str], gpu: bool = True) -> list[str]:
+    """Execution providers to request for ``auto|cuda|cpu``, best first; ``gpu``: whether
+    a GPU is visible (``gpu_visible``), which ``auto`` needs before it tries CUDA.
 
     ``cuda`` keeps CPU after CUDA so that operators CUDA lacks still run; whether CUDA
     really came up is checked on the session (see OnnxSession).
@@ -179,7 +192,9 @@ def resolve_providers(choice: str, available: Sequence[str]) -> list[str]:
                 f"providers=cuda but this onnxruntime offers only {list(available)}"
             )
         return [CUDA_PROVIDER, CPU_PROVIDER]
-    return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+    if CUDA_PROVIDER in available and gpu:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
 
 
 def preload_cuda_libraries() -> bool:
@@ -245,7 +260,9 @@ class OnnxSession:
     """
 
     def __init__(self, model: Path | bytes, settings: Settings) -> None:
-        requested = resolve_providers(settings.providers, ort.get_available_providers())
+        requested = resolve_providers(
+            settings.providers, ort.get_available_providers(), gpu_visible()
+        )
         source = str(model) if isinstance(model, Path) else model
         try:
             self._session = ort.InferenceSession(

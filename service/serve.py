@@ -11,7 +11,7 @@ every model again). Read from the environment besides the ``VISION_*`` settings:
 | ``FORWARDED_ALLOW_IPS`` | ``127.0.0.1`` | proxies whose X-Forwarded-* headers are trusted |
 
 Before the app is built, CUDA/cuDNN from the ``nvidia-*`` wheels are preloaded when they
-are installed (the GPU image) and the settings do not force the CPU.
+are installed (the GPU image) and CUDA is wanted (``cuda``, or ``auto`` with a GPU visible).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import uvicorn
 
 from service.logs import uvicorn_log_config
-from service.runtime import preload_cuda_libraries
+from service.runtime import gpu_visible, preload_cuda_libraries
 from service.settings import get_settings
 
 DEFAULT_HOST = "0.0.0.0"  # a container listens on every interface
@@ -36,7 +36,8 @@ logger = logging.getLogger("service")
 
 def main() -> None:
     settings = get_settings()
-    if settings.providers != "cpu" and preload_cuda_libraries():
+    wants_cuda = settings.providers == "cuda" or (settings.providers == "auto" and gpu_visible())
+    if wants_cuda and preload_cuda_libraries():
         logger.info("preloaded CUDA and cuDNN from the nvidia wheels")
     uvicorn.run(
         "service.main:create_app",

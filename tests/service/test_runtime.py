@@ -16,6 +16,7 @@ from service.runtime import (
     ModelRegistry,
     ModelState,
     discover_models,
+    gpu_visible,
     load_model,
     resolve_providers,
     select_version,
@@ -31,6 +32,9 @@ def test_resolve_providers() -> None:
     assert resolve_providers("cpu", [CUDA_PROVIDER, CPU_PROVIDER]) == [CPU_PROVIDER]
     assert resolve_providers("auto", [CUDA_PROVIDER, CPU_PROVIDER]) == [CUDA_PROVIDER, CPU_PROVIDER]
     assert resolve_providers("auto", [CPU_PROVIDER]) == [CPU_PROVIDER]
+    no_gpu = resolve_providers("auto", [CUDA_PROVIDER, CPU_PROVIDER], gpu=False)
+    assert no_gpu == [CPU_PROVIDER]
+    assert resolve_providers("cuda", [CUDA_PROVIDER, CPU_PROVIDER], gpu=False)[0] == CUDA_PROVIDER
     assert resolve_providers(
         "cuda", ["TensorrtExecutionProvider", CUDA_PROVIDER, CPU_PROVIDER]
     ) == [
@@ -59,9 +63,23 @@ def test_auto_reports_the_providers_really_in_use(
         model = load_model("landmark", make_settings(repo, providers="auto"))
     assert model.ready, model.error
     assert CPU_PROVIDER in model.providers
-    if CUDA_LISTED and CUDA_PROVIDER not in model.providers:
-        # onnxruntime-gpu lists CUDA on a GPU-less machine, then silently falls back.
+    if not gpu_visible():  # auto does not even try: no fallback warning, no ORT errors
+        assert model.providers == [CPU_PROVIDER]
+        assert "CUDA was requested" not in caplog.text
+    elif CUDA_LISTED and CUDA_PROVIDER not in model.providers:
+        # A GPU node but CUDA did not come up (libraries missing): said loudly.
         assert "CUDA was requested but the session runs on" in caplog.text
+
+
+def test_gpu_visible_looks_for_nvidia_or_wsl_gpu_device_nodes(tmp_path: Path) -> None:
+    assert not gpu_visible(tmp_path)
+    (tmp_path / "nvidiactl").touch()  # the driver's control node alone: no GPU
+    assert not gpu_visible(tmp_path)
+    (tmp_path / "nvidia0").touch()
+    assert gpu_visible(tmp_path)
+    (tmp_path / "nvidia0").unlink()
+    (tmp_path / "dxg").touch()
+    assert gpu_visible(tmp_path)
 
 
 def test_cuda_without_a_working_gpu_is_a_load_failure(repo: Path) -> None:
