@@ -340,12 +340,13 @@ class Batcher:
                 continue
             task = self._loop.create_task(self._execute(batch))
             self._running.add(task)
-            task.add_done_callback(self._finished)
+            # The slot goes back to the semaphore it came from, even if a new event loop
+            # has replaced it meanwhile.
+            task.add_done_callback(partial(self._finished, self._run_slots))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        if self._run_slots is not None:
-            self._run_slots.release()
+        slots.release()
 
     async def _gather(self) -> None:
         """Wait for company: while the batch is not full, requests are still being decoded
