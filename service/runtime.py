@@ -177,6 +177,12 @@ def gpu_visible(dev: Path = Path("/dev")) -> bool:
     return any(next(dev.glob(pattern), None) is not None for pattern in GPU_DEVICE_PATTERNS)
 
 
+def wants_cuda(choice: str, gpu: bool) -> bool:
+    """Whether ``providers=choice`` asks for CUDA: ``cuda`` always, ``auto`` when a GPU is
+    visible (``gpu``, see ``gpu_visible``), ``cpu`` never."""
+    return choice == "cuda" or (choice == "auto" and gpu)
+
+
 def resolve_providers(choice: str, available: Sequence[str], gpu: bool = True) -> list[str]:
     """Execution providers to request for ``auto|cuda|cpu``, best first; ``gpu``: whether
     a GPU is visible (``gpu_visible``), which ``auto`` needs before it tries CUDA.
@@ -184,15 +190,9 @@ def resolve_providers(choice: str, available: Sequence[str], gpu: bool = True) -
     ``cuda`` keeps CPU after CUDA so that operators CUDA lacks still run; whether CUDA
     really came up is checked on the session (see OnnxSession).
     """
-    if choice == "cpu":
-        return [CPU_PROVIDER]
-    if choice == "cuda":
-        if CUDA_PROVIDER not in available:
-            raise ModelLoadError(
-                f"providers=cuda but this onnxruntime offers only {list(available)}"
-            )
-        return [CUDA_PROVIDER, CPU_PROVIDER]
-    if CUDA_PROVIDER in available and gpu:
+    if choice == "cuda" and CUDA_PROVIDER not in available:
+        raise ModelLoadError(f"providers=cuda but this onnxruntime offers only {list(available)}")
+    if wants_cuda(choice, gpu) and CUDA_PROVIDER in available:
         return [CUDA_PROVIDER, CPU_PROVIDER]
     return [CPU_PROVIDER]
 

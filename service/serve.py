@@ -22,7 +22,7 @@ import os
 import uvicorn
 
 from service.logs import uvicorn_log_config
-from service.runtime import gpu_visible, preload_cuda_libraries
+from service.runtime import gpu_visible, preload_cuda_libraries, wants_cuda
 from service.settings import get_settings
 
 DEFAULT_HOST = "0.0.0.0"  # a container listens on every interface
@@ -36,8 +36,7 @@ logger = logging.getLogger("service")
 
 def main() -> None:
     settings = get_settings()
-    wants_cuda = settings.providers == "cuda" or (settings.providers == "auto" and gpu_visible())
-    if wants_cuda and preload_cuda_libraries():
+    if wants_cuda(settings.providers, gpu_visible()) and preload_cuda_libraries():
         logger.info("preloaded CUDA and cuDNN from the nvidia wheels")
     uvicorn.run(
         "service.main:create_app",
