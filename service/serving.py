@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -11,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import UploadFile
 
-from service.batching import Disconnected, ImageRows, decode_upload
+from service.batching import Disconnected, Feed, ImageRows, decode_rows_for, decode_upload
 from service.errors import NotReady, PayloadTooLarge
 from service.imaging import LetterboxTransform, check_content_type
 from service.runtime import LoadedModel, ModelConfig, ModelRegistry, OnnxSession
@@ -66,8 +67,17 @@ async def infer_images(
     """Decode and letterbox ``uploads`` in the decode pool, then run them as one request of
     ``len(uploads)`` rows through the model's dynamic batcher. Returns the outputs (row i
     is upload i) and each upload's letterbox transform (model input <-> image pixels)."""
+    batcher = serving.model.batcher()
+    name = serving.config.inputs[0].name
     # The slot is taken before decoding: a full queue answers 503 without spending CPU.
-    with serving.model.batcher().slot() as reservation:
+    with batcher.slot() as reservation:
+        if len(uploads) == 1 and batcher.alone():
+            # Nobody to batch with: decode and run in one worker-thread trip.
+            decode = partial(decode_rows_for, uploads[0], serving.config.preprocess, settings)
+            outputs, transform = await batcher.run_alone(
+                lambda: _as_feeds(name, decode()), reservation=reservation, limiter=limiter
+            )
+            return outputs, [transform]
         decoded = [
             await decode_upload(data, serving.config.preprocess, settings, limiter)
             for data in uploads
@@ -80,8 +90,15 @@ async def infer_images(
             )
         )
         outputs = await serving.model.infer(
-            {serving.config.inputs[0].name: rows},
+            {name: rows},
             reservation=reservation,
             disconnected=disconnected,
         )
     return outputs, [transform for _, transform in decoded]
+
+
+def _as_feeds(
+    name: str, decoded: tuple[ImageRows, LetterboxTransform]
+) -> tuple[dict[str, Feed], LetterboxTransform]:
+    rows, transform = decoded
+    return {name: rows}, transform

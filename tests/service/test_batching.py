@@ -116,6 +116,78 @@ def test_a_lone_request_does_not_wait_for_company(repo: Path) -> None:
     assert batcher.runner.batches == [1]  # type: ignore[attr-defined]
 
 
+def test_a_request_alone_decodes_and_runs_in_one_worker_thread_trip(repo: Path) -> None:
+    """run_alone: prepare (the decode) and the run in the same worker thread, the same
+    answer as the model, and the slot and run slot given back."""
+    model = _model(repo)
+    batcher = _batcher(model)
+    image = _images(1)[0]
+    threads: list[int] = []
+
+    class ThreadRunner(CountingRunner):
+        def run(self, feeds: Any, output_names: Any = None) -> dict[str, Any]:
+            threads.append(threading.get_ident())
+            return super().run(feeds, output_names)
+
+    batcher.runner = ThreadRunner(batcher.runner.inner)  # type: ignore[attr-defined]
+
+    def prepare() -> tuple[dict[str, Any], str]:
+        threads.append(threading.get_ident())
+        return {"image": image}, "transform"
+
+    async def lone() -> tuple[Any, str]:
+        with batcher.slot() as reservation:
+            assert batcher.alone()
+            return await batcher.run_alone(prepare, reservation=reservation)
+
+    outputs, extra = asyncio.run(lone())
+    assert extra == "transform"
+    assert len(threads) == 2 and threads[0] == threads[1] != threading.get_ident()
+    assert batcher.runner.batches == [1]  # type: ignore[attr-defined]
+    want = model.run({"image": image})
+    for name in want:
+        np.testing.assert_allclose(outputs[name], want[name], rtol=1e-5, atol=1e-6)
+    assert batcher.slots == 0 and batcher.queued == 0
+    with batcher.slot():
+        assert batcher.alone()  # nothing left running
+
+
+def test_a_request_is_not_alone_while_another_holds_a_slot_or_runs(repo: Path) -> None:
+    """Company means batching: a second slot, or a lone run still in progress, makes the
+    next request take the queue, and it still gets its answer."""
+    model = _model(repo)
+    batcher = _batcher(model)
+    first, second = _images(2)
+    inside, finish = threading.Event(), threading.Event()
+
+    def slow_prepare() -> tuple[dict[str, Any], None]:
+        inside.set()
+        assert finish.wait(PATIENT_S)
+        return {"image": first}, None
+
+    async def scenario() -> list[Any]:
+        with batcher.slot(), batcher.slot():
+            assert not batcher.alone()
+        reservation = batcher.reserve()
+        assert batcher.alone()
+        lone = asyncio.ensure_future(batcher.run_alone(slow_prepare, reservation=reservation))
+        await asyncio.to_thread(inside.wait, PATIENT_S)
+        with batcher.slot() as other:
+            assert batcher.slots == 1  # the lone request gave its slot back when it started
+            assert not batcher.alone()  # ... but it is still running
+            queued = asyncio.ensure_future(batcher.infer({"image": second}, reservation=other))
+            finish.set()
+            return [await lone, await queued]
+
+    (lone_outputs, _), queued_outputs = asyncio.run(scenario())
+    assert sorted(batcher.runner.batches) == [1, 1]  # type: ignore[attr-defined]
+    for got, image in ((lone_outputs, first), (queued_outputs, second)):
+        want = model.run({"image": image})
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    assert batcher.slots == 0 and batcher.queued == 0
+
+
 def test_different_per_row_shapes_run_in_separate_batches(tmp_path: Path) -> None:
     """Requests only share a run when everything but the batch axis agrees."""
     from tests.service.fakes import write_model
