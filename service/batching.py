@@ -279,13 +279,7 @@ class Batcher:
     def alone(self) -> bool:
         """Whether the caller, holding one slot, is this graph's only request: no other
         slot held, nothing queued, no batch running."""
-        return (
-            self._slots == 1
-            and not self._queue
-            and not self._running
-            and not self._alone
-            and self.policy.parallel >= 1
-        )
+        return self._slots == 1 and not self._queue and not self._running and not self._alone
 
     async def run_alone(
         self,
