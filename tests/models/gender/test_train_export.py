@@ -13,7 +13,7 @@ import torch
 
 from models.common.export import PARITY_TOLERANCE
 from models.gender import export as exporter
-from models.gender import hed
+from models.gender import hed, shift
 from models.gender.data import GarmentConfig, generate
 from models.gender.net import (
     ContourNetConfig,
@@ -130,6 +130,34 @@ def test_config_card_and_plots(pipeline: dict) -> None:
         assert (version / image).exists() and f"]({image})" in card
     assert card.rstrip().endswith("Version 2 reached 0.5 (a line the card must keep).")
     assert f"McNemar's exact two-sided p = {paired['mcnemar_p']:.3g}" in card
+
+
+def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline: dict) -> None:
+    """models.gender.shift draws the run's own test garments for ``none`` (so its figures
+    are the training run's), and really different images under a shift."""
+    config, history = pipeline["config"], pipeline["history"]
+    run = pipeline["root"] / "run"
+    out = pipeline["root"] / "shift.json"
+    count = config.test_images
+    plot = pipeline["root"] / "shift.png"
+    args = ["--run", str(run), "--images", str(count), "--out", str(out), "--plot", str(plot)]
+    results = shift.main([*args, "--shifts", "none", "small_garments"])
+    assert json.loads(out.read_text()) == results
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    for variant, record in history["variants"].items():
+        assert results["none"][variant] == record["test_accuracy"], variant
+    for name in ("none", "small_garments"):
+        r = results[name]
+        assert r["fused_only_right"] - r["semantic_only_right"] == round(
+            r["fused_minus_semantic"] * count
+        )
+    seed = config.seed + shift.TEST_SEED_OFFSET
+    base = GarmentConfig(size=SIZE)
+    plain, labels = shift.shifted_garments("none", count, seed, base)
+    for name in shift.SHIFTS:
+        images, shifted_labels = shift.shifted_garments(name, count, seed, base)
+        assert images.shape == plain.shape and torch.equal(shifted_labels, labels)
+        assert (name == "none") == np.array_equal(images, plain), name
 
 
 def test_the_service_loads_and_decodes_it(pipeline: dict) -> None:

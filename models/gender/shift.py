@@ -1,0 +1,173 @@
+"""Fused vs semantic-only vs contour-only on held-out garments drawn unlike training.
+
+    python -m models.gender.shift --run runs/gender-v5 --out runs/gender-v5/shift.json \
+        --plot runs/gender-v5/shift.png
+
+The seed's case for contour features is robustness: a garment's outline survives changes
+of background, colour and scale that the semantic features may have learned to rely on.
+The held-out split of training has none of that, so this draws the same test garments
+(same split, seed and count, so ``none`` reproduces the run's test accuracy) under each of
+a fixed list of shifts, chosen before any result was seen, and reports every one:
+
+- ``photo_backgrounds``: every garment over a photograph (training: half of them);
+- ``small_garments``: the longer side 35-55 % of the image (training: 55-90 %);
+- ``rotated``: up to 20 degrees either way (training: 8);
+- ``strong_colour``: every image colour-transformed, channel shifts up to 80 (training:
+  at most 30 % of images, shifts up to 40);
+- ``low_resolution``: downscaled to half size and back (bilinear), as a small product
+  thumbnail would be.
+
+Per shift: each variant's accuracy and, fused vs semantic-only, how many garments only one
+of them gets right with the exact McNemar p-value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.common.plots import plot_bars
+from models.gender.data import ColourAugmentConfig, GarmentConfig, colour_augment, generate
+from models.gender.evaluate import mcnemar_exact
+from models.gender.net import GenderNet, load_checkpoint
+from models.gender.train import TrainConfig, pooled_features, predict
+
+# The test split's seed offset in training (models.gender.train.gender_data): the same
+# garments as the run's held-out test, so only the shift differs.
+TEST_SEED_OFFSET = 32
+VARIANT_ORDER = ("fused", "semantic", "contour")
+
+
+@dataclass(frozen=True)
+class Shift:
+    garments: dict[str, object]  # GarmentConfig fields that differ from training's
+    transform: Callable[[np.ndarray, int], np.ndarray] | None = None  # (N, S, S, 3) uint8
+
+
+def _strong_colour(images: np.ndarray, seed: int) -> np.ndarray:
+    return colour_augment(images, seed, ColourAugmentConfig(share=1.0, max_shift=80))[0]
+
+
+def _low_resolution(images: np.ndarray, seed: int) -> np.ndarray:
+    size = images.shape[1]
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        small = Image.fromarray(image).resize((size // 2, size // 2), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(small.resize((size, size), Image.Resampling.BILINEAR))
+    return out
+
+
+SHIFTS: dict[str, Shift] = {
+    "none": Shift({}),
+    "photo_backgrounds": Shift({"photo_background": 1.0}),
+    "small_garments": Shift({"fill": (0.35, 0.55)}),
+    "rotated": Shift({"rotation": 20.0}),
+    "strong_colour": Shift({}, _strong_colour),
+    "low_resolution": Shift({}, _low_resolution),
+}
+
+
+def shifted_garments(
+    name: str, count: int, seed: int, base: GarmentConfig
+) -> tuple[np.ndarray, torch.Tensor]:
+    """``(N, S, S, 3)`` uint8 test images under shift ``name`` and their labels ``(N,)``."""
+    shift = SHIFTS[name]
+    garments = generate(count, "test", seed, replace(base, **shift.garments))
+    images = garments.images
+    if shift.transform is not None:
+        images = shift.transform(images, seed + 1)
+    return images, torch.from_numpy(garments.labels)
+
+
+def evaluate_shifts(
+    run: Path, count: int, seed: int, shifts: tuple[str, ...] = tuple(SHIFTS)
+) -> dict[str, dict]:
+    """Every shift's accuracy per variant found in ``run`` and fused vs semantic-only."""
+    nets: dict[str, GenderNet] = {}
+    for variant in VARIANT_ORDER:
+        path = run / f"gender-{variant}.pt"
+        if path.exists():
+            net, _ = load_checkpoint(path)
+            assert isinstance(net, GenderNet)
+            nets[variant] = net.eval()
+    if not nets:
+        raise SystemExit(f"no gender-*.pt checkpoints in {run}")
+    size = next(iter(nets.values())).config.contour.input_size
+    base = GarmentConfig(size=size)
+    results: dict[str, dict] = {}
+    for name in shifts:
+        images, labels = shifted_garments(name, count, seed, base)
+        right = {
+            variant: (predict(net, images, pooled_features(net, images)) == labels).numpy()
+            for variant, net in nets.items()
+        }
+        entry: dict = {v: float(r.mean()) for v, r in right.items()}
+        if "fused" in right and "semantic" in right:
+            only_fused = int((right["fused"] & ~right["semantic"]).sum())
+            only_semantic = int((right["semantic"] & ~right["fused"]).sum())
+            entry["fused_minus_semantic"] = entry["fused"] - entry["semantic"]
+            entry["fused_only_right"] = only_fused
+            entry["semantic_only_right"] = only_semantic
+            entry["mcnemar_p"] = mcnemar_exact(only_fused, only_semantic)
+        results[name] = entry
+        print(name, json.dumps(entry), flush=True)
+    return results
+
+
+def table(results: dict[str, dict]) -> str:
+    """A markdown table of ``evaluate_shifts``' results."""
+    variants = [v for v in VARIANT_ORDER if v in next(iter(results.values()))]
+    lines = [
+        "| shift | " + " | ".join(variants) + " | fused - semantic | only fused / only "
+        "semantic right | McNemar p |",
+        "|---" * (len(variants) + 4) + "|",
+    ]
+    for name, r in results.items():
+        accuracies = " | ".join(f"{r[v]:.4f}" for v in variants)
+        if "mcnemar_p" in r:
+            pair = (
+                f"{100 * r['fused_minus_semantic']:+.2f} pt | "
+                f"{r['fused_only_right']} / {r['semantic_only_right']} | {r['mcnemar_p']:.3f}"
+            )
+        else:
+            pair = "- | - | -"
+        lines.append(f"| {name} | {accuracies} | {pair} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run", required=True, help="a models.gender.train output directory")
+    p.add_argument("--images", type=int, default=TrainConfig().test_images)
+    p.add_argument("--seed", type=int, default=TrainConfig().seed, help="the run's --seed")
+    p.add_argument("--shifts", nargs="+", choices=tuple(SHIFTS), default=list(SHIFTS))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the results here as JSON")
+    p.add_argument("--plot", default=None, help="draw accuracy per shift and variant (PNG)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    results = evaluate_shifts(Path(a.run), a.images, a.seed + TEST_SEED_OFFSET, tuple(a.shifts))
+    print(table(results))
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1))
+    if a.plot:
+        variants = [v for v in VARIANT_ORDER if v in results[a.shifts[0]]]
+        plot_bars(
+            Path(a.plot),
+            list(results),
+            {v: [r[v] for r in results.values()] for v in variants},
+            title="Gender variants on held-out garments under shifts",
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()
