@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -73,9 +72,12 @@ async def infer_images(
     with batcher.slot() as reservation:
         if len(uploads) == 1 and batcher.alone():
             # Nobody to batch with: decode and run in one worker-thread trip.
-            decode = partial(decode_rows_for, uploads[0], serving.config.preprocess, settings)
+            def decode() -> tuple[dict[str, Feed], LetterboxTransform]:
+                rows, transform = decode_rows_for(uploads[0], serving.config.preprocess, settings)
+                return {name: rows}, transform
+
             outputs, transform = await batcher.run_alone(
-                lambda: _as_feeds(name, decode()), reservation=reservation, limiter=limiter
+                decode, reservation=reservation, limiter=limiter
             )
             return outputs, [transform]
         decoded = [
@@ -95,10 +97,3 @@ async def infer_images(
             disconnected=disconnected,
         )
     return outputs, [transform for _, transform in decoded]
-
-
-def _as_feeds(
-    name: str, decoded: tuple[ImageRows, LetterboxTransform]
-) -> tuple[dict[str, Feed], LetterboxTransform]:
-    rows, transform = decoded
-    return {name: rows}, transform
