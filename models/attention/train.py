@@ -208,13 +208,18 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             + f" ({row['seconds']} s)"
         )
-        extra = {"epoch": epoch + 1, "mean": MEAN, "std": STD}
+        # Both checkpoints carry the run's command, so either can be exported with its
+        # provenance (models.attention.export.training_commands).
+        extra = {
+            "epoch": epoch + 1,
+            "mean": MEAN,
+            "std": STD,
+            "train_config": _jsonable(config) | {"command": command},
+        }
         save_checkpoint(out / "last.pt", net, **extra)
         if metrics["perception_accuracy"] > best:
             best = metrics["perception_accuracy"]
-            save_checkpoint(
-                out / "best.pt", net, **extra, train_config=_jsonable(config) | {"command": command}
-            )
+            save_checkpoint(out / "best.pt", net, **extra)
         history["seconds"] = round(time.time() - started_all, 1)
         (out / "history.json").write_text(json.dumps(history, indent=1))
     plot_training(history, out / "loss_curves.png")

@@ -11,6 +11,7 @@ import torch
 
 from models.attention import export as exporter
 from models.attention import finetune
+from models.attention.export import training_commands
 from models.attention.net import AttentionNetConfig, load_checkpoint
 from models.attention.train import TrainConfig, to_tensor, train
 from models.common.export import PARITY_TOLERANCE
@@ -86,6 +87,10 @@ def test_training_records_history_and_checkpoints(pipeline: dict) -> None:
     assert row["train_total"] == pytest.approx(row["train_attention"] + row["train_perception"])
     run = pipeline["root"] / "run"
     assert (run / "best.pt").exists() and (run / "loss_curves.png").exists()
+    # Either checkpoint exports with the command that trained it.
+    for name in ("best.pt", "last.pt"):
+        _, ckpt = load_checkpoint(run / name)
+        assert training_commands(ckpt) == [history["command"]], name
 
 
 def test_export_writes_two_graphs_with_parity(pipeline: dict) -> None:
