@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from models.attention import compare, finetune
 from models.attention import export as exporter
-from models.attention import finetune
 from models.attention.export import training_commands
 from models.attention.net import AttentionNetConfig, load_checkpoint
 from models.attention.train import TrainConfig, to_tensor, train
@@ -91,6 +91,33 @@ def test_training_records_history_and_checkpoints(pipeline: dict) -> None:
     for name in ("best.pt", "last.pt"):
         _, ckpt = load_checkpoint(run / name)
         assert training_commands(ckpt) == [history["command"]], name
+
+
+def test_compare_measures_checkpoints_and_averages_on_one_validation_set(pipeline: dict) -> None:
+    run, data = pipeline["root"] / "run", str(pipeline["data"])
+    best, last = str(run / "best.pt"), str(run / "last.pt")
+    saved = pipeline["root"] / "averages"
+    small = ["--val-images", "32", "--val-pairs", "16", "--bn-canvases", "64", "--data-root", data]
+    results = compare.main(
+        [best, last, "--average", f"{best},{last}", "--save-averages", str(saved), *small]
+    )
+    assert list(results) == [best, last, f"{best},{last}"]
+    for figures in results.values():
+        assert set(figures) == {
+            "perception_accuracy",
+            "attention_accuracy",
+            "correction_mask_on_a",
+            "correction_mask_on_b",
+        }
+        assert all(0.0 <= v <= 1.0 for v in figures.values())
+    # The average's weights are the mean of the two; its batch-norm statistics are new.
+    (path,) = saved.iterdir()
+    averaged, ckpt = load_checkpoint(path)
+    assert ckpt["averaged_from"] == [best, last]
+    a, b = load_checkpoint(best)[0].state_dict(), load_checkpoint(last)[0].state_dict()
+    for name, value in averaged.state_dict().items():
+        if name.endswith("weight") and value.dtype.is_floating_point:
+            torch.testing.assert_close(value, (a[name] + b[name]) / 2, msg=name)
 
 
 def test_export_writes_two_graphs_with_parity(pipeline: dict) -> None:
