@@ -134,7 +134,7 @@ def table(results: dict[str, dict]) -> str:
         if "mcnemar_p" in r:
             pair = (
                 f"{100 * r['fused_minus_semantic']:+.2f} pt | "
-                f"{r['fused_only_right']} / {r['semantic_only_right']} | {r['mcnemar_p']:.3f}"
+                f"{r['fused_only_right']} / {r['semantic_only_right']} | {r['mcnemar_p']:.2g}"
             )
         else:
             pair = "- | - | -"
