@@ -299,22 +299,31 @@ def test_split(
 SYNTHESIS_TEXT = {"multiply": "f x M, the seed's product", "residual": "(1 + M) x f, ABN's form"}
 
 
+def _blocks(count: int) -> str:
+    return "1 residual block" if count == 1 else f"{count} residual blocks"
+
+
 def main_card(config: dict) -> str:
     """The model card's common part: method, data, commands, test figures."""
     m, t = config["metrics"]["test"], config["training"]
     grid = config["decode"]["map"]
     size = config["preprocess"]["width"]
     net = t["net"]
+    # Checkpoints from before the block counts were options have one block each.
+    feature_blocks = net.get("feature_blocks", 1)
+    perception_blocks = net.get("perception_blocks", 1)
     lines = [
         f"# Attention-editable classification, version {config['version']}",
         "",
         "Seed 002: an Attention Branch Network whose attention map a person can edit. Feature "
-        f"extractor (stride 4, K = {net['feature_width']} channels at {grid['height']}x"
+        f"extractor (stride 4, {_blocks(feature_blocks)} at the feature map, K = "
+        f"{net['feature_width']} channels at {grid['height']}x"
         f"{grid['width']}) -> attention branch (residual conv block, 1x1 conv K -> C = 10 + BN + "
         "ReLU, then (a) 1x1 conv C -> C + global average pooling = attention-branch class, "
         "(b) 1x1 conv C -> 1 + BN + sigmoid = attention map M in 0..1) -> synthesis "
         f"({SYNTHESIS_TEXT[net['synthesis']]}"
-        ") -> perception branch (stride-2 conv, residual block, global average pooling, FC). "
+        f") -> perception branch (stride-2 conv, {_blocks(perception_blocks)}, global average "
+        "pooling, FC). "
         "Loss L = Latt + Lper (softmax cross-entropy, equal weights). Code: "
         "`models/attention/`.",
         "",

@@ -130,6 +130,10 @@ def test_export_writes_two_graphs_with_parity(pipeline: dict) -> None:
         assert (version_dir / name).exists(), name
     assert config["decode"]["map"] == {"height": 16, "width": 16}
     assert 0.0 <= config["metrics"]["test"]["perception_accuracy"] <= 1.0
+    # The card describes the network it was exported from (one block each here).
+    card = (version_dir / "MODEL_CARD.md").read_text()
+    assert "stride 4, 1 residual block at the feature map, K = 16 channels" in card
+    assert "perception branch (stride-2 conv, 1 residual block," in card
 
     # Independent parity check: ONNX Runtime on fresh inputs and an edited map.
     net, _ = load_checkpoint(version_dir / "checkpoint.pt")
