@@ -55,7 +55,7 @@ from PIL import Image
 from benchmarks.run import cpu_model, load_average
 from models.landmark.evaluate import MATCH_RADIUS, Detections, Match, decode, match, summarize
 from models.landmark.scenes import SceneConfig, generate
-from service.batching import Normalization, decode_rows
+from service.batching import Normalization, decode_rows_for
 from service.imaging import LetterboxTransform
 from service.runtime import OnnxSession, read_config, verify_sha256
 from service.settings import Settings
@@ -219,6 +219,10 @@ def measure(count: int, seed: int) -> dict[str, Any]:
     session = OnnxSession(MODEL_DIR / config.file, settings)
     input_name = config.inputs[0].name
     normalization = Normalization.of(pre.scale, pre.mean, pre.std)
+    # The service's own decode call, once with JPEG draft off and once on.
+    path_settings = {
+        name: settings.model_copy(update={"jpeg_draft": draft}) for name, draft in PATHS.items()
+    }
 
     labels: list[np.ndarray] = []
     rows: dict[str, list[np.ndarray]] = {name: [] for name in PATHS}
@@ -234,15 +238,7 @@ def measure(count: int, seed: int) -> dict[str, Any]:
         order = list(PATHS) if index % 2 == 0 else list(PATHS)[::-1]
         for name in order:
             began = time.perf_counter()
-            image_rows, transform = decode_rows(
-                data,
-                height=pre.height,
-                width=pre.width,
-                pad_value=pre.pad_value,
-                max_pixels=settings.max_image_pixels,
-                max_side=settings.max_image_side,
-                draft=PATHS[name],
-            )
+            image_rows, transform = decode_rows_for(data, pre, path_settings[name])
             seconds[name].append(time.perf_counter() - began)
             rows[name].append(image_rows.pixels[0])  # (H, W, 3) uint8
             transforms[name].append(transform)
