@@ -151,11 +151,16 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
         assert r["fused_only_right"] - r["semantic_only_right"] == round(
             r["fused_minus_semantic"] * count
         )
+        kinds = r["per_kind"].values()
+        assert sum(k["images"] for k in kinds) == count
+        for variant in history["variants"]:  # the per-type figures add up to the whole
+            right = sum(k[variant] * k["images"] for k in kinds)
+            assert round(right) == round(r[variant] * count), (name, variant)
     seed = config.seed + shift.TEST_SEED_OFFSET
     base = GarmentConfig(size=SIZE)
-    plain, labels = shift.shifted_garments("none", count, seed, base)
+    plain, labels, _ = shift.shifted_garments("none", count, seed, base)
     for name in shift.SHIFTS:
-        images, shifted_labels = shift.shifted_garments(name, count, seed, base)
+        images, shifted_labels, _ = shift.shifted_garments(name, count, seed, base)
         assert images.shape == plain.shape and torch.equal(shifted_labels, labels)
         assert (name == "none") == np.array_equal(images, plain), name
 
