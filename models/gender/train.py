@@ -546,11 +546,25 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         default=d.net.contour_dropout,
         help="share of training images whose contour features the fused model does not see",
     )
+    p.add_argument(
+        "--semantic-widths",
+        type=int,
+        nargs="+",
+        default=list(d.net.semantic_widths),
+        help="channels of the semantic CNN's stride-2 stages (their count sets the grid)",
+    )
+    p.add_argument("--fusion-width", type=int, default=d.net.fusion_width)
     a = vars(p.parse_args(argv))
     size = a.pop("input_size")
     dropout = a.pop("contour_dropout")
     a["variants"] = tuple(a["variants"])
-    net = replace(d.net, contour=ContourNetConfig(input_size=size), contour_dropout=dropout)
+    net = replace(
+        d.net,
+        contour=ContourNetConfig(input_size=size),
+        contour_dropout=dropout,
+        semantic_widths=tuple(a.pop("semantic_widths")),
+        fusion_width=a.pop("fusion_width"),
+    )
     return TrainConfig(**a, net=net, garments=replace(d.garments, size=size))
 
 

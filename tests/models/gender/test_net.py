@@ -151,6 +151,17 @@ def test_contour_dropout_is_a_training_option() -> None:
     assert parse_args(["--contour-dropout", "0.5"]).net.contour_dropout == 0.5
 
 
+def test_semantic_and_fusion_widths_are_training_options() -> None:
+    from models.gender.train import parse_args
+
+    default = parse_args([]).net
+    assert default.semantic_widths == GenderNetConfig().semantic_widths
+    net = parse_args(["--semantic-widths", "8", "16", "32", "48", "--fusion-width", "48"]).net
+    assert (net.semantic_widths, net.fusion_width, net.grid) == ((8, 16, 32, 48), 48, 8)
+    built = GenderNet(net)
+    assert built.fusion[0][0].in_channels == 48 + net.contour.feature_channels
+
+
 def test_fused_grown_from_semantic_answers_exactly_as_it_and_can_learn_contours() -> None:
     torch.manual_seed(0)
     semantic = GenderNet(replace(SMALL, use_contour=False))
