@@ -438,6 +438,7 @@ def write_card(
             f"({f['precision']:.3f} / {f['recall']:.3f}, {f['threshold']}) | |"
         )
 
+    grid = s // 2 ** len(c["net"]["semantic_widths"])  # the semantic CNN's stride-2 stages
     parts = [
         f"# Gender from contour + semantic features, version {version_dir.name}",
         "Seed 003: female/male from multi-level contour features fused with semantic "
@@ -453,10 +454,11 @@ def write_card(
                 "cross-entropy (uncertain teacher pixels ignored, as RCF does).",
                 f"- Gender model: a semantic CNN (stride-2 conv stages with residual blocks, "
                 f"{c['net']['semantic_widths']} channels, trained here from scratch: no "
-                f"pretrained backbone) gives {s // 16}x{s // 16} high-level features; the "
+                f"pretrained backbone) gives {grid}x{grid} high-level features; the "
                 "frozen contour network's multi-level features (single-channel layer "
                 "dropped) are average-pooled to the same grid and concatenated "
-                "channel-wise; two 3x3 conv layers fuse them; global average pooling + FC "
+                f"channel-wise; two 3x3 conv layers ({c['net']['fusion_width']} channels) "
+                "fuse them; global average pooling + FC "
                 "classify female/male. Only the semantic CNN and the fusion layers are "
                 "trained (softmax cross-entropy); the contour network is not updated."
                 + dropout_note(c["net"].get("contour_dropout", 0.0)),
