@@ -32,7 +32,7 @@ from models.common.export import (
 from models.common.plots import plot_bars
 from models.gender.data import LABELS, PAD_VALUE, GarmentConfig, generate
 from models.gender.evaluate import f_measure, mcnemar_exact
-from models.gender.net import GenderExport, GenderNet, load_checkpoint
+from models.gender.net import GenderExport, GenderNet, gender_config, load_checkpoint
 from models.gender.train import MEAN, STD, pooled_features, predict, to_tensor
 
 NAME = "gender"
@@ -438,7 +438,7 @@ def write_card(
             f"({f['precision']:.3f} / {f['recall']:.3f}, {f['threshold']}) | |"
         )
 
-    grid = s // 2 ** len(c["net"]["semantic_widths"])  # the semantic CNN's stride-2 stages
+    grid = gender_config(c["net"]).grid
     parts = [
         f"# Gender from contour + semantic features, version {version_dir.name}",
         "Seed 003: female/male from multi-level contour features fused with semantic "
