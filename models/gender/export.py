@@ -341,6 +341,13 @@ def provenance(history: dict, earlier: dict | None) -> str:
             "first fusion conv at zero, so after the same further training on the same "
             "garments the two differ only in what the contour features add."
         )
+    if config.get("semantic_init"):
+        text += (
+            " The semantic CNN of every variant that has one starts from the checkpoint "
+            f"`{config['semantic_init']}` (`--semantic-init`, written by `python -m "
+            "models.gender.pretrain`: trained to classify Fashion-MNIST's ten item types, "
+            "real clothing photographs); the fusion convs and the classifier start afresh."
+        )
     if config.get("regenerate"):
         text += (
             f" Stage 2 drew {config['train_images']} fresh training garments every epoch "

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
@@ -98,6 +99,9 @@ class TrainConfig:
     # network with zero weights on the contour features (grow_fused_from_semantic), so the
     # two differ only in what the contour features add over the same further training.
     init_from: str | None = None
+    # Start the semantic CNN of every variant that has one from this checkpoint's semantic
+    # CNN (models.gender.pretrain: Fashion-MNIST); fusion convs and classifier start afresh.
+    semantic_init: str | None = None
     # Shared.
     batch_size: int = 64
     weight_decay: float = 5e-4
@@ -313,6 +317,7 @@ class VariantRun:
         variant: str,
         steps: int,
         start: GenderNet | None = None,
+        semantic_init: nn.Module | None = None,
     ):
         torch.manual_seed(config.seed)  # every variant starts from the same draws
         self.config, self.variant, self.steps = config, variant, steps
@@ -324,6 +329,10 @@ class VariantRun:
                 grow_fused_from_semantic(self.net, start)
             else:
                 raise ValueError(f"init_from starts semantic and fused only, not {variant!r}")
+        if semantic_init is not None and self.net.semantic is not None:
+            if start is not None:
+                raise ValueError("init_from and semantic_init both set the semantic CNN")
+            self.net.semantic.load_state_dict(semantic_init.state_dict())
         self.net.contour.load_state_dict(contour.state_dict())
         self.net.freeze_contour()
         trainable = [p for p in self.net.parameters() if p.requires_grad]
@@ -406,7 +415,19 @@ def train_gender(
         loaded, _ = load_checkpoint(Path(config.init_from) / "gender-semantic.pt")
         assert isinstance(loaded, GenderNet)
         start = loaded
-    runs = [VariantRun(config, contour, v, steps, start) for v in variants]
+    semantic_init = None
+    if config.semantic_init:
+        pretrained, _ = load_checkpoint(config.semantic_init)
+        if not isinstance(pretrained, GenderNet) or pretrained.semantic is None:
+            raise ValueError(f"{config.semantic_init} holds no semantic CNN")
+        if pretrained.config.semantic_widths != config.net.semantic_widths:
+            raise ValueError(
+                f"{config.semantic_init} has semantic widths "
+                f"{list(pretrained.config.semantic_widths)}, this run "
+                f"{list(config.net.semantic_widths)}"
+            )
+        semantic_init = pretrained.semantic
+    runs = [VariantRun(config, contour, v, steps, start, semantic_init) for v in variants]
     for epoch in range(config.epochs):
         if config.regenerate and epoch > 0 and not config.image_folder:
             train_set = fresh_train_data(config, contour, epoch)
@@ -538,6 +559,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         default=None,
         help="start semantic and fused from this run's gender-semantic.pt (fused: contour "
         "weights at zero)",
+    )
+    p.add_argument(
+        "--semantic-init",
+        default=None,
+        help="start every semantic CNN from this checkpoint's (models.gender.pretrain)",
     )
     p.add_argument("--input-size", type=int, default=d.net.contour.input_size)
     p.add_argument(

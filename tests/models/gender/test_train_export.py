@@ -21,6 +21,7 @@ from models.gender.net import (
     GenderNet,
     GenderNetConfig,
     load_checkpoint,
+    save_checkpoint,
 )
 from models.gender.train import TrainConfig, fresh_train_data, to_tensor, train
 from service.decoding import GenderDecoder
@@ -259,3 +260,38 @@ def test_a_run_can_start_semantic_and_fused_from_an_earlier_semantic_network(
     assert "`--init-from`" in exporter.provenance(history, None)
     with pytest.raises(ValueError, match="semantic and fused only"):
         train(replace(config, out=str(pipeline["root"] / "bad"), variants=("contour",)))
+
+
+def test_a_run_can_start_every_semantic_cnn_from_a_pretrained_one(pipeline: dict) -> None:
+    first = pipeline["root"] / "run"
+    widths = pipeline["config"].net.semantic_widths
+    pretrained = GenderNet(
+        replace(pipeline["config"].net, num_classes=10, use_contour=False, semantic_widths=widths)
+    )
+    path = pipeline["root"] / "semantic-pretrained.pt"
+    save_checkpoint(path, pretrained)
+    config = replace(
+        pipeline["config"],
+        out=str(pipeline["root"] / "pretrained"),
+        contour_from=str(first),
+        semantic_init=str(path),
+        variants=("fused", "semantic", "contour"),
+        epochs=1,
+        lr=0.0,  # no weight moves (batch-norm statistics still do)
+    )
+    history = train(config, progress=False)
+    assert history["config"]["semantic_init"] == str(path)
+    assert "`--semantic-init`" in exporter.provenance(history, None)
+    for variant in ("fused", "semantic"):
+        net, _ = load_checkpoint(pipeline["root"] / "pretrained" / f"gender-{variant}.pt")
+        assert isinstance(net, GenderNet) and net.semantic is not None
+        for name, value in pretrained.semantic.state_dict().items():
+            if "running_" in name or "num_batches" in name:
+                continue
+            torch.testing.assert_close(net.semantic.state_dict()[name], value, msg=name)
+    wrong = GenderNet(replace(pretrained.config, semantic_widths=(8, 8, 8, 8)))
+    save_checkpoint(pipeline["root"] / "wrong.pt", wrong)
+    with pytest.raises(ValueError, match="semantic widths"):
+        train(replace(config, semantic_init=str(pipeline["root"] / "wrong.pt")), progress=False)
+    with pytest.raises(ValueError, match="both set the semantic CNN"):
+        train(replace(config, init_from=str(first), variants=("semantic",)), progress=False)
