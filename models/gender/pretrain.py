@@ -29,7 +29,7 @@ from tqdm import tqdm
 from models.attention.data import load_fashion_mnist
 from models.gender.data import GarmentConfig
 from models.gender.net import GenderNet, GenderNetConfig, save_checkpoint
-from models.gender.train import to_tensor
+from models.gender.train import accuracy, to_tensor
 
 FASHION_CLASSES = 10  # Fashion-MNIST's item types
 
@@ -111,21 +111,12 @@ def pretrain_net(
             opt.step()
             sched.step()
             total += loss.item()
-        accuracy = test_accuracy(net, *test_set, config.batch_size)
-        history.append({"epoch": epoch + 1, "loss": total / max(1, steps), "test": accuracy})
+        test_images, test_labels = test_set
+        test = accuracy(net, test_images, None, torch.from_numpy(test_labels))
+        history.append({"epoch": epoch + 1, "loss": total / max(1, steps), "test": test})
         loss_mean = history[-1]["loss"]
-        tqdm.write(f"pretrain epoch {epoch + 1}: loss {loss_mean:.4f} test {accuracy:.4f}")
+        tqdm.write(f"pretrain epoch {epoch + 1}: loss {loss_mean:.4f} test {test:.4f}")
     return net.eval(), {"epochs": history}
-
-
-@torch.no_grad()
-def test_accuracy(net: GenderNet, images: np.ndarray, labels: np.ndarray, batch: int) -> float:
-    net.eval()
-    right = 0
-    for i in range(0, len(images), batch):
-        logits = net.classify(to_tensor(images[i : i + batch]), None)  # (B, 10)
-        right += int((logits.argmax(1).numpy() == labels[i : i + batch]).sum())
-    return right / max(1, len(images))
 
 
 def pretrain(config: PretrainConfig, progress: bool = True) -> dict:

@@ -289,19 +289,23 @@ def pooled_features(net: GenderNet, images: np.ndarray, batch_size: int = 256) -
 
 
 @torch.no_grad()
-def predict(net: GenderNet, images: np.ndarray, pooled: torch.Tensor) -> torch.Tensor:
+def predict(net: GenderNet, images: np.ndarray, pooled: torch.Tensor | None) -> torch.Tensor:
     """Class index ``(N,)`` int64 of ``(N, S, S, 3)`` uint8 images (``pooled``: their
-    pooled contour features, see ``pooled_features``)."""
+    pooled contour features, see ``pooled_features``; None for a net without them)."""
     net.eval()
     return torch.cat(
         [
-            net.classify(to_tensor(images[i : i + 256]), pooled[i : i + 256]).argmax(1)
+            net.classify(
+                to_tensor(images[i : i + 256]), None if pooled is None else pooled[i : i + 256]
+            ).argmax(1)
             for i in range(0, len(images), 256)
         ]
     )
 
 
-def accuracy(net: GenderNet, images: np.ndarray, pooled: torch.Tensor, labels: torch.Tensor):
+def accuracy(
+    net: GenderNet, images: np.ndarray, pooled: torch.Tensor | None, labels: torch.Tensor
+) -> float:
     """Share of ``(N, S, S, 3)`` uint8 images classified as ``labels``."""
     return int((predict(net, images, pooled) == labels).sum()) / len(images)
 
@@ -330,8 +334,6 @@ class VariantRun:
             else:
                 raise ValueError(f"init_from starts semantic and fused only, not {variant!r}")
         if semantic_init is not None and self.net.semantic is not None:
-            if start is not None:
-                raise ValueError("init_from and semantic_init both set the semantic CNN")
             self.net.semantic.load_state_dict(semantic_init.state_dict())
         self.net.contour.load_state_dict(contour.state_dict())
         self.net.freeze_contour()
@@ -417,6 +419,8 @@ def train_gender(
         start = loaded
     semantic_init = None
     if config.semantic_init:
+        if config.init_from:
+            raise ValueError("init_from and semantic_init both set the semantic CNN")
         pretrained, _ = load_checkpoint(config.semantic_init)
         if not isinstance(pretrained, GenderNet) or pretrained.semantic is None:
             raise ValueError(f"{config.semantic_init} holds no semantic CNN")
