@@ -385,6 +385,16 @@ def earlier_fused_note(other: dict, fused: dict, net: dict) -> str:
     )
 
 
+def resize_note(net: dict, grid: int) -> str:
+    """How the card says the contour features reach the semantic grid."""
+    if net.get("contour_resize", "average") == "fold":
+        return (
+            f"average-pooled to {2 * grid}x{2 * grid} and each 2x2 block folded into "
+            f"channels (pixel_unshuffle) to the same {grid}x{grid} grid"
+        )
+    return "average-pooled to the same grid"
+
+
 def dropout_note(share: float) -> str:
     """The card's words for the fused model's contour dropout (none when it is off)."""
     if not share:
@@ -463,7 +473,7 @@ def write_card(
                 f"{c['net']['semantic_widths']} channels, trained here from scratch: no "
                 f"pretrained backbone) gives {grid}x{grid} high-level features; the "
                 "frozen contour network's multi-level features (single-channel layer "
-                "dropped) are average-pooled to the same grid and concatenated "
+                f"dropped) are {resize_note(c['net'], grid)} and concatenated "
                 f"channel-wise; two 3x3 conv layers ({c['net']['fusion_width']} channels) "
                 "fuse them; global average pooling + FC "
                 "classify female/male. Only the semantic CNN and the fusion layers are "

@@ -49,6 +49,9 @@ class ContourNetConfig:
         return self.unified_channels * len(self.widths)
 
 
+CONTOUR_RESIZES = ("average", "fold")
+
+
 @dataclass(frozen=True)
 class GenderNetConfig:
     contour: ContourNetConfig = field(default_factory=ContourNetConfig)
@@ -64,11 +67,28 @@ class GenderNetConfig:
     # features zeroed, so the semantic CNN keeps learning on its own instead of leaning on
     # the frozen contour features, which solve the easy garments first; fused models only.
     contour_dropout: float = 0.0
+    # How the (N, 4U, S/2, S/2) contour features reach the g x g grid: "average" pools them
+    # to g x g; "fold" pools them to 2g x 2g and folds each 2x2 block into channels
+    # (pixel_unshuffle: 16U channels at g x g), so the fusion convs see edges at twice the
+    # resolution. Fold was tried for the trouser cuts that hold most errors (README).
+    contour_resize: str = "average"
+
+    def __post_init__(self) -> None:
+        if self.contour_resize not in CONTOUR_RESIZES:
+            raise ValueError(f"contour_resize must be one of {CONTOUR_RESIZES}")
+        if self.contour_resize == "fold" and len(self.semantic_widths) < 2:
+            raise ValueError("fold needs a grid at most a quarter of the contour features' side")
 
     @property
     def grid(self) -> int:
         """Side of the semantic feature grid the contour features are resized to."""
         return self.contour.input_size // 2 ** len(self.semantic_widths)
+
+    @property
+    def fused_contour_channels(self) -> int:
+        """Channels of the resized contour features the fusion convs take."""
+        fold = 4 if self.contour_resize == "fold" else 1
+        return self.contour.feature_channels * fold
 
 
 class ContourNet(nn.Module):
@@ -130,11 +150,11 @@ class GenderNet(nn.Module):
             raise ValueError("at least one of use_semantic and use_contour")
         self.contour = ContourNet(config.contour)
         self.semantic = SemanticNet(config.semantic_widths) if config.use_semantic else None
+        c = config.fused_contour_channels
         c_in = (config.semantic_widths[-1] if config.use_semantic else 0) + (
-            config.contour.feature_channels if config.use_contour else 0
+            c if config.use_contour else 0
         )
         f = config.fusion_width
-        c = config.contour.feature_channels
         self.contour_norm = (
             nn.BatchNorm2d(c) if config.use_contour and config.normalize_contour else nn.Identity()
         )
@@ -153,9 +173,12 @@ class GenderNet(nn.Module):
         return self
 
     def pooled_contour(self, features: torch.Tensor) -> torch.Tensor:
-        """Multi-level features ``(N, 4U, S/2, S/2)`` average-pooled to ``(N, 4U, g, g)``."""
+        """Multi-level features ``(N, 4U, S/2, S/2)`` resized to the grid: ``(N, 4U, g, g)``
+        (average) or ``(N, 16U, g, g)`` (fold, see ``GenderNetConfig.contour_resize``)."""
         k = self.config.contour.feature_size // self.config.grid
-        return F.avg_pool2d(features, k)
+        if self.config.contour_resize == "fold":
+            return F.pixel_unshuffle(F.avg_pool2d(features, k // 2), 2)  # (N, 16U, g, g)
+        return F.avg_pool2d(features, k)  # (N, 4U, g, g)
 
     def classify(self, image: torch.Tensor, pooled_contour: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(N, 2)`` from the image and already pooled contour features (training
@@ -165,7 +188,7 @@ class GenderNet(nn.Module):
             parts.append(self.semantic(image))  # (N, Cs, g, g)
         if self.config.use_contour:
             assert pooled_contour is not None
-            contour = self.contour_norm(pooled_contour)  # (N, 4U, g, g)
+            contour = self.contour_norm(pooled_contour)  # (N, 4U or 16U, g, g)
             p = self.config.contour_dropout
             if self.training and self.semantic is not None and p > 0:
                 keep = torch.rand(len(contour), 1, 1, 1, device=contour.device) >= p
@@ -194,7 +217,7 @@ def grow_fused_from_semantic(fused: GenderNet, semantic: GenderNet) -> None:
     if semantic.config.use_contour or not semantic.config.use_semantic:
         raise ValueError("the source network must be semantic-only")
     target, source = fused.state_dict(), semantic.state_dict()
-    first = "fusion.0.0.weight"  # (F, Cs + 4U, 3, 3): semantic channels come first
+    first = "fusion.0.0.weight"  # (F, Cs + 4U or 16U, 3, 3): semantic channels come first
     grown = {}
     for name, value in target.items():
         if name == first:

@@ -46,6 +46,7 @@ from models.gender.data import (
 from models.gender.evaluate import f_measure
 from models.gender.loss import balanced_bce, gender_loss
 from models.gender.net import (
+    CONTOUR_RESIZES,
     ContourNet,
     ContourNetConfig,
     GenderNet,
@@ -584,6 +585,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="channels of the semantic CNN's stride-2 stages (their count sets the grid)",
     )
     p.add_argument("--fusion-width", type=int, default=d.net.fusion_width)
+    p.add_argument(
+        "--contour-resize",
+        choices=CONTOUR_RESIZES,
+        default=d.net.contour_resize,
+        help="contour features to the grid: average-pooled, or pooled to twice the grid and "
+        "folded into channels",
+    )
     a = vars(p.parse_args(argv))
     size = a.pop("input_size")
     dropout = a.pop("contour_dropout")
@@ -594,6 +602,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         contour_dropout=dropout,
         semantic_widths=tuple(a.pop("semantic_widths")),
         fusion_width=a.pop("fusion_width"),
+        contour_resize=a.pop("contour_resize"),
     )
     return TrainConfig(**a, net=net, garments=replace(d.garments, size=size))
 

@@ -192,3 +192,48 @@ def test_growing_needs_a_semantic_only_source_and_a_fused_target() -> None:
         grow_fused_from_semantic(GenderNet(SMALL), GenderNet(SMALL))
     with pytest.raises(ValueError, match="semantic and contour"):
         grow_fused_from_semantic(GenderNet(replace(SMALL, use_semantic=False)), semantic)
+
+
+def test_folded_contour_features_keep_twice_the_resolution_in_channels() -> None:
+    net = GenderNet(replace(SMALL, contour_resize="fold")).eval()
+    features = net.contour.features(torch.randn(2, 3, 64, 64))  # (2, 16, 32, 32)
+    folded = net.pooled_contour(features)
+    # Grid 4: average-pooled to 8x8, each 2x2 block folded into 4 channels per channel.
+    assert folded.shape == (2, 64, 4, 4)
+    assert net.fusion[0][0].in_channels == 16 + 64
+    assert net.contour_norm.num_features == 64
+    # Averaging each channel's four folded positions gives back the plain average pool.
+    averaged = GenderNet(SMALL).pooled_contour(features)
+    assert torch.allclose(folded.view(2, 16, 4, 4, 4).mean(2), averaged, atol=1e-6)
+    assert net(torch.randn(2, 3, 64, 64))["logits"].shape == (2, 2)
+
+
+def test_contour_resize_is_a_checked_training_option() -> None:
+    from models.gender.train import parse_args
+
+    assert parse_args([]).net.contour_resize == "average"
+    assert parse_args(["--contour-resize", "fold"]).net.contour_resize == "fold"
+    with pytest.raises(ValueError, match="contour_resize"):
+        GenderNetConfig(contour_resize="nearest")
+    with pytest.raises(ValueError, match="fold needs"):
+        GenderNetConfig(semantic_widths=(8,), contour_resize="fold")
+
+
+def test_a_folded_fused_network_exports_with_parity(tmp_path: Path) -> None:
+    from models.common.export import PARITY_TOLERANCE, check_parity, export_onnx
+
+    torch.manual_seed(0)
+    wrapper = GenderExport(GenderNet(replace(SMALL, contour_resize="fold")))
+    path = tmp_path / "fold.onnx"
+    export_onnx(wrapper, (torch.randn(2, 3, 64, 64),), path, ["image"], ["logits", "contour"])
+    assert check_parity(wrapper, path, {"image": torch.randn(3, 3, 64, 64)}) <= PARITY_TOLERANCE
+
+
+def test_an_old_checkpoint_without_the_option_rebuilds_averaging(tmp_path: Path) -> None:
+    net = GenderNet(SMALL)
+    save_checkpoint(tmp_path / "old.pt", net)
+    ckpt = torch.load(tmp_path / "old.pt", weights_only=False)
+    del ckpt["config"]["contour_resize"]  # as written before the option existed
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    assert isinstance(loaded, GenderNet) and loaded.config.contour_resize == "average"

@@ -295,3 +295,10 @@ def test_a_run_can_start_every_semantic_cnn_from_a_pretrained_one(pipeline: dict
         train(replace(config, semantic_init=str(pipeline["root"] / "wrong.pt")), progress=False)
     with pytest.raises(ValueError, match="both set the semantic CNN"):
         train(replace(config, init_from=str(first), variants=("semantic",)), progress=False)
+
+
+def test_the_card_says_how_the_contour_features_were_resized() -> None:
+    # Checkpoints from before the option have no contour_resize: they averaged.
+    assert exporter.resize_note({}, 8) == "average-pooled to the same grid"
+    folded = exporter.resize_note({"contour_resize": "fold"}, 8)
+    assert "16x16" in folded and "pixel_unshuffle" in folded and "8x8" in folded
