@@ -77,7 +77,10 @@ class GenderNetConfig:
         if self.contour_resize not in CONTOUR_RESIZES:
             raise ValueError(f"contour_resize must be one of {CONTOUR_RESIZES}")
         if self.contour_resize == "fold" and len(self.semantic_widths) < 2:
-            raise ValueError("fold needs a grid at most a quarter of the contour features' side")
+            raise ValueError(
+                "fold needs the grid at most half the contour features' side "
+                "(two or more semantic stages)"
+            )
 
     @property
     def grid(self) -> int:
