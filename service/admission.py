@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.dependencies import check_api_key
 from service.errors import Overloaded, ServiceError, problem_response
+from service.limits import BodyLimits
 from service.runtime import ModelRegistry
 from service.settings import Settings
 
@@ -37,10 +38,10 @@ class AdmissionMiddleware:
     """503 before the body is read for a model endpoint whose model has a full queue."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, endpoints: Mapping[str, str] = MODEL_ENDPOINTS
+        self, app: ASGIApp, limits: BodyLimits, endpoints: Mapping[str, str] = MODEL_ENDPOINTS
     ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
         self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,7 +49,7 @@ class AdmissionMiddleware:
             rejection = self._rejection(scope)
             if rejection is not None:
                 headers = dict(rejection.headers)
-                if not await self._drain(receive):
+                if not await self._drain(receive, self.limits.for_path(str(scope["path"]))):
                     headers["Connection"] = "close"
                 response = problem_response(
                     rejection.status,
@@ -61,7 +62,7 @@ class AdmissionMiddleware:
                 return
         await self.app(scope, receive, send)
 
-    async def _drain(self, receive: Receive) -> bool:
+    async def _drain(self, receive: Receive, limit: int) -> bool:
         """Read and drop the body (no parsing, no buffering); False when it went past the
         upload limit or the client left, so the connection should close."""
         received = 0
@@ -70,7 +71,7 @@ class AdmissionMiddleware:
             if message["type"] != "http.request":
                 return False
             received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
+            if received > limit:
                 return False
             if not message.get("more_body", False):
                 return True

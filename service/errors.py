@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_var
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -246,11 +248,20 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Runs outside RequestIdMiddleware (Starlette's outermost error middleware), so the
+    # request's ID comes back from the scope for the log line and the header.
+    request_id: str | None = request.scope.get(REQUEST_ID_SCOPE_KEY)
+    token = request_id_var.set(request_id) if request_id else None
+    try:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    finally:
+        if token is not None:
+            request_id_var.reset(token)
     return problem_response(
         HTTPStatus.INTERNAL_SERVER_ERROR,
         title=_status_phrase(HTTPStatus.INTERNAL_SERVER_ERROR),
         detail="the server failed to handle the request",
+        headers={REQUEST_ID_HEADER: request_id} if request_id else None,
     )
 
 

@@ -132,7 +132,12 @@ def open_upload(
     except (PayloadTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"the {what} has too many pixels: {exc}") from exc
+        # Pillow's own guard (it fires in Image.open, before the size check above) quotes
+        # its internal limits; the caller gets the configured ones.
+        raise PayloadTooLarge(
+            f"the {what} exceeds the pixel limit; at most {max_pixels} pixels and "
+            f"{max_side} per side are accepted"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise invalid(
             f"the {what} is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)"

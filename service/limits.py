@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,30 +16,60 @@ from service.errors import PROBLEM_MEDIA_TYPE, PayloadTooLarge
 # itself; 64 KiB is far more than a client legitimately sends around one upload.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
+# POST paths whose form carries two files (image + mask, image_a + image_b); each file may
+# reach the upload limit. tests/service/test_bad_corpus.py checks this against the schema.
+UPLOADS_PER_PATH: Mapping[str, int] = {"/attention/correct": 2, "/faces/verify": 2}
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """The largest request body each path accepts, in bytes: its uploads at the per-upload
+    limit plus the form's framing. A form with two files (image + mask, image_a + image_b)
+    may carry twice the limit."""
+
+    max_upload_bytes: int  # per uploaded file (settings.max_upload_bytes)
+    overhead_bytes: int = MULTIPART_OVERHEAD_BYTES  # boundaries, part headers, small fields
+    # path -> number of file fields, where more than one
+    uploads: Mapping[str, int] = field(default_factory=lambda: UPLOADS_PER_PATH)
+
+    def for_path(self, path: str) -> int:
+        return self.uploads.get(path, 1) * self.max_upload_bytes + self.overhead_bytes
+
+    def describe(self, path: str) -> str:
+        """The limit for ``path`` and how it is made up, for a 413's detail."""
+        count = self.uploads.get(path, 1)
+        files = "one upload" if count == 1 else f"{count} uploads"
+        return (
+            f"the limit is {self.for_path(path)} bytes ({files} of at most "
+            f"{self.max_upload_bytes} bytes and {self.overhead_bytes} bytes of form framing)"
+        )
+
 
 class BodyTooLarge(Exception):
     """Raised into the app from ``receive`` once the body passes the limit."""
 
 
 class BodySizeLimitMiddleware:
-    """Answers 413 problem+json for bodies over ``max_body_bytes``.
+    """Answers 413 problem+json for bodies over the path's limit (``limits``).
 
     A declared Content-Length over the limit is refused before reading anything; a body
     without one (chunked) or lying about it is counted as it streams and cut off at the
     limit, so a huge body is never buffered.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = self.limits.for_path(path)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await self._reject(send, f"the request body is {declared} bytes")
+        if declared is not None and declared > limit:
+            await self._reject(send, f"the request body is {declared} bytes", path)
             return
 
         received = 0
@@ -49,7 +81,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     exceeded = True
                     raise BodyTooLarge
             return message
@@ -67,10 +99,10 @@ class BodySizeLimitMiddleware:
         with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if exceeded and not response_started:
-            await self._reject(send, f"the request body exceeds {self.max_body_bytes} bytes")
+            await self._reject(send, f"the request body exceeds {limit} bytes", path)
 
-    async def _reject(self, send: Send, reason: str) -> None:
-        error = PayloadTooLarge(f"{reason}; the limit is {self.max_body_bytes} bytes")
+    async def _reject(self, send: Send, reason: str, path: str) -> None:
+        error = PayloadTooLarge(f"{reason}; {self.limits.describe(path)}")
         body = json.dumps(
             {
                 "type": error.type,

@@ -26,6 +26,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Where RequestIdMiddleware leaves the ID in the ASGI scope: Starlette answers unexpected
+# errors (500) outside every middleware, after the context variable below is reset.
+REQUEST_ID_SCOPE_KEY = "request_id"
 # A caller's ID is kept only when it is a short token: no spaces, no control characters,
 # nothing that could forge a second log line or a header.
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -163,6 +166,7 @@ class RequestIdMiddleware:
         offered = _header(scope, REQUEST_ID_HEADER.lower().encode())
         request_id = offered if offered and SANE_REQUEST_ID.match(offered) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
 

@@ -16,7 +16,7 @@ from service.docs import install_offline_docs
 from service.errors import StoreUnavailable, install_exception_handlers
 from service.feedback import FeedbackStore, open_store
 from service.imaging import configure_pillow
-from service.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimitMiddleware
+from service.limits import BodyLimits, BodySizeLimitMiddleware
 from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
@@ -123,15 +123,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2_router)
     install_offline_docs(app)
 
+    body_limits = BodyLimits(settings.max_upload_bytes)
     # Added last = outermost: metrics also see the 413s the size limit answers itself.
-    app.add_middleware(
-        BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-    )
+    app.add_middleware(BodySizeLimitMiddleware, limits=body_limits)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
-    app.add_middleware(
-        AdmissionMiddleware,
-        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
-    )
+    app.add_middleware(AdmissionMiddleware, limits=body_limits)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Outermost: every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)

@@ -17,7 +17,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from service.attention import (
     FeatureCache,
@@ -39,6 +39,10 @@ from service.serving import read_upload
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
+
+# An unknown label is quoted back cut to this many characters: enough to spot a typo, and a
+# 100 kB label does not come back as a 100 kB error.
+MAX_ECHOED_LABEL = 80
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
@@ -146,7 +150,8 @@ class CorrectionResponse(BaseModel):
     attention_map: AttentionMap
     edited_map: AttentionMap
     feature_cache: str  # "hit" or "miss": whether the features graph had to run
-    feedback_id: str | None = None
+    # The contract: present only when save was true (and then the record is stored).
+    feedback_id: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class FeedbackResponse(BaseModel):
@@ -356,8 +361,9 @@ async def correct_with_edited_map(
     if label is not None:
         label = label.strip()
         if label not in serving.decoder.labels:
+            shown = label if len(label) <= MAX_ECHOED_LABEL else label[:MAX_ECHOED_LABEL] + "..."
             raise InvalidField(
-                f"label {label!r} is not one of the model's labels {list(serving.decoder.labels)}"
+                f"label {shown!r} is not one of the model's labels {list(serving.decoder.labels)}"
             )
         label_id = serving.decoder.labels.index(label)
     if save and label_id is None:

@@ -406,6 +406,11 @@ def _json_tensor(name: str, data: Any, datatype: str, count: int) -> npt.NDArray
         info = np.iinfo(dtype)
         if int(raw.min()) < info.min or int(raw.max()) > info.max:
             raise V2Error(400, f"input {name!r}: values outside the range of {datatype}")
+    if raw.size and dtype.kind == "f" and raw.dtype.kind == "f":
+        if not np.isfinite(raw).all():
+            raise V2Error(400, f"input {name!r} holds NaN or infinite values")
+        if np.abs(raw).max() > np.finfo(dtype).max:
+            raise V2Error(400, f"input {name!r}: values outside the range of {datatype}")
     return raw.astype(dtype)
 
 
@@ -448,9 +453,17 @@ def decode_inputs(
                 raise V2Error(400, f"input {item.name!r}: the binary data ends early")
             array = np.frombuffer(binary, dtype, count, offset)
             offset += size
-        feeds[item.name] = array.reshape(item.shape).astype(NUMPY_TYPES[spec.datatype])
+        tensor = array.reshape(item.shape).astype(NUMPY_TYPES[spec.datatype])
+        # Images and features are finite; NaN would come back as NaN, which JSON cannot hold.
+        if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
+            raise V2Error(400, f"input {item.name!r} holds NaN or infinite values")
+        feeds[item.name] = tensor
     if offset != len(binary):
         raise V2Error(400, f"{len(binary) - offset} bytes of binary data belong to no input")
+    # Every input's first axis is the batch (rows are batched with other requests' rows).
+    batch_sizes = sorted({tensor.shape[0] for tensor in feeds.values()})
+    if len(batch_sizes) > 1:
+        raise V2Error(400, f"inputs disagree on the batch size (first axis): {batch_sizes}")
     return feeds
 
 
@@ -539,10 +552,15 @@ def encode_outputs(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                # Strict JSON has no NaN or Infinity; the binary extension carries them.
+                raise V2Error(
+                    500, f"output {name!r} is not finite; ask for it with binary_data true"
+                )
             entry["data"] = array.reshape(-1).tolist()
         outputs.append(entry)
     body["outputs"] = outputs
-    header = json.dumps(body, separators=(",", ":")).encode()
+    header = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return Response(header, media_type="application/json")
     return Response(

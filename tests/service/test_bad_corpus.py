@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.limits import MULTIPART_OVERHEAD_BYTES
+from service.limits import UPLOADS_PER_PATH, BodyLimits
 from service.main import create_app
 from tests.data import make_bad_corpus
 from tests.data.make_bad_corpus import CORPUS_DIR, MANIFEST
@@ -234,7 +235,7 @@ def _huge_multipart(field: str, size: int) -> tuple[bytes, str]:
 def test_huge_multipart_is_413_declared_or_streamed(
     client: TestClient, endpoint: UploadEndpoint
 ) -> None:
-    limit = MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES
+    limit = BodyLimits(MAX_UPLOAD_BYTES).for_path(endpoint.path)
     declared = REQUESTS["huge_multipart_declared"]
     body, boundary = _huge_multipart(
         endpoint.file_fields[0], limit + declared["extra"]["bytes_over_limit"]
@@ -253,3 +254,33 @@ def test_huge_multipart_is_413_declared_or_streamed(
 
     headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
     check(client.post(endpoint.path, content=chunks(), headers=headers), streamed["status"])
+
+
+def test_body_limit_knows_every_form_with_two_files() -> None:
+    """service/limits.py's per-path file counts are the schema's, so no two-file form is
+    held to one file's limit."""
+    from_schema = {e.path: len(e.file_fields) for e in ENDPOINTS if len(e.file_fields) > 1}
+    assert from_schema and dict(UPLOADS_PER_PATH) == from_schema
+
+
+def _noise_png(side: int, seed: int) -> bytes:
+    """A PNG of random pixels: it barely compresses, so it weighs about 3 * side**2 bytes."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("endpoint", [e for e in ENDPOINTS if len(e.file_fields) > 1], ids=_ids)
+def test_two_files_each_under_the_limit_are_accepted(
+    client: TestClient, serving: dict[str, bool], endpoint: UploadEndpoint
+) -> None:
+    files = {
+        name: (f"{name}.png", _noise_png(560, seed), "image/png")
+        for seed, name in enumerate(endpoint.file_fields)
+    }
+    sizes = [len(data) for _, data, _ in files.values()]
+    # Each file is under the upload limit, together they are over one file's body limit.
+    assert max(sizes) < MAX_UPLOAD_BYTES < sum(sizes) - BodyLimits(MAX_UPLOAD_BYTES).overhead_bytes
+    response = client.post(endpoint.path, files=files)
+    check(response, 200 if serving[endpoint.path] else 503)

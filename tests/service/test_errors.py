@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service import errors
 from service.errors import (
     InvalidImage,
     ModelNotFound,
@@ -13,6 +16,7 @@ from service.errors import (
     UnsupportedMediaType,
     install_exception_handlers,
 )
+from service.logs import RequestIdMiddleware, request_id_var
 
 
 def app_raising(exc: Exception) -> TestClient:
@@ -65,3 +69,33 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
     recognize = spec["paths"]["/recognize"]["post"]
     assert {"200", "400", "413", "415", "422", "503"} <= set(recognize["responses"])
     assert client.get("/docs").status_code == 200
+
+
+def test_unexpected_error_answers_and_logs_with_the_request_id() -> None:
+    """The 500 handler runs outside RequestIdMiddleware; the ID still reaches the header and
+    the error's log line."""
+    app = FastAPI()
+    install_exception_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/boom")
+    async def get_boom() -> None:
+        raise RuntimeError("boom")
+
+    seen: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(request_id_var.get())
+
+    capture = Capture(level=logging.ERROR)
+    logger = logging.getLogger(errors.__name__)
+    logger.addHandler(capture)
+    try:
+        client = TestClient(app, raise_server_exceptions=False)
+        response = client.get("/boom", headers={"X-Request-ID": "trace-42"})
+    finally:
+        logger.removeHandler(capture)
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "trace-42"
+    assert seen == ["trace-42"]

@@ -5,7 +5,7 @@ import json
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
-from service.limits import BodySizeLimitMiddleware
+from service.limits import BodyLimits, BodySizeLimitMiddleware
 
 CHUNK = 1_000
 
@@ -29,7 +29,15 @@ async def swallow_errors(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"bad body"})
 
 
-def call(app, *, chunks: int, limit: int, headers: list[tuple[bytes, bytes]] | None = None):
+def call(
+    app,
+    *,
+    chunks: int,
+    limit: int,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    path: str = "/",
+    uploads: dict[str, int] | None = None,
+):
     consumed = 0
     sent: list[Message] = []
 
@@ -41,8 +49,9 @@ def call(app, *, chunks: int, limit: int, headers: list[tuple[bytes, bytes]] | N
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers or []}
-    anyio.run(BodySizeLimitMiddleware(app, limit), scope, receive, send)
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers or []}
+    limits = BodyLimits(limit, overhead_bytes=0, uploads=uploads or {})
+    anyio.run(BodySizeLimitMiddleware(app, limits), scope, receive, send)
     return consumed, sent
 
 
@@ -66,3 +75,15 @@ def test_declared_length_over_limit_reads_nothing() -> None:
         read_all, chunks=1, limit=CHUNK - 1, headers=[(b"content-length", str(CHUNK).encode())]
     )
     assert consumed == 0 and sent[0]["status"] == 413
+
+
+def test_two_file_form_may_carry_twice_the_limit() -> None:
+    uploads = {"/two": 2}
+    consumed, sent = call(read_all, chunks=8, limit=5 * CHUNK, path="/two", uploads=uploads)
+    assert consumed == 8 and sent[0]["status"] == 200
+    consumed, sent = call(read_all, chunks=8, limit=5 * CHUNK, path="/one", uploads=uploads)
+    assert sent[0]["status"] == 413
+    consumed, sent = call(read_all, chunks=20, limit=5 * CHUNK, path="/two", uploads=uploads)
+    assert consumed == 11 and sent[0]["status"] == 413
+    detail = json.loads(sent[1]["body"])["detail"]
+    assert "the limit is 10000 bytes (2 uploads of at most 5000 bytes" in detail

@@ -338,3 +338,49 @@ def test_openapi_documents_v2_with_examples_and_errors(v2: TestClient) -> None:
     assert "$ref" not in json.dumps(body["application/json"]["schema"])
     for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready"):
         assert path in paths
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e39])
+def test_non_finite_inputs_are_400(v2: TestClient, value: float) -> None:
+    """NaN and infinities (also 1e39, beyond FP32) would come back as bare NaN tokens,
+    which are not JSON; they are refused, in JSON and in binary inputs alike."""
+    request = json_request(square_tensor())
+    request["inputs"][0]["data"][0] = value
+    headers = {"Content-Type": "application/json"}
+    response = v2.post("/v2/models/landmark/infer", content=json.dumps(request), headers=headers)
+    assert "infinite" in error_of(response, 400) or "range of FP32" in response.text
+    raw = square_tensor()
+    with np.errstate(over="ignore"):
+        raw.reshape(-1)[0] = value
+    body, headers = binary_image_request(raw)
+    response = v2.post("/v2/models/landmark/infer", content=body, headers=headers)
+    assert "NaN or infinite" in error_of(response, 400)
+
+
+def test_inputs_with_different_batch_sizes_are_400() -> None:
+    """A two-input graph (the served attention model's perception graph) gets rows of one
+    request with both inputs' first axes equal, or a 400 naming the sizes."""
+    repository = Path(__file__).resolve().parents[2] / "models" / "repository"
+    settings = make_settings(repository, models=["attention"])
+    with TestClient(create_app(settings)) as client:
+        metadata = client.get("/v2/models/attention.perception").json()
+        inputs = []
+        for batch, spec in zip((2, 1), metadata["inputs"], strict=True):
+            shape = [batch, *spec["shape"][1:]]
+            raw = np.zeros(shape, "<f4").tobytes()
+            inputs.append(
+                {
+                    "name": spec["name"],
+                    "datatype": spec["datatype"],
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(raw)},
+                    "raw": raw,
+                }
+            )
+        header = {"inputs": [{k: v for k, v in i.items() if k != "raw"} for i in inputs]}
+        body, headers = binary_body(header, *(i["raw"] for i in inputs))
+        response = client.post(
+            "/v2/models/attention.perception/infer", content=body, headers=headers
+        )
+        assert "disagree on the batch size" in error_of(response, 400)
+        assert "[1, 2]" in response.json()["error"]
