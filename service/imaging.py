@@ -209,6 +209,12 @@ def decode_to_fit(
     return array, full[0]
 
 
+# Image coordinates in answers are rounded to a millionth of a pixel: far below any
+# model's precision, and the division's float noise (399.99999999999994) stays out of the
+# JSON a client reads.
+IMAGE_COORDINATE_DECIMALS = 6
+
+
 @dataclass(frozen=True)
 class LetterboxTransform:
     """How an ``image_width x image_height`` image sits in the model input.
@@ -225,10 +231,11 @@ class LetterboxTransform:
 
     def to_image(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Map ``(..., 2)`` points ``(u, v)`` in model-input pixels to ``(x, y)`` in image
-        pixels (float64, same shape): ``x = (u - pad_x) / s``, ``y = (v - pad_y) / s``."""
+        pixels (float64, same shape): ``x = (u - pad_x) / s``, ``y = (v - pad_y) / s``,
+        rounded to IMAGE_COORDINATE_DECIMALS."""
         uv = np.asarray(points, dtype=np.float64)
         pad = np.array([self.pad_x, self.pad_y], dtype=np.float64)
-        return (uv - pad) / self.scale
+        return np.round((uv - pad) / self.scale, IMAGE_COORDINATE_DECIMALS)
 
     def to_model(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Inverse of to_image: ``(..., 2)`` image pixels to model-input pixels."""

@@ -12,9 +12,12 @@ Outputs come back binary when the request asks (``binary_data`` per output, or
 ``binary_data_output`` for all), JSON otherwise. Request bodies may be gzip or deflate
 encoded (``Content-Encoding``), as tritonclient sends them on request.
 
-Every error is ``{"error": "..."}`` with a 4xx status for anything the request got wrong
-(400 malformed, 401 key, 404 unknown model, 413 too large) and 503 while models load; the
-endpoints' own schema is the protocol's, not problem+json.
+Every error a V2 route answers is ``{"error": "..."}`` with a 4xx status for anything the
+request got wrong (400 malformed, 401 key, 404 unknown model, 413 too large once inflated)
+and 503 while models load; the endpoints' own schema is the protocol's, not problem+json.
+What is answered before a V2 route runs stays the service's problem+json: a path under
+``/v2`` that matches no route (404), a wrong method (405) and a body over the upload limit
+(413, from the body-size middleware while it streams).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ def test_live_and_ready(client: TestClient) -> None:
     assert client.get("/health/live").json() == {"status": "alive"}
     response = client.get("/health/ready")
     assert response.status_code == 200
+    for path in ("/health/live", "/health/ready"):  # probes that use HEAD
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b""
     assert response.json() == {
         "status": "ready",
         "models": {"landmark": {"state": "ready", "version": "1", "error": None}},
@@ -28,6 +31,7 @@ def test_not_ready_lists_each_failed_model_by_name(tmp_path: Path) -> None:
         assert client.get("/health/live").status_code == 200
         response = client.get("/health/ready")
         assert response.status_code == 503
+        assert client.head("/health/ready").status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert int(response.headers["retry-after"]) > 0
         body = response.json()

@@ -238,6 +238,12 @@ def test_letterbox_round_trip_non_square() -> None:
     assert transform.to_image(np.zeros((2, 3, 2))).shape == (2, 3, 2)
 
 
+def test_image_coordinates_carry_no_float_noise() -> None:
+    # 96 / 0.21333... is 449.99999999999994 in float64; answers say 450.
+    transform = LetterboxTransform(0.21333333333333335, 0, 0, 750, 600)
+    assert transform.to_image([[96.0, 96.0]]).tolist() == [[450.0, 450.0]]
+
+
 def test_letterbox_resizes_bilinear_with_pillow() -> None:
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (100, 200, 3), dtype=np.uint8)
