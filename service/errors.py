@@ -17,6 +17,16 @@ from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_var
 
 logger = logging.getLogger(__name__)
 
+# A name or label the client sent is quoted back in an error cut to this many characters:
+# enough to spot a typo, and a 100 kB value does not come back as a 100 kB error.
+MAX_ECHOED_CHARS = 80
+
+
+def echo(value: str) -> str:
+    """``value`` quoted (repr) for an error message, cut to MAX_ECHOED_CHARS."""
+    return repr(value if len(value) <= MAX_ECHOED_CHARS else value[:MAX_ECHOED_CHARS] + "...")
+
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Seconds a client should wait before retrying a 503; model loading takes seconds, not minutes.
 DEFAULT_RETRY_AFTER_S = 5

@@ -31,7 +31,7 @@ from service.attention import (
 from service.batching import Disconnected, decode_upload
 from service.decoding import AttentionDecoder, Classification
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.errors import InvalidField, NotReady
+from service.errors import InvalidField, NotReady, echo
 from service.feedback import FeedbackStore, TeacherRecord
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import ModelRef, Problem
@@ -39,10 +39,6 @@ from service.serving import read_upload
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
-
-# An unknown label is quoted back cut to this many characters: enough to spot a typo, and a
-# 100 kB label does not come back as a 100 kB error.
-MAX_ECHOED_LABEL = 80
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
@@ -361,9 +357,9 @@ async def correct_with_edited_map(
     if label is not None:
         label = label.strip()
         if label not in serving.decoder.labels:
-            shown = label if len(label) <= MAX_ECHOED_LABEL else label[:MAX_ECHOED_LABEL] + "..."
             raise InvalidField(
-                f"label {shown!r} is not one of the model's labels {list(serving.decoder.labels)}"
+                f"label {echo(label)} is not one of the model's labels "
+                f"{list(serving.decoder.labels)}"
             )
         label_id = serving.decoder.labels.index(label)
     if save and label_id is None:

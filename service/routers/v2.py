@@ -39,7 +39,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.dependencies import RegistryDep, require_api_key
-from service.errors import DEFAULT_RETRY_AFTER_S, ServiceError
+from service.errors import DEFAULT_RETRY_AFTER_S, ServiceError, echo
 from service.runtime import (
     DEFAULT_GRAPH,
     NUMPY_TYPES,
@@ -60,8 +60,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_MEDIA_TYPE = "application/octet-stream"
 # Joins a model and one of its graphs into a V2 model name.
 GRAPH_SEPARATOR = "."
-# Longest model name echoed back in an error; the rest is elided.
-MAX_ECHOED_NAME = 80
 
 V2_NAME = Annotated[str, Path(description="V2 model name: `<model>` or `<model>.<graph>`")]
 V2_VERSION = Annotated[str, Path(description="model version; only the served one is known")]
@@ -330,10 +328,6 @@ def v2_models(registry: ModelRegistry) -> dict[str, V2Model]:
     return served
 
 
-def _echo(name: str) -> str:
-    return repr(name if len(name) <= MAX_ECHOED_NAME else name[:MAX_ECHOED_NAME] + "...")
-
-
 def find_model(registry: ModelRegistry, name: str, version: str | None = None) -> V2Model:
     """The V2 model ``name`` (at ``version``, if given), else 404."""
     served = v2_models(registry)
@@ -342,12 +336,12 @@ def find_model(registry: ModelRegistry, name: str, version: str | None = None) -
         parent = registry.get(name)
         if parent is not None and parent.config is not None and parent.config.graphs:
             graphs = [f"{name}{GRAPH_SEPARATOR}{graph}" for graph in parent.config.graphs]
-            raise V2Error(404, f"model {_echo(name)} has several graphs; use one of {graphs}")
-        raise V2Error(404, f"unknown model {_echo(name)}; this server serves {sorted(served)}")
+            raise V2Error(404, f"model {echo(name)} has several graphs; use one of {graphs}")
+        raise V2Error(404, f"unknown model {echo(name)}; this server serves {sorted(served)}")
     if version is not None and version != found.model.version:
         raise V2Error(
             404,
-            f"model {_echo(name)} has no version {_echo(version)}; "
+            f"model {echo(name)} has no version {echo(version)}; "
             f"it serves version {found.model.version!r}",
         )
     return found
