@@ -386,6 +386,13 @@ def _check_shape(name: str, shape: Sequence[int], spec: TensorSpec) -> None:
             )
 
 
+def _check_finite(name: str, array: npt.NDArray[Any]) -> None:
+    """Images and features are finite; a NaN sent in would come back as NaN, which JSON
+    cannot carry."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise V2Error(400, f"input {name!r} holds NaN or infinite values")
+
+
 def _json_tensor(name: str, data: Any, datatype: str, count: int) -> npt.NDArray[Any]:
     if data is None:
         raise V2Error(400, f"input {name!r} has neither data nor parameters.binary_data_size")
@@ -404,8 +411,7 @@ def _json_tensor(name: str, data: Any, datatype: str, count: int) -> npt.NDArray
         if int(raw.min()) < info.min or int(raw.max()) > info.max:
             raise V2Error(400, f"input {name!r}: values outside the range of {datatype}")
     if raw.size and dtype.kind == "f" and raw.dtype.kind == "f":
-        if not np.isfinite(raw).all():
-            raise V2Error(400, f"input {name!r} holds NaN or infinite values")
+        _check_finite(name, raw)
         if np.abs(raw).max() > np.finfo(dtype).max:
             raise V2Error(400, f"input {name!r}: values outside the range of {datatype}")
     return raw.astype(dtype)
@@ -450,11 +456,8 @@ def decode_inputs(
                 raise V2Error(400, f"input {item.name!r}: the binary data ends early")
             array = np.frombuffer(binary, dtype, count, offset)
             offset += size
-        tensor = array.reshape(item.shape).astype(NUMPY_TYPES[spec.datatype])
-        # Images and features are finite; NaN would come back as NaN, which JSON cannot hold.
-        if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
-            raise V2Error(400, f"input {item.name!r} holds NaN or infinite values")
-        feeds[item.name] = tensor
+            _check_finite(item.name, array)  # JSON data was checked by _json_tensor
+        feeds[item.name] = array.reshape(item.shape).astype(NUMPY_TYPES[spec.datatype])
     if offset != len(binary):
         raise V2Error(400, f"{len(binary) - offset} bytes of binary data belong to no input")
     # Every input's first axis is the batch (rows are batched with other requests' rows).
