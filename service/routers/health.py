@@ -40,5 +40,5 @@ async def get_ready(registry: RegistryDep) -> ReadyResponse:
 
 # HEAD too, for load balancers and uptime checkers that probe with it (uvicorn sends the
 # headers only). Left out of the schema: it would repeat the GET operations.
-for path, probe in (("/live", get_live), ("/ready", get_ready)):
-    router.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/live", get_live, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/ready", get_ready, methods=["HEAD"], include_in_schema=False)
