@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PROBLEM_MEDIA_TYPE, PayloadTooLarge
@@ -15,6 +16,12 @@ from service.errors import PROBLEM_MEDIA_TYPE, PayloadTooLarge
 # Multipart framing (boundaries, part headers, the other small fields) on top of the file
 # itself; 64 KiB is far more than a client legitimately sends around one upload.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+# An over-limit body is read and dropped, up to this many times the path's limit, before the
+# 413 goes out: most clients (browsers, requests, httpx) send the whole body before reading
+# the answer, and a server that closes on unread data resets the connection, so they would
+# see a reset instead of the 413. Past it the connection is closed unread.
+DRAIN_LIMIT_FACTOR = 4
 
 # POST paths whose form carries two files (image + mask, image_a + image_b); each file may
 # reach the upload limit. tests/service/test_bad_corpus.py checks this against the schema.
@@ -52,9 +59,12 @@ class BodyTooLarge(Exception):
 class BodySizeLimitMiddleware:
     """Answers 413 problem+json for bodies over the path's limit (``limits``).
 
-    A declared Content-Length over the limit is refused before reading anything; a body
-    without one (chunked) or lying about it is counted as it streams and cut off at the
-    limit, so a huge body is never buffered.
+    A declared Content-Length over the limit is refused before the app reads anything; a
+    body without one (chunked) or lying about it is counted as it streams and cut off at
+    the limit, so a huge body is never buffered. Before the 413, the rest of the body is
+    read and dropped (up to DRAIN_LIMIT_FACTOR times the limit) so that a client still
+    uploading can read the answer; a client that asked for ``100-continue`` is answered at
+    once, having sent nothing yet.
     """
 
     def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
@@ -69,18 +79,27 @@ class BodySizeLimitMiddleware:
         limit = self.limits.for_path(path)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await self._reject(send, f"the request body is {declared} bytes", path)
+            reason = f"the request body is {declared} bytes"
+            if Headers(scope=scope).get("expect", "").lower() == "100-continue":
+                await self._reject(send, reason, path, close=True)  # nothing sent yet
+                return
+            drained = declared <= DRAIN_LIMIT_FACTOR * limit and await _drain(
+                receive, 0, DRAIN_LIMIT_FACTOR * limit
+            )
+            await self._reject(send, reason, path, close=not drained)
             return
 
         received = 0
         exceeded = False
+        ended = False
         response_started = False
 
         async def counting_receive() -> Message:
-            nonlocal received, exceeded
+            nonlocal received, exceeded, ended
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
                 if received > limit:
                     exceeded = True
                     raise BodyTooLarge
@@ -99,9 +118,14 @@ class BodySizeLimitMiddleware:
         with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if exceeded and not response_started:
-            await self._reject(send, f"the request body exceeds {limit} bytes", path)
+            drained = ended or await _drain(receive, received, DRAIN_LIMIT_FACTOR * limit)
+            await self._reject(
+                send, f"the request body exceeds {limit} bytes", path, close=not drained
+            )
 
-    async def _reject(self, send: Send, reason: str, path: str) -> None:
+    async def _reject(self, send: Send, reason: str, path: str, *, close: bool) -> None:
+        """413 problem+json; ``close`` when the body was not read to its end (the
+        connection cannot carry another request)."""
         error = PayloadTooLarge(f"{reason}; {self.limits.describe(path)}")
         body = json.dumps(
             {
@@ -118,11 +142,25 @@ class BodySizeLimitMiddleware:
                 "headers": [
                     (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
+                    *([(b"connection", b"close")] if close else []),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, received: int, cap: int) -> bool:
+    """Read and drop the rest of a body, ``received`` bytes of which are already read; True
+    when it ended within ``cap`` bytes in all, False past it or when the client left."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        received += len(message.get("body", b""))
+        if received > cap:
+            return False
+        if not message.get("more_body", False):
+            return True
 
 
 def _content_length(scope: Scope) -> int | None:

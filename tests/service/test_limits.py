@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
+import httpx
 from starlette.types import Message, Receive, Scope, Send
 
-from service.limits import BodyLimits, BodySizeLimitMiddleware
+from service.limits import DRAIN_LIMIT_FACTOR, BodyLimits, BodySizeLimitMiddleware
+from tests.live_server import live_process
+from tests.service.fakes import write_model
+from tests.service.images import encode, scene
 
 CHUNK = 1_000
 
@@ -55,26 +60,62 @@ def call(
     return consumed, sent
 
 
+def closes(sent: list[Message]) -> bool:
+    """Whether the response asks to close the connection (the body was not read to its end)."""
+    return (b"connection", b"close") in sent[0]["headers"]
+
+
 def test_small_body_passes() -> None:
     consumed, sent = call(read_all, chunks=3, limit=10 * CHUNK)
     assert consumed == 3 and sent[0]["status"] == 200
 
 
-def test_streamed_body_is_cut_off_at_the_limit() -> None:
+def test_streamed_body_is_cut_off_at_the_limit_then_drained() -> None:
     for app in (read_all, swallow_errors):
-        consumed, sent = call(app, chunks=1_000, limit=5 * CHUNK)
-        assert consumed == 6  # stopped right after the chunk that crossed the limit
+        seen = 0
+
+        async def counting_app(scope: Scope, receive: Receive, send: Send, app=app) -> None:
+            async def counted() -> Message:
+                nonlocal seen
+                seen += 1
+                return await receive()
+
+            await app(scope, counted, send)
+
+        consumed, sent = call(counting_app, chunks=12, limit=5 * CHUNK)
+        # The app got the chunks up to the one that crossed the limit, never more; the rest
+        # was read and dropped, so the client (still sending) can read the 413.
+        assert seen == 6 and consumed == 12
         assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-        assert sent[0]["status"] == 413
+        assert sent[0]["status"] == 413 and not closes(sent)
         assert dict(sent[0]["headers"])[b"content-type"] == b"application/problem+json"
         assert json.loads(sent[1]["body"])["status"] == 413
 
 
-def test_declared_length_over_limit_reads_nothing() -> None:
-    consumed, sent = call(
-        read_all, chunks=1, limit=CHUNK - 1, headers=[(b"content-length", str(CHUNK).encode())]
-    )
-    assert consumed == 0 and sent[0]["status"] == 413
+def test_endless_body_is_dropped_only_up_to_the_drain_limit() -> None:
+    consumed, sent = call(read_all, chunks=1_000, limit=5 * CHUNK)
+    # Stopped right after the chunk that crossed DRAIN_LIMIT_FACTOR x the limit; closed.
+    assert consumed == DRAIN_LIMIT_FACTOR * 5 + 1
+    assert sent[0]["status"] == 413 and closes(sent)
+
+
+def test_declared_length_over_limit_never_reaches_the_app() -> None:
+    def declared(size: int) -> list[tuple[bytes, bytes]]:
+        return [(b"content-length", str(size).encode())]
+
+    async def must_not_run(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the app was called")
+
+    # Within the drain limit: read and dropped, answered, the connection stays usable.
+    consumed, sent = call(must_not_run, chunks=3, limit=2 * CHUNK, headers=declared(3 * CHUNK))
+    assert consumed == 3 and sent[0]["status"] == 413 and not closes(sent)
+    # Past the drain limit, or a client waiting for 100 Continue: nothing read, closed.
+    huge = declared(DRAIN_LIMIT_FACTOR * 2 * CHUNK + 1)
+    consumed, sent = call(must_not_run, chunks=100, limit=2 * CHUNK, headers=huge)
+    assert consumed == 0 and sent[0]["status"] == 413 and closes(sent)
+    expect = [*declared(3 * CHUNK), (b"expect", b"100-continue")]
+    consumed, sent = call(must_not_run, chunks=3, limit=2 * CHUNK, headers=expect)
+    assert consumed == 0 and sent[0]["status"] == 413 and closes(sent)
 
 
 def test_two_file_form_may_carry_twice_the_limit() -> None:
@@ -84,6 +125,39 @@ def test_two_file_form_may_carry_twice_the_limit() -> None:
     consumed, sent = call(read_all, chunks=8, limit=5 * CHUNK, path="/one", uploads=uploads)
     assert sent[0]["status"] == 413
     consumed, sent = call(read_all, chunks=20, limit=5 * CHUNK, path="/two", uploads=uploads)
-    assert consumed == 11 and sent[0]["status"] == 413
+    assert consumed == 20 and sent[0]["status"] == 413
     detail = json.loads(sent[1]["body"])["detail"]
     assert "the limit is 10000 bytes (2 uploads of at most 5000 bytes" in detail
+
+
+def test_over_limit_upload_gets_its_413_over_real_tcp(tmp_path: Path) -> None:
+    """The entry command as its own process: a client that sends the whole body before
+    reading (httpx, like browsers) reads the 413 rather than a connection reset, and its
+    keep-alive connection still serves."""
+    limit = 8_000_000  # a body of 3x this outgrows loopback's socket buffers
+    write_model(tmp_path / "repository")
+    env = {
+        "VISION_MODEL_REPOSITORY": str(tmp_path / "repository"),
+        "VISION_FEEDBACK_DB": str(tmp_path / "feedback.sqlite3"),
+        "VISION_PROVIDERS": "cpu",
+        "VISION_INTRA_OP_THREADS": "1",
+        "VISION_MAX_UPLOAD_BYTES": str(limit),
+    }
+    big = b"\xff\xd8" + bytes(3 * limit)  # over the limit, within the drain limit
+
+    async def post_big_then_good(url: str) -> list[int]:
+        # httpx's async client: its sync one happens to read the answer even after a reset.
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            statuses = []
+            for _ in range(3):
+                response = await client.post(
+                    "/recognize", files={"image": ("big.jpg", big, "image/jpeg")}
+                )
+                assert response.headers["content-type"] == "application/problem+json"
+                statuses.append(response.status_code)
+            good = {"image": ("s.png", encode(scene()), "image/png")}
+            response = await client.post("/recognize", files=good)
+            return [*statuses, response.status_code]
+
+    with live_process(env, tmp_path / "stderr.log") as served:
+        assert anyio.run(post_big_then_good, served.url) == [413, 413, 413, 200]
