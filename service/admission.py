@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.dependencies import check_api_key
 from service.errors import Overloaded, ServiceError, problem_response
-from service.limits import BodyLimits
+from service.limits import BodyLimits, drain_body
 from service.runtime import ModelRegistry
 from service.settings import Settings
 
@@ -49,7 +49,9 @@ class AdmissionMiddleware:
             rejection = self._rejection(scope)
             if rejection is not None:
                 headers = dict(rejection.headers)
-                if not await self._drain(receive, self.limits.for_path(str(scope["path"]))):
+                # Read and dropped unparsed; past the upload limit the connection closes.
+                limit = self.limits.for_path(str(scope["path"]))
+                if not await drain_body(receive, 0, limit):
                     headers["Connection"] = "close"
                 response = problem_response(
                     rejection.status,
@@ -61,20 +63,6 @@ class AdmissionMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-    async def _drain(self, receive: Receive, limit: int) -> bool:
-        """Read and drop the body (no parsing, no buffering); False when it went past the
-        upload limit or the client left, so the connection should close."""
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return False
-            received += len(message.get("body", b""))
-            if received > limit:
-                return False
-            if not message.get("more_body", False):
-                return True
 
     def _rejection(self, scope: Scope) -> Overloaded | None:
         attribute = self.endpoints.get(str(scope.get("path", "")))

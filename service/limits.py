@@ -83,7 +83,7 @@ class BodySizeLimitMiddleware:
             if Headers(scope=scope).get("expect", "").lower() == "100-continue":
                 await self._reject(send, reason, path, close=True)  # nothing sent yet
                 return
-            drained = declared <= DRAIN_LIMIT_FACTOR * limit and await _drain(
+            drained = declared <= DRAIN_LIMIT_FACTOR * limit and await drain_body(
                 receive, 0, DRAIN_LIMIT_FACTOR * limit
             )
             await self._reject(send, reason, path, close=not drained)
@@ -118,7 +118,7 @@ class BodySizeLimitMiddleware:
         with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if exceeded and not response_started:
-            drained = ended or await _drain(receive, received, DRAIN_LIMIT_FACTOR * limit)
+            drained = ended or await drain_body(receive, received, DRAIN_LIMIT_FACTOR * limit)
             await self._reject(
                 send, f"the request body exceeds {limit} bytes", path, close=not drained
             )
@@ -149,7 +149,7 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _drain(receive: Receive, received: int, cap: int) -> bool:
+async def drain_body(receive: Receive, received: int, cap: int) -> bool:
     """Read and drop the rest of a body, ``received`` bytes of which are already read; True
     when it ended within ``cap`` bytes in all, False past it or when the client left."""
     while True:

@@ -175,3 +175,16 @@ def write_model(
     (version_dir / "model.onnx").write_bytes(graph if file_bytes is None else file_bytes)
     (version_dir / "config.json").write_text(json.dumps(config, indent=2))
     return version_dir
+
+
+def process_env(tmp: Path, **settings: str) -> dict[str, str]:
+    """Environment for ``python -m service.serve`` over a fresh fake landmark repository in
+    ``tmp``: CPU, one intra-op thread, its own feedback database, then ``settings``."""
+    write_model(tmp / "repository")
+    return {
+        "VISION_MODEL_REPOSITORY": str(tmp / "repository"),
+        "VISION_FEEDBACK_DB": str(tmp / "feedback.sqlite3"),
+        "VISION_PROVIDERS": "cpu",
+        "VISION_INTRA_OP_THREADS": "1",
+        **settings,
+    }

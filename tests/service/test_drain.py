@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.live_server import LiveProcess, live_process
-from tests.service.fakes import write_model
+from tests.service.fakes import process_env
 from tests.service.images import encode, scene
 
 GRACE_S = 3
@@ -24,15 +24,7 @@ BOUNDARY = "drain-boundary"
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[LiveProcess]:
-    write_model(tmp_path / "repository")
-    env = {
-        "VISION_MODEL_REPOSITORY": str(tmp_path / "repository"),
-        "VISION_FEEDBACK_DB": str(tmp_path / "feedback.sqlite3"),
-        "VISION_PROVIDERS": "cpu",
-        "VISION_INTRA_OP_THREADS": "1",
-        "VISION_LOG_FORMAT": "json",
-        "GRACEFUL_SHUTDOWN_S": str(GRACE_S),
-    }
+    env = process_env(tmp_path, VISION_LOG_FORMAT="json", GRACEFUL_SHUTDOWN_S=str(GRACE_S))
     with live_process(env, tmp_path / "stderr.log") as process:
         yield process
 

@@ -9,7 +9,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.limits import DRAIN_LIMIT_FACTOR, BodyLimits, BodySizeLimitMiddleware
 from tests.live_server import live_process
-from tests.service.fakes import write_model
+from tests.service.fakes import process_env
 from tests.service.images import encode, scene
 
 CHUNK = 1_000
@@ -135,14 +135,7 @@ def test_over_limit_upload_gets_its_413_over_real_tcp(tmp_path: Path) -> None:
     reading (httpx, like browsers) reads the 413 rather than a connection reset, and its
     keep-alive connection still serves."""
     limit = 8_000_000  # a body of 3x this outgrows loopback's socket buffers
-    write_model(tmp_path / "repository")
-    env = {
-        "VISION_MODEL_REPOSITORY": str(tmp_path / "repository"),
-        "VISION_FEEDBACK_DB": str(tmp_path / "feedback.sqlite3"),
-        "VISION_PROVIDERS": "cpu",
-        "VISION_INTRA_OP_THREADS": "1",
-        "VISION_MAX_UPLOAD_BYTES": str(limit),
-    }
+    env = process_env(tmp_path, VISION_MAX_UPLOAD_BYTES=str(limit))
     big = b"\xff\xd8" + bytes(3 * limit)  # over the limit, within the drain limit
 
     async def post_big_then_good(url: str) -> list[int]:
