@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_offline_docs(app)
 
     body_limits = BodyLimits(settings.max_upload_bytes)
-    # Added last = outermost: metrics also see the 413s the size limit answers itself.
+    # Each middleware added wraps the ones before it, so this one is innermost: metrics
+    # (outside it) also see the 413s the size limit answers itself.
     app.add_middleware(BodySizeLimitMiddleware, limits=body_limits)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
     app.add_middleware(AdmissionMiddleware, limits=body_limits)
