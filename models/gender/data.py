@@ -33,6 +33,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "female": ("dress", "skirt", "blouse", "womens_trousers"),
     "male": ("suit_jacket", "shirt", "mens_trousers"),
 }
+# What is behind a garment: a plain light-grey product-shot backdrop, a plain backdrop of any
+# colour, or a crop of a real photograph (half of the images, GarmentConfig.photo_background).
+BACKDROPS = ("plain_light", "plain_colour", "photo")
 SUPERSAMPLE = 2  # polygons are drawn at this multiple of the size, then box-filtered
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 PAD_VALUE = 114  # letterbox border grey (uint8), the same in training, export and service
@@ -59,12 +62,14 @@ class ColourAugmentConfig:
 @dataclass
 class Garments:
     """``images (N, S, S, 3) uint8``, ``labels (N,) int64`` (index into LABELS), ``kinds
-    (N,)`` garment type names, ``outlines (N, S, S) uint8`` 0/1 exact garment outlines."""
+    (N,)`` garment type names, ``outlines (N, S, S) uint8`` 0/1 exact garment outlines,
+    ``backdrops (N,)`` one of BACKDROPS per image."""
 
     images: np.ndarray
     labels: np.ndarray
     kinds: np.ndarray
     outlines: np.ndarray
+    backdrops: np.ndarray
 
     def __len__(self) -> int:
         return len(self.images)
@@ -232,13 +237,18 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return texture * shade[..., None]
 
 
-def _backdrop(rng: np.random.Generator, photos: tuple[np.ndarray, ...], config: GarmentConfig):
-    """A plain product-shot backdrop or a random crop of a photograph, float32 (S, S, 3)."""
+def _backdrop(
+    rng: np.random.Generator, photos: tuple[np.ndarray, ...], config: GarmentConfig
+) -> tuple[np.ndarray, str]:
+    """A plain product-shot backdrop (light grey or any colour) or a random crop of a
+    photograph: float32 ``(S, S, 3)`` and which of BACKDROPS it is."""
     size = config.size
     if not photos or rng.random() >= config.photo_background:
-        colour = rng.uniform(0, 255, 3) if rng.random() < 0.5 else np.full(3, _u(rng, 200, 255))
-        return np.broadcast_to(colour.astype(np.float32), (size, size, 3)).copy()
-    return random_crop(rng, photos, size) * _u(rng, *config.background_gain)
+        coloured = rng.random() < 0.5
+        colour = rng.uniform(0, 255, 3) if coloured else np.full(3, _u(rng, 200, 255))
+        plain = np.broadcast_to(colour.astype(np.float32), (size, size, 3)).copy()
+        return plain, "plain_colour" if coloured else "plain_light"
+    return random_crop(rng, photos, size) * _u(rng, *config.background_gain), "photo"
 
 
 def outline_of(mask: np.ndarray) -> np.ndarray:
@@ -261,6 +271,7 @@ def generate(
     images = np.empty((count, size, size, 3), np.uint8)
     labels = np.arange(count, dtype=np.int64) % 2
     kinds = np.empty(count, dtype=object)
+    backdrops = np.empty(count, dtype=object)
     outlines = np.empty((count, size, size), np.uint8)
     for n in range(count):
         kind = str(rng.choice(KINDS[LABELS[labels[n]]]))
@@ -268,13 +279,13 @@ def generate(
         mask_img = Image.new("L", (big, big), 0)
         ImageDraw.Draw(mask_img).polygon(polygon, fill=255)
         alpha = np.asarray(mask_img.resize((size, size), Image.Resampling.BOX), np.float32) / 255
-        canvas = _backdrop(rng, photos, config)
+        canvas, backdrops[n] = _backdrop(rng, photos, config)
         garment = _texture(rng, size)
         canvas = alpha[..., None] * garment + (1 - alpha[..., None]) * canvas
         images[n] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
         kinds[n] = kind
         outlines[n] = outline_of(alpha >= 0.5)
-    return Garments(images, labels, kinds.astype(str), outlines)
+    return Garments(images, labels, kinds.astype(str), outlines, backdrops.astype(str))
 
 
 def colour_augment(

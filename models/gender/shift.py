@@ -17,9 +17,11 @@ a fixed list of shifts, chosen before any result was seen, and reports every one
 - ``low_resolution``: downscaled to half size and back (bilinear), as a small product
   thumbnail would be.
 
-Per shift: each variant's accuracy, overall and per garment type, and, fused vs
-semantic-only, how many garments only one of them gets right with the exact McNemar
-p-value. ``--images 10000 --seed 100 --shifts none`` measures the same checkpoints on a
+Per shift: each variant's accuracy, overall, per garment type and per backdrop (plain
+light, plain coloured, photograph), and, fused vs semantic-only, how many garments only one
+of them gets right with the exact McNemar p-value. ``--contour-f N`` adds the contour
+network's ODS F against the exact outlines per backdrop, on N garments of each and on the
+fused model's errors. ``--images 10000 --seed 100 --shifts none`` measures the same checkpoints on a
 larger held-out set of fresh garments (the run never saw seed 100's test garments).
 """
 
@@ -36,10 +38,17 @@ import torch
 from PIL import Image
 
 from models.common.plots import plot_bars
-from models.gender.data import ColourAugmentConfig, GarmentConfig, colour_augment, generate
-from models.gender.evaluate import mcnemar_exact
+from models.gender.data import (
+    BACKDROPS,
+    ColourAugmentConfig,
+    GarmentConfig,
+    Garments,
+    colour_augment,
+    generate,
+)
+from models.gender.evaluate import f_measure, mcnemar_exact
 from models.gender.net import GenderNet, load_checkpoint
-from models.gender.train import TrainConfig, pooled_features, predict
+from models.gender.train import TrainConfig, contour_maps, pooled_features, predict
 
 # The test split's seed offset in training (models.gender.train.gender_data): the same
 # garments as the run's held-out test, so only the shift differs.
@@ -76,23 +85,60 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
+def shifted_set(name: str, count: int, seed: int, base: GarmentConfig) -> Garments:
+    """The test garments under shift ``name`` (images transformed where the shift says so;
+    outlines, types and backdrops as drawn)."""
+    shift = SHIFTS[name]
+    garments = generate(count, "test", seed, replace(base, **shift.garments))
+    if shift.transform is not None:
+        garments = replace(garments, images=shift.transform(garments.images, seed + 1))
+    return garments
+
+
 def shifted_garments(
     name: str, count: int, seed: int, base: GarmentConfig
 ) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """``(N, S, S, 3)`` uint8 test images under shift ``name``, their labels ``(N,)`` and
     garment types ``(N,)`` str."""
-    shift = SHIFTS[name]
-    garments = generate(count, "test", seed, replace(base, **shift.garments))
-    images = garments.images
-    if shift.transform is not None:
-        images = shift.transform(images, seed + 1)
-    return images, torch.from_numpy(garments.labels), garments.kinds
+    garments = shifted_set(name, count, seed, base)
+    return garments.images, torch.from_numpy(garments.labels), garments.kinds
+
+
+def contour_f_by_backdrop(
+    nets: dict[str, GenderNet], garments: Garments, right: dict[str, np.ndarray], limit: int
+) -> dict[str, dict]:
+    """ODS F of each distinct contour network in ``nets`` against the garments' exact
+    outlines, per backdrop: on the first ``limit`` garments with that backdrop, and on the
+    fused model's errors there (are its errors where its contour network loses the
+    outline?). Variants trained in one run share one frozen contour network."""
+    contour = nets["fused"] if "fused" in nets else next(iter(nets.values()))
+    out: dict[str, dict] = {}
+    for backdrop in BACKDROPS:
+        where = np.flatnonzero(garments.backdrops == backdrop)
+        entry: dict[str, float] = {"images": int(min(limit, len(where)))}
+        chosen = {"all": where[:limit]}
+        if "fused" in right:
+            chosen["fused_errors"] = where[~right["fused"][where]]
+        for part, idx in chosen.items():
+            if len(idx) == 0:
+                continue
+            maps = contour_maps(contour.contour, garments.images[idx])
+            entry[part] = f_measure(maps, garments.outlines[idx].astype(bool))["ods_f"]
+            entry[f"{part}_images"] = len(idx)
+        out[backdrop] = entry
+    return out
 
 
 def evaluate_shifts(
-    run: Path, count: int, seed: int, shifts: tuple[str, ...] = tuple(SHIFTS)
+    run: Path,
+    count: int,
+    seed: int,
+    shifts: tuple[str, ...] = tuple(SHIFTS),
+    contour_f_images: int = 0,
 ) -> dict[str, dict]:
-    """Every shift's accuracy per variant found in ``run`` and fused vs semantic-only."""
+    """Every shift's accuracy per variant found in ``run`` and fused vs semantic-only, per
+    garment type and per backdrop; with ``contour_f_images`` also the contour network's F
+    per backdrop (``contour_f_by_backdrop``)."""
     nets: dict[str, GenderNet] = {}
     for variant in VARIANT_ORDER:
         path = run / f"gender-{variant}.pt"
@@ -106,7 +152,9 @@ def evaluate_shifts(
     base = GarmentConfig(size=size)
     results: dict[str, dict] = {}
     for name in shifts:
-        images, labels, kinds = shifted_garments(name, count, seed, base)
+        garments = shifted_set(name, count, seed, base)
+        images, kinds = garments.images, garments.kinds
+        labels = torch.from_numpy(garments.labels)
         right = {
             variant: (predict(net, images, pooled_features(net, images)) == labels).numpy()
             for variant, net in nets.items()
@@ -126,6 +174,15 @@ def evaluate_shifts(
             | {v: float(r[kinds == kind].mean()) for v, r in right.items()}
             for kind in sorted(set(kinds.tolist()))
         }
+        # And per backdrop: the errors of version 5 were mostly over plain coloured
+        # backdrops and photographs, where the outline is harder to separate.
+        entry["per_backdrop"] = {
+            b: {"images": int((garments.backdrops == b).sum())}
+            | {v: float(r[garments.backdrops == b].mean()) for v, r in right.items()}
+            for b in BACKDROPS
+        }
+        if contour_f_images:
+            entry["contour_f"] = contour_f_by_backdrop(nets, garments, right, contour_f_images)
         results[name] = entry
         print(name, json.dumps(entry), flush=True)
     return results
@@ -165,6 +222,27 @@ def kind_table(entry: dict) -> str:
     return "\n".join(lines)
 
 
+def backdrop_table(entry: dict) -> str:
+    """A markdown table of one shift's accuracy per backdrop and variant, with the contour
+    network's F there when it was measured."""
+    variants = [v for v in VARIANT_ORDER if v in entry]
+    f = entry.get("contour_f", {})
+    extra = " | contour F, all / fused errors" if f else ""
+    lines = [
+        "| backdrop | images | " + " | ".join(variants) + extra + " |",
+        "|---" * (len(variants) + 2 + bool(f)) + "|",
+    ]
+    for backdrop, r in entry["per_backdrop"].items():
+        accuracies = " | ".join(f"{r[v]:.4f}" for v in variants)
+        cell = ""
+        if f:
+            b, nan = f[backdrop], float("nan")
+            cell = f" | {b.get('all', nan):.3f} / {b.get('fused_errors', nan):.3f}"
+            cell += f" ({b.get('all_images', 0)} / {b.get('fused_errors_images', 0)} images)"
+        lines.append(f"| {backdrop} | {r['images']} | {accuracies}{cell} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", required=True, help="a models.gender.train output directory")
@@ -172,15 +250,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     p.add_argument("--seed", type=int, default=TrainConfig().seed, help="the run's --seed")
     p.add_argument("--shifts", nargs="+", choices=tuple(SHIFTS), default=list(SHIFTS))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--contour-f",
+        type=int,
+        default=0,
+        help="also the contour network's ODS F against exact outlines per backdrop, on this "
+        "many garments of each and on the fused model's errors",
+    )
     p.add_argument("--out", default=None, help="write the results here as JSON")
     p.add_argument("--plot", default=None, help="draw accuracy per shift and variant (PNG)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    results = evaluate_shifts(Path(a.run), a.images, a.seed + TEST_SEED_OFFSET, tuple(a.shifts))
+    results = evaluate_shifts(
+        Path(a.run), a.images, a.seed + TEST_SEED_OFFSET, tuple(a.shifts), a.contour_f
+    )
     print(table(results))
     for name, entry in results.items():
         print(f"\n{name}, per garment type:\n{kind_table(entry)}")
+        print(f"\n{name}, per backdrop:\n{backdrop_table(entry)}")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
     if a.plot:

@@ -8,6 +8,7 @@ from PIL import Image
 from scipy import ndimage
 
 from models.gender.data import (
+    BACKDROPS,
     KINDS,
     LABELS,
     ColourAugmentConfig,
@@ -55,6 +56,27 @@ def test_outline_is_the_boundary_of_the_garment_in_the_image() -> None:
         agreement.append((outline.astype(bool) & near).sum() / outline.sum())
     # A garment whose random colour is close to the backdrop's can hide part of its edge.
     assert np.median(agreement) > 0.95
+
+
+def test_backdrop_kind_is_recorded_per_image(garments) -> None:
+    assert set(garments.backdrops) == set(BACKDROPS)
+    for image, outline, backdrop in zip(
+        garments.images, garments.outlines, garments.backdrops, strict=True
+    ):
+        # Pixels at least 3 px from the garment's outline on the side of the image corner
+        # furthest from the garment are backdrop.
+        far = ~ndimage.binary_dilation(outline.astype(bool), iterations=3)
+        corner = max(((0, 0), (0, -1), (-1, 0), (-1, -1)), key=lambda c: far[c])
+        region, _ = ndimage.label(far)
+        backdrop_pixels = image[region == region[corner]].astype(np.int16)  # (P, 3)
+        spread = np.abs(backdrop_pixels - backdrop_pixels[0]).max()
+        if backdrop == "photo":
+            assert spread > 30, backdrop
+        else:
+            assert spread == 0, backdrop
+            grey = backdrop_pixels[0]
+            is_light_grey = grey.min() == grey.max() and grey.min() >= 200
+            assert is_light_grey == (backdrop == "plain_light")
 
 
 def test_outline_of_a_square() -> None:

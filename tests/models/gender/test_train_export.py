@@ -142,7 +142,7 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
     count = config.test_images
     plot = pipeline["root"] / "shift.png"
     args = ["--run", str(run), "--images", str(count), "--out", str(out), "--plot", str(plot)]
-    results = shift.main([*args, "--shifts", "none", "small_garments"])
+    results = shift.main([*args, "--shifts", "none", "small_garments", "--contour-f", "4"])
     assert json.loads(out.read_text()) == results
     assert plot.read_bytes().startswith(b"\x89PNG")
     for variant, record in history["variants"].items():
@@ -157,6 +157,19 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
         for variant in history["variants"]:  # the per-type figures add up to the whole
             right = sum(k[variant] * k["images"] for k in kinds)
             assert round(right) == round(r[variant] * count), (name, variant)
+            backdrops = r["per_backdrop"].values()  # and so do the per-backdrop ones
+            right = sum(b[variant] * b["images"] for b in backdrops)
+            assert round(right) == round(r[variant] * count), (name, variant)
+        assert sum(b["images"] for b in r["per_backdrop"].values()) == count
+        for backdrop, f in r["contour_f"].items():
+            b = r["per_backdrop"][backdrop]
+            if b["images"] == 0:
+                continue
+            assert f["all_images"] == f["images"] == min(4, b["images"])
+            assert 0.0 <= f["all"] <= 1.0
+            # F on the fused model's errors there: as many as per_backdrop's accuracy says.
+            errors = round((1 - b["fused"]) * b["images"])
+            assert f.get("fused_errors_images", 0) == errors, (name, backdrop)
     seed = config.seed + shift.TEST_SEED_OFFSET
     base = GarmentConfig(size=SIZE)
     plain, labels, _ = shift.shifted_garments("none", count, seed, base)
