@@ -136,12 +136,14 @@ def evaluate_shifts(
     shifts: tuple[str, ...] = tuple(SHIFTS),
     contour_f_images: int = 0,
 ) -> dict[str, dict]:
-    """Every shift's accuracy per variant found in ``run`` and fused vs semantic-only, per
-    garment type and per backdrop; with ``contour_f_images`` also the contour network's F
-    per backdrop (``contour_f_by_backdrop``)."""
+    """Every shift's accuracy per variant found in ``run`` (a training run's directory, or
+    one fused checkpoint such as models/repository/gender/5/checkpoint.pt) and fused vs
+    semantic-only, per garment type and per backdrop; with ``contour_f_images`` also the
+    contour network's F per backdrop (``contour_f_by_backdrop``)."""
     nets: dict[str, GenderNet] = {}
-    for variant in VARIANT_ORDER:
-        path = run / f"gender-{variant}.pt"
+    # A file is one fused network: a served version's checkpoint.pt.
+    paths = {"fused": run} if run.is_file() else {v: run / f"gender-{v}.pt" for v in VARIANT_ORDER}
+    for variant, path in paths.items():
         if path.exists():
             net, _ = load_checkpoint(path)
             assert isinstance(net, GenderNet)
@@ -245,7 +247,12 @@ def backdrop_table(entry: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--run", required=True, help="a models.gender.train output directory")
+    p.add_argument(
+        "--run",
+        required=True,
+        help="a models.gender.train output directory, or a served version's checkpoint.pt "
+        "(measured as the fused variant)",
+    )
     p.add_argument("--images", type=int, default=TrainConfig().test_images)
     p.add_argument("--seed", type=int, default=TrainConfig().seed, help="the run's --seed")
     p.add_argument("--shifts", nargs="+", choices=tuple(SHIFTS), default=list(SHIFTS))

@@ -147,6 +147,7 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
     assert plot.read_bytes().startswith(b"\x89PNG")
     for variant, record in history["variants"].items():
         assert results["none"][variant] == record["test_accuracy"], variant
+    seed = config.seed + shift.TEST_SEED_OFFSET
     for name in ("none", "small_garments"):
         r = results[name]
         assert r["fused_only_right"] - r["semantic_only_right"] == round(
@@ -170,7 +171,9 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
             # F on the fused model's errors there: as many as per_backdrop's accuracy says.
             errors = round((1 - b["fused"]) * b["images"])
             assert f.get("fused_errors_images", 0) == errors, (name, backdrop)
-    seed = config.seed + shift.TEST_SEED_OFFSET
+    # A served version's checkpoint (one fused network) is measured as the fused variant.
+    served = shift.evaluate_shifts(run / "gender-fused.pt", count, seed, ("none",))
+    assert served["none"]["fused"] == results["none"]["fused"] and "semantic" not in served["none"]
     base = GarmentConfig(size=SIZE)
     plain, labels, _ = shift.shifted_garments("none", count, seed, base)
     for name in shift.SHIFTS:
