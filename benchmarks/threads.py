@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.loadgen import closed_loop, multipart_request
-from benchmarks.run import HOST, benchmark_image, server, service_env
+from benchmarks.run import HOST, benchmark_image, server, service_env, stat_cpu_seconds
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -30,11 +30,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     seconds: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            seconds[int(task.name)] = stat_cpu_seconds(task / "stat")
         except OSError:  # the thread ended between listing and reading
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return seconds
 
 

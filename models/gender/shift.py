@@ -21,15 +21,16 @@ Per shift: each variant's accuracy, overall, per garment type and per backdrop (
 light, plain coloured, photograph), and, fused vs semantic-only, how many garments only one
 of them gets right with the exact McNemar p-value. ``--contour-f N`` adds the contour
 network's ODS F against the exact outlines per backdrop, on N garments of each and on the
-fused model's errors. ``--images 10000 --seed 100 --shifts none`` measures the same checkpoints on a
-larger held-out set of fresh garments (the run never saw seed 100's test garments).
+fused model's errors. ``--images 10000 --seed 100 --shifts none`` measures the same
+checkpoints on a larger held-out set of fresh garments (the run never saw seed 100's test
+garments).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,22 +96,13 @@ def shifted_set(name: str, count: int, seed: int, base: GarmentConfig) -> Garmen
     return garments
 
 
-def shifted_garments(
-    name: str, count: int, seed: int, base: GarmentConfig
-) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
-    """``(N, S, S, 3)`` uint8 test images under shift ``name``, their labels ``(N,)`` and
-    garment types ``(N,)`` str."""
-    garments = shifted_set(name, count, seed, base)
-    return garments.images, torch.from_numpy(garments.labels), garments.kinds
-
-
 def contour_f_by_backdrop(
     nets: dict[str, GenderNet], garments: Garments, right: dict[str, np.ndarray], limit: int
 ) -> dict[str, dict]:
-    """ODS F of each distinct contour network in ``nets`` against the garments' exact
-    outlines, per backdrop: on the first ``limit`` garments with that backdrop, and on the
-    fused model's errors there (are its errors where its contour network loses the
-    outline?). Variants trained in one run share one frozen contour network."""
+    """ODS F of the run's contour network (its variants share one frozen network; the fused
+    one's is taken) against the garments' exact outlines, per backdrop: on the first
+    ``limit`` garments with that backdrop, and on the fused model's errors there (are its
+    errors where its contour network loses the outline?)."""
     contour = nets["fused"] if "fused" in nets else next(iter(nets.values()))
     out: dict[str, dict] = {}
     for backdrop in BACKDROPS:
@@ -127,6 +119,18 @@ def contour_f_by_backdrop(
             entry[f"{part}_images"] = len(idx)
         out[backdrop] = entry
     return out
+
+
+def per_group(
+    right: dict[str, np.ndarray], groups: np.ndarray, names: Sequence[str]
+) -> dict[str, dict]:
+    """Per group name: its image count and each variant's accuracy there (``right``: per
+    variant, ``(N,)`` bool correct; ``groups``: ``(N,)`` str group of each image)."""
+    return {
+        name: {"images": int((groups == name).sum())}
+        | {v: float(r[groups == name].mean()) for v, r in right.items()}
+        for name in names
+    }
 
 
 def evaluate_shifts(
@@ -171,18 +175,10 @@ def evaluate_shifts(
             entry["mcnemar_p"] = mcnemar_exact(only_fused, only_semantic)
         # Where the errors are: per garment type (blouses and women's trousers are the
         # types cut like menswear 10 % of the time, so about 0.9 is their ceiling).
-        entry["per_kind"] = {
-            kind: {"images": int((kinds == kind).sum())}
-            | {v: float(r[kinds == kind].mean()) for v, r in right.items()}
-            for kind in sorted(set(kinds.tolist()))
-        }
+        entry["per_kind"] = per_group(right, kinds, sorted(set(kinds.tolist())))
         # And per backdrop: the errors of version 5 were mostly over plain coloured
         # backdrops and photographs, where the outline is harder to separate.
-        entry["per_backdrop"] = {
-            b: {"images": int((garments.backdrops == b).sum())}
-            | {v: float(r[garments.backdrops == b].mean()) for v, r in right.items()}
-            for b in BACKDROPS
-        }
+        entry["per_backdrop"] = per_group(right, garments.backdrops, BACKDROPS)
         if contour_f_images:
             entry["contour_f"] = contour_f_by_backdrop(nets, garments, right, contour_f_images)
         results[name] = entry

@@ -175,11 +175,12 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
     served = shift.evaluate_shifts(run / "gender-fused.pt", count, seed, ("none",))
     assert served["none"]["fused"] == results["none"]["fused"] and "semantic" not in served["none"]
     base = GarmentConfig(size=SIZE)
-    plain, labels, _ = shift.shifted_garments("none", count, seed, base)
+    plain = shift.shifted_set("none", count, seed, base)
     for name in shift.SHIFTS:
-        images, shifted_labels, _ = shift.shifted_garments(name, count, seed, base)
-        assert images.shape == plain.shape and torch.equal(shifted_labels, labels)
-        assert (name == "none") == np.array_equal(images, plain), name
+        shifted = shift.shifted_set(name, count, seed, base)
+        assert shifted.images.shape == plain.images.shape
+        assert np.array_equal(shifted.labels, plain.labels)
+        assert (name == "none") == np.array_equal(shifted.images, plain.images), name
 
 
 def test_the_service_loads_and_decodes_it(pipeline: dict) -> None:
