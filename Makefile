@@ -50,10 +50,11 @@ benchmark-jpeg-draft: $(VENV)/.dev
 
 # Reproduce the committed landmark model (tens of minutes on two CPU cores).
 train-landmark: $(VENV)/.dev
-	$(BIN)/python -m models.landmark.train --out runs/landmark-v1
+	$(BIN)/python -m models.landmark.train --out runs/landmark-v1 --epochs 20 \
+		--stop-after-epoch 10
 
 ablation-landmark: $(VENV)/.dev
-	$(BIN)/python -m models.landmark.ablation --out runs/ablation
+	$(BIN)/python -m models.landmark.ablation --out runs/ablation --train-images 4000 --epochs 6
 
 export-landmark: $(VENV)/.dev
 	$(BIN)/python -m models.landmark.export --checkpoint runs/landmark-v1/best.pt --version 1 \

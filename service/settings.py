@@ -41,8 +41,9 @@ DEFAULT_BATCH_MAX_DELAY_MS = 2.0
 # ONNX Runtime the next is assembled and starts as soon as a core frees up, instead of the
 # decode threads and ORT's intra-op threads taking turns (one batch at a time, the server
 # used about 1.5 of 2 CPUs). /recognize at 16 clients, 2 AMD EPYC CPUs, alternating runs:
-# 1 -> 247-260, 2 -> 271-280 req/s; 3 was no better (README "Benchmarks"). On CUDA one
-# batch's host-side work can overlap the other's run (not measured: no GPU here).
+# 1 -> 247-260, 2 -> 271-280 req/s; 3 was no better (benchmarks/README.md, "Parallel
+# batches"). On CUDA one batch's host-side work can overlap the other's run (not measured:
+# no GPU here).
 DEFAULT_BATCH_PARALLEL = 2
 # Queue bound = this many max-size batches. One is enough to keep the model busy (a slot
 # is freed when its batch starts, so the next batch decodes while this one runs) and keeps
