@@ -523,6 +523,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, by
         payload = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise V2Error(400, f"the inference request is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # nested past the parser's depth: "[[[[..." by the megabyte
+        raise V2Error(400, "the inference request's JSON is nested too deeply") from exc
     try:
         return InferRequest.model_validate(payload), tail
     except ValidationError as exc:

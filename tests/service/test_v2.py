@@ -386,3 +386,22 @@ def test_inputs_with_different_batch_sizes_are_400() -> None:
         )
         assert "disagree on the batch size" in error_of(response, 400)
         assert "[1, 2]" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,  # past the JSON parser's recursion limit
+        b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        # Within the parser's limit, so the nesting reaches validation and numpy.
+        json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": 0}]})
+        .replace('"data": 0', '"data": ' + "[" * 500 + "0" + "]" * 500)
+        .encode(),
+    ],
+    ids=["whole-body", "in-inputs", "in-data"],
+)
+def test_deeply_nested_json_is_400_not_500(v2: TestClient, body: bytes) -> None:
+    response = v2.post(
+        "/v2/models/landmark/infer", content=body, headers={"content-type": "application/json"}
+    )
+    assert error_of(response, 400)
