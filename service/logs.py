@@ -34,6 +34,9 @@ REQUEST_ID_SCOPE_KEY = "request_id"
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Longest message written; an accidental dump of bytes is cut here.
 MAX_MESSAGE_CHARS = 2000
+# A traceback over the cap keeps its end: the innermost frames and the exception's own line,
+# the part that says what went wrong, are last.
+TRACEBACK_TAIL_CHARS = 1200
 ACCESS_LOGGER = "service.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # Paths probed every few seconds: access lines for them only at DEBUG.
@@ -58,10 +61,13 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _capped(text: str) -> str:
+def _capped(text: str, tail: int = 0) -> str:
+    """``text`` cut to MAX_MESSAGE_CHARS: its start, and its last ``tail`` characters."""
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
-    return text[:MAX_MESSAGE_CHARS] + f"... [{len(text) - MAX_MESSAGE_CHARS} chars cut]"
+    head = MAX_MESSAGE_CHARS - tail
+    cut = len(text) - MAX_MESSAGE_CHARS
+    return text[:head] + f"... [{cut} chars cut] ..." + (text[-tail:] if tail else "")
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,7 +87,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD_ATTRS and key not in entry:
                 entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
         if record.exc_info:
-            entry["error"] = _capped(self.formatException(record.exc_info))
+            entry["error"] = _capped(self.formatException(record.exc_info), TRACEBACK_TAIL_CHARS)
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -94,7 +100,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
-        return _capped(super().format(record))
+        return _capped(super().format(record), TRACEBACK_TAIL_CHARS if record.exc_info else 0)
 
 
 def make_formatter(log_format: str) -> logging.Formatter:
