@@ -198,6 +198,19 @@ class _Labels:
         return self.model, self.version, self.graph
 
 
+async def _client_gone(item: _Item) -> bool:
+    """Whether a queued request's client has left. A check that fails (a broken receive
+    channel) counts as gone: that client could not be sent an answer either, and an
+    exception here must not stop the worker that serves everyone else in the queue."""
+    if item.disconnected is None:
+        return False
+    try:
+        return await item.disconnected()
+    except Exception:
+        logger.warning("could not tell whether a queued request's client left", exc_info=True)
+        return True
+
+
 @dataclass(eq=False)
 class Batcher:
     """Gathers concurrent requests for one graph into batched runs (see the module doc).
@@ -437,26 +450,39 @@ class Batcher:
         batch: list[_Item] = []
         kept: list[_Item] = []
         rows = 0
-        while self._queue:
-            item = self._queue.popleft()
-            if batch and (item.signature != batch[0].signature or rows + item.rows > self.max_size):
-                kept.append(item)
-                continue
-            self._release_slot()
-            if item.future.done():  # the request's task was cancelled while queued
-                self._count_rejected("client_gone")
-                continue
-            if item.disconnected is not None and await item.disconnected():
-                self._count_rejected("client_gone")
-                item.future.set_exception(
-                    ClientClosedRequest("the client disconnected before its batch ran")
-                )
-                continue
-            batch.append(item)
-            rows += item.rows
-            if rows >= self.max_size:
-                break
-        self._queue.extendleft(reversed(kept))
+        try:
+            while self._queue:
+                item = self._queue.popleft()
+                if batch and (
+                    item.signature != batch[0].signature or rows + item.rows > self.max_size
+                ):
+                    kept.append(item)
+                    continue
+                self._release_slot()
+                if item.future.done():  # the request's task was cancelled while queued
+                    self._count_rejected("client_gone")
+                    continue
+                if await _client_gone(item):
+                    self._count_rejected("client_gone")
+                    item.future.set_exception(
+                        ClientClosedRequest("the client disconnected before its batch ran")
+                    )
+                    continue
+                batch.append(item)
+                rows += item.rows
+                if rows >= self.max_size:
+                    break
+        except BaseException as exc:
+            # The worker is cancelled (shutdown) or hit a bug: requests already taken off the
+            # queue would otherwise wait for an answer that never comes.
+            for item in batch:
+                if isinstance(exc, Exception):
+                    item.future.set_exception(exc)
+                else:
+                    item.future.cancel()
+            raise
+        finally:
+            self._queue.extendleft(reversed(kept))
         return batch
 
     async def _execute(self, batch: list[_Item]) -> None:

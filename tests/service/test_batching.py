@@ -343,6 +343,39 @@ def test_departed_clients_are_dropped_before_the_model(repo: Path) -> None:
     assert batcher.slots == 0
 
 
+def test_a_failing_disconnect_check_drops_that_request_and_serves_the_rest(repo: Path) -> None:
+    # The check runs inside the batcher's worker task: if its exception escaped, the
+    # worker would die with the other requests taken off the queue and never answered.
+    batcher = _batcher(_model(repo))
+    images = _images(3)
+
+    async def broken() -> bool:
+        raise RuntimeError("receive() failed")
+
+    async def here() -> bool:
+        return False
+
+    async def main() -> list[Any]:
+        reservations = [batcher.reserve() for _ in images]
+        checks = [here, broken, here]
+        return await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    batcher.infer({"image": image}, reservation=r, disconnected=check)
+                    for image, r, check in zip(images, reservations, checks, strict=True)
+                ),
+                return_exceptions=True,
+            ),
+            PATIENT_S,
+        )
+
+    results = asyncio.run(main())
+    assert isinstance(results[1], ClientClosedRequest)
+    assert isinstance(results[0], dict) and isinstance(results[2], dict)
+    assert batcher.runner.batches == [2]  # type: ignore[attr-defined]
+    assert batcher.slots == 0
+
+
 def test_cancelled_requests_are_dropped(repo: Path) -> None:
     batcher = _batcher(_model(repo))
 
