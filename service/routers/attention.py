@@ -278,11 +278,13 @@ async def compute_features(
         names.perception_graph,
         disconnected=disconnected,
     )
+    # Copies: a batched request's outputs are views of the whole batch's arrays, and these
+    # may live on in the feature cache, which would keep every row of that batch alive.
     return ImageFeatures(
-        feature_map=extracted[names.feature_map],
-        attention_map=extracted[names.attention_map],
-        attention_probs=extracted[names.attention_probs][0],
-        perception_probs=perceived[names.perception_probs][0],
+        feature_map=extracted[names.feature_map].copy(),
+        attention_map=extracted[names.attention_map].copy(),
+        attention_probs=extracted[names.attention_probs][0].copy(),
+        perception_probs=perceived[names.perception_probs][0].copy(),
         transform=transform,
     )
 

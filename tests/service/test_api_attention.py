@@ -145,6 +145,20 @@ def test_second_correction_of_an_image_uses_the_cached_features(client: TestClie
     assert first["edited_map"] != second["edited_map"]
 
 
+def test_cached_features_own_their_arrays(client: TestClient) -> None:
+    # Batched outputs are slices of the whole batch's arrays; a cached slice would keep the
+    # batch (up to BATCH_MAX_SIZE rows) alive for as long as the entry lives.
+    image = _canvas_upload(98)
+    mask = encode(Image.fromarray(np.full((90, 120), 255, np.uint8), "L"))
+    assert correct(client, image, mask).status_code == 200
+    cache = client.app.state.feature_cache  # type: ignore[attr-defined]
+    entries = list(cache._entries.values())
+    assert entries
+    for features in entries:
+        for name in ("feature_map", "attention_map", "attention_probs", "perception_probs"):
+            assert getattr(features, name).base is None, name
+
+
 def test_full_mask_reproduces_the_original_answer(client: TestClient) -> None:
     """A mask equal to the model's own map (sent back as its PNG) gives the original class.
     The map covers the letterboxed input and a mask the image: on a square upload they
