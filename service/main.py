@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import Depends, FastAPI
 
-from service.admission import AdmissionMiddleware
+from service.admission import MODEL_ENDPOINTS, AdmissionMiddleware
 from service.attention import FeatureCache
 from service.dependencies import require_api_key
 from service.docs import install_offline_docs
@@ -129,7 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, limits=body_limits)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
     app.add_middleware(AdmissionMiddleware, limits=body_limits)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(
+        MetricsMiddleware, metrics=app.state.metrics, early_paths=MODEL_ENDPOINTS.keys()
+    )
     # Outermost: every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
     return app

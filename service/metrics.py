@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +106,13 @@ def create_metrics() -> Metrics:
 class MetricsMiddleware:
     """Counts requests and times them, labelled by the matched route's path template."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, early_paths: Collection[str] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        # Paths a middleware may answer before routing (the model endpoints' early 503s and
+        # 413s): labelled as themselves, not "unmatched", so overload shows per endpoint.
+        # A fixed set, so no client can mint label values with made-up paths.
+        self.early_paths = frozenset(early_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,7 +135,7 @@ class MetricsMiddleware:
         finally:
             if counted:
                 self.metrics.in_flight.dec()
-            endpoint = _endpoint(scope)
+            endpoint = _endpoint(scope, self.early_paths)
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(endpoint, method, str(status)).inc()
             self.metrics.request_seconds.labels(endpoint, method).observe(
@@ -138,7 +143,10 @@ class MetricsMiddleware:
             )
 
 
-def _endpoint(scope: Scope) -> str:
+def _endpoint(scope: Scope, early_paths: frozenset[str] = frozenset()) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_ENDPOINT
+    if isinstance(path, str):
+        return path
+    requested = str(scope.get("path", ""))
+    return requested if requested in early_paths else UNMATCHED_ENDPOINT

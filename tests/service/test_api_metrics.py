@@ -48,3 +48,24 @@ def test_each_app_has_its_own_registry(repo: Path) -> None:
             key = ("vision_http_requests_total", live)
             assert samples(first.get("/metrics").text)[key] == 2
             assert samples(second.get("/metrics").text)[key] == 1
+
+
+def test_early_refusals_are_counted_under_their_endpoint(repo: Path) -> None:
+    # The admission 503 and the Content-Length 413 are answered before routing.
+    settings = make_settings(repo, batch_queue_size=1, max_upload_bytes=1000)
+    with TestClient(create_app(settings)) as client:
+        batcher = client.app.state.registry.get("landmark").batcher()  # type: ignore[attr-defined]
+        with batcher.slot():  # the landmark graph's queue is full
+            full = client.post("/recognize", files={"image": ("a.png", b"x" * 10, "image/png")})
+        big = client.post("/recognize", files={"image": ("a.png", b"x" * 200_000, "image/png")})
+        stray = client.post("/no/such/path", content=b"x" * 200_000)
+        values = samples(client.get("/metrics").text)
+    assert (full.status_code, big.status_code, stray.status_code) == (503, 413, 413)
+    request = "vision_http_requests_total"
+    for status in ("503", "413"):
+        labels = (("endpoint", "/recognize"), ("method", "POST"), ("status", status))
+        assert values[(request, labels)] == 1
+    # A made-up path stays "unmatched": clients cannot mint label values.
+    assert (
+        values[(request, (("endpoint", "unmatched"), ("method", "POST"), ("status", "413")))] == 1
+    )
