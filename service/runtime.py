@@ -26,7 +26,7 @@ import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.batching import Batcher, Disconnected, Feed, Normalization, Reservation
-from service.decoding import DecodeConfigError, Decoder, build_decoder
+from service.decoding import AttentionDecoder, DecodeConfigError, Decoder, build_decoder
 from service.errors import ModelLoadError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -582,6 +582,28 @@ def warmup_batch_sizes(settings: Settings, session: OnnxSession, max_size: int) 
     return sorted({1, max_size})
 
 
+def check_graph_roles(config: ModelConfig, decoder: Decoder) -> None:
+    """An attention model's decode block names its features and perception graphs and the
+    perception graph's two inputs; refuse the version at load (not on the first request)
+    when the config's graphs do not have them."""
+    if not isinstance(decoder, AttentionDecoder):
+        return
+    graphs = config.graph_configs()
+    names = decoder.config
+    for role in (names.features_graph, names.perception_graph):
+        if role not in graphs:
+            raise ModelLoadError(
+                f"decode names graph {role!r}, which config.json does not have "
+                f"(it has {sorted(graphs)})"
+            )
+    inputs = {spec.name for spec in graphs[names.perception_graph].inputs}
+    missing = sorted({names.feature_map, names.attention_map} - inputs)
+    if missing:
+        raise ModelLoadError(
+            f"graph {names.perception_graph!r} lacks the inputs {missing} (it has {sorted(inputs)})"
+        )
+
+
 def load_model(name: str, settings: Settings, metrics: Metrics | None = None) -> LoadedModel:
     """Load, verify and warm one model, with a batcher per graph reporting to ``metrics``;
     never raises: failures come back with their reason."""
@@ -608,6 +630,7 @@ def load_model(name: str, settings: Settings, metrics: Metrics | None = None) ->
             )
         except DecodeConfigError as exc:
             raise ModelLoadError(str(exc)) from exc
+        check_graph_roles(config, decoder)
         sessions: dict[str, OnnxSession] = {}
         batchers: dict[str, Batcher] = {}
         pre = config.preprocess

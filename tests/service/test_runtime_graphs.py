@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from service.main import create_app
 from service.runtime import DEFAULT_GRAPH, ModelState, load_model, read_config
 from tests.service.conftest import make_settings
 from tests.service.fakes import IR_VERSION, OPSET, SIZE, landmark_config, landmark_graph
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 
 
 def identity_graph() -> bytes:
@@ -138,3 +141,30 @@ def test_models_endpoint_lists_each_graph(tmp_path: Path) -> None:
 
 def test_fake_graphs_are_valid_onnx() -> None:
     onnx.checker.check_model(onnx.load_from_string(identity_graph()))
+
+
+@pytest.mark.parametrize(
+    ("decode_change", "message"),
+    [
+        ({"perception_graph": "head"}, "which config.json does not have"),
+        ({"features_graph": "backbone"}, "which config.json does not have"),
+        ({"feature_map": "logits_of_features"}, "lacks the inputs"),
+    ],
+)
+def test_attention_graph_roles_are_checked_at_load(
+    tmp_path: Path, decode_change: dict[str, Any], message: str
+) -> None:
+    # Before the check such a version loaded as ready and failed on every request.
+    target = tmp_path / "repository" / "attention" / "5"
+    shutil.copytree(REPOSITORY / "attention" / "5", target)
+    config = json.loads((target / "config.json").read_text())
+    config["decode"].update(decode_change)
+    if "feature_map" in decode_change:  # the features graph must still have the output
+        for graph in config["graphs"].values():
+            for spec in graph["outputs"]:
+                if spec["name"] == "feature_map":
+                    spec["name"] = decode_change["feature_map"]
+    (target / "config.json").write_text(json.dumps(config))
+    model = load_model("attention", make_settings(tmp_path / "repository", models=["attention"]))
+    assert not model.ready
+    assert message in (model.error or "")
