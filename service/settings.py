@@ -45,9 +45,11 @@ DEFAULT_BATCH_MAX_DELAY_MS = 2.0
 # batches"). On CUDA one batch's host-side work can overlap the other's run (not measured:
 # no GPU here).
 DEFAULT_BATCH_PARALLEL = 2
-# Queue bound = this many max-size batches. One is enough to keep the model busy (a slot
-# is freed when its batch starts, so the next batch decodes while this one runs) and keeps
-# an accepted request's wait under overload to about one batch time.
+# Queue bound = this many times BATCH_MAX_SIZE (or a graph's own max size, if larger).
+# One full batch is enough to keep the model busy (a slot is freed when its batch starts,
+# so the next batch decodes while this one runs) and keeps an accepted request's wait under
+# overload to about one batch time; a graph with smaller batches (or batching off) keeps
+# the same number of requests, so they wait up to queue size / max size runs.
 BATCH_QUEUE_FACTOR = 1
 
 

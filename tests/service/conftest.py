@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,12 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
+# Where apps whose test names no feedback database keep theirs: never the developer's
+# var/feedback.sqlite3, which the settings' default points at.
+SCRATCH = Path(tempfile.mkdtemp(prefix="vision-tests-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+
+
 def make_settings(repo: Path, **changes: Any) -> Settings:
     """Small, fast, CPU-only settings for tests."""
     values: dict[str, Any] = {
@@ -39,6 +48,7 @@ def make_settings(repo: Path, **changes: Any) -> Settings:
         "intra_op_threads": 1,
         "decode_threads": 2,
         "warmup_runs": 1,
+        "feedback_db": SCRATCH / "feedback.sqlite3",
     }
     values.update(changes)
     return Settings(**values)
