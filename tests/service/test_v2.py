@@ -405,3 +405,25 @@ def test_deeply_nested_json_is_400_not_500(v2: TestClient, body: bytes) -> None:
         "/v2/models/landmark/infer", content=body, headers={"content-type": "application/json"}
     )
     assert error_of(response, 400)
+
+
+def test_a_full_queue_answers_503_before_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.routers import v2 as v2_module
+
+    parsed: list[bytes] = []
+    real = v2_module.split_body
+    monkeypatch.setattr(
+        v2_module, "split_body", lambda body, length: (parsed.append(body), real(body, length))[1]
+    )
+    root = write_v2_repository(tmp_path / "repository")
+    with TestClient(create_app(make_settings(root, batch_queue_size=1))) as client:
+        batcher = client.app.state.registry.get("landmark").batcher()  # type: ignore[attr-defined]
+        with batcher.slot():
+            full = client.post("/v2/models/landmark/infer", json=json_request(square_tensor()))
+        after = client.post("/v2/models/landmark/infer", json=json_request(square_tensor()))
+    assert full.status_code == 503 and "error" in full.json()
+    assert full.headers["retry-after"]
+    assert after.status_code == 200
+    assert len(parsed) == 1  # only the request that got a slot was parsed
