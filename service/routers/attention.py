@@ -419,7 +419,7 @@ async def correct_with_edited_map(
     "/attention/feedback",
     responses={status: ERROR_RESPONSES[status] for status in (401, 503)},
 )
-async def feedback_counts(request: Request) -> FeedbackResponse:
+async def count_feedback(request: Request) -> FeedbackResponse:
     """How many teacher records are stored: in total, per label, misrecognised."""
     counts = await anyio.to_thread.run_sync(get_feedback_store(request).counts)
     return FeedbackResponse(

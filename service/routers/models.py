@@ -71,9 +71,10 @@ async def reload_model(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> ModelInfo:
-    """Load the version the repository now designates (a new highest version, or the pinned
-    one) and swap it in once loaded and warmed; until then, and if it fails, the version
-    that was serving keeps serving. 404 for a model this server does not serve."""
+    """Swap in the version the repository now designates, once it is loaded and warmed.
+
+    That is a new highest version, or the pinned one; until then, and if it fails, the
+    version that was serving keeps serving. 404 for a model this server does not serve."""
     if name not in registry.models:
         raise ModelNotFound(
             f"model {name!r} is not served here; known models: {sorted(registry.models)}"

@@ -19,13 +19,14 @@ router = APIRouter(tags=["ui"])
 
 
 @router.get("/ui", include_in_schema=False)
-async def editor_page() -> FileResponse:
+async def get_editor_page() -> FileResponse:
     """The attention editor (seed 002's first embodiment, for people)."""
     return FileResponse(STATIC_DIR / "editor.html", media_type="text/html; charset=utf-8")
 
 
 @router.get("/ui/static/{asset}", include_in_schema=False)
-async def editor_asset(asset: str) -> FileResponse:
+async def get_editor_asset(asset: str) -> FileResponse:
+    """One of the page's own scripts or styles (ASSETS); 404 for anything else."""
     media_type = ASSETS.get(asset)
     if media_type is None:
         raise HTTPException(status_code=404, detail=f"no asset {asset!r}")

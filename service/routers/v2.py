@@ -576,19 +576,19 @@ def encode_outputs(
 
 
 @router.get("", dependencies=protected, responses={401: UNKNOWN_MODEL[401]})
-async def server_metadata(request: Request) -> ServerMetadata:
+async def get_server_metadata(request: Request) -> ServerMetadata:
     """Server name, version and protocol extensions."""
     return ServerMetadata(name=SERVER_NAME, version=request.app.version, extensions=EXTENSIONS)
 
 
 @router.get("/health/live")
-async def server_live() -> LiveStatus:
+async def check_server_live() -> LiveStatus:
     """200 while the process runs."""
     return LiveStatus(live=True)
 
 
 @router.get("/health/ready", responses=NOT_READY)
-async def server_ready(registry: RegistryDep) -> ReadyStatus:
+async def check_server_ready(registry: RegistryDep) -> ReadyStatus:
     """200 once every configured model is loaded and warmed, else 503."""
     if not registry.ready:
         failed = [f"{n}: {m.error}" for n, m in registry.models.items() if m.error]
@@ -618,7 +618,7 @@ def _metadata(found: V2Model) -> ModelMetadata:
 
 
 @router.get("/models/{name}", dependencies=protected, responses=MODEL_RESPONSES)
-async def model_metadata(name: V2_NAME, registry: RegistryDep) -> ModelMetadata:
+async def get_model_metadata(name: V2_NAME, registry: RegistryDep) -> ModelMetadata:
     """Inputs and outputs (names, datatypes, shapes; -1 is a dynamic axis) of a V2 model."""
     return _metadata(find_model(registry, name))
 
@@ -628,7 +628,7 @@ async def model_metadata(name: V2_NAME, registry: RegistryDep) -> ModelMetadata:
     dependencies=protected,
     responses=MODEL_RESPONSES,
 )
-async def model_version_metadata(
+async def get_model_version_metadata(
     name: V2_NAME, version: V2_VERSION, registry: RegistryDep
 ) -> ModelMetadata:
     """As ``/v2/models/{name}``, for the served version only."""
@@ -641,7 +641,7 @@ def _model_ready(found: V2Model) -> ModelReadyStatus:
 
 
 @router.get("/models/{name}/ready", dependencies=protected, responses=MODEL_RESPONSES)
-async def model_ready(name: V2_NAME, registry: RegistryDep) -> ModelReadyStatus:
+async def check_model_ready(name: V2_NAME, registry: RegistryDep) -> ModelReadyStatus:
     """200 when the model's graphs are loaded and warmed, else 503."""
     return _model_ready(find_model(registry, name))
 
@@ -651,7 +651,7 @@ async def model_ready(name: V2_NAME, registry: RegistryDep) -> ModelReadyStatus:
     dependencies=protected,
     responses=MODEL_RESPONSES,
 )
-async def model_version_ready(
+async def check_model_version_ready(
     name: V2_NAME, version: V2_VERSION, registry: RegistryDep
 ) -> ModelReadyStatus:
     """As ``/v2/models/{name}/ready``, for the served version only."""
@@ -723,7 +723,7 @@ INFER_RESPONSES: Responses = {
     openapi_extra=INFER_OPENAPI,
     response_class=Response,
 )
-async def model_infer(name: V2_NAME, request: Request, registry: RegistryDep) -> Response:
+async def infer_model(name: V2_NAME, request: Request, registry: RegistryDep) -> Response:
     """Run one graph on raw tensors (JSON or binary); returns the requested outputs."""
     return await _infer(find_model(registry, name), request)
 
@@ -735,7 +735,7 @@ async def model_infer(name: V2_NAME, request: Request, registry: RegistryDep) ->
     openapi_extra=INFER_OPENAPI,
     response_class=Response,
 )
-async def model_version_infer(
+async def infer_model_version(
     name: V2_NAME, version: V2_VERSION, request: Request, registry: RegistryDep
 ) -> Response:
     """As ``/v2/models/{name}/infer``, for the served version only."""
