@@ -33,6 +33,26 @@ class Landmark(BaseModel):
     point: Point
 
 
+class MapExtent(BaseModel):
+    """The rectangle a map covers, in image pixels (beyond the image where the model input
+    was letterboxed)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class MapPng(BaseModel):
+    """A map in 0..1 (attention, contour) as an 8-bit grey PNG at the map's own resolution,
+    value = round(255 * map), with the image-pixel rectangle it covers."""
+
+    width: int
+    height: int
+    png_base64: str
+    extent: MapExtent
+
+
 class RecognizeResponse(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),

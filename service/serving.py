@@ -11,10 +11,12 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import UploadFile
 
+from service.attention import map_to_png, png_base64
 from service.batching import Disconnected, Feed, ImageRows, decode_rows_for, decode_upload
 from service.errors import NotReady, PayloadTooLarge
 from service.imaging import LetterboxTransform, check_content_type
 from service.runtime import LoadedModel, ModelConfig, ModelRegistry, OnnxSession
+from service.schemas import MapExtent, MapPng
 from service.settings import Settings
 
 D = TypeVar("D")
@@ -97,3 +99,24 @@ async def infer_images(
             disconnected=disconnected,
         )
     return outputs, [transform for _, transform in decoded]
+
+
+def map_png(
+    values: npt.NDArray[np.float32], transform: LetterboxTransform, config: ModelConfig
+) -> MapPng:
+    """A map over the model input (any leading axes of size 1, then ``(h, w)``, values in
+    0..1) as a PNG, with the image-pixel rectangle the model input covers."""
+    height, width = values.shape[-2:]
+    size = np.array([[0.0, 0.0], [config.preprocess.width, config.preprocess.height]])
+    corners = transform.to_image(size)  # the model input's corners in image pixels
+    return MapPng(
+        width=int(width),
+        height=int(height),
+        png_base64=png_base64(map_to_png(values.reshape(height, width))),
+        extent=MapExtent(
+            x0=float(corners[0, 0]),
+            y0=float(corners[0, 1]),
+            x1=float(corners[1, 0]),
+            y1=float(corners[1, 1]),
+        ),
+    )

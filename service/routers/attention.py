@@ -26,7 +26,6 @@ from service.attention import (
     image_key,
     map_to_png,
     mask_to_grid,
-    png_base64,
 )
 from service.batching import Disconnected, decode_upload
 from service.decoding import AttentionDecoder, Classification
@@ -34,8 +33,8 @@ from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.errors import InvalidField, NotReady, echo
 from service.feedback import FeedbackStore, TeacherRecord
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
-from service.schemas import ModelRef, Problem
-from service.serving import read_upload
+from service.schemas import MapPng, ModelRef, Problem
+from service.serving import map_png, read_upload
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
@@ -65,23 +64,6 @@ class ScoredClass(BaseModel):
 
 class ClassPrediction(ScoredClass):
     top_k: list[ScoredClass]
-
-
-class Extent(BaseModel):
-    """The rectangle the map covers, in image pixels (beyond the image where the model
-    input was letterboxed)."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-
-class AttentionMap(BaseModel):
-    width: int
-    height: int
-    png_base64: str
-    extent: Extent
 
 
 _TOP: list[JsonValue] = [
@@ -114,7 +96,7 @@ class AttentionResponse(BaseModel):
     model: ModelRef
     prediction: ClassPrediction
     attention_branch: ScoredClass
-    attention_map: AttentionMap
+    attention_map: MapPng
 
 
 class CorrectionResponse(BaseModel):
@@ -143,8 +125,8 @@ class CorrectionResponse(BaseModel):
     model: ModelRef
     original: ClassPrediction
     corrected: ClassPrediction
-    attention_map: AttentionMap
-    edited_map: AttentionMap
+    attention_map: MapPng
+    edited_map: MapPng
     feature_cache: str  # "hit" or "miss": whether the features graph had to run
     # The contract: present only when save was true (and then the record is stored).
     feedback_id: str | None = Field(default=None, exclude_if=lambda value: value is None)
@@ -230,26 +212,6 @@ def _prediction(result: Classification) -> ClassPrediction:
     )
 
 
-def _map(
-    attention: npt.NDArray[np.float32], features: ImageFeatures, config: ModelConfig
-) -> AttentionMap:
-    height, width = attention.shape[-2:]
-    grid = attention.reshape(height, width)
-    size = np.array([[0.0, 0.0], [config.preprocess.width, config.preprocess.height]])
-    corners = features.transform.to_image(size)
-    return AttentionMap(
-        width=int(width),
-        height=int(height),
-        png_base64=png_base64(map_to_png(grid)),
-        extent=Extent(
-            x0=float(corners[0, 0]),
-            y0=float(corners[0, 1]),
-            x1=float(corners[1, 0]),
-            y1=float(corners[1, 1]),
-        ),
-    )
-
-
 async def compute_features(
     data: bytes,
     serving: AttentionModel,
@@ -328,7 +290,7 @@ async def classify_with_attention(
         attention_branch=ScoredClass(
             class_id=branch.class_id, label=branch.label, score=branch.score
         ),
-        attention_map=_map(found.attention_map, found, serving.config),
+        attention_map=map_png(found.attention_map, found.transform, serving.config),
     )
 
 
@@ -408,8 +370,8 @@ async def correct_with_edited_map(
         model=serving.ref,
         original=_prediction(original),
         corrected=_prediction(corrected),
-        attention_map=_map(found.attention_map, found, serving.config),
-        edited_map=_map(edited, found, serving.config),
+        attention_map=map_png(found.attention_map, found.transform, serving.config),
+        edited_map=map_png(edited, found.transform, serving.config),
         feature_cache="hit" if hit else "miss",
         feedback_id=feedback_id,
     )

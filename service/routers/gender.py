@@ -5,18 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
-import numpy.typing as npt
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict
 
-from service.attention import map_to_png, png_base64
 from service.decoding import GenderDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.imaging import LetterboxTransform
-from service.runtime import ModelConfig
-from service.schemas import ModelRef, Problem
-from service.serving import infer_images, read_upload, ready_model
+from service.schemas import MapPng, ModelRef, Problem
+from service.serving import infer_images, map_png, read_upload, ready_model
 
 router = APIRouter(tags=["gender"])
 
@@ -31,25 +26,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "the gender model is not loaded; retry after Retry-After seconds"),
     )
 }
-
-
-class ContourExtent(BaseModel):
-    """The rectangle the contour map covers, in image pixels (beyond the image where the
-    model input was letterboxed)."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-
-class ContourMap(BaseModel):
-    """8-bit grey PNG at the map's own resolution, value = round(255 * contour probability)."""
-
-    width: int
-    height: int
-    png_base64: str
-    extent: ContourExtent
 
 
 class GenderResponse(BaseModel):
@@ -77,27 +53,7 @@ class GenderResponse(BaseModel):
     label: str
     score: float
     probabilities: dict[str, float]
-    contour_map: ContourMap | None = None  # only with ?contour=true
-
-
-def contour_map(
-    values: npt.NDArray[np.float32], transform: LetterboxTransform, config: ModelConfig
-) -> ContourMap:
-    """The ``(h, w)`` contour map as a PNG with the image-pixel rectangle it covers."""
-    height, width = values.shape
-    size = np.array([[0.0, 0.0], [config.preprocess.width, config.preprocess.height]])
-    corners = transform.to_image(size)
-    return ContourMap(
-        width=int(width),
-        height=int(height),
-        png_base64=png_base64(map_to_png(values)),
-        extent=ContourExtent(
-            x0=float(corners[0, 0]),
-            y0=float(corners[0, 1]),
-            x1=float(corners[1, 0]),
-            y1=float(corners[1, 1]),
-        ),
-    )
+    contour_map: MapPng | None = None  # only with ?contour=true
 
 
 @router.post("/gender", responses=ERROR_RESPONSES)
@@ -123,7 +79,5 @@ async def classify_gender(
         label=result.label,
         score=result.score,
         probabilities=result.probabilities,
-        contour_map=(
-            contour_map(result.contour_map, transform, serving.config) if contour else None
-        ),
+        contour_map=(map_png(result.contour_map, transform, serving.config) if contour else None),
     )
