@@ -216,6 +216,14 @@ class Problem(BaseModel):
     detail: str
 
 
+def problem_responses(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """An operation's ``responses=`` for its problem+json errors: (status, when) pairs."""
+    return {
+        status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+        for status, text in described
+    }
+
+
 class OcclusionGrid(BaseModel):
     rows: int
     cols: int

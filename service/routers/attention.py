@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import numpy as np
@@ -33,27 +33,24 @@ from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.errors import InvalidField, NotReady, echo
 from service.feedback import FeedbackStore, TeacherRecord
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
-from service.schemas import MapPng, ModelRef, Problem
+from service.schemas import MapPng, ModelRef, problem_responses
 from service.serving import map_png, read_upload
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
-    for status, text in (
-        (400, "the image (or the mask) is not a decodable image"),
-        (401, "API keys are configured and none or a wrong one was sent"),
-        (413, "an upload exceeds the size or pixel limit"),
-        (415, "an upload's content type is not an image"),
-        (422, "a missing field, an unknown label, or save without a label"),
-        (
-            503,
-            "the attention model is not loaded, or the teacher-record database is unreachable,"
-            " read-only or full; retry after Retry-After seconds",
-        ),
-    )
-}
+ERROR_RESPONSES = problem_responses(
+    (400, "the image (or the mask) is not a decodable image"),
+    (401, "API keys are configured and none or a wrong one was sent"),
+    (413, "an upload exceeds the size or pixel limit"),
+    (415, "an upload's content type is not an image"),
+    (422, "a missing field, an unknown label, or save without a label"),
+    (
+        503,
+        "the attention model is not loaded, or the teacher-record database is unreachable,"
+        " read-only or full; retry after Retry-After seconds",
+    ),
+)
 
 
 class ScoredClass(BaseModel):

@@ -3,29 +3,26 @@ features (seed 003), optionally with the contour map the model saw."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict
 
 from service.decoding import GenderDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.schemas import MapPng, ModelRef, Problem
+from service.schemas import MapPng, ModelRef, problem_responses
 from service.serving import infer_images, map_png, read_upload, ready_model
 
 router = APIRouter(tags=["gender"])
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
-    for status, text in (
-        (400, "the upload is not a decodable image"),
-        (401, "API keys are configured and none or a wrong one was sent"),
-        (413, "the upload exceeds the size or pixel limit"),
-        (415, "the upload's content type is not an image"),
-        (422, "a missing field or an out-of-range parameter"),
-        (503, "the gender model is not loaded; retry after Retry-After seconds"),
-    )
-}
+ERROR_RESPONSES = problem_responses(
+    (400, "the upload is not a decodable image"),
+    (401, "API keys are configured and none or a wrong one was sent"),
+    (413, "the upload exceeds the size or pixel limit"),
+    (415, "the upload's content type is not an image"),
+    (422, "a missing field or an out-of-range parameter"),
+    (503, "the gender model is not loaded; retry after Retry-After seconds"),
+)
 
 
 class GenderResponse(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Request
 from service.dependencies import MetricsDep, RegistryDep, SettingsDep
 from service.errors import ModelNotFound, ReloadFailed
 from service.runtime import LoadedModel, TensorSpec, load_model
-from service.schemas import GraphInfo, ModelInfo, ModelsResponse, Problem, TensorInfo
+from service.schemas import GraphInfo, ModelInfo, ModelsResponse, TensorInfo, problem_responses
 
 router = APIRouter(tags=["models"])
 logger = logging.getLogger(__name__)
@@ -54,13 +53,10 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
     return ModelsResponse(models=[model_info(model) for model in registry.models.values()])
 
 
-RELOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
-    for status, text in (
-        (404, "no model of that name is served here"),
-        (409, "the new version failed to load; the serving version keeps serving"),
-    )
-}
+RELOAD_ERRORS = problem_responses(
+    (404, "no model of that name is served here"),
+    (409, "the new version failed to load; the serving version keeps serving"),
+)
 
 
 @router.post("/models/{name}/reload", responses=RELOAD_ERRORS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import numpy as np
@@ -20,26 +20,23 @@ from service.schemas import (
     OcclusionBlocks,
     OcclusionGrid,
     OcclusionResponse,
-    Problem,
     VerifiedFace,
     VerifyResponse,
+    problem_responses,
 )
 from service.serving import ServingModel, infer_images, read_upload, ready_model
 from service.settings import Settings
 
 router = APIRouter(tags=["faces"])
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
-    for status, text in (
-        (400, "an upload is not a decodable image"),
-        (401, "API keys are configured and none or a wrong one was sent"),
-        (413, "an upload exceeds the size or pixel limit"),
-        (415, "an upload's content type is not an image"),
-        (422, "a missing field"),
-        (503, "the occlusion model is not loaded; retry after Retry-After seconds"),
-    )
-}
+ERROR_RESPONSES = problem_responses(
+    (400, "an upload is not a decodable image"),
+    (401, "API keys are configured and none or a wrong one was sent"),
+    (413, "an upload exceeds the size or pixel limit"),
+    (415, "an upload's content type is not an image"),
+    (422, "a missing field"),
+    (503, "the occlusion model is not loaded; retry after Retry-After seconds"),
+)
 
 
 async def infer_faces(

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from service.decoding import LandmarkPointsDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.schemas import ImageSize, Landmark, ModelRef, Point, Problem, RecognizeResponse
+from service.schemas import (
+    ImageSize,
+    Landmark,
+    ModelRef,
+    Point,
+    RecognizeResponse,
+    problem_responses,
+)
 from service.serving import infer_images, read_upload, ready_model
 
 router = APIRouter(tags=["recognition"])
@@ -16,17 +23,14 @@ router = APIRouter(tags=["recognition"])
 # The contract's default: report landmarks the model is at least even odds on.
 DEFAULT_MIN_SCORE = 0.5
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
-    for status, text in (
-        (400, "the upload is not a decodable image"),
-        (401, "API keys are configured and none or a wrong one was sent"),
-        (413, "the upload exceeds the size or pixel limit"),
-        (415, "the upload's content type is not an image"),
-        (422, "a missing field or an out-of-range parameter"),
-        (503, "the landmark model is not loaded or its queue is full; retry after Retry-After s"),
-    )
-}
+ERROR_RESPONSES = problem_responses(
+    (400, "the upload is not a decodable image"),
+    (401, "API keys are configured and none or a wrong one was sent"),
+    (413, "the upload exceeds the size or pixel limit"),
+    (415, "the upload's content type is not an image"),
+    (422, "a missing field or an out-of-range parameter"),
+    (503, "the landmark model is not loaded or its queue is full; retry after Retry-After s"),
+)
 
 
 @router.post("/recognize", responses=ERROR_RESPONSES)
