@@ -21,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from service.errors import InvalidMask
-from service.imaging import LetterboxTransform, open_upload
+from service.imaging import LetterboxTransform, deep_to_unit, has_alpha, is_deep, open_upload
 
 
 def decode_mask(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[np.float32]:
@@ -46,31 +46,13 @@ def decode_mask(data: bytes, *, max_pixels: int, max_side: int) -> npt.NDArray[n
 
 def _mask_attention(image: Image.Image) -> npt.NDArray[np.float32]:
     """A decoded mask as ``(H, W)`` float32 attention in 0..1."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        return _deep_to_unit(np.asarray(image, dtype=np.float64), image.mode)
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or ("transparency" in image.info)
-    if has_alpha:
+    if is_deep(image):
+        return deep_to_unit(image).astype(np.float32)
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba)
     return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
-
-
-UINT16_PEAK = 65535.0
-
-
-def _deep_to_unit(grey: npt.NDArray[np.float64], mode: str) -> npt.NDArray[np.float32]:
-    """A 16-bit/32-bit/float grey mask to 0..1: float images already in [0, 1] as they
-    are, values beyond 8 bits as 16-bit, anything else as 0..255."""
-    grey = np.nan_to_num(grey)
-    peak = float(grey.max()) if grey.size else 0.0
-    if mode == "F" and peak <= 1.0:
-        divisor = 1.0
-    elif peak > 255.0:
-        divisor = UINT16_PEAK
-    else:
-        divisor = 255.0
-    return np.clip(grey / divisor, 0.0, 1.0).astype(np.float32)
 
 
 def mask_to_grid(

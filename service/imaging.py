@@ -27,7 +27,7 @@ T = TypeVar("T")
 ALPHA_BACKGROUND = (255, 255, 255)
 # Declared content types that may hold an image of any format; anything else is rejected.
 SNIFFED_CONTENT_TYPES = frozenset({"", "application/octet-stream"})
-# Largest value of a 16-bit sample; 16-bit images are scaled by 255/65535 to 8 bits.
+# Largest value of a 16-bit sample: deeper integer images are scaled by 1/65535 to 0..1.
 UINT16_MAX = 65535
 # The only Pillow plugins an upload may be opened with. Pillow otherwise tries every format
 # it knows, EPS among them, which it hands to Ghostscript: a large attack surface for no
@@ -64,29 +64,38 @@ def check_content_type(content_type: str | None) -> None:
     )
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Single-channel images deeper than 8 bits (I;16*, I, F) as mode L."""
-    array = np.asarray(image)
+def deep_to_unit(image: Image.Image) -> npt.NDArray[np.float64]:
+    """A single-channel image deeper than 8 bits (I;16*, I, F) as ``(H, W)`` float64 in 0..1.
+
+    Float images are taken as 0..1 when they fit there, else as 0..255 values; integer
+    images beyond 8 bits are 16-bit in practice (PNG, TIFF), so their range is scaled by
+    1/UINT16_MAX; NaN counts as 0.
+    """
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    peak = float(values.max()) if values.size else 0.0
     if image.mode == "F":
-        # Float images are taken as [0, 1] when they fit there, else as 0..255 values.
-        values = array.astype(np.float64)
-        if values.size and np.nanmax(values) <= 1.0:
-            values = values * 255.0
-        out = np.clip(np.nan_to_num(values), 0, 255)
+        divisor = 1.0 if peak <= 1.0 else 255.0
     else:
-        values = array.astype(np.int64)
-        # Integer images beyond 8 bits are 16-bit in practice (PNG, TIFF); scale their range.
-        scale = 255.0 / UINT16_MAX if values.size and values.max() > 255 else 1.0
-        out = np.clip(values * scale, 0, 255)
-    return Image.fromarray(np.rint(out).astype(np.uint8), mode="L")
+        divisor = float(UINT16_MAX) if peak > 255.0 else 255.0
+    return np.clip(values / divisor, 0.0, 1.0)
+
+
+def is_deep(image: Image.Image) -> bool:
+    """Whether ``image`` has one channel deeper than 8 bits (I;16*, I, F)."""
+    return image.mode in ("I", "F") or image.mode.startswith("I;16")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether ``image`` carries transparency: an alpha band or a transparent palette entry."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode as RGB; alpha is composited over ALPHA_BACKGROUND."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        image = _to_8bit(image)
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if is_deep(image):
+        grey = np.rint(deep_to_unit(image) * 255.0).astype(np.uint8)
+        image = Image.fromarray(grey, mode="L")
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
