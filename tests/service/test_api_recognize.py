@@ -156,3 +156,14 @@ def test_failed_model_answers_503_with_retry_after(tmp_path: Path) -> None:
 def test_unconfigured_recognize_model_answers_503(repo: Path) -> None:
     with TestClient(create_app(make_settings(repo, recognize_model="other"))) as client:
         assert_problem(post_image(client, encode(scene())), 503)
+
+
+def test_a_failed_decode_gives_its_queue_slot_back(small_limit_client: TestClient) -> None:
+    # The slot is taken before decoding; a 400 or 413 raised there must not keep it, or a
+    # few bad uploads would leave the queue full for everyone.
+    batcher = small_limit_client.app.state.registry.get("landmark").batcher()  # type: ignore[attr-defined]
+    assert_problem(post_image(small_limit_client, b"GIF89a but not really"), 400)
+    pixels = encode(np.zeros((300, 300, 3), np.uint8), "PNG")
+    assert_problem(post_image(small_limit_client, pixels), 413)
+    assert batcher.slots == 0
+    assert post_image(small_limit_client, encode(scene(160, 160))).status_code == 200

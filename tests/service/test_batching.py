@@ -376,6 +376,58 @@ def test_a_failing_disconnect_check_drops_that_request_and_serves_the_rest(repo:
     assert batcher.slots == 0
 
 
+class FailingRunner:
+    """Raises on its first ``fail`` runs, then delegates."""
+
+    def __init__(self, inner: Any, fail: int = 1) -> None:
+        self.inner, self.fail = inner, fail
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        if self.fail > 0:
+            self.fail -= 1
+            raise RuntimeError("ORT failed")
+        result: dict[str, npt.NDArray[Any]] = self.inner.run(feeds, output_names)
+        return result
+
+
+def test_a_failed_run_fails_every_request_of_its_batch_and_frees_its_slot(repo: Path) -> None:
+    batcher = _batcher(_model(repo))
+    batcher.runner = FailingRunner(batcher.runner)
+    images = _images(3)
+
+    async def main() -> tuple[list[Any], Any]:
+        together = _submit_together(batcher, [{"image": image} for image in images])
+        failed = await asyncio.wait_for(together, PATIENT_S)  # a lost future fails, not hangs
+        # The run slot came back: the next request runs (and the runner works again).
+        after = await asyncio.wait_for(batcher.infer({"image": images[0]}), PATIENT_S)
+        return failed, after
+
+    failed, after = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) and "ORT failed" in str(r) for r in failed)
+    assert "confidence" in after
+    assert batcher.slots == 0 and batcher.queued == 0
+
+
+def test_outputs_without_a_row_per_request_are_refused_when_batched(repo: Path) -> None:
+    # A graph whose outputs do not follow the batch axis cannot be split back by rows.
+    batcher = _batcher(_model(repo))
+    inner = batcher.runner
+
+    class Pooling:
+        def run(
+            self, feeds: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
+        ) -> dict[str, npt.NDArray[Any]]:
+            outputs: dict[str, npt.NDArray[Any]] = inner.run(feeds, output_names)
+            return {name: value[:1] for name, value in outputs.items()}  # one row for all
+
+    batcher.runner = Pooling()
+    results = asyncio.run(_submit_together(batcher, [{"image": i} for i in _images(2)]))
+    assert all(isinstance(r, RuntimeError) and "cannot be batched" in str(r) for r in results)
+    assert batcher.slots == 0
+
+
 def test_cancelled_requests_are_dropped(repo: Path) -> None:
     batcher = _batcher(_model(repo))
 
