@@ -15,7 +15,7 @@ from service.attention import map_to_png, png_base64
 from service.batching import Disconnected, Feed, ImageRows, decode_rows_for, decode_upload
 from service.errors import NotReady, PayloadTooLarge
 from service.imaging import LetterboxTransform, check_content_type
-from service.runtime import LoadedModel, ModelConfig, ModelRegistry, OnnxSession
+from service.runtime import LoadedModel, ModelConfig, ModelRegistry
 from service.schemas import MapExtent, MapPng
 from service.settings import Settings
 
@@ -29,23 +29,26 @@ class ServingModel(Generic[D]):
 
     model: LoadedModel
     config: ModelConfig
-    session: OnnxSession
     decoder: D
 
 
-def ready_model(registry: ModelRegistry, name: str, decoder_type: type[D]) -> ServingModel[D]:
-    """Model ``name`` if it is loaded, warmed and decodes with ``decoder_type``; otherwise
-    503 (NotReady) saying which of those it is not."""
+def ready_model(
+    registry: ModelRegistry, name: str, decoder_type: type[D], *, one_graph: bool = True
+) -> ServingModel[D]:
+    """Model ``name`` if it is loaded, warmed, decodes with ``decoder_type`` and (with
+    ``one_graph``) is a single graph; otherwise 503 (NotReady) saying which it is not."""
     model = registry.get(name)
     if model is None:
         raise NotReady(f"model {name!r} is not configured on this server")
-    if not model.ready or model.config is None or model.session is None or model.decoder is None:
+    if not model.ready or model.config is None or model.decoder is None:
         raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
     decoder = model.decoder
     if not isinstance(decoder, decoder_type):
         task = getattr(decoder_type, "task", decoder_type.__name__)
         raise NotReady(f"model {name!r} is not a {task} model")
-    return ServingModel(model, model.config, model.session, decoder)
+    if one_graph and model.session is None:
+        raise NotReady(f"model {name!r} has several graphs; this endpoint runs one")
+    return ServingModel(model, model.config, decoder)
 
 
 async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:

@@ -30,11 +30,11 @@ from service.attention import (
 from service.batching import Disconnected, decode_upload
 from service.decoding import AttentionDecoder, Classification
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.errors import InvalidField, NotReady, echo
+from service.errors import InvalidField, echo
 from service.feedback import FeedbackStore, TeacherRecord
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import MapPng, ModelRef, problem_responses
-from service.serving import map_png, read_upload
+from service.serving import map_png, read_upload, ready_model
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
@@ -182,20 +182,12 @@ def get_feedback_store(request: Request) -> FeedbackStore:
 
 def attention_model(registry: RegistryDep, settings: SettingsDep) -> AttentionModel:
     """The attention model if ready, else 503 with the reason."""
-    name = settings.attention_model
-    model = registry.get(name)
-    if model is None:
-        raise NotReady(f"model {name!r} is not configured on this server")
-    if not model.ready or model.config is None or model.decoder is None:
-        raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
-    decoder = model.decoder
-    if not isinstance(decoder, AttentionDecoder):
-        raise NotReady(f"model {name!r} is not an attention_classification model")
-    features = model.sessions.get(decoder.config.features_graph)
-    perception = model.sessions.get(decoder.config.perception_graph)
-    if features is None or perception is None:
-        raise NotReady(f"model {name!r} lacks its features or perception graph")
-    return AttentionModel(model, model.config, decoder, features, perception)
+    serving = ready_model(registry, settings.attention_model, AttentionDecoder, one_graph=False)
+    names = serving.decoder.config
+    # Present once loaded: the runtime checks the decode block's graph roles at load time.
+    features = serving.model.sessions[names.features_graph]
+    perception = serving.model.sessions[names.perception_graph]
+    return AttentionModel(serving.model, serving.config, serving.decoder, features, perception)
 
 
 def _prediction(result: Classification) -> ClassPrediction:

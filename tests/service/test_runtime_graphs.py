@@ -19,6 +19,7 @@ from service.main import create_app
 from service.runtime import DEFAULT_GRAPH, ModelState, load_model, read_config
 from tests.service.conftest import make_settings
 from tests.service.fakes import IR_VERSION, OPSET, SIZE, landmark_config, landmark_graph
+from tests.service.images import encode, scene
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 
@@ -168,3 +169,14 @@ def test_attention_graph_roles_are_checked_at_load(
     model = load_model("attention", make_settings(tmp_path / "repository", models=["attention"]))
     assert not model.ready
     assert message in (model.error or "")
+
+
+def test_an_image_endpoint_refuses_a_model_of_several_graphs(tmp_path: Path) -> None:
+    # /recognize runs one graph; a two-graph landmark version is ready (V2 serves each
+    # graph) but not something this endpoint can run: 503 saying so, not a 500.
+    write_two_graph_model(tmp_path)
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        png = encode(scene())
+        response = client.post("/recognize", files={"image": ("a.png", png, "image/png")})
+    assert response.status_code == 503
+    assert "several graphs" in response.json()["detail"]
