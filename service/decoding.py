@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.imaging import LetterboxTransform
 
+# The landmark graph's outputs by name (models/landmark/export.py writes them): per grid
+# cell the class distribution, the object confidence and the reference point's offset.
 LANDMARK_OUTPUTS = ("class_probs", "confidence", "points")
 
 

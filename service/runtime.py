@@ -34,6 +34,8 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+# The config.json layout this service reads (models/repository/README.md); a version
+# written in another layout is refused at load rather than misread.
 CONFIG_FORMAT = 1
 # The name a single-graph version's graph is served under (LoadedModel.sessions key).
 DEFAULT_GRAPH = "model"

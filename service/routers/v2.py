@@ -52,11 +52,16 @@ from service.runtime import (
 
 logger = logging.getLogger(__name__)
 
+# The server's name in V2 server metadata (GET /v2): any string; clients only display it.
 SERVER_NAME = "vision-service"
 # The binary tensor extension under Triton's name, which tritonclient looks for.
 EXTENSIONS = ["binary_tensor_data"]
+# A model's platform in V2 model metadata, in Triton's vocabulary (what tritonclient and
+# KServe tooling expect for an ONNX Runtime model).
 PLATFORM = "onnxruntime_onnx"
+# The binary extension's header: the length of the JSON part, binary tensors follow it.
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# The media type of a request or answer with binary tensors after the JSON part.
 BINARY_MEDIA_TYPE = "application/octet-stream"
 # Joins a model and one of its graphs into a V2 model name.
 GRAPH_SEPARATOR = "."
