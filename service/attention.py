@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+from prometheus_client import Counter
 
 from service.errors import InvalidMask
 from service.imaging import LetterboxTransform, deep_to_unit, has_alpha, is_deep, open_upload
@@ -129,22 +130,26 @@ class ImageFeatures:
 class FeatureCache:
     """A bounded, thread-safe LRU of ImageFeatures keyed by (model, version, sha256)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, lookups: Counter | None = None) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[tuple[str, str, str], ImageFeatures] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        # Prometheus counter labelled by result ("hit" / "miss"), when the app has one.
+        self._lookups = lookups
 
     def get(self, key: tuple[str, str, str]) -> ImageFeatures | None:
         with self._lock:
             found = self._entries.get(key)
             if found is None:
                 self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return found
+            else:
+                self._entries.move_to_end(key)
+                self.hits += 1
+        if self._lookups is not None:
+            self._lookups.labels("miss" if found is None else "hit").inc()
+        return found
 
     def put(self, key: tuple[str, str, str], value: ImageFeatures) -> None:
         if self.capacity <= 0:

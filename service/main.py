@@ -103,7 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Until the lifespan has loaded models, every model endpoint answers 503.
     app.state.registry = ModelRegistry(problem="models are loading")
     app.state.decode_limiter = anyio.CapacityLimiter(settings.resolved_decode_threads())
-    app.state.feature_cache = FeatureCache(settings.feature_cache_size)
+    app.state.feature_cache = FeatureCache(
+        settings.feature_cache_size, app.state.metrics.feature_cache
+    )
     app.state.feedback_store = open_store(settings.resolved_feedback_url())
     app.state.reload_lock = anyio.Lock()
 

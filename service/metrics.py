@@ -36,6 +36,7 @@ class Metrics:
     batch_size: Histogram
     queue_depth: Gauge
     rejected: Counter
+    feature_cache: Counter
 
 
 def create_metrics() -> Metrics:
@@ -98,6 +99,13 @@ def create_metrics() -> Metrics:
             "vision_batch_rejected",
             "Requests that never reached the model: queue_full (503) or client_gone.",
             ["model", "version", "graph", "reason"],
+            registry=registry,
+        ),
+        feature_cache=Counter(
+            "vision_feature_cache_lookups",
+            "Attention feature-cache lookups by result (hit: a correction or a repeated image "
+            "skipped the features graph).",
+            ["result"],
             registry=registry,
         ),
     )

@@ -145,6 +145,30 @@ def test_second_correction_of_an_image_uses_the_cached_features(client: TestClie
     assert first["edited_map"] != second["edited_map"]
 
 
+def test_cache_lookups_are_counted_in_metrics(client: TestClient) -> None:
+    def lookups() -> dict[str, float]:
+        text = client.get("/metrics").text
+        return {
+            result: next(
+                (
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith(f'vision_feature_cache_lookups_total{{result="{result}"}}')
+                ),
+                0.0,
+            )
+            for result in ("hit", "miss")
+        }
+
+    before = lookups()
+    image = _canvas_upload(97)
+    mask = encode(Image.fromarray(np.full((90, 120), 255, np.uint8), "L"))
+    assert correct(client, image, mask).json()["feature_cache"] == "miss"
+    assert correct(client, image, mask).json()["feature_cache"] == "hit"
+    after = lookups()
+    assert after["miss"] - before["miss"] == 1 and after["hit"] - before["hit"] == 1
+
+
 def test_cached_features_own_their_arrays(client: TestClient) -> None:
     # Batched outputs are slices of the whole batch's arrays; a cached slice would keep the
     # batch (up to BATCH_MAX_SIZE rows) alive for as long as the entry lives.
