@@ -308,7 +308,9 @@ class Batcher:
         ``prepare`` returned besides the feeds."""
         self._bind_loop()
         assert self._run_slots is not None
-        # Free when alone() held (nothing running); acquire() then returns without yielding.
+        # Usually free (alone() saw nothing running), so acquire() returns without yielding;
+        # but the worker may hold one while it forms a batch from the last queued requests
+        # (not yet "running"): with BATCH_PARALLEL 1 this then waits for that batch.
         await self._run_slots.acquire()
         self._alone += 1
         reservation.release()  # like a batch starting: the run slot bounds it from here
