@@ -363,6 +363,9 @@ class Batcher:
         rows = {_rows(value) for value in feeds.values()}
         if len(rows) != 1:
             raise ValueError(f"inputs disagree on the batch size: {sorted(rows)}")
+        if reservation is not None and reservation.batcher is not self:
+            # Another graph's slot would be released here and leak there: a caller's bug.
+            raise ValueError("the reservation belongs to another graph's batcher")
         if reservation is None or reservation.released:
             reservation = self.reserve()
         loop = self._bind_loop()

@@ -428,6 +428,18 @@ def test_outputs_without_a_row_per_request_are_refused_when_batched(repo: Path) 
     assert batcher.slots == 0
 
 
+def test_a_reservation_from_another_batcher_is_refused(repo: Path) -> None:
+    first, second = _batcher(_model(repo)), _batcher(_model(repo))  # two loads, two batchers
+    reservation = second.reserve()
+
+    async def main() -> None:
+        await first.infer({"image": _images(1)[0]}, reservation=reservation)
+
+    with pytest.raises(ValueError, match="another graph"):
+        asyncio.run(main())
+    assert first.slots == 0 and second.slots == 1  # nothing released on the wrong side
+
+
 def test_cancelled_requests_are_dropped(repo: Path) -> None:
     batcher = _batcher(_model(repo))
 
