@@ -216,6 +216,15 @@ class Problem(BaseModel):
     detail: str
 
 
+# The client errors every image endpoint shares (one upload or two), for problem_responses.
+UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
+    (400, "an upload is not a decodable image"),
+    (401, "API keys are configured and none or a wrong one was sent"),
+    (413, "an upload exceeds the size or pixel limit"),
+    (415, "an upload's content type is not an image"),
+)
+
+
 def problem_responses(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     """An operation's ``responses=`` for its problem+json errors: (status, when) pairs."""
     return {

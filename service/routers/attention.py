@@ -33,17 +33,14 @@ from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.errors import InvalidField, echo
 from service.feedback import FeedbackStore, TeacherRecord
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
-from service.schemas import MapPng, ModelRef, problem_responses
+from service.schemas import UPLOAD_PROBLEMS, MapPng, ModelRef, problem_responses
 from service.serving import map_png, read_upload, ready_model
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
 
 ERROR_RESPONSES = problem_responses(
-    (400, "the image (or the mask) is not a decodable image"),
-    (401, "API keys are configured and none or a wrong one was sent"),
-    (413, "an upload exceeds the size or pixel limit"),
-    (415, "an upload's content type is not an image"),
+    *UPLOAD_PROBLEMS,
     (422, "a missing field, an unknown label, or save without a label"),
     (
         503,

@@ -10,16 +10,13 @@ from pydantic import BaseModel, ConfigDict
 
 from service.decoding import GenderDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.schemas import MapPng, ModelRef, problem_responses
+from service.schemas import UPLOAD_PROBLEMS, MapPng, ModelRef, problem_responses
 from service.serving import infer_images, map_png, read_upload, ready_model
 
 router = APIRouter(tags=["gender"])
 
 ERROR_RESPONSES = problem_responses(
-    (400, "the upload is not a decodable image"),
-    (401, "API keys are configured and none or a wrong one was sent"),
-    (413, "the upload exceeds the size or pixel limit"),
-    (415, "the upload's content type is not an image"),
+    *UPLOAD_PROBLEMS,
     (422, "a missing field or an out-of-range parameter"),
     (503, "the gender model is not loaded; retry after Retry-After seconds"),
 )

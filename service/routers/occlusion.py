@@ -13,6 +13,7 @@ from service.decoding import OcclusionDecoder, OcclusionResult
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.imaging import LetterboxTransform
 from service.schemas import (
+    UPLOAD_PROBLEMS,
     Box,
     ImageSize,
     ModelRef,
@@ -30,10 +31,7 @@ from service.settings import Settings
 router = APIRouter(tags=["faces"])
 
 ERROR_RESPONSES = problem_responses(
-    (400, "an upload is not a decodable image"),
-    (401, "API keys are configured and none or a wrong one was sent"),
-    (413, "an upload exceeds the size or pixel limit"),
-    (415, "an upload's content type is not an image"),
+    *UPLOAD_PROBLEMS,
     (422, "a missing field"),
     (503, "the occlusion model is not loaded; retry after Retry-After seconds"),
 )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from service.decoding import LandmarkPointsDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.schemas import (
+    UPLOAD_PROBLEMS,
     ImageSize,
     Landmark,
     ModelRef,
@@ -24,10 +25,7 @@ router = APIRouter(tags=["recognition"])
 DEFAULT_MIN_SCORE = 0.5
 
 ERROR_RESPONSES = problem_responses(
-    (400, "the upload is not a decodable image"),
-    (401, "API keys are configured and none or a wrong one was sent"),
-    (413, "the upload exceeds the size or pixel limit"),
-    (415, "the upload's content type is not an image"),
+    *UPLOAD_PROBLEMS,
     (422, "a missing field or an out-of-range parameter"),
     (503, "the landmark model is not loaded or its queue is full; retry after Retry-After s"),
 )
