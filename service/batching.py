@@ -481,6 +481,8 @@ class Batcher:
             # The worker is cancelled (shutdown) or hit a bug: requests already taken off the
             # queue would otherwise wait for an answer that never comes.
             for item in batch:
+                if item.future.done():  # its request was cancelled meanwhile
+                    continue
                 if isinstance(exc, Exception):
                     item.future.set_exception(exc)
                 else:
