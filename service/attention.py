@@ -134,19 +134,14 @@ class FeatureCache:
         self.capacity = capacity
         self._entries: OrderedDict[tuple[str, str, str], ImageFeatures] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        # Prometheus counter labelled by result ("hit" / "miss"), when the app has one.
+        # Lookups by result ("hit" / "miss"): the app's Prometheus counter, if given.
         self._lookups = lookups
 
     def get(self, key: tuple[str, str, str]) -> ImageFeatures | None:
         with self._lock:
             found = self._entries.get(key)
-            if found is None:
-                self.misses += 1
-            else:
+            if found is not None:
                 self._entries.move_to_end(key)
-                self.hits += 1
         if self._lookups is not None:
             self._lookups.labels("miss" if found is None else "hit").inc()
         return found

@@ -21,6 +21,7 @@ from service.attention import (
 )
 from service.errors import InvalidMask, PayloadTooLarge
 from service.imaging import letterbox
+from service.metrics import create_metrics
 from tests.service.images import encode
 
 LIMITS = {"max_pixels": 10_000_000, "max_side": 10_000}
@@ -111,14 +112,18 @@ def _features(tag: float) -> ImageFeatures:
 
 
 def test_feature_cache_is_a_bounded_lru() -> None:
-    cache = FeatureCache(2)
+    metrics = create_metrics()
+    cache = FeatureCache(2, metrics.feature_cache)
     keys = [("m", "1", image_key(bytes([i]))) for i in range(3)]
     cache.put(keys[0], _features(0))
     cache.put(keys[1], _features(1))
     assert cache.get(keys[0]) is not None  # 0 is now the most recent
     cache.put(keys[2], _features(2))  # evicts 1
     assert cache.get(keys[1]) is None and len(cache) == 2
-    assert cache.get(keys[2]) is not None and cache.hits == 2 and cache.misses == 1
+    assert cache.get(keys[2]) is not None
+    lookups = "vision_feature_cache_lookups_total"
+    assert metrics.registry.get_sample_value(lookups, {"result": "hit"}) == 2
+    assert metrics.registry.get_sample_value(lookups, {"result": "miss"}) == 1
     # The version is part of the key: a reloaded model never sees the old features.
     assert cache.get(("m", "2", keys[0][2])) is None
 
