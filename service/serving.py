@@ -1,4 +1,5 @@
-"""What every model endpoint does first: find its ready model and read the upload."""
+"""What the model endpoints share: find the ready model, read the upload, run it through
+the batcher, and return a map (attention, contour) as a PNG over the image."""
 
 from __future__ import annotations
 
