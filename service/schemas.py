@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.errors import PROBLEM_MEDIA_TYPE
+
 
 class ModelRef(BaseModel):
     name: str
@@ -228,7 +230,7 @@ UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
 def problem_responses(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     """An operation's ``responses=`` for its problem+json errors: (status, when) pairs."""
     return {
-        status: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+        status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": text}
         for status, text in described
     }
 
