@@ -18,9 +18,11 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from service.routers.attention import AttentionResponse, CorrectionResponse, FeedbackResponse
-from service.routers.gender import GenderResponse
 from service.schemas import (
+    AttentionResponse,
+    CorrectionResponse,
+    FeedbackResponse,
+    GenderResponse,
     LiveResponse,
     ModelInfo,
     ModelsResponse,

@@ -12,9 +12,11 @@ import numpy.typing as npt
 from client import _calls
 from client._calls import Call, ImageInput, InferResult
 from client.errors import error_from_response
-from service.routers.attention import AttentionResponse, CorrectionResponse, FeedbackResponse
-from service.routers.gender import GenderResponse
 from service.schemas import (
+    AttentionResponse,
+    CorrectionResponse,
+    FeedbackResponse,
+    GenderResponse,
     LiveResponse,
     ModelInfo,
     ModelsResponse,

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_var
+from service.schemas import PROBLEM_MEDIA_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ def echo(value: str) -> str:
     return repr(value if len(value) <= MAX_ECHOED_CHARS else value[:MAX_ECHOED_CHARS] + "...")
 
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Seconds a client should wait before retrying a 503; model loading takes seconds, not minutes.
 DEFAULT_RETRY_AFTER_S = 5
 # A full queue drains in a few batch times: a second is ample before retrying.

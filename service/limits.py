@@ -11,7 +11,8 @@ from http import HTTPStatus
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PROBLEM_MEDIA_TYPE, PayloadTooLarge
+from service.errors import PayloadTooLarge
+from service.schemas import PROBLEM_MEDIA_TYPE
 
 # Multipart framing (boundaries, part headers, the other small fields) on top of the file
 # itself; 64 KiB is far more than a client legitimately sends around one upload.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from service.errors import PROBLEM_MEDIA_TYPE
+# Here and not in service.errors, so this module needs pydantic only: the Python client
+# (client/) imports it without the server's dependencies.
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 class ModelRef(BaseModel):
@@ -53,6 +55,132 @@ class MapPng(BaseModel):
     height: int
     png_base64: str
     extent: MapExtent
+
+
+class ScoredClass(BaseModel):
+    class_id: int
+    label: str
+    score: float
+
+
+class ClassPrediction(ScoredClass):
+    top_k: list[ScoredClass]
+
+
+_TOP: list[JsonValue] = [
+    {"class_id": 3, "label": "dress", "score": 0.91},
+    {"class_id": 0, "label": "t_shirt_top", "score": 0.05},
+]
+_MAP: dict[str, JsonValue] = {
+    "width": 16,
+    "height": 16,
+    "png_base64": "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAAAAAA6mKC9...",
+    "extent": {"x0": 0.0, "y0": -32.0, "x1": 256.0, "y1": 224.0},
+}
+
+
+class AttentionResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "attention", "version": "1"},
+                    "prediction": {"class_id": 3, "label": "dress", "score": 0.91, "top_k": _TOP},
+                    "attention_branch": {"class_id": 3, "label": "dress", "score": 0.88},
+                    "attention_map": _MAP,
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    prediction: ClassPrediction
+    attention_branch: ScoredClass
+    attention_map: MapPng
+
+
+class CorrectionResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "attention", "version": "1"},
+                    "original": {"class_id": 3, "label": "dress", "score": 0.91, "top_k": _TOP},
+                    "corrected": {
+                        "class_id": 8,
+                        "label": "bag",
+                        "score": 0.77,
+                        "top_k": [{"class_id": 8, "label": "bag", "score": 0.77}],
+                    },
+                    "attention_map": _MAP,
+                    "edited_map": _MAP,
+                    "feature_cache": "hit",
+                    "feedback_id": "3f2c9b7e0d8a4c1e9b6f5a4d3c2b1a09",
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    original: ClassPrediction
+    corrected: ClassPrediction
+    attention_map: MapPng
+    edited_map: MapPng
+    feature_cache: str  # "hit" or "miss": whether the features graph had to run
+    # The contract: present only when save was true (and then the record is stored).
+    feedback_id: str | None = Field(default=None, exclude_if=lambda value: value is None)
+
+
+class FeedbackResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "total": 12,
+                    "per_label": {"bag": 5, "dress": 7},
+                    "misrecognised": 9,
+                    "misrecognised_attention_branch": 8,
+                    "per_model_version": {"attention/1": 12},
+                }
+            ]
+        }
+    )
+
+    total: int
+    per_label: dict[str, int]
+    misrecognised: int
+    misrecognised_attention_branch: int
+    per_model_version: dict[str, int]
+
+
+class GenderResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "gender", "version": "1"},
+                    "label": "female",
+                    "score": 0.93,
+                    "probabilities": {"female": 0.93, "male": 0.07},
+                    "contour_map": {
+                        "width": 128,
+                        "height": 128,
+                        "png_base64": "iVBORw0KGgoAAAANSUhEUgAAAIAAAACACAAAAADrRVxmAAA...",
+                        "extent": {"x0": 0.0, "y0": -40.0, "x1": 400.0, "y1": 360.0},
+                    },
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    label: str
+    score: float
+    probabilities: dict[str, float]
+    contour_map: MapPng | None = None  # only with ?contour=true
 
 
 class RecognizeResponse(BaseModel):

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from pydantic import BaseModel, ConfigDict
 
 from service.decoding import GenderDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
-from service.schemas import UPLOAD_PROBLEMS, MapPng, ModelRef, problem_responses
+from service.schemas import UPLOAD_PROBLEMS, GenderResponse, ModelRef, problem_responses
 from service.serving import infer_images, map_png, read_upload, ready_model
 
 router = APIRouter(tags=["gender"])
@@ -20,34 +19,6 @@ ERROR_RESPONSES = problem_responses(
     (422, "a missing field or an out-of-range parameter"),
     (503, "the gender model is not loaded; retry after Retry-After seconds"),
 )
-
-
-class GenderResponse(BaseModel):
-    model_config = ConfigDict(
-        protected_namespaces=(),
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": {"name": "gender", "version": "1"},
-                    "label": "female",
-                    "score": 0.93,
-                    "probabilities": {"female": 0.93, "male": 0.07},
-                    "contour_map": {
-                        "width": 128,
-                        "height": 128,
-                        "png_base64": "iVBORw0KGgoAAAANSUhEUgAAAIAAAACACAAAAADrRVxmAAA...",
-                        "extent": {"x0": 0.0, "y0": -40.0, "x1": 400.0, "y1": 360.0},
-                    },
-                }
-            ]
-        },
-    )
-
-    model: ModelRef
-    label: str
-    score: float
-    probabilities: dict[str, float]
-    contour_map: MapPng | None = None  # only with ?contour=true
 
 
 @router.post("/gender", responses=ERROR_RESPONSES)
