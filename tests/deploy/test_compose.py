@@ -111,6 +111,9 @@ def test_postgres_profile_points_the_service_at_a_healthy_database(
     assert url.scheme == "postgresql" and url.hostname == "postgres" and url.port == 5432
     assert url.username == env["POSTGRES_USER"] and url.path == "/" + env["POSTGRES_DB"]
     assert url.password == env["POSTGRES_PASSWORD"]
+    # No built-in password: an unset POSTGRES_PASSWORD must stay empty (postgres then
+    # refuses to start) rather than fall back to one written here.
+    assert env["POSTGRES_PASSWORD"] in ("${POSTGRES_PASSWORD}", "${POSTGRES_PASSWORD:-}")
     assert isinstance(open_store(url.geturl()), PostgresFeedbackStore)
 
 
