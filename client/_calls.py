@@ -79,19 +79,25 @@ class InferResult:
     id: str | None = None
 
 
-def _image_part(image: ImageInput, filename: str | None) -> tuple[str, bytes, str]:
+def _image_part(
+    image: ImageInput, filename: str | None, default_name: str = "image"
+) -> tuple[str, bytes, str]:
+    """A multipart file part: the file's own name and type where it has one (the server
+    sniffs the bytes either way)."""
     if isinstance(image, bytes):
-        data, name = image, filename or "image"
+        data, name = image, filename or default_name
     elif isinstance(image, str | Path):
         path = Path(image)
         data, name = path.read_bytes(), filename or path.name
     else:
-        data, name = image.read(), filename or Path(getattr(image, "name", "image")).name
+        data, name = image.read(), filename or Path(getattr(image, "name", default_name)).name
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return name, data, content_type
 
 
-def recognize(image: ImageInput, min_score: float | None, filename: str | None) -> Call[Any]:
+def recognize(
+    image: ImageInput, min_score: float | None, filename: str | None
+) -> Call[RecognizeResponse]:
     params = {"min_score": min_score} if min_score is not None else None
     return Call(
         "POST",
@@ -125,7 +131,7 @@ def attention_correct(
         "POST",
         "/attention/correct",
         lambda r: CorrectionResponse.model_validate(r.json()),
-        files={"image": _image_part(image, filename), "mask": _image_part(mask, "mask.png")},
+        files={"image": _image_part(image, filename), "mask": _image_part(mask, None, "mask")},
         data=data,
     )
 

@@ -29,7 +29,8 @@ from service.schemas import (
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "http://localhost:8000"
-# Seconds for a whole request: a big upload on a busy CPU server takes a few seconds.
+# Seconds httpx allows each phase of a request (connect, each write, each read, pool), not
+# the whole: a big upload on a busy CPU server takes a few seconds.
 DEFAULT_TIMEOUT_S = 30.0
 
 
@@ -95,8 +96,7 @@ class VisionClient:
         self, image: ImageInput, *, min_score: float | None = None, filename: str | None = None
     ) -> RecognizeResponse:
         """``POST /recognize``: landmarks with class, score and point in image pixels."""
-        result: RecognizeResponse = self._send(_calls.recognize(image, min_score, filename))
-        return result
+        return self._send(_calls.recognize(image, min_score, filename))
 
     def attention(self, image: ImageInput, *, filename: str | None = None) -> AttentionResponse:
         """``POST /attention``: class, attention-branch class and the attention map."""
@@ -227,8 +227,7 @@ class AsyncVisionClient:
         self, image: ImageInput, *, min_score: float | None = None, filename: str | None = None
     ) -> RecognizeResponse:
         """``POST /recognize``."""
-        result: RecognizeResponse = await self._send(_calls.recognize(image, min_score, filename))
-        return result
+        return await self._send(_calls.recognize(image, min_score, filename))
 
     async def attention(
         self, image: ImageInput, *, filename: str | None = None

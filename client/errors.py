@@ -7,6 +7,8 @@ The service answers errors as RFC 9457 problem+json (``type``, ``title``, ``stat
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -74,11 +76,22 @@ class ServiceUnavailable(ApiError):
 
     @property
     def retry_after(self) -> float | None:
+        """Seconds to wait, from ``Retry-After`` as seconds or as an HTTP date (RFC 9110);
+        None when the header is missing or unreadable."""
         value = self.headers.get("retry-after")
-        try:
-            return float(value) if value is not None else None
-        except ValueError:
+        if value is None:
             return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may lack the zone
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class ServerError(ApiError):

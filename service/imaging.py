@@ -33,6 +33,8 @@ UINT16_MAX = 65535
 # it knows, EPS among them, which it hands to Ghostscript: a large attack surface for no
 # photo anyone sends. (The JPEG opener also yields MPO, multi-picture phone JPEGs.)
 SERVED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The same list for people: error messages and the OpenAPI descriptions of upload fields.
+SERVED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 # EXIF orientations (5-8) that swap width and height when applied.
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 EXIF_ORIENTATION_TAG = 0x0112
@@ -60,7 +62,7 @@ def check_content_type(content_type: str | None) -> None:
         return
     raise UnsupportedMediaType(
         f"the upload's content type {media_type!r} is not an image; send image/* "
-        "(JPEG, PNG, WebP, BMP or GIF) or application/octet-stream"
+        f"({SERVED_FORMATS_TEXT}) or application/octet-stream"
     )
 
 
@@ -149,7 +151,7 @@ def open_upload(
         ) from exc
     except UnidentifiedImageError as exc:
         raise invalid(
-            f"the {what} is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)"
+            f"the {what} is not an image in a supported format ({SERVED_FORMATS_TEXT})"
         ) from exc
     except Exception as exc:
         # Pillow's format plugins raise a zoo of types (OSError, SyntaxError, ValueError,

@@ -31,6 +31,7 @@ from service.decoding import AttentionDecoder, Classification
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
 from service.errors import InvalidField, echo
 from service.feedback import FeedbackStore, TeacherRecord
+from service.imaging import SERVED_FORMATS_TEXT
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import (
     UPLOAD_PROBLEMS,
@@ -168,7 +169,7 @@ async def image_features(
 @router.post("/attention", responses=ERROR_RESPONSES)
 async def classify_with_attention(
     request: Request,
-    image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, BMP, GIF)")],
+    image: Annotated[UploadFile, File(description=f"the photo ({SERVED_FORMATS_TEXT})")],
     registry: RegistryDep,
     settings: SettingsDep,
     decode_limiter: DecodeLimiterDep,

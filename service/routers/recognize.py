@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from service.decoding import LandmarkPointsDecoder
 from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
+from service.imaging import SERVED_FORMATS_TEXT
 from service.schemas import (
     UPLOAD_PROBLEMS,
     ImageSize,
@@ -34,7 +35,7 @@ ERROR_RESPONSES = problem_responses(
 @router.post("/recognize", responses=ERROR_RESPONSES)
 async def recognize_landmarks(
     request: Request,
-    image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, BMP, GIF)")],
+    image: Annotated[UploadFile, File(description=f"the photo ({SERVED_FORMATS_TEXT})")],
     registry: RegistryDep,
     settings: SettingsDep,
     decode_limiter: DecodeLimiterDep,

@@ -1,0 +1,44 @@
+"""Typed errors built from the service's error responses (no server needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from client import ServiceUnavailable
+from client.errors import error_from_response
+
+
+def unavailable(retry_after: str | None) -> ServiceUnavailable:
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    response = httpx.Response(
+        503,
+        json={"type": "about:blank", "title": "Service Unavailable", "detail": "busy"},
+        headers=headers,
+    )
+    error = error_from_response(response)
+    assert isinstance(error, ServiceUnavailable)
+    return error
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("5", 5.0), ("0.5", 0.5), ("-3", 0.0)])
+def test_retry_after_in_seconds(header: str, seconds: float) -> None:
+    assert unavailable(header).retry_after == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    when = datetime.now(UTC) + timedelta(seconds=120)
+    waited = unavailable(format_datetime(when, usegmt=True)).retry_after
+    assert waited is not None and 100 < waited <= 120
+
+
+def test_retry_after_in_the_past_is_now() -> None:
+    assert unavailable("Wed, 21 Oct 2015 07:28:00 GMT").retry_after == 0.0
+
+
+@pytest.mark.parametrize("header", [None, "soon", ""])
+def test_retry_after_missing_or_unreadable(header: str | None) -> None:
+    assert unavailable(header).retry_after is None
