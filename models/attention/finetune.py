@@ -54,6 +54,7 @@ from models.common.plots import plot_bars
 from service.attention import area_average, map_to_png
 from service.feedback import TeacherRecord, open_store, redact
 from service.imaging import decode_image, letterbox
+from service.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
 
 SELECTIONS = ("misrecognised", "attention", "either", "all")
 PARTS = ("features", "attention", "perception")
@@ -61,7 +62,8 @@ CHECKPOINT = "checkpoint.pt"  # the PyTorch weights kept beside a version's grap
 HELD_OUT_SEED = 2000
 SIMULATE_SEED = 3000
 REPLAY_SEED = 4000
-MAX_PIXELS, MAX_SIDE = 40_000_000, 16_384
+# The service's decode limits: teacher records were uploads it accepted.
+MAX_PIXELS, MAX_SIDE = DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
 
 
 @dataclass

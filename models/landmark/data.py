@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from models.landmark.scenes import GENERATOR_VERSION, LABELS, SceneConfig, generate
+from service.imaging import LetterboxTransform, decode_image, letterbox
+from service.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
 
 # The service pads letterboxed uploads with this grey (config.json `pad_value`).
 PAD_VALUE = (114, 114, 114)
@@ -97,24 +98,14 @@ def generate_split(
     return arrays
 
 
-def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, int, int]:
-    """Resize keeping aspect into ``size x size`` and pad, as the service does.
-
-    Returns the (size, size, 3) uint8 array, the scale and the pad offsets (x, y) in pixels.
-    """
-    w, h = image.size
-    scale = min(size / w, size / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    out = np.empty((size, size, 3), np.uint8)
-    out[:] = PAD_VALUE
-    px, py = (size - nw) // 2, (size - nh) // 2
-    out[py : py + nh, px : px + nw] = np.asarray(image.resize((nw, nh), Image.BILINEAR))
-    return out, scale, px, py
-
-
-def _load_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+def _load_image(path: Path, size: int) -> tuple[np.ndarray, LetterboxTransform]:
+    """The image at ``path`` decoded and letterboxed into ``size x size`` by the service's
+    own code (EXIF orientation, alpha over white, 16-bit scaling, bilinear resize, pad), so
+    training sees what the service feeds the graph."""
+    rgb = decode_image(
+        path.read_bytes(), max_pixels=DEFAULT_MAX_IMAGE_PIXELS, max_side=DEFAULT_MAX_IMAGE_SIDE
+    )
+    return letterbox(rgb, size, size, PAD_VALUE)
 
 
 def _from_points(
@@ -123,13 +114,14 @@ def _from_points(
     index = {name: i for i, name in enumerate(LABELS)}
     images, labels = [], []
     for file, points in records.items():
-        arr, scale, px, py = letterbox(_load_image(root / file), size)
+        arr, transform = _load_image(root / file, size)
         rows = []
         for label, x, y, width in points:
             if label not in index:
                 raise ValueError(f"{file}: unknown class {label!r}; expected one of {LABELS}")
-            w = DEFAULT_WIDTH if width is None else width * scale
-            rows.append((index[label], x * scale + px, y * scale + py, w))
+            w = DEFAULT_WIDTH if width is None else width * transform.scale
+            u, v = transform.to_model((x, y))
+            rows.append((index[label], u, v, w))
         images.append(arr)
         labels.append(np.asarray(rows, np.float32).reshape(-1, 4))
     empty = [np.zeros((0, 4), np.float32) for _ in labels]
@@ -139,7 +131,8 @@ def _from_points(
 def load_csv(path: Path, size: int) -> LandmarkArrays:
     """Images and points from a ``file,class,x,y[,width]`` CSV (see module docstring)."""
     records: dict[str, list[tuple[str, float, float, float | None]]] = {}
-    with open(path, newline="") as f:
+    # utf-8-sig: a CSV saved by a spreadsheet often starts with a byte-order mark.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             width = row.get("width") or None
             records.setdefault(row["file"], []).append(
@@ -157,10 +150,39 @@ def load_coco(path: Path, size: int, image_root: Path | None = None) -> Landmark
         f: [] for f in files.values()
     }
     for ann in coco["annotations"]:
-        x, y = ann["keypoints"][:2]
+        x, y, *rest = ann["keypoints"][:3]
+        if rest and rest[0] == 0:  # COCO v = 0: not labelled (x, y are 0, not a place)
+            continue
         width = ann["bbox"][2] if ann.get("bbox") else None
         records[files[ann["image_id"]]].append((names[ann["category_id"]], x, y, width))
     return _from_points(image_root or path.parent, records, size)
+
+
+# Share of a user's images held out for a split not given as its own file (validation,
+# test): a tenth each, the usual hold-out for a few hundred to a few thousand images.
+HOLDOUT_FRACTION = 0.1
+
+
+def holdout_split(
+    arrays: LandmarkArrays, which: str, held_out: Sequence[str], seed: int
+) -> LandmarkArrays:
+    """Split ``which`` of ``arrays`` by image, seeded: each split named in ``held_out``
+    ("val", "test") gets HOLDOUT_FRACTION of the images (at least one), "train" the rest.
+    The same arrays, splits and seed always give the same disjoint partition."""
+    n = len(arrays.images)
+    per_split = max(1, round(n * HOLDOUT_FRACTION))
+    if n - per_split * len(held_out) < 1:
+        raise ValueError(
+            f"{n} images are too few to hold out {' and '.join(held_out)} ({per_split} each) "
+            "and keep any for training; give them as files (--val-data, --test-data)"
+        )
+    order = np.random.default_rng([seed, n]).permutation(n)
+    parts = {name: order[i * per_split : (i + 1) * per_split] for i, name in enumerate(held_out)}
+    parts["train"] = order[per_split * len(held_out) :]
+    keep = np.sort(parts[which])
+    return LandmarkArrays(
+        arrays.images[keep], [arrays.labels[i] for i in keep], [arrays.hidden[i] for i in keep]
+    )
 
 
 class LandmarkDataset(Dataset):

@@ -46,6 +46,10 @@ OUTPUTS = ("class_probs", "confidence", "points")
 TARGETS = {"recall_at_precision_95": 0.95, "class_accuracy": 0.98, "mean_point_error_px": 1.5}
 
 
+# How the card names a split held out of the training file (models.landmark.data.holdout_split).
+HELD_OUT = "a tenth of its images held out by image, disjoint from training"
+
+
 def onnx_predict(path: Path, dataset: LandmarkDataset, batch: int = 64) -> list:
     import onnxruntime as ort
 
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         **{
             k: v
             for k, v in train_cfg.items()
-            if k in ("data", "val_data", "seed", "cache_dir", "test_images")
+            if k in ("data", "val_data", "test_data", "seed", "cache_dir", "test_images")
         }
     )
     cfg.test_images = a.test_images or train_cfg.get("test_images", cfg.test_images)
@@ -274,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fully labelled. No real traffic-scene photograph was used: the figures below say how "
         "well the method learns this generator, not how it does on real roads."
         if synthetic
-        else f"Real data: {cfg.data} (validation {cfg.val_data})."
+        else f"Real data: {cfg.data}; validation {cfg.val_data or HELD_OUT}, "
+        f"test {cfg.test_data or HELD_OUT} (seed {cfg.seed})."
     )
     config = write_config(
         version_dir,

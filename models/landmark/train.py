@@ -28,6 +28,7 @@ from models.landmark.data import (
     LandmarkDataset,
     collate,
     generate_split,
+    holdout_split,
     load_coco,
     load_csv,
 )
@@ -49,8 +50,11 @@ MINING_RECALL = 0.99  # seed 004 #1: the low threshold is the score at 99 % reca
 @dataclass
 class TrainConfig:
     out: str = "runs/landmark"
-    data: str = "synthetic"  # synthetic | csv:PATH | coco:PATH (validation: --val-data)
+    data: str = "synthetic"  # synthetic | csv:PATH | coco:PATH
+    # Real validation / test sets (csv:PATH | coco:PATH). Left out with real --data, each is
+    # a seeded tenth of its images (holdout_split), never the training images themselves.
     val_data: str | None = None
+    test_data: str | None = None
     train_images: int = 12000
     val_images: int = 1000
     test_images: int = 1000
@@ -74,14 +78,29 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
 
-def load_data(config: TrainConfig, which: str) -> LandmarkArrays:
-    """The train / val / test arrays; real data when ``--data`` points at a file."""
-    spec = config.data if which == "train" else (config.val_data or config.data)
-    size = config.net.input_size
+def _read_real(spec: str, size: int) -> LandmarkArrays | None:
+    """A user's data set for ``csv:PATH`` / ``coco:PATH``; None for generated scenes."""
     if spec.startswith("csv:"):
         return load_csv(Path(spec[4:]), size)
     if spec.startswith("coco:"):
         return load_coco(Path(spec[5:]), size)
+    return None
+
+
+def load_data(config: TrainConfig, which: str) -> LandmarkArrays:
+    """The train / val / test arrays: generated scenes, or real data when ``--data`` points
+    at a file, with validation and test from their own files or held out of it by image."""
+    size = config.net.input_size
+    own = {"val": config.val_data, "test": config.test_data}.get(which)
+    if own is not None:
+        arrays = _read_real(own, size)
+        if arrays is None:
+            raise ValueError(f"--{which}-data must be csv:PATH or coco:PATH, not {own!r}")
+        return arrays
+    real = _read_real(config.data, size)
+    if real is not None:
+        held_out = [s for s in ("val", "test") if getattr(config, f"{s}_data") is None]
+        return holdout_split(real, which, held_out, config.seed) if held_out else real
     scenes = SceneConfig(
         size=size, unlabelled_rate=config.unlabelled_rate if which == "train" else 0.0
     )
@@ -182,7 +201,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         train_set,
         batch_size=config.batch_size,
         shuffle=True,
-        drop_last=True,
+        # A last short batch is dropped only when there is more than one batch: a small
+        # user data set must still give steps.
+        drop_last=len(train_set) > config.batch_size,
         collate_fn=collate,
         generator=generator,
     )
@@ -293,7 +314,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default=d.out)
     p.add_argument("--data", default=d.data, help="synthetic | csv:PATH | coco:PATH")
-    p.add_argument("--val-data", default=None, help="validation set for real data (same forms)")
+    p.add_argument(
+        "--val-data", default=None, help="validation set for real data (default: a tenth of it)"
+    )
+    p.add_argument(
+        "--test-data", default=None, help="test set for real data (default: a tenth of it)"
+    )
     for name in (
         "train_images",
         "val_images",
@@ -325,6 +351,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         out=a.out,
         data=a.data,
         val_data=a.val_data,
+        test_data=a.test_data,
         train_images=a.train_images,
         val_images=a.val_images,
         test_images=a.test_images,

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from models.landmark.data import LandmarkDataset, collate, generate_split, load_coco, load_csv
+from models.landmark.data import (
+    LandmarkArrays,
+    LandmarkDataset,
+    collate,
+    generate_split,
+    holdout_split,
+    load_coco,
+    load_csv,
+)
 from models.landmark.scenes import SceneConfig
+from models.landmark.train import TrainConfig, load_data
 
 
 @pytest.fixture
@@ -65,3 +75,86 @@ def test_generated_split_cache_round_trips(tmp_path):
     assert np.array_equal(fresh.images, cached.images)
     for a, b in zip(fresh.labels + fresh.hidden, cached.labels + cached.hidden, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_csv_with_a_byte_order_mark(images):
+    (images / "excel.csv").write_text("\ufefffile,class,x,y\nwide.png,stop,100,50\n", "utf-8")
+    assert load_csv(images / "excel.csv", 64).labels[0][0][0] == 0
+
+
+def test_coco_keypoints_not_labelled_are_skipped(images):
+    coco = {
+        "images": [{"id": 1, "file_name": "wide.png"}],
+        "categories": [{"id": 5, "name": "stop"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 5, "keypoints": [0, 0, 0]},
+            {"image_id": 1, "category_id": 5, "keypoints": [100, 50, 1]},
+        ],
+    }
+    (images / "points.json").write_text(json.dumps(coco))
+    (labels,) = load_coco(images / "points.json", 64).labels
+    np.testing.assert_allclose(labels[:, 1:3], [[32, 32]])
+
+
+def test_real_images_decode_as_the_service_does(images):
+    """Transparency over white and EXIF orientation, as service.imaging decodes uploads."""
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    rgba.save(images / "cutout.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 80x40, shown rotated 90 degrees clockwise: 40 wide, 80 tall
+    Image.new("RGB", (80, 40), (200, 0, 0)).save(images / "rotated.jpg", exif=exif)
+    (images / "labels.csv").write_text(
+        "file,class,x,y\ncutout.png,stop,32,32\nrotated.jpg,stop,20,40\n"
+    )
+    data = load_csv(images / "labels.csv", 64)
+    assert np.all(data.images[0] == 255)  # not black: alpha composited over white
+    # Portrait after EXIF: scale 0.8, content 32x64, pads of 16 left and right.
+    np.testing.assert_allclose(data.labels[1][0][1:3], [16 + 16, 32])
+    assert np.all(data.images[1][:, :15] == 114) and data.images[1][32, 32, 0] > 150
+
+
+def _arrays(n: int) -> LandmarkArrays:
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 4, 4, 3), np.uint8)
+    labels = [np.full((1, 4), i, np.float32) for i in range(n)]
+    return LandmarkArrays(images, labels, [np.zeros((0, 4), np.float32)] * n)
+
+
+def test_holdout_split_is_a_seeded_partition_by_image():
+    arrays = _arrays(50)
+    parts = {w: holdout_split(arrays, w, ("val", "test"), seed=3) for w in ("train", "val", "test")}
+    ids = {w: {int(x) for x in p.images[:, 0, 0, 0]} for w, p in parts.items()}
+    assert len(ids["val"]) == len(ids["test"]) == 5 and len(ids["train"]) == 40
+    assert ids["train"] | ids["val"] | ids["test"] == set(range(50))
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    for p in parts.values():  # labels travel with their images
+        assert [int(lab[0, 0]) for lab in p.labels] == [int(x) for x in p.images[:, 0, 0, 0]]
+    again = holdout_split(arrays, "test", ("val", "test"), seed=3)
+    assert np.array_equal(again.images, parts["test"].images)
+    other = holdout_split(arrays, "test", ("val", "test"), seed=4)
+    assert not np.array_equal(other.images, parts["test"].images)
+
+
+def test_holdout_split_refuses_to_leave_no_training_image():
+    with pytest.raises(ValueError, match="too few"):
+        holdout_split(_arrays(2), "train", ("val", "test"), seed=0)
+
+
+def test_real_data_test_split_is_never_the_training_images(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["file,class,x,y"]
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png"
+        )
+        rows.append(f"{i}.png,stop,{i},{i}")
+    (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")
+    config = TrainConfig(data=f"csv:{tmp_path / 'all.csv'}")
+    xs = {
+        w: {float(lab[0, 1]) for lab in load_data(config, w).labels}
+        for w in ("train", "val", "test")
+    }
+    assert len(xs["train"]) == 16 and len(xs["val"]) == len(xs["test"]) == 2
+    assert not (xs["train"] & xs["test"] or xs["train"] & xs["val"] or xs["val"] & xs["test"])
+    # A test file given: training keeps everything but the validation tenth.
+    own = replace(config, test_data=f"csv:{tmp_path / 'all.csv'}")
+    assert len(load_data(own, "train").labels) == 18 and len(load_data(own, "test").labels) == 20
