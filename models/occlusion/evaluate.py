@@ -58,12 +58,13 @@ def pattern_metrics(pred: np.ndarray, true: np.ndarray, grid: int, h: int, w: in
     }
 
 
-def pair_scores(clean: np.ndarray, occluded: np.ndarray, faces: np.ndarray):
+def pair_scores(clean: np.ndarray, occluded: np.ndarray, identities: np.ndarray):
     """Cosine similarities of every clean sample with every other sample's occluded copy:
-    (same-face scores, different-face scores)."""
+    (same-person scores, different-person scores). Paired by identity, not by photo: two
+    photos of one person (a user's ``--faces`` folder) are a same pair."""
     sims = clean @ occluded.T
-    same = faces[:, None] == faces[None, :]
-    off_diagonal = ~np.eye(len(faces), dtype=bool)
+    same = identities[:, None] == identities[None, :]
+    off_diagonal = ~np.eye(len(identities), dtype=bool)
     return sims[same & off_diagonal], sims[~same]
 
 
@@ -94,11 +95,11 @@ def evaluate(predict: Predict, data: Batch, grid: int, threshold: float | None =
     logits, emb_occ = run(predict, data.occluded.numpy())
     _, emb_clean = run(predict, data.clean.numpy())
     true = data.pattern.numpy()
-    faces = data.face.numpy()
+    identities = data.identity.numpy()
     m = pattern_metrics(logits.argmax(1), true, grid, h, w)
     occluded = true != NO_OCCLUSION
     m["cos_clean_vs_occluded"] = float((emb_clean * emb_occ).sum(1)[occluded].mean())
-    same, diff = pair_scores(emb_clean, emb_occ, faces)
+    same, diff = pair_scores(emb_clean, emb_occ, identities)
     t = best_threshold(same, diff) if threshold is None else threshold
     m |= {
         "verify_auc": auc(same, diff),
@@ -107,6 +108,6 @@ def evaluate(predict: Predict, data: Batch, grid: int, threshold: float | None =
         "same_mean_cos": float(same.mean()),
         "different_mean_cos": float(diff.mean()),
         "samples": len(true),
-        "identities": len(np.unique(faces)),
+        "identities": len(np.unique(identities)),
     }
     return m

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from models.occlusion.evaluate import auc, best_threshold, blocks_of, pair_scores, pattern_metrics
-from models.occlusion.patterns import pattern_id
+from models.occlusion.data import Batch
+from models.occlusion.evaluate import (
+    auc,
+    best_threshold,
+    blocks_of,
+    evaluate,
+    pair_scores,
+    pattern_metrics,
+)
+from models.occlusion.patterns import NO_OCCLUSION, pattern_id
 
 
 def test_pattern_metrics_by_hand() -> None:
@@ -40,3 +49,29 @@ def test_pair_scores_split_same_and_different_faces() -> None:
     same, diff = pair_scores(emb, emb, np.array([7, 7, 9]))
     assert sorted(same.tolist()) == [1.0, 1.0]  # (0, 1) and (1, 0), never a sample with itself
     assert diff.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_two_photos_of_one_person_are_a_same_pair() -> None:
+    """A perfect verifier on two people with two photos each scores AUC 1: pairs are made
+    by identity, not by face-bank row (it scored 0.83 when two photos were "different")."""
+    identity = torch.tensor([0, 0, 1, 1])
+    images = torch.zeros(4, 3, 112, 96)
+    images[:, 0, 0, 0] = identity.float()  # the "photo" carries its person for predict()
+    data = Batch(
+        occluded=images,
+        clean=images,
+        pattern=torch.tensor([NO_OCCLUSION, pattern_id(5, (0, 1, 0, 1))] * 2),
+        identity=identity,
+        teacher=None,
+        face=torch.arange(4),  # four different photos
+    )
+
+    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        person = x[:, 0, 0, 0].astype(int)
+        logits = np.zeros((len(x), 3), np.float32)
+        logits[:, NO_OCCLUSION] = 1
+        return logits, np.eye(2, dtype=np.float32)[person]
+
+    m = evaluate(predict, data, grid=5)
+    assert m["verify_auc"] == 1.0 and m["verify_balanced_accuracy"] == 1.0
+    assert m["different_mean_cos"] == 0.0 and m["identities"] == 2
