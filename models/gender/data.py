@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from models.common.backgrounds import backgrounds, random_crop
+from models.common.images import image_files, read_images
+from service.imaging import letterbox
 
 LABELS = ("female", "male")
 # Garment types per class; a type's cut parameters are drawn in ``_silhouette``.
@@ -37,7 +39,6 @@ KINDS: dict[str, tuple[str, ...]] = {
 # colour, or a crop of a real photograph (half of the images, GarmentConfig.photo_background).
 BACKDROPS = ("plain_light", "plain_colour", "photo")
 SUPERSAMPLE = 2  # polygons are drawn at this multiple of the size, then box-filtered
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 PAD_VALUE = 114  # letterbox border grey (uint8), the same in training, export and service
 
 
@@ -323,32 +324,46 @@ def photo_crops(count: int, split: str, size: int = 128, seed: int = 0) -> np.nd
     return np.clip(np.rint(np.stack(crops)), 0, 255).astype(np.uint8)
 
 
-def letterbox(image: Image.Image, size: int, pad_value: int = PAD_VALUE) -> np.ndarray:
-    """Scale the longer side to ``size`` and pad to a square, centred, as the service does."""
-    w, h = image.size
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = image.convert("RGB").resize((nw, nh), Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (size, size), (pad_value,) * 3)
-    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
-    return np.asarray(canvas, np.uint8)
-
-
 def load_image_folder(root: Path | str, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """A real data set in image-folder form, ``root/female/*`` and ``root/male/*`` (any
-    image format Pillow reads): ``(images (N, S, S, 3) uint8 letterboxed, labels (N,))``."""
+    """A real data set in image-folder form, ``root/female/*`` and ``root/male/*`` (the
+    formats the service opens, decoded and letterboxed by the service's own code; files that
+    do not decode are skipped with a warning): ``(images (N, S, S, 3) uint8, labels (N,))``.
+    Both classes must have images."""
     root = Path(root)
     missing = [name for name in LABELS if not (root / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"{root} needs one folder per class: {missing} missing")
     images, labels = [], []
     for label, name in enumerate(LABELS):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(path) as image:
-                images.append(letterbox(image, size))
-            labels.append(label)
-    if not images:
-        raise FileNotFoundError(f"no images under {root}/{{{','.join(LABELS)}}}")
+        found = 0
+        for _, rgb in read_images(image_files(root / name)):
+            boxed, _ = letterbox(rgb, size, size, (PAD_VALUE,) * 3)
+            images.append(boxed)
+            found += 1
+        if not found:
+            raise FileNotFoundError(f"{root / name} has no image the service could read")
+        labels += [label] * found
     return np.stack(images), np.asarray(labels, np.int64)
+
+
+# Share of each class an image folder gives to validation and to test.
+FOLDER_HOLDOUT = 0.1
+
+
+def folder_splits(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Indices of an image folder's train / val / test, seeded and stratified: a tenth of
+    each class (at least one image) to validation, a tenth to test, the rest to training."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for label in range(len(LABELS)):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held = max(1, round(len(members) * FOLDER_HOLDOUT))
+        if len(members) < 2 * held + 1:
+            raise ValueError(
+                f"{len(members)} {LABELS[label]} images are too few for a validation, a test "
+                "and a training share (3 at least)"
+            )
+        parts["val"].append(members[:held])
+        parts["test"].append(members[held : 2 * held])
+        parts["train"].append(members[2 * held :])
+    return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}

@@ -30,7 +30,14 @@ from models.common.export import (
     write_config,
 )
 from models.common.plots import plot_bars
-from models.gender.data import LABELS, PAD_VALUE, GarmentConfig, generate
+from models.gender.data import (
+    LABELS,
+    PAD_VALUE,
+    GarmentConfig,
+    folder_splits,
+    generate,
+    load_image_folder,
+)
 from models.gender.evaluate import f_measure, mcnemar_exact
 from models.gender.net import GenderExport, GenderNet, gender_config, load_checkpoint
 from models.gender.train import MEAN, STD, pooled_features, predict, to_tensor
@@ -60,6 +67,38 @@ DATA_NOTE = (
     "how the method does on these generated garments, not on shop photographs; "
     "`--image-folder` retrains on a real set."
 )
+
+
+def run_test_split(
+    config: dict, garments: GarmentConfig, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training run's test split (``config``: its history's config), rebuilt as
+    training made it: ``(images (N, S, S, 3) uint8, labels (N,), kinds (N,) str)``; kinds are
+    garment types for generated garments, the class names for a user's image folder."""
+    if config.get("image_folder"):
+        images, labels = load_image_folder(config["image_folder"], size)
+        keep = folder_splits(labels, config["seed"])["test"]
+        return images[keep], labels[keep], np.asarray(LABELS)[labels[keep]]
+    test = generate(config["test_images"], "test", config["seed"] + 32, garments)
+    return test.images, test.labels, test.kinds
+
+
+def folder_note(config: dict) -> str:
+    """The card's data paragraph for a run on a user's image folder."""
+    _, labels = load_image_folder(config["image_folder"], config["net"]["contour"]["input_size"])
+    parts = folder_splits(labels, config["seed"])
+    counts = {k: len(v) for k, v in parts.items()}
+    return (
+        f"Real data: the image folder `{config['image_folder']}` ({len(labels)} images: "
+        f"{int((labels == 0).sum())} female, {int((labels == 1).sum())} male), decoded and "
+        "letterboxed as the service does; validation and test are a seeded tenth of each "
+        f"class each ({counts['train']} train / {counts['val']} val / {counts['test']} test "
+        "images), never trained on. "
+        f"{config['colour']['share'] * 100:.0f} % of the training images are colour-augmented. "
+        "The contour network is trained as for generated data (HED teacher maps of the "
+        "offline photographs and the outlines of generated garments), so its contour figures "
+        "below are on those, not on the folder."
+    )
 
 
 class OnnxGender:
@@ -157,15 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
     version_dir.mkdir(parents=True)
 
     # The test split of the training run (same seed), measured through the exported graph.
-    test = generate(config["test_images"], "test", config["seed"] + 32, garments)
-    graph = export_graph(net, version_dir, test.images)
+    test_images, test_labels, test_kinds = run_test_split(config, garments, size)
+    graph = export_graph(net, version_dir, test_images)
     onnx_model = OnnxGender(version_dir / "model.onnx")
-    logits, _ = onnx_model.run(test.images)
+    logits, _ = onnx_model.run(test_images)
     predicted = logits.argmax(1)
-    accuracy = float((predicted == test.labels).mean())
+    accuracy = float((predicted == test_labels).mean())
     per_kind = {
-        str(k): float((predicted[test.kinds == k] == test.labels[test.kinds == k]).mean())
-        for k in sorted(set(test.kinds))
+        str(k): float((predicted[test_kinds == k] == test_labels[test_kinds == k]).mean())
+        for k in sorted(set(test_kinds))
     }
     teacher = dict(np.load(run / "teacher.npz"))
     edge = config["teacher_edge"]
@@ -179,12 +218,12 @@ def main(argv: list[str] | None = None) -> dict:
     margin = variants["fused"] - variants["semantic"] if "semantic" in variants else None
     metrics = {
         "test_accuracy": accuracy,
-        "test_images": len(test),
+        "test_images": len(test_labels),
         "target_accuracy": TARGET_ACCURACY,
         "per_kind_accuracy": per_kind,
         "ablation_test_accuracy": variants,
         "fused_minus_semantic": margin,
-        "fused_vs_semantic": paired_comparison(run, test.images, test.labels),
+        "fused_vs_semantic": paired_comparison(run, test_images, test_labels),
         "contour_ods_f_vs_teacher_photos": photo_f,
         "contour_ods_f_vs_outlines_garments": outline_f,
     }
@@ -488,13 +527,18 @@ def write_card(
             ]
         ),
         "## Data",
-        DATA_NOTE,
+        folder_note(c) if c.get("image_folder") else DATA_NOTE,
         f"Sizes: stage 1 - {c['teacher_photos']} training photo crops with teacher maps + "
-        f"{c['outline_garments']} garments with outlines; stage 2 - {c['train_images']} "
-        f"training garments, {c['val_images']} validation (val photographs), "
-        f"{c['test_images']} test garments (test photographs, never seen in training or "
-        f"model selection); contour test: {c['eval_photos']} crops of the test "
-        f"photographs and {c['eval_photos']} test garments.",
+        f"{c['outline_garments']} garments with outlines; stage 2 - "
+        + (
+            "the image folder's splits above"
+            if c.get("image_folder")
+            else f"{c['train_images']} training garments, {c['val_images']} validation (val "
+            f"photographs), {c['test_images']} test garments (test photographs, never seen "
+            "in training or model selection)"
+        )
+        + f"; contour test: {c['eval_photos']} crops of the test photographs and "
+        f"{c['eval_photos']} test garments.",
         "## Commands",
         f"```\n{commands}\n```",
         provenance(history, earlier),

@@ -39,6 +39,7 @@ from models.gender.data import (
     ColourAugmentConfig,
     GarmentConfig,
     colour_augment,
+    folder_splits,
     generate,
     load_image_folder,
     photo_crops,
@@ -254,13 +255,7 @@ def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]
     size = config.net.contour.input_size
     if config.image_folder:
         images, labels = load_image_folder(config.image_folder, size)
-        order = np.random.default_rng(config.seed).permutation(len(images))
-        tenth = max(1, len(images) // 10)
-        splits = {
-            "val": order[:tenth],
-            "test": order[tenth : 2 * tenth],
-            "train": order[2 * tenth :],
-        }
+        splits = folder_splits(labels, config.seed)
         data = {k: (images[v], labels[v]) for k, v in splits.items()}
     else:
         data = {}
@@ -412,7 +407,8 @@ def train_gender(
     """Stage 2 for the ablation variants, epoch by epoch in lockstep; returns each
     variant's history and test accuracy."""
     train_set = data["train"]
-    steps = len(train_set[0]) // config.batch_size
+    # At least one step: an image folder smaller than a batch trains on one short batch.
+    steps = max(1, len(train_set[0]) // config.batch_size)
     start = None
     if config.init_from:
         loaded, _ = load_checkpoint(Path(config.init_from) / "gender-semantic.pt")
@@ -449,6 +445,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     command = "python -m models.gender.train " + shlex.join(sys.argv[1:])
     started = time.time()
     history: dict = {"config": _jsonable(config), "command": command}
+    # A user's folder is read first, so one the run cannot use fails before the contour
+    # stage, not after it; generated garments are made when needed (they take memory).
+    raw = gender_data(config) if config.image_folder else None
     if config.contour_from:
         source = Path(config.contour_from)
         loaded, _ = load_checkpoint(source / "contour.pt")
@@ -470,7 +469,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             ),
         }
         tqdm.write(f"contour test: {history['contour']['test']}")
-    raw = gender_data(config)
+    if raw is None:
+        raw = gender_data(config)
     helper = GenderNet(config.net)
     helper.contour.load_state_dict(contour.state_dict())
     data = {}

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.common.images import read_image
 from models.landmark.scenes import GENERATOR_VERSION, LABELS, SceneConfig, generate
-from service.imaging import LetterboxTransform, decode_image, letterbox
-from service.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
+from service.imaging import LetterboxTransform, letterbox
 
 # The service pads letterboxed uploads with this grey (config.json `pad_value`).
 PAD_VALUE = (114, 114, 114)
@@ -100,12 +100,8 @@ def generate_split(
 
 def _load_image(path: Path, size: int) -> tuple[np.ndarray, LetterboxTransform]:
     """The image at ``path`` decoded and letterboxed into ``size x size`` by the service's
-    own code (EXIF orientation, alpha over white, 16-bit scaling, bilinear resize, pad), so
-    training sees what the service feeds the graph."""
-    rgb = decode_image(
-        path.read_bytes(), max_pixels=DEFAULT_MAX_IMAGE_PIXELS, max_side=DEFAULT_MAX_IMAGE_SIDE
-    )
-    return letterbox(rgb, size, size, PAD_VALUE)
+    own code, so training sees what the service feeds the graph."""
+    return letterbox(read_image(path), size, size, PAD_VALUE)
 
 
 def _from_points(

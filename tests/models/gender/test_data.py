@@ -14,8 +14,8 @@ from models.gender.data import (
     ColourAugmentConfig,
     GarmentConfig,
     colour_augment,
+    folder_splits,
     generate,
-    letterbox,
     load_image_folder,
     outline_of,
     photo_crops,
@@ -119,13 +119,6 @@ def test_photo_crops_come_from_the_split() -> None:
     assert crops.std() > 5  # photographs, not blank
 
 
-def test_letterbox_keeps_aspect_and_pads() -> None:
-    out = letterbox(Image.new("RGB", (200, 100), (255, 0, 0)), 64)
-    assert out.shape == (64, 64, 3)
-    assert tuple(out[32, 32]) == (255, 0, 0)
-    assert tuple(out[2, 32]) == (114, 114, 114)  # padded top border
-
-
 def test_image_folder_loader(tmp_path: Path) -> None:
     for name, colour, count in (("female", (200, 0, 0), 3), ("male", (0, 0, 200), 2)):
         (tmp_path / name).mkdir()
@@ -142,3 +135,39 @@ def test_image_folder_needs_both_classes(tmp_path: Path) -> None:
     (tmp_path / "female").mkdir()
     with pytest.raises(FileNotFoundError, match="male"):
         load_image_folder(tmp_path)
+
+
+def test_image_folder_reads_as_the_service_decodes(tmp_path: Path) -> None:
+    """Alpha over white, TIFF read, and files that are not images (a macOS ``._`` fork, a
+    truncated JPEG) skipped instead of ending the load."""
+    for name in LABELS:
+        (tmp_path / name).mkdir()
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "female" / "cutout.png")
+    Image.new("RGB", (32, 32), (0, 90, 0)).save(tmp_path / "male" / "scan.tif")
+    (tmp_path / "male" / "._scan.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "male" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    images, labels = load_image_folder(tmp_path, size=32)
+    assert labels.tolist() == [0, 1]
+    assert np.all(images[0] == 255)  # transparent: white, as served (was black)
+    assert tuple(images[1, 16, 16]) == (0, 90, 0)
+
+
+def test_image_folder_class_without_images_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "female").mkdir()
+    (tmp_path / "male").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "female" / "a.png")
+    with pytest.raises(FileNotFoundError, match="male has no image"):
+        load_image_folder(tmp_path)
+
+
+def test_folder_splits_are_stratified_and_disjoint() -> None:
+    labels = np.array([0] * 40 + [1] * 10)
+    parts = folder_splits(labels, seed=5)
+    for split, (female, male) in {"val": (4, 1), "test": (4, 1), "train": (32, 8)}.items():
+        assert (labels[parts[split]] == 0).sum() == female
+        assert (labels[parts[split]] == 1).sum() == male
+    together = np.concatenate(list(parts.values()))
+    assert sorted(together.tolist()) == list(range(50))
+    assert np.array_equal(folder_splits(labels, seed=5)["test"], parts["test"])
+    with pytest.raises(ValueError, match="too few"):
+        folder_splits(np.array([0, 0, 0, 1, 1]), seed=0)

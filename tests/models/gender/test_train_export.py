@@ -319,3 +319,36 @@ def test_the_card_says_how_the_contour_features_were_resized() -> None:
     assert exporter.resize_note({}, 8) == "average-pooled to the same grid"
     folded = exporter.resize_note({"contour_resize": "fold"}, 8)
     assert "16x16" in folded and "pixel_unshuffle" in folded and "8x8" in folded
+
+
+def test_image_folder_run_is_measured_and_described_on_its_own_test_split(
+    pipeline: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A user's folder (fewer images than a batch) trains, and the export measures the
+    folder's held-out tenth, not generated garments, and says so in the card."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("shop")
+    rng = np.random.default_rng(0)
+    for name, count in (("female", 7), ("male", 6)):
+        (folder / name).mkdir()
+        for i in range(count):
+            pixels = rng.integers(0, 255, (40 + i, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{i}.jpg")
+    config = replace(
+        pipeline["config"],
+        out=str(pipeline["root"] / "folder-run"),
+        image_folder=str(folder),
+        contour_from=pipeline["config"].out,
+        variants=("fused",),
+        epochs=1,
+    )
+    history = train(config, progress=False)
+    assert history["variants"]["fused"]["test_accuracy"] in (0.0, 0.5, 1.0)  # 2 test images
+    repo = pipeline["root"] / "folder-repository"
+    metrics = exporter.main(["--run", config.out, "--version", "1", "--repository", str(repo)])
+    assert metrics["test_images"] == 2  # one of each class held out, not 24 garments
+    assert set(metrics["per_kind_accuracy"]) == {"female", "male"}
+    card = (repo / "gender" / "1" / "MODEL_CARD.md").read_text()
+    assert f"Real data: the image folder `{folder}` (13 images" in card
+    assert "Synthetic garments" not in card

@@ -1,0 +1,53 @@
+"""A user's own photographs, read the way the service reads uploads.
+
+Training on pixels the service would never produce (an RGBA cut-out on black instead of
+white, a 16-bit scan clipped instead of scaled, a phone photo not turned upright) teaches
+the model another input than the one it serves, so every loader of real images decodes
+with ``service.imaging.decode_image``, under the service's default pixel limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import InvalidImage, PayloadTooLarge
+from service.imaging import decode_image
+from service.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
+
+logger = logging.getLogger(__name__)
+
+# The formats the service opens (service.imaging.SERVED_FORMATS), by file name.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image at ``path`` as ``(H, W, 3)`` uint8 RGB, upright (EXIF), alpha over white,
+    deep images scaled: exactly what the service decodes from the same bytes."""
+    return decode_image(
+        path.read_bytes(), max_pixels=DEFAULT_MAX_IMAGE_PIXELS, max_side=DEFAULT_MAX_IMAGE_SIDE
+    )
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted; hidden files (``.DS_Store``, macOS
+    ``._name.jpg`` resource forks) are not images whatever their suffix."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def read_images(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
+    """``(path, image)`` for each path that decodes; one that does not (truncated, not an
+    image after all, over the pixel limit) is skipped with a warning naming it, so one bad
+    file does not end a load of thousands."""
+    for path in paths:
+        try:
+            yield path, read_image(path)
+        except (InvalidImage, PayloadTooLarge) as exc:
+            logger.warning("skipped %s: %s", path, exc)
