@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.common.images import image_files, read_images
+
 logger = logging.getLogger(__name__)
 
 FACE_HEIGHT, FACE_WIDTH = 112, 96  # aligned face size (FROM / SphereFace template)
@@ -33,7 +35,6 @@ TEMPLATE = np.array([[30.29, 51.70], [65.53, 51.50], [48.03, 74.0]], np.float64)
 # lfw_subset's faces are 25 x 25: upsampled 4x so that dlib's detector (about 80 px
 # minimum face) and shape predictor work on them.
 LFW_UPSAMPLE = 100
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
 try:
     import dlib
@@ -224,11 +225,9 @@ def load_image_folder(root: Path) -> FaceBank:
         raise ValueError(f"{root} has no identity folders")
     faces, identities, sources = [], [], []
     for identity, person in enumerate(people):
-        for path in sorted(person.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
+        # Decoded as the service decodes uploads (models/common/images.py): upright, alpha
+        # over white; files that do not decode are skipped with a warning.
+        for path, image in read_images(image_files(person)):
             found = align_faces(image)
             faces += found
             identities += [identity] * len(found)
@@ -245,6 +244,11 @@ def split_identities(bank: FaceBank, seed: int = 0, val: float = 0.1, test: floa
     rng.shuffle(ids)
     n_test = max(1, round(len(ids) * test))
     n_val = max(1, round(len(ids) * val))
+    if len(ids) - n_test - n_val < 2:
+        raise ValueError(
+            f"{len(ids)} people are too few: {n_test} held out for test and {n_val} for "
+            "validation leave fewer than 2 to train on"
+        )
     parts = {
         "test": ids[:n_test],
         "val": ids[n_test : n_test + n_val],

@@ -88,3 +88,15 @@ def test_identity_split_is_disjoint(tmp_path: Path) -> None:
     assert all(seen)
     assert sum(len(s) for s in seen) == len(set().union(*seen)) == 5
     assert sum(len(p) for p in parts.values()) == len(bank)
+
+
+def test_too_few_people_to_train_on_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faces, "dlib", None)  # centre crops: alignment is not the point here
+    write_folder(tmp_path)  # two people: one for test, one for validation, none to train
+    (tmp_path / "bob" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    bank = load_image_folder(tmp_path)
+    assert len(bank) == 4  # the resource fork is not read as a face
+    with pytest.raises(ValueError, match="too few"):
+        split_identities(bank, seed=0)
