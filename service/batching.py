@@ -40,7 +40,13 @@ import numpy as np
 import numpy.typing as npt
 
 from service.errors import ClientClosedRequest, Overloaded
-from service.imaging import LetterboxTransform, decode_image, decode_to_fit, letterbox
+from service.imaging import (
+    LetterboxTransform,
+    ResizeMode,
+    decode_image,
+    decode_to_fit,
+    fit_image,
+)
 from service.metrics import Metrics
 from service.settings import BatchPolicy, Settings
 
@@ -103,17 +109,21 @@ def decode_rows(
     max_pixels: int,
     max_side: int,
     draft: bool = True,
+    resize: ResizeMode = "letterbox",
 ) -> tuple[ImageRows, LetterboxTransform]:
-    """Decode an upload straight to uint8 RGB and letterbox it into one ImageRows row
-    (CPU-bound: run in the decode pool); the float conversion happens once per batch.
-    ``draft``: JPEGs decode at the smallest libjpeg scale that still covers the input."""
+    """Decode an upload straight to uint8 RGB and fit it (``resize``: letterbox or centre
+    crop) into one ImageRows row (CPU-bound: run in the decode pool); the float conversion
+    happens once per batch. ``draft``: JPEGs decode at the smallest libjpeg scale that
+    still covers the input."""
     if draft:
-        rgb, full = decode_to_fit(data, height, width, max_pixels=max_pixels, max_side=max_side)
+        rgb, full = decode_to_fit(
+            data, height, width, max_pixels=max_pixels, max_side=max_side, resize=resize
+        )
     else:
         rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
         full = (rgb.shape[1], rgb.shape[0])
     # (height, width, 3) uint8; the transform maps to the full image's pixels
-    boxed, transform = letterbox(rgb, height, width, pad_value, source_size=full)
+    boxed, transform = fit_image(rgb, height, width, pad_value, resize=resize, source_size=full)
     return ImageRows(boxed[np.newaxis]), transform
 
 
@@ -122,6 +132,7 @@ class Letterbox(Protocol):
 
     height: int
     width: int
+    resize: ResizeMode
     pad_value: tuple[int, int, int]
 
 
@@ -137,6 +148,7 @@ def decode_rows_for(
         max_pixels=settings.max_image_pixels,
         max_side=settings.max_image_side,
         draft=settings.jpeg_draft,
+        resize=pre.resize,
     )
 
 

@@ -12,7 +12,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,9 @@ UINT16_MAX = 65535
 SERVED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 # The same list for people: error messages and the OpenAPI descriptions of upload fields.
 SERVED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF"
+# How an image becomes the model input (config.json preprocess.resize): fitted whole with
+# pad bars (letterbox) or filling the input with the excess cut off (crop).
+ResizeMode = Literal["letterbox", "crop"]
 # EXIF orientations (5-8) that swap width and height when applied.
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 EXIF_ORIENTATION_TAG = 0x0112
@@ -187,24 +190,31 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
 
 
 def decode_to_fit(
-    data: bytes, height: int, width: int, *, max_pixels: int, max_side: int
+    data: bytes,
+    height: int,
+    width: int,
+    *,
+    max_pixels: int,
+    max_side: int,
+    resize: ResizeMode = "letterbox",
 ) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
-    """Decode an upload that will be letterboxed into ``height x width``, letting libjpeg
-    decode a JPEG at 1/2, 1/4 or 1/8 scale when the letterboxed size still fits in that
-    (``Image.draft``: the reduction happens in the DCT domain, an area average, so most of
-    the decoding and resizing work is never done; other formats decode in full).
+    """Decode an upload that will be fitted into ``height x width`` (``resize``, as
+    ``fit_image``), letting libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when the fitted
+    size still fits in that (``Image.draft``: the reduction happens in the DCT domain, an
+    area average, so most of the decoding and resizing work is never done; other formats
+    decode in full).
 
-    Returns ``(H', W', 3)`` uint8 RGB, at least as large as the letterboxed size, and the
-    full image's ``(width, height)`` in image pixels (``letterbox``'s ``source_size``).
-    Errors as ``open_upload``.
+    Returns ``(H', W', 3)`` uint8 RGB, at least as large as the fitted size, and the full
+    image's ``(width, height)`` in image pixels (``fit_image``'s ``source_size``). Errors as
+    ``open_upload``.
     """
     full: list[tuple[int, int]] = []
 
     def draft(image: Image.Image) -> None:
         oriented = oriented_size(image)
         full.append(oriented)
-        scale = min(width / oriented[0], height / oriented[1])
-        if scale < 0.5:  # libjpeg's largest reduction that keeps the letterboxed size
+        scale = fit_scale(resize, height, width, oriented[0], oriented[1])
+        if scale < 0.5:  # libjpeg's largest reduction that keeps the fitted size
             stored_w, stored_h = image.size
             image.draft(None, (math.ceil(stored_w * scale), math.ceil(stored_h * scale)))
 
@@ -231,7 +241,7 @@ class LetterboxTransform:
     """How an ``image_width x image_height`` image sits in the model input.
 
     ``scale`` multiplies image pixels into model-input pixels; ``pad_x``/``pad_y`` are the
-    left/top borders in model-input pixels.
+    left/top borders in model-input pixels (negative for ``centre_crop``: the cut-off part).
     """
 
     scale: float
@@ -292,6 +302,66 @@ def letterbox(
     canvas[pad_y : pad_y + new_height, pad_x : pad_x + new_width] = resized
     transform = LetterboxTransform(scale, pad_x, pad_y, image_width, image_height)
     return canvas, transform
+
+
+def centre_crop(
+    image: npt.NDArray[np.uint8],
+    height: int,
+    width: int,
+    source_size: tuple[int, int] | None = None,
+) -> tuple[npt.NDArray[np.uint8], LetterboxTransform]:
+    """Fill ``(height, width, 3)`` uint8 with an ``(H, W, 3)`` uint8 image, keeping its
+    aspect: ``s = max(width / W, height / H)``, bilinear resize (Pillow) to
+    ``round(W * s) x round(H * s)`` (at least the input size), and the central
+    ``width x height`` kept; the excess of the longer side is cut off evenly (floored on the
+    left / top). For a model trained on inputs its content fills (the aligned faces of the
+    occlusion model): no pad bars it never saw. The transform's pads are then negative (the
+    cut in model-input pixels), so ``to_image`` maps the input back into the image.
+    ``source_size`` as ``letterbox``.
+    """
+    image_width, image_height = source_size or (image.shape[1], image.shape[0])
+    scale = max(width / image_width, height / image_height)
+    new_width = max(width, round(image_width * scale))
+    new_height = max(height, round(image_height * scale))
+    pad_x = -((new_width - width) // 2)
+    pad_y = -((new_height - height) // 2)
+    if (new_width, new_height) == (image.shape[1], image.shape[0]):
+        resized = image
+    else:
+        resized = np.asarray(
+            Image.fromarray(image, mode="RGB").resize(
+                (new_width, new_height), Image.Resampling.BILINEAR
+            ),
+            dtype=np.uint8,
+        )
+    canvas = np.ascontiguousarray(resized[-pad_y : -pad_y + height, -pad_x : -pad_x + width])
+    transform = LetterboxTransform(scale, pad_x, pad_y, image_width, image_height)
+    return canvas, transform
+
+
+def fit_scale(
+    resize: ResizeMode, height: int, width: int, image_width: int, image_height: int
+) -> float:
+    """Image pixels -> model-input pixels for ``resize``: the whole image fits
+    (``letterbox``) or the input is filled (``crop``)."""
+    pick = min if resize == "letterbox" else max
+    return pick(width / image_width, height / image_height)
+
+
+def fit_image(
+    image: npt.NDArray[np.uint8],
+    height: int,
+    width: int,
+    pad_value: Sequence[int],
+    *,
+    resize: ResizeMode = "letterbox",
+    source_size: tuple[int, int] | None = None,
+) -> tuple[npt.NDArray[np.uint8], LetterboxTransform]:
+    """The model input of a config's ``preprocess.resize``: ``letterbox`` or ``centre_crop``
+    (``pad_value`` is unused there: nothing is padded)."""
+    if resize == "crop":
+        return centre_crop(image, height, width, source_size)
+    return letterbox(image, height, width, pad_value, source_size)
 
 
 def normalize(

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from service.batching import Batcher, Disconnected, Feed, Normalization, Reservation
 from service.decoding import AttentionDecoder, DecodeConfigError, Decoder, build_decoder
 from service.errors import ModelLoadError
+from service.imaging import ResizeMode
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -83,7 +84,7 @@ class PreprocessConfig(BaseModel):
 
     height: int = Field(ge=1)
     width: int = Field(ge=1)
-    resize: Literal["letterbox"]
+    resize: ResizeMode
     pad_value: tuple[int, int, int]
     scale: float
     mean: tuple[float, float, float]

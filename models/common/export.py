@@ -116,14 +116,21 @@ def graph_entry(version_dir: Path, file: str, model: onnx.ModelProto) -> dict:
 
 
 def letterbox_preprocess(
-    height: int, width: int, pad_value: Sequence[int], mean: Sequence[float], std: Sequence[float]
+    height: int,
+    width: int,
+    pad_value: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: str = "letterbox",
 ) -> dict:
-    """config.json's ``preprocess`` block for an RGB NCHW input the service letterboxes to
-    ``height x width`` (``pad_value`` uint8 RGB) and normalises as ``(x / 255 - mean) / std``."""
+    """config.json's ``preprocess`` block for an RGB NCHW input the service fits to
+    ``height x width`` and normalises as ``(x / 255 - mean) / std``: ``resize`` "letterbox"
+    (whole image, borders of ``pad_value`` uint8 RGB) or "crop" (the input filled, the
+    excess cut off centrally; for a model trained only on inputs its content fills)."""
     return {
         "height": height,
         "width": width,
-        "resize": "letterbox",
+        "resize": resize,
         "pad_value": [int(v) for v in pad_value],
         "scale": 1 / 255,
         "mean": [float(v) for v in mean],

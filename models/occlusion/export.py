@@ -358,8 +358,9 @@ def card(
         "  identify people.",
         "- Occluders are drawn shapes and photo textures, not photographs of real masks,",
         "  hands or glasses; real occlusions look different.",
-        "- The service does not align faces; it letterboxes the upload to 112 x 96, so send",
-        "  aligned or tightly cropped faces.",
+        "- The service does not align faces; it scales the upload to cover 112 x 96 and cuts",
+        "  the excess off centrally (config.json `resize: crop`), so send aligned or tightly",
+        "  cropped faces.",
         "",
     ]
     return "\n".join(lines)
@@ -430,7 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
         model,
         name=NAME,
         task="occlusion_embedding",
-        preprocess=letterbox_preprocess(h, w, [128, 128, 128], MEAN, STD),
+        # crop, not letterbox: the network saw only faces filling 112 x 96; pad bars made
+        # it call 30 % of clean rough face crops occluded (measured-rough-crops.json, v1).
+        preprocess=letterbox_preprocess(h, w, [128, 128, 128], MEAN, STD, resize="crop"),
         labels=labels,
         decode={
             "grid": {"rows": grid, "cols": grid},

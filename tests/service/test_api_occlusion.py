@@ -49,10 +49,16 @@ def occlude(image: np.ndarray, blocks: tuple[int, int, int, int]) -> np.ndarray:
 
 
 def expected_box(blocks: dict, width: int, height: int) -> tuple[float, float, float, float]:
-    """The blocks in upload pixels by the letterbox rule of models/repository/README.md."""
-    s = min(W / width, H / height)
-    pad_x = (W - min(W, max(1, round(width * s)))) // 2
-    pad_y = (H - min(H, max(1, round(height * s)))) // 2
+    """The blocks in upload pixels by the rule of models/repository/README.md for the
+    version's ``resize`` (crop: the input covered, pads negative; letterbox: fitted)."""
+    if CONFIG["preprocess"]["resize"] == "crop":
+        s = max(W / width, H / height)
+        pad_x = -((max(W, round(width * s)) - W) // 2)
+        pad_y = -((max(H, round(height * s)) - H) // 2)
+    else:
+        s = min(W / width, H / height)
+        pad_x = (W - min(W, max(1, round(width * s)))) // 2
+        pad_y = (H - min(H, max(1, round(height * s)))) // 2
 
     def x(c: int) -> float:
         return float(np.clip((c * W / K - pad_x) / s, 0, width))

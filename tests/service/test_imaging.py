@@ -10,10 +10,12 @@ from PIL import Image
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.imaging import (
     LetterboxTransform,
+    centre_crop,
     check_content_type,
     configure_pillow,
     decode_image,
     decode_to_fit,
+    fit_image,
     letterbox,
     normalize,
 )
@@ -311,3 +313,51 @@ def test_draft_keeps_the_size_limits() -> None:
     data = encode(gradient_photo(640, 480), "JPEG", quality=90)
     with pytest.raises(PayloadTooLarge):
         decode_to_fit(data, 160, 160, max_pixels=100_000, max_side=16_384)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "scale", "pad_x", "pad_y"),
+    [
+        (100, 100, 1.12, -8, 0),  # a square face crop into the 112x96 face input: sides cut
+        (96, 160, 1.1666666666666667, -45, 0),  # a wide photo: its sides cut
+        (300, 100, 0.96, 0, -88),  # a tall one: top and bottom cut
+        (112, 96, 1.0, 0, 0),  # already the input's size: untouched
+    ],
+)
+def test_centre_crop_geometry(
+    height: int, width: int, scale: float, pad_x: int, pad_y: int
+) -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    cropped, transform = centre_crop(image, 112, 96)
+    assert cropped.shape == (112, 96, 3) and cropped.flags.c_contiguous
+    assert transform == LetterboxTransform(scale, pad_x, pad_y, width, height)
+    resized = (max(96, round(width * scale)), max(112, round(height * scale)))
+    full = np.asarray(Image.fromarray(image).resize(resized, Image.Resampling.BILINEAR))
+    if resized == (width, height):
+        full = image
+    np.testing.assert_array_equal(cropped, full[-pad_y : -pad_y + 112, -pad_x : -pad_x + 96])
+    # The input's corners map inside the image: nothing in the input is padding.
+    corners = transform.to_image([[0.0, 0.0], [96.0, 112.0]])
+    assert corners.min() >= 0 and corners[1, 0] <= width and corners[1, 1] <= height
+
+
+def test_fit_image_picks_the_configured_resize() -> None:
+    image = np.full((100, 100, 3), 200, np.uint8)
+    boxed, _ = fit_image(image, 112, 96, (128, 128, 128), resize="letterbox")
+    assert (boxed[:8] == 128).all()  # pad bars above and below the square
+    cropped, _ = fit_image(image, 112, 96, (128, 128, 128), resize="crop")
+    assert (cropped == 200).all()  # no pad anywhere
+
+
+def test_draft_with_crop_keeps_enough_pixels_to_fill_the_input() -> None:
+    data = encode(gradient_photo(800, 400), "JPEG", quality=90)
+    reduced, full = decode_to_fit(data, 112, 96, resize="crop", **LIMITS)
+    # Crop needs the 400-pixel side at 112 (scale 0.28): 1/2 is the most libjpeg may take.
+    assert full == (800, 400) and reduced.shape[:2] == (200, 400)
+    drafted, transform = centre_crop(reduced, 112, 96, source_size=full)
+    plain, plain_transform = centre_crop(decode(data), 112, 96)
+    assert transform == plain_transform
+    assert np.abs(drafted.astype(int) - plain.astype(int)).mean() < 3.0
+    letterboxed, _ = decode_to_fit(data, 112, 96, **LIMITS)
+    assert letterboxed.shape[:2] == (50, 100)  # letterbox needs less: 1/8
