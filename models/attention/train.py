@@ -32,6 +32,7 @@ from models.attention.net import (
 )
 from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
 from models.common.plots import plot_curves
+from models.common.tensors import to_tensor
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -64,14 +65,6 @@ class TrainConfig:
     recompose: bool = False
     net: AttentionNetConfig = field(default_factory=AttentionNetConfig)
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, 3)`` uint8 RGB -> normalised float32 ``(N, 3, H, W)``, as config.json says."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
 
 
 def make_split(config: TrainConfig, split: str, count: int, kind: str, seed: int) -> Canvases:

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
 from models.common.plots import plot_curves
+from models.common.tensors import to_tensor
 from models.gender.data import (
     ColourAugmentConfig,
     GarmentConfig,
@@ -112,14 +113,6 @@ class TrainConfig:
     net: GenderNetConfig = field(default_factory=GenderNetConfig)
     garments: GarmentConfig = field(default_factory=GarmentConfig)
     colour: ColourAugmentConfig = field(default_factory=ColourAugmentConfig)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, 3)`` uint8 RGB -> normalised float32 ``(N, 3, H, W)``, as config.json says."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
 
 
 @torch.no_grad()

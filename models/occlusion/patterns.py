@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from functools import cache
 
-import numpy as np
-
 NO_OCCLUSION = 0  # pattern id of a clean face
 
 
@@ -55,20 +53,3 @@ def box_iou(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def block_masks(k: int, rows: int, cols: int) -> np.ndarray:
-    """``(P, rows, cols)`` float32: the fraction of each feature cell a pattern covers
-    (0 for id 0), for a feature map of ``rows x cols`` cells over the face."""
-    table = pattern_table(k)
-    out = np.zeros((len(table), rows, cols), np.float32)
-    ys = np.linspace(0, 1, rows + 1)
-    xs = np.linspace(0, 1, cols + 1)
-    for pid, blocks in enumerate(table):
-        if blocks is None:
-            continue
-        r0, r1, c0, c1 = (v / k for v in blocks)
-        oy = np.clip(np.minimum(ys[1:], r1) - np.maximum(ys[:-1], r0), 0, None) * rows
-        ox = np.clip(np.minimum(xs[1:], c1) - np.maximum(xs[:-1], c0), 0, None) * cols
-        out[pid] = oy[:, None] * ox[None, :]
-    return out
