@@ -23,6 +23,7 @@ from service.batching import Batcher, ImageRows, Normalization
 from service.errors import ClientClosedRequest, Overloaded
 from service.imaging import normalize
 from service.main import create_app
+from service.metrics import Metrics, create_metrics
 from service.runtime import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -601,3 +602,69 @@ def test_api_full_queue_still_answers_401_without_a_key(repo: Path) -> None:
             )
     assert anonymous.status_code == 401
     assert keyed.status_code == 503 and keyed.headers["retry-after"] == "1"
+
+
+def test_multi_row_requests_are_split_back_by_their_own_rows(repo: Path) -> None:
+    """V2 requests may carry several rows: each gets exactly its own rows back."""
+    model = _model(repo)
+    batcher = _batcher(model, max_size=8)
+    two, three = np.concatenate(_images(2, seed=1)), np.concatenate(_images(3, seed=2))
+    results = asyncio.run(_submit_together(batcher, [{"image": two}, {"image": three}]))
+    assert batcher.runner.batches == [5]  # type: ignore[attr-defined]
+    for got, image in zip(results, (two, three), strict=True):
+        want = model.run({"image": image})
+        for name, value in want.items():
+            assert got[name].shape == value.shape
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_multi_row_request_that_does_not_fit_waits_for_the_next_batch(repo: Path) -> None:
+    batcher = _batcher(_model(repo), max_size=4)
+    feeds = [{"image": np.concatenate(_images(3, seed=s))} for s in (1, 2)]
+    results = asyncio.run(_submit_together(batcher, feeds))
+    assert batcher.runner.batches == [3, 3]  # type: ignore[attr-defined]
+    assert all(isinstance(r, dict) for r in results)
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {"model": "landmark", **labels})
+
+
+def test_batch_metrics_count_what_happened(repo: Path) -> None:
+    """Depth counts requests still decoding; a departed client is counted by reason; queue
+    time is the time a request waited for its batch."""
+    metrics = create_metrics()
+    model = load_model("landmark", make_settings(repo), metrics)
+    batcher = _batcher(model)
+    graph = {"graph": "model", "version": "1"}
+    held = [batcher.reserve(), batcher.reserve()]
+    assert _sample(metrics, "vision_batch_queue_depth", **graph) == 2
+    for reservation in held:
+        reservation.release()
+    assert _sample(metrics, "vision_batch_queue_depth", **graph) == 0
+
+    async def gone() -> bool:
+        return True
+
+    async def slow_but_here() -> bool:
+        await asyncio.sleep(0.05)  # the check runs in the worker, before the batch runs
+        return False
+
+    async def main() -> list[Any]:
+        images = _images(2)
+        reservations = [batcher.reserve() for _ in images]
+        checks = (gone, slow_but_here)
+        return await asyncio.gather(
+            *(
+                batcher.infer({"image": image}, reservation=r, disconnected=check)
+                for image, r, check in zip(images, reservations, checks, strict=True)
+            ),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert isinstance(results[0], ClientClosedRequest) and isinstance(results[1], dict)
+    rejected = _sample(metrics, "vision_batch_rejected_total", **graph, reason="client_gone")
+    assert rejected == 1
+    waited = _sample(metrics, "vision_batch_queue_duration_seconds_sum", **graph)
+    assert waited is not None and waited >= 0.05

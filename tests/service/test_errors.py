@@ -99,3 +99,20 @@ def test_unexpected_error_answers_and_logs_with_the_request_id() -> None:
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "trace-42"
     assert seen == ["trace-42"]
+
+
+def test_validation_errors_do_not_echo_the_input() -> None:
+    """A 422 names where and what, never the value sent (it may be a whole upload)."""
+    app = FastAPI()
+    install_exception_handlers(app)
+
+    @app.get("/score")
+    async def get_score(min_score: float) -> float:
+        return min_score
+
+    sent = "n" * 5000
+    response = TestClient(app).get("/score", params={"min_score": sent})
+    assert response.status_code == 422
+    assert sent not in response.text
+    errors = response.json()["errors"]
+    assert errors and all(set(error) == {"loc", "msg", "type"} for error in errors)

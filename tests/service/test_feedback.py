@@ -23,7 +23,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -674,3 +674,11 @@ def test_sqlite_full_disk_is_a_503_and_corrupts_nothing(tmp_path: Path) -> None:
     ]
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sqlite_commits_are_fsynced(tmp_path: Path) -> None:
+    """synchronous=FULL: a committed record survives power loss, not only a killed process
+    (the SIGKILL tests cannot tell FULL from NORMAL)."""
+    store = SQLiteFeedbackStore(tmp_path / "feedback.sqlite3")
+    with closing(store._open()) as connection:
+        assert connection.execute("PRAGMA synchronous").fetchone() == (2,)  # 2 = FULL

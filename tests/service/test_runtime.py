@@ -18,6 +18,7 @@ from service.runtime import (
     discover_models,
     gpu_visible,
     load_model,
+    public_reason,
     resolve_providers,
     select_version,
 )
@@ -223,3 +224,15 @@ def test_run_is_safe_from_several_threads(repo: Path) -> None:
         results = list(pool.map(lambda b: model.run({"image": b})["confidence"], batches * 3))
     for index, result in enumerate(results):
         np.testing.assert_array_equal(result, expected[index % len(batches)])
+
+
+def test_public_reason_hides_the_server_file_layout(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    assert public_reason(f"no file {repository}/landmark/1/model.onnx", repository) == (
+        "no file landmark/1/model.onnx"
+    )
+    assert public_reason(f"{repository} is empty", repository) == "the repository is empty"
+    # Outside the repository: cut to the file name.
+    assert public_reason("cannot open /opt/cuda/lib/libcudnn.so.9: no such file", repository) == (
+        "cannot open libcudnn.so.9: no such file"
+    )
