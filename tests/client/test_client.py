@@ -68,7 +68,9 @@ def test_operations(vision: VisionClient) -> None:
     assert set(vision.health_ready().models) == {"landmark", "chain"}
     names = {model.name: model for model in vision.models().models}
     assert names["landmark"].providers == ["CPUExecutionProvider"]
-    assert names["chain"].graphs is not None
+    chain_graphs = names["chain"].graphs
+    assert chain_graphs is not None and list(chain_graphs) == ["front", "head"]
+    assert names["landmark"].graphs is None  # one graph: listed at the top level only
     assert "vision_http_requests" in vision.metrics()
 
 
