@@ -39,6 +39,11 @@ QUEUE_SIZE = 8
 RECOVERY_P50_FACTOR = 3.0
 # Overload comes in phases of this length, RSS read after each.
 PHASE_SECONDS = 2.5
+# The closed-loop capacity is an estimate, low when the load generator (on the same cores)
+# happens to lag: 2x a low estimate was once served in full, no 503 (2 runs in 9). A phase
+# that saw no 503 yet is followed by one offering this much more, at most this many times.
+ESCALATION = 1.5
+MAX_ESCALATIONS = 3
 # The rise to the high-water mark (measured ~120 MB over the first ~1000 requests of a
 # 1024x768 JPEG here, then flat): a gross leak fails the short default run...
 MAX_RSS_RISE_MB = 192.0
@@ -163,17 +168,23 @@ def test_twice_the_capacity_is_answered_and_recovers_at_once(server: LiveProcess
     unloaded = asyncio.run(closed_loop(server.url, image, 1, 1.5))
     capacity = asyncio.run(closed_loop(server.url, image, QUEUE_SIZE, 2.0))
     assert capacity.count(200) > 0 and not capacity.errors
-    offered = 2 * capacity.rate()
+    offered = [2 * capacity.rate()]
     overload = Outcome(0.0)
     rss = [rss_mb(server.process.pid)]
-    for _ in range(max(1, round(OVERLOAD_SECONDS / PHASE_SECONDS))):
-        asyncio.run(open_loop(server.url, image, offered, PHASE_SECONDS, overload))
+    phases = max(1, round(OVERLOAD_SECONDS / PHASE_SECONDS))
+    while True:
+        asyncio.run(open_loop(server.url, image, offered[-1], PHASE_SECONDS, overload))
         rss.append(rss_mb(server.process.pid))
+        if len(offered) >= phases and (
+            overload.count(503) > 0 or len(offered) >= phases + MAX_ESCALATIONS
+        ):
+            break
+        offered.append(offered[-1] * (ESCALATION if overload.count(503) == 0 else 1.0))
     recovery = asyncio.run(closed_loop(server.url, image, 1, 1.5))
 
     figures = {
         "capacity_rps": round(capacity.rate(), 1),
-        "offered_rps": round(offered, 1),
+        "offered_rps": [round(rate, 1) for rate in offered],  # one per phase
         "overload_seconds": OVERLOAD_SECONDS,
         "sent": sum(len(v) for v in overload.latencies.values()) + len(overload.errors),
         "ok_200": overload.count(200),
