@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,14 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-# Where apps whose test names no feedback database keep theirs: never the developer's
-# var/feedback.sqlite3, which the settings' default points at.
-SCRATCH = Path(tempfile.mkdtemp(prefix="vision-tests-"))
-atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+@cache
+def scratch() -> Path:
+    """Where apps whose test names no feedback database keep theirs: never the developer's
+    var/feedback.sqlite3, which the settings' default points at. Made on first use, so a
+    child process that imports this module and is then killed leaves nothing behind."""
+    path = Path(tempfile.mkdtemp(prefix="vision-tests-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def make_settings(repo: Path, **changes: Any) -> Settings:
@@ -48,7 +53,7 @@ def make_settings(repo: Path, **changes: Any) -> Settings:
         "intra_op_threads": 1,
         "decode_threads": 2,
         "warmup_runs": 1,
-        "feedback_db": SCRATCH / "feedback.sqlite3",
+        "feedback_db": scratch() / "feedback.sqlite3",
     }
     values.update(changes)
     return Settings(**values)
