@@ -17,6 +17,13 @@ a fixed list of shifts, chosen before any result was seen, and reports every one
 - ``low_resolution``: downscaled to half size and back (bilinear), as a small product
   thumbnail would be.
 
+Added later, each with its question and rule written before it ran:
+
+- ``portrait_letterboxed``: a 3:4 portrait photo (backdrop extended above and below) as
+  the service letterboxes it: the garment at 3/4 size between grey bars; on the garments
+  clear of the top and bottom rows, with ``square_clear_rows`` (the same garments as
+  drawn) as its baseline.
+
 Per shift: each variant's accuracy, overall, per garment type and per backdrop (plain
 light, plain coloured, photograph), and, fused vs semantic-only, how many garments only one
 of them gets right with the exact McNemar p-value. ``--contour-f N`` adds the contour
@@ -31,7 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,7 @@ from PIL import Image
 from models.common.plots import plot_bars
 from models.gender.data import (
     BACKDROPS,
+    PAD_VALUE,
     ColourAugmentConfig,
     GarmentConfig,
     Garments,
@@ -50,6 +58,7 @@ from models.gender.data import (
 from models.gender.evaluate import f_measure, mcnemar_exact
 from models.gender.net import GenderNet, load_checkpoint
 from models.gender.train import TrainConfig, contour_maps, pooled_features, predict
+from service.imaging import letterbox
 
 # The test split's seed offset in training (models.gender.train.gender_data): the same
 # garments as the run's held-out test, so only the shift differs.
@@ -61,6 +70,72 @@ VARIANT_ORDER = ("fused", "semantic", "contour")
 class Shift:
     garments: dict[str, object]  # GarmentConfig fields that differ from training's
     transform: Callable[[np.ndarray, int], np.ndarray] | None = None  # (N, S, S, 3) uint8
+    # Which garments the shift applies to (N,) bool; None = all. Shifts with the same keep
+    # and seed measure the same garments, so they can be compared pairwise.
+    keep: Callable[[Garments], np.ndarray] | None = None
+
+
+# A portrait shop photograph's aspect (height / width): 3:4 is the common product format.
+PORTRAIT_ASPECT = 4 / 3
+# Rows at the top and bottom a garment may not touch for the portrait shift: its backdrop
+# is extended by repeating the edge row, which must be backdrop.
+CLEAR_ROWS = 2
+
+
+def _clear_of_top_and_bottom(garments: Garments) -> np.ndarray:
+    """Garments whose outline stays off the top and bottom CLEAR_ROWS rows."""
+    edges = np.concatenate(
+        [garments.outlines[:, :CLEAR_ROWS], garments.outlines[:, -CLEAR_ROWS:]], axis=1
+    )
+    return ~edges.any(axis=(1, 2))
+
+
+def _clear_of_left_and_right(garments: Garments) -> np.ndarray:
+    """Garments whose outline stays off the left and right CLEAR_ROWS columns."""
+    return _clear_of_top_and_bottom(
+        replace(garments, outlines=garments.outlines.transpose(0, 2, 1))
+    )
+
+
+def _edge_padded_letterbox(image: np.ndarray, size: int) -> np.ndarray:
+    """``letterbox`` into ``size x size`` with bars that repeat the image's nearest edge
+    pixels instead of grey (the edge-pad question, measured-edge-pad-RULE.txt)."""
+    boxed, t = letterbox(image, size, size, (PAD_VALUE,) * 3)
+    height = round(image.shape[0] * t.scale) if t.pad_y else size
+    width = round(image.shape[1] * t.scale) if t.pad_x else size
+    inner = boxed[t.pad_y : t.pad_y + height, t.pad_x : t.pad_x + width]
+    pads = ((t.pad_y, size - height - t.pad_y), (t.pad_x, size - width - t.pad_x), (0, 0))
+    return np.pad(inner, pads, mode="edge")
+
+
+def _aspect_shift(aspect: float, edge_pad: bool) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Each square image made ``aspect`` (height / width: > 1 portrait, its top and bottom
+    rows repeated; < 1 landscape, its side columns repeated), then fitted back into the
+    square input by the service's letterbox (grey bars, or ``edge_pad``: bars repeating the
+    edge): the garment at a smaller size, as the service sees such a shop photo."""
+
+    def transform(images: np.ndarray, seed: int) -> np.ndarray:
+        size = images.shape[1]
+        if aspect >= 1:
+            extra = round(size * aspect) - size
+            pads = ((extra // 2, extra - extra // 2), (0, 0), (0, 0))
+        else:
+            extra = round(size / aspect) - size
+            pads = ((0, 0), (extra // 2, extra - extra // 2), (0, 0))
+        out = np.empty_like(images)
+        for i, image in enumerate(images):
+            photo = np.pad(image, pads, mode="edge")
+            out[i] = (
+                _edge_padded_letterbox(photo, size)
+                if edge_pad
+                else letterbox(photo, size, size, (PAD_VALUE,) * 3)[0]
+            )
+        return out
+
+    return transform
+
+
+_portrait_letterboxed = _aspect_shift(PORTRAIT_ASPECT, edge_pad=False)
 
 
 def _strong_colour(images: np.ndarray, seed: int) -> np.ndarray:
@@ -83,6 +158,22 @@ SHIFTS: dict[str, Shift] = {
     "rotated": Shift({"rotation": 20.0}),
     "strong_colour": Shift({}, _strong_colour),
     "low_resolution": Shift({}, _low_resolution),
+    # Added after the list above had been measured, with its question and rule written
+    # first (measured-portrait-RULE.txt beside version 5's card); its square baseline is the
+    # same garments unshifted.
+    "square_clear_rows": Shift({}, keep=_clear_of_top_and_bottom),
+    "portrait_letterboxed": Shift({}, _portrait_letterboxed, keep=_clear_of_top_and_bottom),
+    # measured-edge-pad-RULE.txt: bars that repeat the edge instead of grey, and landscapes.
+    "portrait_edge_padded": Shift(
+        {}, _aspect_shift(PORTRAIT_ASPECT, edge_pad=True), keep=_clear_of_top_and_bottom
+    ),
+    "square_clear_sides": Shift({}, keep=_clear_of_left_and_right),
+    "landscape_letterboxed": Shift(
+        {}, _aspect_shift(1 / PORTRAIT_ASPECT, edge_pad=False), keep=_clear_of_left_and_right
+    ),
+    "landscape_edge_padded": Shift(
+        {}, _aspect_shift(1 / PORTRAIT_ASPECT, edge_pad=True), keep=_clear_of_left_and_right
+    ),
 }
 
 
@@ -91,6 +182,11 @@ def shifted_set(name: str, count: int, seed: int, base: GarmentConfig) -> Garmen
     outlines, types and backdrops as drawn)."""
     shift = SHIFTS[name]
     garments = generate(count, "test", seed, replace(base, **shift.garments))
+    if shift.keep is not None:
+        kept = shift.keep(garments)
+        garments = Garments(
+            *(getattr(garments, f.name)[kept] for f in fields(Garments))  # same field order
+        )
     if shift.transform is not None:
         garments = replace(garments, images=shift.transform(garments.images, seed + 1))
     return garments

@@ -176,11 +176,28 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
     assert served["none"]["fused"] == results["none"]["fused"] and "semantic" not in served["none"]
     base = GarmentConfig(size=SIZE)
     plain = shift.shifted_set("none", count, seed, base)
-    for name in shift.SHIFTS:
+    for name, spec in shift.SHIFTS.items():
         shifted = shift.shifted_set(name, count, seed, base)
-        assert shifted.images.shape == plain.images.shape
-        assert np.array_equal(shifted.labels, plain.labels)
-        assert (name == "none") == np.array_equal(shifted.images, plain.images), name
+        kept = np.ones(len(plain), bool) if spec.keep is None else spec.keep(plain)
+        assert kept.sum() > 0 and shifted.images.shape == plain.images[kept].shape
+        assert np.array_equal(shifted.labels, plain.labels[kept])
+        unchanged = name in ("none", "square_clear_rows", "square_clear_sides")
+        assert unchanged == np.array_equal(shifted.images, plain.images[kept]), name
+
+
+def test_portrait_shift_letterboxes_a_three_by_four_photo() -> None:
+    """The garment at 3/4 size between 16-pixel grey bars, and only garments whose outline
+    leaves the top and bottom rows clear (their edge rows are repeated)."""
+    garments = generate(12, "test", seed=4, config=GarmentConfig(size=SIZE))
+    images = shift._portrait_letterboxed(garments.images, 0)
+    bar = SIZE // 8  # 3:4 into a square: content 3/4 wide, an eighth each side
+    assert images.shape == garments.images.shape
+    assert (images[:, :, :bar] == 114).all() and (images[:, :, -bar:] == 114).all()
+    assert not (images[:, :, bar + 1 : -bar - 1] == 114).all()
+    clear = shift._clear_of_top_and_bottom(garments)
+    outlines = garments.outlines
+    touching = outlines[:, :2].any(axis=(1, 2)) | outlines[:, -2:].any(axis=(1, 2))
+    assert np.array_equal(clear, ~touching)
 
 
 def test_the_service_loads_and_decodes_it(pipeline: dict) -> None:
