@@ -265,6 +265,15 @@ class LetterboxTransform:
         return xy * self.scale + pad
 
 
+def _resized(image: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDArray[np.uint8]:
+    """``(H, W, 3)`` uint8 resized to ``(height, width, 3)``, bilinear (Pillow); the image
+    itself when it already has that size."""
+    if (width, height) == (image.shape[1], image.shape[0]):
+        return image
+    resized = Image.fromarray(image, mode="RGB").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
 def letterbox(
     image: npt.NDArray[np.uint8],
     height: int,
@@ -288,15 +297,7 @@ def letterbox(
     new_height = min(height, max(1, round(image_height * scale)))
     pad_x = (width - new_width) // 2
     pad_y = (height - new_height) // 2
-    if (new_width, new_height) == (image.shape[1], image.shape[0]):
-        resized = image
-    else:
-        resized = np.asarray(
-            Image.fromarray(image, mode="RGB").resize(
-                (new_width, new_height), Image.Resampling.BILINEAR
-            ),
-            dtype=np.uint8,
-        )
+    resized = _resized(image, new_width, new_height)
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[...] = np.asarray(pad_value, dtype=np.uint8)
     canvas[pad_y : pad_y + new_height, pad_x : pad_x + new_width] = resized
@@ -325,15 +326,7 @@ def centre_crop(
     new_height = max(height, round(image_height * scale))
     pad_x = -((new_width - width) // 2)
     pad_y = -((new_height - height) // 2)
-    if (new_width, new_height) == (image.shape[1], image.shape[0]):
-        resized = image
-    else:
-        resized = np.asarray(
-            Image.fromarray(image, mode="RGB").resize(
-                (new_width, new_height), Image.Resampling.BILINEAR
-            ),
-            dtype=np.uint8,
-        )
+    resized = _resized(image, new_width, new_height)
     canvas = np.ascontiguousarray(resized[-pad_y : -pad_y + height, -pad_x : -pad_x + width])
     transform = LetterboxTransform(scale, pad_x, pad_y, image_width, image_height)
     return canvas, transform
