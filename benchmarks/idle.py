@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from benchmarks.run import benchmark_image
 from service.batching import Normalization
-from service.imaging import decode_to_fit, letterbox
+from service.imaging import decode_to_fit, fit_image
 from service.runtime import read_config, select_version, session_options
 from service.settings import Settings
 
@@ -60,8 +60,11 @@ def landmark_graph(settings: Settings) -> Graph:
         pre.width,
         max_pixels=settings.max_image_pixels,
         max_side=settings.max_image_side,
+        resize=pre.resize,
     )
-    boxed, _ = letterbox(rgb, pre.height, pre.width, pre.pad_value, source_size=full)
+    boxed, _ = fit_image(
+        rgb, pre.height, pre.width, pre.pad_value, resize=pre.resize, source_size=full
+    )
     tensor = np.empty((1, 3, pre.height, pre.width), np.float32)
     Normalization.of(pre.scale, pre.mean, pre.std).into(boxed[np.newaxis], tensor)
     return Graph(str(version_dir / graph.file), graph.inputs[0].name, tensor)

@@ -52,7 +52,7 @@ from PIL import Image
 
 from benchmarks.loadgen import closed_loop, multipart_request, open_loop
 from service.batching import Normalization
-from service.imaging import decode_image, decode_to_fit, letterbox
+from service.imaging import decode_image, decode_to_fit, fit_image
 from service.runtime import NUMPY_TYPES, OnnxSession, read_config, select_version
 from service.settings import Settings, available_cpus
 
@@ -169,13 +169,15 @@ def measure_pipeline(image: bytes, settings: Settings) -> dict[str, float]:
 
     def decode(draft: bool) -> tuple[np.ndarray, tuple[int, int]]:
         if draft:
-            return decode_to_fit(image, pre.height, pre.width, **limits)
+            return decode_to_fit(image, pre.height, pre.width, resize=pre.resize, **limits)
         rgb = decode_image(image, **limits)
         return rgb, (rgb.shape[1], rgb.shape[0])
 
     def preprocess(decoded: tuple[np.ndarray, tuple[int, int]]) -> np.ndarray:
         rgb, full = decoded
-        boxed, _ = letterbox(rgb, pre.height, pre.width, pre.pad_value, source_size=full)
+        boxed, _ = fit_image(
+            rgb, pre.height, pre.width, pre.pad_value, resize=pre.resize, source_size=full
+        )
         out = np.empty((1, 3, pre.height, pre.width), np.float32)
         normalization.into(boxed[np.newaxis], out)
         return out

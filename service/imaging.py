@@ -326,10 +326,23 @@ def centre_crop(
     new_height = max(height, round(image_height * scale))
     pad_x = -((new_width - width) // 2)
     pad_y = -((new_height - height) // 2)
-    resized = _resized(image, new_width, new_height)
-    canvas = np.ascontiguousarray(resized[-pad_y : -pad_y + height, -pad_x : -pad_x + width])
     transform = LetterboxTransform(scale, pad_x, pad_y, image_width, image_height)
-    return canvas, transform
+    if (new_width, new_height) == (width, height) == (image.shape[1], image.shape[0]):
+        return image, transform
+    # Only the kept window is resampled (Pillow's box: that window in this array's pixels).
+    # Scaling the whole image first would make a 1 x 16384 strip a 96 x 1.5-million-pixel
+    # intermediate (1.4 GiB) to keep 112 x 96 of it.
+    x_ratio, y_ratio = image.shape[1] / new_width, image.shape[0] / new_height
+    box = (
+        -pad_x * x_ratio,
+        -pad_y * y_ratio,
+        (width - pad_x) * x_ratio,
+        (height - pad_y) * y_ratio,
+    )
+    window = Image.fromarray(image, mode="RGB").resize(
+        (width, height), Image.Resampling.BILINEAR, box=box
+    )
+    return np.asarray(window, dtype=np.uint8), transform
 
 
 def fit_scale(

@@ -587,8 +587,8 @@ def warmup_batch_sizes(settings: Settings, session: OnnxSession, max_size: int) 
 
 def check_graph_roles(config: ModelConfig, decoder: Decoder) -> None:
     """An attention model's decode block names its features and perception graphs and the
-    perception graph's two inputs; refuse the version at load (not on the first request)
-    when the config's graphs do not have them."""
+    perception graph's two inputs, and its masks assume a letterboxed input; refuse the
+    version at load (not on the first request) when the config does not match."""
     if not isinstance(decoder, AttentionDecoder):
         return
     graphs = config.graph_configs()
@@ -604,6 +604,12 @@ def check_graph_roles(config: ModelConfig, decoder: Decoder) -> None:
     if missing:
         raise ModelLoadError(
             f"graph {names.perception_graph!r} lacks the inputs {missing} (it has {sorted(inputs)})"
+        )
+    if config.preprocess.resize != "letterbox":
+        # Edited masks are mapped onto the letterboxed input (service.attention.mask_to_grid).
+        raise ModelLoadError(
+            f"an attention model needs preprocess resize 'letterbox', not "
+            f"{config.preprocess.resize!r}: edited masks are mapped onto the letterboxed input"
         )
 
 

@@ -44,10 +44,11 @@ def image_files(folder: Path) -> list[Path]:
 
 def read_images(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
     """``(path, image)`` for each path that decodes; one that does not (truncated, not an
-    image after all, over the pixel limit) is skipped with a warning naming it, so one bad
-    file does not end a load of thousands."""
+    image after all, over the pixel limit, unreadable: permissions, a network share's I/O
+    error, removed meanwhile) is skipped with a warning naming it, so one bad file does not
+    end a load of thousands."""
     for path in paths:
         try:
             yield path, read_image(path)
-        except (InvalidImage, PayloadTooLarge) as exc:
+        except (InvalidImage, PayloadTooLarge, OSError) as exc:
             logger.warning("skipped %s: %s", path, exc)

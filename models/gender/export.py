@@ -71,21 +71,23 @@ DATA_NOTE = (
 
 def run_test_split(
     config: dict, garments: GarmentConfig, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The training run's test split (``config``: its history's config), rebuilt as
-    training made it: ``(images (N, S, S, 3) uint8, labels (N,), kinds (N,) str)``; kinds are
-    garment types for generated garments, the class names for a user's image folder."""
+    training made it, and the card's data paragraph: ``(images (N, S, S, 3) uint8, labels
+    (N,), kinds (N,) str, note)``; kinds are garment types for generated garments, the class
+    names for a user's image folder."""
     if config.get("image_folder"):
         images, labels = load_image_folder(config["image_folder"], size)
         keep = folder_splits(labels, config["seed"])["test"]
-        return images[keep], labels[keep], np.asarray(LABELS)[labels[keep]]
+        kinds = np.asarray(LABELS)[labels[keep]]
+        return images[keep], labels[keep], kinds, folder_note(config, labels)
     test = generate(config["test_images"], "test", config["seed"] + 32, garments)
-    return test.images, test.labels, test.kinds
+    return test.images, test.labels, test.kinds, DATA_NOTE
 
 
-def folder_note(config: dict) -> str:
-    """The card's data paragraph for a run on a user's image folder."""
-    _, labels = load_image_folder(config["image_folder"], config["net"]["contour"]["input_size"])
+def folder_note(config: dict, labels: np.ndarray) -> str:
+    """The card's data paragraph for a run on a user's image folder (``labels``: the
+    whole folder's, ``(N,)``)."""
     parts = folder_splits(labels, config["seed"])
     counts = {k: len(v) for k, v in parts.items()}
     return (
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     version_dir.mkdir(parents=True)
 
     # The test split of the training run (same seed), measured through the exported graph.
-    test_images, test_labels, test_kinds = run_test_split(config, garments, size)
+    test_images, test_labels, test_kinds, data_note = run_test_split(config, garments, size)
     graph = export_graph(net, version_dir, test_images)
     onnx_model = OnnxGender(version_dir / "model.onnx")
     logits, _ = onnx_model.run(test_images)
@@ -286,7 +288,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     extra = Path(a.extra_card).read_text() if a.extra_card else ""
     write_card(
-        version_dir, metrics, training, history, graph["parity"], earlier_run(history), extra
+        version_dir,
+        metrics,
+        training,
+        history,
+        graph["parity"],
+        data_note,
+        earlier_run(history),
+        extra,
     )
     print(json.dumps(metrics, indent=1))
     return metrics
@@ -451,6 +460,7 @@ def write_card(
     training: dict,
     history: dict,
     parity: float,
+    data_note: str,
     earlier: dict | None = None,
     extra: str = "",
 ):
@@ -527,7 +537,7 @@ def write_card(
             ]
         ),
         "## Data",
-        folder_note(c) if c.get("image_folder") else DATA_NOTE,
+        data_note,
         f"Sizes: stage 1 - {c['teacher_photos']} training photo crops with teacher maps + "
         f"{c['outline_garments']} garments with outlines; stage 2 - "
         + (

@@ -17,12 +17,17 @@ a fixed list of shifts, chosen before any result was seen, and reports every one
 - ``low_resolution``: downscaled to half size and back (bilinear), as a small product
   thumbnail would be.
 
-Added later, each with its question and rule written before it ran:
+Added later, each with its question and rule written before it ran (beside version 5's
+card):
 
 - ``portrait_letterboxed``: a 3:4 portrait photo (backdrop extended above and below) as
   the service letterboxes it: the garment at 3/4 size between grey bars; on the garments
   clear of the top and bottom rows, with ``square_clear_rows`` (the same garments as
-  drawn) as its baseline.
+  drawn) as its baseline;
+- ``portrait_edge_padded``: the same with bars repeating the image's edge, not grey;
+- ``landscape_letterboxed`` / ``landscape_edge_padded``: 4:3 landscapes (backdrop extended
+  left and right), on the garments clear of the side columns, with
+  ``square_clear_sides`` as their baseline.
 
 Per shift: each variant's accuracy, overall, per garment type and per backdrop (plain
 light, plain coloured, photograph), and, fused vs semantic-only, how many garments only one
@@ -101,8 +106,9 @@ def _edge_padded_letterbox(image: np.ndarray, size: int) -> np.ndarray:
     """``letterbox`` into ``size x size`` with bars that repeat the image's nearest edge
     pixels instead of grey (the edge-pad question, measured-edge-pad-RULE.txt)."""
     boxed, t = letterbox(image, size, size, (PAD_VALUE,) * 3)
-    height = round(image.shape[0] * t.scale) if t.pad_y else size
-    width = round(image.shape[1] * t.scale) if t.pad_x else size
+    # The content's size as letterbox computes it (a 1-pixel bar has a pad of 0).
+    height = min(size, max(1, round(image.shape[0] * t.scale)))
+    width = min(size, max(1, round(image.shape[1] * t.scale)))
     inner = boxed[t.pad_y : t.pad_y + height, t.pad_x : t.pad_x + width]
     pads = ((t.pad_y, size - height - t.pad_y), (t.pad_x, size - width - t.pad_x), (0, 0))
     return np.pad(inner, pads, mode="edge")

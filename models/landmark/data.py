@@ -157,6 +157,8 @@ def load_coco(path: Path, size: int, image_root: Path | None = None) -> Landmark
 # Share of a user's images held out for a split not given as its own file (validation,
 # test): a tenth each, the usual hold-out for a few hundred to a few thousand images.
 HOLDOUT_FRACTION = 0.1
+# The order of the held-out slots in the seeded permutation of a user's images.
+SLOTS = ("test", "val")
 
 
 def holdout_split(
@@ -173,8 +175,13 @@ def holdout_split(
             "and keep any for training; give them as files (--val-data, --test-data)"
         )
     order = np.random.default_rng([seed, n]).permutation(n)
-    parts = {name: order[i * per_split : (i + 1) * per_split] for i, name in enumerate(held_out)}
-    parts["train"] = order[per_split * len(held_out) :]
+    # Each split has its own slot of the permutation whether the other is held out or not,
+    # so runs that differ only in --val-data are scored on the same test images.
+    slots = {name: order[i * per_split : (i + 1) * per_split] for i, name in enumerate(SLOTS)}
+    parts = {name: slots[name] for name in held_out}
+    parts["train"] = np.concatenate(
+        [order[len(SLOTS) * per_split :], *(slots[s] for s in SLOTS if s not in held_out)]
+    )
     keep = np.sort(parts[which])
     return LandmarkArrays(
         arrays.images[keep], [arrays.labels[i] for i in keep], [arrays.hidden[i] for i in keep]

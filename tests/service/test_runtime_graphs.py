@@ -180,3 +180,16 @@ def test_an_image_endpoint_refuses_a_model_of_several_graphs(tmp_path: Path) -> 
         response = client.post("/recognize", files={"image": ("a.png", png, "image/png")})
     assert response.status_code == 503
     assert "several graphs" in response.json()["detail"]
+
+
+def test_an_attention_model_served_with_crop_is_refused_at_load(tmp_path: Path) -> None:
+    """Edited masks are mapped onto the letterboxed input: a crop config would fail every
+    correction with a 500 instead of failing the load with the reason."""
+    target = tmp_path / "repository" / "attention" / "5"
+    shutil.copytree(REPOSITORY / "attention" / "5", target)
+    config = json.loads((target / "config.json").read_text())
+    config["preprocess"]["resize"] = "crop"
+    (target / "config.json").write_text(json.dumps(config))
+    model = load_model("attention", make_settings(tmp_path / "repository", models=["attention"]))
+    assert not model.ready
+    assert "needs preprocess resize 'letterbox'" in (model.error or "")

@@ -158,3 +158,12 @@ def test_real_data_test_split_is_never_the_training_images(tmp_path):
     # A test file given: training keeps everything but the validation tenth.
     own = replace(config, test_data=f"csv:{tmp_path / 'all.csv'}")
     assert len(load_data(own, "train").labels) == 18 and len(load_data(own, "test").labels) == 20
+
+
+def test_holdout_test_images_do_not_depend_on_whether_validation_is_held_out():
+    arrays = _arrays(40)
+    both = holdout_split(arrays, "test", ("val", "test"), seed=1)
+    test_only = holdout_split(arrays, "test", ("test",), seed=1)
+    assert np.array_equal(both.images, test_only.images)
+    train = holdout_split(arrays, "train", ("test",), seed=1)
+    assert len(train.images) == 36  # the validation slot trains when validation is a file
