@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.deploy.dockerfile import ROOT, env, exec_form, lineage, parse
 from tests.service.fakes_v2 import write_v2_repository
@@ -101,6 +102,24 @@ def test_serving_requirements_have_no_training_or_test_packages() -> None:
         assert not {"torch", "onnx", "pytest", "tritonclient", "matplotlib"} & set(names)
     cpu = serving_requirements(ROOT / "pyproject.toml", "onnxruntime")
     assert "onnxruntime-gpu" not in {Requirement(r).name for r in cpu}
+
+
+def test_every_serving_requirement_is_pinned_where_its_specifier_allows() -> None:
+    """docker/constraints.txt (docker/lock.py) pins what both images install; a dependency
+    added to pyproject without rerunning the lock, or a floor raised above its pin, fails."""
+    pins: dict[str, str] = {}
+    for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    for package in ("onnxruntime", "onnxruntime-gpu[cuda,cudnn]"):
+        for text in serving_requirements(ROOT / "pyproject.toml", package):
+            requirement = Requirement(text)
+            pinned = pins.get(canonicalize_name(requirement.name))
+            assert pinned is not None, f"{requirement.name} is not in docker/constraints.txt"
+            assert requirement.specifier.contains(pinned), (text, pinned)
+    runs = " ".join(STAGES["build-cpu"].all("RUN") + STAGES["build-gpu"].all("RUN"))
+    assert runs.count("--constraint docker/constraints.txt") == 2
 
 
 def test_dockerignore_keeps_what_the_image_copies() -> None:
