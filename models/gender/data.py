@@ -324,6 +324,47 @@ def photo_crops(count: int, split: str, size: int = 128, seed: int = 0) -> np.nd
     return np.clip(np.rint(np.stack(crops)), 0, 255).astype(np.uint8)
 
 
+# Non-square shop photos (height / width) that aspect_augment draws: 3:4 portrait to 4:3
+# landscape, the common product formats.
+ASPECT_RANGE = (3 / 4, 4 / 3)
+
+
+def as_non_square(image: np.ndarray, aspect: float, edge_pad: bool = False) -> np.ndarray:
+    """A square ``(S, S, 3)`` uint8 image made an ``aspect`` (height / width) photo by
+    repeating its edge rows (portrait, > 1) or columns (landscape, < 1), then fitted back
+    into ``S x S`` as the service letterboxes it: the garment smaller, between grey bars
+    (``edge_pad``: bars repeating the image's edge instead)."""
+    size = image.shape[0]
+    if aspect >= 1:
+        extra = round(size * aspect) - size
+        pads = ((extra // 2, extra - extra // 2), (0, 0), (0, 0))
+    else:
+        extra = round(size / aspect) - size
+        pads = ((0, 0), (extra // 2, extra - extra // 2), (0, 0))
+    photo = np.pad(image, pads, mode="edge")
+    boxed, t = letterbox(photo, size, size, (PAD_VALUE,) * 3)
+    if not edge_pad:
+        return boxed
+    # The content's size as letterbox computes it (a 1-pixel bar has a pad of 0).
+    height = min(size, max(1, round(photo.shape[0] * t.scale)))
+    width = min(size, max(1, round(photo.shape[1] * t.scale)))
+    inner = boxed[t.pad_y : t.pad_y + height, t.pad_x : t.pad_x + width]
+    bars = ((t.pad_y, size - height - t.pad_y), (t.pad_x, size - width - t.pad_x), (0, 0))
+    return np.pad(inner, bars, mode="edge")
+
+
+def aspect_augment(images: np.ndarray, seed: int, share: float) -> np.ndarray:
+    """``floor(share * N)`` random images of ``(N, S, S, 3)`` uint8 made non-square photos
+    (``as_non_square``, aspect log-uniform in ASPECT_RANGE) as the service would see them;
+    the others unchanged. Its own generator: a share of 0 leaves every other draw as it was."""
+    rng = np.random.default_rng(seed)
+    out = images.copy()
+    low, high = np.log(ASPECT_RANGE[0]), np.log(ASPECT_RANGE[1])
+    for i in rng.choice(len(images), size=int(share * len(images)), replace=False):
+        out[i] = as_non_square(images[i], float(np.exp(rng.uniform(low, high))))
+    return out
+
+
 def load_image_folder(root: Path | str, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """A real data set in image-folder form, ``root/female/*`` and ``root/male/*`` (the
     formats the service opens, decoded and letterboxed by the service's own code; files that

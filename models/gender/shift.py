@@ -53,17 +53,16 @@ from PIL import Image
 from models.common.plots import plot_bars
 from models.gender.data import (
     BACKDROPS,
-    PAD_VALUE,
     ColourAugmentConfig,
     GarmentConfig,
     Garments,
+    as_non_square,
     colour_augment,
     generate,
 )
 from models.gender.evaluate import f_measure, mcnemar_exact
 from models.gender.net import GenderNet, load_checkpoint
 from models.gender.train import TrainConfig, contour_maps, pooled_features, predict
-from service.imaging import letterbox
 
 # The test split's seed offset in training (models.gender.train.gender_data): the same
 # garments as the run's held-out test, so only the shift differs.
@@ -102,41 +101,11 @@ def _clear_of_left_and_right(garments: Garments) -> np.ndarray:
     )
 
 
-def _edge_padded_letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """``letterbox`` into ``size x size`` with bars that repeat the image's nearest edge
-    pixels instead of grey (the edge-pad question, measured-edge-pad-RULE.txt)."""
-    boxed, t = letterbox(image, size, size, (PAD_VALUE,) * 3)
-    # The content's size as letterbox computes it (a 1-pixel bar has a pad of 0).
-    height = min(size, max(1, round(image.shape[0] * t.scale)))
-    width = min(size, max(1, round(image.shape[1] * t.scale)))
-    inner = boxed[t.pad_y : t.pad_y + height, t.pad_x : t.pad_x + width]
-    pads = ((t.pad_y, size - height - t.pad_y), (t.pad_x, size - width - t.pad_x), (0, 0))
-    return np.pad(inner, pads, mode="edge")
-
-
 def _aspect_shift(aspect: float, edge_pad: bool) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Each square image made ``aspect`` (height / width: > 1 portrait, its top and bottom
-    rows repeated; < 1 landscape, its side columns repeated), then fitted back into the
-    square input by the service's letterbox (grey bars, or ``edge_pad``: bars repeating the
-    edge): the garment at a smaller size, as the service sees such a shop photo."""
+    """Every image made an ``aspect`` photo as the service sees it (``as_non_square``)."""
 
     def transform(images: np.ndarray, seed: int) -> np.ndarray:
-        size = images.shape[1]
-        if aspect >= 1:
-            extra = round(size * aspect) - size
-            pads = ((extra // 2, extra - extra // 2), (0, 0), (0, 0))
-        else:
-            extra = round(size / aspect) - size
-            pads = ((0, 0), (extra // 2, extra - extra // 2), (0, 0))
-        out = np.empty_like(images)
-        for i, image in enumerate(images):
-            photo = np.pad(image, pads, mode="edge")
-            out[i] = (
-                _edge_padded_letterbox(photo, size)
-                if edge_pad
-                else letterbox(photo, size, size, (PAD_VALUE,) * 3)[0]
-            )
-        return out
+        return np.stack([as_non_square(image, aspect, edge_pad) for image in images])
 
     return transform
 

@@ -39,6 +39,7 @@ from models.common.tensors import to_tensor
 from models.gender.data import (
     ColourAugmentConfig,
     GarmentConfig,
+    aspect_augment,
     colour_augment,
     folder_splits,
     generate,
@@ -59,6 +60,8 @@ from models.gender.net import (
 )
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
+# aspect_augment's seed is the colour augmentation's plus this: draws of its own.
+ASPECT_SEED_OFFSET = 500
 VARIANTS = {
     "fused": {"use_semantic": True, "use_contour": True},
     "semantic": {"use_semantic": True, "use_contour": False},
@@ -90,6 +93,9 @@ class TrainConfig:
     # variant, so the ablation stays like for like): with one fixed set the training loss
     # fell to 0.14 while validation stalled at 0.92 (memorised garments).
     regenerate: bool = False
+    # Share of training images made 3:4..4:3 photos and letterboxed with grey bars as the
+    # service does (models.gender.data.aspect_augment); 0 = version 5's training data.
+    aspect_share: float = 0.0
     image_folder: str | None = None  # real data set (female/, male/) instead of generated
     # Reuse stage 1 of an earlier run (its contour.pt, teacher.npz and history) instead of
     # training the contour network again.
@@ -237,7 +243,10 @@ def fresh_train_data(
     pooled frozen contour features and labels, from seeds that depend on the epoch only."""
     seed = config.seed + 1000 + 2 * epoch
     garments = generate(config.train_images, "train", seed, config.garments)
-    images, _ = colour_augment(garments.images, seed + 1, config.colour)
+    images = garments.images
+    if config.aspect_share:
+        images = aspect_augment(images, seed + ASPECT_SEED_OFFSET, config.aspect_share)
+    images, _ = colour_augment(images, seed + 1, config.colour)
     helper = GenderNet(config.net)
     helper.contour.load_state_dict(contour.state_dict())
     return images, pooled_features(helper, images), torch.from_numpy(garments.labels)
@@ -259,7 +268,12 @@ def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]
         ):
             g = generate(count, split, seed, config.garments)
             data[split] = (g.images, g.labels)
-    augmented, _ = colour_augment(data["train"][0], config.seed + 33, config.colour)
+    train_images = data["train"][0]
+    if config.aspect_share:
+        train_images = aspect_augment(
+            train_images, config.seed + 33 + ASPECT_SEED_OFFSET, config.aspect_share
+        )
+    augmented, _ = colour_augment(train_images, config.seed + 33, config.colour)
     data["train"] = (augmented, data["train"][1])
     return data
 
@@ -564,6 +578,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="start every semantic CNN from this checkpoint's (models.gender.pretrain)",
     )
     p.add_argument("--input-size", type=int, default=d.net.contour.input_size)
+    p.add_argument(
+        "--aspect-share",
+        type=float,
+        default=d.aspect_share,
+        help="share of training images made non-square photos, letterboxed as served",
+    )
     p.add_argument(
         "--contour-dropout",
         type=float,

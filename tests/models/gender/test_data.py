@@ -13,6 +13,8 @@ from models.gender.data import (
     LABELS,
     ColourAugmentConfig,
     GarmentConfig,
+    as_non_square,
+    aspect_augment,
     colour_augment,
     folder_splits,
     generate,
@@ -171,3 +173,23 @@ def test_folder_splits_are_stratified_and_disjoint() -> None:
     assert np.array_equal(folder_splits(labels, seed=5)["test"], parts["test"])
     with pytest.raises(ValueError, match="too few"):
         folder_splits(np.array([0, 0, 0, 1, 1]), seed=0)
+
+
+@pytest.mark.parametrize(("aspect", "bars"), [(4 / 3, "sides"), (3 / 4, "top and bottom")])
+def test_as_non_square_letterboxes_like_the_service(aspect: float, bars: str) -> None:
+    image = generate(1, "test", seed=2, config=GarmentConfig(size=64)).images[0]
+    out = as_non_square(image, aspect)
+    grey = (out == 114).all(axis=-1)
+    edges = (grey[:, :8], grey[:, -8:]) if bars == "sides" else (grey[:8], grey[-8:])
+    assert out.shape == image.shape and all(edge.all() for edge in edges)
+    edge_padded = as_non_square(image, aspect, edge_pad=True)
+    assert not (edge_padded == 114).all(axis=-1)[:, :8].all()  # no grey bars left
+
+
+def test_aspect_augment_changes_its_share_and_nothing_else() -> None:
+    images = generate(20, "train", seed=3, config=GarmentConfig(size=64)).images
+    out = aspect_augment(images, seed=4, share=0.3)
+    changed = [not np.array_equal(a, b) for a, b in zip(out, images, strict=True)]
+    assert sum(changed) == 6
+    assert np.array_equal(aspect_augment(images, seed=4, share=0.0), images)
+    assert np.array_equal(aspect_augment(images, seed=4, share=0.3), out)  # seeded
