@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 import torch
 
+from service.imaging import ResizeMode
+
 OPSET = 18  # the torch.export-based exporter's native opset; ONNX Runtime >= 1.16 runs it
 PARITY_TOLERANCE = 1e-4  # max abs difference between ONNX Runtime and PyTorch outputs
 MAX_BATCH = 1024  # upper bound of the dynamic batch axis, far above any batch served
@@ -121,7 +123,7 @@ def letterbox_preprocess(
     pad_value: Sequence[int],
     mean: Sequence[float],
     std: Sequence[float],
-    resize: str = "letterbox",
+    resize: ResizeMode = "letterbox",
 ) -> dict:
     """config.json's ``preprocess`` block for an RGB NCHW input the service fits to
     ``height x width`` and normalises as ``(x / 255 - mean) / std``: ``resize`` "letterbox"

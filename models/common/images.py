@@ -13,15 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from service.errors import InvalidImage, PayloadTooLarge
-from service.imaging import decode_image
+from service.imaging import SERVED_FORMATS, decode_image
 from service.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
 
 logger = logging.getLogger(__name__)
 
-# The formats the service opens (service.imaging.SERVED_FORMATS), by file name.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# The file names of the formats the service opens: Pillow's extensions for
+# service.imaging.SERVED_FORMATS, so the two lists cannot drift apart.
+IMAGE_SUFFIXES = frozenset(
+    extension
+    for extension, image_format in Image.registered_extensions().items()
+    if image_format in SERVED_FORMATS
+)
 
 
 def read_image(path: Path) -> np.ndarray:
