@@ -236,6 +236,16 @@ def train_contour(config: TrainConfig, out: Path, progress: bool = True) -> tupl
     return net, {"epochs": history}
 
 
+def augment_training_images(images: np.ndarray, seed: int, config: TrainConfig) -> np.ndarray:
+    """Training images as the model sees them: a share made non-square photos
+    (``--aspect-share``, seeded ``seed + ASPECT_SEED_OFFSET``), then the seed's colour
+    augmentation (seeded ``seed``)."""
+    if config.aspect_share:
+        images = aspect_augment(images, seed + ASPECT_SEED_OFFSET, config.aspect_share)
+    augmented, _ = colour_augment(images, seed, config.colour)
+    return augmented
+
+
 def fresh_train_data(
     config: TrainConfig, contour: ContourNet, epoch: int
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -243,10 +253,7 @@ def fresh_train_data(
     pooled frozen contour features and labels, from seeds that depend on the epoch only."""
     seed = config.seed + 1000 + 2 * epoch
     garments = generate(config.train_images, "train", seed, config.garments)
-    images = garments.images
-    if config.aspect_share:
-        images = aspect_augment(images, seed + ASPECT_SEED_OFFSET, config.aspect_share)
-    images, _ = colour_augment(images, seed + 1, config.colour)
+    images = augment_training_images(garments.images, seed + 1, config)
     helper = GenderNet(config.net)
     helper.contour.load_state_dict(contour.state_dict())
     return images, pooled_features(helper, images), torch.from_numpy(garments.labels)
@@ -268,12 +275,7 @@ def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]
         ):
             g = generate(count, split, seed, config.garments)
             data[split] = (g.images, g.labels)
-    train_images = data["train"][0]
-    if config.aspect_share:
-        train_images = aspect_augment(
-            train_images, config.seed + 33 + ASPECT_SEED_OFFSET, config.aspect_share
-        )
-    augmented, _ = colour_augment(train_images, config.seed + 33, config.colour)
+    augmented = augment_training_images(data["train"][0], config.seed + 33, config)
     data["train"] = (augmented, data["train"][1])
     return data
 
