@@ -1,4 +1,5 @@
-"""Fixtures every test directory may use: a real PostgreSQL server (tests/postgres.py)."""
+"""Fixtures every test directory may use: a real PostgreSQL server (tests/postgres.py);
+CI's guard against silent skips (tests/strict_skips.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.postgres import PostgresServer, postgres_server, why_unavailable
+
+pytest_plugins = ["tests.strict_skips"]
 
 
 @pytest.fixture(scope="session")
