@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from models.attention.data import LABELS, Canvases, box_masks
 from models.attention.net import AttentionNet, FeaturesExport, PerceptionExport, load_checkpoint
 from models.attention.train import MEAN, STD, TrainConfig, make_split, to_tensor
+from models.common.checkpoint import read_checkpoint
 from models.common.export import (
     PARITY_TOLERANCE,
     check_parity,
@@ -427,7 +428,7 @@ def training_commands(ckpt: dict) -> list[str]:
     chain = [config.get("command", "(unknown)")]
     init = config.get("init")
     while init and Path(init).exists():
-        config = torch.load(init, map_location="cpu", weights_only=False).get("train_config") or {}
+        config = read_checkpoint(init).get("train_config") or {}
         chain.insert(0, config.get("command", "(unknown)"))
         init = config.get("init")
     return chain

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from models.common.checkpoint import read_checkpoint, rebuild
+from models.common.checkpoint import save_checkpoint as save_checkpoint
 from models.common.layers import ConvBN, Residual
 
 SYNTHESES = ("multiply", "residual")
@@ -128,11 +130,6 @@ class PerceptionExport(nn.Module):
         return self.net.perceive(feature_map, attention_map).softmax(-1)
 
 
-def save_checkpoint(path, net: AttentionNet, **extra) -> None:
-    """A checkpoint that rebuilds the network from the file alone."""
-    torch.save({"config": asdict(net.config), "state_dict": net.state_dict(), **extra}, path)
-
-
 def grow_from(net: AttentionNet, smaller: AttentionNet) -> list[str]:
     """Copy ``smaller``'s weights into ``net``, which has the same widths but more residual
     blocks; each extra block starts as the identity (its last batch norm's scale and shift
@@ -156,7 +153,6 @@ def grow_from(net: AttentionNet, smaller: AttentionNet) -> list[str]:
 
 
 def load_checkpoint(path) -> tuple[AttentionNet, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    net = AttentionNet(AttentionNetConfig(**ckpt["config"]))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
+    """The network (eval mode) and the whole checkpoint dict."""
+    ckpt = read_checkpoint(path)
+    return rebuild(ckpt, AttentionNet, AttentionNetConfig), ckpt

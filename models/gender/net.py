@@ -24,12 +24,14 @@ Gender model:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.common.checkpoint import config_from_dict, read_checkpoint, rebuild
+from models.common.checkpoint import save_checkpoint as common_save_checkpoint
 from models.common.layers import ConvBN, Residual
 
 
@@ -248,39 +250,23 @@ class GenderExport(nn.Module):
         return out["logits"], torch.sigmoid(out["contour_logits"])
 
 
-def _config_dict(config: GenderNetConfig | ContourNetConfig) -> dict:
-    return asdict(config)
-
-
-def contour_config(d: dict) -> ContourNetConfig:
-    return ContourNetConfig(**{**d, "widths": tuple(d["widths"])})
-
-
 def gender_config(d: dict) -> GenderNetConfig:
-    return GenderNetConfig(
-        **{
-            **d,
-            "contour": contour_config(d["contour"]),
-            "semantic_widths": tuple(d["semantic_widths"]),
-        }
-    )
+    """A gender config from its ``asdict`` form (a checkpoint's, or a run's JSON)."""
+    return config_from_dict(GenderNetConfig, d)
 
 
 def save_checkpoint(path, net: ContourNet | GenderNet, **extra) -> None:
     """A checkpoint that rebuilds the network (contour or gender) from the file alone."""
     kind = "gender" if isinstance(net, GenderNet) else "contour"
-    torch.save(
-        {"kind": kind, "config": _config_dict(net.config), "state_dict": net.state_dict(), **extra},
-        path,
-    )
+    common_save_checkpoint(path, net, kind=kind, **extra)
 
 
 def load_checkpoint(path) -> tuple[ContourNet | GenderNet, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """The network (eval mode; contour or gender, as the file says) and the checkpoint."""
+    ckpt = read_checkpoint(path)
     net: ContourNet | GenderNet
     if ckpt["kind"] == "gender":
-        net = GenderNet(gender_config(ckpt["config"]))
+        net = rebuild(ckpt, GenderNet, GenderNetConfig)
     else:
-        net = ContourNet(contour_config(ckpt["config"]))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
+        net = rebuild(ckpt, ContourNet, ContourNetConfig)
+    return net, ckpt

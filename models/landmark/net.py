@@ -7,12 +7,14 @@ a confidence logit, and the reference point as an offset from the cell centre.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.common.checkpoint import read_checkpoint, rebuild
+from models.common.checkpoint import save_checkpoint as save_checkpoint
 from models.common.layers import ConvBN, Residual
 
 
@@ -110,15 +112,7 @@ class LandmarkExport(nn.Module):
         )
 
 
-def save_checkpoint(path, net: LandmarkNet, **extra) -> None:
-    """A checkpoint that rebuilds the network from the file alone."""
-    torch.save({"config": asdict(net.config), "state_dict": net.state_dict(), **extra}, path)
-
-
 def load_checkpoint(path) -> tuple[LandmarkNet, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    config = ckpt["config"]
-    config["widths"] = tuple(config["widths"])
-    net = LandmarkNet(LandmarkNetConfig(**config))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
+    """The network (eval mode) and the whole checkpoint dict."""
+    ckpt = read_checkpoint(path)
+    return rebuild(ckpt, LandmarkNet, LandmarkNetConfig), ckpt

@@ -13,11 +13,13 @@ seed's "occlusion indication information" (features of the occluded area).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from models.common.checkpoint import read_checkpoint, rebuild
+from models.common.checkpoint import save_checkpoint as save_checkpoint
 from models.common.layers import ConvBN, Residual
 from models.occlusion.patterns import pattern_count
 
@@ -100,15 +102,7 @@ class OcclusionExport(nn.Module):
         return out["pattern_logits"], emb / emb.norm(dim=1, keepdim=True).clamp(min=1e-6)
 
 
-def save_checkpoint(path, net: OcclusionNet, **extra) -> None:
-    """A checkpoint that rebuilds the network from the file alone."""
-    torch.save({"config": asdict(net.config), "state_dict": net.state_dict(), **extra}, path)
-
-
 def load_checkpoint(path) -> tuple[OcclusionNet, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = dict(ckpt["config"])
-    cfg["widths"] = tuple(cfg["widths"])
-    net = OcclusionNet(OcclusionNetConfig(**cfg))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
+    """The network (eval mode) and the whole checkpoint dict."""
+    ckpt = read_checkpoint(path)
+    return rebuild(ckpt, OcclusionNet, OcclusionNetConfig), ckpt
