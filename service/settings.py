@@ -154,7 +154,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_image_side: int = Field(default=DEFAULT_MAX_IMAGE_SIDE, ge=1)
-    # Non-empty: every endpoint but health and docs needs `X-API-Key` or `Authorization: Bearer`.
+    # Non-empty: every endpoint needs `X-API-Key` or `Authorization: Bearer`, except health,
+    # the API docs and the /ui page and its scripts (static; its API calls carry the key).
     api_keys: list[str] = Field(default_factory=list)
     # With API keys set, whether GET /metrics needs one too (False: open to a scraper that
     # has no key, e.g. behind a network policy).

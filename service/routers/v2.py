@@ -560,9 +560,13 @@ def encode_outputs(
             chunks.append(raw)
         else:
             if array.dtype.kind == "f" and not np.isfinite(array).all():
-                # Strict JSON has no NaN or Infinity; the binary extension carries them.
+                # Strict JSON has no NaN or Infinity; the binary extension carries them. Only
+                # inputs far outside what the model was trained on get here (finite FP32
+                # near its limit), so it is the request's to change: a 400, not a 500.
                 raise V2Error(
-                    500, f"output {name!r} is not finite; ask for it with binary_data true"
+                    400,
+                    f"output {name!r} is not finite for these inputs, and JSON cannot carry "
+                    "it; ask for it with binary_data true",
                 )
             entry["data"] = array.reshape(-1).tolist()
         outputs.append(entry)

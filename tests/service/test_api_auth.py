@@ -47,10 +47,12 @@ def test_valid_key_in_either_header(keyed: TestClient, headers: dict) -> None:
     assert keyed.get("/models", headers=headers).status_code == 200
 
 
-def test_health_and_docs_need_no_key(keyed: TestClient) -> None:
-    assert keyed.get("/health/live").status_code == 200
-    assert keyed.get("/health/ready").status_code == 200
-    assert keyed.get("/openapi.json").status_code == 200
+def test_health_docs_and_editor_page_need_no_key(keyed: TestClient) -> None:
+    """What README's API_KEYS row lists as open; the page's own API calls carry the key."""
+    for path in ("/health/live", "/health/ready", "/openapi.json", "/docs", "/ui"):
+        assert keyed.get(path).status_code == 200, path
+    assert keyed.get("/ui/static/editor.js").status_code == 200
+    assert keyed.post("/attention/correct").status_code == 401
 
 
 def test_no_keys_configured_means_open(client: TestClient) -> None:

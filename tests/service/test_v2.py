@@ -359,6 +359,32 @@ def test_non_finite_inputs_are_400(v2: TestClient, value: float) -> None:
     assert "NaN or infinite" in error_of(response, 400)
 
 
+def test_non_finite_outputs_are_400_in_json_and_sent_in_binary() -> None:
+    """Finite inputs near FP32's limit overflow the served landmark graph's outputs: JSON
+    cannot carry them (a 400 saying to ask for binary, never a 500), binary can."""
+    repository = Path(__file__).resolve().parents[2] / "models" / "repository"
+    settings = make_settings(repository, models=["landmark"])
+    with TestClient(create_app(settings)) as client:
+        (spec,) = client.get("/v2/models/landmark").json()["inputs"]
+        tensor = np.full([1, *spec["shape"][1:]], 3.0e38, np.float32)
+        request = json_request(tensor)
+        request["inputs"][0]["name"] = spec["name"]
+        response = client.post("/v2/models/landmark/infer", json=request)
+        assert "binary_data true" in error_of(response, 400)
+        request["parameters"] = {"binary_data_output": True}
+        response = client.post("/v2/models/landmark/infer", json=request)
+        assert response.status_code == 200, response.text
+        length = int(response.headers[HEADER_LENGTH])
+        header = json.loads(response.content[:length])
+        offset, found_non_finite = length, False
+        for output in header["outputs"]:
+            size = output["parameters"]["binary_data_size"]
+            values = np.frombuffer(response.content[offset : offset + size], "<f4")
+            found_non_finite |= not np.isfinite(values).all()
+            offset += size
+        assert found_non_finite
+
+
 def test_inputs_with_different_batch_sizes_are_400() -> None:
     """A two-input graph (the served attention model's perception graph) gets rows of one
     request with both inputs' first axes equal, or a 400 naming the sizes."""
