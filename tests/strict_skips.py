@@ -20,7 +20,7 @@ ALLOWED_SKIP_REASONS = ("a working GPU is present", "nvidia-* wheels installed h
 _unexpected_skips: list[str] = []
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     # A skip's longrepr is (file, line, "Skipped: reason").
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
@@ -28,7 +28,7 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr)
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+def _check(report: pytest.TestReport | pytest.CollectReport) -> None:
     if os.environ.get(FAIL_ON_SKIP_ENV) != "1" or not report.skipped:
         return
     if hasattr(report, "wasxfail"):
@@ -36,6 +36,15 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     reason = _skip_reason(report)
     if not any(allowed in reason for allowed in ALLOWED_SKIP_REASONS):
         _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _check(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # A whole module skipped while it is imported (a module-level importorskip).
+    _check(report)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

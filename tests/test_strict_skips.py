@@ -13,7 +13,7 @@ from tests.strict_skips import FAIL_ON_SKIP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DEMO = """
+PASSING = """
 import pytest
 
 def test_passes():
@@ -21,31 +21,32 @@ def test_passes():
 
 def test_gpu_only():
     pytest.skip("a working GPU is present")
-{extra}
 """
 
 MISSING_BROWSER = """
+import pytest
+
 def test_browser():
     pytest.skip("chromium not installed")
 """
 
+# A module-level skip is a collection report, not a test's: the guard must see it too.
+MISSING_MODULE = """
+import pytest
+
+pytest.importorskip("no_such_module_for_the_skip_guard")
+"""
+
 
 def run_demo(tmp_path: Path, extra: str, strict: bool) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "test_demo.py").write_text(DEMO.format(extra=extra))
+    """pytest on two files: PASSING and ``extra``."""
+    (tmp_path / "test_passing.py").write_text(PASSING)
+    (tmp_path / "test_extra.py").write_text(extra)
     env = os.environ | {FAIL_ON_SKIP_ENV: "1" if strict else "0"}
     return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "tests.strict_skips",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "--rootdir",
-            str(tmp_path),
-            str(tmp_path / "test_demo.py"),
+            *(sys.executable, "-m", "pytest", "-p", "tests.strict_skips"),
+            *("-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path), str(tmp_path)),
         ],
         cwd=ROOT,
         env=env,
@@ -60,12 +61,17 @@ def run_demo(tmp_path: Path, extra: str, strict: bool) -> subprocess.CompletedPr
     [
         (MISSING_BROWSER, True, 1),  # a skip CI must not accept
         (MISSING_BROWSER, False, 0),  # a developer's machine may lack the browser
+        (MISSING_MODULE, True, 1),
+        (MISSING_MODULE, False, 0),
         ("", True, 0),  # a GPU skip is expected on CI
     ],
+    ids=["test-skip-ci", "test-skip-local", "module-skip-ci", "module-skip-local", "gpu-skip-ci"],
 )
 def test_skip_guard(tmp_path: Path, extra: str, strict: bool, returncode: int) -> None:
     result = run_demo(tmp_path, extra, strict)
     assert result.returncode == returncode, result.stdout + result.stderr
     if returncode:
-        assert "test_demo.py::test_browser: chromium not installed" in result.stdout
-        assert "test_gpu_only" not in result.stdout.split("these skips fail the run")[1]
+        listed = result.stdout.split("these skips fail the run")[1]
+        expected = "chromium not installed" if extra == MISSING_BROWSER else "no_such_module"
+        assert "test_extra.py" in listed and expected in listed
+        assert "test_gpu_only" not in listed
