@@ -9,7 +9,7 @@ only, so opening a checkpoint from elsewhere cannot run code in it.
 from __future__ import annotations
 
 import typing
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -47,10 +47,9 @@ def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
     ``TypeError`` as the dataclass constructor does.
     """
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        hint = hints.get(key) if key in names else None
+        hint = hints.get(key)
         if isinstance(hint, type) and is_dataclass(hint) and isinstance(value, dict):
             value = config_from_dict(hint, value)
         elif typing.get_origin(hint) is tuple and isinstance(value, list):

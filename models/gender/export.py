@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from models.common.checkpoint import config_from_dict
 from models.common.export import (
     PARITY_TOLERANCE,
     check_parity,
@@ -39,7 +40,7 @@ from models.gender.data import (
     load_image_folder,
 )
 from models.gender.evaluate import f_measure, mcnemar_exact
-from models.gender.net import GenderExport, GenderNet, gender_config, load_checkpoint
+from models.gender.net import GenderExport, GenderNet, GenderNetConfig, load_checkpoint
 from models.gender.train import MEAN, STD, pooled_features, predict, to_tensor
 
 NAME = "gender"
@@ -504,7 +505,7 @@ def write_card(
             f"({f['precision']:.3f} / {f['recall']:.3f}, {f['threshold']}) | |"
         )
 
-    grid = gender_config(c["net"]).grid
+    grid = config_from_dict(GenderNetConfig, c["net"]).grid
     parts = [
         f"# Gender from contour + semantic features, version {version_dir.name}",
         "Seed 003: female/male from multi-level contour features fused with semantic "

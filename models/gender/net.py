@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common.checkpoint import config_from_dict, read_checkpoint, rebuild
+from models.common.checkpoint import read_checkpoint, rebuild
 from models.common.checkpoint import save_checkpoint as common_save_checkpoint
 from models.common.layers import ConvBN, Residual
 
@@ -248,11 +248,6 @@ class GenderExport(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(image)
         return out["logits"], torch.sigmoid(out["contour_logits"])
-
-
-def gender_config(d: dict) -> GenderNetConfig:
-    """A gender config from its ``asdict`` form (a checkpoint's, or a run's JSON)."""
-    return config_from_dict(GenderNetConfig, d)
 
 
 def save_checkpoint(path, net: ContourNet | GenderNet, **extra) -> None:
