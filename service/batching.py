@@ -49,6 +49,7 @@ from service.imaging import (
 )
 from service.metrics import Metrics
 from service.settings import BatchPolicy, Settings
+from service.timing import record, timed
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,14 @@ async def decode_upload(
 ) -> tuple[ImageRows, LetterboxTransform]:
     """``decode_rows`` in the decode pool (``limiter``: VISION_DECODE_THREADS at once), so
     the event loop stays free; 400/413 for bad or oversized images."""
-    return await anyio.to_thread.run_sync(
-        partial(decode_rows_for, data, pre, settings), limiter=limiter
-    )
+    return await anyio.to_thread.run_sync(_timed_decode, data, pre, settings, limiter=limiter)
+
+
+def _timed_decode(
+    data: bytes, pre: Letterbox, settings: Settings
+) -> tuple[ImageRows, LetterboxTransform]:
+    with timed("decode"):
+        return decode_rows_for(data, pre, settings)
 
 
 def _rows(value: Feed) -> int:
@@ -184,6 +190,10 @@ class _Item:
     future: asyncio.Future[Outputs]
     enqueued: float
     disconnected: Disconnected | None
+    # Set by the worker when the item's batch ran: when it started, seconds in ORT, rows.
+    started: float = 0.0
+    run_seconds: float = 0.0
+    batch_rows: int = 0
 
 
 @dataclass(eq=False)
@@ -334,18 +344,20 @@ class Batcher:
             self._alone -= 1
             self._run_slots.release()
             self._wake()
+        rows = _rows(next(iter(feeds.values())))
+        record("queue", 0.0)
+        record("infer", seconds, rows)
         if self.metrics is not None:
             self.metrics.queue_seconds.labels(*self._labels()).observe(0.0)
-            self.metrics.batch_size.labels(*self._labels()).observe(
-                _rows(next(iter(feeds.values())))
-            )
+            self.metrics.batch_size.labels(*self._labels()).observe(rows)
             self.metrics.inference_seconds.labels(self.model, self.version).observe(seconds)
         return outputs, extra
 
     def _prepare_and_run(
         self, prepare: Callable[[], tuple[Mapping[str, Feed], T]]
     ) -> tuple[Mapping[str, Feed], T, Outputs, float]:
-        feeds, extra = prepare()
+        with timed("decode"):
+            feeds, extra = prepare()
         try:
             outputs, seconds = self._run_parts({name: [feed] for name, feed in feeds.items()})
         except Exception:
@@ -395,7 +407,10 @@ class Batcher:
         self._wake()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._work(), name=f"batcher {self.model}")
-        return await item.future
+        outputs = await item.future
+        record("queue", item.started - item.enqueued)
+        record("infer", item.run_seconds, item.batch_rows)
+        return outputs
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -521,8 +536,9 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.batch_size.labels(*self._labels()).observe(sum(i.rows for i in batch))
             self.metrics.inference_seconds.labels(self.model, self.version).observe(seconds)
-        start = 0
+        start, rows = 0, sum(item.rows for item in batch)
         for item in batch:
+            item.started, item.run_seconds, item.batch_rows = started, seconds, rows
             stop = start + item.rows
             if not item.future.done():
                 item.future.set_result(

@@ -25,6 +25,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.timing import timings_var
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # Where RequestIdMiddleware leaves the ID in the ASGI scope: Starlette answers unexpected
 # errors (500) outside every middleware, after the context variable below is reset.
@@ -189,6 +191,10 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path = printable(scope.get("path", ""))
+            timings = timings_var.get()
+            stages = (
+                {f"{k}_ms": round(v, 3) for k, v in timings.stages_ms.items()} if timings else {}
+            )
             self.logger.log(
                 logging.DEBUG if path in QUIET_PATHS else logging.INFO,
                 "%s %s %d",
@@ -200,6 +206,7 @@ class RequestIdMiddleware:
                     "path": path,
                     "status": status,
                     "duration_ms": round(1000 * (time.perf_counter() - started), 2),
+                    **stages,
                 },
             )
             request_id_var.reset(token)

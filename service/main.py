@@ -23,6 +23,7 @@ from service.routers import attention, gender, health, metrics, models, occlusio
 from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
 from service.settings import Settings, get_settings
+from service.timing import ServerTimingMiddleware
 
 logger = logging.getLogger("service")
 
@@ -134,6 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         MetricsMiddleware, metrics=app.state.metrics, early_paths=MODEL_ENDPOINTS.keys()
     )
-    # Outermost: every response, the size limit's 413s too, carries X-Request-ID.
+    # Every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
+    if settings.server_timing:
+        # Outermost: its "app" stage covers every other middleware, and the access line
+        # (RequestIdMiddleware, inside it) can read the request's stage timings.
+        app.add_middleware(ServerTimingMiddleware)
     return app

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import io
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.logs import JsonFormatter, RequestIdFilter
 from service.main import create_app
 from service.settings import Settings
 from tests.service.fakes import write_model
@@ -69,3 +72,21 @@ def client(repo: Path) -> Iterator[TestClient]:
     """A running app (lifespan done) over the good repository."""
     with TestClient(create_app(make_settings(repo))) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Every record of the service loggers, as the JSON formatter writes it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    service_logger = logging.getLogger("service")
+    old_level = service_logger.level
+    service_logger.addHandler(handler)
+    service_logger.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        service_logger.removeHandler(handler)
+        service_logger.setLevel(old_level)

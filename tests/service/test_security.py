@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from service import dependencies
-from service.logs import ACCESS_LOGGER, JsonFormatter, RequestIdFilter, uvicorn_log_config
+from service.logs import ACCESS_LOGGER, uvicorn_log_config
 from service.main import create_app
 from tests.service.conftest import make_settings
 from tests.service.fakes import write_model
@@ -30,24 +29,6 @@ LEAKS = re.compile(r"Traceback|File \"|\.py\b")
 def keyed(repo: Path) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(repo, api_keys=KEYS))) as client:
         yield client
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """Every record of the service loggers, as the JSON formatter writes it."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestIdFilter())
-    service_logger = logging.getLogger("service")
-    old_level = service_logger.level
-    service_logger.addHandler(handler)
-    service_logger.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        service_logger.removeHandler(handler)
-        service_logger.setLevel(old_level)
 
 
 # --- request IDs --------------------------------------------------------------------
