@@ -41,6 +41,25 @@ ResizeMode = Literal["letterbox", "crop"]
 # EXIF orientations (5-8) that swap width and height when applied.
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 EXIF_ORIENTATION_TAG = 0x0112
+# Formats whose Pillow plugin applies the EXIF orientation itself: TIFF reports the oriented
+# size on open and transposes on load (Pillow 13), so exif_transpose finds nothing to do and
+# the size must not be swapped again (tests/service/test_imaging.py pins this).
+SELF_ORIENTING_FORMATS = frozenset({"TIFF"})
+# Scans a JPEG may have. libjpeg goes over every coefficient of the image for each scan of
+# a progressive JPEG, so a 200 kB file that repeats one scan a thousand times keeps a decode
+# thread busy for 40 s. libjpeg's standard progression has 10 scans (6 grey), optimising
+# encoders a few more, an EXIF thumbnail or a second MPO picture its own. So at most 64
+# scans, and at most as many scan-pixels as JPEG_SCAN_BUDGET scans of the largest image
+# accepted (MAX_IMAGE_PIXELS): a 40 MP grey JPEG decodes in 0.24 s with its 6 scans, 2.7 s
+# with 64, 0.51 s with 12, here; the budget keeps it under about 0.7 s while a smaller
+# image may have all 64.
+MAX_JPEG_SCANS = 64
+JPEG_SCAN_BUDGET = 16
+JPEG_SOI = b"\xff\xd8"
+# Start-of-scan marker. Inside entropy-coded data an 0xFF byte is always followed by 0x00
+# (byte stuffing) or a restart marker, so every occurrence starts a scan, except inside
+# metadata segments (a thumbnail's own scans): the count is an upper bound.
+JPEG_SOS = b"\xff\xda"
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -72,16 +91,20 @@ def check_content_type(content_type: str | None) -> None:
 def deep_to_unit(image: Image.Image) -> npt.NDArray[np.float64]:
     """A single-channel image deeper than 8 bits (I;16*, I, F) as ``(H, W)`` float64 in 0..1.
 
-    Float images are taken as 0..1 when they fit there, else as 0..255 values; integer
-    images beyond 8 bits are 16-bit in practice (PNG, TIFF), so their range is scaled by
-    1/UINT16_MAX; NaN counts as 0.
+    16-bit images (I;16*: PNG, TIFF) are scaled by 1/UINT16_MAX, whatever their values, so
+    that the answer does not jump between two inputs one level apart. 32-bit integers (I)
+    carry no range; they are read as 8-bit levels and clipped, as Pillow's own conversion
+    to L does. Float images are taken as 0..1 when they fit there, else as 0..255 values;
+    NaN counts as 0.
     """
     values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-    peak = float(values.max()) if values.size else 0.0
-    if image.mode == "F":
+    if image.mode.startswith("I;16"):
+        divisor = float(UINT16_MAX)
+    elif image.mode == "F":
+        peak = float(values.max()) if values.size else 0.0
         divisor = 1.0 if peak <= 1.0 else 255.0
     else:
-        divisor = float(UINT16_MAX) if peak > 255.0 else 255.0
+        divisor = 255.0
     return np.clip(values / divisor, 0.0, 1.0)
 
 
@@ -127,6 +150,12 @@ def open_upload(
     """
     if not data:
         raise invalid(f"the {what} upload is empty (0 bytes)")
+    scans = data.count(JPEG_SOS) if data.startswith(JPEG_SOI) else 0
+    if scans > MAX_JPEG_SCANS:
+        raise PayloadTooLarge(
+            f"the {what} is a JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are decoded "
+            "(a progressive JPEG has about 10)"
+        )
     try:
         with Image.open(io.BytesIO(data), formats=SERVED_FORMATS) as probe:
             width, height = probe.size
@@ -134,6 +163,12 @@ def open_upload(
                 raise PayloadTooLarge(
                     f"the {what} is {width}x{height} pixels; at most {max_pixels} pixels "
                     f"and {max_side} per side are accepted"
+                )
+            if scans * width * height > JPEG_SCAN_BUDGET * max_pixels:
+                raise PayloadTooLarge(
+                    f"the {what} is a {width}x{height} JPEG with {scans} scans; at this size "
+                    f"at most {JPEG_SCAN_BUDGET * max_pixels // (width * height)} are decoded "
+                    "(a progressive JPEG has about 10)"
                 )
             # load() skips checksums (a PNG with a bad IDAT CRC decodes to garbage);
             # verify() checks them without decoding, but leaves the image unusable.
@@ -182,6 +217,8 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of an opened image as the caller sees it: after its EXIF
     orientation (read from the header, before decoding)."""
     width, height = image.size
+    if image.format in SELF_ORIENTING_FORMATS:
+        return width, height
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
     except Exception:  # a damaged EXIF block: exif_transpose will ignore it too

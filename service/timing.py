@@ -9,12 +9,13 @@ into them). Stages, each summed over the request's images and graphs, in millise
 |---|---|
 | ``decode`` | image decode and fit to the model input (the decode pool) |
 | ``queue`` | waiting for a batch to start (0 for a request that ran alone) |
-| ``infer`` | ONNX Runtime ``run`` of the batch the request was in (``desc``: its rows; the largest batch if several) |
+| ``infer`` | ONNX Runtime ``run`` of the request's batch (``desc``: its rows, the largest) |
 | ``app`` | from the outermost middleware to the answer's first byte |
 
 ``app`` holds everything above plus the middlewares, routing, multipart parsing, thread
-hand-offs, decoding the outputs and the JSON. So ``app - decode - queue - infer`` is the service's own Python and hand-offs, and a
-client's latency minus ``app`` is the network, HTTP parsing and the client itself.
+hand-offs, decoding the outputs and the JSON. So ``app - decode - queue - infer`` is the
+service's own Python and hand-offs, and a client's latency minus ``app`` is the network,
+HTTP parsing and the client itself.
 """
 
 from __future__ import annotations

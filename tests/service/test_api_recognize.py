@@ -67,12 +67,25 @@ def test_min_score_filters(client: TestClient) -> None:
     assert post_image(client, data, min_score=1).json()["landmarks"] == []
 
 
-def test_exif_rotated_upload_reports_oriented_size(client: TestClient) -> None:
+@pytest.mark.parametrize(("fmt", "content_type"), [("JPEG", "image/jpeg"), ("TIFF", "image/tiff")])
+def test_exif_rotated_upload_reports_oriented_size(
+    client: TestClient, fmt: str, content_type: str
+) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
-    data = encode(np.zeros((100, 300, 3), np.uint8), "JPEG", exif=exif)
-    body = post_image(client, data, "image/jpeg").json()
+    data = encode(np.zeros((100, 300, 3), np.uint8), fmt, exif=exif)
+    body = post_image(client, data, content_type).json()
     assert body["image"] == {"width": 100, "height": 300}
+
+
+def test_a_jpeg_scan_bomb_is_413_at_once(client: TestClient) -> None:
+    """Thousands of repeated progressive scans in a small file: refused before decoding."""
+    progressive = encode(np.full((64, 64, 3), 128, np.uint8), "JPEG", progressive=True)
+    last_scan, end = progressive.rfind(b"\xff\xda"), progressive.rfind(b"\xff\xd9")
+    bomb = progressive[:end] + progressive[last_scan:end] * 1000 + progressive[end:]
+    body = assert_problem(post_image(client, bomb, "image/jpeg"), 413)
+    assert "scans" in body["detail"]
+    assert post_image(client, progressive, "image/jpeg").status_code == 200
 
 
 @pytest.mark.parametrize("content_type", [None, "application/octet-stream"])

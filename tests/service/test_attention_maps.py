@@ -48,6 +48,9 @@ def test_sixteen_bit_mask_is_scaled() -> None:
     deep = Image.fromarray(np.array([[0, 65535]], np.uint16))
     got = decode_mask(encode(deep), **LIMITS)
     np.testing.assert_allclose(got, [[0.0, 1.0]], atol=1e-6)
+    # Level 255 of 65535 is nearly no attention, whatever the rest of the mask holds.
+    flat = decode_mask(encode(Image.fromarray(np.full((8, 8), 255, np.uint16))), **LIMITS)
+    np.testing.assert_allclose(flat, 255 / 65535, atol=1e-6)
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image", encode(Image.new("L", (8, 8)))[:30]])

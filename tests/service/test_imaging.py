@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import io
 import struct
 import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.imaging import (
+    JPEG_SCAN_BUDGET,
+    MAX_JPEG_SCANS,
     LetterboxTransform,
     centre_crop,
     check_content_type,
@@ -141,6 +144,13 @@ def test_cmyk_jpeg() -> None:
     assert rgb[4, 8, 0] > 200 and rgb[4, 8, 1] < 60 and rgb[4, 8, 2] < 60
 
 
+@pytest.mark.parametrize("value", [254, 255, 256, 257])
+def test_16_bit_levels_scale_the_same_whatever_the_image_holds(value: int) -> None:
+    # A rule keyed on the image's peak once read 255 as white and 256 as black.
+    rgb = decode(encode(Image.fromarray(np.full((2, 2), value, np.uint16)), "PNG"))
+    assert (rgb == round(value * 255 / 65535)).all()
+
+
 def test_16_bit_png_is_scaled_to_8_bits() -> None:
     values = np.array([[0, 32896, 65535]], dtype=np.uint16)
     image = Image.fromarray(values)
@@ -153,7 +163,14 @@ def test_16_bit_png_is_scaled_to_8_bits() -> None:
 
 @pytest.mark.parametrize(
     ("mode", "value", "expected"),
-    [("I", 65535, 255), ("I", 200, 200), ("F", 1.0, 255), ("F", 0.5, 128), ("F", 300.0, 255)],
+    [
+        ("I", 65535, 255),  # 32-bit integers are 8-bit levels, clipped (as Pillow's L)
+        ("I", 256, 255),
+        ("I", 200, 200),
+        ("F", 1.0, 255),
+        ("F", 0.5, 128),
+        ("F", 300.0, 255),
+    ],
 )
 def test_deep_single_channel_modes(mode: str, value: float, expected: int) -> None:
     rgb = decode(encode(Image.new(mode, (3, 2), value), "TIFF"))
@@ -285,6 +302,62 @@ def test_draft_decodes_a_large_jpeg_reduced_with_the_full_geometry() -> None:
     assert transform.image_width == 640 and transform.image_height == 480
     difference = np.abs(drafted.astype(int) - plain.astype(int))
     assert difference.mean() < 3.0  # an area average instead of bilinear: close, not equal
+
+
+# The orientation that undoes each EXIF orientation (6 and 8 are quarter turns both ways).
+INVERSE_ORIENTATION = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("compression", ["raw", "tiff_lzw"])
+def test_tiff_orientation_is_applied_once(orientation: int, compression: str) -> None:
+    """Pillow's TIFF plugin turns the image itself; the size must not be swapped again."""
+    shown = gradient_photo(60, 40)  # what the caller sees, 60 wide x 40 high
+    undo = Image.Exif()
+    undo[0x0112] = INVERSE_ORIENTATION[orientation]
+    probe = Image.fromarray(shown)
+    probe.info["exif"] = undo.tobytes()
+    stored = ImageOps.exif_transpose(probe)  # the pixels ``orientation`` turns into ``shown``
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, "TIFF", exif=exif, compression=compression)
+    reduced, full = decode_to_fit(data, 32, 32, **LIMITS)
+    assert full == (60, 40)
+    np.testing.assert_array_equal(reduced, shown)
+    np.testing.assert_array_equal(decode(data), shown)
+
+
+def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused_before_decoding() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    assert decode(data).shape == (64, 64, 3)  # 6 scans: a normal progressive JPEG
+    bomb = data[:end] + data[last_scan:end] * MAX_JPEG_SCANS + data[end:]
+    with pytest.raises(PayloadTooLarge, match=r"JPEG with \d+ scans"):
+        decode(bomb)
+    with pytest.raises(PayloadTooLarge):
+        decode_to_fit(bomb, 32, 32, **LIMITS)
+    # Exactly the limit still decodes.
+    allowed = data.count(b"\xff\xda")
+    fits = data[:end] + data[last_scan:end] * (MAX_JPEG_SCANS - allowed) + data[end:]
+    assert decode(fits).shape == (64, 64, 3)
+
+
+def test_a_large_jpeg_gets_fewer_scans() -> None:
+    """Scan-pixels are capped at JPEG_SCAN_BUDGET scans of the largest image accepted: an
+    image of the largest size (here MAX_IMAGE_PIXELS = 64 x 64) gets that many scans."""
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    extra = JPEG_SCAN_BUDGET - data.count(b"\xff\xda")
+    at_budget = data[:end] + data[last_scan:end] * extra + data[end:]
+    assert decode(at_budget, max_pixels=64 * 64).shape == (64, 64, 3)
+    over = data[:end] + data[last_scan:end] * (extra + 1) + data[end:]
+    with pytest.raises(PayloadTooLarge, match=r"at most 16 are decoded"):
+        decode(over, max_pixels=64 * 64)
+    assert decode(over).shape == (64, 64, 3)  # the same file, a larger limit: decoded
 
 
 def test_draft_respects_exif_orientation() -> None:
