@@ -6,7 +6,12 @@ PORT ?= 8000
 HOST ?= 0.0.0.0
 BIN := $(VENV)/bin
 
-.PHONY: run test lint train-landmark ablation-landmark export-landmark clean
+# The targets with a "## " note after them.
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
+		awk -F '\t' '{ printf "  %-22s %s\n", $$1, $$2 }'
+
+.PHONY: help run test lint train-landmark ablation-landmark export-landmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +33,14 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 
 # The container's entry command: graceful shutdown, proxy headers and the service's log
 # format for uvicorn's own lines too (service/serve.py), not a bare uvicorn.
-run: $(VENV)/.serve
+run: $(VENV)/.serve  ## serve the committed models on PORT (default 8000)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m service.serve
 
 # The Debian packages too: the attention tests read Fashion-MNIST and drive Chromium.
-test: $(VENV)/.dev system-packages
+test: $(VENV)/.dev system-packages  ## set up everything the tests need and run them
 	$(BIN)/python -m pytest
 
-lint: $(VENV)/.dev
+lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -43,22 +48,22 @@ lint: $(VENV)/.dev
 # Throughput and latency of POST /recognize against the raw ONNX Runtime limit and a naive
 # FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/).
 .PHONY: benchmark benchmark-jpeg-draft
-benchmark: $(VENV)/.dev
+benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run
 
 # Landmark accuracy with JPEG draft decoding on and off (scenes need the train extra).
-benchmark-jpeg-draft: $(VENV)/.dev
+benchmark-jpeg-draft: $(VENV)/.dev  ## landmark accuracy with JPEG draft decoding on and off
 	$(BIN)/python -m benchmarks.jpeg_draft
 
 # Reproduce the committed landmark model (tens of minutes on two CPU cores).
-train-landmark: $(VENV)/.dev
+train-landmark: $(VENV)/.dev  ## train the landmark model (tens of minutes)
 	$(BIN)/python -m models.landmark.train --out runs/landmark-v1 --epochs 20 \
 		--stop-after-epoch 10
 
-ablation-landmark: $(VENV)/.dev
+ablation-landmark: $(VENV)/.dev  ## the landmark model's ablation
 	$(BIN)/python -m models.landmark.ablation --out runs/ablation --train-images 4000 --epochs 6
 
-export-landmark: $(VENV)/.dev
+export-landmark: $(VENV)/.dev  ## export the landmark run as version 1
 	$(BIN)/python -m models.landmark.export --checkpoint runs/landmark-v1/best.pt --version 1 \
 		--history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json
 
@@ -68,10 +73,10 @@ export-landmark: $(VENV)/.dev
 
 # Reproduce the committed gender model: HED teacher maps, contour network, then the gender
 # model and its ablation (semantic only, contour only, fused); see its MODEL_CARD.md.
-train-gender: $(VENV)/.dev
+train-gender: $(VENV)/.dev  ## train the gender model, its contour network and ablation (about 90 min)
 	$(BIN)/python -m models.gender.train --out runs/gender-v5 --threads 2 --train-images 16000 --epochs 16 --contour-dropout 0 --regenerate
 
-export-gender: $(VENV)/.dev
+export-gender: $(VENV)/.dev  ## export the gender run as version 5
 	$(BIN)/python -m models.gender.export --run runs/gender-v5 --version 5
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
@@ -79,7 +84,7 @@ export-gender: $(VENV)/.dev
 # start a throwaway server from its initdb/pg_ctl). Skipped where already installed or
 # without apt.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-system-packages:
+system-packages:  ## Debian packages: Fashion-MNIST, chromium, postgresql
 	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x /usr/bin/chromium ] && \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null; then \
@@ -88,10 +93,10 @@ system-packages:
 	else echo "no apt-get: install dataset-fashion-mnist, chromium and postgresql yourself" >&2; fi
 
 # Reproduce the committed attention model (see its MODEL_CARD.md for the exact commands).
-train-attention: $(VENV)/.dev system-packages
+train-attention: $(VENV)/.dev system-packages  ## train attention version 1
 	$(BIN)/python -m models.attention.train --out runs/attention-v1
 
-export-attention: $(VENV)/.dev system-packages
+export-attention: $(VENV)/.dev system-packages  ## export the attention run as version 1
 	$(BIN)/python -m models.attention.export --checkpoint runs/attention-v1/best.pt \
 		--version 1 --history runs/attention-v1/history.json
 
@@ -99,7 +104,7 @@ export-attention: $(VENV)/.dev system-packages
 # fine-tuning version 1 into version 2. With real records, point FEEDBACK at
 # var/feedback.sqlite3 (the service's default) and skip the simulate step.
 FEEDBACK ?= data/attention/simulated_feedback.sqlite3
-finetune-attention: $(VENV)/.dev system-packages
+finetune-attention: $(VENV)/.dev system-packages  ## simulated teacher records, then version 1 -> 2
 	rm -f $(FEEDBACK) $(FEEDBACK)-wal $(FEEDBACK)-shm
 	$(BIN)/python -m models.attention.finetune simulate --base-version 1 --feedback $(FEEDBACK)
 	$(BIN)/python -m models.attention.finetune --base-version 1 --version 2 --feedback $(FEEDBACK)
@@ -108,15 +113,15 @@ finetune-attention: $(VENV)/.dev system-packages
 
 # Reproduce the committed occlusion model (seed 001) and its masking-off ablation; the
 # exact commands of the committed version are in its MODEL_CARD.md.
-train-occlusion: $(VENV)/.dev
+train-occlusion: $(VENV)/.dev  ## train the occlusion model and its masking-off ablation
 	$(BIN)/python -m models.occlusion.train --out runs/occlusion-v1 --steps 1400 \
 		--eval-every 200 --threads 1
 	$(BIN)/python -m models.occlusion.train --out runs/occlusion-nomask --no-masking \
 		--steps 1400 --eval-every 200 --threads 1
 
-export-occlusion: $(VENV)/.dev
+export-occlusion: $(VENV)/.dev  ## export the occlusion run as version 1
 	$(BIN)/python -m models.occlusion.export --checkpoint runs/occlusion-v1/best.pt \
 		--ablation runs/occlusion-nomask/best.pt --version 1
 
-clean:
+clean:  ## remove the virtual environment and tool caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,8 +16,10 @@ are installed (the GPU image) and CUDA is wanted (``cuda``, or ``auto`` with a G
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
 
 import uvicorn
 
@@ -34,7 +36,14 @@ DEFAULT_GRACEFUL_SHUTDOWN_S = 20
 logger = logging.getLogger("service")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # No options: the environment configures everything; this gives --help a page.
+    argparse.ArgumentParser(
+        prog="python -m service.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Settings: VISION_* environment variables (README, 'Settings').",
+    ).parse_args(sys.argv[1:] if argv is None else argv)
     settings = get_settings()
     if wants_cuda(settings.providers, gpu_visible()) and preload_cuda_libraries():
         logger.info("preloaded CUDA and cuDNN from the nvidia wheels")

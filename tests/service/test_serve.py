@@ -20,7 +20,7 @@ def test_main_runs_one_worker_with_env_options(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("GRACEFUL_SHUTDOWN_S", "7")
     serve.get_settings.cache_clear()
     try:
-        serve.main()
+        serve.main([])
     finally:
         serve.get_settings.cache_clear()
     ((args, kwargs),) = calls
@@ -28,6 +28,17 @@ def test_main_runs_one_worker_with_env_options(monkeypatch: pytest.MonkeyPatch) 
     assert kwargs["factory"] is True and kwargs["workers"] == 1
     assert kwargs["host"] == "0.0.0.0" and kwargs["port"] == 9001
     assert kwargs["timeout_graceful_shutdown"] == 7
+
+
+def test_help_prints_the_environment_it_reads_and_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(serve.uvicorn, "run", lambda *a, **k: pytest.fail("--help started it"))
+    with pytest.raises(SystemExit) as exited:
+        serve.main(["--help"])
+    assert exited.value.code == 0
+    page = capsys.readouterr().out
+    assert all(name in page for name in ("PORT", "HOST", "GRACEFUL_SHUTDOWN_S", "VISION_"))
 
 
 def test_preload_is_a_no_op_without_nvidia_wheels() -> None:
