@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,26 +43,59 @@ def multipart_request(
     return head + body
 
 
+# Stages of the service's Server-Timing header (service/timing.py), in its order.
+TIMING_STAGES = ("decode", "queue", "infer", "app")
+
+
+def parse_server_timing(value: bytes) -> dict[str, float]:
+    """``decode;dur=1.2, app;dur=3.4`` -> ``{"decode": 1.2, "app": 3.4}`` (ms)."""
+    stages = {}
+    for entry in value.decode("latin-1").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            key, _, number = param.partition("=")
+            if key == "dur":
+                stages[name] = float(number)
+    return stages
+
+
 @dataclass
 class Result:
-    """Outcome of a load run: latencies (s) by status, wall time of the measured window."""
+    """Outcome of a load run: latencies (s) by status, wall time of the measured window,
+    and the Server-Timing stages (ms) of the 200s that carried them, with their latency."""
 
     seconds: float
     latencies: dict[int, list[float]] = field(default_factory=dict)
     errors: int = 0
+    timings: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
-    def add(self, status: int, latency: float) -> None:
+    def add(self, status: int, latency: float, timing: dict[str, float] | None = None) -> None:
         self.latencies.setdefault(status, []).append(latency)
+        if status == 200 and timing and all(stage in timing for stage in TIMING_STAGES):
+            self.timings.append((latency, timing))
+
+    def stages(self) -> dict[str, float]:
+        """Medians (ms) over the answers that said where their time went: each stage,
+        ``own`` (app minus decode, queue and infer: the service's Python and hand-offs)
+        and ``outside`` (latency minus app: network, HTTP parsing, the client)."""
+        if not self.timings:
+            return {}
+        medians = {
+            stage: float(np.median([t[stage] for _, t in self.timings])) for stage in TIMING_STAGES
+        }
+        own = [t["app"] - t["decode"] - t["queue"] - t["infer"] for _, t in self.timings]
+        outside = [1000.0 * latency - t["app"] for latency, t in self.timings]
+        return {**medians, "own": float(np.median(own)), "outside": float(np.median(outside))}
 
     def count(self, status: int) -> int:
         return len(self.latencies.get(status, []))
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, Any]:
         """Throughput of 200s (req/s), their p50/p95/p99 (ms), and the other outcomes."""
         ok = np.asarray(self.latencies.get(200, []), dtype=np.float64) * 1000.0
         rejected = np.asarray(self.latencies.get(503, []), dtype=np.float64) * 1000.0
         others = sum(len(v) for k, v in self.latencies.items() if k not in (200, 503))
-        out: dict[str, float | int] = {
+        out: dict[str, Any] = {
             "ok": int(ok.size),
             "rejected_503": int(rejected.size),
             "other_status": others,
@@ -71,6 +105,8 @@ class Result:
         for q in (50, 95, 99):
             out[f"p{q}_ms"] = float(np.percentile(ok, q)) if ok.size else float("nan")
         out["p99_503_ms"] = float(np.percentile(rejected, 99)) if rejected.size else float("nan")
+        if stages := self.stages():
+            out["server_timing_p50_ms"] = stages
         return out
 
 
@@ -85,9 +121,10 @@ class Connection:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
 
-    async def send(self, request: bytes) -> tuple[int, bool, float]:
+    async def send(self, request: bytes) -> tuple[int, bool, float, dict[str, float]]:
         """Send one request; returns its status, whether the server closes the connection
-        after it, and its Retry-After in seconds (0 when absent)."""
+        after it, its Retry-After in seconds (0 when absent) and its Server-Timing stages
+        (empty when absent)."""
         self.writer.write(request)
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -96,6 +133,7 @@ class Connection:
         length = 0
         close = False
         retry_after = 0.0
+        timing: dict[str, float] = {}
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             key = name.strip().lower()
@@ -105,9 +143,11 @@ class Connection:
                 close = True
             elif key == b"retry-after":
                 retry_after = float(value.strip())
+            elif key == b"server-timing":
+                timing = parse_server_timing(value)
         if length:
             await self.reader.readexactly(length)
-        return status, close, retry_after
+        return status, close, retry_after, timing
 
     def close(self) -> None:
         self.writer.close()
@@ -128,7 +168,7 @@ async def closed_loop(
         connection = connections[index]
         while (began := time.perf_counter()) < stop:
             try:
-                status, close, retry_after = await asyncio.wait_for(
+                status, close, retry_after, timing = await asyncio.wait_for(
                     connection.send(request), REQUEST_TIMEOUT_S
                 )
             except (OSError, asyncio.IncompleteReadError, TimeoutError):
@@ -137,7 +177,7 @@ async def closed_loop(
                 connection = await Connection.open(host, port)
                 continue
             if began >= measure_from:
-                result.add(status, time.perf_counter() - began)
+                result.add(status, time.perf_counter() - began, timing)
             if close:
                 connection.close()
                 connection = await Connection.open(host, port)
@@ -166,13 +206,15 @@ async def open_loop(
     async def one(scheduled: float) -> None:
         connection = pool.pop() if pool else await Connection.open(host, port)
         try:
-            status, close, _ = await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)
+            status, close, _, timing = await asyncio.wait_for(
+                connection.send(request), REQUEST_TIMEOUT_S
+            )
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             result.errors += scheduled >= measure_from
             connection.close()
             return
         if scheduled >= measure_from:
-            result.add(status, time.perf_counter() - scheduled)
+            result.add(status, time.perf_counter() - scheduled, timing)
         if close:
             connection.close()
         else:

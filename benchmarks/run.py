@@ -362,6 +362,29 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"{_fmt(row['server_cpu_ms_per_request'], 2)} | "
                 f"{_fmt(row['client_cpu_ms_per_request'], 2)} |"
             )
+    lines += [
+        "",
+        "## Where the service's time goes (its Server-Timing header, medians)",
+        "",
+        "own = app - decode - queue - infer: middlewares, routing, multipart, thread "
+        "hand-offs, output decoding and JSON; outside = client latency - app: network, "
+        "HTTP parsing and writing, the load generator. In-process, back to back: decode "
+        f"{pipe['decode_ms']:.2f} ms, one run {pipe['run_ms']:.2f} ms.",
+        "",
+        "| server | concurrency | p50 ms | app | decode | queue | infer | own | outside |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in report["http"].items():
+        for row in rows:
+            if stages := row.get("server_timing_p50_ms"):
+                lines.append(
+                    f"| {name} | {row['concurrency']} | {_fmt(row['p50_ms'], 2)} | "
+                    + " | ".join(
+                        _fmt(stages[key], 2)
+                        for key in ("app", "decode", "queue", "infer", "own", "outside")
+                    )
+                    + " |"
+                )
     head = report["headline"]
     over = report["overload"]
     lines += [

@@ -61,6 +61,18 @@ def test_all_three_servers_answered_every_level_without_errors(
             assert row["ok"] > 0 and row["errors"] == 0 and row["other_status"] == 0, (name, row)
 
 
+def test_the_service_rows_say_where_their_time_went(report: tuple[dict, Path]) -> None:
+    """The service's Server-Timing medians are kept per level; the naive peer has none."""
+    data, out = report
+    assert all("server_timing_p50_ms" not in row for row in data["http"]["naive peer"])
+    for name in ("service, batching off", "service, batching on"):
+        for row in data["http"][name]:
+            stages = row["server_timing_p50_ms"]
+            assert stages["app"] > 0 and stages["decode"] > 0 and stages["infer"] > 0
+            assert stages["queue"] >= 0 and stages["outside"] > 0
+    assert "Where the service's time goes" in (out / "benchmark.md").read_text()
+
+
 def test_http_floor_is_the_naive_peers_upload_only_endpoint(report: tuple[dict, Path]) -> None:
     floor = report[0]["http_floor"]
     assert floor["concurrency"] == 1 and floor["ok"] > 0 and floor["errors"] == 0
