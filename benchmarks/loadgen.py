@@ -44,7 +44,8 @@ def multipart_request(
 
 
 # Stages of the service's Server-Timing header (service/timing.py), in its order.
-TIMING_STAGES = ("decode", "queue", "infer", "app")
+INSIDE_APP = ("decode-wait", "decode", "queue", "infer")
+TIMING_STAGES = (*INSIDE_APP, "app")
 
 
 def parse_server_timing(value: bytes) -> dict[str, float]:
@@ -76,14 +77,14 @@ class Result:
 
     def stages(self) -> dict[str, float]:
         """Medians (ms) over the answers that said where their time went: each stage,
-        ``own`` (app minus decode, queue and infer: the service's Python and hand-offs)
-        and ``outside`` (latency minus app: network, HTTP parsing, the client)."""
+        ``own`` (app minus the other stages: the service's Python and hand-offs) and
+        ``outside`` (latency minus app: network, HTTP parsing, the client)."""
         if not self.timings:
             return {}
         medians = {
             stage: float(np.median([t[stage] for _, t in self.timings])) for stage in TIMING_STAGES
         }
-        own = [t["app"] - t["decode"] - t["queue"] - t["infer"] for _, t in self.timings]
+        own = [t["app"] - sum(t[stage] for stage in INSIDE_APP) for _, t in self.timings]
         outside = [1000.0 * latency - t["app"] for latency, t in self.timings]
         return {**medians, "own": float(np.median(own)), "outside": float(np.median(outside))}
 

@@ -158,12 +158,15 @@ async def decode_upload(
 ) -> tuple[ImageRows, LetterboxTransform]:
     """``decode_rows`` in the decode pool (``limiter``: VISION_DECODE_THREADS at once), so
     the event loop stays free; 400/413 for bad or oversized images."""
-    return await anyio.to_thread.run_sync(_timed_decode, data, pre, settings, limiter=limiter)
+    return await anyio.to_thread.run_sync(
+        _timed_decode, time.perf_counter(), data, pre, settings, limiter=limiter
+    )
 
 
 def _timed_decode(
-    data: bytes, pre: Letterbox, settings: Settings
+    submitted: float, data: bytes, pre: Letterbox, settings: Settings
 ) -> tuple[ImageRows, LetterboxTransform]:
+    record("decode-wait", time.perf_counter() - submitted)
     with timed("decode"):
         return decode_rows_for(data, pre, settings)
 
@@ -338,7 +341,7 @@ class Batcher:
         reservation.release()  # like a batch starting: the run slot bounds it from here
         try:
             feeds, extra, outputs, seconds = await anyio.to_thread.run_sync(
-                self._prepare_and_run, prepare, limiter=limiter
+                self._prepare_and_run, time.perf_counter(), prepare, limiter=limiter
             )
         finally:
             self._alone -= 1
@@ -354,8 +357,9 @@ class Batcher:
         return outputs, extra
 
     def _prepare_and_run(
-        self, prepare: Callable[[], tuple[Mapping[str, Feed], T]]
+        self, submitted: float, prepare: Callable[[], tuple[Mapping[str, Feed], T]]
     ) -> tuple[Mapping[str, Feed], T, Outputs, float]:
+        record("decode-wait", time.perf_counter() - submitted)
         with timed("decode"):
             feeds, extra = prepare()
         try:

@@ -192,9 +192,11 @@ class RequestIdMiddleware:
         finally:
             path = printable(scope.get("path", ""))
             timings = timings_var.get()
-            stages = (
-                {f"{k}_ms": round(v, 3) for k, v in timings.stages_ms.items()} if timings else {}
-            )
+            # decode-wait -> decode_wait_ms: a field name log tools take without quoting.
+            stages = {
+                f"{stage.replace('-', '_')}_ms": round(ms, 3)
+                for stage, ms in (timings.stages_ms.items() if timings else ())
+            }
             self.logger.log(
                 logging.DEBUG if path in QUIET_PATHS else logging.INFO,
                 "%s %s %d",

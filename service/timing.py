@@ -7,15 +7,16 @@ into them). Stages, each summed over the request's images and graphs, in millise
 
 | stage | what |
 |---|---|
+| ``decode-wait`` | waiting for a decode thread (``DECODE_THREADS``) and the hand-off to it |
 | ``decode`` | image decode and fit to the model input (the decode pool) |
 | ``queue`` | waiting for a batch to start (0 for a request that ran alone) |
 | ``infer`` | ONNX Runtime ``run`` of the request's batch (``desc``: its rows, the largest) |
 | ``app`` | from the outermost middleware to the answer's first byte |
 
 ``app`` holds everything above plus the middlewares, routing, multipart parsing, thread
-hand-offs, decoding the outputs and the JSON. So ``app - decode - queue - infer`` is the
-service's own Python and hand-offs, and a client's latency minus ``app`` is the network,
-HTTP parsing and the client itself.
+hand-offs back, decoding the outputs and the JSON. So ``app`` minus the other stages is
+the service's own Python and hand-offs, and a client's latency minus ``app`` is the
+network, HTTP parsing and the client itself.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SERVER_TIMING_HEADER = b"server-timing"
 # The order stages are written in: the order a request passes through them.
-STAGE_ORDER = ("decode", "queue", "infer")
+STAGE_ORDER = ("decode-wait", "decode", "queue", "infer")
 
 
 class Timings:
