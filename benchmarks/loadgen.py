@@ -13,13 +13,27 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 # An answer taking longer than this is a failure of the benchmark, not a latency.
 REQUEST_TIMEOUT_S = 60.0
+
+T = TypeVar("T")
+
+
+def run(load: Coroutine[Any, Any, T]) -> T:
+    """Run a load on uvloop (installed with uvicorn[standard]): at one client it took
+    about 0.1 ms and 20 % less client CPU per request off the measured latency than
+    asyncio's own loop (three alternating pairs, 2026-12-01); asyncio's loop without it."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(load)
+    return uvloop.run(load)
 
 
 def multipart_request(

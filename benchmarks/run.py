@@ -28,7 +28,6 @@ move with what else runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import os
@@ -51,6 +50,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from benchmarks.loadgen import closed_loop, multipart_request, open_loop
+from benchmarks.loadgen import run as loadgen_run
 from service.batching import Normalization
 from service.imaging import decode_image, decode_to_fit, fit_image
 from service.runtime import NUMPY_TYPES, OnnxSession, read_config, select_version
@@ -266,7 +266,7 @@ def load_levels(
     rows = []
     for concurrency in levels:
         cpu_before, client_before = cpu_seconds(pid), time.process_time()
-        result = asyncio.run(closed_loop(HOST, port, request, concurrency, duration, warmup))
+        result = loadgen_run(closed_loop(HOST, port, request, concurrency, duration, warmup))
         cpu = cpu_seconds(pid) - cpu_before
         client_cpu = time.process_time() - client_before
         answered = sum(len(v) for v in result.latencies.values()) * ((duration + warmup) / duration)
@@ -291,7 +291,7 @@ def overload(
     port: int, image: bytes, rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
     request = multipart_request(HOST, port, "/recognize", "image", "photo.jpg", image, "image/jpeg")
-    result = asyncio.run(open_loop(HOST, port, request, rate, duration, warmup))
+    result = loadgen_run(open_loop(HOST, port, request, rate, duration, warmup))
     summary = result.summary()
     offered = summary["ok"] + summary["rejected_503"] + summary["other_status"] + summary["errors"]
     return {"offered_rps": rate, "offered": offered, **summary}

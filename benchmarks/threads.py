@@ -14,7 +14,6 @@ of a CPU means the single event loop is not what caps throughput.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.loadgen import closed_loop, multipart_request
+from benchmarks.loadgen import run as loadgen_run
 from benchmarks.run import HOST, benchmark_image, server, service_env, stat_cpu_seconds
 
 
@@ -45,10 +45,10 @@ def machine_busy_and_total() -> tuple[int, int]:
 
 def measure(pid: int, request: bytes, port: int, concurrency: int, duration: float) -> dict:
     """One closed-loop window; per-thread CPU as a share of one CPU over that window."""
-    asyncio.run(closed_loop(HOST, port, request, concurrency, 1.0, 0.5))  # warm
+    loadgen_run(closed_loop(HOST, port, request, concurrency, 1.0, 0.5))  # warm
     before, (busy0, total0) = thread_cpu_seconds(pid), machine_busy_and_total()
     started = time.monotonic()
-    result = asyncio.run(closed_loop(HOST, port, request, concurrency, duration, 0.0))
+    result = loadgen_run(closed_loop(HOST, port, request, concurrency, duration, 0.0))
     elapsed = time.monotonic() - started
     after, (busy1, total1) = thread_cpu_seconds(pid), machine_busy_and_total()
     shares = {tid: (after[tid] - before.get(tid, 0.0)) / elapsed for tid in after}
