@@ -546,7 +546,8 @@ def write_card(
             if c.get("image_folder")
             else f"{c['train_images']} training garments, {c['val_images']} validation (val "
             f"photographs), {c['test_images']} test garments (test photographs, never seen "
-            "in training or model selection)"
+            "in training; within a run no choice looks at them, but earlier versions were "
+            "scored on the same split)"
         )
         + f"; contour test: {c['eval_photos']} crops of the test photographs and "
         f"{c['eval_photos']} test garments.",
@@ -574,7 +575,7 @@ def write_card(
         "### Ablation (same recipe, same test split, PyTorch)",
         "| variant | test accuracy | best val accuracy | trained in |\n|---|---|---|---|\n" + rows,
         f"The fused model {beats}. Each variant's checkpoint is its epoch with the best "
-        "validation accuracy; the test split was measured once at the end.",
+        "validation accuracy; the test split was measured once at the end of the run.",
         "![ablation](ablation.png)",
         "## Contour maps",
         "![contour examples](contour_examples.png)",

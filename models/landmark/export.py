@@ -31,6 +31,7 @@ from models.common.export import (
 from models.landmark.data import PAD_VALUE, LandmarkDataset
 from models.landmark.evaluate import MATCH_RADIUS, decode, match, summarize
 from models.landmark.net import LandmarkExport, load_checkpoint
+from models.landmark.operating_point import operating_point, split_matches
 from models.landmark.scenes import LABELS
 from models.landmark.train import (
     CONFIDENCE_THRESHOLD,
@@ -93,6 +94,23 @@ def fmt(v: object) -> str:
     return "n/a" if v is None else str(v)
 
 
+def operating_point_note(point: dict | None) -> list[str]:
+    """The card's paragraph on a threshold fixed without the test split (operating_point)."""
+    if not point or point.get("score") is None:
+        return []
+    return [
+        "Recall at precision >= 95 % is read off this split's own precision-recall curve, "
+        "so the threshold that reaches it comes from the test split. A threshold fixed in "
+        "advance, the lowest at which validation precision is >= 95 % "
+        f"(score >= {fmt(point['score'])}; `models/landmark/operating_point.py`), gives "
+        f"test precision {fmt(point['test_precision'])} and recall "
+        f"{fmt(point['test_recall'])}: the validation scenes are easier than the test "
+        "scenes, and no threshold chosen without the test split is shown to reach 95 % "
+        "precision on it.",
+        "",
+    ]
+
+
 def model_card(config: dict, ablation: dict | None, history: dict | None) -> str:
     m = config["metrics"]["test"]
     t = config["training"]
@@ -130,14 +148,16 @@ def model_card(config: dict, ablation: dict | None, history: dict | None) -> str
         "",
         "| metric | value | target |",
         "|---|---|---|",
-        f"| recall at precision >= 95 % | {fmt(m['recall_at_precision_95'])} (score >= "
-        f"{fmt(m['score_at_precision_95'])}) | >= 0.95 |",
+        f"| recall at precision >= 95 % (best on this split's curve) | "
+        f"{fmt(m['recall_at_precision_95'])} (score >= {fmt(m['score_at_precision_95'])}) | "
+        ">= 0.95 |",
         f"| average precision | {fmt(m['average_precision'])} | |",
         f"| precision at score >= {m['operating_score']} (API default) | {fmt(m['precision'])} | |",
         f"| recall at score >= {m['operating_score']} | {fmt(m['recall'])} | |",
         f"| class accuracy of matched detections | {fmt(m['class_accuracy'])} | >= 0.98 |",
         f"| mean point error (px, model input) | {fmt(m['mean_point_error_px'])} | <= 1.5 |",
         "",
+        *operating_point_note(config["metrics"].get("operating_point_from_validation")),
         "Recall by class at the API default score: "
         + ", ".join(f"{LABELS[int(k)]} {fmt(v)}" for k, v in m["recall_by_class"].items()),
         "",
@@ -230,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
         **{
             k: v
             for k, v in train_cfg.items()
-            if k in ("data", "val_data", "test_data", "seed", "cache_dir", "test_images")
+            if k
+            in ("data", "val_data", "test_data", "seed", "cache_dir", "val_images", "test_images")
         }
     )
     cfg.test_images = a.test_images or train_cfg.get("test_images", cfg.test_images)
@@ -262,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
         for pr, labels in zip(preds, test.arrays.labels, strict=True)
     ]
     metrics = summarize(matches, len(LABELS), OPERATING_SCORE)
+    val = LandmarkDataset(load_data(cfg, "val"), ckpt["mean"], ckpt["std"])
+    point = operating_point(split_matches(version_dir / "model.onnx", val), matches)
     g = net.config.grid
     command = a.command or train_cfg.get("command") or "python -m models.landmark.train"
     synthetic = cfg.data == "synthetic"
@@ -296,7 +319,12 @@ def main(argv: list[str] | None = None) -> dict:
             "confidence_threshold": CONFIDENCE_THRESHOLD,
             "nms_radius": NMS_RADIUS,
         },
-        metrics={"test": metrics, "targets": TARGETS, "match_radius_px": MATCH_RADIUS},
+        metrics={
+            "test": metrics,
+            "operating_point_from_validation": point,
+            "targets": TARGETS,
+            "match_radius_px": MATCH_RADIUS,
+        },
         training={
             "command": command,
             "export_command": "python -m models.landmark.export "

@@ -227,8 +227,9 @@ def card(
         "## Data (say it plainly)",
         "",
         *faces_paragraph(tc, splits),
-        "- Faces split by identity (nobody in two splits): train "
-        f"{len(splits['train'])}, validation {len(splits['val'])}, test {len(splits['test'])}.",
+        "- Faces split by face, each taken as its own identity: train "
+        f"{len(splits['train'])}, validation {len(splits['val'])}, test {len(splits['test'])}",
+        "  (as said above, one person may have two faces, so two splits may share a person).",
         "  Every face is augmented (rotation, scale, shift, flip, contrast, grey, noise).",
         "- **Occluders are synthetic** and exact: " + ", ".join(KINDS) + ", drawn",
         "  procedurally with textures cut from the real photographs of",

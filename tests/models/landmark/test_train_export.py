@@ -98,6 +98,8 @@ def test_export_writes_a_checked_graph_that_matches_pytorch(trained, tmp_path):
     assert config["outputs"][0]["shape"] == [-1, 64, 2, 9]
     assert config["training"]["parity_max_abs_diff"] <= 1e-4
     assert set(config["metrics"]["test"]) >= {"recall_at_precision_95", "class_accuracy"}
+    # The threshold fixed on the validation split, and the test split measured at it.
+    assert config["metrics"]["operating_point_from_validation"]["chosen_on"] == "validation"
     assert "synthetic" in (version / "MODEL_CARD.md").read_text().lower()
 
     # Dynamic batch: a batch size the export never saw.
