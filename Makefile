@@ -8,8 +8,7 @@ BIN := $(VENV)/bin
 
 # The targets with a "## " note after them.
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
-		awk -F '\t' '{ printf "  %-22s %s\n", $$1, $$2 }'
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  %-22s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 .PHONY: help run test lint train-landmark ablation-landmark export-landmark clean
 

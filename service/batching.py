@@ -336,7 +336,9 @@ class Batcher:
         # Usually free (alone() saw nothing running), so acquire() returns without yielding;
         # but the worker may hold one while it forms a batch from the last queued requests
         # (not yet "running"): with BATCH_PARALLEL 1 this then waits for that batch.
+        waited_from = time.perf_counter()
         await self._run_slots.acquire()
+        waited = time.perf_counter() - waited_from
         self._alone += 1
         reservation.release()  # like a batch starting: the run slot bounds it from here
         try:
@@ -348,10 +350,10 @@ class Batcher:
             self._run_slots.release()
             self._wake()
         rows = _rows(next(iter(feeds.values())))
-        record("queue", 0.0)
+        record("queue", waited)
         record("infer", seconds, rows)
         if self.metrics is not None:
-            self.metrics.queue_seconds.labels(*self._labels()).observe(0.0)
+            self.metrics.queue_seconds.labels(*self._labels()).observe(waited)
             self.metrics.batch_size.labels(*self._labels()).observe(rows)
             self.metrics.inference_seconds.labels(self.model, self.version).observe(seconds)
         return outputs, extra

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,19 +48,19 @@ EXIF_ORIENTATION_TAG = 0x0112
 SELF_ORIENTING_FORMATS = frozenset({"TIFF"})
 # Scans a JPEG may have. libjpeg goes over every coefficient of the image for each scan of
 # a progressive JPEG, so a 200 kB file that repeats one scan a thousand times keeps a decode
-# thread busy for 40 s. libjpeg's standard progression has 10 scans (6 grey), optimising
-# encoders a few more, an EXIF thumbnail or a second MPO picture its own. So at most 64
-# scans, and at most as many scan-pixels as JPEG_SCAN_BUDGET scans of the largest image
-# accepted (MAX_IMAGE_PIXELS): a 40 MP grey JPEG decodes in 0.24 s with its 6 scans, 2.7 s
-# with 64, 0.51 s with 12, here; the budget keeps it under about 0.7 s while a smaller
-# image may have all 64.
+# thread busy for 40 s. libjpeg's standard progressions have 10 scans (YCbCr), 6 (grey) and
+# 18 (CMYK), optimising encoders a few more. So at most 64 scans, and at most as many
+# scan-pixels as JPEG_SCAN_BUDGET scans of the largest image accepted (MAX_IMAGE_PIXELS): a
+# 40 MP grey JPEG decodes in 0.24 s with its 6 scans, 0.51 s with 12 and 2.7 s with 64
+# here; the budget keeps it near 1 s, while a smaller image may have all 64. (A JPEG inside
+# a TIFF is not counted; libtiff itself refuses a strip of more than 99 scans.)
 MAX_JPEG_SCANS = 64
-JPEG_SCAN_BUDGET = 16
+JPEG_SCAN_BUDGET = 24
 JPEG_SOI = b"\xff\xd8"
-# Start-of-scan marker. Inside entropy-coded data an 0xFF byte is always followed by 0x00
-# (byte stuffing) or a restart marker, so every occurrence starts a scan, except inside
-# metadata segments (a thumbnail's own scans): the count is an upper bound.
-JPEG_SOS = b"\xff\xda"
+# After a start-of-scan segment, the entropy-coded data runs to the next marker: an 0xFF not
+# followed by 0x00 (byte stuffing) or a restart marker (0xD0-0xD7).
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_SOS, _EOI = 0xDA, 0xD9
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -71,6 +72,33 @@ def configure_pillow(max_pixels: int) -> None:
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers of the JPEG stream ``data`` opens with, up to its end-of-image:
+    metadata segments (an EXIF thumbnail's own scans) are skipped by their length, and what
+    follows the end (a second MPO picture, a motion photo's video) is not read."""
+    position, scans = len(JPEG_SOI), 0
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            break  # not at a marker: damaged; the decoder will say so
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == _EOI:
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            position += 2
+            continue
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == _SOS:
+            scans += 1
+            following = _NEXT_MARKER.search(data, position)
+            if following is None:
+                break
+            position = following.start()
+    return scans
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -150,7 +178,7 @@ def open_upload(
     """
     if not data:
         raise invalid(f"the {what} upload is empty (0 bytes)")
-    scans = data.count(JPEG_SOS) if data.startswith(JPEG_SOI) else 0
+    scans = jpeg_scans(data) if data.startswith(JPEG_SOI) else 0
     if scans > MAX_JPEG_SCANS:
         raise PayloadTooLarge(
             f"the {what} is a JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are decoded "

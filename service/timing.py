@@ -9,7 +9,7 @@ into them). Stages, each summed over the request's images and graphs, in millise
 |---|---|
 | ``decode-wait`` | waiting for a decode thread (``DECODE_THREADS``) and the hand-off to it |
 | ``decode`` | image decode and fit to the model input (the decode pool) |
-| ``queue`` | waiting for a batch to start (0 for a request that ran alone) |
+| ``queue`` | waiting for a batch to start (alone: for a run slot, usually 0) |
 | ``infer`` | ONNX Runtime ``run`` of the request's batch (``desc``: its rows, the largest) |
 | ``app`` | from the outermost middleware to the answer's first byte |
 
@@ -83,7 +83,8 @@ def timed(stage: str) -> Iterator[None]:
 
 class ServerTimingMiddleware:
     """Starts each HTTP request's Timings and writes them as ``Server-Timing`` on the
-    answer (every answer: the middlewares' own 413s and 503s carry ``app`` alone)."""
+    answer: every answer the app gives (the middlewares' own 413s and 503s carry ``app``
+    alone), not the 500 Starlette writes outside every middleware for an unhandled error."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

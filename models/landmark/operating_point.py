@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from models.landmark.data import LandmarkDataset
@@ -72,17 +73,25 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version-dir", type=Path, required=True)
-    parser.add_argument("--val-images", type=int, default=TrainConfig.val_images)
+    parser.add_argument(
+        "--val-images",
+        type=int,
+        default=TrainConfig.val_images,
+        help="validation scenes (config.json does not record them; the training default)",
+    )
     args = parser.parse_args(argv)
     config = json.loads((args.version_dir / "config.json").read_text())
     training, pre = config["training"], config["preprocess"]
     if not training.get("synthetic", True):
         raise SystemExit("only versions trained on generated scenes can be re-measured here")
+    defaults = TrainConfig()
     cfg = TrainConfig(
         seed=training["seed"],
         test_images=training["test_images"],
         val_images=args.val_images,
         cache_dir=None,
+        # The scenes are drawn at the graph's input size.
+        net=replace(defaults.net, input_size=pre["width"]),
     )
     matches = {
         split: split_matches(

@@ -20,6 +20,7 @@ from service.imaging import (
     decode_image,
     decode_to_fit,
     fit_image,
+    jpeg_scans,
     letterbox,
     normalize,
 )
@@ -344,6 +345,30 @@ def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused_before_decodi
     assert decode(fits).shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize(("mode", "scans"), [("L", 6), ("RGB", 10), ("CMYK", 18)])
+def test_standard_progressions_fit_at_the_largest_size(mode: str, scans: int) -> None:
+    """libjpeg's own progressive scripts, at the largest image accepted."""
+    buffer = io.BytesIO()
+    Image.new(mode, (64, 64)).save(buffer, "JPEG", progressive=True)
+    assert jpeg_scans(buffer.getvalue()) == scans
+    assert decode(buffer.getvalue(), max_pixels=64 * 64).shape == (64, 64, 3)
+
+
+def test_only_the_jpeg_streams_own_scans_count() -> None:
+    """Start-of-scan bytes inside a metadata segment or after the end of the image (a
+    motion photo's video, a second MPO picture) are not scans of this image."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    payload = b"\xff\xda" * 1000
+    app1 = b"\xff\xe1" + (2 + len(payload)).to_bytes(2, "big") + payload
+    with_metadata = data[:2] + app1 + data[2:]
+    motion_photo = data + payload * 10
+    for upload in (with_metadata, motion_photo):
+        assert jpeg_scans(upload) == 1
+        assert decode(upload).shape == (32, 32, 3)
+
+
 def test_a_large_jpeg_gets_fewer_scans() -> None:
     """Scan-pixels are capped at JPEG_SCAN_BUDGET scans of the largest image accepted: an
     image of the largest size (here MAX_IMAGE_PIXELS = 64 x 64) gets that many scans."""
@@ -351,11 +376,11 @@ def test_a_large_jpeg_gets_fewer_scans() -> None:
     Image.new("L", (64, 64), 128).save(buffer, "JPEG", progressive=True)
     data = buffer.getvalue()
     last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
-    extra = JPEG_SCAN_BUDGET - data.count(b"\xff\xda")
+    extra = JPEG_SCAN_BUDGET - jpeg_scans(data)
     at_budget = data[:end] + data[last_scan:end] * extra + data[end:]
     assert decode(at_budget, max_pixels=64 * 64).shape == (64, 64, 3)
     over = data[:end] + data[last_scan:end] * (extra + 1) + data[end:]
-    with pytest.raises(PayloadTooLarge, match=r"at most 16 are decoded"):
+    with pytest.raises(PayloadTooLarge, match=rf"at most {JPEG_SCAN_BUDGET} are decoded"):
         decode(over, max_pixels=64 * 64)
     assert decode(over).shape == (64, 64, 3)  # the same file, a larger limit: decoded
 

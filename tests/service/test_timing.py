@@ -44,7 +44,8 @@ def _post(client: TestClient) -> dict[str, tuple[float, str | None]]:
 def test_an_answer_says_where_its_time_went(client: TestClient) -> None:
     timing = _post(client)
     assert list(timing) == ["decode-wait", "decode", "queue", "infer", "app"]
-    assert timing["queue"][0] == 0.0  # one client: the request ran alone
+    # One client: the request ran alone, its run slot free (an uncontended acquire).
+    assert timing["queue"][0] < 1.0
     assert timing["infer"][1] == "batch of 1"
     assert all(ms > 0 for name, (ms, _) in timing.items() if name != "queue")
     # app spans the whole request, so it holds the stages inside it.
@@ -110,3 +111,34 @@ def test_batched_requests_report_their_queue_wait_and_batch(repo: Path) -> None:
     assert all(t.stages_ms["queue"] >= 0 for t in results)
     # The first queued waited for the other two to be queued; the last did not wait longer.
     assert results[0].stages_ms["queue"] >= results[2].stages_ms["queue"]
+
+
+def test_a_lone_request_that_waits_for_a_run_slot_reports_the_wait(repo: Path) -> None:
+    """alone() saw nothing running, but the worker held the only run slot (BATCH_PARALLEL
+    1) while forming a batch: the lone request's wait for it is its queue time."""
+    model = load_model("landmark", make_settings(repo, batch_parallel=1))
+    assert model.ready, model.error
+    batcher = model.batcher()
+    image = np.random.default_rng(0).random((1, 3, 160, 160), dtype=np.float32)
+    held_s = 0.2
+
+    async def scenario() -> Timings:
+        batcher._bind_loop()
+        assert batcher._run_slots is not None
+        await batcher._run_slots.acquire()  # as the worker does while it forms a batch
+        timings = Timings()
+
+        async def lone() -> None:
+            timings_var.set(timings)
+            with batcher.slot() as reservation:
+                await batcher.run_alone(lambda: ({"image": image}, None), reservation=reservation)
+
+        task = asyncio.create_task(lone())
+        await asyncio.sleep(held_s)
+        batcher._run_slots.release()
+        await task
+        return timings
+
+    timings = asyncio.run(scenario())
+    assert timings.stages_ms["queue"] >= 0.9 * held_s * 1000
+    assert timings.rows == 1 and timings.stages_ms["infer"] > 0
