@@ -29,9 +29,9 @@ from models.common.export import (
     write_config,
 )
 from models.landmark.data import PAD_VALUE, LandmarkDataset
-from models.landmark.evaluate import MATCH_RADIUS, decode, match, summarize
+from models.landmark.evaluate import MATCH_RADIUS, decode, summarize
 from models.landmark.net import LandmarkExport, load_checkpoint
-from models.landmark.operating_point import operating_point, split_matches
+from models.landmark.operating_point import matched, operating_point, split_matches
 from models.landmark.scenes import LABELS
 from models.landmark.train import (
     CONFIDENCE_THRESHOLD,
@@ -270,18 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"ONNX Runtime and PyTorch differ by {parity:.2e} > {PARITY_TOLERANCE}")
 
     preds = onnx_predict(version_dir / "model.onnx", test)
-    matches = [
-        match(
-            decode(
-                *pr,
-                confidence_threshold=CONFIDENCE_THRESHOLD,
-                min_score=CONFIDENCE_THRESHOLD,
-                nms_radius=NMS_RADIUS,
-            ),
-            labels,
-        )
-        for pr, labels in zip(preds, test.arrays.labels, strict=True)
-    ]
+    matches = matched(preds, test.arrays.labels)
     metrics = summarize(matches, len(LABELS), OPERATING_SCORE)
     val = LandmarkDataset(load_data(cfg, "val"), ckpt["mean"], ckpt["std"])
     point = operating_point(split_matches(version_dir / "model.onnx", val), matches)

@@ -27,11 +27,9 @@ from models.landmark.train import load_data as load_split
 OUT_NAME = "operating_point.json"
 
 
-def split_matches(onnx: Path, dataset: LandmarkDataset) -> list:
-    """Every scene's detections (the ONNX graph, decoded as the service does) matched to its
+def matched(predictions: list, labels: list) -> list:
+    """Each scene's predictions (ONNX outputs), decoded as the service does, matched to its
     labels."""
-    from models.landmark.export import onnx_predict  # export imports this module
-
     return [
         match(
             decode(
@@ -40,12 +38,17 @@ def split_matches(onnx: Path, dataset: LandmarkDataset) -> list:
                 min_score=CONFIDENCE_THRESHOLD,
                 nms_radius=NMS_RADIUS,
             ),
-            labels,
+            scene_labels,
         )
-        for prediction, labels in zip(
-            onnx_predict(onnx, dataset), dataset.arrays.labels, strict=True
-        )
+        for prediction, scene_labels in zip(predictions, labels, strict=True)
     ]
+
+
+def split_matches(onnx: Path, dataset: LandmarkDataset) -> list:
+    """Every scene of ``dataset`` run through the ONNX graph and ``matched``."""
+    from models.landmark.export import onnx_predict  # export imports this module
+
+    return matched(onnx_predict(onnx, dataset), dataset.arrays.labels)
 
 
 def operating_point(val_matches: list, test_matches: list) -> dict:
