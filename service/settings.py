@@ -197,7 +197,7 @@ class Settings(BaseSettings):
     gpu_mem_limit_mb: int | None = Field(default=None, ge=1)
     # I/O binding (inputs copied once to the device, outputs bound): auto = on CUDA only.
     io_binding: Literal["auto", "on", "off"] = "auto"
-    # A Server-Timing header on every answer (decode, queue, infer, app in ms;
+    # A Server-Timing header on every answer (decode-wait, decode, queue, infer, app in ms;
     # service/timing.py), also written in the access line. False hides how long a
     # server's stages take from its clients.
     server_timing: bool = True
