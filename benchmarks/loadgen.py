@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service.timing import STAGE_ORDER as INSIDE_APP
+
 # An answer taking longer than this is a failure of the benchmark, not a latency.
 REQUEST_TIMEOUT_S = 60.0
 
@@ -57,8 +59,7 @@ def multipart_request(
     return head + body
 
 
-# Stages of the service's Server-Timing header (service/timing.py), in its order.
-INSIDE_APP = ("decode-wait", "decode", "queue", "infer")
+# Stages of the service's Server-Timing header, in its order: those inside "app", then it.
 TIMING_STAGES = (*INSIDE_APP, "app")
 
 

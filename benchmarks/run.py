@@ -55,6 +55,7 @@ from service.batching import Normalization
 from service.imaging import decode_image, decode_to_fit, fit_image
 from service.runtime import NUMPY_TYPES, OnnxSession, read_config, select_version
 from service.settings import Settings, available_cpus
+from service.timing import STAGE_ORDER
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -372,9 +373,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "HTTP parsing and writing, the load generator. In-process, back to back: decode "
         f"{pipe['decode_ms']:.2f} ms, one run {pipe['run_ms']:.2f} ms.",
         "",
-        "| server | concurrency | p50 ms | app | decode-wait | decode | queue | infer | own "
-        "| outside |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server | concurrency | p50 ms | app | " + " | ".join(STAGE_ORDER) + " | own | outside |",
+        "|---|---|---|---" + "|---" * len(STAGE_ORDER) + "|---|---|",
     ]
     for name, rows in report["http"].items():
         for row in rows:
@@ -382,16 +382,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 lines.append(
                     f"| {name} | {row['concurrency']} | {_fmt(row['p50_ms'], 2)} | "
                     + " | ".join(
-                        _fmt(stages[key], 2)
-                        for key in (
-                            "app",
-                            "decode-wait",
-                            "decode",
-                            "queue",
-                            "infer",
-                            "own",
-                            "outside",
-                        )
+                        _fmt(stages[key], 2) for key in ("app", *STAGE_ORDER, "own", "outside")
                     )
                     + " |"
                 )

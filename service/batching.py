@@ -159,16 +159,19 @@ async def decode_upload(
     """``decode_rows`` in the decode pool (``limiter``: VISION_DECODE_THREADS at once), so
     the event loop stays free; 400/413 for bad or oversized images."""
     return await anyio.to_thread.run_sync(
-        _timed_decode, time.perf_counter(), data, pre, settings, limiter=limiter
+        _timed_decode,
+        time.perf_counter(),
+        partial(decode_rows_for, data, pre, settings),
+        limiter=limiter,
     )
 
 
-def _timed_decode(
-    submitted: float, data: bytes, pre: Letterbox, settings: Settings
-) -> tuple[ImageRows, LetterboxTransform]:
+def _timed_decode(submitted: float, decode: Callable[[], T]) -> T:
+    """``decode()`` in a pool thread, recording the wait since ``submitted`` (perf_counter
+    when the event loop handed it over) as decode-wait and its own time as decode."""
     record("decode-wait", time.perf_counter() - submitted)
     with timed("decode"):
-        return decode_rows_for(data, pre, settings)
+        return decode()
 
 
 def _rows(value: Feed) -> int:
@@ -361,9 +364,7 @@ class Batcher:
     def _prepare_and_run(
         self, submitted: float, prepare: Callable[[], tuple[Mapping[str, Feed], T]]
     ) -> tuple[Mapping[str, Feed], T, Outputs, float]:
-        record("decode-wait", time.perf_counter() - submitted)
-        with timed("decode"):
-            feeds, extra = prepare()
+        feeds, extra = _timed_decode(submitted, prepare)
         try:
             outputs, seconds = self._run_parts({name: [feed] for name, feed in feeds.items()})
         except Exception:
