@@ -120,23 +120,29 @@ async def compute_features(
     with the model's own map, each batched with concurrent requests."""
     names = serving.decoder.config
     model = serving.model
-    # The slot is taken before decoding: a full queue answers 503 without spending CPU.
-    with model.batcher(names.features_graph).slot() as reservation:
+    # Both graphs' slots are taken before decoding: a full queue of either answers 503
+    # without spending CPU, and a request whose features graph ran is never refused at the
+    # perception graph (that run would be thrown away).
+    with (
+        model.batcher(names.features_graph).slot() as features_slot,
+        model.batcher(names.perception_graph).slot() as perception_slot,
+    ):
         rows, transform = await decode_upload(data, serving.config.preprocess, settings, limiter)
         extracted = await model.infer(
             {serving.features.inputs[0].name: rows},
             names.features_graph,
-            reservation=reservation,
+            reservation=features_slot,
             disconnected=disconnected,
         )
-    perceived = await model.infer(
-        {
-            names.feature_map: extracted[names.feature_map],
-            names.attention_map: extracted[names.attention_map],
-        },
-        names.perception_graph,
-        disconnected=disconnected,
-    )
+        perceived = await model.infer(
+            {
+                names.feature_map: extracted[names.feature_map],
+                names.attention_map: extracted[names.attention_map],
+            },
+            names.perception_graph,
+            reservation=perception_slot,
+            disconnected=disconnected,
+        )
     # Copies: a batched request's outputs are views of the whole batch's arrays, and these
     # may live on in the feature cache, which would keep every row of that batch alive.
     return ImageFeatures(

@@ -20,8 +20,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.attention.data import FASHION_MNIST_DIR, LABELS, compose, load_fashion_mnist
+from service.errors import Overloaded
 from service.feedback import open_store
 from service.main import create_app
+from service.routers.attention import attention_model, compute_features
 from tests.service.conftest import make_settings
 from tests.service.images import encode
 
@@ -131,6 +133,51 @@ def test_correction_follows_the_mask_on_two_item_canvases(
         moved += answers[0] != answers[1]
     assert hits[0] >= 0.75 * PAIRS and hits[1] >= 0.75 * PAIRS, hits
     assert moved >= 0.75 * PAIRS
+
+
+def test_a_full_perception_queue_refuses_before_the_features_graph_runs(
+    client: TestClient,
+) -> None:
+    """Both graphs' slots are taken up front: a request is not refused at the perception
+    graph after its features graph ran (that run would be wasted CPU under overload)."""
+    app = client.app
+    settings = app.state.settings  # type: ignore[attr-defined]
+    serving = attention_model(app.state.registry, settings)  # type: ignore[attr-defined]
+    perception = serving.model.batcher(serving.decoder.config.perception_graph)
+    labels = {
+        "model": serving.config.name,
+        "version": serving.config.version,
+        "graph": serving.decoder.config.features_graph,
+    }
+
+    def features_runs() -> float:
+        value = app.state.metrics.registry.get_sample_value("vision_batch_size_count", labels)  # type: ignore[attr-defined]
+        return value or 0.0
+
+    async def connected() -> bool:
+        return False
+
+    before = features_runs()
+    # The race this closes: admission saw room, then the perception graph filled up while
+    # the request decoded and ran its features graph.
+    held = [perception.reserve() for _ in range(perception.policy.queue_size)]
+    try:
+        with pytest.raises(Overloaded, match="perception"):
+            client.portal.call(  # type: ignore[union-attr]
+                compute_features,
+                _canvas_upload(),
+                serving,
+                settings,
+                app.state.decode_limiter,  # type: ignore[attr-defined]
+                connected,
+            )
+    finally:
+        for reservation in held:
+            reservation.release()
+    assert features_runs() == before
+    response = client.post("/attention", files={"image": ("a.png", _canvas_upload(), "image/png")})
+    assert response.status_code == 200
+    assert features_runs() == before + 1
 
 
 def test_second_correction_of_an_image_uses_the_cached_features(client: TestClient) -> None:
