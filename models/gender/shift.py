@@ -210,11 +210,13 @@ def evaluate_shifts(
     seed: int,
     shifts: tuple[str, ...] = tuple(SHIFTS),
     contour_f_images: int = 0,
+    fill: tuple[float, float] = GarmentConfig.fill,
 ) -> dict[str, dict]:
     """Every shift's accuracy per variant found in ``run`` (a training run's directory, or
     one fused checkpoint such as models/repository/gender/5/checkpoint.pt) and fused vs
     semantic-only, per garment type and per backdrop; with ``contour_f_images`` also the
-    contour network's F per backdrop (``contour_f_by_backdrop``)."""
+    contour network's F per backdrop (``contour_f_by_backdrop``). ``fill`` is the
+    unshifted garments' size range (the run's ``--fill``); shifts that set it override it."""
     nets: dict[str, GenderNet] = {}
     # A file is one fused network: a served version's checkpoint.pt.
     paths = {"fused": run} if run.is_file() else {v: run / f"gender-{v}.pt" for v in VARIANT_ORDER}
@@ -226,7 +228,7 @@ def evaluate_shifts(
     if not nets:
         raise SystemExit(f"no gender-*.pt checkpoints in {run}")
     size = next(iter(nets.values())).config.contour.input_size
-    base = GarmentConfig(size=size)
+    base = GarmentConfig(size=size, fill=fill)
     results: dict[str, dict] = {}
     for name in shifts:
         garments = shifted_set(name, count, seed, base)
@@ -331,13 +333,26 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         help="also the contour network's ODS F against exact outlines per backdrop, on this "
         "many garments of each and on the fused model's errors",
     )
+    p.add_argument(
+        "--fill",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=list(GarmentConfig.fill),
+        help="unshifted garments' longer side as a share of the image (the run's --fill)",
+    )
     p.add_argument("--out", default=None, help="write the results here as JSON")
     p.add_argument("--plot", default=None, help="draw accuracy per shift and variant (PNG)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     results = evaluate_shifts(
-        Path(a.run), a.images, a.seed + TEST_SEED_OFFSET, tuple(a.shifts), a.contour_f
+        Path(a.run),
+        a.images,
+        a.seed + TEST_SEED_OFFSET,
+        tuple(a.shifts),
+        a.contour_f,
+        (a.fill[0], a.fill[1]),
     )
     print(table(results))
     for name, entry in results.items():

@@ -601,6 +601,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--fusion-width", type=int, default=d.net.fusion_width)
     p.add_argument(
+        "--fill",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=list(d.garments.fill),
+        help="generated garment's longer side as a share of the image, drawn uniformly "
+        "(every split)",
+    )
+    p.add_argument(
         "--contour-resize",
         choices=CONTOUR_RESIZES,
         default=d.net.contour_resize,
@@ -609,6 +618,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     a = vars(p.parse_args(argv))
     size = a.pop("input_size")
+    low, high = a.pop("fill")
+    if not 0.0 < low <= high <= 1.0:
+        p.error("--fill needs 0 < LOW <= HIGH <= 1")
     dropout = a.pop("contour_dropout")
     a["variants"] = tuple(a["variants"])
     net = replace(
@@ -619,7 +631,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         fusion_width=a.pop("fusion_width"),
         contour_resize=a.pop("contour_resize"),
     )
-    return TrainConfig(**a, net=net, garments=replace(d.garments, size=size))
+    return TrainConfig(**a, net=net, garments=replace(d.garments, size=size, fill=(low, high)))
 
 
 def main(argv: list[str] | None = None) -> dict:
