@@ -57,7 +57,8 @@ DATA_NOTE = (
     "women's trousers cut exactly like a shirt or men's trousers (there the classes "
     "overlap and no model can do better than chance). Colour and texture (solid, "
     "stripes, checks, dots, noise; random colours; soft shading) are drawn independently "
-    "of the label. Backdrops: half plain (product-shot style), half random crops of real "
+    "of the label. Each garment's longer side is {fill} of the image side (drawn "
+    "uniformly). Backdrops: half plain (product-shot style), half random crops of real "
     "photographs (scikit-image/matplotlib sample photographs; train, val and test use "
     "disjoint photographs: models/common/backgrounds.py). 30 % of the training images are "
     "colour-augmented (a channel swap or one channel shifted by at most 40 levels). "
@@ -83,7 +84,9 @@ def run_test_split(
         kinds = np.asarray(LABELS)[labels[keep]]
         return images[keep], labels[keep], kinds, folder_note(config, labels)
     test = generate(config["test_images"], "test", config["seed"] + 32, garments)
-    return test.images, test.labels, test.kinds, DATA_NOTE
+    low, high = garments.fill
+    fill = f"{low * 100:.0f}-{high * 100:.0f} %"
+    return test.images, test.labels, test.kinds, DATA_NOTE.replace("{fill}", fill)
 
 
 def folder_note(config: dict, labels: np.ndarray) -> str:

@@ -23,7 +23,7 @@ from models.gender.net import (
     load_checkpoint,
     save_checkpoint,
 )
-from models.gender.train import TrainConfig, fresh_train_data, to_tensor, train
+from models.gender.train import TrainConfig, fresh_train_data, parse_args, to_tensor, train
 from service.decoding import GenderDecoder
 from service.runtime import load_model
 from tests.service.conftest import make_settings
@@ -130,7 +130,15 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     for image in ("contour_examples.png", "ablation.png", "contour_curves.png"):
         assert (version / image).exists() and f"]({image})" in card
     assert card.rstrip().endswith("Version 2 reached 0.5 (a line the card must keep).")
+    assert "Each garment's longer side is 55-90 % of the image side" in card  # the run's fill
     assert f"McNemar's exact two-sided p = {paired['mcnemar_p']:.3g}" in card
+
+
+def test_fill_sets_the_garment_size_of_every_split() -> None:
+    assert parse_args(["--fill", "0.35", "0.9"]).garments.fill == (0.35, 0.9)
+    assert parse_args([]).garments.fill == GarmentConfig().fill
+    with pytest.raises(SystemExit):
+        parse_args(["--fill", "0.9", "0.35"])
 
 
 def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline: dict) -> None:
