@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seed": cfg.seed,
             "epochs_trained": ckpt.get("epoch"),
             "schedule_epochs": train_cfg.get("epochs"),
+            "val_images": cfg.val_images,
             "test_images": cfg.test_images,
             "onnx_bytes": (version_dir / "model.onnx").stat().st_size,
             "parity_max_abs_diff": parity,

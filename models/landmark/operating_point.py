@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--val-images",
         type=int,
-        default=TrainConfig.val_images,
-        help="validation scenes (config.json does not record them; the training default)",
+        default=None,
+        help="validation scenes (default: config.json's training.val_images; versions "
+        "exported before it was recorded: the training default)",
     )
     args = parser.parse_args(argv)
     config = json.loads((args.version_dir / "config.json").read_text())
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TrainConfig(
         seed=training["seed"],
         test_images=training["test_images"],
-        val_images=args.val_images,
+        val_images=args.val_images or training.get("val_images", defaults.val_images),
         cache_dir=None,
         # The scenes are drawn at the graph's input size.
         net=replace(defaults.net, input_size=pre["width"]),

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.landmark import export
+from models.landmark import export, operating_point
 from models.landmark.net import LandmarkExport, LandmarkNet, LandmarkNetConfig, load_checkpoint
 from models.landmark.train import TrainConfig, train
 
@@ -99,7 +99,14 @@ def test_export_writes_a_checked_graph_that_matches_pytorch(trained, tmp_path):
     assert config["training"]["parity_max_abs_diff"] <= 1e-4
     assert set(config["metrics"]["test"]) >= {"recall_at_precision_95", "class_accuracy"}
     # The threshold fixed on the validation split, and the test split measured at it.
-    assert config["metrics"]["operating_point_from_validation"]["chosen_on"] == "validation"
+    point = config["metrics"]["operating_point_from_validation"]
+    assert point["chosen_on"] == "validation"
+    # Re-measured from the version directory alone, on the validation scenes it was fixed on
+    # (config.json records their number: 16 here, not the training default).
+    assert config["training"]["val_images"] == 16
+    again = operating_point.main(["--version-dir", str(version)])
+    assert again["val_images"] == 16
+    assert again["score"] == pytest.approx(point["score"])
     assert "synthetic" in (version / "MODEL_CARD.md").read_text().lower()
 
     # Dynamic batch: a batch size the export never saw.
