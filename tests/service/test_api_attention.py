@@ -175,7 +175,9 @@ def test_a_full_perception_queue_refuses_before_the_features_graph_runs(
         for reservation in held:
             reservation.release()
     assert features_runs() == before
-    response = client.post("/attention", files={"image": ("a.png", _canvas_upload(), "image/png")})
+    # With room again it runs (an image no other test sent: a cached one would skip the graph).
+    fresh = _canvas_upload(seed=9119)
+    response = client.post("/attention", files={"image": ("a.png", fresh, "image/png")})
     assert response.status_code == 200
     assert features_runs() == before + 1
 
