@@ -154,7 +154,7 @@ def test_a_full_perception_queue_refuses_before_the_features_graph_runs(
         value = app.state.metrics.registry.get_sample_value("vision_batch_size_count", labels)  # type: ignore[attr-defined]
         return value or 0.0
 
-    async def connected() -> bool:
+    async def never_disconnected() -> bool:
         return False
 
     before = features_runs()
@@ -169,7 +169,7 @@ def test_a_full_perception_queue_refuses_before_the_features_graph_runs(
                 serving,
                 settings,
                 app.state.decode_limiter,  # type: ignore[attr-defined]
-                connected,
+                never_disconnected,
             )
     finally:
         for reservation in held:
