@@ -509,6 +509,13 @@ def write_card(
         )
 
     grid = config_from_dict(GenderNetConfig, c["net"]).grid
+    scale = c["net"].get("semantic_scale", 1)
+    semantic_input = (
+        f", seeing the image average-pooled to {s // scale}x{s // scale} while the contour "
+        f"network sees it at {s}x{s}"
+        if scale > 1
+        else ""
+    )
     parts = [
         f"# Gender from contour + semantic features, version {version_dir.name}",
         "Seed 003: female/male from multi-level contour features fused with semantic "
@@ -524,7 +531,8 @@ def write_card(
                 "cross-entropy (uncertain teacher pixels ignored, as RCF does).",
                 f"- Gender model: a semantic CNN (stride-2 conv stages with residual blocks, "
                 f"{c['net']['semantic_widths']} channels, trained here from scratch: no "
-                f"pretrained backbone) gives {grid}x{grid} high-level features; the "
+                f"pretrained backbone{semantic_input}) gives {grid}x{grid} high-level "
+                "features; the "
                 "frozen contour network's multi-level features (single-channel layer "
                 f"dropped) are {resize_note(c['net'], grid)} and concatenated "
                 f"channel-wise; two 3x3 conv layers ({c['net']['fusion_width']} channels) "

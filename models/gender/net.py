@@ -15,7 +15,7 @@ contour map the service returns).
 
 Gender model:
 
-    image -> semantic CNN -> (N, Cs, g, g) high-level features
+    image -> (average-pooled by semantic_scale) -> semantic CNN -> (N, Cs, g, g) features
     image -> frozen contour features -> average-pooled to the g x g grid (N, 4U, g, g)
     -> concatenated channel-wise -> two 3x3 conv layers (fusion) -> GAP -> FC -> logits
 
@@ -74,8 +74,14 @@ class GenderNetConfig:
     # (pixel_unshuffle: 16U channels at g x g), so the fusion convs see edges at twice the
     # resolution. Fold was tried for the trouser cuts that hold most errors (README).
     contour_resize: str = "average"
+    # The semantic CNN sees the image average-pooled by this factor (1: full resolution).
+    # Seed 003's case for the fusion is a simpler semantic network helped by contour
+    # features that keep the full detail; 2 gives it a quarter of the pixels (README).
+    semantic_scale: int = 1
 
     def __post_init__(self) -> None:
+        if self.semantic_scale < 1 or self.contour.input_size % self.semantic_scale:
+            raise ValueError("semantic_scale must be a positive divisor of the input size")
         if self.contour_resize not in CONTOUR_RESIZES:
             raise ValueError(f"contour_resize must be one of {CONTOUR_RESIZES}")
         if self.contour_resize == "fold" and len(self.semantic_widths) < 2:
@@ -87,7 +93,7 @@ class GenderNetConfig:
     @property
     def grid(self) -> int:
         """Side of the semantic feature grid the contour features are resized to."""
-        return self.contour.input_size // 2 ** len(self.semantic_widths)
+        return self.contour.input_size // (self.semantic_scale * 2 ** len(self.semantic_widths))
 
     @property
     def fused_contour_channels(self) -> int:
@@ -190,7 +196,9 @@ class GenderNet(nn.Module):
         caches them: the contour network is frozen)."""
         parts = []
         if self.semantic is not None:
-            parts.append(self.semantic(image))  # (N, Cs, g, g)
+            k = self.config.semantic_scale
+            small = F.avg_pool2d(image, k) if k > 1 else image  # (N, 3, S/k, S/k)
+            parts.append(self.semantic(small))  # (N, Cs, g, g)
         if self.config.use_contour:
             assert pooled_contour is not None
             contour = self.contour_norm(pooled_contour)  # (N, 4U or 16U, g, g)

@@ -35,7 +35,9 @@ of them gets right with the exact McNemar p-value. ``--contour-f N`` adds the co
 network's ODS F against the exact outlines per backdrop, on N garments of each and on the
 fused model's errors. ``--images 10000 --seed 100 --shifts none`` measures the same
 checkpoints on a larger held-out set of fresh garments (the run never saw seed 100's test
-garments).
+garments). ``--baseline models/repository/gender/5/checkpoint.pt`` adds a served version's
+model on the same garments, paired with the run's fused model (is a new run ahead of what
+is served?).
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ from models.gender.train import TrainConfig, contour_maps, pooled_features, pred
 # garments as the run's held-out test, so only the shift differs.
 TEST_SEED_OFFSET = 32
 VARIANT_ORDER = ("fused", "semantic", "contour")
+# With --baseline, a served version's fused model measured on the same garments: whether a
+# new run's fused model is ahead of or behind what is served, paired.
+BASELINE = "baseline"
+COLUMNS = (*VARIANT_ORDER, BASELINE)
 
 
 @dataclass(frozen=True)
@@ -211,12 +217,15 @@ def evaluate_shifts(
     shifts: tuple[str, ...] = tuple(SHIFTS),
     contour_f_images: int = 0,
     fill: tuple[float, float] = GarmentConfig.fill,
+    baseline: Path | None = None,
 ) -> dict[str, dict]:
     """Every shift's accuracy per variant found in ``run`` (a training run's directory, or
     one fused checkpoint such as models/repository/gender/5/checkpoint.pt) and fused vs
     semantic-only, per garment type and per backdrop; with ``contour_f_images`` also the
     contour network's F per backdrop (``contour_f_by_backdrop``). ``fill`` is the
-    unshifted garments' size range (the run's ``--fill``); shifts that set it override it."""
+    unshifted garments' size range (the run's ``--fill``); shifts that set it override it.
+    ``baseline``: a fused checkpoint (a served version's checkpoint.pt) measured as the
+    ``baseline`` variant, with the run's fused model against it, paired."""
     nets: dict[str, GenderNet] = {}
     # A file is one fused network: a served version's checkpoint.pt.
     paths = {"fused": run} if run.is_file() else {v: run / f"gender-{v}.pt" for v in VARIANT_ORDER}
@@ -228,6 +237,13 @@ def evaluate_shifts(
     if not nets:
         raise SystemExit(f"no gender-*.pt checkpoints in {run}")
     size = next(iter(nets.values())).config.contour.input_size
+    if baseline is not None:
+        if "fused" not in nets:
+            raise SystemExit(f"--baseline needs a fused model in {run}")
+        net, _ = load_checkpoint(baseline)
+        if not isinstance(net, GenderNet) or net.config.contour.input_size != size:
+            raise SystemExit(f"{baseline} is not a gender network for {size}x{size} images")
+        nets[BASELINE] = net.eval()
     base = GarmentConfig(size=size, fill=fill)
     results: dict[str, dict] = {}
     for name in shifts:
@@ -246,6 +262,16 @@ def evaluate_shifts(
             entry["fused_only_right"] = only_fused
             entry["semantic_only_right"] = only_semantic
             entry["mcnemar_p"] = mcnemar_exact(only_fused, only_semantic)
+        if BASELINE in right:
+            only_fused = int((right["fused"] & ~right[BASELINE]).sum())
+            only_baseline = int((right[BASELINE] & ~right["fused"]).sum())
+            entry["fused_vs_baseline"] = {
+                "checkpoint": str(baseline),
+                "fused_minus_baseline": entry["fused"] - entry[BASELINE],
+                "fused_only_right": only_fused,
+                "baseline_only_right": only_baseline,
+                "mcnemar_p": mcnemar_exact(only_fused, only_baseline),
+            }
         # Where the errors are: per garment type (blouses and women's trousers are the
         # types cut like menswear 10 % of the time, so about 0.9 is their ceiling).
         entry["per_kind"] = per_group(right, kinds, sorted(set(kinds.tolist())))
@@ -261,7 +287,7 @@ def evaluate_shifts(
 
 def table(results: dict[str, dict]) -> str:
     """A markdown table of ``evaluate_shifts``' results."""
-    variants = [v for v in VARIANT_ORDER if v in next(iter(results.values()))]
+    variants = [v for v in COLUMNS if v in next(iter(results.values()))]
     lines = [
         "| shift | " + " | ".join(variants) + " | fused - semantic | only fused / only "
         "semantic right | McNemar p |",
@@ -282,7 +308,7 @@ def table(results: dict[str, dict]) -> str:
 
 def kind_table(entry: dict) -> str:
     """A markdown table of one shift's accuracy per garment type and variant."""
-    variants = [v for v in VARIANT_ORDER if v in entry]
+    variants = [v for v in COLUMNS if v in entry]
     lines = [
         "| garment type | images | " + " | ".join(variants) + " |",
         "|---" * (len(variants) + 2) + "|",
@@ -296,7 +322,7 @@ def kind_table(entry: dict) -> str:
 def backdrop_table(entry: dict) -> str:
     """A markdown table of one shift's accuracy per backdrop and variant, with the contour
     network's F there when it was measured."""
-    variants = [v for v in VARIANT_ORDER if v in entry]
+    variants = [v for v in COLUMNS if v in entry]
     f = entry.get("contour_f", {})
     extra = " | contour F, all / fused errors" if f else ""
     lines = [
@@ -341,6 +367,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         default=list(GarmentConfig.fill),
         help="unshifted garments' longer side as a share of the image (the run's --fill)",
     )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="also measure this fused checkpoint (a served version's checkpoint.pt) on the "
+        "same garments, paired with the run's fused model",
+    )
     p.add_argument("--out", default=None, help="write the results here as JSON")
     p.add_argument("--plot", default=None, help="draw accuracy per shift and variant (PNG)")
     a = p.parse_args(argv)
@@ -353,15 +385,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         tuple(a.shifts),
         a.contour_f,
         (a.fill[0], a.fill[1]),
+        None if a.baseline is None else Path(a.baseline),
     )
     print(table(results))
+    for name, entry in results.items():
+        if "fused_vs_baseline" in entry:
+            print(f"{name}, fused vs baseline: {json.dumps(entry['fused_vs_baseline'])}")
     for name, entry in results.items():
         print(f"\n{name}, per garment type:\n{kind_table(entry)}")
         print(f"\n{name}, per backdrop:\n{backdrop_table(entry)}")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
     if a.plot:
-        variants = [v for v in VARIANT_ORDER if v in results[a.shifts[0]]]
+        variants = [v for v in COLUMNS if v in results[a.shifts[0]]]
         plot_bars(
             Path(a.plot),
             list(results),

@@ -601,6 +601,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--fusion-width", type=int, default=d.net.fusion_width)
     p.add_argument(
+        "--semantic-scale",
+        type=int,
+        default=d.net.semantic_scale,
+        help="the semantic CNN sees the image average-pooled by this factor (the contour "
+        "network always sees it whole)",
+    )
+    p.add_argument(
         "--fill",
         type=float,
         nargs=2,
@@ -629,6 +636,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         contour_dropout=dropout,
         semantic_widths=tuple(a.pop("semantic_widths")),
         fusion_width=a.pop("fusion_width"),
+        semantic_scale=a.pop("semantic_scale"),
         contour_resize=a.pop("contour_resize"),
     )
     return TrainConfig(**a, net=net, garments=replace(d.garments, size=size, fill=(low, high)))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.gender.net import (
     ContourNet,
@@ -237,3 +238,48 @@ def test_an_old_checkpoint_without_the_option_rebuilds_averaging(tmp_path: Path)
     torch.save(ckpt, tmp_path / "old.pt")
     loaded, _ = load_checkpoint(tmp_path / "old.pt")
     assert isinstance(loaded, GenderNet) and loaded.config.contour_resize == "average"
+
+
+def test_a_semantic_scale_feeds_the_semantic_cnn_a_pooled_image() -> None:
+    """With ``semantic_scale`` 2 the semantic CNN sees the image average-pooled to half its
+    side (the contour network still sees it whole): two images with the same 2x2 block
+    means get the same semantic-only logits, and the grid shrinks with the scale."""
+    config = replace(SMALL, semantic_scale=2, semantic_widths=(8, 16, 16), use_contour=False)
+    assert config.grid == GenderNetConfig(contour=CONTOUR, semantic_widths=(8, 8, 16, 16)).grid
+    net = GenderNet(config).eval()
+    torch.manual_seed(0)
+    coarse = torch.randn(2, 3, 32, 32)
+    blocky = F.interpolate(coarse, scale_factor=2, mode="nearest")  # (2, 3, 64, 64)
+    detail = torch.randn(2, 3, 64, 64)
+    detail = detail - F.interpolate(F.avg_pool2d(detail, 2), scale_factor=2, mode="nearest")
+    with torch.no_grad():
+        plain, detailed = net.classify(blocky, None), net.classify(blocky + detail, None)
+        full = GenderNet(replace(config, semantic_scale=1, semantic_widths=(8, 8, 16, 16)))
+        full.eval()
+        assert not torch.allclose(
+            full.classify(blocky, None), full.classify(blocky + detail, None), atol=1e-4
+        )
+    torch.testing.assert_close(plain, detailed, atol=1e-5, rtol=1e-5)
+    fused = GenderNet(replace(config, use_contour=True)).eval()
+    assert fused(blocky)["logits"].shape == (2, 2)
+    with pytest.raises(ValueError, match="semantic_scale"):
+        GenderNetConfig(semantic_scale=3)
+
+
+def test_semantic_scale_is_a_training_option() -> None:
+    from models.gender.train import parse_args
+
+    assert parse_args([]).net.semantic_scale == 1
+    net = parse_args(["--semantic-scale", "2", "--semantic-widths", "32", "64", "96"]).net
+    assert (net.semantic_scale, net.grid) == (2, 8)
+
+
+def test_a_half_resolution_semantic_network_exports_with_parity(tmp_path: Path) -> None:
+    from models.common.export import PARITY_TOLERANCE, check_parity, export_onnx
+
+    torch.manual_seed(0)
+    config = replace(SMALL, semantic_scale=2, semantic_widths=(8, 16, 16))
+    wrapper = GenderExport(GenderNet(config))
+    path = tmp_path / "half.onnx"
+    export_onnx(wrapper, (torch.randn(2, 3, 64, 64),), path, ["image"], ["logits", "contour"])
+    assert check_parity(wrapper, path, {"image": torch.randn(3, 3, 64, 64)}) <= PARITY_TOLERANCE

@@ -182,6 +182,20 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
     # A served version's checkpoint (one fused network) is measured as the fused variant.
     served = shift.evaluate_shifts(run / "gender-fused.pt", count, seed, ("none",))
     assert served["none"]["fused"] == results["none"]["fused"] and "semantic" not in served["none"]
+    # A baseline is measured on the same garments and paired with the run's fused model:
+    # with the run's own semantic-only checkpoint as the baseline, the pairs are the
+    # fused-vs-semantic ones.
+    paired = shift.evaluate_shifts(
+        run, count, seed, ("none",), baseline=run / "gender-semantic.pt"
+    )["none"]
+    assert paired["baseline"] == results["none"]["semantic"]
+    against = paired["fused_vs_baseline"]
+    assert (against["fused_only_right"], against["baseline_only_right"]) == (
+        results["none"]["fused_only_right"],
+        results["none"]["semantic_only_right"],
+    )
+    assert against["mcnemar_p"] == results["none"]["mcnemar_p"]
+    assert set(paired["per_kind"][next(iter(paired["per_kind"]))]) >= {"fused", "baseline"}
     base = GarmentConfig(size=SIZE)
     plain = shift.shifted_set("none", count, seed, base)
     for name, spec in shift.SHIFTS.items():
