@@ -41,7 +41,7 @@ from models.gender.data import (
 )
 from models.gender.evaluate import f_measure, mcnemar_exact
 from models.gender.net import GenderExport, GenderNet, GenderNetConfig, load_checkpoint
-from models.gender.train import MEAN, STD, pooled_features, predict, to_tensor
+from models.gender.train import MEAN, STD, predict, shared_pooled_features, to_tensor
 
 NAME = "gender"
 TASK = "gender_contour"
@@ -308,15 +308,16 @@ def main(argv: list[str] | None = None) -> dict:
 def paired_comparison(run: Path, images: np.ndarray, labels: np.ndarray) -> dict | None:
     """Fused against semantic-only on the same test garments (both checkpoints of ``run``,
     PyTorch): how many only one of them gets right, and McNemar's exact p-value."""
-    right = {}
+    nets = {}
     for variant in ("fused", "semantic"):
         path = run / f"gender-{variant}.pt"
         if not path.exists():
             return None
         net, _ = load_checkpoint(path)
         assert isinstance(net, GenderNet)
-        predicted = predict(net, images, pooled_features(net, images)).numpy()
-        right[variant] = predicted == labels
+        nets[variant] = net
+    pooled = shared_pooled_features(nets, images)
+    right = {v: predict(net, images, pooled[v]).numpy() == labels for v, net in nets.items()}
     fused_only = int((right["fused"] & ~right["semantic"]).sum())
     semantic_only = int((~right["fused"] & right["semantic"]).sum())
     return {

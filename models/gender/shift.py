@@ -64,7 +64,7 @@ from models.gender.data import (
 )
 from models.gender.evaluate import f_measure, mcnemar_exact
 from models.gender.net import GenderNet, load_checkpoint
-from models.gender.train import TrainConfig, contour_maps, pooled_features, predict
+from models.gender.train import TrainConfig, contour_maps, predict, shared_pooled_features
 
 # The test split's seed offset in training (models.gender.train.gender_data): the same
 # garments as the run's held-out test, so only the shift differs.
@@ -250,8 +250,9 @@ def evaluate_shifts(
         garments = shifted_set(name, count, seed, base)
         images, kinds = garments.images, garments.kinds
         labels = torch.from_numpy(garments.labels)
+        pooled = shared_pooled_features(nets, images)
         right = {
-            variant: (predict(net, images, pooled_features(net, images)) == labels).numpy()
+            variant: (predict(net, images, pooled[variant]) == labels).numpy()
             for variant, net in nets.items()
         }
         entry: dict = {v: float(r.mean()) for v, r in right.items()}

@@ -293,6 +293,38 @@ def pooled_features(net: GenderNet, images: np.ndarray, batch_size: int = 256) -
     )
 
 
+def _same_contour_input(a: GenderNet, b: GenderNet) -> bool:
+    """Whether ``a`` and ``b`` take the same pooled contour features: equal contour
+    networks (weights and batch-norm statistics) pooled to the same grid the same way."""
+    if (a.config.contour, a.config.grid, a.config.contour_resize) != (
+        b.config.contour,
+        b.config.grid,
+        b.config.contour_resize,
+    ):
+        return False
+    mine, theirs = a.contour.state_dict(), b.contour.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def shared_pooled_features(
+    nets: dict[str, GenderNet], images: np.ndarray
+) -> dict[str, torch.Tensor | None]:
+    """``pooled_features`` for each net that uses them (None for semantic-only ones),
+    computed once per distinct contour input: a run's variants share one frozen contour
+    network, and the contour pass is most of an evaluation's time."""
+    out: dict[str, torch.Tensor | None] = {}
+    for name, net in nets.items():
+        if not net.config.use_contour:
+            out[name] = None
+            continue
+        same = next(
+            (k for k, v in out.items() if v is not None and _same_contour_input(nets[k], net)),
+            None,
+        )
+        out[name] = out[same] if same is not None else pooled_features(net, images)
+    return out
+
+
 @torch.no_grad()
 def predict(net: GenderNet, images: np.ndarray, pooled: torch.Tensor | None) -> torch.Tensor:
     """Class index ``(N,)`` int64 of ``(N, S, S, 3)`` uint8 images (``pooled``: their

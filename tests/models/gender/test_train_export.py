@@ -23,7 +23,15 @@ from models.gender.net import (
     load_checkpoint,
     save_checkpoint,
 )
-from models.gender.train import TrainConfig, fresh_train_data, parse_args, to_tensor, train
+from models.gender.train import (
+    TrainConfig,
+    fresh_train_data,
+    parse_args,
+    pooled_features,
+    shared_pooled_features,
+    to_tensor,
+    train,
+)
 from service.decoding import GenderDecoder
 from service.runtime import load_model
 from tests.service.conftest import make_settings
@@ -391,3 +399,32 @@ def test_image_folder_run_is_measured_and_described_on_its_own_test_split(
     card = (repo / "gender" / "1" / "MODEL_CARD.md").read_text()
     assert f"Real data: the image folder `{folder}` (13 images" in card
     assert "Synthetic garments" not in card
+
+
+def test_variants_with_one_contour_network_share_one_contour_pass() -> None:
+    """A run's variants share a frozen contour network: their pooled contour features are
+    computed once (the same tensor), a different contour network gets its own, and a
+    semantic-only net none."""
+    torch.manual_seed(0)
+    small = GenderNetConfig(
+        contour=ContourNetConfig(input_size=SIZE, widths=(8, 8, 8, 8), unified_channels=4),
+        semantic_widths=(8, 8, 8, 16),
+        fusion_width=16,
+    )
+    fused = GenderNet(small).eval()
+    nets = {
+        "fused": fused,
+        "semantic": GenderNet(replace(small, use_contour=False)).eval(),
+        "contour": GenderNet(replace(small, use_semantic=False)).eval(),
+        "other": GenderNet(small).eval(),  # its own random contour network
+    }
+    nets["contour"].contour.load_state_dict(fused.contour.state_dict())
+    images = generate(6, "test", seed=3, config=GarmentConfig(size=SIZE)).images
+    with torch.no_grad():
+        pooled = shared_pooled_features(nets, images)
+        assert pooled["semantic"] is None
+        assert pooled["contour"] is pooled["fused"]
+        assert pooled["other"] is not pooled["fused"]
+        for name in ("fused", "other"):
+            torch.testing.assert_close(pooled[name], pooled_features(nets[name], images))
+        assert not torch.allclose(pooled["other"], pooled["fused"])
