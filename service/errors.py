@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_var
 from service.schemas import PROBLEM_MEDIA_TYPE
+from service.timing import SERVER_TIMING_HEADER, scope_header
 
 logger = logging.getLogger(__name__)
 
@@ -258,8 +259,8 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Runs outside RequestIdMiddleware (Starlette's outermost error middleware), so the
-    # request's ID comes back from the scope for the log line and the header.
+    # Runs outside RequestIdMiddleware and ServerTimingMiddleware (Starlette's outermost
+    # error middleware), so the request's ID and timings come back from the scope.
     request_id: str | None = request.scope.get(REQUEST_ID_SCOPE_KEY)
     token = request_id_var.set(request_id) if request_id else None
     try:
@@ -267,11 +268,15 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     finally:
         if token is not None:
             request_id_var.reset(token)
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    timing = scope_header(request.scope)
+    if timing is not None:
+        headers[SERVER_TIMING_HEADER.decode("ascii")] = timing
     return problem_response(
         HTTPStatus.INTERNAL_SERVER_ERROR,
         title=_status_phrase(HTTPStatus.INTERNAL_SERVER_ERROR),
         detail="the server failed to handle the request",
-        headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        headers=headers or None,
     )
 
 

@@ -29,6 +29,9 @@ from contextlib import contextmanager
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SERVER_TIMING_HEADER = b"server-timing"
+# Where the middleware leaves the request's Timings and start: Starlette answers an
+# unhandled error outside every middleware, so its 500 handler reads them from the scope.
+TIMING_SCOPE_KEY = "vision.timing"
 # The order stages are written in: the order a request passes through them.
 STAGE_ORDER = ("decode-wait", "decode", "queue", "infer")
 
@@ -59,6 +62,17 @@ class Timings:
         return ", ".join(parts).encode("ascii")
 
 
+def scope_header(scope: Scope) -> str | None:
+    """The ``Server-Timing`` value for a request answered outside the middleware (the 500
+    of an unhandled error), up to now; None when the middleware is not installed."""
+    entry = scope.get(TIMING_SCOPE_KEY)
+    if entry is None:
+        return None
+    timings: Timings = entry[0]
+    started: float = entry[1]
+    return timings.header(1000.0 * (time.perf_counter() - started)).decode("ascii")
+
+
 timings_var: contextvars.ContextVar[Timings | None] = contextvars.ContextVar(
     "timings", default=None
 )
@@ -84,7 +98,8 @@ def timed(stage: str) -> Iterator[None]:
 class ServerTimingMiddleware:
     """Starts each HTTP request's Timings and writes them as ``Server-Timing`` on the
     answer: every answer the app gives (the middlewares' own 413s and 503s carry ``app``
-    alone), not the 500 Starlette writes outside every middleware for an unhandled error."""
+    alone); the 500 Starlette writes outside every middleware for an unhandled error gets
+    it from ``scope_header``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -96,6 +111,7 @@ class ServerTimingMiddleware:
         timings = Timings()
         token = timings_var.set(timings)
         started = time.perf_counter()
+        scope[TIMING_SCOPE_KEY] = (timings, started)
 
         async def send_with_timing(message: Message) -> None:
             if message["type"] == "http.response.start":

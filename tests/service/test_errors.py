@@ -17,6 +17,7 @@ from service.errors import (
     install_exception_handlers,
 )
 from service.logs import RequestIdMiddleware, request_id_var
+from service.timing import ServerTimingMiddleware, record
 
 
 def app_raising(exc: Exception) -> TestClient:
@@ -116,3 +117,23 @@ def test_validation_errors_do_not_echo_the_input() -> None:
     assert sent not in response.text
     errors = response.json()["errors"]
     assert errors and all(set(error) == {"loc", "msg", "type"} for error in errors)
+
+
+def test_unexpected_error_still_says_where_the_time_went() -> None:
+    """The 500 is written outside ServerTimingMiddleware too; its ``Server-Timing`` comes
+    from the scope, with the stages recorded before the error and ``app``."""
+    app = FastAPI()
+    install_exception_handlers(app)
+    app.add_middleware(ServerTimingMiddleware)
+
+    @app.get("/boom")
+    async def get_boom() -> None:
+        record("decode", 0.002)
+        raise RuntimeError("boom")
+
+    response = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    stages = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert set(stages) == {"decode", "app"}
+    assert float(stages["decode"]) == 2.0 and float(stages["app"]) > 0.0
