@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SERVER_TIMING_HEADER = b"server-timing"
-# Where the middleware leaves the request's Timings and start: Starlette answers an
+# Where the middleware leaves the request's Timings: Starlette answers an
 # unhandled error outside every middleware, so its 500 handler reads them from the scope.
 TIMING_SCOPE_KEY = "vision.timing"
 # The order stages are written in: the order a request passes through them.
@@ -39,11 +39,12 @@ STAGE_ORDER = ("decode-wait", "decode", "queue", "infer")
 class Timings:
     """Milliseconds per stage for one request, summed over repeated stages."""
 
-    __slots__ = ("rows", "stages_ms")
+    __slots__ = ("rows", "stages_ms", "started")
 
     def __init__(self) -> None:
         self.stages_ms: dict[str, float] = {}
         self.rows = 0  # rows of the batches this request's inferences ran in
+        self.started = time.perf_counter()  # seconds, perf_counter: when the request came in
 
     def add(self, stage: str, seconds: float, rows: int = 0) -> None:
         self.stages_ms[stage] = self.stages_ms.get(stage, 0.0) + 1000.0 * seconds
@@ -65,12 +66,10 @@ class Timings:
 def scope_header(scope: Scope) -> str | None:
     """The ``Server-Timing`` value for a request answered outside the middleware (the 500
     of an unhandled error), up to now; None when the middleware is not installed."""
-    entry = scope.get(TIMING_SCOPE_KEY)
-    if entry is None:
+    timings = scope.get(TIMING_SCOPE_KEY)
+    if not isinstance(timings, Timings):
         return None
-    timings: Timings = entry[0]
-    started: float = entry[1]
-    return timings.header(1000.0 * (time.perf_counter() - started)).decode("ascii")
+    return timings.header(1000.0 * (time.perf_counter() - timings.started)).decode("ascii")
 
 
 timings_var: contextvars.ContextVar[Timings | None] = contextvars.ContextVar(
@@ -110,12 +109,11 @@ class ServerTimingMiddleware:
             return
         timings = Timings()
         token = timings_var.set(timings)
-        started = time.perf_counter()
-        scope[TIMING_SCOPE_KEY] = (timings, started)
+        scope[TIMING_SCOPE_KEY] = timings
 
         async def send_with_timing(message: Message) -> None:
             if message["type"] == "http.response.start":
-                app_ms = 1000.0 * (time.perf_counter() - started)
+                app_ms = 1000.0 * (time.perf_counter() - timings.started)
                 headers = [
                     *message.get("headers", []),
                     (SERVER_TIMING_HEADER, timings.header(app_ms)),
