@@ -1,6 +1,6 @@
 """What idle time between requests costs one ONNX Runtime run: ``python -m benchmarks.idle``.
 
-    python -m benchmarks.idle [--gaps 0 2 5 20] [--runs 300]
+    python -m benchmarks.idle [--gaps 0 2 5 20] [--runs 300] [--intra-op-threads 1 2]
 
 ``benchmarks.run`` times "one run" back to back, so ORT's intra-op threads are awake and
 the caches warm; a lone request reaches a graph that has been idle since the previous
@@ -13,6 +13,9 @@ service's session options under three intra-op spinning policies:
 - ``during-run``: spinning on, plus ``session.force_spinning_stop`` (threads stop spinning
   as soon as the last concurrent run returns).
 
+With ``--intra-op-threads`` each policy is timed at each of those thread counts (default:
+the service's, the CPUs this process may use); with one thread there is no pool thread to
+wake, so what is left of the idle cost is the CPU's own (caches, frequency, a halted vCPU).
 It prints the median run time per gap and the process's CPU share over each loop (2.0 =
 two CPUs busy). Figures in ``benchmarks/README.md`` ("One client").
 """
@@ -70,9 +73,15 @@ def landmark_graph(settings: Settings) -> Graph:
     return Graph(str(version_dir / graph.file), graph.inputs[0].name, tensor)
 
 
-def policy_session(graph: Graph, settings: Settings, policy: str) -> ort.InferenceSession:
-    """A CPU session with the service's options and ``policy``'s spinning."""
-    options = session_options(settings.model_copy(update={"intra_op_spinning": policy != "off"}))
+def policy_session(
+    graph: Graph, settings: Settings, policy: str, threads: int | None = None
+) -> ort.InferenceSession:
+    """A CPU session with the service's options, ``policy``'s spinning and ``threads``
+    intra-op threads (None: the service's count)."""
+    update: dict[str, Any] = {"intra_op_spinning": policy != "off"}
+    if threads is not None:
+        update["intra_op_threads"] = threads
+    options = session_options(settings.model_copy(update=update))
     if policy == "during-run":
         options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(graph.path, options, providers=["CPUExecutionProvider"])
@@ -100,28 +109,33 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gaps", type=float, nargs="+", default=[0, 2, 5, 20], help="idle ms")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per gap")
+    parser.add_argument(
+        "--intra-op-threads", type=int, nargs="+", default=None, help="default: the service's"
+    )
+    parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
     args = parser.parse_args(argv)
     settings = Settings()
     graph = landmark_graph(settings)
     rows = []
-    for policy in POLICIES:
-        session = policy_session(graph, settings, policy)
-        for _ in range(WARM_RUNS):
-            session.run(None, {graph.input_name: graph.tensor})
-        for gap_ms in args.gaps:
-            rows.append(
-                {"policy": policy, "gap_ms": gap_ms}
-                | time_after_gaps(session, graph, gap_ms / 1000, args.runs)
-            )
+    for threads in args.intra_op_threads or [settings.resolved_intra_op_threads()]:
+        for policy in args.policies:
+            session = policy_session(graph, settings, policy, threads)
+            for _ in range(WARM_RUNS):
+                session.run(None, {graph.input_name: graph.tensor})
+            for gap_ms in args.gaps:
+                rows.append(
+                    {"threads": threads, "policy": policy, "gap_ms": gap_ms}
+                    | time_after_gaps(session, graph, gap_ms / 1000, args.runs)
+                )
+    print(f"landmark graph, batch 1, {args.runs} runs per row")
     print(
-        f"landmark graph, batch 1, {settings.resolved_intra_op_threads()} intra-op threads, "
-        f"{args.runs} runs per row"
+        "| intra-op threads | spinning | idle before each run | median run ms | process CPUs busy |"
     )
-    print("| spinning | idle before each run | median run ms | process CPUs busy |")
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['policy']} | {row['gap_ms']:g} ms | {row['run_ms']:.2f} | {row['cpus']:.2f} |"
+            f"| {row['threads']} | {row['policy']} | {row['gap_ms']:g} ms | {row['run_ms']:.2f} "
+            f"| {row['cpus']:.2f} |"
         )
     return rows
 
