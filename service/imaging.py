@@ -52,8 +52,11 @@ SELF_ORIENTING_FORMATS = frozenset({"TIFF"})
 # 18 (CMYK), optimising encoders a few more. So at most 64 scans, and at most as many
 # scan-pixels as JPEG_SCAN_BUDGET scans of the largest image accepted (MAX_IMAGE_PIXELS): a
 # 40 MP grey JPEG decodes in 0.24 s with its 6 scans, 0.51 s with 12 and 2.7 s with 64
-# here; the budget keeps it near 1 s, while a smaller image may have all 64. (A JPEG inside
-# a TIFF is not counted; libtiff itself refuses a strip of more than 99 scans.)
+# here; the budget keeps it near 1 s, while a smaller image may have all 64. A TIFF may hold
+# JPEG streams too, one per strip or tile, each of up to 99 scans (libtiff's own limit): a
+# 147 kB 6000x6000 grey TIFF of one 99-scan strip took 4.1 s to decode here (tests/service/
+# images.py: jpeg_tiff([repeated_scans(6000, 6000, 99)], 6000, 6000)), so its streams are
+# counted against the same limits (tiff_jpeg_streams): now refused in 1.5 ms.
 MAX_JPEG_SCANS = 64
 JPEG_SCAN_BUDGET = 24
 JPEG_SOI = b"\xff\xd8"
@@ -61,6 +64,15 @@ JPEG_SOI = b"\xff\xd8"
 # followed by 0x00 (byte stuffing) or a restart marker (0xD0-0xD7).
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 _SOS, _EOI = 0xDA, 0xD9
+# TIFF 6.0 tags that locate a frame's JPEG streams. Compression 7 (JPEG, TIFF Technical Note
+# 2) keeps one stream per strip or tile; 6 (the old style) may point at one stream for the
+# whole frame (JPEGInterchangeFormat and its length).
+_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_COMPRESSION, _TIFF_ROWS_PER_STRIP = 256, 257, 259, 278
+_TIFF_SAMPLES_PER_PIXEL = 277
+_TIFF_JPEG_COMPRESSIONS = frozenset({6, 7})
+_TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTE_COUNTS = 273, 279
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH, _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTE_COUNTS = 322, 323, 324, 325
+_TIFF_JPEG_INTERCHANGE, _TIFF_JPEG_INTERCHANGE_LENGTH = 513, 514
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -74,7 +86,7 @@ def configure_pillow(max_pixels: int) -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def jpeg_scans(data: bytes) -> int:
+def jpeg_scans(data: bytes | memoryview) -> int:
     """Start-of-scan markers of the JPEG stream ``data`` opens with, up to its end-of-image:
     metadata segments (an EXIF thumbnail's own scans) are skipped by their length, and what
     follows the end (a second MPO picture, a motion photo's video) is not read."""
@@ -99,6 +111,68 @@ def jpeg_scans(data: bytes) -> int:
                 break
             position = following.start()
     return scans
+
+
+def tiff_jpeg_streams(image: Image.Image, data: bytes) -> list[tuple[int, int]]:
+    """``(scans, pixels)`` of each JPEG stream in the opened TIFF frame ``image`` (``data``:
+    the file's bytes): one per strip or tile of a JPEG-compressed frame, pixels being the
+    strip's or tile's area, or one for an old-style stream of the whole frame. Empty when
+    the frame is not JPEG-compressed (or ``image`` is not a TIFF).
+
+    Only as many strips or tiles as the frame's size needs are read (libtiff ignores the
+    rest), a stream named twice is walked once (writers share the bytes of identical
+    tiles), and streams that together run over more bytes than the file holds overlap:
+    ValueError, so that no crafted file makes the count cost more than one pass over it.
+    """
+    tags = getattr(image, "tag_v2", None)
+    if tags is None or tags.get(_TIFF_COMPRESSION) not in _TIFF_JPEG_COMPRESSIONS:
+        return []
+    width = int(tags.get(_TIFF_WIDTH, image.size[0]))
+    height = int(tags.get(_TIFF_LENGTH, image.size[1]))
+    planes = max(1, int(tags.get(_TIFF_SAMPLES_PER_PIXEL, 1)))
+    view = memoryview(data)
+    counted: dict[tuple[int, int], int] = {}
+    walked = 0
+
+    def scans_at(offset: int, length: int) -> int:
+        nonlocal walked
+        if (offset, length) not in counted:
+            stream = view[offset : offset + length]
+            walked += len(stream)
+            if walked > len(data):
+                raise ValueError("the TIFF's JPEG strips or tiles overlap")
+            counted[offset, length] = jpeg_scans(stream) if stream[:2] == JPEG_SOI else 0
+        return counted[offset, length]
+
+    def values(tag: int, count: int) -> tuple[int, ...]:
+        value = tags.get(tag, ())
+        return tuple(int(v) for v in (value if isinstance(value, tuple) else (value,)))[:count]
+
+    streams = []
+    whole_frame = None
+    if _TIFF_JPEG_INTERCHANGE in tags:
+        whole_frame = int(tags[_TIFF_JPEG_INTERCHANGE])
+        length = int(tags.get(_TIFF_JPEG_INTERCHANGE_LENGTH, len(data) - whole_frame))
+        streams.append((scans_at(whole_frame, length), width * height))
+    if _TIFF_TILE_OFFSETS in tags:
+        tile_width = max(1, int(tags.get(_TIFF_TILE_WIDTH, width)))
+        tile_height = max(1, int(tags.get(_TIFF_TILE_LENGTH, height)))
+        count = -(-width // tile_width) * -(-height // tile_height) * planes
+        offsets = values(_TIFF_TILE_OFFSETS, count)
+        lengths = values(_TIFF_TILE_BYTE_COUNTS, count)
+        for offset, length in zip(offsets, lengths, strict=False):
+            streams.append((scans_at(offset, length), tile_width * tile_height))
+    else:
+        rows = min(int(tags.get(_TIFF_ROWS_PER_STRIP, height)), height) or height
+        per_plane = -(-height // max(1, rows))
+        offsets = values(_TIFF_STRIP_OFFSETS, per_plane * planes)
+        lengths = values(_TIFF_STRIP_BYTE_COUNTS, per_plane * planes)
+        for index, (offset, length) in enumerate(zip(offsets, lengths, strict=False)):
+            if offset == whole_frame:
+                continue  # an old-style file whose one strip is that stream: counted once
+            strip_rows = max(0, min(rows, height - (index % per_plane) * rows))
+            streams.append((scans_at(offset, length), strip_rows * width))
+    return streams
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -197,6 +271,21 @@ def open_upload(
                     f"the {what} is a {width}x{height} JPEG with {scans} scans; at this size "
                     f"at most {JPEG_SCAN_BUDGET * max_pixels // (width * height)} are decoded "
                     "(a progressive JPEG has about 10)"
+                )
+            streams = tiff_jpeg_streams(probe, data) if probe.format == "TIFF" else []
+            most = max((scans for scans, _ in streams), default=0)
+            if most > MAX_JPEG_SCANS:
+                raise PayloadTooLarge(
+                    f"the {what} is a TIFF with a JPEG strip or tile of {most} scans; at most "
+                    f"{MAX_JPEG_SCANS} are decoded (a progressive JPEG has about 10)"
+                )
+            scan_pixels = sum(scans * pixels for scans, pixels in streams)
+            if scan_pixels > JPEG_SCAN_BUDGET * max_pixels:
+                raise PayloadTooLarge(
+                    f"the {what} is a {width}x{height} TIFF whose JPEG strips or tiles amount to "
+                    f"{scan_pixels / max(1, width * height):.1f} scans of the whole image; at "
+                    f"this size at most {JPEG_SCAN_BUDGET * max_pixels // max(1, width * height)} "
+                    "are decoded (a progressive JPEG has about 10)"
                 )
             # load() skips checksums (a PNG with a bad IDAT CRC decodes to garbage);
             # verify() checks them without decoding, but leaves the image unusable.

@@ -11,7 +11,7 @@ from PIL import Image
 from service.main import create_app
 from tests.service.conftest import make_settings
 from tests.service.fakes import FAKE_CLASS, LABELS, write_model
-from tests.service.images import encode, scene
+from tests.service.images import encode, jpeg_tiff, repeated_scans, scene
 
 PROBLEM = "application/problem+json"
 
@@ -86,6 +86,15 @@ def test_a_jpeg_scan_bomb_is_413_at_once(client: TestClient) -> None:
     body = assert_problem(post_image(client, bomb, "image/jpeg"), 413)
     assert "scans" in body["detail"]
     assert post_image(client, progressive, "image/jpeg").status_code == 200
+
+
+def test_a_tiff_of_many_scan_jpeg_strips_is_413(client: TestClient) -> None:
+    """The same bomb inside a TIFF, where libtiff would decode 99 scans per strip."""
+    bomb = jpeg_tiff([repeated_scans(64, 64, 99)], 64, 64)
+    body = assert_problem(post_image(client, bomb, "image/tiff"), 413)
+    assert "99 scans" in body["detail"]
+    fits = jpeg_tiff([repeated_scans(64, 64, 10)], 64, 64)
+    assert post_image(client, fits, "image/tiff").status_code == 200
 
 
 @pytest.mark.parametrize("content_type", [None, "application/octet-stream"])

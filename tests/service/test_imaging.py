@@ -23,8 +23,9 @@ from service.imaging import (
     jpeg_scans,
     letterbox,
     normalize,
+    tiff_jpeg_streams,
 )
-from tests.service.images import encode
+from tests.service.images import encode, jpeg_tiff, repeated_scans
 
 LIMITS = {"max_pixels": 40_000_000, "max_side": 16_384}
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -383,6 +384,79 @@ def test_a_large_jpeg_gets_fewer_scans() -> None:
     with pytest.raises(PayloadTooLarge, match=rf"at most {JPEG_SCAN_BUDGET} are decoded"):
         decode(over, max_pixels=64 * 64)
     assert decode(over).shape == (64, 64, 3)  # the same file, a larger limit: decoded
+
+
+def streams_of(data: bytes) -> list[tuple[int, int]]:
+    with Image.open(io.BytesIO(data)) as image:
+        return tiff_jpeg_streams(image, data)
+
+
+def test_a_jpeg_tiff_as_pillow_writes_it_decodes_and_its_strips_are_counted() -> None:
+    data = encode(gradient_photo(64, 48), "TIFF", compression="jpeg")
+    streams = streams_of(data)
+    assert streams and all(scans >= 1 for scans, _ in streams)
+    assert sum(pixels for _, pixels in streams) == 64 * 48
+    assert decode(data).shape == (48, 64, 3)
+
+
+def test_a_tiff_without_jpeg_has_no_streams() -> None:
+    assert streams_of(encode(gradient_photo(16, 16), "TIFF", compression="tiff_deflate")) == []
+
+
+@pytest.mark.parametrize("layout", [{}, {"tile": (64, 64)}])
+def test_a_tiff_strip_or_tile_with_more_scans_than_any_encoder_writes_is_refused(
+    layout: dict,
+) -> None:
+    """libtiff decodes up to 99 scans per strip or tile; the JPEG limit applies instead."""
+    fits = jpeg_tiff([repeated_scans(64, 64, MAX_JPEG_SCANS)], 64, 64, **layout)
+    assert streams_of(fits) == [(MAX_JPEG_SCANS, 64 * 64)]
+    assert decode(fits).shape == (64, 64, 3)
+    bomb = jpeg_tiff([repeated_scans(64, 64, MAX_JPEG_SCANS + 1)], 64, 64, **layout)
+    with pytest.raises(PayloadTooLarge, match=rf"JPEG strip or tile of {MAX_JPEG_SCANS + 1} scans"):
+        decode(bomb)
+    with pytest.raises(PayloadTooLarge):
+        decode_to_fit(bomb, 32, 32, **LIMITS)
+
+
+def test_the_strips_of_a_tiff_share_one_scan_budget() -> None:
+    """Two half-height strips of 25 scans each are 25 scans of the whole image: one more
+    than JPEG_SCAN_BUDGET allows at the largest size (here MAX_IMAGE_PIXELS = 64 x 64)."""
+    strip = repeated_scans(64, 32, JPEG_SCAN_BUDGET + 1)
+    data = jpeg_tiff([strip, strip], 64, 64, rows_per_strip=32)
+    assert streams_of(data) == [(JPEG_SCAN_BUDGET + 1, 64 * 32)] * 2
+    with pytest.raises(PayloadTooLarge, match=rf"at most {JPEG_SCAN_BUDGET} are decoded"):
+        decode(data, max_pixels=64 * 64)
+    assert decode(data).shape == (64, 64, 3)  # the same file, a larger limit: decoded
+    within = jpeg_tiff([strip, repeated_scans(64, 32, 10)], 64, 64, rows_per_strip=32)
+    assert decode(within, max_pixels=64 * 64).shape == (64, 64, 3)
+
+
+def test_an_old_style_jpeg_tiff_counts_its_one_stream_once() -> None:
+    """Compression 6 names the stream as the whole frame's and as its strip."""
+    data = jpeg_tiff([repeated_scans(64, 64, 10)], 64, 64, old_style=True)
+    assert streams_of(data) == [(10, 64 * 64)]
+    bomb = jpeg_tiff([repeated_scans(64, 64, MAX_JPEG_SCANS + 1)], 64, 64, old_style=True)
+    with pytest.raises(PayloadTooLarge, match="JPEG strip or tile"):
+        decode(bomb)
+
+
+def test_overlapping_tiff_strips_are_refused_before_each_is_walked() -> None:
+    """Two strips that each claim nearly the whole file: counting them would cost more than
+    a pass over the file, and no encoder writes that."""
+    stream = repeated_scans(64, 32, 10)
+    both = 2 * len(stream)
+    data = jpeg_tiff([stream, stream], 64, 64, rows_per_strip=32, pointers=[(0, both), (1, both)])
+    with pytest.raises(ValueError, match="overlap"):
+        streams_of(data)
+    with pytest.raises(InvalidImage, match="overlap"):
+        decode(data)
+
+
+def test_strips_beyond_the_frames_size_are_not_read_and_shared_ones_count_each_time() -> None:
+    stream = repeated_scans(64, 32, 10)
+    # 1000 pointers where a 64-row frame of 32-row strips has 2; all name the same bytes.
+    data = jpeg_tiff([stream], 64, 64, rows_per_strip=32, pointers=[(0, len(stream))] * 1000)
+    assert streams_of(data) == [(10, 64 * 32)] * 2
 
 
 def test_draft_respects_exif_orientation() -> None:
