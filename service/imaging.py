@@ -63,6 +63,7 @@ JPEG_SOI = b"\xff\xd8"
 # After a start-of-scan segment, the entropy-coded data runs to the next marker: an 0xFF not
 # followed by 0x00 (byte stuffing) or a restart marker (0xD0-0xD7).
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_NOT_FILL = re.compile(rb"[^\xff]")
 _SOS, _EOI = 0xDA, 0xD9
 # TIFF 6.0 tags that locate a frame's JPEG streams. Compression 7 (JPEG, TIFF Technical Note
 # 2) keeps one stream per strip or tile; 6 (the old style) may point at one stream for the
@@ -73,6 +74,23 @@ _TIFF_JPEG_COMPRESSIONS = frozenset({6, 7})
 _TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTE_COUNTS = 273, 279
 _TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH, _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTE_COUNTS = 322, 323, 324, 325
 _TIFF_JPEG_INTERCHANGE, _TIFF_JPEG_INTERCHANGE_LENGTH = 513, 514
+# Pillow walks some of a file's structure in Python: a JPEG's marker segments up to the
+# first scan, every PNG chunk (IDAT included: the decoder is fed chunk by chunk) and a GIF's
+# extension sub-blocks before its first image. Millions of empty ones cost seconds per
+# megabyte where a real photo of that size decodes in well under one: here 2 M empty APP0
+# segments (7.6 MiB) took 11.9 s, 600 k empty private PNG chunks (6.9 MiB) 7.95 s and 1 M
+# GIF comments (4.8 MiB) 2.3 s. So each gets a cap far above what encoders write, counted
+# by a walk that stops at the cap (file_structure); Pillow's cost at the caps is under 0.6 s.
+MAX_JPEG_SEGMENTS = 4096  # a camera JPEG has 10-30; a progressive one adds two per scan
+# Pillow steps over stray bytes before the first scan one at a time (8 M fill bytes: 17 s);
+# encoders write none, a damaged file a few.
+MAX_JPEG_SKIPPED_BYTES = 65_536
+MAX_PNG_CHUNKS = 40_960  # a 20 MiB PNG in 512-byte IDATs; libpng writes 8 KiB ones
+MAX_GIF_BLOCKS = 65_536  # XMP in a GIF reads as one sub-block per few bytes
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND"
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+_GIF_EXTENSION, _GIF_IMAGE = 0x21, 0x2C
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -90,19 +108,41 @@ def jpeg_scans(data: bytes | memoryview) -> int:
     """Start-of-scan markers of the JPEG stream ``data`` opens with, up to its end-of-image:
     metadata segments (an EXIF thumbnail's own scans) are skipped by their length, and what
     follows the end (a second MPO picture, a motion photo's video) is not read."""
-    position, scans = len(JPEG_SOI), 0
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            break  # not at a marker: damaged; the decoder will say so
+    return jpeg_structure(data)[0]
+
+
+def jpeg_structure(data: bytes | memoryview) -> tuple[int, int, int]:
+    """``(scans, marker segments, skipped bytes before the first scan)`` of the JPEG stream
+    ``data`` opens with, up to its end-of-image. Bytes where a marker should be are skipped
+    to the next marker, as libjpeg does (with a warning) and Pillow does one Python step at a
+    time until the first scan; so junk cannot hide the scans after it. The walk stops after
+    MAX_JPEG_SEGMENTS + 1 segments or MAX_JPEG_SKIPPED_BYTES + 1 skipped bytes."""
+    position, scans, segments, skipped = len(JPEG_SOI), 0, 0, 0
+    while segments <= MAX_JPEG_SEGMENTS and skipped <= MAX_JPEG_SKIPPED_BYTES:
+        if position + 4 > len(data):
+            break
         marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
+        if data[position] != 0xFF or marker == 0xFF or marker == 0x00:
+            # Junk, fill bytes or a stuffed 0xFF00 where a marker belongs: on to the next.
+            following = _NEXT_MARKER.search(data, position + 1)
+            if following is None:
+                break
+            start = following.start()
+            if data[start + 1] == 0xFF:  # a run of fill bytes: its last one starts the marker
+                end_of_run = _NOT_FILL.search(data, start)
+                if end_of_run is None:
+                    break
+                start = end_of_run.start() - 1
+            if scans == 0:
+                skipped += start - position
+            position = start
             continue
         if marker == _EOI:
             break
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             position += 2
             continue
+        segments += 1
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
         if marker == _SOS:
             scans += 1
@@ -110,7 +150,59 @@ def jpeg_scans(data: bytes | memoryview) -> int:
             if following is None:
                 break
             position = following.start()
-    return scans
+    return scans, segments, skipped
+
+
+def png_chunks(data: bytes) -> int:
+    """Chunks of the PNG ``data`` up to IEND (or its end); stops after MAX_PNG_CHUNKS + 1."""
+    position, chunks = len(PNG_SIGNATURE), 0
+    while position + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS:
+        chunks += 1
+        if data[position + 4 : position + 8] == _PNG_IEND:
+            break
+        position += 12 + int.from_bytes(data[position : position + 4], "big")  # + type, CRC
+    return chunks
+
+
+def gif_blocks(data: bytes) -> int:
+    """Extension sub-blocks of the GIF ``data`` before its first image (each extension's
+    own terminator counted too); stops after MAX_GIF_BLOCKS + 1."""
+    flags = data[10] if len(data) > 10 else 0
+    position = 13 + (3 << ((flags & 0x07) + 1) if flags & 0x80 else 0)  # + global colours
+    blocks = 0
+    while position + 2 <= len(data) and blocks <= MAX_GIF_BLOCKS:
+        if data[position] != _GIF_EXTENSION:
+            break  # the first image, the trailer or damage: Pillow's walk ends there too
+        position += 2  # introducer, label
+        while position < len(data) and blocks <= MAX_GIF_BLOCKS:
+            size = data[position]
+            blocks += 1
+            position += 1 + size
+            if size == 0:
+                break
+    return blocks
+
+
+def file_structure(data: bytes) -> tuple[int, str | None]:
+    """One walk over what Pillow would walk in Python: ``(scans, problem)``, the scans of a
+    JPEG (0 for other formats) and why ``data`` must not be opened (a JPEG, PNG or GIF
+    with more segments, chunks or extension blocks than MAX_JPEG_SEGMENTS /
+    MAX_PNG_CHUNKS / MAX_GIF_BLOCKS) or None."""
+    if data.startswith(JPEG_SOI):
+        scans, segments, skipped = jpeg_structure(data)
+        if segments > MAX_JPEG_SEGMENTS:
+            return scans, f"a JPEG of more than {MAX_JPEG_SEGMENTS} marker segments"
+        if skipped > MAX_JPEG_SKIPPED_BYTES:
+            return scans, (
+                f"a JPEG with more than {MAX_JPEG_SKIPPED_BYTES} stray bytes between its "
+                "first markers"
+            )
+        return scans, None
+    if data.startswith(PNG_SIGNATURE) and png_chunks(data) > MAX_PNG_CHUNKS:
+        return 0, f"a PNG of more than {MAX_PNG_CHUNKS} chunks"
+    if data.startswith(GIF_SIGNATURES) and gif_blocks(data) > MAX_GIF_BLOCKS:
+        return 0, f"a GIF of more than {MAX_GIF_BLOCKS} extension blocks before its image"
+    return 0, None
 
 
 def tiff_jpeg_streams(image: Image.Image, data: bytes) -> list[tuple[int, int]]:
@@ -252,7 +344,9 @@ def open_upload(
     """
     if not data:
         raise invalid(f"the {what} upload is empty (0 bytes)")
-    scans = jpeg_scans(data) if data.startswith(JPEG_SOI) else 0
+    scans, too_many = file_structure(data)
+    if too_many is not None:
+        raise PayloadTooLarge(f"the {what} is {too_many}; encoders write far fewer")
     if scans > MAX_JPEG_SCANS:
         raise PayloadTooLarge(
             f"the {what} is a JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are decoded "
