@@ -54,9 +54,8 @@ SELF_ORIENTING_FORMATS = frozenset({"TIFF"})
 # 40 MP grey JPEG decodes in 0.24 s with its 6 scans, 0.51 s with 12 and 2.7 s with 64
 # here; the budget keeps it near 1 s, while a smaller image may have all 64. A TIFF may hold
 # JPEG streams too, one per strip or tile, each of up to 99 scans (libtiff's own limit): a
-# 147 kB 6000x6000 grey TIFF of one 99-scan strip took 4.1 s to decode here (tests/service/
-# images.py: jpeg_tiff([repeated_scans(6000, 6000, 99)], 6000, 6000)), so its streams are
-# counted against the same limits (tiff_jpeg_streams): now refused in 1.5 ms.
+# 147 kB 6000x6000 grey TIFF of one 99-scan strip takes Pillow 4 s (`python -m
+# benchmarks.bombs`), so its streams count against the same limits (tiff_jpeg_streams).
 MAX_JPEG_SCANS = 64
 JPEG_SCAN_BUDGET = 24
 JPEG_SOI = b"\xff\xd8"
@@ -74,15 +73,15 @@ _TIFF_JPEG_COMPRESSIONS = frozenset({6, 7})
 _TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTE_COUNTS = 273, 279
 _TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH, _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTE_COUNTS = 322, 323, 324, 325
 _TIFF_JPEG_INTERCHANGE, _TIFF_JPEG_INTERCHANGE_LENGTH = 513, 514
-# Pillow walks some of a file's structure in Python: a JPEG's marker segments up to the
-# first scan, every PNG chunk (IDAT included: the decoder is fed chunk by chunk) and a GIF's
-# extension sub-blocks before its first image. Millions of empty ones cost seconds per
-# megabyte where a real photo of that size decodes in well under one: here 2 M empty APP0
-# segments (7.6 MiB) took 11.9 s, 600 k empty private PNG chunks (6.9 MiB) 7.95 s and 1 M
-# GIF comments (4.8 MiB) 2.3 s. So each gets a cap far above what encoders write, counted
-# by a walk that stops at the cap (file_structure); Pillow's cost at the caps is under 0.6 s.
+# Pillow walks some of a file's structure in Python: a JPEG's marker segments and stray
+# bytes up to the first scan, every PNG chunk (IDAT included: the decoder is fed chunk by
+# chunk) and a GIF's extension sub-blocks before its first image. Millions of empty ones
+# cost seconds where a real photo of that size decodes in well under one (`python -m
+# benchmarks.bombs`: 2 M empty APP0 segments in 8 MB, 6.2 s; 600 k empty PNG chunks in
+# 7.2 MB, 4.2 s). So each gets a cap far above what encoders write, counted by a walk that
+# stops at the cap (file_structure); at the caps Pillow spends at most about 0.6 s.
 MAX_JPEG_SEGMENTS = 4096  # a camera JPEG has 10-30; a progressive one adds two per scan
-# Pillow steps over stray bytes before the first scan one at a time (8 M fill bytes: 17 s);
+# Pillow steps over stray bytes before the first scan one at a time (8 M fill bytes: 6.3 s);
 # encoders write none, a damaged file a few.
 MAX_JPEG_SKIPPED_BYTES = 65_536
 MAX_PNG_CHUNKS = 40_960  # a 20 MiB PNG in 512-byte IDATs; libpng writes 8 KiB ones
