@@ -89,7 +89,7 @@ MAX_GIF_BLOCKS = 65_536  # XMP in a GIF reads as one sub-block per few bytes
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND"
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
-_GIF_EXTENSION, _GIF_IMAGE = 0x21, 0x2C
+_GIF_EXTENSION = 0x21  # an extension block; 0x2C (an image) or anything else ends the walk
 
 
 def configure_pillow(max_pixels: int) -> None:
