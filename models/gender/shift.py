@@ -218,6 +218,7 @@ def evaluate_shifts(
     contour_f_images: int = 0,
     fill: tuple[float, float] = GarmentConfig.fill,
     baseline: Path | None = None,
+    outcomes: dict[str, Outcome] | None = None,
 ) -> dict[str, dict]:
     """Every shift's accuracy per variant found in ``run`` (a training run's directory, or
     one fused checkpoint such as models/repository/gender/5/checkpoint.pt) and fused vs
@@ -225,7 +226,8 @@ def evaluate_shifts(
     contour network's F per backdrop (``contour_f_by_backdrop``). ``fill`` is the
     unshifted garments' size range (the run's ``--fill``); shifts that set it override it.
     ``baseline``: a fused checkpoint (a served version's checkpoint.pt) measured as the
-    ``baseline`` variant, with the run's fused model against it, paired."""
+    ``baseline`` variant, with the run's fused model against it, paired. ``outcomes``, when
+    given, receives each shift's per-garment results (for ``compare_shifts``)."""
     nets: dict[str, GenderNet] = {}
     # A file is one fused network: a served version's checkpoint.pt.
     paths = {"fused": run} if run.is_file() else {v: run / f"gender-{v}.pt" for v in VARIANT_ORDER}
@@ -282,8 +284,43 @@ def evaluate_shifts(
         if contour_f_images:
             entry["contour_f"] = contour_f_by_backdrop(nets, garments, right, contour_f_images)
         results[name] = entry
+        if outcomes is not None:
+            outcomes[name] = Outcome(right, garments.labels, garments.backdrops)
         print(name, json.dumps(entry), flush=True)
     return results
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One shift's per-garment results: per variant ``(N,)`` bool correct, and each
+    garment's label and backdrop (to check that two shifts saw the same garments)."""
+
+    right: dict[str, np.ndarray]
+    labels: np.ndarray
+    backdrops: np.ndarray
+
+
+def compare_shifts(outcomes: dict[str, Outcome], first: str, second: str) -> dict[str, dict]:
+    """Per variant, ``second`` against ``first`` on the same garments (two renderings of one
+    set, such as grey and edge-repeating letterbox bars): accuracies, how many garments only
+    one of them gets right, the exact McNemar p, and the accuracies per backdrop."""
+    a, b = outcomes[first], outcomes[second]
+    if not (np.array_equal(a.labels, b.labels) and np.array_equal(a.backdrops, b.backdrops)):
+        raise ValueError(f"{first} and {second} are not the same garments; no pairing")
+    compared = {}
+    for variant in a.right.keys() & b.right.keys():
+        right_a, right_b = a.right[variant], b.right[variant]
+        only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+        compared[variant] = {
+            first: float(right_a.mean()),
+            second: float(right_b.mean()),
+            "difference": float(right_b.mean() - right_a.mean()),
+            f"{first}_only_right": only_a,
+            f"{second}_only_right": only_b,
+            "mcnemar_p": mcnemar_exact(only_a, only_b),
+            "per_backdrop": per_group({first: right_a, second: right_b}, a.backdrops, BACKDROPS),
+        }
+    return compared
 
 
 def table(results: dict[str, dict]) -> str:
@@ -374,11 +411,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         help="also measure this fused checkpoint (a served version's checkpoint.pt) on the "
         "same garments, paired with the run's fused model",
     )
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=[],
+        metavar="FIRST:SECOND",
+        help="shifts that render the same garments two ways, compared paired per variant "
+        "(e.g. portrait_letterboxed:portrait_edge_padded); both must be in --shifts",
+    )
     p.add_argument("--out", default=None, help="write the results here as JSON")
     p.add_argument("--plot", default=None, help="draw accuracy per shift and variant (PNG)")
     a = p.parse_args(argv)
+    pairs = [tuple(pair.split(":", 1)) for pair in a.pairs]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= set(a.shifts):
+            p.error(f"--pairs {':'.join(pair)}: give FIRST:SECOND, both among --shifts")
     if a.threads:
         torch.set_num_threads(a.threads)
+    outcomes: dict[str, Outcome] = {}
     results = evaluate_shifts(
         Path(a.run),
         a.images,
@@ -387,8 +437,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         a.contour_f,
         (a.fill[0], a.fill[1]),
         None if a.baseline is None else Path(a.baseline),
+        outcomes,
     )
+    paired = {
+        f"{first}:{second}": compare_shifts(outcomes, first, second) for first, second in pairs
+    }
     print(table(results))
+    for name, compared in paired.items():
+        print(f"{name}, paired: {json.dumps(compared)}")
     for name, entry in results.items():
         if "fused_vs_baseline" in entry:
             print(f"{name}, fused vs baseline: {json.dumps(entry['fused_vs_baseline'])}")
@@ -396,7 +452,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         print(f"\n{name}, per garment type:\n{kind_table(entry)}")
         print(f"\n{name}, per backdrop:\n{backdrop_table(entry)}")
     if a.out:
-        Path(a.out).write_text(json.dumps(results, indent=1))
+        written = results | ({"pairs": paired} if paired else {})
+        Path(a.out).write_text(json.dumps(written, indent=1))
     if a.plot:
         variants = [v for v in COLUMNS if v in results[a.shifts[0]]]
         plot_bars(
@@ -405,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             {v: [r[v] for r in results.values()] for v in variants},
             title="Gender variants on held-out garments under shifts",
         )
-    return results
+    return results | ({"pairs": paired} if paired else {})
 
 
 if __name__ == "__main__":

@@ -215,6 +215,43 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
         assert unchanged == np.array_equal(shifted.images, plain.images[kept]), name
 
 
+def test_two_renderings_of_the_same_garments_compare_paired(pipeline: dict) -> None:
+    """--pairs: grey against edge-repeating bars on the same portrait garments, per
+    variant; the pairs agree with each shift's own accuracy, and shifts that keep other
+    garments refuse to pair."""
+    config = pipeline["config"]
+    run, out = pipeline["root"] / "run", pipeline["root"] / "pairs.json"
+    first, second = "portrait_letterboxed", "portrait_edge_padded"
+    args = ["--run", str(run), "--images", str(config.test_images), "--out", str(out)]
+    results = shift.main([*args, "--shifts", first, second, "--pairs", f"{first}:{second}"])
+    assert json.loads(out.read_text()) == results
+    compared = results["pairs"][f"{first}:{second}"]
+    assert set(compared) == {"fused", "semantic", "contour"}
+    count = sum(b["images"] for b in results[first]["per_backdrop"].values())
+    for variant, c in compared.items():
+        assert (c[first], c[second]) == (results[first][variant], results[second][variant])
+        only = c[f"{second}_only_right"] - c[f"{first}_only_right"]
+        assert only == round(c["difference"] * count)
+        assert 0.0 < c["mcnemar_p"] <= 1.0
+        per = c["per_backdrop"]
+        assert {k: v[second] for k, v in per.items()} == {
+            k: v[variant] for k, v in results[second]["per_backdrop"].items()
+        }
+    outcomes: dict = {}
+    seed = config.seed + shift.TEST_SEED_OFFSET
+    shift.evaluate_shifts(
+        run,
+        config.test_images,
+        seed,
+        ("square_clear_rows", "square_clear_sides"),
+        outcomes=outcomes,
+    )
+    with pytest.raises(ValueError, match="not the same garments"):
+        shift.compare_shifts(outcomes, "square_clear_rows", "square_clear_sides")
+    with pytest.raises(SystemExit):  # a pair must name two of the shifts measured
+        shift.main(["--run", str(run), "--shifts", first, "--pairs", f"{first}:{second}"])
+
+
 def test_portrait_shift_letterboxes_a_three_by_four_photo() -> None:
     """The garment at 3/4 size between 16-pixel grey bars, and only garments whose outline
     leaves the top and bottom rows clear (their edge rows are repeated)."""
