@@ -42,6 +42,7 @@ import numpy.typing as npt
 from service.errors import ClientClosedRequest, Overloaded
 from service.imaging import (
     LetterboxTransform,
+    PadMode,
     ResizeMode,
     decode_image,
     decode_to_fit,
@@ -111,6 +112,7 @@ def decode_rows(
     max_side: int,
     draft: bool = True,
     resize: ResizeMode = "letterbox",
+    pad: PadMode = "constant",
 ) -> tuple[ImageRows, LetterboxTransform]:
     """Decode an upload straight to uint8 RGB and fit it (``resize``: letterbox or centre
     crop) into one ImageRows row (CPU-bound: run in the decode pool); the float conversion
@@ -124,7 +126,9 @@ def decode_rows(
         rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
         full = (rgb.shape[1], rgb.shape[0])
     # (height, width, 3) uint8; the transform maps to the full image's pixels
-    boxed, transform = fit_image(rgb, height, width, pad_value, resize=resize, source_size=full)
+    boxed, transform = fit_image(
+        rgb, height, width, pad_value, resize=resize, source_size=full, pad=pad
+    )
     return ImageRows(boxed[np.newaxis]), transform
 
 
@@ -135,6 +139,7 @@ class Letterbox(Protocol):
     width: int
     resize: ResizeMode
     pad_value: tuple[int, int, int]
+    pad: PadMode
 
 
 def decode_rows_for(
@@ -150,6 +155,7 @@ def decode_rows_for(
         max_side=settings.max_image_side,
         draft=settings.jpeg_draft,
         resize=pre.resize,
+        pad=pre.pad,
     )
 
 

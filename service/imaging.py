@@ -39,6 +39,11 @@ SERVED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 # How an image becomes the model input (config.json preprocess.resize): fitted whole with
 # pad bars (letterbox) or filling the input with the excess cut off (crop).
 ResizeMode = Literal["letterbox", "crop"]
+# How letterbox bars are filled (config.json preprocess.pad): with pad_value, or by
+# repeating the image's edge rows and columns, which a network trained on square images
+# takes better than a uniform bar whose edge reads like an outline (the gender model,
+# version 6 card).
+PadMode = Literal["constant", "edge"]
 # EXIF orientations (5-8) that swap width and height when applied.
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 EXIF_ORIENTATION_TAG = 0x0112
@@ -527,12 +532,14 @@ def letterbox(
     width: int,
     pad_value: Sequence[int],
     source_size: tuple[int, int] | None = None,
+    pad: PadMode = "constant",
 ) -> tuple[npt.NDArray[np.uint8], LetterboxTransform]:
     """Fit an ``(H, W, 3)`` uint8 image into ``(height, width, 3)`` uint8, keeping its aspect.
 
     The rule of models/repository/README.md: ``s = min(width / W, height / H)``, bilinear
     resize (Pillow) to ``round(W * s) x round(H * s)``, centred with floored pads, borders
-    filled with ``pad_value`` (uint8 RGB). A side that would round to 0 pixels (aspect
+    filled with ``pad_value`` (uint8 RGB), or with ``pad="edge"`` with the resized image's
+    outermost rows and columns repeated. A side that would round to 0 pixels (aspect
     beyond 320:1) is kept at 1 and the pad computed from that, so ``to_image`` stays exact.
     ``source_size``: the ``(W, H)`` of the full image when ``image`` is a reduced decode of
     it (``decode_to_fit``); sizes and the transform are then those of the full image.
@@ -545,10 +552,17 @@ def letterbox(
     pad_x = (width - new_width) // 2
     pad_y = (height - new_height) // 2
     resized = _resized(image, new_width, new_height)
+    transform = LetterboxTransform(scale, pad_x, pad_y, image_width, image_height)
+    if pad == "edge":
+        bars = (
+            (pad_y, height - new_height - pad_y),
+            (pad_x, width - new_width - pad_x),
+            (0, 0),
+        )
+        return np.pad(resized, bars, mode="edge"), transform
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[...] = np.asarray(pad_value, dtype=np.uint8)
     canvas[pad_y : pad_y + new_height, pad_x : pad_x + new_width] = resized
-    transform = LetterboxTransform(scale, pad_x, pad_y, image_width, image_height)
     return canvas, transform
 
 
@@ -609,12 +623,14 @@ def fit_image(
     *,
     resize: ResizeMode = "letterbox",
     source_size: tuple[int, int] | None = None,
+    pad: PadMode = "constant",
 ) -> tuple[npt.NDArray[np.uint8], LetterboxTransform]:
-    """The model input of a config's ``preprocess.resize``: ``letterbox`` or ``centre_crop``
-    (``pad_value`` is unused there: nothing is padded)."""
+    """The model input of a config's ``preprocess.resize``: ``letterbox`` (bars filled as
+    ``pad`` says) or ``centre_crop`` (``pad_value`` and ``pad`` are unused there: nothing is
+    padded)."""
     if resize == "crop":
         return centre_crop(image, height, width, source_size)
-    return letterbox(image, height, width, pad_value, source_size)
+    return letterbox(image, height, width, pad_value, source_size, pad)
 
 
 def normalize(

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from service.batching import Batcher, Disconnected, Feed, Normalization, Reservation
 from service.decoding import AttentionDecoder, DecodeConfigError, Decoder, build_decoder
 from service.errors import ModelLoadError
-from service.imaging import ResizeMode
+from service.imaging import PadMode, ResizeMode
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -86,6 +86,8 @@ class PreprocessConfig(BaseModel):
     width: int = Field(ge=1)
     resize: ResizeMode
     pad_value: tuple[int, int, int]
+    # Older versions' config.json has no "pad": their bars are pad_value.
+    pad: PadMode = "constant"
     scale: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]

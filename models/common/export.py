@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import torch
 
-from service.imaging import ResizeMode
+from service.imaging import PadMode, ResizeMode
 
 OPSET = 18  # the torch.export-based exporter's native opset; ONNX Runtime >= 1.16 runs it
 PARITY_TOLERANCE = 1e-4  # max abs difference between ONNX Runtime and PyTorch outputs
@@ -124,16 +124,19 @@ def letterbox_preprocess(
     mean: Sequence[float],
     std: Sequence[float],
     resize: ResizeMode = "letterbox",
+    pad: PadMode = "constant",
 ) -> dict:
     """config.json's ``preprocess`` block for an RGB NCHW input the service fits to
     ``height x width`` and normalises as ``(x / 255 - mean) / std``: ``resize`` "letterbox"
-    (whole image, borders of ``pad_value`` uint8 RGB) or "crop" (the input filled, the
-    excess cut off centrally; for a model trained only on inputs its content fills)."""
+    (whole image, borders of ``pad_value`` uint8 RGB, or with ``pad`` "edge" the image's
+    edge repeated) or "crop" (the input filled, the excess cut off centrally; for a model
+    trained only on inputs its content fills)."""
     return {
         "height": height,
         "width": width,
         "resize": resize,
         "pad_value": [int(v) for v in pad_value],
+        "pad": pad,
         "scale": 1 / 255,
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],

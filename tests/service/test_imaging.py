@@ -257,6 +257,28 @@ def test_letterbox_geometry(
     assert (boxed[pad_y + inner_h :] == 114).all()
 
 
+@pytest.mark.parametrize(("height", "width"), [(100, 200), (200, 100), (160, 160), (3, 1000)])
+def test_edge_padding_repeats_the_outermost_rows_and_columns(height: int, width: int) -> None:
+    """pad="edge": the same geometry and interior as grey bars, each bar a copy of the
+    resized image's nearest row or column."""
+    image = np.random.default_rng(3).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    grey, transform = letterbox(image, 160, 160, (114, 114, 114))
+    edge, same = letterbox(image, 160, 160, (114, 114, 114), pad="edge")
+    assert same == transform and edge.shape == grey.shape and edge.dtype == np.uint8
+    # The resized image's extent, as letterbox computes it.
+    top, left = transform.pad_y, transform.pad_x
+    bottom = top + min(160, max(1, round(height * transform.scale)))
+    right = left + min(160, max(1, round(width * transform.scale)))
+    np.testing.assert_array_equal(edge[top:bottom, left:right], grey[top:bottom, left:right])
+    assert (edge[:top] == edge[top]).all() and (edge[bottom:] == edge[bottom - 1]).all()
+    assert (edge[:, :left] == edge[:, left : left + 1]).all()
+    assert (edge[:, right:] == edge[:, right - 1 : right]).all()
+    assert np.array_equal(fit_image(image, 160, 160, (114,) * 3, pad="edge")[0], edge)
+    # A crop pads nothing, so the mode changes nothing there.
+    crop = fit_image(image, 160, 160, (114,) * 3, resize="crop")[0]
+    assert np.array_equal(fit_image(image, 160, 160, (0,) * 3, resize="crop", pad="edge")[0], crop)
+
+
 def test_letterbox_round_trip_non_square() -> None:
     _, transform = letterbox(np.zeros((480, 640, 3), np.uint8), 160, 160, (0, 0, 0))
     assert (transform.scale, transform.pad_x, transform.pad_y) == (0.25, 0, 20)

@@ -22,6 +22,7 @@ from models.gender.data import (
     outline_of,
     photo_crops,
 )
+from service.imaging import letterbox
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +185,23 @@ def test_as_non_square_letterboxes_like_the_service(aspect: float, bars: str) ->
     assert out.shape == image.shape and all(edge.all() for edge in edges)
     edge_padded = as_non_square(image, aspect, edge_pad=True)
     assert not (edge_padded == 114).all(axis=-1)[:, :8].all()  # no grey bars left
+
+
+@pytest.mark.parametrize("aspect", [4 / 3, 3 / 4])
+def test_edge_padded_photos_are_what_the_service_makes_of_them(aspect: float) -> None:
+    """The non-square photos measured with edge-repeating bars (shift's *_edge_padded) are
+    exactly what the service feeds a model whose config says preprocess.pad "edge"."""
+    images = generate(6, "test", seed=4, config=GarmentConfig(size=64)).images
+    for image in images:
+        extra = round(64 * aspect) - 64 if aspect >= 1 else round(64 / aspect) - 64
+        pads = (
+            ((extra // 2, extra - extra // 2), (0, 0))
+            if aspect >= 1
+            else ((0, 0), (extra // 2, extra - extra // 2))
+        )
+        photo = np.pad(image, (*pads, (0, 0)), mode="edge")  # the photo as a shop takes it
+        served, _ = letterbox(photo, 64, 64, (114, 114, 114), pad="edge")
+        np.testing.assert_array_equal(as_non_square(image, aspect, edge_pad=True), served)
 
 
 def test_aspect_augment_changes_its_share_and_nothing_else() -> None:
