@@ -75,8 +75,10 @@ export-landmark: $(VENV)/.dev  ## export the landmark run as version 1
 train-gender: $(VENV)/.dev  ## train the gender model, its contour network and ablation (about 90 min)
 	$(BIN)/python -m models.gender.train --out runs/gender-v5 --threads 2 --train-images 16000 --epochs 16 --contour-dropout 0 --regenerate
 
-export-gender: $(VENV)/.dev  ## export the gender run as version 5
-	$(BIN)/python -m models.gender.export --run runs/gender-v5 --version 5
+# Version 5 was exported with grey letterbox bars; version 6, served, is the same graph with
+# bars that repeat the photo's edge (models.common.rerelease; the command is in its card).
+export-gender: $(VENV)/.dev  ## export the gender run as version 5 (grey bars, as committed)
+	$(BIN)/python -m models.gender.export --run runs/gender-v5 --version 5 --pad constant
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
 # chromium (the editor's browser test) and postgresql (the teacher-record store's tests

@@ -47,6 +47,9 @@ NAME = "gender"
 TASK = "gender_contour"
 INPUTS, OUTPUTS = ("image",), ("logits", "contour_map")
 TARGET_ACCURACY = 0.95
+# Letterbox bars that repeat the photo's edge: on non-square photos the network (trained on
+# square ones) was 2.6-3.9 points more accurate than with grey bars (version 6's card).
+SERVED_PAD = "edge"
 
 
 def data_note(fill: str) -> str:
@@ -189,6 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--extra-card", default=None, help="markdown appended to the card (version history)"
     )
+    p.add_argument(
+        "--pad",
+        choices=("edge", "constant"),
+        default=SERVED_PAD,
+        help="how the service fills a non-square photo's letterbox bars (preprocess.pad)",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     run = Path(a.run)
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         graph["model"],
         name=NAME,
         task=TASK,
-        preprocess=letterbox_preprocess(size, size, [PAD_VALUE] * 3, MEAN, STD),
+        preprocess=letterbox_preprocess(size, size, [PAD_VALUE] * 3, MEAN, STD, pad=a.pad),
         labels=LABELS,
         decode={
             "map": {"height": size, "width": size},

@@ -33,7 +33,7 @@ from models.gender.train import (
     train,
 )
 from service.decoding import GenderDecoder
-from service.runtime import load_model
+from service.runtime import load_model, read_config
 from tests.service.conftest import make_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.train]
@@ -122,6 +122,9 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     config = json.loads((version / "config.json").read_text())
     assert config["task"] == "gender_contour" and config["labels"] == ["female", "male"]
     assert config["preprocess"]["height"] == SIZE and config["decode"]["map"]["width"] == SIZE
+    # A new export pads as the served version does (the service reads it from here).
+    assert config["preprocess"]["pad"] == "edge"
+    assert read_config(version).preprocess.pad == "edge"
     assert config["metrics"]["test_accuracy"] == pipeline["metrics"]["test_accuracy"]
     ablation = config["metrics"]["ablation_test_accuracy"]
     assert config["metrics"]["fused_minus_semantic"] == ablation["fused"] - ablation["semantic"]
