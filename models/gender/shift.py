@@ -37,7 +37,9 @@ fused model's errors. ``--images 10000 --seed 100 --shifts none`` measures the s
 checkpoints on a larger held-out set of fresh garments (the run never saw seed 100's test
 garments). ``--baseline models/repository/gender/5/checkpoint.pt`` adds a served version's
 model on the same garments, paired with the run's fused model (is a new run ahead of what
-is served?).
+is served?). ``--pairs portrait_letterboxed:portrait_edge_padded`` compares two renderings
+of the same garments paired, per variant (garments only one gets right, exact McNemar p,
+per backdrop): how version 6's edge-repeating bars were judged against grey ones.
 """
 
 from __future__ import annotations
