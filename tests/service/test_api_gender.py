@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models.gender.data import LABELS, generate
+from models.gender.data import LABELS, GarmentConfig, as_non_square, generate
 from service.main import create_app
 from tests.service.conftest import make_settings
 from tests.service.images import encode
@@ -109,6 +110,33 @@ def test_held_out_garments_are_mostly_right(client: TestClient, garments) -> Non
     # The card reports the measured accuracy on 2000 such garments (0.92); 48 of them
     # through the HTTP path (PNG, resampling, letterbox) must still be far above chance.
     assert np.mean(np.asarray(predicted) == labels) >= 0.7
+
+
+@pytest.mark.parametrize("aspect", [4 / 3, 3 / 4])
+def test_a_non_square_photo_is_served_as_it_was_measured(
+    client: TestClient, config: dict, aspect: float
+) -> None:
+    """The served version pads as its config says; with "edge" (version 6) the answer for a
+    portrait or landscape photo is the network's on exactly the input that
+    models.gender.shift measured (as_non_square with edge-repeating bars)."""
+    pad = config["preprocess"].get("pad", "constant")
+    pre = config["preprocess"]
+    size = pre["height"]
+    image = generate(1, "test", seed=4344, config=GarmentConfig(size=size)).images[0]
+    extra = round(size * aspect) - size if aspect >= 1 else round(size / aspect) - size
+    halves = (extra // 2, extra - extra // 2)
+    pads = (halves, (0, 0)) if aspect >= 1 else ((0, 0), halves)
+    photo = np.pad(image, (*pads, (0, 0)), mode="edge")
+    response = post(client, encode(photo))
+    assert response.status_code == 200, response.text
+    measured = as_non_square(image, aspect, edge_pad=pad == "edge")
+    x = (measured * pre["scale"] - np.array(pre["mean"])) / np.array(pre["std"])
+    session = ort.InferenceSession(str(COMMITTED / config["version"] / config["file"]))
+    feeds = {"image": x.transpose(2, 0, 1)[np.newaxis].astype(np.float32)}
+    logits = session.run(["logits"], feeds)[0][0].astype(np.float64)
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    probabilities = response.json()["probabilities"]
+    assert [probabilities[label] for label in LABELS] == pytest.approx(expected, abs=1e-5)
 
 
 def test_jpeg_upload(client: TestClient, garments) -> None:
