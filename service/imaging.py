@@ -234,10 +234,15 @@ def tiff_jpeg_streams(image: Image.Image, data: bytes) -> list[tuple[int, int]]:
         nonlocal walked
         if (offset, length) not in counted:
             stream = view[offset : offset + length]
-            walked += len(stream)
-            if walked > len(data):
-                raise ValueError("the TIFF's JPEG strips or tiles overlap")
-            counted[offset, length] = jpeg_scans(stream) if stream[:2] == JPEG_SOI else 0
+            # Only a whole stream (from its SOI) is walked: an old-style file's strips point
+            # into its one stream's scan data, which is neither walked nor counted twice.
+            scans = 0
+            if stream[:2] == JPEG_SOI:
+                walked += len(stream)
+                if walked > len(data):
+                    raise ValueError("the TIFF's JPEG strips or tiles overlap")
+                scans = jpeg_scans(stream)
+            counted[offset, length] = scans
         return counted[offset, length]
 
     def values(tag: int, count: int) -> tuple[int, ...]:

@@ -549,15 +549,27 @@ def test_an_old_style_jpeg_tiff_counts_its_one_stream_once() -> None:
 
 
 def test_overlapping_tiff_strips_are_refused_before_each_is_walked() -> None:
-    """Two strips that each claim nearly the whole file: counting them would cost more than
-    a pass over the file, and no encoder writes that."""
+    """Two strips whose streams overlap (the first claims the second's bytes too): counting
+    them would cost more than a pass over the file, and no encoder writes that."""
     stream = repeated_scans(64, 32, 10)
     both = 2 * len(stream)
-    data = jpeg_tiff([stream, stream], 64, 64, rows_per_strip=32, pointers=[(0, both), (1, both)])
+    pointers = [(0, both), (len(stream), both)]  # the second runs to the file's end
+    data = jpeg_tiff([stream, stream], 64, 64, rows_per_strip=32, pointers=pointers)
     with pytest.raises(ValueError, match="overlap"):
         streams_of(data)
     with pytest.raises(InvalidImage, match="overlap"):
         decode(data)
+
+
+def test_old_style_strips_inside_the_whole_frame_stream_are_not_walked_again() -> None:
+    """Compression 6 as old writers laid it out: one JPEG stream for the frame, the strips
+    pointing into its scan data (not at an SOI): one stream counted, no overlap refused."""
+    stream = repeated_scans(64, 64, 10)
+    scan_data = stream.find(b"\xff\xda") + 12  # inside the first scan
+    halves = [(scan_data, 8), (scan_data + 8, len(stream) - scan_data - 8)]
+    assert all(stream[o : o + 2] != b"\xff\xd8" and n > 0 for o, n in halves)
+    data = jpeg_tiff([stream], 64, 64, rows_per_strip=32, old_style=True, pointers=halves)
+    assert streams_of(data) == [(10, 64 * 64), (0, 64 * 32), (0, 64 * 32)]
 
 
 def test_strips_beyond_the_frames_size_are_not_read_and_shared_ones_count_each_time() -> None:
