@@ -276,6 +276,34 @@ def tiff_jpeg_streams(image: Image.Image, data: bytes) -> list[tuple[int, int]]:
     return streams
 
 
+def check_jpeg_streams(
+    streams: Sequence[tuple[int, int]],
+    what: str,
+    container: str | None,
+    size: tuple[int, int],
+    max_pixels: int,
+) -> None:
+    """PayloadTooLarge unless each JPEG stream ``(scans, pixels)`` of an image of ``size``
+    has at most MAX_JPEG_SCANS scans and all of them together at most as many scan-pixels
+    as JPEG_SCAN_BUDGET scans of a ``max_pixels`` image (``container``: the file's format,
+    for the message)."""
+    most = max((scans for scans, _ in streams), default=0)
+    if most > MAX_JPEG_SCANS:
+        raise PayloadTooLarge(
+            f"the {what} is a {container} with a JPEG stream of {most} scans; at most "
+            f"{MAX_JPEG_SCANS} are decoded (a progressive JPEG has about 10)"
+        )
+    scan_pixels = sum(scans * pixels for scans, pixels in streams)
+    if scan_pixels > JPEG_SCAN_BUDGET * max_pixels:
+        width, height = size
+        whole = max(1, width * height)
+        raise PayloadTooLarge(
+            f"the {what} is a {width}x{height} {container} with {scan_pixels / whole:g} scans "
+            f"of the whole image; at this size at most {JPEG_SCAN_BUDGET * max_pixels // whole} "
+            "are decoded (a progressive JPEG has about 10)"
+        )
+
+
 def check_content_type(content_type: str | None) -> None:
     """Reject an upload whose declared type is clearly not an image (415).
 
@@ -369,27 +397,13 @@ def open_upload(
                     f"the {what} is {width}x{height} pixels; at most {max_pixels} pixels "
                     f"and {max_side} per side are accepted"
                 )
-            if scans * width * height > JPEG_SCAN_BUDGET * max_pixels:
-                raise PayloadTooLarge(
-                    f"the {what} is a {width}x{height} JPEG with {scans} scans; at this size "
-                    f"at most {JPEG_SCAN_BUDGET * max_pixels // (width * height)} are decoded "
-                    "(a progressive JPEG has about 10)"
-                )
-            streams = tiff_jpeg_streams(probe, data) if probe.format == "TIFF" else []
-            most = max((scans for scans, _ in streams), default=0)
-            if most > MAX_JPEG_SCANS:
-                raise PayloadTooLarge(
-                    f"the {what} is a TIFF with a JPEG strip or tile of {most} scans; at most "
-                    f"{MAX_JPEG_SCANS} are decoded (a progressive JPEG has about 10)"
-                )
-            scan_pixels = sum(scans * pixels for scans, pixels in streams)
-            if scan_pixels > JPEG_SCAN_BUDGET * max_pixels:
-                raise PayloadTooLarge(
-                    f"the {what} is a {width}x{height} TIFF whose JPEG strips or tiles amount to "
-                    f"{scan_pixels / max(1, width * height):.1f} scans of the whole image; at "
-                    f"this size at most {JPEG_SCAN_BUDGET * max_pixels // max(1, width * height)} "
-                    "are decoded (a progressive JPEG has about 10)"
-                )
+            # A JPEG is one stream; a TIFF may hold one per strip or tile.
+            streams = (
+                tiff_jpeg_streams(probe, data)
+                if probe.format == "TIFF"
+                else [(scans, width * height)]
+            )
+            check_jpeg_streams(streams, what, probe.format, (width, height), max_pixels)
             # load() skips checksums (a PNG with a bad IDAT CRC decodes to garbage);
             # verify() checks them without decoding, but leaves the image unusable.
             probe.verify()
