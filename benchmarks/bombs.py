@@ -114,36 +114,36 @@ def jpeg_tiff(
 EMPTY_APP0 = b"\xff\xe0\x00\x02"  # an APP0 marker segment with no payload
 
 
-def scans_behind_stray_byte(side: int, repeats: int) -> bytes:
+def scans_behind_stray_byte(side: int, repeats: int, stray: bytes = b"\x00") -> bytes:
     """A grey progressive JPEG whose last scan is repeated ``repeats`` times behind an empty
-    APP0 segment and one stray byte, which libjpeg skips with a warning."""
+    APP0 segment and the ``stray`` bytes, which libjpeg skips with a warning."""
     data = _encode(Image.new("L", (side, side), 128), "JPEG", progressive=True)
     after = data.find(b"\xff\xc4", data.find(b"\xff\xda"))  # a DHT between two scans
     last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
     return (
         data[:after]
         + EMPTY_APP0
-        + b"\x00"
+        + stray
         + data[after:end]
         + data[last_scan:end] * repeats
         + data[end:]
     )
 
 
-def jpeg_segments(segments: int) -> bytes:
+def jpeg_with_empty_segments(segments: int) -> bytes:
     """A 16x16 JPEG with ``segments`` empty APP0 segments before its own."""
     data = _encode(Image.new("L", (16, 16), 128), "JPEG")
     return data[:2] + EMPTY_APP0 * segments + data[2:]
 
 
-def jpeg_fill_bytes(count: int) -> bytes:
-    """A 16x16 JPEG with ``count`` 0xFF fill bytes after its APP0 segment."""
+def jpeg_with_stray_bytes(count: int, stray: bytes = b"\xff") -> bytes:
+    """A 16x16 JPEG with ``count`` ``stray`` bytes (0xFF: fill bytes) after its APP0 segment."""
     data = _encode(Image.new("L", (16, 16), 128), "JPEG")
     after_app0 = 4 + int.from_bytes(data[4:6], "big")
-    return data[:after_app0] + b"\xff" * count + data[after_app0:]
+    return data[:after_app0] + stray * count + data[after_app0:]
 
 
-def png_chunks(count: int) -> bytes:
+def png_with_empty_chunks(count: int) -> bytes:
     """A 16x16 PNG with ``count`` empty private chunks after IHDR."""
     data = _encode(Image.new("L", (16, 16), 128), "PNG")
     chunk = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
@@ -151,7 +151,7 @@ def png_chunks(count: int) -> bytes:
     return data[:end_of_ihdr] + chunk * count + data[end_of_ihdr:]
 
 
-def gif_comments(count: int) -> bytes:
+def gif_with_comments(count: int) -> bytes:
     """A 16x16 GIF with ``count`` one-byte comment extensions before its image."""
     data = _encode(Image.new("L", (16, 16), 128), "GIF")
     image_at = data.index(b"\x2c")
@@ -179,10 +179,10 @@ CASES: list[tuple[str, Callable[..., bytes], tuple[int, ...], tuple[int, ...]]] 
         (6000,),
         (512,),
     ),
-    ("JPEG with {0} empty APP0 segments", jpeg_segments, (2_000_000,), (50_000,)),
-    ("JPEG with {0} fill bytes", jpeg_fill_bytes, (8_000_000,), (200_000,)),
-    ("PNG with {0} empty chunks", png_chunks, (600_000,), (50_000,)),
-    ("GIF with {0} comments", gif_comments, (1_000_000,), (50_000,)),
+    ("JPEG with {0} empty APP0 segments", jpeg_with_empty_segments, (2_000_000,), (50_000,)),
+    ("JPEG with {0} fill bytes", jpeg_with_stray_bytes, (8_000_000,), (200_000,)),
+    ("PNG with {0} empty chunks", png_with_empty_chunks, (600_000,), (50_000,)),
+    ("GIF with {0} comments", gif_with_comments, (1_000_000,), (50_000,)),
 ]
 
 

@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from benchmarks.bombs import (
+    gif_with_comments,
+    jpeg_with_empty_segments,
+    jpeg_with_stray_bytes,
+    png_with_empty_chunks,
+    scans_behind_stray_byte,
+)
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.imaging import (
     JPEG_SCAN_BUDGET,
@@ -419,19 +426,8 @@ def test_stray_bytes_after_a_segment_do_not_hide_the_scans_behind_them() -> None
     """libjpeg skips bytes where a marker belongs (with a warning) and decodes what follows,
     so the count must too: an empty APP0 segment and one stray byte once hid 500 repeated
     scans (a 47 kB file, 5.4 s of decoding at 3000x3000)."""
-    data = repeated_scans(64, 64, 6)
-    first_scan = data.find(b"\xff\xda")
-    after = data.find(b"\xff\xc4", first_scan)  # the next DHT, between two scans
-    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
     for stray in (b"\x00", b"\x12\x34", b"\xff\xff\xff\x00"):
-        bomb = (
-            data[:after]
-            + b"\xff\xe0\x00\x02"
-            + stray
-            + data[after:end]
-            + data[last_scan:end] * MAX_JPEG_SCANS
-            + data[end:]
-        )
+        bomb = scans_behind_stray_byte(64, MAX_JPEG_SCANS, stray)
         with Image.open(io.BytesIO(bomb)) as image:
             image.load()  # what the guard stands in front of decodes it whole
         assert jpeg_scans(bomb) == bomb.count(b"\xff\xda") == 6 + MAX_JPEG_SCANS
@@ -441,57 +437,42 @@ def test_stray_bytes_after_a_segment_do_not_hide_the_scans_behind_them() -> None
 
 def test_a_jpeg_of_more_marker_segments_than_encoders_write_is_refused() -> None:
     """Pillow parses each segment before the first scan in Python."""
-    data = encode(Image.new("L", (16, 16), 128), "JPEG")
-    own = jpeg_structure(data)[1]
-    empty_app0 = b"\xff\xe0\x00\x02"
-    fits = data[:2] + empty_app0 * (MAX_JPEG_SEGMENTS - own) + data[2:]
+    own = jpeg_structure(jpeg_with_empty_segments(0))[1]
+    fits = jpeg_with_empty_segments(MAX_JPEG_SEGMENTS - own)
     assert jpeg_structure(fits)[1] == MAX_JPEG_SEGMENTS
     assert decode(fits).shape == (16, 16, 3)
-    over = data[:2] + empty_app0 * (MAX_JPEG_SEGMENTS - own + 1) + data[2:]
+    over = jpeg_with_empty_segments(MAX_JPEG_SEGMENTS - own + 1)
     with pytest.raises(PayloadTooLarge, match=rf"more than {MAX_JPEG_SEGMENTS} marker segments"):
         decode(over)
 
 
 def test_stray_bytes_before_the_first_scan_are_capped() -> None:
     """Pillow steps over them one at a time; a few (a damaged file) still decode."""
-    data = encode(Image.new("L", (16, 16), 128), "JPEG")
-    after_app0 = 4 + int.from_bytes(data[4:6], "big")  # SOI, APP0 marker, its length
     for stray in (b"\x00", b"\xff"):
-        fits = data[:after_app0] + stray * MAX_JPEG_SKIPPED_BYTES + data[after_app0:]
+        fits = jpeg_with_stray_bytes(MAX_JPEG_SKIPPED_BYTES, stray)
         assert jpeg_structure(fits)[2] == MAX_JPEG_SKIPPED_BYTES
         assert decode(fits).shape == (16, 16, 3)
-        over = data[:after_app0] + stray * (MAX_JPEG_SKIPPED_BYTES + 1) + data[after_app0:]
         with pytest.raises(PayloadTooLarge, match="stray bytes"):
-            decode(over)
-
-
-def png_chunk_bomb(chunks: int) -> bytes:
-    """A 16x16 PNG with empty private chunks after IHDR, ``chunks`` in all."""
-    data = encode(Image.new("L", (16, 16), 128), "PNG")
-    assert png_chunks(data) == 3  # IHDR, IDAT, IEND
-    end_of_ihdr = len(b"\x89PNG\r\n\x1a\n") + 25
-    return data[:end_of_ihdr] + png_chunk(b"prVt", b"") * (chunks - 3) + data[end_of_ihdr:]
+            decode(jpeg_with_stray_bytes(MAX_JPEG_SKIPPED_BYTES + 1, stray))
 
 
 def test_a_png_of_more_chunks_than_encoders_write_is_refused() -> None:
-    fits = png_chunk_bomb(MAX_PNG_CHUNKS)
+    assert png_chunks(png_with_empty_chunks(0)) == 3  # IHDR, IDAT, IEND
+    fits = png_with_empty_chunks(MAX_PNG_CHUNKS - 3)
     assert png_chunks(fits) == MAX_PNG_CHUNKS
     assert decode(fits).shape == (16, 16, 3)
     with pytest.raises(PayloadTooLarge, match=rf"PNG of more than {MAX_PNG_CHUNKS} chunks"):
-        decode(png_chunk_bomb(MAX_PNG_CHUNKS + 1))
+        decode(png_with_empty_chunks(MAX_PNG_CHUNKS - 2))
 
 
 def test_a_gif_of_more_extension_blocks_than_encoders_write_is_refused() -> None:
-    data = encode(Image.new("L", (16, 16), 128), "GIF")
-    assert gif_blocks(data) == 0
-    image_at = data.index(b"\x2c")  # the image descriptor
-    comment = b"\x21\xfe\x01x\x00"  # a comment extension: one sub-block, then the end
-    fits = data[:image_at] + comment * (MAX_GIF_BLOCKS // 2) + data[image_at:]
+    assert gif_blocks(gif_with_comments(0)) == 0
+    # Each comment extension is one sub-block and its terminator.
+    fits = gif_with_comments(MAX_GIF_BLOCKS // 2)
     assert gif_blocks(fits) == MAX_GIF_BLOCKS
     assert decode(fits).shape == (16, 16, 3)
-    over = data[:image_at] + comment * (MAX_GIF_BLOCKS // 2 + 1) + data[image_at:]
     with pytest.raises(PayloadTooLarge, match=rf"GIF of more than {MAX_GIF_BLOCKS}"):
-        decode(over)
+        decode(gif_with_comments(MAX_GIF_BLOCKS // 2 + 1))
 
 
 def streams_of(data: bytes) -> list[tuple[int, int]]:
