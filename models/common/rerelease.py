@@ -22,8 +22,10 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import get_args
 
 from models.common.export import git_commit
+from service.imaging import PadMode
 from service.runtime import CONFIG_FILE, read_config
 
 REPOSITORY = Path("models/repository")
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--from", dest="source", required=True, help="the source version")
     parser.add_argument("--version", required=True, help="the new version (a new directory)")
     parser.add_argument(
-        "--pad", choices=("constant", "edge"), required=True, help="preprocess.pad of the new one"
+        "--pad", choices=get_args(PadMode), required=True, help="preprocess.pad of the new one"
     )
     parser.add_argument("--note", required=True, help="why: the card's and config's record")
     args = parser.parse_args(argv)

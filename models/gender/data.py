@@ -342,15 +342,8 @@ def as_non_square(image: np.ndarray, aspect: float, edge_pad: bool = False) -> n
         extra = round(size / aspect) - size
         pads = ((0, 0), (extra // 2, extra - extra // 2), (0, 0))
     photo = np.pad(image, pads, mode="edge")
-    boxed, t = letterbox(photo, size, size, (PAD_VALUE,) * 3)
-    if not edge_pad:
-        return boxed
-    # The content's size as letterbox computes it (a 1-pixel bar has a pad of 0).
-    height = min(size, max(1, round(photo.shape[0] * t.scale)))
-    width = min(size, max(1, round(photo.shape[1] * t.scale)))
-    inner = boxed[t.pad_y : t.pad_y + height, t.pad_x : t.pad_x + width]
-    bars = ((t.pad_y, size - height - t.pad_y), (t.pad_x, size - width - t.pad_x), (0, 0))
-    return np.pad(inner, bars, mode="edge")
+    pad = "edge" if edge_pad else "constant"
+    return letterbox(photo, size, size, (PAD_VALUE,) * 3, pad=pad)[0]
 
 
 def aspect_augment(images: np.ndarray, seed: int, share: float) -> np.ndarray:

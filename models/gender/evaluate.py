@@ -55,6 +55,12 @@ def f_measure(
     return best
 
 
+def only_right(first: np.ndarray, second: np.ndarray) -> tuple[int, int]:
+    """Samples only ``first`` gets right and only ``second`` does (``(N,)`` bool correct
+    each, the same samples): the discordant pairs McNemar's test counts."""
+    return int((first & ~second).sum()), int((second & ~first).sum())
+
+
 def mcnemar_exact(only_first: int, only_second: int) -> float:
     """Two-sided exact McNemar p-value of two classifiers on the same samples: under the
     null hypothesis each sample only one of them gets right is a fair coin flip, so the

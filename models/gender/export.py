@@ -17,6 +17,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -39,9 +40,10 @@ from models.gender.data import (
     generate,
     load_image_folder,
 )
-from models.gender.evaluate import f_measure, mcnemar_exact
+from models.gender.evaluate import f_measure, mcnemar_exact, only_right
 from models.gender.net import GenderExport, GenderNet, GenderNetConfig, load_checkpoint
 from models.gender.train import MEAN, STD, predict, shared_pooled_features, to_tensor
+from service.imaging import PadMode
 
 NAME = "gender"
 TASK = "gender_contour"
@@ -49,7 +51,7 @@ INPUTS, OUTPUTS = ("image",), ("logits", "contour_map")
 TARGET_ACCURACY = 0.95
 # Letterbox bars that repeat the photo's edge: on non-square photos the network (trained on
 # square ones) was 2.6-3.9 points more accurate than with grey bars (version 6's card).
-SERVED_PAD = "edge"
+SERVED_PAD: PadMode = "edge"
 
 
 def data_note(fill: str) -> str:
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument(
         "--pad",
-        choices=("edge", "constant"),
+        choices=get_args(PadMode),
         default=SERVED_PAD,
         help="how the service fills a non-square photo's letterbox bars (preprocess.pad)",
     )
@@ -332,8 +334,7 @@ def paired_comparison(run: Path, images: np.ndarray, labels: np.ndarray) -> dict
         nets[variant] = net
     pooled = shared_pooled_features(nets, images)
     right = {v: predict(net, images, pooled[v]).numpy() == labels for v, net in nets.items()}
-    fused_only = int((right["fused"] & ~right["semantic"]).sum())
-    semantic_only = int((~right["fused"] & right["semantic"]).sum())
+    fused_only, semantic_only = only_right(right["fused"], right["semantic"])
     return {
         "fused_only_right": fused_only,
         "semantic_only_right": semantic_only,

@@ -64,7 +64,7 @@ from models.gender.data import (
     colour_augment,
     generate,
 )
-from models.gender.evaluate import f_measure, mcnemar_exact
+from models.gender.evaluate import f_measure, mcnemar_exact, only_right
 from models.gender.net import GenderNet, load_checkpoint
 from models.gender.train import TrainConfig, contour_maps, predict, shared_pooled_features
 
@@ -261,15 +261,13 @@ def evaluate_shifts(
         }
         entry: dict = {v: float(r.mean()) for v, r in right.items()}
         if "fused" in right and "semantic" in right:
-            only_fused = int((right["fused"] & ~right["semantic"]).sum())
-            only_semantic = int((right["semantic"] & ~right["fused"]).sum())
+            only_fused, only_semantic = only_right(right["fused"], right["semantic"])
             entry["fused_minus_semantic"] = entry["fused"] - entry["semantic"]
             entry["fused_only_right"] = only_fused
             entry["semantic_only_right"] = only_semantic
             entry["mcnemar_p"] = mcnemar_exact(only_fused, only_semantic)
         if BASELINE in right:
-            only_fused = int((right["fused"] & ~right[BASELINE]).sum())
-            only_baseline = int((right[BASELINE] & ~right["fused"]).sum())
+            only_fused, only_baseline = only_right(right["fused"], right[BASELINE])
             entry["fused_vs_baseline"] = {
                 "checkpoint": str(baseline),
                 "fused_minus_baseline": entry["fused"] - entry[BASELINE],
@@ -312,7 +310,7 @@ def compare_shifts(outcomes: dict[str, Outcome], first: str, second: str) -> dic
     compared = {}
     for variant in a.right.keys() & b.right.keys():
         right_a, right_b = a.right[variant], b.right[variant]
-        only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+        only_a, only_b = only_right(right_a, right_b)
         compared[variant] = {
             first: float(right_a.mean()),
             second: float(right_b.mean()),
@@ -453,8 +451,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     for name, entry in results.items():
         print(f"\n{name}, per garment type:\n{kind_table(entry)}")
         print(f"\n{name}, per backdrop:\n{backdrop_table(entry)}")
+    written = results | ({"pairs": paired} if paired else {})
     if a.out:
-        written = results | ({"pairs": paired} if paired else {})
         Path(a.out).write_text(json.dumps(written, indent=1))
     if a.plot:
         variants = [v for v in COLUMNS if v in results[a.shifts[0]]]
@@ -464,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             {v: [r[v] for r in results.values()] for v in variants},
             title="Gender variants on held-out garments under shifts",
         )
-    return results | ({"pairs": paired} if paired else {})
+    return written
 
 
 if __name__ == "__main__":
