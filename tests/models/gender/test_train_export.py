@@ -468,3 +468,68 @@ def test_variants_with_one_contour_network_share_one_contour_pass() -> None:
         for name in ("fused", "other"):
             torch.testing.assert_close(pooled[name], pooled_features(nets[name], images))
         assert not torch.allclose(pooled["other"], pooled["fused"])
+
+
+def test_variants_with_one_trunk_share_one_trunk_pass() -> None:
+    """With the HED trunk, a run's fused and semantic-only variants (equal trunks) get the
+    trunk's features from one pass; the fused one's are the trunk's then the contour's."""
+    torch.manual_seed(0)
+    small = GenderNetConfig(
+        contour=ContourNetConfig(input_size=SIZE, widths=(8, 8, 8, 8), unified_channels=4),
+        fusion_width=16,
+        semantic_trunk="hed-vgg",
+        semantic_scale=2,
+    )
+    fused = GenderNet(small).eval()
+    semantic = GenderNet(replace(small, use_contour=False)).eval()
+    assert fused.trunk is not None and semantic.trunk is not None
+    semantic.trunk.load_state_dict(fused.trunk.state_dict())
+    calls = []
+    for net in (fused, semantic):
+        assert net.trunk is not None
+        net.trunk.register_forward_hook(lambda *_: calls.append(1))
+    images = generate(6, "test", seed=3, config=GarmentConfig(size=SIZE)).images
+    with torch.no_grad():
+        pooled = shared_pooled_features({"fused": fused, "semantic": semantic}, images)
+        assert len(calls) == 1
+        fused_pooled, semantic_pooled = pooled["fused"], pooled["semantic"]
+        assert fused_pooled is not None and semantic_pooled is not None
+        assert semantic_pooled.shape[1] == 256
+        torch.testing.assert_close(fused_pooled[:, :256], semantic_pooled)
+        torch.testing.assert_close(fused_pooled, pooled_features(fused, images))
+
+
+def test_a_run_with_the_hed_trunk_keeps_hed_s_weights_and_exports(pipeline: dict) -> None:
+    """--semantic-trunk hed-vgg: the variants' trunks hold HED's pretrained blocks 1-3 after
+    training (frozen), the export has parity, and the card names the trunk."""
+    root = pipeline["root"]
+    config = replace(
+        pipeline["config"],
+        out=str(root / "hed-run"),
+        contour_from=str(root / "run"),
+        variants=("fused", "semantic"),
+        epochs=1,
+        net=replace(pipeline["config"].net, semantic_trunk="hed-vgg", semantic_scale=2),
+    )
+    history = train(config, progress=False)
+    assert set(history["variants"]) == {"fused", "semantic"}
+    teacher = hed.load_hed()
+    for variant in ("fused", "semantic"):
+        net, _ = load_checkpoint(root / "hed-run" / f"gender-{variant}.pt")
+        assert isinstance(net, GenderNet) and net.trunk is not None
+        for mine, theirs in zip(net.trunk.blocks, teacher.blocks, strict=False):
+            for k, v in theirs.state_dict().items():
+                torch.testing.assert_close(mine.state_dict()[k], v, msg=f"{variant} {k}")
+    repo = root / "hed-repository"
+    exporter.main(["--run", config.out, "--version", "1", "--repository", str(repo)])
+    session = ort.InferenceSession(
+        str(repo / "gender" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    net, _ = load_checkpoint(root / "hed-run" / "gender-fused.pt")
+    x = to_tensor(generate(4, "test", seed=78, config=GarmentConfig(size=SIZE)).images)
+    logits, _ = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        want, _ = GenderExport(net)(x)
+    assert np.abs(logits - want.numpy()).max() <= PARITY_TOLERANCE
+    card = (repo / "gender" / "1" / "MODEL_CARD.md").read_text()
+    assert "HED's VGG16 blocks 1-3" in card and "from scratch" not in card
