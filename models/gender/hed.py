@@ -42,18 +42,23 @@ def weights_path() -> Path:
     return path
 
 
+def vgg_blocks(count: int = len(BLOCK_CONVS)) -> nn.ModuleList:
+    """VGG16's first ``count`` conv blocks (3x3 conv + ReLU each; no pooling inside)."""
+    blocks = []
+    c_in = 3
+    for convs, width in zip(BLOCK_CONVS[:count], BLOCK_WIDTHS[:count], strict=True):
+        layers: list[nn.Module] = []
+        for _ in range(convs):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
+            c_in = width
+        blocks.append(nn.Sequential(*layers))
+    return nn.ModuleList(blocks)
+
+
 class HED(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        blocks = []
-        c_in = 3
-        for convs, width in zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True):
-            layers: list[nn.Module] = []
-            for _ in range(convs):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
-                c_in = width
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = vgg_blocks()
         self.sides = nn.ModuleList(nn.Conv2d(w, 1, 1) for w in BLOCK_WIDTHS)
         self.fuse = nn.Conv2d(len(BLOCK_WIDTHS), 1, 1)
 

@@ -44,7 +44,7 @@ from models.common.backgrounds import IMAGENET_MEAN, IMAGENET_STD
 from models.common.checkpoint import read_checkpoint, rebuild
 from models.common.checkpoint import save_checkpoint as common_save_checkpoint
 from models.common.layers import ConvBN, Residual
-from models.gender.hed import BGR_MEAN, BLOCK_CONVS, BLOCK_WIDTHS, HED
+from models.gender.hed import BGR_MEAN, BLOCK_WIDTHS, HED, vgg_blocks
 
 
 @dataclass(frozen=True)
@@ -210,17 +210,7 @@ class HedTrunk(nn.Module):
 
     def __init__(self, input_side: int, grid: int):
         super().__init__()
-        blocks = []
-        c_in = 3
-        for convs, width in zip(
-            BLOCK_CONVS[:HED_TRUNK_BLOCKS], BLOCK_WIDTHS[:HED_TRUNK_BLOCKS], strict=True
-        ):
-            layers: list[nn.Module] = []
-            for _ in range(convs):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
-                c_in = width
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = vgg_blocks(HED_TRUNK_BLOCKS)
         self.pool = input_side // HED_TRUNK_STRIDE // grid
         # normalised RGB x -> BGR255 - mean: (x * std + mean) * 255 - caffe, channels reversed.
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)

@@ -72,6 +72,16 @@ def test_neither_input_is_refused() -> None:
         GenderNet(GenderNetConfig(contour=CONTOUR, use_semantic=False, use_contour=False))
 
 
+def train_steps(net: GenderNet, trainable: list[torch.nn.Parameter], steps: int) -> None:
+    """SGD steps on random images, updating ``trainable`` only."""
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    for _ in range(steps):
+        loss = net(torch.randn(4, 3, 64, 64))["logits"].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_frozen_contour_network_does_not_change_in_training() -> None:
     torch.manual_seed(0)
     net = GenderNet(SMALL)
@@ -79,14 +89,9 @@ def test_frozen_contour_network_does_not_change_in_training() -> None:
     before = {k: v.clone() for k, v in net.contour.state_dict().items()}
     trainable = [p for p in net.parameters() if p.requires_grad]
     assert trainable and all(not p.requires_grad for p in net.contour.parameters())
-    opt = torch.optim.SGD(trainable, lr=0.1)
     net.train()
     assert not net.contour.training  # batch-norm statistics frozen too
-    for _ in range(2):
-        loss = net(torch.randn(4, 3, 64, 64))["logits"].sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(net, trainable, steps=2)
     for k, v in net.contour.state_dict().items():
         torch.testing.assert_close(v, before[k], msg=k)
 
@@ -345,12 +350,8 @@ def test_a_frozen_trunk_does_not_change_in_training() -> None:
     trainable = [p for p in net.parameters() if p.requires_grad]
     assert all(not p.requires_grad for p in net.trunk.parameters())
     assert any(p is net.trunk_norm.weight for p in trainable)
-    opt = torch.optim.SGD(trainable, lr=0.1)
     net.train()
-    loss = net(torch.randn(4, 3, 64, 64))["logits"].sum()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+    train_steps(net, trainable, steps=1)
     for k, v in net.trunk.state_dict().items():
         torch.testing.assert_close(v, before[k], msg=k)
 
