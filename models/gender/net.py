@@ -275,11 +275,6 @@ class GenderNet(nn.Module):
             self.contour.eval()  # frozen: its batch-norm statistics stay too
         return self
 
-    @property
-    def trunk_channels(self) -> int:
-        """T: channels of the frozen trunk's features at the head of ``frozen_inputs``."""
-        return self.config.semantic_channels if self.config.semantic_trunk == "hed-vgg" else 0
-
     def pooled_contour(self, features: torch.Tensor) -> torch.Tensor:
         """Multi-level features ``(N, 4U, S/2, S/2)`` resized to the grid: ``(N, 4U, g, g)``
         (average) or ``(N, 16U, g, g)`` (fold, see ``GenderNetConfig.contour_resize``)."""
@@ -316,7 +311,8 @@ class GenderNet(nn.Module):
         parts = []
         if self.trunk is not None:
             assert frozen is not None
-            parts.append(self.trunk_norm(frozen[:, : self.trunk_channels]))  # (N, T, g, g)
+            t = self.config.semantic_channels
+            parts.append(self.trunk_norm(frozen[:, :t]))  # (N, T, g, g)
         elif self.semantic is not None:
             parts.append(self.semantic(self.semantic_input(image)))  # (N, Cs, g, g)
         if self.config.use_contour:

@@ -316,17 +316,7 @@ def pooled_features(net: GenderNet, images: np.ndarray) -> torch.Tensor | None:
     """``net.frozen_inputs`` of ``(N, S, S, 3)`` uint8 images: ``(N, T + C, g, g)``, the
     frozen trunk's features (if any) then the contour features pooled to the semantic grid
     (computed once: neither part changes in training); None for a net with neither."""
-    if net.trunk is None and not net.config.use_contour:
-        return None
-    net.contour.eval()
-    use_contour = net.config.use_contour
-
-    def frozen(x: torch.Tensor) -> torch.Tensor:
-        out = net.frozen_inputs(x, net.contour.features(x) if use_contour else None)
-        assert out is not None
-        return out
-
-    return _batched(frozen, images)
+    return shared_pooled_features({"net": net}, images)["net"]
 
 
 def _same_contour_input(a: GenderNet, b: GenderNet) -> bool:
@@ -359,7 +349,8 @@ def shared_pooled_features(
 ) -> dict[str, torch.Tensor | None]:
     """``pooled_features`` for each net (None for one with no frozen part), each frozen
     part computed once however many nets share it: a run's variants share one frozen
-    contour network (and trunk), and those passes are most of an evaluation's time."""
+    contour network (and trunk), and those passes are most of an evaluation's time. The
+    parts are laid out as ``GenderNet.frozen_inputs`` lays them out (tested equal)."""
     done: list[tuple[str, GenderNet, torch.Tensor]] = []
 
     def part(kind: str, net: GenderNet) -> torch.Tensor:

@@ -465,8 +465,11 @@ def test_variants_with_one_contour_network_share_one_contour_pass() -> None:
         assert pooled["semantic"] is None
         assert pooled["contour"] is pooled["fused"]
         assert pooled["other"] is not pooled["fused"]
+        x = to_tensor(images)
         for name in ("fused", "other"):
-            torch.testing.assert_close(pooled[name], pooled_features(nets[name], images))
+            net = nets[name]
+            torch.testing.assert_close(pooled[name], net.frozen_inputs(x, net.contour.features(x)))
+            torch.testing.assert_close(pooled[name], pooled_features(net, images))
         assert not torch.allclose(pooled["other"], pooled["fused"])
 
 
@@ -496,7 +499,8 @@ def test_variants_with_one_trunk_share_one_trunk_pass() -> None:
         assert fused_pooled is not None and semantic_pooled is not None
         assert semantic_pooled.shape[1] == 256
         torch.testing.assert_close(fused_pooled[:, :256], semantic_pooled)
-        torch.testing.assert_close(fused_pooled, pooled_features(fused, images))
+        x = to_tensor(images)
+        torch.testing.assert_close(fused_pooled, fused.frozen_inputs(x, fused.contour.features(x)))
 
 
 def test_a_run_with_the_hed_trunk_keeps_hed_s_weights_and_exports(pipeline: dict) -> None:
