@@ -64,7 +64,7 @@ from models.gender.data import (
     colour_augment,
     generate,
 )
-from models.gender.evaluate import f_measure, mcnemar_exact, only_right
+from models.gender.evaluate import f_measure, mcnemar_exact, only_right, paired_difference_ci95
 from models.gender.net import GenderNet, load_checkpoint
 from models.gender.train import TrainConfig, contour_maps, predict, shared_pooled_features
 
@@ -266,6 +266,10 @@ def evaluate_shifts(
             entry["fused_only_right"] = only_fused
             entry["semantic_only_right"] = only_semantic
             entry["mcnemar_p"] = mcnemar_exact(only_fused, only_semantic)
+            # A list, as JSON gives it back.
+            entry["fused_minus_semantic_ci95"] = list(
+                paired_difference_ci95(only_fused, only_semantic, len(labels))
+            )
         if BASELINE in right:
             only_fused, only_baseline = only_right(right["fused"], right[BASELINE])
             entry["fused_vs_baseline"] = {
@@ -274,6 +278,9 @@ def evaluate_shifts(
                 "fused_only_right": only_fused,
                 "baseline_only_right": only_baseline,
                 "mcnemar_p": mcnemar_exact(only_fused, only_baseline),
+                "fused_minus_baseline_ci95": list(
+                    paired_difference_ci95(only_fused, only_baseline, len(labels))
+                ),
             }
         # Where the errors are: per garment type (blouses and women's trousers are the
         # types cut like menswear 10 % of the time, so about 0.9 is their ceiling).

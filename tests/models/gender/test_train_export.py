@@ -172,6 +172,8 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
         assert r["fused_only_right"] - r["semantic_only_right"] == round(
             r["fused_minus_semantic"] * count
         )
+        low, high = r["fused_minus_semantic_ci95"]
+        assert low <= r["fused_minus_semantic"] <= high
         kinds = r["per_kind"].values()
         assert sum(k["images"] for k in kinds) == count
         for variant in history["variants"]:  # the per-type figures add up to the whole
@@ -206,6 +208,7 @@ def test_shift_evaluation_without_a_shift_reproduces_the_test_accuracy(pipeline:
         results["none"]["semantic_only_right"],
     )
     assert against["mcnemar_p"] == results["none"]["mcnemar_p"]
+    assert against["fused_minus_baseline_ci95"] == results["none"]["fused_minus_semantic_ci95"]
     assert set(paired["per_kind"][next(iter(paired["per_kind"]))]) >= {"fused", "baseline"}
     base = GarmentConfig(size=SIZE)
     plain = shift.shifted_set("none", count, seed, base)
