@@ -197,17 +197,22 @@ class RequestIdMiddleware:
                 f"{stage.replace('-', '_')}_ms": round(ms, 3)
                 for stage, ms in (timings.stages_ms.items() if timings else ())
             }
+            duration_ms = round(1000 * (time.perf_counter() - started), 2)
+            # The text format shows only the message, so duration and stages go in it too
+            # (the JSON format also has each as its own field).
             self.logger.log(
                 logging.DEBUG if path in QUIET_PATHS else logging.INFO,
-                "%s %s %d",
+                "%s %s %d %.2f ms%s",
                 scope.get("method", ""),
                 path,
                 status,
+                duration_ms,
+                "".join(f" {name}={ms}" for name, ms in stages.items()),
                 extra={
                     "method": scope.get("method", ""),
                     "path": path,
                     "status": status,
-                    "duration_ms": round(1000 * (time.perf_counter() - started), 2),
+                    "duration_ms": duration_ms,
                     **stages,
                 },
             )

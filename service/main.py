@@ -93,7 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Vision inference service",
         version="0.1.0",
-        summary="Landmark recognition (and more to come) served from ONNX Runtime.",
+        summary=(
+            "Landmarks, attention-editable classification, gender from contour and semantic "
+            "features, occlusion-robust face embeddings: ONNX Runtime behind FastAPI."
+        ),
         lifespan=lifespan,
         # Served from this app's own copies of the assets (service/docs.py), not a CDN.
         docs_url=None,

@@ -81,6 +81,10 @@ def test_log_records_carry_the_request_id_and_no_key_or_image_bytes(
     assert by_id["req-bad-1"] == {**by_id["req-bad-1"], "path": "/recognize", "status": 400}
     assert by_id[wrong.headers["x-request-id"]]["status"] == 401
     assert all(isinstance(line["duration_ms"], float) for line in access)
+    # The message alone (all the text format shows) carries the duration and the stages.
+    ok_line = by_id[ok.headers["x-request-id"]]
+    assert ok_line["message"].startswith(f"POST /recognize 200 {ok_line['duration_ms']:.2f} ms ")
+    assert f"decode_ms={ok_line['decode_ms']}" in ok_line["message"]
     text = json_log.getvalue()
     assert marker not in text and "SECRET" not in text
     assert not any(key in text for key in KEYS)
