@@ -10,7 +10,7 @@ import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import Unauthorized
+from service.errors import InvalidField, Unauthorized, echo
 from service.metrics import Metrics
 from service.runtime import ModelRegistry
 from service.settings import Settings
@@ -36,6 +36,26 @@ async def get_metrics(request: Request) -> Metrics:
 async def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
     limiter: anyio.CapacityLimiter = request.app.state.decode_limiter
     return limiter
+
+
+# Form bodies whose fields are checked for repeats (FastAPI has parsed them by then).
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def reject_repeated_fields(request: Request) -> None:
+    """422 when a query parameter or a form field comes more than once. FastAPI keeps the
+    last silently, so two images, or two labels for a saved teacher record, would be
+    answered as if the client had meant the last one."""
+    content_type = request.headers.get("content-type", "").lower()
+    form = await request.form() if content_type.startswith(FORM_TYPES) else None
+    for where, names in (
+        ("query parameter", [name for name, _ in request.query_params.multi_items()]),
+        ("form field", [name for name, _ in form.multi_items()] if form else []),
+    ):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            listed = ", ".join(f"{echo(name)} ({names.count(name)} times)" for name in repeated)
+            raise InvalidField(f"{where} sent more than once: {listed}; send each once")
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -325,6 +325,7 @@ REQUESTS: list[RequestCase] = [
     RequestCase("empty_multipart", 422, "a multipart body with no parts at all"),
     RequestCase("not_multipart", 422, "a JSON body instead of multipart/form-data"),
     RequestCase("field_as_text", 422, "the image field as a plain form value, not a file"),
+    RequestCase("repeated_field", 422, "a file field sent twice (each in turn): which is meant?"),
     RequestCase(
         "huge_multipart_declared",
         413,

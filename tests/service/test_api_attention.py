@@ -282,6 +282,27 @@ def test_label_without_save_stores_nothing(client: TestClient) -> None:
     assert client.get("/attention/feedback").json()["total"] == before
 
 
+def test_a_repeated_label_is_422_and_stores_nothing(client: TestClient) -> None:
+    """Two labels for one teacher record: the service cannot know which was meant."""
+    before = client.get("/attention/feedback").json()["total"]
+    mask = encode(Image.new("L", (4, 4), 255))
+    response = client.post(
+        "/attention/correct",
+        files=[
+            ("image", ("i.png", _square_upload(), "image/png")),
+            ("mask", ("m.png", mask, "image/png")),
+            ("save", (None, b"true")),
+            ("label", (None, b"dress")),
+            ("label", (None, b"bag")),
+        ],
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    detail = response.json()["detail"]
+    assert detail == "form field sent more than once: 'label' (2 times); send each once"
+    assert client.get("/attention/feedback").json()["total"] == before
+
+
 @pytest.mark.parametrize(
     ("mask", "status", "type_suffix"),
     [

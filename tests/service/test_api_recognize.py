@@ -131,6 +131,18 @@ def test_bad_min_score_is_422(client: TestClient, min_score: str) -> None:
     assert "min_score" in body["detail"]
 
 
+def test_a_repeated_query_parameter_is_422(client: TestClient) -> None:
+    """FastAPI would keep the last value silently (min_score=2 then 0.5 passed)."""
+    response = client.post(
+        "/recognize?min_score=2&min_score=0.5",
+        files={"image": ("a.png", encode(scene()), "image/png")},
+    )
+    body = assert_problem(response, 422)
+    assert body["detail"] == (
+        "query parameter sent more than once: 'min_score' (2 times); send each once"
+    )
+
+
 def test_missing_image_field_is_422(client: TestClient) -> None:
     body = assert_problem(client.post("/recognize", files={"picture": ("a.png", b"x")}), 422)
     assert "image" in body["detail"]

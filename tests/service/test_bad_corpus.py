@@ -214,6 +214,11 @@ def test_malformed_requests(client: TestClient, endpoint: UploadEndpoint) -> Non
     check(
         client.post(endpoint.path, json={"image": "aGVsbG8="}), REQUESTS["not_multipart"]["status"]
     )
+    for name in endpoint.file_fields:
+        twice = [*good.items(), (name, good[name])]
+        response = client.post(endpoint.path, files=twice)
+        body = assert_problem(response, REQUESTS["repeated_field"]["status"])
+        assert f"'{name}' (2 times)" in body["detail"], body
     as_text = {key: spec for key, spec in good.items() if key != endpoint.file_fields[0]}
     check(
         client.post(endpoint.path, data={endpoint.file_fields[0]: "not a file"}, files=as_text),
