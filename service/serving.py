@@ -3,7 +3,8 @@ the batcher, and return a map (attention, contour) as a PNG over the image."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -14,7 +15,7 @@ from fastapi import UploadFile
 
 from service.attention import map_to_png, png_base64
 from service.batching import Disconnected, Feed, ImageRows, decode_rows_for, decode_upload
-from service.errors import NotReady, PayloadTooLarge
+from service.errors import InvalidImage, NotReady, PayloadTooLarge, UnsupportedMediaType
 from service.imaging import LetterboxTransform, check_content_type
 from service.runtime import LoadedModel, ModelConfig, ModelRegistry
 from service.schemas import MapExtent, MapPng
@@ -52,6 +53,22 @@ def ready_model(
     return ServingModel(model, model.config, decoder)
 
 
+# What one upload can be refused for: 400, 413, 415.
+UPLOAD_ERRORS = (InvalidImage, PayloadTooLarge, UnsupportedMediaType)
+
+
+@contextmanager
+def about_field(name: str | None) -> Iterator[None]:
+    """Prefix the detail of an upload error raised inside with its form field ``name``
+    (None: leave it), for endpoints that take more than one image."""
+    try:
+        yield
+    except UPLOAD_ERRORS as exc:
+        if name is not None:
+            exc.detail = f"{name}: {exc.detail}"
+        raise
+
+
 async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     """The upload's bytes after the content-type (415) and size (413) checks. The body-size
     middleware has already cut off bodies far over the limit while they streamed."""
@@ -68,10 +85,12 @@ async def infer_images(
     settings: Settings,
     limiter: anyio.CapacityLimiter,
     disconnected: Disconnected,
+    fields: Sequence[str] | None = None,
 ) -> tuple[dict[str, npt.NDArray[Any]], list[LetterboxTransform]]:
     """Decode and letterbox ``uploads`` in the decode pool, then run them as one request of
     ``len(uploads)`` rows through the model's dynamic batcher. Returns the outputs (row i
-    is upload i) and each upload's letterbox transform (model input <-> image pixels)."""
+    is upload i) and each upload's letterbox transform (model input <-> image pixels).
+    ``fields``: each upload's form field, named in its decoding errors."""
     batcher = serving.model.batcher()
     name = serving.config.inputs[0].name
     # The slot is taken before decoding: a full queue answers 503 without spending CPU.
@@ -86,10 +105,12 @@ async def infer_images(
                 decode, reservation=reservation, limiter=limiter
             )
             return outputs, [transform]
-        decoded = [
-            await decode_upload(data, serving.config.preprocess, settings, limiter)
-            for data in uploads
-        ]
+        decoded = []
+        for index, data in enumerate(uploads):
+            with about_field(fields[index] if fields else None):
+                decoded.append(
+                    await decode_upload(data, serving.config.preprocess, settings, limiter)
+                )
         rows = (
             decoded[0][0]
             if len(decoded) == 1

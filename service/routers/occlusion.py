@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import anyio
@@ -25,7 +26,7 @@ from service.schemas import (
     VerifyResponse,
     problem_responses,
 )
-from service.serving import ServingModel, infer_images, read_upload, ready_model
+from service.serving import ServingModel, about_field, infer_images, read_upload, ready_model
 from service.settings import Settings
 
 router = APIRouter(tags=["faces"])
@@ -43,10 +44,13 @@ async def infer_faces(
     settings: Settings,
     limiter: anyio.CapacityLimiter,
     disconnected: Disconnected,
+    fields: Sequence[str] | None = None,
 ) -> list[tuple[OcclusionResult, LetterboxTransform]]:
     """Every upload as one request of len(uploads) rows through the model's dynamic
-    batcher; each row decoded into its occlusion result."""
-    outputs, transforms = await infer_images(serving, uploads, settings, limiter, disconnected)
+    batcher; each row decoded into its occlusion result (``fields``: see infer_images)."""
+    outputs, transforms = await infer_images(
+        serving, uploads, settings, limiter, disconnected, fields
+    )
     size = (serving.config.preprocess.height, serving.config.preprocess.width)
     return [
         (serving.decoder.decode(outputs, transform, size, index), transform)
@@ -106,8 +110,14 @@ async def verify_faces(
 ) -> VerifyResponse:
     """Cosine similarity of two faces, the same-person decision and both occlusions."""
     serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
-    uploads = [await read_upload(image, settings.max_upload_bytes) for image in (image_a, image_b)]
-    results = await infer_faces(serving, uploads, settings, decode_limiter, request.is_disconnected)
+    fields = ("image_a", "image_b")
+    uploads = []
+    for field, upload in zip(fields, (image_a, image_b), strict=True):
+        with about_field(field):
+            uploads.append(await read_upload(upload, settings.max_upload_bytes))
+    results = await infer_faces(
+        serving, uploads, settings, decode_limiter, request.is_disconnected, fields
+    )
     (a, _), (b, _) = results
     similarity = float(np.clip(np.dot(a.embedding, b.embedding), -1.0, 1.0))
     threshold = serving.decoder.config.verify_threshold

@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,6 +21,19 @@ from service.logs import JsonFormatter, RequestIdFilter
 from service.main import create_app
 from service.settings import Settings
 from tests.service.fakes import write_model
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """``response`` is a problem+json error of ``status`` with every RFC 9457 member the
+    contract names and a non-empty detail; its body."""
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status and body["detail"]
+    return body
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from service.errors import Overloaded
 from service.feedback import open_store
 from service.main import create_app
 from service.routers.attention import attention_model, compute_features
-from tests.service.conftest import make_settings
+from tests.service.conftest import assert_problem, make_settings
 from tests.service.images import encode
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
@@ -296,10 +296,8 @@ def test_a_repeated_label_is_422_and_stores_nothing(client: TestClient) -> None:
             ("label", (None, b"bag")),
         ],
     )
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    detail = response.json()["detail"]
-    assert detail == "form field sent more than once: 'label' (2 times); send each once"
+    body = assert_problem(response, 422)
+    assert body["detail"] == "form field sent more than once: 'label' (2 times); send each once"
     assert client.get("/attention/feedback").json()["total"] == before
 
 

@@ -20,12 +20,11 @@ from PIL import Image
 
 from models.gender.data import LABELS, GarmentConfig, as_non_square, generate
 from service.main import create_app
-from tests.service.conftest import make_settings
+from tests.service.conftest import assert_problem, make_settings
 from tests.service.images import encode
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 COMMITTED = REPOSITORY / "gender"
-PROBLEM = "application/problem+json"
 UPLOADS = 48
 
 pytestmark = pytest.mark.skipif(
@@ -58,14 +57,6 @@ def garments():
 
 def post(client: TestClient, data: bytes, content_type: str = "image/png", **params: object):
     return client.post("/gender", files={"image": ("g.png", data, content_type)}, params=params)
-
-
-def assert_problem(response, status: int) -> dict:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
 
 
 def test_contract_shape_without_contour(client: TestClient, garments, config: dict) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from models.occlusion.faces import align_faces
 from service.main import create_app
-from tests.service.conftest import make_settings
+from tests.service.conftest import assert_problem, make_settings
 from tests.service.images import encode
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
@@ -153,12 +153,6 @@ def test_verify_two_people(client: TestClient) -> None:
     assert body["same"] == (body["similarity"] >= body["threshold"])
 
 
-def assert_problem(response, status: int) -> None:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.json()["status"] == status
-
-
 def test_bad_inputs_are_4xx_problems(client: TestClient) -> None:
     png = encode(face(0))
     assert_problem(client.post("/occlusion"), 422)
@@ -171,13 +165,17 @@ def test_bad_inputs_are_4xx_problems(client: TestClient) -> None:
     assert_problem(
         client.post("/occlusion", files={"image": ("a.png", b"not a png", "image/png")}), 400
     )
-    assert_problem(
-        client.post(
-            "/faces/verify",
-            files={"image_a": ("a.png", png, "image/png"), "image_b": ("b.png", b"x", "image/png")},
-        ),
-        400,
-    )
+    # With two images, the error says which one it is about.
+    good = ("a.png", png, "image/png")
+    for broken, status, start in (
+        (("b.png", b"x", "image/png"), 400, "the image is not an image in a supported format"),
+        (("b.png", b"", "image/png"), 400, "the image upload is empty"),
+        (("b.txt", b"hello", "text/plain"), 415, ""),
+    ):
+        for field, other in (("image_a", "image_b"), ("image_b", "image_a")):
+            files = {field: broken, other: good}
+            body = assert_problem(client.post("/faces/verify", files=files), status)
+            assert body["detail"].startswith(f"{field}: {start}"), body
 
 
 def test_api_key_and_model_not_served(tmp_path: Path) -> None:

@@ -9,11 +9,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.main import create_app
-from tests.service.conftest import make_settings
+from tests.service.conftest import assert_problem, make_settings
 from tests.service.fakes import FAKE_CLASS, LABELS, write_model
 from tests.service.images import encode, jpeg_tiff, repeated_scans, scene
-
-PROBLEM = "application/problem+json"
 
 
 def post_image(
@@ -21,16 +19,6 @@ def post_image(
 ):
     file = ("upload.png", data) if content_type is None else ("upload.png", data, content_type)
     return client.post("/recognize", files={"image": file}, params=params)
-
-
-def assert_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "status", "detail"} <= set(body)
-    assert body["detail"]
-    return body
 
 
 def test_contract_shape_and_point_in_image_pixels(client: TestClient) -> None:
