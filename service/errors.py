@@ -218,6 +218,20 @@ async def _handle_service_error(request: Request, exc: Exception) -> JSONRespons
     )
 
 
+# FastAPI's message when a file field came as a plain value (a part without a filename):
+# it names a Python class, which tells a client nothing.
+_NOT_A_FILE = "Expected UploadFile"
+
+
+def _slim(error: Mapping[str, Any]) -> dict[str, Any]:
+    """A validation error's location, message and type: ``input`` may echo back a whole
+    upload, and the rest is enough to act on."""
+    slim = {k: v for k, v in error.items() if k in ("loc", "msg", "type")}
+    if _NOT_A_FILE in str(slim.get("msg", "")):
+        slim["msg"] = "expected a file: a multipart part with a filename, not a plain form value"
+    return slim
+
+
 def _describe_validation_error(error: Mapping[str, Any]) -> str:
     location = ".".join(str(part) for part in error.get("loc", ()))
     return f"{location}: {error.get('msg', 'invalid')}"
@@ -225,10 +239,8 @@ def _describe_validation_error(error: Mapping[str, Any]) -> str:
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
-    detail = "; ".join(_describe_validation_error(error) for error in errors) or "invalid request"
-    # `input` may echo back a whole upload; the location and message are enough to act on.
-    slim = [{k: v for k, v in error.items() if k in ("loc", "msg", "type")} for error in errors]
+    slim = [_slim(error) for error in exc.errors()]
+    detail = "; ".join(_describe_validation_error(error) for error in slim) or "invalid request"
     return problem_response(
         HTTPStatus.UNPROCESSABLE_ENTITY,
         title="Invalid request",
