@@ -181,8 +181,8 @@ async def classify_with_attention(
     decode_limiter: DecodeLimiterDep,
 ) -> AttentionResponse:
     """Classify an image; return both branches' classes and the attention map."""
+    data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     serving = attention_model(registry, settings)
-    data = await read_upload(image, settings.max_upload_bytes)
     found, _ = await image_features(
         data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )
@@ -219,6 +219,8 @@ async def correct_with_edited_map(
     save: Annotated[bool, Form(description="store a teacher record (needs label)")] = False,
 ) -> CorrectionResponse:
     """Re-classify with the edited map replacing the model's; optionally keep the edit."""
+    data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
+    mask_data = await read_upload(mask, settings.max_upload_bytes)
     serving = attention_model(registry, settings)
     label_id: int | None = None
     if label is not None:
@@ -231,8 +233,6 @@ async def correct_with_edited_map(
         label_id = serving.decoder.labels.index(label)
     if save and label_id is None:
         raise InvalidField("save=true needs the true class in the label field")
-    data = await read_upload(image, settings.max_upload_bytes)
-    mask_data = await read_upload(mask, settings.max_upload_bytes)
     found, hit = await image_features(
         data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )

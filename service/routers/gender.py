@@ -33,8 +33,8 @@ async def classify_gender(
     ] = False,
 ) -> GenderResponse:
     """Classify a garment as womenswear or menswear, optionally with its contour map."""
+    data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     serving = ready_model(registry, settings.gender_model, GenderDecoder)
-    data = await read_upload(image, settings.max_upload_bytes)
     outputs, (transform,) = await infer_images(
         serving, [data], settings, decode_limiter, request.is_disconnected
     )

@@ -86,8 +86,8 @@ async def detect_occlusion(
     decode_limiter: DecodeLimiterDep,
 ) -> OcclusionResponse:
     """Occlusion pattern (grid blocks and pixel box) and identity embedding of a face."""
+    data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
-    data = await read_upload(image, settings.max_upload_bytes)
     [(result, transform)] = await infer_faces(
         serving, [data], settings, decode_limiter, request.is_disconnected
     )
@@ -109,12 +109,12 @@ async def verify_faces(
     decode_limiter: DecodeLimiterDep,
 ) -> VerifyResponse:
     """Cosine similarity of two faces, the same-person decision and both occlusions."""
-    serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
     fields = ("image_a", "image_b")
     uploads = []
     for field, upload in zip(fields, (image_a, image_b), strict=True):
         with about_field(field):
             uploads.append(await read_upload(upload, settings.max_upload_bytes))
+    serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
     results = await infer_faces(
         serving, uploads, settings, decode_limiter, request.is_disconnected, fields
     )

@@ -44,8 +44,10 @@ async def recognize_landmarks(
     ] = DEFAULT_MIN_SCORE,
 ) -> RecognizeResponse:
     """Recognise landmarks: class, score and reference point in image pixels."""
-    serving = ready_model(registry, settings.recognize_model, LandmarkPointsDecoder)
+    # The upload's own checks first: a bad upload is the client's error even while the
+    # model is loading (415 / 413, not 503).
     data = await read_upload(image, settings.max_upload_bytes)
+    serving = ready_model(registry, settings.recognize_model, LandmarkPointsDecoder)
     outputs, (transform,) = await infer_images(
         serving, [data], settings, decode_limiter, request.is_disconnected
     )

@@ -290,3 +290,20 @@ def test_two_files_each_under_the_limit_are_accepted(
     assert max(sizes) < MAX_UPLOAD_BYTES < sum(sizes) - BodyLimits(MAX_UPLOAD_BYTES).overhead_bytes
     response = client.post(endpoint.path, files=files)
     check(response, 200 if serving[endpoint.path] else 503)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=_ids)
+def test_a_bad_upload_is_4xx_even_with_no_model_ready(
+    endpoint: UploadEndpoint, tmp_path: Path
+) -> None:
+    """The upload's own checks come before the model's readiness: a client error is never
+    answered with a 5xx, not even while the models load."""
+    empty = tmp_path / "repository"
+    empty.mkdir()
+    settings = make_settings(empty, feedback_db=tmp_path / "feedback.sqlite3")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as bare:
+        good = good_files(endpoint)
+        assert_safe_problem(bare.post(endpoint.path, files=good), 503)
+        for name in endpoint.file_fields:
+            text = {**good, name: ("a.txt", b"hello", "text/plain")}
+            assert_safe_problem(bare.post(endpoint.path, files=text), 415)
