@@ -40,7 +40,9 @@ async def recognize_landmarks(
     settings: SettingsDep,
     decode_limiter: DecodeLimiterDep,
     min_score: Annotated[
-        float, Query(ge=0.0, le=1.0, description="lowest landmark score to report")
+        float,
+        # NaN would fail le=1.0 with a message about the bound; say what is wrong instead.
+        Query(ge=0.0, le=1.0, allow_inf_nan=False, description="lowest landmark score to report"),
     ] = DEFAULT_MIN_SCORE,
 ) -> RecognizeResponse:
     """Recognise landmarks: class, score and reference point in image pixels."""

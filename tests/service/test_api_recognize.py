@@ -113,10 +113,12 @@ def test_non_image_content_type_is_415(client: TestClient, content_type: str) ->
     assert_problem(post_image(client, b'{"a": 1}', content_type), 415)
 
 
-@pytest.mark.parametrize("min_score", ["-0.1", "1.5", "abc"])
+@pytest.mark.parametrize("min_score", ["-0.1", "1.5", "abc", "nan", "inf"])
 def test_bad_min_score_is_422(client: TestClient, min_score: str) -> None:
     body = assert_problem(post_image(client, encode(scene()), min_score=min_score), 422)
     assert "min_score" in body["detail"]
+    if min_score in ("nan", "inf"):
+        assert "finite number" in body["detail"], body
 
 
 def test_a_repeated_query_parameter_is_422(client: TestClient) -> None:
