@@ -15,6 +15,7 @@ from service.dependencies import reject_repeated_fields, require_api_key
 from service.docs import install_offline_docs
 from service.errors import StoreUnavailable, install_exception_handlers
 from service.feedback import FeedbackStore, open_store
+from service.head import HeadAsGetMiddleware
 from service.imaging import configure_pillow
 from service.limits import BodyLimits, BodySizeLimitMiddleware
 from service.logs import RequestIdMiddleware, make_handler
@@ -132,8 +133,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_offline_docs(app)
 
     body_limits = BodyLimits(settings.max_upload_bytes)
-    # Each middleware added wraps the ones before it, so this one is innermost: metrics
-    # (outside it) also see the 413s the size limit answers itself.
+    # Each middleware added wraps the ones before it, so this one is innermost: the access
+    # log and metrics (outside it) still see the request as the HEAD it was.
+    app.add_middleware(HeadAsGetMiddleware)
+    # Metrics (outside it) also see the 413s the size limit answers itself.
     app.add_middleware(BodySizeLimitMiddleware, limits=body_limits)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
     app.add_middleware(AdmissionMiddleware, limits=body_limits)

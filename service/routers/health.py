@@ -36,9 +36,3 @@ async def get_ready(registry: RegistryDep) -> ReadyResponse:
         detail = "; ".join(reasons + failed) or "models are not ready"
         raise NotReady(detail, extra={"models": {k: v.model_dump() for k, v in models.items()}})
     return ReadyResponse(models=models)
-
-
-# HEAD too, for load balancers and uptime checkers that probe with it (uvicorn sends the
-# headers only). Left out of the schema: it would repeat the GET operations.
-router.add_api_route("/live", get_live, methods=["HEAD"], include_in_schema=False)
-router.add_api_route("/ready", get_ready, methods=["HEAD"], include_in_schema=False)
