@@ -69,18 +69,20 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
-def _presented_key(request: Request) -> str | None:
+def _presented_keys(request: Request) -> list[str]:
+    """The keys a request carries: its X-API-Key and its Bearer token, either or both."""
+    keys = []
     key = request.headers.get("x-api-key")
     if key:
-        return key
+        keys.append(key)
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return None
+        keys.append(credentials.strip())
+    return keys
 
 
 # Declared as security schemes so that OpenAPI marks the protected operations (and /docs
-# offers "Authorize"); the key itself is read by _presented_key, either header will do.
+# offers "Authorize"); the keys themselves are read by _presented_keys.
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey")
 BEARER = HTTPBearer(auto_error=False, scheme_name="Bearer")
 
@@ -99,12 +101,15 @@ def check_api_key(request: Request, settings: Settings) -> None:
     """Raise Unauthorized (401) unless API keys are off or ``request`` carries one."""
     if not settings.api_keys:
         return
-    presented = _presented_key(request)
-    if presented is None:
+    presented = _presented_keys(request)
+    if not presented:
         raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
     # Constant-time comparison against every key (no early exit), so timing reveals neither
     # a matching prefix nor which key matched; digests first, so not the length either.
-    offered = _digest(presented)
-    matches = [hmac.compare_digest(offered, _digest(key)) for key in settings.api_keys]
-    if not any(matches):
+    # With both headers, both must hold a valid key: a wrong one is refused, whichever.
+    valid = [
+        any([hmac.compare_digest(_digest(offered), _digest(key)) for key in settings.api_keys])
+        for offered in presented
+    ]
+    if not all(valid):
         raise Unauthorized("the API key is not valid")

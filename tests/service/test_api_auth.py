@@ -47,6 +47,18 @@ def test_valid_key_in_either_header(keyed: TestClient, headers: dict) -> None:
     assert keyed.get("/models", headers=headers).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("api_key", "bearer", "status"),
+    [("k-one", "k-two", 200), ("k-one", "wrong", 401), ("wrong", "k-one", 401)],
+)
+def test_both_headers_must_hold_valid_keys(
+    keyed: TestClient, api_key: str, bearer: str, status: int
+) -> None:
+    """A wrong key is refused whichever header carries it (X-API-Key used to win)."""
+    headers = {"X-API-Key": api_key, "Authorization": f"Bearer {bearer}"}
+    assert keyed.get("/models", headers=headers).status_code == status
+
+
 def test_health_docs_and_editor_page_need_no_key(keyed: TestClient) -> None:
     """What README's API_KEYS row lists as open; the page's own API calls carry the key."""
     for path in ("/health/live", "/health/ready", "/openapi.json", "/docs", "/ui"):
