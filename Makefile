@@ -50,9 +50,10 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run
 
-# Landmark accuracy with JPEG draft decoding on and off (scenes need the train extra).
-benchmark-jpeg-draft: $(VENV)/.dev  ## landmark accuracy with JPEG draft decoding on and off
+# Accuracy with JPEG draft decoding on and off (the held-out images need the train extra).
+benchmark-jpeg-draft: $(VENV)/.dev  ## landmark, attention, gender accuracy with JPEG draft on/off
 	$(BIN)/python -m benchmarks.jpeg_draft
+	$(BIN)/python -m benchmarks.jpeg_draft_classifiers --count 10000
 
 # Reproduce the committed landmark model (tens of minutes on two CPU cores).
 train-landmark: $(VENV)/.dev  ## train the landmark model (tens of minutes)

@@ -44,6 +44,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **measure(args.count, args.seed),
     }
     report["labels"] = report["paths"]["full"]["metrics"]["labels"]
+    return finish_report(report, load_before, started, args.out, "jpeg_draft", markdown)
+
+
+def finish_report(
+    report: dict[str, Any],
+    load_before: Any,
+    started: float,
+    out: Path,
+    artifact: str,
+    markdown: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Add the machine (load average before and now) and the total time to ``report``,
+    write it as ``artifact``.json and its ``markdown`` as .md under ``out``, print the
+    markdown; the report."""
     report["machine"] = {
         "cpu": cpu_model(),
         "onnxruntime": ort.__version__,
@@ -434,10 +449,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_after": load_average(),
     }
     report["seconds_total"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "jpeg_draft.json").write_text(json.dumps(report, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{artifact}.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (args.out / "jpeg_draft.md").write_text(text)
+    (out / f"{artifact}.md").write_text(text)
     print(text, end="")
     return report
 
