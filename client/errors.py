@@ -51,7 +51,8 @@ class Unauthorized(ApiError):
 
 
 class NotFound(ApiError):
-    """404: no such route or V2 model."""
+    """404: no such route or V2 model, or a model endpoint whose model this server does not
+    serve."""
 
 
 class PayloadTooLarge(ApiError):

@@ -346,12 +346,13 @@ class Problem(BaseModel):
     detail: str
 
 
-# The client errors every image endpoint shares (one upload or two), for problem_responses.
+# The errors every image endpoint shares (one upload or two), for problem_responses.
 UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
     (400, "an upload is not a decodable image"),
     (401, "API keys are configured and none or a wrong one was sent"),
     (413, "an upload exceeds the size or pixel limit"),
     (415, "an upload's content type is not an image"),
+    (404, "this server does not serve the endpoint's model (its repository, VISION_MODELS)"),
 )
 
 

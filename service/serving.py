@@ -15,7 +15,13 @@ from fastapi import UploadFile
 
 from service.attention import map_to_png, png_base64
 from service.batching import Disconnected, Feed, ImageRows, decode_rows_for, decode_upload
-from service.errors import InvalidImage, NotReady, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    InvalidImage,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from service.imaging import LetterboxTransform, check_content_type
 from service.runtime import LoadedModel, ModelConfig, ModelRegistry
 from service.schemas import MapExtent, MapPng
@@ -38,10 +44,18 @@ def ready_model(
     registry: ModelRegistry, name: str, decoder_type: type[D], *, one_graph: bool = True
 ) -> ServingModel[D]:
     """Model ``name`` if it is loaded, warmed, decodes with ``decoder_type`` and (with
-    ``one_graph``) is a single graph; otherwise 503 (NotReady) saying which it is not."""
+    ``one_graph``) is a single graph; otherwise 503 (NotReady) saying which it is not, or
+    404 (ModelNotFound) when this server does not serve ``name`` at all."""
     model = registry.get(name)
+    if model is None and registry.problem is not None:
+        # Loading, shutting down, or the repository unusable: retrying may help.
+        raise NotReady(f"model {name!r} is not available: {registry.problem}")
     if model is None:
-        raise NotReady(f"model {name!r} is not configured on this server")
+        # Retrying never helps here, so not a 503 with Retry-After.
+        raise ModelNotFound(
+            f"model {name!r} is not served here: it is not among this server's models "
+            "(its model repository and VISION_MODELS)"
+        )
     if not model.ready or model.config is None or model.decoder is None:
         raise NotReady(f"model {name!r} is not ready: {model.error or 'loading'}")
     decoder = model.decoder

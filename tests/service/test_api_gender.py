@@ -168,9 +168,10 @@ def test_needs_a_key_when_keys_are_configured(garments) -> None:
         assert ok.status_code == 200, ok.text
 
 
-def test_unconfigured_gender_model_answers_503() -> None:
+def test_unconfigured_gender_model_answers_404() -> None:
     settings = make_settings(REPOSITORY, models=["gender"], gender_model="other")
     with TestClient(create_app(settings)) as client:
         response = post(client, b"irrelevant")
-        assert_problem(response, 503)
-        assert int(response.headers["retry-after"]) > 0
+        body = assert_problem(response, 404)
+        assert "'other' is not served here" in body["detail"]
+        assert "retry-after" not in response.headers  # retrying would never help

@@ -190,5 +190,5 @@ def test_api_key_and_model_not_served(tmp_path: Path) -> None:
     settings = make_settings(REPOSITORY, models=["occlusion"], occlusion_model="absent")
     with TestClient(create_app(settings)) as c:
         response = c.post("/occlusion", files={"image": ("a.png", png, "image/png")})
-        assert_problem(response, 503)
-        assert "Retry-After" in response.headers
+        assert_problem(response, 404)
+        assert "Retry-After" not in response.headers

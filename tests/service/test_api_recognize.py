@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.main import create_app
+from service.runtime import ModelRegistry
 from tests.service.conftest import assert_problem, make_settings
 from tests.service.fakes import FAKE_CLASS, LABELS, write_model
 from tests.service.images import encode, jpeg_tiff, repeated_scans, scene
@@ -186,9 +187,23 @@ def test_failed_model_answers_503_with_retry_after(tmp_path: Path) -> None:
         assert "sha256" in body["detail"]
 
 
-def test_unconfigured_recognize_model_answers_503(repo: Path) -> None:
+def test_unconfigured_recognize_model_answers_404(repo: Path) -> None:
     with TestClient(create_app(make_settings(repo, recognize_model="other"))) as client:
-        assert_problem(post_image(client, encode(scene())), 503)
+        response = post_image(client, encode(scene()))
+        assert_problem(response, 404)
+        assert "retry-after" not in response.headers
+
+
+def test_a_model_endpoint_answers_503_while_models_load(repo: Path) -> None:
+    """Before the lifespan has loaded anything the registry is empty: retry, not 404."""
+    with TestClient(create_app(make_settings(repo))) as client:
+        loading = ModelRegistry(problem="models are loading")
+        client.app.state.registry, served = loading, client.app.state.registry  # type: ignore[attr-defined]
+        response = post_image(client, encode(scene()))
+        client.app.state.registry = served  # type: ignore[attr-defined]
+    body = assert_problem(response, 503)
+    assert body["detail"] == "model 'landmark' is not available: models are loading"
+    assert int(response.headers["retry-after"]) > 0
 
 
 def test_a_failed_decode_gives_its_queue_slot_back(small_limit_client: TestClient) -> None:
