@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import Counter
 from typing import Annotated
 
 import anyio
@@ -49,12 +50,12 @@ async def reject_repeated_fields(request: Request) -> None:
     content_type = request.headers.get("content-type", "").lower()
     form = await request.form() if content_type.startswith(FORM_TYPES) else None
     for where, names in (
-        ("query parameter", [name for name, _ in request.query_params.multi_items()]),
-        ("form field", [name for name, _ in form.multi_items()] if form else []),
+        ("query parameter", Counter(name for name, _ in request.query_params.multi_items())),
+        ("form field", Counter(name for name, _ in form.multi_items()) if form else Counter()),
     ):
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        repeated = sorted(name for name, count in names.items() if count > 1)
         if repeated:
-            listed = ", ".join(f"{echo(name)} ({names.count(name)} times)" for name in repeated)
+            listed = ", ".join(f"{echo(name)} ({names[name]} times)" for name in repeated)
             raise InvalidField(f"{where} sent more than once: {listed}; send each once")
 
 
@@ -107,9 +108,7 @@ def check_api_key(request: Request, settings: Settings) -> None:
     # Constant-time comparison against every key (no early exit), so timing reveals neither
     # a matching prefix nor which key matched; digests first, so not the length either.
     # With both headers, both must hold a valid key: a wrong one is refused, whichever.
-    valid = [
-        any([hmac.compare_digest(_digest(offered), _digest(key)) for key in settings.api_keys])
-        for offered in presented
-    ]
+    keys = [_digest(key) for key in settings.api_keys]
+    valid = [any([hmac.compare_digest(_digest(k), key) for key in keys]) for k in presented]
     if not all(valid):
         raise Unauthorized("the API key is not valid")
