@@ -39,7 +39,8 @@ async def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
     return limiter
 
 
-# Form bodies whose fields are checked for repeats (FastAPI has parsed them by then).
+# Form bodies whose fields are checked for repeats: a POST's, which FastAPI has parsed by
+# then (every POST these routers serve takes a form); a GET's body is never read.
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -48,7 +49,8 @@ async def reject_repeated_fields(request: Request) -> None:
     last silently, so two images, or two labels for a saved teacher record, would be
     answered as if the client had meant the last one."""
     content_type = request.headers.get("content-type", "").lower()
-    form = await request.form() if content_type.startswith(FORM_TYPES) else None
+    is_form = request.method == "POST" and content_type.startswith(FORM_TYPES)
+    form = await request.form() if is_form else None
     for where, names in (
         ("query parameter", Counter(name for name, _ in request.query_params.multi_items())),
         ("form field", Counter(name for name, _ in form.multi_items()) if form else Counter()),

@@ -282,6 +282,17 @@ def test_label_without_save_stores_nothing(client: TestClient) -> None:
     assert client.get("/attention/feedback").json()["total"] == before
 
 
+def test_a_get_with_a_form_body_is_not_read(client: TestClient) -> None:
+    """The repeated-field check reads POST forms only: a GET's body stays ignored."""
+    response = client.request(
+        "GET",
+        "/attention/feedback",
+        content=b"a=1&a=2&%zz",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200, response.text
+
+
 def test_a_repeated_label_is_422_and_stores_nothing(client: TestClient) -> None:
     """Two labels for one teacher record: the service cannot know which was meant."""
     before = client.get("/attention/feedback").json()["total"]
