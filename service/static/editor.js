@@ -19,7 +19,19 @@ const state = {
   scale: 1, // display pixels per image pixel
   drawing: false,
   last: null,
+  labelChosen: false, // the user picked the true class: answers no longer move it
+  busy: false, // a request is in flight: the buttons wait for it
 };
+
+const EDIT_BUTTONS = ["clear-map", "reset-map", "submit", "save"];
+
+// Buttons follow the state: an image to edit, no request in flight, and for saving a label
+// list to pick from (it needs /models, which may need the API key first).
+function updateButtons() {
+  const ready = state.file !== null && !state.busy;
+  for (const id of EDIT_BUTTONS) $(id).disabled = !ready;
+  if ($("label-select").options.length === 0) $("save").disabled = true;
+}
 
 function headers() {
   const key = $("api-key").value.trim();
@@ -67,6 +79,8 @@ function drawModelMap() {
 
 function render() {
   if (!state.bitmap) return;
+  // Cleared first: a transparent photo would otherwise keep every earlier overlay.
+  viewCtx.clearRect(0, 0, view.width, view.height);
   viewCtx.globalAlpha = 1;
   viewCtx.imageSmoothingEnabled = true;
   viewCtx.drawImage(state.bitmap, 0, 0, view.width, view.height);
@@ -88,18 +102,51 @@ function render() {
   viewCtx.drawImage(layer, 0, 0);
 }
 
+// Whatever was on screen belongs to the previous image: it goes before a new one is tried,
+// so a failed upload can never leave the old image editable under the new file's name.
+function forgetImage() {
+  state.file = state.bitmap = state.modelMap = state.extent = null;
+  viewCtx.clearRect(0, 0, view.width, view.height);
+  for (const id of ["original-class", "attention-branch-class", "corrected-class"]) {
+    $(id).textContent = "–";
+    delete $(id).dataset.classId;
+    delete $(id).dataset.label;
+  }
+  $("save-status").textContent = "";
+  delete $("save-status").dataset.feedbackId;
+  updateButtons();
+}
+
+// fetch, with a network failure (server down, connection refused) as a readable error.
+async function send(url, options) {
+  try {
+    return await fetch(url, options);
+  } catch (err) {
+    throw new Error(`the server could not be reached (${err.message}); try again`);
+  }
+}
+
 async function classify(file) {
+  forgetImage();
+  let bitmap;
+  try {
+    // Shown before it is sent: a format the server reads but this browser cannot show
+    // (TIFF) could not be edited, and its answers would not match what is on screen.
+    bitmap = await loadImage(URL.createObjectURL(file));
+  } catch (err) {
+    setStatus("Error: this browser cannot display the image; send it as JPEG, PNG or WebP.");
+    return;
+  }
   const form = new FormData();
   form.append("image", file, file.name || "image");
   setStatus("Classifying…");
-  const response = await fetch("/attention", { method: "POST", body: form, headers: headers() });
+  const response = await send("/attention", { method: "POST", body: form, headers: headers() });
   if (!response.ok) {
     setStatus(`Error: ${await problemText(response)}`);
     return;
   }
   const body = await response.json();
-  state.file = file;
-  state.bitmap = await loadImage(URL.createObjectURL(file));
+  state.bitmap = bitmap;
   state.modelMap = await loadImage("data:image/png;base64," + body.attention_map.png_base64);
   const w = state.bitmap.naturalWidth;
   const h = state.bitmap.naturalHeight;
@@ -107,14 +154,14 @@ async function classify(file) {
   view.width = edit.width = Math.max(1, Math.round(w * state.scale));
   view.height = edit.height = Math.max(1, Math.round(h * state.scale));
   state.extent = body.attention_map.extent || { x0: 0, y0: 0, x1: w, y1: h };
+  state.file = file;
   drawModelMap();
   render();
   showClass($("original-class"), body.prediction);
   showClass($("attention-branch-class"), body.attention_branch);
-  $("corrected-class").textContent = "–";
-  delete $("corrected-class").dataset.classId;
+  state.labelChosen = false; // a new image: the model's answer is the first guess
   selectLabel(body.prediction.label);
-  for (const id of ["clear-map", "reset-map", "submit", "save"]) $(id).disabled = false;
+  updateButtons();
   setStatus(
     `Model ${body.model.name} v${body.model.version}: edit the map with the brush, then classify.`
   );
@@ -182,7 +229,7 @@ async function correct(save) {
     form.append("label", $("label-select").value);
     form.append("save", "true");
   }
-  const response = await fetch("/attention/correct", {
+  const response = await send("/attention/correct", {
     method: "POST",
     body: form,
     headers: headers(),
@@ -199,9 +246,27 @@ async function correct(save) {
   return body;
 }
 
+// One request at a time from the buttons: a double click sends once, saves one record.
+async function whileBusy(work) {
+  if (state.busy) return;
+  state.busy = true;
+  updateButtons();
+  try {
+    await work();
+  } finally {
+    state.busy = false;
+    updateButtons();
+  }
+}
+
 $("image-input").addEventListener("change", (event) => {
   const file = event.target.files[0];
-  if (file) classify(file).catch((err) => setStatus(`Error: ${err.message}`));
+  // Emptied, so that choosing the same file again (say after typing the API key) is a
+  // change too.
+  event.target.value = "";
+  if (file) {
+    whileBusy(() => classify(file)).catch((err) => setStatus(`Error: ${err.message}`));
+  }
 });
 $("opacity").addEventListener("input", render);
 $("clear-map").addEventListener("click", () => {
@@ -216,21 +281,33 @@ $("reset-map").addEventListener("click", () => {
   drawModelMap();
   render();
 });
-$("submit").addEventListener("click", async () => {
-  setStatus("Classifying with your map…");
-  const body = await correct(false);
-  if (body) {
-    setStatus(`Done (feature cache ${body.feature_cache}).`);
-    selectLabel(body.corrected.label);
-  }
-});
-$("save").addEventListener("click", async () => {
-  $("save-status").textContent = "Saving…";
-  const body = await correct(true);
-  if (body) {
-    $("save-status").textContent = `Saved teacher map ${body.feedback_id}.`;
-    $("save-status").dataset.feedbackId = body.feedback_id;
-  }
+$("submit").addEventListener("click", () =>
+  whileBusy(async () => {
+    setStatus("Classifying with your map…");
+    $("corrected-class").textContent = "–";
+    delete $("corrected-class").dataset.classId;
+    const body = await correct(false);
+    if (body) {
+      setStatus(`Done (feature cache ${body.feature_cache}).`);
+      if (!state.labelChosen) selectLabel(body.corrected.label);
+    }
+  }).catch((err) => setStatus(`Error: ${err.message}`))
+);
+$("save").addEventListener("click", () =>
+  whileBusy(async () => {
+    $("save-status").textContent = "Saving…";
+    delete $("save-status").dataset.feedbackId;
+    const body = await correct(true);
+    if (body) {
+      $("save-status").textContent = `Saved teacher map ${body.feedback_id}.`;
+      $("save-status").dataset.feedbackId = body.feedback_id;
+    }
+  }).catch((err) => {
+    $("save-status").textContent = `Error: ${err.message}`;
+  })
+);
+$("label-select").addEventListener("change", () => {
+  state.labelChosen = true;
 });
 
 function selectLabel(label) {
@@ -246,13 +323,24 @@ async function loadLabels() {
     const model = body.models.find((m) => m.task === "attention_classification");
     if (!model) return;
     const select = $("label-select");
+    const chosen = select.value;
     select.replaceChildren(
       ...model.labels.map((label) => new Option(label.replaceAll("_", " "), label))
     );
+    const shown = $("original-class").dataset.label;
+    selectLabel(state.labelChosen ? chosen : shown || chosen);
   } catch (err) {
     // The labels only fill the save box; the editor works without them.
+  } finally {
+    updateButtons();
   }
 }
 
-$("api-key").addEventListener("change", loadLabels);
+// As the key is typed (once typing pauses), not only when the field loses focus: saving
+// needs the label list, and clicking Save must not be what loads it.
+let keyTimer = null;
+$("api-key").addEventListener("input", () => {
+  clearTimeout(keyTimer);
+  keyTimer = setTimeout(loadLabels, 300);
+});
 loadLabels();

@@ -145,8 +145,8 @@ def test_upload_brush_submit_and_save(server: tuple[str, Path], tmp_path: Path) 
             feedback_id = page.get_attribute("#save-status", "data-feedback-id")
         finally:
             browser.close()
-    (record,) = open_store(feedback).records()
-    assert record.id == feedback_id and record.label == LABELS[label_b]
+    (record,) = [r for r in open_store(feedback).records() if r.id == feedback_id]
+    assert record.label == LABELS[label_b]
     edited = np.asarray(Image.open(io.BytesIO(record.edited_map)), np.float32)
     # The painted attention lies on item B's side of the canvas.
     grid = 16 / SIDE
@@ -154,3 +154,56 @@ def test_upload_brush_submit_and_save(server: tuple[str, Path], tmp_path: Path) 
         int(y0 * grid) : int(np.ceil(y1 * grid)), int(x0 * grid) : int(np.ceil(x1 * grid))
     ]
     assert inside.sum() > 0.9 * edited.sum() > 0
+
+
+def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The editor keeps a true class the user picked, saves once per double click, and
+    leaves nothing editable after an upload it cannot display (the server reads TIFF,
+    Chromium does not show it: the old page sent it and let the previous image's edit be
+    saved under it)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    url, feedback = server
+    image_path, _, _ = _canvas(tmp_path)
+    tiff = tmp_path / "photo.tiff"
+    Image.open(image_path).save(tiff)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(url + "/ui")
+            page.set_input_files("#image-input", str(image_path))
+            page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+            predicted = page.get_attribute("#original-class", "data-label")
+            chosen = next(label for label in LABELS if label != predicted)
+            page.select_option("#label-select", chosen)
+            page.click("#submit")
+            page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+            assert page.input_value("#label-select") == chosen  # not the model's answer
+
+            before = len(open_store(feedback).records())
+            page.dblclick("#save")
+            page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+            page.wait_for_function("!document.querySelector('#save').disabled")
+            saved = open_store(feedback).records()
+            assert len(saved) == before + 1
+            assert saved[-1].label == chosen
+
+            sent = requests.count(url + "/attention")
+            page.set_input_files("#image-input", str(tiff))
+            page.wait_for_function(
+                "document.querySelector('#status').textContent.includes('cannot display')"
+            )
+            assert requests.count(url + "/attention") == sent  # never sent
+            for button in ("#clear-map", "#reset-map", "#submit", "#save"):
+                assert page.is_disabled(button), button
+            assert page.inner_text("#original-class") == "\u2013"  # the page's en dash
+            # The same good file again, right after: a change even with the same name.
+            page.set_input_files("#image-input", str(image_path))
+            page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+            assert not page.is_disabled("#save")
+        finally:
+            browser.close()
