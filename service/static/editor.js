@@ -162,9 +162,44 @@ async function classify(file) {
   state.labelChosen = false; // a new image: the model's answer is the first guess
   selectLabel(body.prediction.label);
   updateButtons();
+  const outside = attentionOutside(w, h);
   setStatus(
-    `Model ${body.model.name} v${body.model.version}: edit the map with the brush, then classify.`
+    `Model ${body.model.name} v${body.model.version}: edit the map with the brush, then classify.` +
+      (outside >= OUTSIDE_NOTE_SHARE
+        ? ` ${Math.round(100 * outside)} % of the model's attention lies on the bars beside` +
+          " this photo (the model sees it letterboxed into a square); the map you edit covers" +
+          " the photo only, so even unedited it can give another answer."
+        : "")
   );
+}
+
+// Below this share of the map's attention on the letterbox bars the difference is noise.
+const OUTSIDE_NOTE_SHARE = 0.05;
+
+// The share of the model's map (its cells, by value) whose centres fall outside the
+// w x h image: attention on the letterbox bars of a non-square upload, which the edited
+// map (stretched over the image) cannot carry.
+function attentionOutside(w, h) {
+  const map = state.modelMap;
+  const cells = document.createElement("canvas");
+  cells.width = map.naturalWidth;
+  cells.height = map.naturalHeight;
+  const ctx = cells.getContext("2d");
+  ctx.drawImage(map, 0, 0);
+  const values = ctx.getImageData(0, 0, cells.width, cells.height).data;
+  const e = state.extent;
+  let total = 0;
+  let outside = 0;
+  for (let row = 0; row < cells.height; row++) {
+    for (let col = 0; col < cells.width; col++) {
+      const v = values[4 * (row * cells.width + col)];
+      const x = e.x0 + ((col + 0.5) * (e.x1 - e.x0)) / cells.width;
+      const y = e.y0 + ((row + 0.5) * (e.y1 - e.y0)) / cells.height;
+      total += v;
+      if (x < 0 || x >= w || y < 0 || y >= h) outside += v;
+    }
+  }
+  return total > 0 ? outside / total : 0;
 }
 
 function pointerPosition(event) {

@@ -207,3 +207,46 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
             assert not page.is_disabled("#save")
         finally:
             browser.close()
+
+
+def test_the_page_says_how_much_attention_lies_on_the_letterbox_bars(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A wide photo: the share of the model's map beyond the photo, computed here from the
+    API's map and extent, is the one the page reports (or the page says nothing below 5 %)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    import base64
+
+    import httpx
+
+    url, _ = server
+    rng = np.random.default_rng(3)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 255, (160, 400, 3), dtype=np.uint8)).save(wide)
+    body = httpx.post(
+        url + "/attention", files={"image": ("w.png", wide.read_bytes(), "image/png")}, timeout=30
+    ).json()
+    cells = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(body["attention_map"]["png_base64"]))), np.float64
+    )
+    e = body["attention_map"]["extent"]
+    rows, cols = cells.shape
+    ys = e["y0"] + (np.arange(rows) + 0.5) * (e["y1"] - e["y0"]) / rows
+    xs = e["x0"] + (np.arange(cols) + 0.5) * (e["x1"] - e["x0"]) / cols
+    inside = ((ys >= 0) & (ys < 160))[:, None] & ((xs >= 0) & (xs < 400))[None, :]
+    share = cells[~inside].sum() / cells.sum()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.goto(url + "/ui")
+            page.set_input_files("#image-input", str(wide))
+            page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+            status = page.inner_text("#status")
+        finally:
+            browser.close()
+    if share >= 0.05:
+        assert f"{round(100 * share)} % of the model's attention lies on the bars" in status
+    else:
+        assert "bars" not in status
+    assert 0 < share < 1  # a wide photo's bars hold some of the map
