@@ -52,7 +52,8 @@ async function problemText(response) {
 }
 
 function showClass(element, result) {
-  element.textContent = `${result.label} (${(100 * result.score).toFixed(1)} %)`;
+  const name = result.label.replaceAll("_", " "); // as the true-class list shows it
+  element.textContent = `${name} (${(100 * result.score).toFixed(1)} %)`;
   element.dataset.classId = String(result.class_id);
   element.dataset.label = result.label;
 }
