@@ -26,4 +26,10 @@ class HeadAsGetMiddleware:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+        # The scope itself, not a copy: the router records the matched route in it, and the
+        # metrics outside read that route (a copy left every HEAD "unmatched").
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_headers_only)
+        finally:
+            scope["method"] = "HEAD"
