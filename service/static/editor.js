@@ -30,6 +30,7 @@ const EDIT_BUTTONS = ["clear-map", "reset-map", "submit", "save"];
 function updateButtons() {
   const ready = state.file !== null && !state.busy;
   for (const id of EDIT_BUTTONS) $(id).disabled = !ready;
+  $("image-input").disabled = state.busy; // a file chosen meanwhile would be dropped
   if ($("label-select").options.length === 0) $("save").disabled = true;
 }
 
