@@ -43,14 +43,14 @@ from service.schemas import (
     ScoredClass,
     problem_responses,
 )
-from service.serving import map_png, read_upload, ready_model
+from service.serving import about_field, map_png, read_upload, ready_model
 from service.settings import Settings
 
 router = APIRouter(tags=["attention"])
 
 ERROR_RESPONSES = problem_responses(
     *UPLOAD_PROBLEMS,
-    (422, "a missing field, an unknown label, or save without a label"),
+    (422, "a missing field, an unknown label, save without a label, or a field sent twice"),
     (
         503,
         "the attention model is not loaded, or the teacher-record database is unreachable,"
@@ -89,7 +89,7 @@ def get_feedback_store(request: Request) -> FeedbackStore:
 
 
 def attention_model(registry: RegistryDep, settings: SettingsDep) -> AttentionModel:
-    """The attention model if ready, else 503 with the reason."""
+    """The attention model if ready, else 503 with the reason (404 if not served here)."""
     serving = ready_model(registry, settings.attention_model, AttentionDecoder, one_graph=False)
     names = serving.decoder.config
     # Present once loaded: the runtime checks the decode block's graph roles at load time.
@@ -220,7 +220,10 @@ async def correct_with_edited_map(
 ) -> CorrectionResponse:
     """Re-classify with the edited map replacing the model's; optionally keep the edit."""
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
-    mask_data = await read_upload(mask, settings.max_upload_bytes)
+    with about_field("mask"):
+        mask_data = await read_upload(mask, settings.max_upload_bytes)
+    if save and (label is None or not label.strip()):  # needs no model either
+        raise InvalidField("save=true needs the true class in the label field")
     serving = attention_model(registry, settings)
     label_id: int | None = None
     if label is not None:
@@ -231,8 +234,6 @@ async def correct_with_edited_map(
                 f"{list(serving.decoder.labels)}"
             )
         label_id = serving.decoder.labels.index(label)
-    if save and label_id is None:
-        raise InvalidField("save=true needs the true class in the label field")
     found, hit = await image_features(
         data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )

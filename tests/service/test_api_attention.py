@@ -330,6 +330,25 @@ def test_bad_masks_are_400_problems(
     assert problem["type"].endswith(type_suffix) and problem["status"] == status
 
 
+def test_save_without_a_label_is_422_even_with_no_model(tmp_path: Path) -> None:
+    """Needs no model to judge, so not a 503 while models load; a bad mask names its field."""
+    empty = tmp_path / "repository"
+    empty.mkdir()
+    settings = make_settings(empty, feedback_db=tmp_path / "feedback.sqlite3")
+    mask = encode(Image.new("L", (4, 4), 255))
+    with TestClient(create_app(settings)) as bare:
+        body = assert_problem(correct(bare, _square_upload(), mask, save="true"), 422)
+        assert body["detail"] == "save=true needs the true class in the label field"
+        response = bare.post(
+            "/attention/correct",
+            files={
+                "image": ("i.png", _square_upload(), "image/png"),
+                "mask": ("m.txt", b"hello", "text/plain"),
+            },
+        )
+        assert assert_problem(response, 415)["detail"].startswith("mask: ")
+
+
 def test_client_errors_are_never_5xx(client: TestClient) -> None:
     image = _square_upload()
     mask = encode(Image.new("L", (4, 4), 255))
