@@ -101,7 +101,8 @@ async def require_api_key(
 
 
 def check_api_key(request: Request, settings: Settings) -> None:
-    """Raise Unauthorized (401) unless API keys are off or ``request`` carries one."""
+    """Raise Unauthorized (401) unless API keys are off or ``request`` carries a valid one
+    (in X-API-Key or as a Bearer token; when it sends both, both must be valid)."""
     if not settings.api_keys:
         return
     presented = _presented_keys(request)
@@ -111,6 +112,7 @@ def check_api_key(request: Request, settings: Settings) -> None:
     # a matching prefix nor which key matched; digests first, so not the length either.
     # With both headers, both must hold a valid key: a wrong one is refused, whichever.
     keys = [_digest(key) for key in settings.api_keys]
-    valid = [any([hmac.compare_digest(_digest(k), key) for key in keys]) for k in presented]
+    offered = [_digest(key) for key in presented]
+    valid = [any([hmac.compare_digest(o, key) for key in keys]) for o in offered]
     if not all(valid):
         raise Unauthorized("the API key is not valid")
