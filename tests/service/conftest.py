@@ -19,10 +19,11 @@ from fastapi.testclient import TestClient
 
 from service.logs import JsonFormatter, RequestIdFilter
 from service.main import create_app
+from service.schemas import PROBLEM_MEDIA_TYPE
 from service.settings import Settings
 from tests.service.fakes import write_model
 
-PROBLEM = "application/problem+json"
+PROBLEM = PROBLEM_MEDIA_TYPE
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
