@@ -10,7 +10,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,6 +79,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     thread.join(timeout=10)
 
 
+@contextmanager
+def editor_page(url: str) -> Iterator[Any]:
+    """The editor page of the server at ``url``, open in a fresh headless Chromium."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.goto(url + "/ui")
+            yield page
+        finally:
+            browser.close()
+
+
 def _canvas(tmp_path: Path) -> tuple[Path, int, tuple[float, float, float, float]]:
     """A two-item test canvas where a box mask on item B is known to give B (checked
     through the API below); returns its file, B's class and B's box in upload pixels."""
@@ -90,7 +106,6 @@ def _canvas(tmp_path: Path) -> tuple[Path, int, tuple[float, float, float, float
 
 
 def test_upload_brush_submit_and_save(server: tuple[str, Path], tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     url, feedback = server
     image_path, label_b, (x0, y0, x1, y1) = _canvas(tmp_path)
 
@@ -109,43 +124,37 @@ def test_upload_brush_submit_and_save(server: tuple[str, Path], tmp_path: Path) 
         ).json()
     assert api["corrected"]["class_id"] == label_b, "pick a canvas the model can correct"
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.goto(url + "/ui")
-            page.set_input_files("#image-input", str(image_path))
-            page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
-            assert page.get_attribute("#original-class", "data-label") in LABELS
-            # Draw from scratch: an empty map, then paint over item B only.
-            page.click("#clear-map")
-            page.check('input[name="brush-mode"][value="add"]')
-            page.fill("#brush-size", "40")
-            page.dispatch_event("#brush-size", "input")
-            box = page.locator("#view").bounding_box()
-            assert box is not None
-            k = box["width"] / SIDE  # CSS pixels per upload pixel
-            page.mouse.move(box["x"] + (x0 + 8) * k, box["y"] + (y0 + 8) * k)
-            page.mouse.down()
-            rows = np.linspace(y0 + 8, y1 - 8, 6)
-            for i, row in enumerate(rows):
-                xs = (x0 + 8, x1 - 8) if i % 2 == 0 else (x1 - 8, x0 + 8)
-                for x in np.linspace(*xs, 8):
-                    page.mouse.move(box["x"] + x * k, box["y"] + row * k)
-            page.mouse.up()
-            page.click("#submit")
-            page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
-            corrected = int(page.get_attribute("#corrected-class", "data-class-id") or -1)
-            assert corrected == label_b
-            shown = LABELS[label_b].replace("_", " ")  # as the true-class list names it
-            assert shown in page.locator("#corrected-class").inner_text()
-            # Save it as a teacher map with the true label.
-            page.select_option("#label-select", LABELS[label_b])
-            page.click("#save")
-            page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
-            feedback_id = page.get_attribute("#save-status", "data-feedback-id")
-        finally:
-            browser.close()
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        assert page.get_attribute("#original-class", "data-label") in LABELS
+        # Draw from scratch: an empty map, then paint over item B only.
+        page.click("#clear-map")
+        page.check('input[name="brush-mode"][value="add"]')
+        page.fill("#brush-size", "40")
+        page.dispatch_event("#brush-size", "input")
+        box = page.locator("#view").bounding_box()
+        assert box is not None
+        k = box["width"] / SIDE  # CSS pixels per upload pixel
+        page.mouse.move(box["x"] + (x0 + 8) * k, box["y"] + (y0 + 8) * k)
+        page.mouse.down()
+        rows = np.linspace(y0 + 8, y1 - 8, 6)
+        for i, row in enumerate(rows):
+            xs = (x0 + 8, x1 - 8) if i % 2 == 0 else (x1 - 8, x0 + 8)
+            for x in np.linspace(*xs, 8):
+                page.mouse.move(box["x"] + x * k, box["y"] + row * k)
+        page.mouse.up()
+        page.click("#submit")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        corrected = int(page.get_attribute("#corrected-class", "data-class-id") or -1)
+        assert corrected == label_b
+        shown = LABELS[label_b].replace("_", " ")  # as the true-class list names it
+        assert shown in page.locator("#corrected-class").inner_text()
+        # Save it as a teacher map with the true label.
+        page.select_option("#label-select", LABELS[label_b])
+        page.click("#save")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        feedback_id = page.get_attribute("#save-status", "data-feedback-id")
     (record,) = [r for r in open_store(feedback).records() if r.id == feedback_id]
     assert record.label == LABELS[label_b]
     edited = np.asarray(Image.open(io.BytesIO(record.edited_map)), np.float32)
@@ -164,50 +173,43 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
     leaves nothing editable after an upload it cannot display (the server reads TIFF,
     Chromium does not show it: the old page sent it and let the previous image's edit be
     saved under it)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     url, feedback = server
     image_path, _, _ = _canvas(tmp_path)
     tiff = tmp_path / "photo.tiff"
     Image.open(image_path).save(tiff)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(url + "/ui")
-            page.set_input_files("#image-input", str(image_path))
-            page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
-            predicted = page.get_attribute("#original-class", "data-label")
-            chosen = next(label for label in LABELS if label != predicted)
-            page.select_option("#label-select", chosen)
-            page.click("#submit")
-            page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
-            assert page.input_value("#label-select") == chosen  # not the model's answer
+    with editor_page(url) as page:
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        predicted = page.get_attribute("#original-class", "data-label")
+        chosen = next(label for label in LABELS if label != predicted)
+        page.select_option("#label-select", chosen)
+        page.click("#submit")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        assert page.input_value("#label-select") == chosen  # not the model's answer
 
-            before = len(open_store(feedback).records())
-            page.dblclick("#save")
-            page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
-            page.wait_for_function("!document.querySelector('#save').disabled")
-            saved = open_store(feedback).records()
-            assert len(saved) == before + 1
-            assert saved[-1].label == chosen
+        before = len(open_store(feedback).records())
+        page.dblclick("#save")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        page.wait_for_function("!document.querySelector('#save').disabled")
+        saved = open_store(feedback).records()
+        assert len(saved) == before + 1
+        assert saved[-1].label == chosen
 
-            sent = requests.count(url + "/attention")
-            page.set_input_files("#image-input", str(tiff))
-            page.wait_for_function(
-                "document.querySelector('#status').textContent.includes('cannot display')"
-            )
-            assert requests.count(url + "/attention") == sent  # never sent
-            for button in ("#clear-map", "#reset-map", "#submit", "#save"):
-                assert page.is_disabled(button), button
-            assert page.inner_text("#original-class") == "\u2013"  # the page's en dash
-            # The same good file again, right after: a change even with the same name.
-            page.set_input_files("#image-input", str(image_path))
-            page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
-            assert not page.is_disabled("#save")
-        finally:
-            browser.close()
+        sent = requests.count(url + "/attention")
+        page.set_input_files("#image-input", str(tiff))
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.includes('cannot display')"
+        )
+        assert requests.count(url + "/attention") == sent  # never sent
+        for button in ("#clear-map", "#reset-map", "#submit", "#save"):
+            assert page.is_disabled(button), button
+        assert page.inner_text("#original-class") == "\u2013"  # the page's en dash
+        # The same good file again, right after: a change even with the same name.
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        assert not page.is_disabled("#save")
 
 
 def test_the_page_says_how_much_attention_lies_on_the_letterbox_bars(
@@ -215,7 +217,6 @@ def test_the_page_says_how_much_attention_lies_on_the_letterbox_bars(
 ) -> None:
     """A wide photo: the share of the model's map beyond the photo, computed here from the
     API's map and extent, is the one the page reports."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     import base64
 
     import httpx
@@ -236,15 +237,9 @@ def test_the_page_says_how_much_attention_lies_on_the_letterbox_bars(
     xs = e["x0"] + (np.arange(cols) + 0.5) * (e["x1"] - e["x0"]) / cols
     inside = ((ys >= 0) & (ys < 160))[:, None] & ((xs >= 0) & (xs < 400))[None, :]
     share = cells[~inside].sum() / cells.sum()
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.goto(url + "/ui")
-            page.set_input_files("#image-input", str(wide))
-            page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
-            status = page.inner_text("#status")
-        finally:
-            browser.close()
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(wide))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        status = page.inner_text("#status")
     assert 0.05 <= share < 1  # this wide image's bars hold a good part of the map
     assert f"{round(100 * share)} % of the model's attention lies on the bars" in status
