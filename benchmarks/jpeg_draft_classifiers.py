@@ -88,6 +88,7 @@ from models.attention.data import CanvasConfig, compose, load_fashion_mnist
 from models.gender.data import GarmentConfig, generate
 from models.gender.evaluate import mcnemar_exact, only_right, paired_difference_ci95
 from service.batching import Normalization, decode_rows_for
+from service.decoding import GenderDecoder, build_decoder
 from service.imaging import fit_image
 from service.runtime import ModelConfig, OnnxSession, read_config, verify_sha256
 from service.settings import Settings
@@ -220,20 +221,29 @@ def attention_predictor(model_dir: Path, config: ModelConfig, settings: Settings
 
 
 def gender_predictor(model_dir: Path, config: ModelConfig, settings: Settings) -> Predict:
-    """The served prediction: softmax of ``logits`` in float64, as ``GenderDecoder``."""
+    """The served prediction: the service's own ``GenderDecoder`` over the graph's outputs
+    (its probabilities, in label order)."""
     assert config.file is not None and config.sha256 is not None
     session = _session(model_dir, config.file, config.sha256, settings)
     image_input = config.inputs[0].name
-    logits_name = config.decode["logits"]
+    decoder = build_decoder(
+        config.task,
+        config.decode,
+        config.labels,
+        {spec.name: spec.shape for spec in config.all_outputs()},
+    )
+    assert isinstance(decoder, GenderDecoder)
     normalization = _normalization(config)
 
     def predict(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
-        logits = np.asarray(
-            session.run({image_input: _batch(pixels, normalization)}, [logits_name])[logits_name],
+        outputs = session.run({image_input: _batch(pixels, normalization)})
+        return np.array(
+            [
+                [decoder.decode(outputs, row).probabilities[label] for label in decoder.labels]
+                for row in range(len(pixels))
+            ],
             np.float64,
         )
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
 
     return predict
 
