@@ -103,7 +103,9 @@ class TrainConfig:
     aspect_share: float = 0.0
     image_folder: str | None = None  # real data set (female/, male/) instead of generated
     # Reuse stage 1 of an earlier run (its contour.pt, teacher.npz and history) instead of
-    # training the contour network again.
+    # training the contour network again; or a gender checkpoint file (e.g. a version's
+    # checkpoint.pt), whose frozen contour network is taken as it is (no teacher maps, no
+    # stage-1 history: such a run trains variants to measure, not to export).
     contour_from: str | None = None
     # Variants not trained here (see ``variants``) are taken from this earlier run when its
     # recipe for them was the same (same data seeds and network for that variant).
@@ -542,7 +544,10 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     # A user's folder is read first, so one the run cannot use fails before the contour
     # stage, not after it; generated garments are made when needed (they take memory).
     raw = gender_data(config) if config.image_folder else None
-    if config.contour_from:
+    if config.contour_from and Path(config.contour_from).is_file():
+        contour = contour_of_checkpoint(Path(config.contour_from), config)
+        history["contour"] = {"from_checkpoint": config.contour_from}
+    elif config.contour_from:
         source = Path(config.contour_from)
         loaded, _ = load_checkpoint(source / "contour.pt")
         assert isinstance(loaded, ContourNet)
@@ -592,18 +597,33 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     return history
 
 
+def contour_of_checkpoint(path: Path, config: TrainConfig) -> ContourNet:
+    """The frozen contour network inside the gender checkpoint at ``path``; it must be
+    the network ``config`` describes, since the variants' contour inputs come from it."""
+    loaded, _ = load_checkpoint(path)
+    if not isinstance(loaded, GenderNet):
+        raise ValueError(f"{path} is not a gender checkpoint")
+    if loaded.config.contour != config.net.contour:
+        raise ValueError(
+            f"{path} holds contour network {loaded.config.contour}, "
+            f"this run describes {config.net.contour}"
+        )
+    return loaded.contour
+
+
 def plot_training(history: dict, out: Path) -> None:
-    rows = history["contour"]["epochs"]
-    plot_curves(
-        out / "contour_curves.png",
-        [r["epoch"] for r in rows],
-        {"train: class-balanced BCE": [r["train_loss"] for r in rows]},
-        {
-            "val: ODS F vs HED teacher (photos)": [r["val_photo_f"] for r in rows],
-            "val: ODS F vs exact outlines (garments)": [r["val_outline_f"] for r in rows],
-        },
-        title="Contour network (stage 1)",
-    )
+    rows = history["contour"].get("epochs")  # none when taken from a checkpoint file
+    if rows:
+        plot_curves(
+            out / "contour_curves.png",
+            [r["epoch"] for r in rows],
+            {"train: class-balanced BCE": [r["train_loss"] for r in rows]},
+            {
+                "val: ODS F vs HED teacher (photos)": [r["val_photo_f"] for r in rows],
+                "val: ODS F vs exact outlines (garments)": [r["val_outline_f"] for r in rows],
+            },
+            title="Contour network (stage 1)",
+        )
     variants = history["variants"]
     if variants:
         first = next(iter(variants.values()))["epochs"]
@@ -654,7 +674,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         action="store_true",
         help="fresh generated training garments every epoch (ignored with --image-folder)",
     )
-    p.add_argument("--contour-from", default=None, help="reuse stage 1 of this earlier run")
+    p.add_argument(
+        "--contour-from",
+        default=None,
+        help="reuse stage 1 of this earlier run, or the contour network of this gender checkpoint",
+    )
     p.add_argument("--variants-from", default=None, help="take untrained variants from a run")
     p.add_argument(
         "--init-from",

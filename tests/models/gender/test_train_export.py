@@ -303,6 +303,32 @@ def test_a_second_run_reuses_stage_one(pipeline: dict) -> None:
         torch.testing.assert_close(reused.state_dict()[k], v, msg=k)
 
 
+def test_stage_one_can_come_from_a_gender_checkpoint_file(pipeline: dict) -> None:
+    """Semantic-only retrained with stage 1 taken from a finished checkpoint is the network
+    the first run trained: it reads no contour features and every variant reseeds."""
+    first = pipeline["root"] / "run"
+    checkpoint = str(first / "gender-fused.pt")
+    config = replace(
+        pipeline["config"],
+        out=str(pipeline["root"] / "from-file"),
+        contour_from=checkpoint,
+        variants=("semantic",),
+    )
+    history = train(config, progress=False)
+    assert history["contour"] == {"from_checkpoint": checkpoint}
+    again, _ = load_checkpoint(pipeline["root"] / "from-file" / "gender-semantic.pt")
+    original, _ = load_checkpoint(first / "gender-semantic.pt")
+    for k, v in original.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, msg=k)
+    before = pipeline["history"]["variants"]["semantic"]
+    assert history["variants"]["semantic"]["test_accuracy"] == before["test_accuracy"]
+    other = replace(config.net.contour, unified_channels=2)
+    with pytest.raises(ValueError, match="holds contour network"):
+        train(replace(config, net=replace(config.net, contour=other)), progress=False)
+    with pytest.raises(ValueError, match="not a gender checkpoint"):
+        train(replace(config, contour_from=str(first / "contour.pt")), progress=False)
+
+
 def test_regenerated_training_sets_differ_per_epoch_not_per_variant(pipeline: dict) -> None:
     config = replace(pipeline["config"], regenerate=True, train_images=12)
     contour, _ = load_checkpoint(pipeline["root"] / "run" / "contour.pt")
