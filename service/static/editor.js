@@ -19,6 +19,8 @@ const state = {
   scale: 1, // display pixels per image pixel
   drawing: false,
   last: null,
+  cursor: null, // the keyboard brush's centre in display pixels {x, y}
+  penDown: false, // the keyboard brush paints as it moves
   labelChosen: false, // the user picked the true class: answers no longer move it
   busy: false, // a request is in flight: the buttons wait for it
 };
@@ -102,12 +104,30 @@ function render() {
   layer.height = edit.height;
   layer.getContext("2d").putImageData(overlay, 0, 0);
   viewCtx.drawImage(layer, 0, 0);
+  drawKeyboardBrush();
+}
+
+// The keyboard brush's outline, on the view only (never on the edited map), while the
+// image has the focus; filled while it is down.
+function drawKeyboardBrush() {
+  if (!state.cursor || document.activeElement !== view) return;
+  const radius = Number($("brush-size").value) / 2;
+  viewCtx.globalAlpha = 1;
+  viewCtx.lineWidth = 2;
+  viewCtx.strokeStyle = "#06c";
+  viewCtx.fillStyle = "rgba(0, 102, 204, 0.25)";
+  viewCtx.beginPath();
+  viewCtx.arc(state.cursor.x, state.cursor.y, radius, 0, 2 * Math.PI);
+  if (state.penDown) viewCtx.fill();
+  viewCtx.stroke();
 }
 
 // Whatever was on screen belongs to the previous image: it goes before a new one is tried,
 // so a failed upload can never leave the old image editable under the new file's name.
 function forgetImage() {
-  state.file = state.bitmap = state.modelMap = state.extent = null;
+  state.file = state.bitmap = state.modelMap = state.extent = state.cursor = null;
+  state.penDown = false;
+  $("brush-position").textContent = "";
   viewCtx.clearRect(0, 0, view.width, view.height);
   for (const id of ["original-class", "attention-branch-class", "corrected-class"]) {
     $(id).textContent = "–";
@@ -157,6 +177,8 @@ async function classify(file) {
   view.height = edit.height = Math.max(1, Math.round(h * state.scale));
   state.extent = body.attention_map.extent || { x0: 0, y0: 0, x1: w, y1: h };
   state.file = file;
+  state.cursor = { x: view.width / 2, y: view.height / 2 };
+  state.penDown = false;
   drawModelMap();
   render();
   showClass($("original-class"), body.prediction);
@@ -237,7 +259,7 @@ view.addEventListener("pointerdown", (event) => {
   event.preventDefault();
   view.setPointerCapture(event.pointerId);
   state.drawing = true;
-  state.last = pointerPosition(event);
+  state.last = state.cursor = pointerPosition(event); // the keyboard brush follows
   paint(null, state.last);
 });
 view.addEventListener("pointermove", (event) => {
@@ -245,7 +267,7 @@ view.addEventListener("pointermove", (event) => {
   event.preventDefault();
   const point = pointerPosition(event);
   paint(state.last, point);
-  state.last = point;
+  state.last = state.cursor = point;
 });
 for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
   view.addEventListener(type, () => {
@@ -253,6 +275,61 @@ for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
     state.last = null;
   });
 }
+
+// Keyboard painting, for whoever cannot drag a pointer: the same strokes as the pointer's.
+// One arrow press moves the brush this many display pixels (a fifth of the default brush,
+// so strokes overlap); with Shift four times as far.
+const KEY_STEP = 8;
+const KEY_MOVES = {
+  ArrowLeft: [-1, 0],
+  ArrowRight: [1, 0],
+  ArrowUp: [0, -1],
+  ArrowDown: [0, 1],
+};
+
+function showBrushPosition() {
+  const c = state.cursor;
+  $("brush-position").textContent =
+    `Brush at ${Math.round(c.x / state.scale)}, ${Math.round(c.y / state.scale)} ` +
+    `(image pixels), ${state.penDown ? "painting" : "lifted"}.`;
+}
+
+view.addEventListener("keydown", (event) => {
+  if (!state.bitmap || event.altKey || event.ctrlKey || event.metaKey) return;
+  const from = state.cursor;
+  if (event.key in KEY_MOVES) {
+    const [dx, dy] = KEY_MOVES[event.key];
+    const step = KEY_STEP * (event.shiftKey ? 4 : 1);
+    state.cursor = {
+      x: Math.min(view.width - 1, Math.max(0, from.x + dx * step)),
+      y: Math.min(view.height - 1, Math.max(0, from.y + dy * step)),
+    };
+    if (state.penDown) paint(from, state.cursor);
+    else render();
+  } else if (event.key === " ") {
+    state.penDown = !state.penDown;
+    if (state.penDown) paint(null, from);
+    else render();
+  } else if (event.key === "Enter") {
+    paint(null, from);
+  } else if (event.key === "Escape") {
+    state.penDown = false;
+    render();
+  } else {
+    return;
+  }
+  event.preventDefault(); // no page scrolling under the brush
+  showBrushPosition();
+});
+view.addEventListener("focus", () => {
+  if (!state.bitmap) return;
+  render();
+  showBrushPosition();
+});
+view.addEventListener("blur", () => {
+  state.penDown = false;
+  render();
+});
 
 function maskBlob() {
   return new Promise((resolve) => edit.toBlob(resolve, "image/png"));

@@ -166,6 +166,62 @@ def test_upload_brush_submit_and_save(server: tuple[str, Path], tmp_path: Path) 
     assert inside.sum() > 0.9 * edited.sum() > 0
 
 
+# What the edited map holds: the sum of its grey (red channel) values, from the page's own
+# edit canvas.
+EDITED_SUM = (
+    "editCtx.getImageData(0, 0, edit.width, edit.height).data"
+    ".reduce((sum, v, i) => (i % 4 === 0 ? sum + v : sum), 0)"
+)
+
+
+def test_the_same_correction_from_the_keyboard_alone(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Arrow keys, Space and Enter paint the map as the pointer does: over item B, the
+    model answers B, as with the mouse above; a lifted brush and its outline leave the
+    map alone."""
+    url, _ = server
+    image_path, label_b, (x0, y0, x1, y1) = _canvas(tmp_path)
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.focus("#clear-map")
+        page.keyboard.press("Enter")
+        page.fill("#brush-size", "40")
+        page.dispatch_event("#brush-size", "input")
+        page.focus("#view")
+        width = page.evaluate("document.querySelector('#view').width")
+        k, step = width / SIDE, 8  # display pixels per upload pixel; editor.js KEY_STEP
+        x = y = width / 2  # the brush starts at the centre
+        # To item B's top-left corner (inside by 8 upload pixels), brush lifted.
+        right, down = round(((x0 + 8) * k - x) / step), round(((y0 + 8) * k - y) / step)
+        moves = [("ArrowRight" if right > 0 else "ArrowLeft")] * abs(right)
+        moves += [("ArrowDown" if down > 0 else "ArrowUp")] * abs(down)
+        for key in moves:
+            page.keyboard.press(key)
+        assert page.evaluate(EDITED_SUM) == 0  # moved lifted: nothing painted
+        x, y = x + right * step, y + down * step
+        shown = page.inner_text("#brush-position")
+        assert f"Brush at {round(x / k)}, {round(y / k)} (image pixels), lifted" in shown
+        page.keyboard.press("Space")  # down: paints where it moves
+        across = int(((x1 - x0 - 16) * k) // step)
+        rows = int(((y1 - y0 - 16) * k) // (3 * step))
+        for row in range(rows + 1):
+            key = "ArrowRight" if row % 2 == 0 else "ArrowLeft"
+            for _ in range(across):
+                page.keyboard.press(key)
+            if row < rows:
+                for _ in range(3):
+                    page.keyboard.press("ArrowDown")
+        page.keyboard.press("Space")  # lifted again
+        assert "painting" not in page.inner_text("#brush-position")
+        assert page.evaluate(EDITED_SUM) > 0
+        page.focus("#submit")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        assert int(page.get_attribute("#corrected-class", "data-class-id") or -1) == label_b
+
+
 def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
     server: tuple[str, Path], tmp_path: Path
 ) -> None:
