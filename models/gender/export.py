@@ -212,6 +212,14 @@ def main(argv: list[str] | None = None) -> dict:
     garments = GarmentConfig(
         **{**garments.__dict__, "background_gain": tuple(garments.background_gain)}
     )
+    # Refused before the version folder is touched: a run whose contour network came from a
+    # checkpoint file (train --contour-from FILE) has no teacher maps or stage-1 history.
+    if "from_checkpoint" in history["contour"] or not (run / "teacher.npz").exists():
+        raise SystemExit(
+            f"{run} has no stage 1 of its own to describe (no teacher.npz; contour network "
+            f"from {history['contour'].get('from_checkpoint', '?')}): such a run is measured "
+            "with models.gender.shift, not exported"
+        )
     version_dir = Path(a.repository) / NAME / a.version
     if version_dir.exists():
         shutil.rmtree(version_dir)

@@ -549,6 +549,12 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         history["contour"] = {"from_checkpoint": config.contour_from}
     elif config.contour_from:
         source = Path(config.contour_from)
+        if not (source / "contour.pt").is_file():
+            raise ValueError(
+                f"--contour-from {source}: neither a gender checkpoint file nor a run with a "
+                "contour.pt (a run whose stage 1 came from a checkpoint file has none: pass "
+                "that checkpoint instead)"
+            )
         loaded, _ = load_checkpoint(source / "contour.pt")
         assert isinstance(loaded, ContourNet)
         contour = loaded

@@ -4,7 +4,9 @@ one graph with a dynamic batch (parity <= 1e-4), and the service loading it."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +27,7 @@ from models.gender.net import (
 )
 from models.gender.train import (
     TrainConfig,
+    contour_of_checkpoint,
     fresh_train_data,
     parse_args,
     pooled_features,
@@ -304,10 +307,16 @@ def test_a_second_run_reuses_stage_one(pipeline: dict) -> None:
 
 
 def test_stage_one_can_come_from_a_gender_checkpoint_file(pipeline: dict) -> None:
-    """Semantic-only retrained with stage 1 taken from a finished checkpoint is the network
-    the first run trained: it reads no contour features and every variant reseeds."""
+    """Stage 1 taken from a finished checkpoint is that checkpoint's contour network, and
+    semantic-only retrained with it is the network the first run trained (fixed training
+    set: it reads no contour features and every variant reseeds). Such a run has no stage 1
+    of its own, so it cannot be exported, and the refusal leaves the repository alone."""
     first = pipeline["root"] / "run"
     checkpoint = str(first / "gender-fused.pt")
+    taken = contour_of_checkpoint(Path(checkpoint), pipeline["config"])
+    trained, _ = load_checkpoint(first / "contour.pt")
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(taken.state_dict()[k], v, msg=k)
     config = replace(
         pipeline["config"],
         out=str(pipeline["root"] / "from-file"),
@@ -327,6 +336,15 @@ def test_stage_one_can_come_from_a_gender_checkpoint_file(pipeline: dict) -> Non
         train(replace(config, net=replace(config.net, contour=other)), progress=False)
     with pytest.raises(ValueError, match="not a gender checkpoint"):
         train(replace(config, contour_from=str(first / "contour.pt")), progress=False)
+    with pytest.raises(ValueError, match="neither a gender checkpoint file nor a run"):
+        train(replace(config, contour_from=config.out), progress=False)
+    shutil.copy(checkpoint, pipeline["root"] / "from-file" / "gender-fused.pt")
+    kept = pipeline["repo"] / "gender" / "3" / "model.onnx"
+    before = kept.read_bytes()
+    args = ["--run", config.out, "--version", "3", "--repository", str(pipeline["repo"])]
+    with pytest.raises(SystemExit, match="not exported"):
+        exporter.main(args)
+    assert kept.read_bytes() == before
 
 
 def test_regenerated_training_sets_differ_per_epoch_not_per_variant(pipeline: dict) -> None:
