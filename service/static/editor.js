@@ -33,6 +33,7 @@ function updateButtons() {
   const ready = state.file !== null && !state.busy;
   for (const id of EDIT_BUTTONS) $(id).disabled = !ready;
   $("image-input").disabled = state.busy; // a file chosen meanwhile would be dropped
+  view.tabIndex = state.file !== null ? 0 : -1; // a Tab stop only with something to edit
   if ($("label-select").options.length === 0) $("save").disabled = true;
 }
 
@@ -255,7 +256,7 @@ function paint(from, to) {
 }
 
 view.addEventListener("pointerdown", (event) => {
-  if (!state.bitmap) return;
+  if (!state.file) return; // not before the image's map is shown
   event.preventDefault();
   view.setPointerCapture(event.pointerId);
   state.drawing = true;
@@ -277,8 +278,8 @@ for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
 }
 
 // Keyboard painting, for whoever cannot drag a pointer: the same strokes as the pointer's.
-// One arrow press moves the brush this many display pixels (a fifth of the default brush,
-// so strokes overlap); with Shift four times as far.
+// One arrow press moves the brush this many display pixels (under a third of the default
+// 28-pixel brush, so a stroke's dabs overlap); with Shift four times as far.
 const KEY_STEP = 8;
 const KEY_MOVES = {
   ArrowLeft: [-1, 0],
@@ -295,7 +296,8 @@ function showBrushPosition() {
 }
 
 view.addEventListener("keydown", (event) => {
-  if (!state.bitmap || event.altKey || event.ctrlKey || event.metaKey) return;
+  // state.file and the cursor are set only once an image and its map are fully shown.
+  if (!state.file || !state.cursor || event.altKey || event.ctrlKey || event.metaKey) return;
   const from = state.cursor;
   if (event.key in KEY_MOVES) {
     const [dx, dy] = KEY_MOVES[event.key];
@@ -306,6 +308,9 @@ view.addEventListener("keydown", (event) => {
     };
     if (state.penDown) paint(from, state.cursor);
     else render();
+  } else if ((event.key === " " || event.key === "Enter") && event.repeat) {
+    event.preventDefault(); // a held key toggles or dabs once, not at the key-repeat rate
+    return;
   } else if (event.key === " ") {
     state.penDown = !state.penDown;
     if (state.penDown) paint(null, from);
@@ -322,13 +327,14 @@ view.addEventListener("keydown", (event) => {
   showBrushPosition();
 });
 view.addEventListener("focus", () => {
-  if (!state.bitmap) return;
+  if (!state.file || !state.cursor) return;
   render();
   showBrushPosition();
 });
 view.addEventListener("blur", () => {
   state.penDown = false;
   render();
+  if (state.cursor) showBrushPosition();
 });
 
 function maskBlob() {

@@ -166,10 +166,10 @@ def test_upload_brush_submit_and_save(server: tuple[str, Path], tmp_path: Path) 
     assert inside.sum() > 0.9 * edited.sum() > 0
 
 
-# What the edited map holds: the sum of its grey (red channel) values, from the page's own
-# edit canvas.
+# What the edited map holds: the sum of its grey (red channel) values over a rectangle of
+# display pixels [x, y, width, height], from the page's own edit canvas.
 EDITED_SUM = (
-    "editCtx.getImageData(0, 0, edit.width, edit.height).data"
+    "([x, y, w, h]) => editCtx.getImageData(x, y, w, h).data"
     ".reduce((sum, v, i) => (i % 4 === 0 ? sum + v : sum), 0)"
 )
 
@@ -177,9 +177,10 @@ EDITED_SUM = (
 def test_the_same_correction_from_the_keyboard_alone(
     server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """Arrow keys, Space and Enter paint the map as the pointer does: over item B, the
-    model answers B, as with the mouse above; a lifted brush and its outline leave the
-    map alone."""
+    """Arrow keys, Space, Enter and Escape paint the map as the pointer does: a lifted
+    brush and its outline leave the map alone, Enter dabs, Space puts the brush down and
+    strokes follow the arrows, Escape lifts it; painted over item B (and nowhere else), the
+    model answers B, as with the mouse above."""
     url, _ = server
     image_path, label_b, (x0, y0, x1, y1) = _canvas(tmp_path)
     with editor_page(url) as page:
@@ -199,10 +200,13 @@ def test_the_same_correction_from_the_keyboard_alone(
         moves += [("ArrowDown" if down > 0 else "ArrowUp")] * abs(down)
         for key in moves:
             page.keyboard.press(key)
-        assert page.evaluate(EDITED_SUM) == 0  # moved lifted: nothing painted
+        whole = [0, 0, width, width]
+        assert page.evaluate(EDITED_SUM, whole) == 0  # moved lifted: nothing painted
         x, y = x + right * step, y + down * step
         shown = page.inner_text("#brush-position")
         assert f"Brush at {round(x / k)}, {round(y / k)} (image pixels), lifted" in shown
+        page.keyboard.press("Enter")  # one dab where the brush is
+        assert page.evaluate(EDITED_SUM, whole) > 0
         page.keyboard.press("Space")  # down: paints where it moves
         across = int(((x1 - x0 - 16) * k) // step)
         rows = int(((y1 - y0 - 16) * k) // (3 * step))
@@ -213,9 +217,11 @@ def test_the_same_correction_from_the_keyboard_alone(
             if row < rows:
                 for _ in range(3):
                     page.keyboard.press("ArrowDown")
-        page.keyboard.press("Space")  # lifted again
-        assert "painting" not in page.inner_text("#brush-position")
-        assert page.evaluate(EDITED_SUM) > 0
+        assert "painting" in page.inner_text("#brush-position")
+        page.keyboard.press("Escape")  # lifted again
+        assert "lifted" in page.inner_text("#brush-position")
+        box = [round(x0 * k), round(y0 * k), round((x1 - x0) * k), round((y1 - y0) * k)]
+        assert page.evaluate(EDITED_SUM, box) > 0.9 * page.evaluate(EDITED_SUM, whole) > 0
         page.focus("#submit")
         page.keyboard.press("Enter")
         page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
