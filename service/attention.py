@@ -1,9 +1,13 @@
 """Attention maps for the seed 002 model: edited masks in, map PNGs out, cached features.
 
 Pure numpy/Pillow. A *mask* is any image the caller uploads; its luminance 0..255 is
-attention 0..1 over the uploaded image. It is placed on the model input exactly as the
-image was (same letterbox; padding = no attention) and then area-averaged to the map grid:
-each map cell is the mean attention of the model-input pixels it covers.
+attention 0..1. What it covers is read from its shape (``mask_covers_image``): a mask with
+the upload's aspect ratio covers the uploaded image and is placed on the model input exactly
+as the image was (same letterbox; padding = no attention); any other mask covers the
+attention map's grid, the model's whole input, as API.md has it ("any size, resampled to
+the attention map grid"), so the ``attention_map`` of ``/attention`` goes back unchanged
+whatever the upload's shape. Either way it is then area-averaged to the grid: each map cell
+is the mean attention of the model-input pixels it covers.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -56,6 +61,18 @@ def _mask_attention(image: Image.Image) -> npt.NDArray[np.float32]:
     return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
 
 
+def mask_covers_image(
+    mask_height: int, mask_width: int, transform: LetterboxTransform, grid_aspect: float
+) -> bool:
+    """Whether a ``mask_height x mask_width`` mask covers the uploaded image (True) or the
+    map grid, i.e. the model's input (False): whichever of the two it is closer to in
+    aspect ratio (width / height, compared as log ratios). Equal aspects mean the same
+    area, so a tie goes to the image. ``grid_aspect``: the model input's width / height."""
+    mask_aspect = math.log(mask_width / mask_height)
+    image_aspect = math.log(transform.image_width / transform.image_height)
+    return abs(mask_aspect - image_aspect) <= abs(mask_aspect - math.log(grid_aspect))
+
+
 def mask_to_grid(
     mask: npt.NDArray[np.float32],
     transform: LetterboxTransform,
@@ -64,12 +81,20 @@ def mask_to_grid(
     grid_height: int,
     grid_width: int,
 ) -> npt.NDArray[np.float32]:
-    """Resample an ``(H, W)`` mask over the uploaded image to a ``(1, 1, gh, gw)`` map.
+    """Resample an ``(H, W)`` mask to a ``(1, 1, gh, gw)`` map of the grid.
 
-    The mask is stretched over the image (whatever its own size), placed in the model input
-    with the image's letterbox (area-averaging resize, Pillow BOX), padding 0, and then each
-    grid cell takes the mean of the model-input pixels it covers.
+    A mask over the uploaded image (``mask_covers_image``) is stretched over the image
+    (whatever its own size), placed in the model input with the image's letterbox
+    (area-averaging resize, Pillow BOX), padding 0; any other mask is stretched over the
+    whole model input. Then each grid cell takes the mean of the model-input pixels it
+    covers.
     """
+    if not mask_covers_image(*mask.shape, transform, input_width / input_height):
+        # The grid covers the model input evenly: averaging the mask straight to the grid
+        # is the same area mean, without a model-input-sized canvas.
+        return area_average(np.ascontiguousarray(mask, dtype=np.float32), grid_height, grid_width)[
+            None, None
+        ]
     content_w = max(1, min(input_width, round(transform.image_width * transform.scale)))
     content_h = max(1, min(input_height, round(transform.image_height * transform.scale)))
     resized = np.asarray(

@@ -210,7 +210,11 @@ async def correct_with_edited_map(
     request: Request,
     image: Annotated[UploadFile, File(description="the photo, as sent to /attention")],
     mask: Annotated[
-        UploadFile, File(description="the edited attention map: luminance 0..255 = 0..1")
+        UploadFile,
+        File(
+            description="the edited attention map: luminance 0..255 = 0..1; with the "
+            "image's aspect ratio it covers the image, otherwise the map grid"
+        ),
     ],
     registry: RegistryDep,
     settings: SettingsDep,

@@ -232,16 +232,30 @@ def test_cached_features_own_their_arrays(client: TestClient) -> None:
             assert getattr(features, name).base is None, name
 
 
-def test_full_mask_reproduces_the_original_answer(client: TestClient) -> None:
-    """A mask equal to the model's own map (sent back as its PNG) gives the original class.
-    The map covers the letterboxed input and a mask the image: on a square upload they
-    are the same rectangle."""
-    square = _square_upload()
-    own = client.post("/attention", files={"image": ("a.png", square, "image/png")}).json()
+@pytest.mark.parametrize("shape", ["square", "wide"])
+def test_the_models_own_map_sent_back_reproduces_the_original_answer(
+    client: TestClient, shape: str
+) -> None:
+    """The map of /attention sent back unchanged as the mask (API.md: any size, resampled
+    to the map grid) is the model's own map again and gives the original class, on a
+    square upload and on a 120x90 one, where the map reaches past the image."""
+    upload = _square_upload() if shape == "square" else _canvas_upload()
+    own = client.post("/attention", files={"image": ("a.png", upload, "image/png")}).json()
     mask = base64.b64decode(own["attention_map"]["png_base64"])
-    body = correct(client, square, mask).json()
+    body = correct(client, upload, mask).json()
+    assert body["edited_map"]["png_base64"] == own["attention_map"]["png_base64"]
     assert body["corrected"]["class_id"] == body["original"]["class_id"]
     assert body["corrected"]["score"] == pytest.approx(body["original"]["score"], abs=0.02)
+
+
+def test_a_mask_shaped_like_the_upload_covers_the_image_only(client: TestClient) -> None:
+    """A 120x90 mask on a 120x90 upload covers the image: full attention on it leaves
+    the letterbox bars of the map at 0 (rows 2-13 of 16 hold the image)."""
+    full = encode(Image.new("L", (120, 90), 255))
+    body = correct(client, _canvas_upload(), full).json()
+    edited = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["edited_map"]["png_base64"]))))
+    assert edited[0].max() == 0 and edited[-1].max() == 0
+    assert edited[3:13].min() == 255
 
 
 def _square_upload() -> bytes:

@@ -16,6 +16,7 @@ from service.attention import (
     decode_mask,
     image_key,
     map_to_png,
+    mask_covers_image,
     mask_to_grid,
     png_base64,
 )
@@ -98,6 +99,41 @@ def test_mask_of_another_size_is_stretched_over_the_image() -> None:
     small[0, 1] = 1.0  # top-right quarter
     grid = mask_to_grid(small, transform, 64, 64, 16, 16)[0, 0]
     assert grid[:8, 8:].min() == pytest.approx(1.0) and grid.sum() == pytest.approx(64)
+
+
+def test_a_mask_not_shaped_like_the_upload_covers_the_grid() -> None:
+    """API.md: a mask of any size is resampled to the attention map grid. On a 64x32
+    upload a square mask covers the whole square input, letterbox bars included."""
+    _, transform = letterbox(np.zeros((32, 64, 3), np.uint8), 64, 64, (0, 0, 0))
+    grid_mask = np.random.default_rng(3).random((16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(
+        mask_to_grid(grid_mask, transform, 64, 64, 16, 16)[0, 0], grid_mask
+    )
+    coarse = np.zeros((2, 2), np.float32)
+    coarse[0, 1] = 1.0  # the input's top-right quarter, a bar row included
+    grid = mask_to_grid(coarse, transform, 64, 64, 16, 16)[0, 0]
+    assert grid[:8, 8:].min() == 1.0 and grid.sum() == pytest.approx(64)
+
+
+@pytest.mark.parametrize(
+    ("mask_size", "covers_image"),
+    [
+        ((64, 32), True),
+        ((500, 251), True),
+        ((32, 32), False),
+        ((30, 28), False),
+        ((46, 32), True),
+        ((45, 32), False),
+    ],
+)
+def test_what_a_mask_covers_follows_its_aspect_ratio(
+    mask_size: tuple[int, int], covers_image: bool
+) -> None:
+    """The nearer aspect ratio wins: 2:1 image, 1:1 input, the boundary at sqrt(2) (log mean):
+    46x32 (1.44) covers the image, 45x32 (1.41) the grid."""
+    _, transform = letterbox(np.zeros((32, 64, 3), np.uint8), 64, 64, (0, 0, 0))
+    width, height = mask_size
+    assert mask_covers_image(height, width, transform, 1.0) is covers_image
 
 
 def test_map_png_is_8_bit_grey_round_255_m() -> None:

@@ -19,7 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.attention import area_average, decode_mask, map_to_png, mask_to_grid
+from service.attention import (
+    area_average,
+    decode_mask,
+    map_to_png,
+    mask_covers_image,
+    mask_to_grid,
+)
 from service.errors import InvalidImage, PayloadTooLarge
 from service.imaging import configure_pillow, decode_image, letterbox
 
@@ -172,8 +178,11 @@ def test_any_mask_becomes_a_bounded_map_of_the_grid(
     assert grid_map.shape == (1, 1, *grid) and grid_map.dtype == np.float32
     assert np.isfinite(grid_map).all() and 0.0 <= grid_map.min() <= grid_map.max() <= 1.0
     full = mask_to_grid(np.ones_like(mask), transform, input_h, input_w, *grid)
-    # Attention never exceeds the fraction of the cell the image covers (padding is 0).
-    assert (grid_map <= full + 1e-5).all()
+    if mask_covers_image(mask_h, mask_w, transform, input_w / input_h):
+        # Attention never exceeds the fraction of the cell the image covers (padding is 0).
+        assert (grid_map <= full + 1e-5).all()
+    else:  # over the grid: a full mask is full attention everywhere
+        np.testing.assert_allclose(full, 1.0, atol=1e-5)
     png = map_to_png(grid_map[0, 0])
     assert Image.open(io.BytesIO(png)).size == (grid[1], grid[0])
 
