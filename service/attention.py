@@ -89,7 +89,8 @@ def mask_to_grid(
     whole model input. Then each grid cell takes the mean of the model-input pixels it
     covers.
     """
-    if not mask_covers_image(*mask.shape, transform, input_width / input_height):
+    mask_height, mask_width = mask.shape
+    if not mask_covers_image(mask_height, mask_width, transform, input_width / input_height):
         # The grid covers the model input evenly: averaging the mask straight to the grid
         # is the same area mean, without a model-input-sized canvas.
         return area_average(np.ascontiguousarray(mask, dtype=np.float32), grid_height, grid_width)[
