@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -270,17 +273,48 @@ def load_frozen_parts(net: GenderNet, contour: ContourNet) -> GenderNet:
     return net
 
 
+def epoch_garments(config: TrainConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """``epoch``'s fresh training garments (``--regenerate``), colour-augmented: ``(N, S,
+    S, 3)`` uint8 images and ``(N,)`` labels, from seeds that depend on the epoch only."""
+    seed = config.seed + 1000 + 2 * epoch
+    garments = generate(config.train_images, "train", seed, config.garments)
+    return augment_training_images(garments.images, seed + 1, config), garments.labels
+
+
+def with_contour_features(
+    config: TrainConfig, contour: ContourNet, images: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """A training set: images, their pooled frozen contour features, labels."""
+    pooled = pooled_features(load_frozen_parts(GenderNet(config.net), contour), images)
+    assert pooled is not None  # the full configuration uses contour features
+    return images, pooled, torch.from_numpy(labels)
+
+
 def fresh_train_data(
     config: TrainConfig, contour: ContourNet, epoch: int
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """A new colour-augmented training set for ``epoch`` (``--regenerate``): images,
     pooled frozen contour features and labels, from seeds that depend on the epoch only."""
-    seed = config.seed + 1000 + 2 * epoch
-    garments = generate(config.train_images, "train", seed, config.garments)
-    images = augment_training_images(garments.images, seed + 1, config)
-    pooled = pooled_features(load_frozen_parts(GenderNet(config.net), contour), images)
-    assert pooled is not None  # the full configuration uses contour features
-    return images, pooled, torch.from_numpy(garments.labels)
+    return with_contour_features(config, contour, *epoch_garments(config, epoch))
+
+
+def prefetched_garments(
+    config: TrainConfig, epochs: Sequence[int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``epoch_garments`` of each of ``epochs`` in turn, each made in a worker process
+    while the caller trains on the one before: the same arrays, sooner. Drawing 16 000
+    garments is Python on one CPU, about as long as training two variants on them, so
+    made in line it left the second CPU idle for nearly half of every epoch. Spawned, not
+    forked: a fork of a process whose torch threads are running can hang."""
+    if not epochs:
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = pool.submit(epoch_garments, config, epochs[0])
+        for following in [*epochs[1:], None]:
+            made = pending.result()
+            if following is not None:
+                pending = pool.submit(epoch_garments, config, following)
+            yield made
 
 
 def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -525,11 +559,14 @@ def train_gender(
             )
         semantic_init = pretrained.semantic
     runs = [VariantRun(config, contour, v, steps, start, semantic_init) for v in variants]
-    for epoch in range(config.epochs):
-        if config.regenerate and epoch > 0 and not config.image_folder:
-            train_set = fresh_train_data(config, contour, epoch)
-        for run in runs:
-            run.epoch(train_set, data["val"], progress)
+    regenerate = config.regenerate and not config.image_folder
+    later_epochs = range(1, config.epochs) if regenerate else range(0)
+    with closing(prefetched_garments(config, later_epochs)) as fresh:
+        for epoch in range(config.epochs):
+            if regenerate and epoch > 0:
+                train_set = with_contour_features(config, contour, *next(fresh))
+            for run in runs:
+                run.epoch(train_set, data["val"], progress)
     return {run.variant: run.finish(data["test"], out) for run in runs}
 
 
