@@ -65,9 +65,10 @@ def mask_covers_image(
     mask_height: int, mask_width: int, transform: LetterboxTransform, grid_aspect: float
 ) -> bool:
     """Whether a ``mask_height x mask_width`` mask covers the uploaded image (True) or the
-    map grid, i.e. the model's input (False): whichever of the two it is closer to in
-    aspect ratio (width / height, compared as log ratios). Equal aspects mean the same
-    area, so a tie goes to the image. ``grid_aspect``: the model input's width / height."""
+    map grid, which spans the model's input (False): whichever of the two it is closer to
+    in aspect ratio (width / height, compared as log ratios), so the map ``/attention``
+    returns always reads as the grid unless the image has the grid's own shape. A tie goes
+    to the image. ``grid_aspect``: the map grid's width / height."""
     mask_aspect = math.log(mask_width / mask_height)
     image_aspect = math.log(transform.image_width / transform.image_height)
     return abs(mask_aspect - image_aspect) <= abs(mask_aspect - math.log(grid_aspect))
@@ -90,7 +91,7 @@ def mask_to_grid(
     covers.
     """
     mask_height, mask_width = mask.shape
-    if not mask_covers_image(mask_height, mask_width, transform, input_width / input_height):
+    if not mask_covers_image(mask_height, mask_width, transform, grid_width / grid_height):
         # The grid covers the model input evenly: averaging the mask straight to the grid
         # is the same area mean, without a model-input-sized canvas.
         return area_average(np.ascontiguousarray(mask, dtype=np.float32), grid_height, grid_width)[

@@ -255,7 +255,7 @@ def test_a_mask_shaped_like_the_upload_covers_the_image_only(client: TestClient)
     body = correct(client, _canvas_upload(), full).json()
     edited = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["edited_map"]["png_base64"]))))
     assert edited[0].max() == 0 and edited[-1].max() == 0
-    assert edited[3:13].min() == 255
+    assert edited[2:14].min() == 255
 
 
 def _square_upload() -> bytes:

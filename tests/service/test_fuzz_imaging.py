@@ -178,11 +178,16 @@ def test_any_mask_becomes_a_bounded_map_of_the_grid(
     assert grid_map.shape == (1, 1, *grid) and grid_map.dtype == np.float32
     assert np.isfinite(grid_map).all() and 0.0 <= grid_map.min() <= grid_map.max() <= 1.0
     full = mask_to_grid(np.ones_like(mask), transform, input_h, input_w, *grid)
-    if mask_covers_image(mask_h, mask_w, transform, input_w / input_h):
+    grid_aspect = grid[1] / grid[0]
+    if mask_covers_image(mask_h, mask_w, transform, grid_aspect):
         # Attention never exceeds the fraction of the cell the image covers (padding is 0).
         assert (grid_map <= full + 1e-5).all()
-    else:  # over the grid: a full mask is full attention everywhere
-        np.testing.assert_allclose(full, 1.0, atol=1e-5)
+    else:  # over the grid: the mask's own area means, cell by cell
+        np.testing.assert_allclose(grid_map[0, 0], area_average(mask, *grid), atol=1e-6)
+    # Decided from outside the function: a mask of the image's exact shape covers the image;
+    # one of the grid's shape covers the grid unless the image has the grid's aspect.
+    assert mask_covers_image(height, width, transform, grid_aspect)
+    assert mask_covers_image(*grid, transform, grid_aspect) == (width * grid[0] == height * grid[1])
     png = map_to_png(grid_map[0, 0])
     assert Image.open(io.BytesIO(png)).size == (grid[1], grid[0])
 
