@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -272,84 +270,17 @@ def load_frozen_parts(net: GenderNet, contour: ContourNet) -> GenderNet:
     return net
 
 
-def epoch_garments(config: TrainConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """``epoch``'s fresh training garments (``--regenerate``), colour-augmented: ``(N, S,
-    S, 3)`` uint8 images and ``(N,)`` labels, from seeds that depend on the epoch only."""
-    seed = config.seed + 1000 + 2 * epoch
-    garments = generate(config.train_images, "train", seed, config.garments)
-    return augment_training_images(garments.images, seed + 1, config), garments.labels
-
-
-def with_contour_features(
-    config: TrainConfig, contour: ContourNet, images: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """A training set: images, their pooled frozen contour features, labels."""
-    pooled = pooled_features(load_frozen_parts(GenderNet(config.net), contour), images)
-    assert pooled is not None  # the full configuration uses contour features
-    return images, pooled, torch.from_numpy(labels)
-
-
 def fresh_train_data(
     config: TrainConfig, contour: ContourNet, epoch: int
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """A new colour-augmented training set for ``epoch`` (``--regenerate``): images,
     pooled frozen contour features and labels, from seeds that depend on the epoch only."""
-    return with_contour_features(config, contour, *epoch_garments(config, epoch))
-
-
-class GarmentPrefetch:
-    """``epoch_garments`` of ``epochs`` in turn (``take``), drawn in a worker process one
-    epoch ahead of the caller: the same arrays, sooner. The first is submitted on entry, so
-    it is drawn while the caller's first epoch trains.
-
-    Why: drawing an epoch's garments is Python on one CPU. In version 5's semantic-only
-    retrain (``semantic-only-retrained-history.json``) each regeneration, with its pooled
-    contour features, took about 105 s against about 46 s for the semantic epoch itself.
-    Drawn in line, the training waited for all of it. With ``--threads 2`` the worker
-    shares the two CPUs with torch, so it overlaps rather than vanishes.
-
-    Memory: each epoch of 16 000 garments is about 750 MiB of uint8. The worker holds up to
-    about three copies while drawing, augmenting and pickling one; the caller briefly holds
-    the old set and the arriving one. That is 2-3 GiB over drawing in line.
-
-    Spawned, not forked: a fork of a process whose torch threads are running can hang. On an
-    exception the pool is shut down without waiting, so the traceback is not held up by a
-    draw in progress (the interpreter still waits for that draw before it exits: Python
-    3.11's executor cannot stop a running task; a ``multiprocessing.Pool`` could, but would
-    wait forever on a worker killed for memory).
-    """
-
-    def __init__(self, config: TrainConfig, epochs: Sequence[int]) -> None:
-        self._config = config
-        self._epochs = list(epochs)
-        self._pool: ProcessPoolExecutor | None = None
-        self._pending: Future[tuple[np.ndarray, np.ndarray]] | None = None
-
-    def __enter__(self) -> GarmentPrefetch:
-        if self._epochs:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            self._submit()
-        return self
-
-    def _submit(self) -> None:
-        assert self._pool is not None
-        self._pending = (
-            self._pool.submit(epoch_garments, self._config, self._epochs.pop(0))
-            if self._epochs
-            else None
-        )
-
-    def take(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next epoch's ``(images, labels)``; the one after starts drawing."""
-        if self._pending is None:
-            raise RuntimeError("no epoch left to take")
-        made = self._pending.result()
-        self._submit()
-        return made
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=kind is None, cancel_futures=True)
+    seed = config.seed + 1000 + 2 * epoch
+    garments = generate(config.train_images, "train", seed, config.garments)
+    images = augment_training_images(garments.images, seed + 1, config)
+    pooled = pooled_features(load_frozen_parts(GenderNet(config.net), contour), images)
+    assert pooled is not None  # the full configuration uses contour features
+    return images, pooled, torch.from_numpy(garments.labels)
 
 
 def gender_data(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -594,14 +525,11 @@ def train_gender(
             )
         semantic_init = pretrained.semantic
     runs = [VariantRun(config, contour, v, steps, start, semantic_init) for v in variants]
-    regenerate = config.regenerate and not config.image_folder
-    later_epochs = range(1, config.epochs) if regenerate else range(0)
-    with GarmentPrefetch(config, later_epochs) as fresh:
-        for epoch in range(config.epochs):
-            if regenerate and epoch > 0:
-                train_set = with_contour_features(config, contour, *fresh.take())
-            for run in runs:
-                run.epoch(train_set, data["val"], progress)
+    for epoch in range(config.epochs):
+        if config.regenerate and epoch > 0 and not config.image_folder:
+            train_set = fresh_train_data(config, contour, epoch)
+        for run in runs:
+            run.epoch(train_set, data["val"], progress)
     return {run.variant: run.finish(data["test"], out) for run in runs}
 
 

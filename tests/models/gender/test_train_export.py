@@ -26,10 +26,8 @@ from models.gender.net import (
     save_checkpoint,
 )
 from models.gender.train import (
-    GarmentPrefetch,
     TrainConfig,
     contour_of_checkpoint,
-    epoch_garments,
     fresh_train_data,
     parse_args,
     pooled_features,
@@ -360,22 +358,6 @@ def test_regenerated_training_sets_differ_per_epoch_not_per_variant(pipeline: di
     torch.testing.assert_close(first_labels, again_labels)
     assert not np.array_equal(first, second)
     assert pooled.shape[0] == 12 and torch.isfinite(pooled).all()
-
-
-def test_prefetched_garments_are_the_ones_made_in_line(pipeline: dict) -> None:
-    """The worker process makes exactly what epoch_garments makes here, epoch by epoch,
-    and says so when asked for more epochs than it was given."""
-    config = replace(pipeline["config"], regenerate=True, train_images=6)
-    with GarmentPrefetch(config, [1, 2]) as fresh:
-        made = [fresh.take(), fresh.take()]
-        with pytest.raises(RuntimeError, match="no epoch left"):
-            fresh.take()
-    for epoch, (images, labels) in zip([1, 2], made, strict=True):
-        expected_images, expected_labels = epoch_garments(config, epoch)
-        np.testing.assert_array_equal(images, expected_images)
-        np.testing.assert_array_equal(labels, expected_labels)
-    with GarmentPrefetch(config, []) as nothing, pytest.raises(RuntimeError):
-        nothing.take()
 
 
 def test_a_regenerating_run_trains_and_records_every_variant(pipeline: dict) -> None:
