@@ -94,9 +94,7 @@ def mask_to_grid(
     if not mask_covers_image(mask_height, mask_width, transform, grid_width / grid_height):
         # The grid covers the model input evenly: averaging the mask straight to the grid
         # is the same area mean, without a model-input-sized canvas.
-        return area_average(np.ascontiguousarray(mask, dtype=np.float32), grid_height, grid_width)[
-            None, None
-        ]
+        return area_average(mask, grid_height, grid_width)[None, None]
     content_w = max(1, min(input_width, round(transform.image_width * transform.scale)))
     content_h = max(1, min(input_height, round(transform.image_height * transform.scale)))
     resized = np.asarray(
