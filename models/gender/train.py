@@ -16,6 +16,8 @@ photographs as backgrounds, fresh garments) is measured once at the end.
 
 ``--image-folder DIR`` trains stage 2 on a real data set (``DIR/female``, ``DIR/male``)
 instead of generated garments (a random 10 % each for validation and test).
+Stage 2's state is saved after every epoch: the same command with ``--resume`` continues
+an interrupted run where it stopped, with the same result as one uninterrupted run.
 Then ``python -m models.gender.export`` writes the fused model into the repository.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -67,6 +70,11 @@ from models.gender.net import (
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 # aspect_augment's seed is the colour augmentation's plus this: draws of its own.
 ASPECT_SEED_OFFSET = 500
+# Written after every stage-2 epoch (atomically: a run killed while writing keeps the last
+# whole one), read by --resume.
+STATE_FILE = "stage2-state.pt"
+# Settings a resumed run may change: they do not change what it computes.
+RESUMABLE_CHANGES = ("resume", "threads")
 VARIANTS = {
     "fused": {"use_semantic": True, "use_contour": True},
     "semantic": {"use_semantic": True, "use_contour": False},
@@ -118,6 +126,10 @@ class TrainConfig:
     # Start the semantic CNN of every variant that has one from this checkpoint's semantic
     # CNN (models.gender.pretrain: Fashion-MNIST); fusion convs and classifier start afresh.
     semantic_init: str | None = None
+    # Continue an interrupted run from the stage-2 state saved in ``out`` after every epoch
+    # (STATE_FILE): a 20-epoch run on a two-core host outlasts one working session. The
+    # rest of the configuration must be the run's own (threads may differ).
+    resume: bool = False
     # Shared.
     batch_size: int = 64
     weight_decay: float = 5e-4
@@ -475,6 +487,28 @@ class VariantRun:
             self.best = val
             self.best_state = {k: v.clone() for k, v in net.state_dict().items()}
 
+    def state(self) -> dict:
+        """Everything the next epoch depends on: weights, optimiser and schedule, the
+        shuffling generator, the history and the best epoch so far."""
+        return {
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+            "best": self.best,
+            "best_state": self.best_state,
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Continue from ``state`` (of ``state()``), as if the epochs had run here."""
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.generator.set_state(state["generator"])
+        self.history, self.best = list(state["history"]), float(state["best"])
+        self.best_state = dict(state["best_state"])
+
     def finish(self, test_set: tuple[np.ndarray, torch.Tensor, torch.Tensor], out: Path) -> dict:
         """Restore the best validation epoch, test it, save the checkpoint."""
         self.net.load_state_dict(self.best_state)
@@ -490,6 +524,37 @@ class VariantRun:
         return {"epochs": self.history, "val_accuracy": self.best, "test_accuracy": test}
 
 
+def _resumable_config(config: TrainConfig) -> dict:
+    return {k: v for k, v in _jsonable(config).items() if k not in RESUMABLE_CHANGES}
+
+
+def save_state(out: Path, config: TrainConfig, epochs_done: int, runs: list, extra: dict) -> None:
+    """The stage-2 state after ``epochs_done`` epochs, to ``out / STATE_FILE``."""
+    state = {
+        "epochs_done": epochs_done,
+        "config": _resumable_config(config),
+        "rng": torch.get_rng_state(),  # dropout draws, shared by the variants in turn
+        "runs": {run.variant: run.state() for run in runs},
+        **extra,
+    }
+    partial = out / (STATE_FILE + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, out / STATE_FILE)
+
+
+def load_state(out: Path, config: TrainConfig) -> dict:
+    """The saved stage-2 state of the run in ``out``, checked to be this configuration's."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"--resume: {path} does not exist (no stage-2 epoch was finished)")
+    state = torch.load(path, weights_only=True)
+    saved, now = state["config"], _resumable_config(config)
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"--resume: the run in {out} had other settings: {', '.join(changed)}")
+    return state
+
+
 def train_gender(
     config: TrainConfig,
     contour: ContourNet,
@@ -497,9 +562,12 @@ def train_gender(
     data: dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]],
     out: Path,
     progress: bool = True,
+    resume_from: dict | None = None,
+    save_extra: dict | None = None,
 ) -> dict[str, dict]:
     """Stage 2 for the ablation variants, epoch by epoch in lockstep; returns each
-    variant's history and test accuracy."""
+    variant's history and test accuracy. The state is saved after every epoch (with
+    ``save_extra`` beside it); ``resume_from`` (of ``load_state``) continues from one."""
     train_set = data["train"]
     # At least one step: an image folder smaller than a batch trains on one short batch.
     steps = max(1, len(train_set[0]) // config.batch_size)
@@ -525,11 +593,19 @@ def train_gender(
             )
         semantic_init = pretrained.semantic
     runs = [VariantRun(config, contour, v, steps, start, semantic_init) for v in variants]
-    for epoch in range(config.epochs):
+    first = 0
+    if resume_from is not None:
+        for run in runs:
+            run.load_state(resume_from["runs"][run.variant])
+        torch.set_rng_state(resume_from["rng"])
+        first = resume_from["epochs_done"]
+        tqdm.write(f"resumed after epoch {first} of {config.epochs}")
+    for epoch in range(first, config.epochs):
         if config.regenerate and epoch > 0 and not config.image_folder:
             train_set = fresh_train_data(config, contour, epoch)
         for run in runs:
             run.epoch(train_set, data["val"], progress)
+        save_state(out, config, epoch + 1, runs, save_extra or {})
     return {run.variant: run.finish(data["test"], out) for run in runs}
 
 
@@ -541,10 +617,20 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     command = "python -m models.gender.train " + shlex.join(sys.argv[1:])
     started = time.time()
     history: dict = {"config": _jsonable(config), "command": command}
+    resume_from = load_state(out, config) if config.resume else None
+    if resume_from is not None:
+        # The run's own record: its first command, and stage 1 as that command ran it.
+        history["command"] = resume_from["command"]
+        history["resumed"] = [*resume_from["resumed"], resume_from["epochs_done"]]
     # A user's folder is read first, so one the run cannot use fails before the contour
     # stage, not after it; generated garments are made when needed (they take memory).
     raw = gender_data(config) if config.image_folder else None
-    if config.contour_from and Path(config.contour_from).is_file():
+    if resume_from is not None:
+        loaded, _ = load_checkpoint(out / "contour.pt")
+        assert isinstance(loaded, ContourNet)
+        contour = loaded
+        history["contour"] = resume_from["contour"]
+    elif config.contour_from and Path(config.contour_from).is_file():
         contour = contour_of_checkpoint(Path(config.contour_from), config)
         history["contour"] = {"from_checkpoint": config.contour_from}
     elif config.contour_from:
@@ -585,7 +671,14 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         assert pooled is not None
         data[split] = (images, pooled, torch.from_numpy(labels))
     tqdm.write(f"data: {len(raw['train'][0])} train images, {time.time() - started:.0f} s so far")
-    history["variants"] = train_gender(config, contour, config.variants, data, out, progress)
+    extra = {
+        "command": history["command"],
+        "contour": history["contour"],
+        "resumed": history.get("resumed", []),
+    }
+    history["variants"] = train_gender(
+        config, contour, config.variants, data, out, progress, resume_from, extra
+    )
     history["seconds"] = round(time.time() - started, 1)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     if config.variants_from:
@@ -686,6 +779,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="reuse stage 1 of this earlier run, or the contour network of this gender checkpoint",
     )
     p.add_argument("--variants-from", default=None, help="take untrained variants from a run")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the interrupted run in --out from its {STATE_FILE} (same settings)",
+    )
     p.add_argument(
         "--init-from",
         default=None,

@@ -27,6 +27,7 @@ from models.gender.net import (
 )
 from models.gender.train import (
     TrainConfig,
+    VariantRun,
     contour_of_checkpoint,
     fresh_train_data,
     parse_args,
@@ -584,3 +585,56 @@ def test_a_run_with_the_hed_trunk_keeps_hed_s_weights_and_exports(pipeline: dict
     assert np.abs(logits - want.numpy()).max() <= PARITY_TOLERANCE
     card = (repo / "gender" / "1" / "MODEL_CARD.md").read_text()
     assert "HED's VGG16 blocks 1-3" in card and "from scratch" not in card
+
+
+def test_an_interrupted_run_resumed_ends_as_an_uninterrupted_one(
+    pipeline: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed in its second epoch and resumed, a regenerating run gives the same weights
+    and validation figures as the same run left alone."""
+    config = replace(
+        pipeline["config"],
+        contour_from=str(pipeline["root"] / "run"),
+        regenerate=True,
+        variants=("fused", "semantic"),
+    )
+    whole = replace(config, out=str(pipeline["root"] / "whole"))
+    train(whole, progress=False)
+    cut = replace(config, out=str(pipeline["root"] / "cut"))
+    calls = 0
+    original = VariantRun.epoch
+
+    def dies_in_the_second_epoch(self: VariantRun, *args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # fused, semantic of epoch 1, then the fused of epoch 2
+            raise KeyboardInterrupt
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(VariantRun, "epoch", dies_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, progress=False)
+    monkeypatch.setattr(VariantRun, "epoch", original)
+    assert not (Path(cut.out) / "history.json").exists()
+    with pytest.raises(ValueError, match="other settings: epochs"):
+        train(replace(cut, resume=True, epochs=3), progress=False)
+    history = train(replace(cut, resume=True, threads=None), progress=False)
+    assert history["resumed"] == [1]
+    alone_history = json.loads((Path(whole.out) / "history.json").read_text())
+    assert history["command"] == alone_history["command"]
+    expected = alone_history["variants"]
+    for variant in config.variants:
+        got = history["variants"][variant]
+        assert [r["val_accuracy"] for r in got["epochs"]] == [
+            r["val_accuracy"] for r in expected[variant]["epochs"]
+        ]
+        assert got["test_accuracy"] == expected[variant]["test_accuracy"]
+        resumed, _ = load_checkpoint(Path(cut.out) / f"gender-{variant}.pt")
+        alone, _ = load_checkpoint(Path(whole.out) / f"gender-{variant}.pt")
+        for k, v in alone.state_dict().items():
+            torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_resume_without_a_saved_state_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no stage-2 epoch was finished"):
+        train(TrainConfig(out=str(tmp_path / "never"), resume=True), progress=False)
