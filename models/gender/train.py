@@ -665,9 +665,20 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     # One cache for every variant: the full configuration's frozen inputs (GenderNet.classify
     # reads each variant's part of them).
     helper = load_frozen_parts(GenderNet(config.net), contour)
+    # A run resumed after its first epoch with --regenerate never trains on the first
+    # epoch's set again: its features (minutes on two cores) are not computed.
+    unused_train = (
+        resume_from is not None
+        and resume_from["epochs_done"] > 0
+        and config.regenerate
+        and not config.image_folder
+    )
     data = {}
     for split, (images, labels) in raw.items():
-        pooled = pooled_features(helper, images)
+        if split == "train" and unused_train:
+            pooled: torch.Tensor | None = torch.empty(0)
+        else:
+            pooled = pooled_features(helper, images)
         assert pooled is not None
         data[split] = (images, pooled, torch.from_numpy(labels))
     tqdm.write(f"data: {len(raw['train'][0])} train images, {time.time() - started:.0f} s so far")
