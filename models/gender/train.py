@@ -528,7 +528,9 @@ def _resumable_config(config: TrainConfig) -> dict:
     return {k: v for k, v in _jsonable(config).items() if k not in RESUMABLE_CHANGES}
 
 
-def save_state(out: Path, config: TrainConfig, epochs_done: int, runs: list, extra: dict) -> None:
+def save_state(
+    out: Path, config: TrainConfig, epochs_done: int, runs: list[VariantRun], extra: dict
+) -> None:
     """The stage-2 state after ``epochs_done`` epochs, to ``out / STATE_FILE``."""
     state = {
         "epochs_done": epochs_done,
