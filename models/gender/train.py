@@ -17,7 +17,7 @@ photographs as backgrounds, fresh garments) is measured once at the end.
 ``--image-folder DIR`` trains stage 2 on a real data set (``DIR/female``, ``DIR/male``)
 instead of generated garments (a random 10 % each for validation and test).
 Stage 2's state is saved after every epoch: the same command with ``--resume`` continues
-an interrupted run where it stopped, with the same result as one uninterrupted run.
+a run interrupted in stage 2 where it stopped, with the same result as one left alone.
 Then ``python -m models.gender.export`` writes the fused model into the repository.
 """
 
@@ -73,8 +73,8 @@ ASPECT_SEED_OFFSET = 500
 # Written after every stage-2 epoch (atomically: a run killed while writing keeps the last
 # whole one), read by --resume.
 STATE_FILE = "stage2-state.pt"
-# Settings a resumed run may change: they do not change what it computes.
-RESUMABLE_CHANGES = ("resume", "threads")
+# The one setting a resumed run differs in; it is left out of the run's recorded config.
+RESUMABLE_CHANGES = ("resume",)
 VARIANTS = {
     "fused": {"use_semantic": True, "use_contour": True},
     "semantic": {"use_semantic": True, "use_contour": False},
@@ -126,9 +126,10 @@ class TrainConfig:
     # Start the semantic CNN of every variant that has one from this checkpoint's semantic
     # CNN (models.gender.pretrain: Fashion-MNIST); fusion convs and classifier start afresh.
     semantic_init: str | None = None
-    # Continue an interrupted run from the stage-2 state saved in ``out`` after every epoch
-    # (STATE_FILE): a 20-epoch run on a two-core host outlasts one working session. The
-    # rest of the configuration must be the run's own (threads may differ).
+    # Continue a run interrupted in stage 2 from the state saved in ``out`` after every
+    # epoch (STATE_FILE): a 20-epoch run on a two-core host outlasts one working session.
+    # The rest of the configuration must be the run's own, threads included (the thread
+    # count changes how CPU reductions split, so the last bits of the weights).
     resume: bool = False
     # Shared.
     batch_size: int = 64
@@ -540,7 +541,10 @@ def save_state(
         **extra,
     }
     partial = out / (STATE_FILE + ".partial")
-    torch.save(state, partial)
+    with partial.open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(partial, out / STATE_FILE)
 
 
@@ -565,11 +569,12 @@ def train_gender(
     out: Path,
     progress: bool = True,
     resume_from: dict | None = None,
-    save_extra: dict | None = None,
+    on_epoch: Callable[[int, list[VariantRun]], None] | None = None,
 ) -> dict[str, dict]:
     """Stage 2 for the ablation variants, epoch by epoch in lockstep; returns each
-    variant's history and test accuracy. The state is saved after every epoch (with
-    ``save_extra`` beside it); ``resume_from`` (of ``load_state``) continues from one."""
+    variant's history and test accuracy. ``on_epoch(epochs_done, runs)`` is called after
+    every epoch (``train`` saves the state there); ``resume_from`` (of ``load_state``)
+    continues from a saved state."""
     train_set = data["train"]
     # At least one step: an image folder smaller than a batch trains on one short batch.
     steps = max(1, len(train_set[0]) // config.batch_size)
@@ -607,7 +612,8 @@ def train_gender(
             train_set = fresh_train_data(config, contour, epoch)
         for run in runs:
             run.epoch(train_set, data["val"], progress)
-        save_state(out, config, epoch + 1, runs, save_extra or {})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, runs)
     return {run.variant: run.finish(data["test"], out) for run in runs}
 
 
@@ -618,19 +624,29 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m models.gender.train " + shlex.join(sys.argv[1:])
     started = time.time()
-    history: dict = {"config": _jsonable(config), "command": command}
+    history: dict = {"config": _resumable_config(config), "command": command}
+    seconds_before = 0.0  # of the interrupted processes, up to their last saved epoch
     resume_from = load_state(out, config) if config.resume else None
     if resume_from is not None:
         # The run's own record: its first command, and stage 1 as that command ran it.
         history["command"] = resume_from["command"]
         history["resumed"] = [*resume_from["resumed"], resume_from["epochs_done"]]
+        seconds_before = resume_from["seconds"]
+    else:
+        # A stale state must not be resumed into this run if it stops before its first epoch.
+        (out / STATE_FILE).unlink(missing_ok=True)
     # A user's folder is read first, so one the run cannot use fails before the contour
     # stage, not after it; generated garments are made when needed (they take memory).
     raw = gender_data(config) if config.image_folder else None
     if resume_from is not None:
-        loaded, _ = load_checkpoint(out / "contour.pt")
-        assert isinstance(loaded, ContourNet)
-        contour = loaded
+        # Stage 1 as the interrupted run had it: a checkpoint file's contour network, or
+        # the contour.pt it trained or copied into ``out``.
+        if config.contour_from and Path(config.contour_from).is_file():
+            contour = contour_of_checkpoint(Path(config.contour_from), config)
+        else:
+            loaded, _ = load_checkpoint(out / "contour.pt")
+            assert isinstance(loaded, ContourNet)
+            contour = loaded
         history["contour"] = resume_from["contour"]
     elif config.contour_from and Path(config.contour_from).is_file():
         contour = contour_of_checkpoint(Path(config.contour_from), config)
@@ -684,15 +700,21 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         assert pooled is not None
         data[split] = (images, pooled, torch.from_numpy(labels))
     tqdm.write(f"data: {len(raw['train'][0])} train images, {time.time() - started:.0f} s so far")
-    extra = {
-        "command": history["command"],
-        "contour": history["contour"],
-        "resumed": history.get("resumed", []),
-    }
+
+    def save(epochs_done: int, runs: list[VariantRun]) -> None:
+        extra = {
+            "command": history["command"],
+            "contour": history["contour"],
+            "resumed": history.get("resumed", []),
+            "seconds": seconds_before + time.time() - started,
+        }
+        save_state(out, config, epochs_done, runs, extra)
+
     history["variants"] = train_gender(
-        config, contour, config.variants, data, out, progress, resume_from, extra
+        config, contour, config.variants, data, out, progress, resume_from, save
     )
-    history["seconds"] = round(time.time() - started, 1)
+    # Work kept: a process's time after its last saved epoch is lost, and not counted.
+    history["seconds"] = round(seconds_before + time.time() - started, 1)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     if config.variants_from:
         source = Path(config.variants_from)

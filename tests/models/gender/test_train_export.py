@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +18,7 @@ import torch
 from models.common.export import PARITY_TOLERANCE
 from models.gender import export as exporter
 from models.gender import hed, shift
+from models.gender import train as train_module
 from models.gender.data import GarmentConfig, generate
 from models.gender.net import (
     ContourNetConfig,
@@ -26,6 +29,7 @@ from models.gender.net import (
     save_checkpoint,
 )
 from models.gender.train import (
+    STATE_FILE,
     TrainConfig,
     VariantRun,
     contour_of_checkpoint,
@@ -587,27 +591,33 @@ def test_a_run_with_the_hed_trunk_keeps_hed_s_weights_and_exports(pipeline: dict
     assert "HED's VGG16 blocks 1-3" in card and "from scratch" not in card
 
 
+@pytest.mark.parametrize("stage_one", ["run folder", "checkpoint file"])
 def test_an_interrupted_run_resumed_ends_as_an_uninterrupted_one(
-    pipeline: dict, monkeypatch: pytest.MonkeyPatch
+    pipeline: dict, monkeypatch: pytest.MonkeyPatch, stage_one: str
 ) -> None:
-    """Killed in its second epoch and resumed, a regenerating run gives the same weights
-    and validation figures as the same run left alone."""
+    """Killed part-way through its second epoch and resumed, a regenerating run with
+    contour dropout (global RNG draws) ends with the weights, optimiser state and figures
+    of every epoch of the same run left alone."""
+    first = pipeline["root"] / "run"
     config = replace(
         pipeline["config"],
-        contour_from=str(pipeline["root"] / "run"),
+        contour_from=str(first if stage_one == "run folder" else first / "gender-fused.pt"),
         regenerate=True,
+        epochs=3,
         variants=("fused", "semantic"),
+        net=replace(pipeline["config"].net, contour_dropout=0.5),
     )
-    whole = replace(config, out=str(pipeline["root"] / "whole"))
-    train(whole, progress=False)
-    cut = replace(config, out=str(pipeline["root"] / "cut"))
+    tag = stage_one.replace(" ", "-")
+    whole = replace(config, out=str(pipeline["root"] / f"whole-{tag}"))
+    alone_history = train(whole, progress=False)
+    cut = replace(config, out=str(pipeline["root"] / f"cut-{tag}"))
     calls = 0
     original = VariantRun.epoch
 
     def dies_in_the_second_epoch(self: VariantRun, *args: object, **kwargs: object) -> None:
         nonlocal calls
         calls += 1
-        if calls == 3:  # fused, semantic of epoch 1, then the fused of epoch 2
+        if calls == 4:  # epoch 1 of both, epoch 2 of fused, then in epoch 2 of semantic
             raise KeyboardInterrupt
         original(self, *args, **kwargs)  # type: ignore[arg-type]
 
@@ -616,23 +626,43 @@ def test_an_interrupted_run_resumed_ends_as_an_uninterrupted_one(
         train(cut, progress=False)
     monkeypatch.setattr(VariantRun, "epoch", original)
     assert not (Path(cut.out) / "history.json").exists()
-    with pytest.raises(ValueError, match="other settings: epochs"):
-        train(replace(cut, resume=True, epochs=3), progress=False)
-    history = train(replace(cut, resume=True, threads=None), progress=False)
+    for changed in ({"epochs": 4}, {"threads": 2}):
+        with pytest.raises(ValueError, match=f"other settings: {next(iter(changed))}"):
+            train(replace(cut, resume=True, **changed), progress=False)
+    saved = torch.load(Path(cut.out) / STATE_FILE, weights_only=True)
+    assert saved["epochs_done"] == 1
+    plotted: list[float] = []  # when the resumed run, its training done, draws its curves
+    plot = train_module.plot_training
+
+    def timed_plot(*args: Any) -> None:
+        plotted.append(time.time())
+        plot(*args)
+
+    monkeypatch.setattr(train_module, "plot_training", timed_plot)
+    began = time.time()
+    history = train(replace(cut, resume=True), progress=False)
     assert history["resumed"] == [1]
-    alone_history = json.loads((Path(whole.out) / "history.json").read_text())
-    assert history["command"] == alone_history["command"]
-    expected = alone_history["variants"]
+    assert "resume" not in history["config"]
+    assert history["config"] == alone_history["config"] | {"out": cut.out}
+    # The time kept from the interrupted process plus the resumed one's.
+    assert abs(history["seconds"] - (saved["seconds"] + plotted[0] - began)) < 0.2
     for variant in config.variants:
-        got = history["variants"][variant]
-        assert [r["val_accuracy"] for r in got["epochs"]] == [
-            r["val_accuracy"] for r in expected[variant]["epochs"]
-        ]
-        assert got["test_accuracy"] == expected[variant]["test_accuracy"]
+        got, expected = history["variants"][variant], alone_history["variants"][variant]
+        for key in ("train_loss", "val_accuracy"):
+            assert [r[key] for r in got["epochs"]] == [r[key] for r in expected["epochs"]]
+        assert got["test_accuracy"] == expected["test_accuracy"]
         resumed, _ = load_checkpoint(Path(cut.out) / f"gender-{variant}.pt")
         alone, _ = load_checkpoint(Path(whole.out) / f"gender-{variant}.pt")
         for k, v in alone.state_dict().items():
             torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    # The last epoch's state too, not only the best epoch's checkpoint.
+    ends = [torch.load(Path(r.out) / STATE_FILE, weights_only=True) for r in (whole, cut)]
+    assert ends[0]["epochs_done"] == ends[1]["epochs_done"] == 3
+    torch.testing.assert_close(ends[1]["rng"], ends[0]["rng"], rtol=0, atol=0)
+    for variant in config.variants:
+        a, b = ends[0]["runs"][variant], ends[1]["runs"][variant]
+        for part in ("net", "opt"):
+            torch.testing.assert_close(b[part], a[part], rtol=0, atol=0, msg=part)
 
 
 def test_resume_without_a_saved_state_says_so(tmp_path: Path) -> None:
