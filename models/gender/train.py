@@ -638,19 +638,14 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     # A user's folder is read first, so one the run cannot use fails before the contour
     # stage, not after it; generated garments are made when needed (they take memory).
     raw = gender_data(config) if config.image_folder else None
-    if resume_from is not None:
-        # Stage 1 as the interrupted run had it: a checkpoint file's contour network, or
-        # the contour.pt it trained or copied into ``out``.
-        if config.contour_from and Path(config.contour_from).is_file():
-            contour = contour_of_checkpoint(Path(config.contour_from), config)
-        else:
-            loaded, _ = load_checkpoint(out / "contour.pt")
-            assert isinstance(loaded, ContourNet)
-            contour = loaded
-        history["contour"] = resume_from["contour"]
-    elif config.contour_from and Path(config.contour_from).is_file():
+    if config.contour_from and Path(config.contour_from).is_file():
         contour = contour_of_checkpoint(Path(config.contour_from), config)
         history["contour"] = {"from_checkpoint": config.contour_from}
+    elif resume_from is not None:  # the contour.pt the run trained or copied into ``out``
+        loaded, _ = load_checkpoint(out / "contour.pt")
+        assert isinstance(loaded, ContourNet)
+        contour = loaded
+        history["contour"] = resume_from["contour"]
     elif config.contour_from:
         source = Path(config.contour_from)
         if not (source / "contour.pt").is_file():
