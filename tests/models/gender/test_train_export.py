@@ -311,6 +311,35 @@ def test_a_second_run_reuses_stage_one(pipeline: dict) -> None:
         torch.testing.assert_close(reused.state_dict()[k], v, msg=k)
 
 
+def test_a_run_completed_from_one_earlier_run_exports_with_that_run_named_once(
+    pipeline: dict,
+) -> None:
+    """Stage 1, fused and semantic from one run, contour-only trained on: the card lists the
+    earlier command once and tells it as that run's own stage 2, not as a replaced model."""
+    first = pipeline["root"] / "run"
+    config = replace(
+        pipeline["config"],
+        out=str(pipeline["root"] / "completed"),
+        contour_from=str(first),
+        variants_from=str(first),
+        variants=("contour",),
+    )
+    history = train(config, progress=False)
+    assert set(history["variants"]) == {"fused", "semantic", "contour"}
+    repo = pipeline["root"] / "completed-repository"
+    exporter.main(["--run", config.out, "--version", "1", "--repository", str(repo)])
+    exported = json.loads((repo / "gender" / "1" / "config.json").read_text())
+    commands = exported["training"]["commands"]
+    # stage 1's and the variants' command (one), this run's, the export's
+    assert len(commands) == 3, commands
+    assert commands[0] == pipeline["history"]["command"] and commands[1] == history["command"]
+    assert commands[2].startswith("python -m models.gender.export")
+    card = (repo / "gender" / "1" / "MODEL_CARD.md").read_text()
+    assert "took its contour network (`--contour-from`) and those variants" in card
+    assert "earlier garment generator" not in card and "replaces it" not in card
+    assert "| contour | " in card and "| fused | " in card
+
+
 def test_stage_one_can_come_from_a_gender_checkpoint_file(pipeline: dict) -> None:
     """Stage 1 taken from a finished checkpoint is that checkpoint's contour network, and
     semantic-only retrained with it is the network the first run trained (fixed training
