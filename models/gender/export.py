@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_note,
         earlier_run(history),
         extra,
+        a.pad,
     )
     print(json.dumps(metrics, indent=1))
     return metrics
@@ -523,8 +524,12 @@ def write_card(
     data_note: str,
     earlier: dict | None = None,
     extra: str = "",
+    pad: str = "constant",
 ):
     variants = metrics["ablation_test_accuracy"]
+    bars = (
+        "bars that repeat the photo's edge rows or columns" if pad == "edge" else f"pad {PAD_VALUE}"
+    )
     c = history["config"]
     cn = c["net"]["contour"]
     s = cn["input_size"]
@@ -606,7 +611,7 @@ def write_card(
                 "single-channel layer is kept in the export only to return the map). "
                 f"{training['onnx_bytes'] / 1e6:.2f} MB; ONNX Runtime vs PyTorch max abs "
                 f"difference {parity:.1e} (tolerance {PARITY_TOLERANCE}).",
-                f"- Input: RGB letterboxed to {s}x{s} (pad {PAD_VALUE}), ImageNet mean/std.",
+                f"- Input: RGB letterboxed to {s}x{s} ({bars}), ImageNet mean/std.",
             ]
         ),
         "## Data",

@@ -151,6 +151,8 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     assert card.rstrip().endswith("Version 2 reached 0.5 (a line the card must keep).")
     assert "Each garment's longer side is 55-90 % of the image side" in card  # the run's fill
     assert f"McNemar's exact two-sided p = {paired['mcnemar_p']:.3g}" in card
+    # The card says how the bars are filled, as config.json does (edge here).
+    assert "bars that repeat the photo's edge" in card and "(pad 114)" not in card
 
 
 def test_fill_sets_the_garment_size_of_every_split() -> None:
