@@ -73,13 +73,14 @@ export-landmark: $(VENV)/.dev  ## export the landmark run as version 1
 
 # Reproduce the committed gender model: HED teacher maps, contour network, then the gender
 # model and its ablation (semantic only, contour only, fused); see its MODEL_CARD.md.
+# Version 7's recipe in one command (it ran as two: stage 1, fused and semantic-only, then
+# contour-only with the same contour network on the same garments; see its card).
 train-gender: $(VENV)/.dev  ## train the gender model, its contour network and ablation (about 90 min)
-	$(BIN)/python -m models.gender.train --out runs/gender-v5 --threads 2 --train-images 16000 --epochs 16 --contour-dropout 0 --regenerate
+	$(BIN)/python -m models.gender.train --out runs/gender-v7 --threads 2 --outline-garments 10000 --contour-epochs 6 --train-images 16000 --epochs 16 --contour-dropout 0 --regenerate
 
-# Version 5 was exported with grey letterbox bars; version 6, served, is the same graph with
-# bars that repeat the photo's edge (models.common.rerelease; the command is in its card).
-export-gender: $(VENV)/.dev  ## export the gender run as version 5 (grey bars, as committed)
-	$(BIN)/python -m models.gender.export --run runs/gender-v5 --version 5 --pad constant
+# Served as version 7, with letterbox bars that repeat the photo's edge (as version 6).
+export-gender: $(VENV)/.dev  ## export the gender run as version 7
+	$(BIN)/python -m models.gender.export --run runs/gender-v7 --version 7 --pad edge
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
 # chromium (the editor's browser test) and postgresql (the teacher-record store's tests
