@@ -95,7 +95,7 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "models" / "repository"
-# The served versions the audit was about (the repository's latest of each).
+# The versions the audit was about (those served on 2026-12-02; gender 7 came later).
 MODEL_DIRS = {
     "attention": REPOSITORY / "attention" / "5",
     "gender": REPOSITORY / "gender" / "6",
