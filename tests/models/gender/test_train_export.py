@@ -151,8 +151,25 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     assert card.rstrip().endswith("Version 2 reached 0.5 (a line the card must keep).")
     assert "Each garment's longer side is 55-90 % of the image side" in card  # the run's fill
     assert f"McNemar's exact two-sided p = {paired['mcnemar_p']:.3g}" in card
+    verdict = exporter.ablation_verdict(config["metrics"]["fused_minus_semantic"], paired)
+    assert f"The fused model {verdict}." in card
     # The card says how the bars are filled, as config.json does (edge here).
     assert "bars that repeat the photo's edge" in card and "(pad 114)" not in card
+
+
+def test_the_card_says_beats_only_when_the_lead_is_significant() -> None:
+    def paired(p: float) -> dict:
+        return {"fused_only_right": 26, "semantic_only_right": 20, "mcnemar_p": p}
+
+    assert exporter.ablation_verdict(0.003, paired(0.46)).startswith(
+        "is ahead of semantic-only, but not measurably at this size: +0.30 points"
+    )
+    assert exporter.ablation_verdict(0.003, paired(0.01)).startswith("beats semantic-only: +0.30")
+    assert exporter.ablation_verdict(0.003, None).startswith("is ahead of semantic-only, but not")
+    assert exporter.ablation_verdict(-0.008, paired(0.06)).startswith("does not beat")
+    assert exporter.ablation_verdict(0.0, paired(1.0)).startswith("does not beat")
+    assert exporter.ablation_verdict(None, None) == "was not compared with semantic-only"
+    assert "McNemar's exact two-sided p = 0.46" in exporter.ablation_verdict(0.003, paired(0.46))
 
 
 def test_fill_sets_the_garment_size_of_every_split() -> None:
