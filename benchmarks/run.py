@@ -15,9 +15,12 @@ In one run on this machine (CPU provider, the threads the service would use):
 
 each at concurrency 1, 4, 16 and 64 of POST /recognize with one JPEG, closed loop, over
 loopback with benchmarks/loadgen.py (raw asyncio HTTP/1.1, keep-alive); the three servers
-run side by side and take turns at each level. Then the overload
-check (service, batching on: open loop at twice the throughput it reached at concurrency
-16) and concurrency-1 p50 against decode + pre-processing + one run.
+run side by side and take turns at each level. Right after the one-client level, two
+bounds at one client: the HTTP floor (the naive peer's upload-only route) and the thin
+routes (benchmarks/thin_app.py: the service's lone-request work behind one bare handler, in
+a worker thread and on the event loop). Then the overload check (service, batching on: open
+loop at twice the throughput it reached at concurrency 16) and concurrency-1 p50 against
+decode + pre-processing + one run.
 
 Writes ``benchmark.json``, ``benchmark.md`` (the tables) and ``benchmark.png`` under
 ``--out``. Everything runs on the same CPUs as the servers (the load generator too), with
@@ -308,6 +311,34 @@ def service_env(batching: bool, tmp: Path) -> dict[str, str]:
     }
 
 
+# The thin app's routes (benchmarks/thin_app.py): the service's lone-request work behind one
+# bare handler, in one worker-thread trip and on the event loop.
+THIN_ROUTES = {"worker thread": "/recognize", "event loop": "/recognize-on-loop"}
+
+
+def one_client_bounds(
+    report: dict[str, Any],
+    naive: tuple[int, int],
+    thin: tuple[int, int],
+    image: bytes,
+    args: argparse.Namespace,
+) -> None:
+    """At one client: the HTTP floor (the naive peer's upload-only route) and the thin
+    routes, into ``report["http_floor"]`` and ``report["thin_route"]``."""
+    print("HTTP floor (naive peer's POST /upload)", flush=True)
+    port, pid = naive
+    report["http_floor"] = load_levels(
+        port, pid, image, [1], args.duration, args.warmup, path="/upload"
+    )[0]
+    port, pid = thin
+    report["thin_route"] = {}
+    for where, path in THIN_ROUTES.items():
+        print(f"thin route, pipeline on the {where} (POST {path})", flush=True)
+        report["thin_route"][where] = load_levels(
+            port, pid, image, [1], args.duration, args.warmup, path=path
+        )[0]
+
+
 def _fmt(value: float, digits: int = 1) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"  # NaN check
 
@@ -388,6 +419,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 )
     head = report["headline"]
     over = report["overload"]
+    thin, on_loop = report["thin_route"]["worker thread"], report["thin_route"]["event loop"]
     lines += [
         "",
         "## Headline (concurrency 16 unless said)",
@@ -407,6 +439,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"+ decode + pre + run = {head['c1_floor_plus_pipeline_ms']:.2f} ms, so the service "
         f"adds {head['c1_p50_ms'] - head['c1_floor_plus_pipeline_ms']:.2f} ms of its own "
         f"(thread hand-offs, middleware, batcher)",
+        f"- thinnest route at concurrency 1 (benchmarks/thin_app.py: the service's decode, "
+        f"pre-processing, run and output decoding behind one bare FastAPI handler, in one "
+        f"worker-thread trip): p50 {thin['p50_ms']:.2f} ms, ratio {head['c1_thin_ratio']:.2f} "
+        f"to decode + pre + run; the same on the event loop, blocking it (which the service "
+        f"must not): p50 {on_loop['p50_ms']:.2f} ms, ratio {head['c1_thin_on_loop_ratio']:.2f}. "
+        f"The service's p50 is {head['c1_p50_ms'] - thin['p50_ms']:.2f} ms above the thin "
+        f"route's (its batcher, middleware, checks, metrics and response model)",
         f"- overload: {over['offered_rps']:.0f} req/s offered (2x the {OVERLOAD_BASE}-client "
         f"throughput) for {report['settings']['duration_s']:.0f} s: {over['ok']} accepted, "
         f"{over['rejected_503']} answered 503 (p99 {_fmt(over['p99_503_ms'])} ms), "
@@ -509,6 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     version_dir = select_version(settings.model_repository / settings.recognize_model, None)
     naive = [sys.executable, "-m", "uvicorn", "benchmarks.naive_app:app", "--host", HOST]
     naive += ["--port", "{port}", "--log-level", "warning", "--no-access-log"]
+    thin_app = [*naive[:3], "benchmarks.thin_app:app", *naive[4:]]
     service = [sys.executable, "-m", "service.serve"]
     # The three servers run side by side (an idle one costs no CPU) and take turns at each
     # concurrency level, so a change in the machine's other load hits them alike rather
@@ -525,6 +565,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 server(service, service_env(True, Path(tmp)), "/health/ready")
             ),
         }
+        thin = stack.enter_context(server(thin_app, service_env(True, Path(tmp)), "/docs"))
         report["http"] = {name: [] for name in servers}
         for concurrency in args.concurrency:
             for name, (port, pid) in servers.items():
@@ -532,11 +573,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 report["http"][name] += load_levels(
                     port, pid, image, [concurrency], args.duration, args.warmup
                 )
-        print("HTTP floor (naive peer's POST /upload)", flush=True)
-        port, pid = servers["naive peer"]
-        report["http_floor"] = load_levels(
-            port, pid, image, [1], args.duration, args.warmup, path="/upload"
-        )[0]
+            if concurrency == 1:
+                # The one-client bounds, straight after the service's own one-client row.
+                one_client_bounds(report, servers["naive peer"], thin, image, args)
+        if "http_floor" not in report:  # no level of one client was asked for
+            one_client_bounds(report, servers["naive peer"], thin, image, args)
         rows = report["http"]["service, batching on"]
         base = next((r for r in rows if r["concurrency"] == OVERLOAD_BASE), rows[-1])
         rate = OVERLOAD_FACTOR * base["throughput_rps"]
@@ -563,6 +604,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "c1_ratio": on1["p50_ms"] / pipeline["single_ms"],
         "c1_ratio_vs_full_decode": on1["p50_ms"] / pipeline["full_single_ms"],
         "c1_floor_plus_pipeline_ms": report["http_floor"]["p50_ms"] + pipeline["single_ms"],
+        "c1_thin_ratio": report["thin_route"]["worker thread"]["p50_ms"] / pipeline["single_ms"],
+        "c1_thin_on_loop_ratio": report["thin_route"]["event loop"]["p50_ms"]
+        / pipeline["single_ms"],
         "base_p99_ms": base["p99_ms"],
         "overload_p99_ratio": report["overload"]["p99_ms"] / base["p99_ms"],
     }

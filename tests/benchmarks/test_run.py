@@ -80,6 +80,24 @@ def test_http_floor_is_the_naive_peers_upload_only_endpoint(report: tuple[dict, 
     assert "HTTP floor" in (report[1] / "benchmark.md").read_text()
 
 
+def test_thin_routes_answer_landmarks_at_one_client(report: tuple[dict, Path]) -> None:
+    """Both thin routes ran at one client, answered only 200s, and their ratios are their p50
+    over the same pipeline as the service's."""
+    data, out = report
+    thin, pipe, head = data["thin_route"], data["pipeline"], data["headline"]
+    assert set(thin) == set(run.THIN_ROUTES)
+    for row in thin.values():
+        assert row["concurrency"] == 1 and row["ok"] > 0, row
+        assert row["errors"] == 0 and row["other_status"] == 0, row
+    assert head["c1_thin_ratio"] == pytest.approx(
+        thin["worker thread"]["p50_ms"] / pipe["single_ms"]
+    )
+    assert head["c1_thin_on_loop_ratio"] == pytest.approx(
+        thin["event loop"]["p50_ms"] / pipe["single_ms"]
+    )
+    assert "thinnest route" in (out / "benchmark.md").read_text()
+
+
 def test_overload_and_headline_are_written(report: tuple[dict, Path]) -> None:
     data, out = report
     assert data["overload"]["offered_rps"] > 0
