@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.routers.v2 import HEADER_LENGTH
+from service.routers.v2 import HEADER_LENGTH, V2Error, split_body
 from tests.service.conftest import make_settings
 from tests.service.fakes import CELLS, SIZE, write_model
 from tests.service.fakes_v2 import square_cell, square_tensor, write_v2_repository
@@ -235,7 +235,7 @@ def test_bad_json_requests_are_400(v2: TestClient, request_body: Any, fragment: 
 
 def test_integer_range_is_checked(tmp_path: Path) -> None:
     # The fake graph has only FP32 inputs; the check itself is pure numpy.
-    from service.routers.v2 import V2Error, _json_tensor
+    from service.routers.v2 import _json_tensor
 
     assert _json_tensor("x", [1, 255], "UINT8", 2).dtype == np.uint8
     with pytest.raises(V2Error, match="range"):
@@ -412,6 +412,16 @@ def test_inputs_with_different_batch_sizes_are_400() -> None:
         )
         assert "disagree on the batch size" in error_of(response, 400)
         assert "[1, 2]" in response.json()["error"]
+
+
+def test_json_that_does_not_parse_says_where() -> None:
+    """The parser's own reason, once (not "Invalid JSON: Invalid JSON: ...")."""
+    with pytest.raises(V2Error) as caught:
+        split_body(b'{"inputs": [', None)
+    assert caught.value.status == 400
+    message = str(caught.value)
+    assert message.startswith("the inference request is not valid JSON: ")
+    assert "EOF" in message and "line 1" in message and "Invalid JSON" not in message
 
 
 @pytest.mark.parametrize(
