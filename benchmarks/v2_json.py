@@ -8,9 +8,11 @@ limit being 20 MiB) and times what ``POST /v2/models/landmark/infer`` does with 
 event loop before the run: ``split_body`` (pydantic-core parses and validates the JSON) and
 ``decode_inputs`` (numpy's conversion and the value checks). For comparison, the same
 request parsed by the standard library (``json.loads``, then ``InferRequest.model_validate``)
-and the same ``decode_inputs``: the path the service took before 2026-12-03. Prints every
-repeat's milliseconds per path; the machine's other load moves them, so compare within a
-run.
+and the same ``decode_inputs``: the path the service took before 2026-12-03. Then the other
+way: an answer carrying the attention model's feature map (96 x 16 x 16 FP32 per image) as
+JSON numbers at batch 1 and 16, encoded by the service (``JSON_BODY``, pydantic) and by
+``json.dumps`` (before 2026-12-03). Prints every repeat's milliseconds per path; the
+machine's other load moves them, so compare within a run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.routers.v2 import InferRequest, decode_inputs, split_body
+from service.routers.v2 import JSON_BODY, InferRequest, decode_inputs, split_body
 from service.runtime import GraphConfig, read_config, select_version
 from service.settings import Settings
 
@@ -78,6 +80,35 @@ def time_path(
     return times
 
 
+# The attention model's feature map per image, the largest output any served graph has.
+FEATURE_MAP = (96, 16, 16)
+ANSWER_BATCHES = (1, 16)
+
+
+def answer_body(batch: int) -> dict[str, Any]:
+    """A V2 answer with a random FP32 feature map of ``batch`` images as JSON numbers."""
+    values = np.random.default_rng(0).random((batch, *FEATURE_MAP)).astype(np.float32)
+    output = {"name": "feature_map", "datatype": "FP32", "shape": list(values.shape)}
+    return {
+        "model_name": "attention",
+        "model_version": "5",
+        "outputs": [output | {"data": values.reshape(-1).tolist()}],
+    }
+
+
+def time_encoding(
+    encode: Callable[[dict[str, Any]], bytes], batch: int, repeats: int
+) -> list[float]:
+    """Milliseconds to encode ``answer_body(batch)``, per repeat."""
+    body = answer_body(batch)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encode(body)
+        times.append(1000 * (time.perf_counter() - started))
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=float, default=19.0, help="least body size, MiB")
@@ -95,6 +126,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times = time_path(parse, body, graph, args.repeats)
         result[label] = times
         print(f"  {label}: " + ", ".join(f"{t:.0f}" for t in times) + " ms")
+    encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {
+        "service (JSON_BODY.dump_json)": JSON_BODY.dump_json,
+        "standard library (json.dumps)": lambda body: json.dumps(
+            body, separators=(",", ":"), allow_nan=False
+        ).encode(),
+    }
+    for batch in ANSWER_BATCHES:
+        print(f"V2 JSON answer: feature map of {batch} image(s)")
+        for label, encode in encoders.items():
+            times = time_encoding(encode, batch, args.repeats)
+            result[f"answer batch {batch}: {label}"] = times
+            print(f"  {label}: " + ", ".join(f"{t:.1f}" for t in times) + " ms")
     return result
 
 
