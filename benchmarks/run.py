@@ -550,9 +550,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     naive += ["--port", "{port}", "--log-level", "warning", "--no-access-log"]
     thin_app = [*naive[:3], "benchmarks.thin_app:app", *naive[4:]]
     service = [sys.executable, "-m", "service.serve"]
-    # The three servers run side by side (an idle one costs no CPU) and take turns at each
-    # concurrency level, so a change in the machine's other load hits them alike rather
-    # than whichever happened to be measured at the time.
+    # The servers (the thin app too) run side by side, an idle one costing no CPU, and take
+    # turns at each concurrency level, so a change in the machine's other load hits them
+    # alike rather than whichever happened to be measured at the time.
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         servers = {
             "naive peer": stack.enter_context(
