@@ -242,6 +242,14 @@ FILES: list[tuple[Entry, Callable[[], bytes]]] = [
      lambda: _rng().integers(0, 256, 4096, dtype=np.uint8).tobytes()),
     (Entry("truncated.jpg", "image", JPEG, 400, "JPEG cut at half its bytes"),
      lambda: _picture_jpeg()[: len(_picture_jpeg()) // 2]),
+    (Entry("truncated_with_end_marker.jpg", "image", JPEG, 400,
+           "JPEG cut at half its bytes, end-of-image marker appended (libjpeg would fill the "
+           "rest grey and decode on)"),
+     lambda: _picture_jpeg()[: len(_picture_jpeg()) // 2] + b"\xff\xd9"),
+    (Entry("stray_bytes_before_end_marker.jpg", "image", JPEG, 200,
+           "three stray bytes before the end-of-image marker: libjpeg warns, the picture is "
+           "whole", image_size=(SIDE, SIDE)),
+     lambda: _picture_jpeg()[:-2] + b"\x00\x11\x22\xff\xd9"),
     (Entry("truncated.png", "image", PNG, 400, "PNG cut inside IDAT"),
      lambda: _save(_picture(), "PNG")[:200]),
     (Entry("jpeg_header_then_noise.jpg", "image", JPEG, 400, "SOI marker then noise"),

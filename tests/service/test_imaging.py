@@ -16,6 +16,7 @@ from benchmarks.bombs import (
     png_with_empty_chunks,
     scans_behind_stray_byte,
 )
+from service import imaging
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.imaging import (
     JPEG_SCAN_BUDGET,
@@ -652,3 +653,92 @@ def test_centre_crop_of_a_thin_strip_resamples_only_the_window() -> None:
         tracemalloc.stop()
     assert cropped.shape == (112, 96, 3) and (cropped == 90).all()
     assert transform.scale == 112.0 and peak < 10 * 2**20
+
+
+# --- JPEG through libjpeg-turbo's TurboJPEG API (simplejpeg) ---------------------------
+
+
+def turbo_and_pillow(monkeypatch: pytest.MonkeyPatch, decode_fn, data: bytes):  # type: ignore[no-untyped-def]
+    """``decode_fn(data)`` through simplejpeg (counted: it must have decoded) and through
+    Pillow alone (no JPEG mode handed to simplejpeg)."""
+    calls = []
+    real = imaging.simplejpeg.decode_jpeg
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(imaging.simplejpeg, "decode_jpeg", counted)
+        turbo = decode_fn(data)
+    assert calls, "simplejpeg did not decode"
+    with monkeypatch.context() as patched:
+        patched.setattr(imaging, "TURBO_JPEG_MODES", frozenset())
+        pillow = decode_fn(data)
+    return turbo, pillow
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(
+    ("size", "params"),
+    [
+        ((641, 479), {"quality": 90}),  # odd sides, 4:2:0
+        ((640, 480), {"quality": 90, "progressive": True}),
+        ((320, 200), {"quality": 95, "subsampling": 0}),  # 4:4:4
+        ((333, 251), {"quality": 80, "subsampling": 1}),  # 4:2:2
+    ],
+)
+def test_turbo_jpeg_gives_pillows_pixels_in_full_and_reduced(
+    monkeypatch: pytest.MonkeyPatch, orientation: int, size: tuple[int, int], params: dict
+) -> None:
+    """Bit for bit, for every EXIF orientation, whole (decode_image) and at libjpeg's
+    reduced scales (decode_to_fit into 160 x 160 and 64 x 64)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(gradient_photo(*size), "JPEG", exif=exif, **params)
+    for decode_fn in (
+        decode,
+        lambda d: decode_to_fit(d, 160, 160, **LIMITS),
+        lambda d: decode_to_fit(d, 64, 64, **LIMITS),
+        lambda d: decode_to_fit(d, 64, 64, **LIMITS, resize="crop"),
+    ):
+        turbo, pillow = turbo_and_pillow(monkeypatch, decode_fn, data)
+        if isinstance(turbo, tuple):
+            assert turbo[1] == pillow[1]  # the full image's oriented size
+            turbo, pillow = turbo[0], pillow[0]
+        assert turbo.flags.c_contiguous and turbo.dtype == np.uint8
+        np.testing.assert_array_equal(turbo, pillow)
+
+
+def test_turbo_jpeg_decodes_greyscale_as_pillow_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    grey = Image.fromarray(gradient_photo(200, 120)).convert("L")
+    turbo, pillow = turbo_and_pillow(monkeypatch, decode, encode(grey, "JPEG", quality=90))
+    assert turbo.shape == (120, 200, 3)
+    np.testing.assert_array_equal(turbo, pillow)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_cut_short_with_an_end_marker_is_invalid(progressive: bool) -> None:
+    """libjpeg fills the missing part grey and only warns; Pillow decoded it whole."""
+    data = encode(gradient_photo(640, 480), "JPEG", quality=90, progressive=progressive)
+    cut = data[: len(data) * 6 // 10] + b"\xff\xd9"
+    with pytest.raises(InvalidImage, match="ends before the picture does"):
+        decode(cut)
+    with pytest.raises(InvalidImage, match="ends before the picture does"):
+        decode_to_fit(cut, 160, 160, **LIMITS)
+
+
+def test_stray_bytes_before_the_end_marker_still_decode_whole() -> None:
+    """libjpeg's other warnings leave the picture whole: Pillow decodes it, as before."""
+    data = encode(gradient_photo(64, 48), "JPEG", quality=90)
+    stray = data[:-2] + b"\x00\x11\x22\xff\xd9"
+    np.testing.assert_array_equal(decode(stray), decode(data))
+
+
+def test_cmyk_jpeg_is_left_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a CMYK JPEG reached simplejpeg")
+
+    monkeypatch.setattr(imaging.simplejpeg, "decode_jpeg", refuse)
+    data = encode(Image.new("CMYK", (16, 8), (0, 255, 255, 0)), "JPEG", quality=95)
+    assert decode(data).shape == (8, 16, 3)
