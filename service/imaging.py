@@ -48,6 +48,7 @@ PadMode = Literal["constant", "edge"]
 # EXIF orientations (5-8) that swap width and height when applied.
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATIONS: dict[object, int] = {value: value for value in range(1, 9)}
 # Formats whose Pillow plugin applies the EXIF orientation itself: TIFF reports the oriented
 # size on open and transposes on load (Pillow 13), so exif_transpose finds nothing to do and
 # the size must not be swapped again (tests/service/test_imaging.py pins this).
@@ -59,6 +60,9 @@ SELF_ORIENTING_FORMATS = frozenset({"TIFF"})
 # compressed data that ends before the picture does (tests/service/test_imaging.py). CMYK
 # and YCCK JPEGs stay with Pillow, which undoes Adobe's inverted CMYK.
 TURBO_JPEG_MODES = frozenset({"RGB", "L"})
+# A multi-picture phone JPEG (MPO) is a JPEG whose first picture is the one served; what
+# follows its end marker is not read.
+TURBO_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 # libjpeg's warnings for compressed data that ends early (cut short, often with an end
 # marker appended, or a marker inside a scan): it fills the rest of the picture with grey
 # and decodes on. Such an upload is a 400; libjpeg's other warnings (stray bytes before a
@@ -387,10 +391,11 @@ def exif_orientation(image: Image.Image) -> int | None:
     """The EXIF orientation tag of an opened image, read from its header; None when it has
     none or its EXIF block is damaged (``ImageOps.exif_transpose`` ignores that too)."""
     try:
-        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
-    except Exception:
+        # By equality, as exif_transpose matches it: a camera writes SHORT, but 6.0 or a
+        # rational 6/1 turn the picture too.
+        return EXIF_ORIENTATIONS.get(image.getexif().get(EXIF_ORIENTATION_TAG))
+    except Exception:  # unhashable, or a damaged block
         return None
-    return orientation if isinstance(orientation, int) else None
 
 
 def orient(array: npt.NDArray[np.uint8], orientation: int | None) -> npt.NDArray[np.uint8]:
@@ -429,7 +434,16 @@ def decode_jpeg_rgb(
                 "the image could not be decoded (truncated or corrupt): its compressed data "
                 f"ends before the picture does (libjpeg: {exc})"
             ) from exc
-        return None
+        # Another warning stopped the strict decode, possibly at its very end (stray bytes
+        # before the end marker): once more without stopping, about what one Pillow decode
+        # costs in all, rather than a Pillow decode on top. A truncation after that first
+        # warning goes unseen, as it did with Pillow alone.
+        try:
+            rgb = simplejpeg.decode_jpeg(
+                data, "RGB", min_width=width, min_height=height, strict=False
+            )
+        except ValueError:  # TurboJPEG gives up (stray bytes in the header): Pillow's turn
+            return None
     if rgb.shape[:2] != (height, width):  # another scale than Pillow's: let Pillow decode
         return None
     return np.ascontiguousarray(orient(rgb, header.orientation))
@@ -484,7 +498,9 @@ def open_upload(
             check_jpeg_streams(streams, what, probe.format, (width, height), max_pixels)
             header = (
                 JpegHeader(width, height, exif_orientation(probe))
-                if jpeg is not None and probe.format == "JPEG" and probe.mode in TURBO_JPEG_MODES
+                if jpeg is not None
+                and probe.format in TURBO_JPEG_FORMATS
+                and probe.mode in TURBO_JPEG_MODES
                 else None
             )
             # load() skips checksums (a PNG with a bad IDAT CRC decodes to garbage);

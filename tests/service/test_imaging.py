@@ -661,17 +661,17 @@ def test_centre_crop_of_a_thin_strip_resamples_only_the_window() -> None:
 def turbo_and_pillow(monkeypatch: pytest.MonkeyPatch, decode_fn, data: bytes):  # type: ignore[no-untyped-def]
     """``decode_fn(data)`` through simplejpeg (counted: it must have decoded) and through
     Pillow alone (no JPEG mode handed to simplejpeg)."""
-    calls = []
-    real = imaging.simplejpeg.decode_jpeg
+    returned = []
+    real = imaging.decode_jpeg_rgb
 
-    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(kwargs)
-        return real(*args, **kwargs)
+    def spied(*args, **kwargs):  # type: ignore[no-untyped-def]
+        returned.append(real(*args, **kwargs))
+        return returned[-1]
 
     with monkeypatch.context() as patched:
-        patched.setattr(imaging.simplejpeg, "decode_jpeg", counted)
+        patched.setattr(imaging, "decode_jpeg_rgb", spied)
         turbo = decode_fn(data)
-    assert calls, "simplejpeg did not decode"
+    assert returned and all(r is not None for r in returned), "simplejpeg's pixels unused"
     with monkeypatch.context() as patched:
         patched.setattr(imaging, "TURBO_JPEG_MODES", frozenset())
         pillow = decode_fn(data)
@@ -686,16 +686,25 @@ def turbo_and_pillow(monkeypatch: pytest.MonkeyPatch, decode_fn, data: bytes):  
         ((640, 480), {"quality": 90, "progressive": True}),
         ((320, 200), {"quality": 95, "subsampling": 0}),  # 4:4:4
         ((333, 251), {"quality": 80, "subsampling": 1}),  # 4:2:2
+        ((640, 480), {"quality": 90, "mpo": True}),
     ],
 )
 def test_turbo_jpeg_gives_pillows_pixels_in_full_and_reduced(
     monkeypatch: pytest.MonkeyPatch, orientation: int, size: tuple[int, int], params: dict
 ) -> None:
     """Bit for bit, for every EXIF orientation, whole (decode_image) and at libjpeg's
-    reduced scales (decode_to_fit into 160 x 160 and 64 x 64)."""
+    reduced scales (decode_to_fit into 160 x 160 and 64 x 64); a multi-picture (MPO) file
+    by its first picture."""
     exif = Image.Exif()
     exif[0x0112] = orientation
-    data = encode(gradient_photo(*size), "JPEG", exif=exif, **params)
+    if params.pop("mpo", False):
+        second = Image.fromarray(gradient_photo(size[0] // 2, size[1] // 2))
+        data = encode(
+            gradient_photo(*size), "MPO", exif=exif, save_all=True, append_images=[second], **params
+        )
+        assert Image.open(io.BytesIO(data)).format == "MPO"
+    else:
+        data = encode(gradient_photo(*size), "JPEG", exif=exif, **params)
     for decode_fn in (
         decode,
         lambda d: decode_to_fit(d, 160, 160, **LIMITS),
@@ -728,11 +737,56 @@ def test_a_jpeg_cut_short_with_an_end_marker_is_invalid(progressive: bool) -> No
         decode_to_fit(cut, 160, 160, **LIMITS)
 
 
-def test_stray_bytes_before_the_end_marker_still_decode_whole() -> None:
-    """libjpeg's other warnings leave the picture whole: Pillow decodes it, as before."""
-    data = encode(gradient_photo(64, 48), "JPEG", quality=90)
+def test_stray_bytes_before_the_end_marker_still_decode_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libjpeg's other warnings leave the picture whole: simplejpeg decodes it once more
+    without stopping at them (not Pillow on top), to the pixels of the clean file."""
+    data = encode(gradient_photo(640, 480), "JPEG", quality=90, progressive=True)
     stray = data[:-2] + b"\x00\x11\x22\xff\xd9"
-    np.testing.assert_array_equal(decode(stray), decode(data))
+    turbo, pillow = turbo_and_pillow(monkeypatch, decode, stray)
+    np.testing.assert_array_equal(turbo, decode(data))
+    np.testing.assert_array_equal(turbo, pillow)
+
+
+def tiff_orientation(kind: int, value: bytes) -> bytes:
+    """A little-endian EXIF block whose one entry is the orientation, of TIFF type ``kind``
+    (``value``: its bytes, at most 4, or stored after the IFD)."""
+    header = b"II*\x00" + struct.pack("<I", 8)
+    if len(value) <= 4:
+        entry = struct.pack("<HHI", 0x0112, kind, 1) + value.ljust(4, b"\x00")
+        return header + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
+    entry = struct.pack("<HHII", 0x0112, kind, 1, 8 + 2 + 12 + 4)
+    return header + struct.pack("<H", 1) + entry + struct.pack("<I", 0) + value
+
+
+ODD_ORIENTATIONS = {
+    "short": tiff_orientation(3, struct.pack("<H", 6)),
+    "long": tiff_orientation(4, struct.pack("<I", 6)),
+    "rational": tiff_orientation(5, struct.pack("<II", 6, 1)),
+    "float": tiff_orientation(11, struct.pack("<f", 6.0)),
+    "double": tiff_orientation(12, struct.pack("<d", 6.0)),
+    "ascii": tiff_orientation(2, b"6\x00"),
+    "damaged": b"II*\x00" + struct.pack("<I", 9999),
+}
+
+
+@pytest.mark.parametrize("exif", ODD_ORIENTATIONS.values(), ids=ODD_ORIENTATIONS.keys())
+def test_an_orientation_of_any_type_turns_a_jpeg_as_pillow_does(
+    monkeypatch: pytest.MonkeyPatch, exif: bytes
+) -> None:
+    """6 as a rational or a float turns the picture like a SHORT 6 (exif_transpose matches
+    by equality); what Pillow ignores, the turbo path ignores too."""
+    data = encode(gradient_photo(40, 24), "JPEG", quality=90, exif=exif)
+    turbo, pillow = turbo_and_pillow(monkeypatch, decode, data)
+    np.testing.assert_array_equal(turbo, pillow)
+
+
+@pytest.mark.parametrize("kind", ["rational", "float", "double"])
+def test_the_full_size_of_a_png_turned_by_an_odd_orientation_is_the_turned_one(kind: str) -> None:
+    data = encode(gradient_photo(40, 24), "PNG", exif=ODD_ORIENTATIONS[kind])
+    rgb, full = decode_to_fit(data, 640, 640, **LIMITS)
+    assert rgb.shape[:2] == (40, 24) and full == (24, 40)
 
 
 def test_cmyk_jpeg_is_left_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
