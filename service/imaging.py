@@ -48,6 +48,7 @@ PadMode = Literal["constant", "edge"]
 # EXIF orientations (5-8) that swap width and height when applied.
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 EXIF_ORIENTATION_TAG = 0x0112
+# The valid orientations, looked up by equality (so 6.0 and a rational 6/1 are 6).
 EXIF_ORIENTATIONS: dict[object, int] = {value: value for value in range(1, 9)}
 # Formats whose Pillow plugin applies the EXIF orientation itself: TIFF reports the oriented
 # size on open and transposes on load (Pillow 13), so exif_transpose finds nothing to do and
@@ -56,7 +57,7 @@ SELF_ORIENTING_FORMATS = frozenset({"TIFF"})
 # JPEG modes (as Pillow names them) decoded by libjpeg-turbo's TurboJPEG API through
 # simplejpeg rather than by Pillow: YCbCr or RGB ("RGB") and greyscale ("L"). The pixels are
 # the same, bit for bit (one libjpeg-turbo, the same scaled IDCT and upsampling), the decode
-# is 20-30 % faster with no PIL image in between, and it reports what Pillow keeps to itself:
+# is 15-30 % faster with no PIL image in between, and it reports what Pillow keeps to itself:
 # compressed data that ends before the picture does (tests/service/test_imaging.py). CMYK
 # and YCCK JPEGs stay with Pillow, which undoes Adobe's inverted CMYK.
 TURBO_JPEG_MODES = frozenset({"RGB", "L"})
