@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.run import benchmark_image
+from benchmarks.run import benchmark_image, landmark_version
 from service.batching import Normalization
 from service.imaging import decode_to_fit, fit_image
-from service.runtime import read_config, select_version, session_options
+from service.runtime import read_config, session_options
 from service.settings import Settings
 
 POLICIES = ("off", "on", "during-run")
@@ -53,7 +53,7 @@ class Graph:
 
 
 def landmark_graph(settings: Settings) -> Graph:
-    version_dir = select_version(settings.model_repository / settings.recognize_model, None)
+    version_dir = landmark_version(settings)
     config = read_config(version_dir)
     pre = config.preprocess
     graph = config.graph_configs()["model"]

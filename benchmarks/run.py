@@ -110,6 +110,22 @@ def timed(fn: Callable[[], Any], seconds: float = LIMIT_SECONDS) -> float:
     return statistics.median(times)
 
 
+def landmark_version(settings: Settings) -> Path:
+    """The landmark version every benchmark measures: the repository's latest (no pin, so
+    the limit, the pipeline, the thin route and the servers agree)."""
+    return select_version(settings.model_repository / settings.recognize_model, None)
+
+
+def each_ms(call: Callable[[], object], repeats: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``call``."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(1000 * (time.perf_counter() - started))
+    return times
+
+
 def measure_limits(settings: Settings) -> list[dict[str, Any]]:
     """Raw session.run on random pre-processed inputs, every graph of every served model."""
     rows = []
@@ -164,7 +180,7 @@ def measure_limits(settings: Settings) -> list[dict[str, Any]]:
 def measure_pipeline(image: bytes, settings: Settings) -> dict[str, float]:
     """In-process cost of one /recognize image: decode, letterbox + normalise, one run; the
     decode as the service does it (``VISION_JPEG_DRAFT``) and, for reference, in full."""
-    version_dir = select_version(settings.model_repository / settings.recognize_model, None)
+    version_dir = landmark_version(settings)
     config = read_config(version_dir)
     pre = config.preprocess
     session = OnnxSession(version_dir / config.graph_configs()["model"].file, settings)
@@ -545,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["pipeline"] = pipeline
     print(f"pipeline: {pipeline}", flush=True)
 
-    version_dir = select_version(settings.model_repository / settings.recognize_model, None)
+    version_dir = landmark_version(settings)
     naive = [sys.executable, "-m", "uvicorn", "benchmarks.naive_app:app", "--host", HOST]
     naive += ["--port", "{port}", "--log-level", "warning", "--no-access-log"]
     thin_app = [*naive[:3], "benchmarks.thin_app:app", *naive[4:]]

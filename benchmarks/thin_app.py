@@ -15,7 +15,8 @@ stack (uvicorn, httptools, FastAPI's multipart form) is faster than ``/recognize
 more than the run-to-run spread: ``python -m benchmarks.run`` reports its p50 against the
 same decode + pre-processing + one run as the service's. Serve it with ``uvicorn
 benchmarks.thin_app:app``; it reads the ``VISION_*`` settings as the service does (model
-repository, landmark model, threads, JPEG draft, image limits). Nothing else imports it.
+repository, landmark model, threads, JPEG draft, image limits) and serves the landmark
+version the benchmark's pipeline times. Nothing else imports it.
 """
 
 from __future__ import annotations
@@ -26,16 +27,14 @@ import anyio
 import numpy as np
 from fastapi import FastAPI, File, UploadFile
 
+from benchmarks.run import landmark_version
 from service.batching import Normalization, decode_rows_for
 from service.decoding import LandmarkPointsDecoder, build_decoder
-from service.runtime import OnnxSession, read_config, select_version
+from service.runtime import OnnxSession, read_config
 from service.settings import Settings
 
 settings = Settings()
-version_dir = select_version(
-    settings.model_repository / settings.recognize_model,
-    settings.model_versions.get(settings.recognize_model),
-)
+version_dir = landmark_version(settings)  # the version benchmarks.run's pipeline times
 config = read_config(version_dir)
 graph = config.graph_configs()["model"]
 session = OnnxSession(version_dir / graph.file, settings)

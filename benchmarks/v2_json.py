@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from benchmarks.run import each_ms, landmark_version
 from service.routers.v2 import JSON_BODY, InferRequest, decode_inputs, split_body
-from service.runtime import GraphConfig, read_config, select_version
+from service.runtime import GraphConfig, read_config
 from service.settings import Settings
 
 
 def landmark_graph(settings: Settings) -> GraphConfig:
-    version_dir = select_version(settings.model_repository / settings.recognize_model, None)
-    return read_config(version_dir).graph_configs()["model"]
+    return read_config(landmark_version(settings)).graph_configs()["model"]
 
 
 def json_body(graph: GraphConfig, mib: float) -> tuple[bytes, int]:
@@ -71,13 +70,7 @@ def time_path(
     repeats: int,
 ) -> list[float]:
     """Milliseconds of parse + decode_inputs, per repeat."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        parsed, binary = parse(body)
-        decode_inputs(parsed, binary, graph)
-        times.append(1000 * (time.perf_counter() - started))
-    return times
+    return each_ms(lambda: decode_inputs(*parse(body), graph), repeats)
 
 
 # The attention model's feature map per image, the largest output any served graph has.
@@ -101,12 +94,7 @@ def time_encoding(
 ) -> list[float]:
     """Milliseconds to encode ``answer_body(batch)``, per repeat."""
     body = answer_body(batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        encode(body)
-        times.append(1000 * (time.perf_counter() - started))
-    return times
+    return each_ms(lambda: encode(body), repeats)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
