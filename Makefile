@@ -83,17 +83,17 @@ export-gender: $(VENV)/.dev  ## export the gender run as version 7
 	$(BIN)/python -m models.gender.export --run runs/gender-v7 --version 7 --pad edge
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
-# chromium (the editor's browser test) and postgresql (the teacher-record store's tests
-# start a throwaway server from its initdb/pg_ctl). Skipped where already installed or
-# without apt.
+# chromium (the editor's browser test), postgresql (the teacher-record store's tests
+# start a throwaway server from its initdb/pg_ctl) and wrk (the benchmark's C load
+# generator and its tests). Skipped where already installed or without apt.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-system-packages:  ## Debian packages: Fashion-MNIST, chromium, postgresql
+system-packages:  ## Debian packages: Fashion-MNIST, chromium, postgresql, wrk
 	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x /usr/bin/chromium ] && \
-		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -x /usr/bin/wrk ]; then :; \
 	elif command -v apt-get >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium postgresql; \
-	else echo "no apt-get: install dataset-fashion-mnist, chromium and postgresql yourself" >&2; fi
+		$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium postgresql wrk; \
+	else echo "no apt-get: install dataset-fashion-mnist, chromium, postgresql and wrk yourself" >&2; fi
 
 # Reproduce the committed attention model (see its MODEL_CARD.md for the exact commands).
 train-attention: $(VENV)/.dev system-packages  ## train attention version 1

@@ -38,10 +38,8 @@ def run(load: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(load)
 
 
-def multipart_request(
-    host: str, port: int, path: str, field_name: str, filename: str, content: bytes, mime: str
-) -> bytes:
-    """The bytes of one keep-alive ``POST path`` with a multipart/form-data upload."""
+def multipart_body(field_name: str, filename: str, content: bytes, mime: str) -> tuple[str, bytes]:
+    """The Content-Type and body of a multipart/form-data upload of one file field."""
     boundary = uuid.uuid4().hex
     body = (
         (
@@ -51,9 +49,17 @@ def multipart_request(
         + content
         + f"\r\n--{boundary}--\r\n".encode()
     )
+    return f"multipart/form-data; boundary={boundary}", body
+
+
+def multipart_request(
+    host: str, port: int, path: str, field_name: str, filename: str, content: bytes, mime: str
+) -> bytes:
+    """The bytes of one keep-alive ``POST path`` with a multipart/form-data upload."""
+    content_type, body = multipart_body(field_name, filename, content, mime)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     ).encode()
     return head + body

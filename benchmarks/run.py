@@ -18,9 +18,11 @@ loopback with benchmarks/loadgen.py (raw asyncio HTTP/1.1, keep-alive); the thre
 run side by side and take turns at each level. Right after the one-client level, two
 bounds at one client: the HTTP floor (the naive peer's upload-only route) and the thin
 routes (benchmarks/thin_app.py: the service's lone-request work behind one bare handler, in
-a worker thread and on the event loop). Then the overload check (service, batching on: open
-loop at twice the throughput it reached at concurrency 16) and concurrency-1 p50 against
-decode + pre-processing + one run.
+a worker thread and on the event loop). Where ``wrk`` is installed, the levels the targets
+are read at (1 and 16 clients) and the one-client bounds are measured again with it
+(benchmarks/wrk.py), each straight after loadgen.py's row. Then the overload check
+(service, batching on: open loop at twice the throughput it reached at concurrency 16) and
+concurrency-1 p50 against decode + pre-processing + one run.
 
 Writes ``benchmark.json``, ``benchmark.md`` (the tables) and ``benchmark.png`` under
 ``--out``. Everything runs on the same CPUs as the servers (the load generator too), with
@@ -52,7 +54,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from benchmarks.loadgen import closed_loop, multipart_request, open_loop
+from benchmarks import wrk
+from benchmarks.loadgen import closed_loop, multipart_body, multipart_request, open_loop
 from benchmarks.loadgen import run as loadgen_run
 from service.batching import Normalization
 from service.imaging import decode_image, decode_to_fit, fit_image
@@ -71,6 +74,9 @@ START_TIMEOUT_S = 120.0
 # The overload check offers this multiple of the throughput reached at OVERLOAD_BASE.
 OVERLOAD_FACTOR = 2.0
 OVERLOAD_BASE = 16
+# The levels the targets are read at (one client; 16 clients), measured a second time with
+# wrk where it is installed: a C client takes less of the shared CPUs than loadgen.py.
+WRK_LEVELS = (1, 16)
 
 
 def load_average() -> list[float]:
@@ -307,6 +313,36 @@ def load_levels(
     return rows
 
 
+def wrk_level(
+    port: int,
+    pid: int,
+    image: bytes,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    path: str = "/recognize",
+) -> dict[str, Any]:
+    """One closed-loop level measured by wrk (``benchmarks/wrk.py``) after an unmeasured
+    ``warmup`` run, with the server's CPU time per answer of the measured run."""
+    content_type, body = multipart_body("image", "photo.jpg", image, "image/jpeg")
+    url = f"http://{HOST}:{port}{path}"
+    if round(warmup) >= wrk.MIN_SECONDS:
+        wrk.closed_loop(url, content_type, body, concurrency, warmup)
+    cpu_before = cpu_seconds(pid)
+    row = wrk.closed_loop(url, content_type, body, concurrency, duration)
+    cpu = cpu_seconds(pid) - cpu_before
+    row["server_cpu_ms_per_request"] = (
+        1000 * cpu / row["answers"] if row["answers"] else float("nan")
+    )
+    print(
+        f"  wrk c={concurrency:>3}: {row['throughput_rps']:.1f} req/s, p50 {row['p50_ms']:.2f} "
+        f"p95 {row['p95_ms']:.2f} p99 {row['p99_ms']:.2f} ms, non-2xx {row['non_2xx']}, "
+        f"errors {row['errors']}",
+        flush=True,
+    )
+    return row
+
+
 def overload(
     port: int, image: bytes, rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
@@ -340,19 +376,92 @@ def one_client_bounds(
     args: argparse.Namespace,
 ) -> None:
     """At one client: the HTTP floor (the naive peer's upload-only route) and the thin
-    routes, into ``report["http_floor"]`` and ``report["thin_route"]``."""
-    print("HTTP floor (naive peer's POST /upload)", flush=True)
-    port, pid = naive
-    report["http_floor"] = load_levels(
-        port, pid, image, [1], args.duration, args.warmup, path="/upload"
-    )[0]
-    port, pid = thin
-    report["thin_route"] = {}
-    for where, path in THIN_ROUTES.items():
-        print(f"thin route, pipeline on the {where} (POST {path})", flush=True)
-        report["thin_route"][where] = load_levels(
-            port, pid, image, [1], args.duration, args.warmup, path=path
-        )[0]
+    routes, into ``report["http_floor"]`` and ``report["thin_route"]``; measured by wrk
+    too, where installed, into ``report["wrk_bounds"]``."""
+    bounds = {"HTTP floor": (naive, "/upload")}
+    bounds |= {f"thin route, {where}": (thin, path) for where, path in THIN_ROUTES.items()}
+    rows = {}
+    for name, ((port, pid), path) in bounds.items():
+        print(f"{name} (POST {path})", flush=True)
+        rows[name] = load_levels(port, pid, image, [1], args.duration, args.warmup, path=path)[0]
+        if report["wrk"] is not None:
+            report["wrk_bounds"][name] = wrk_level(
+                port, pid, image, 1, args.duration, args.warmup, path=path
+            )
+    report["http_floor"] = rows["HTTP floor"]
+    report["thin_route"] = {where: rows[f"thin route, {where}"] for where in THIN_ROUTES}
+
+
+def wrk_headline(report: dict[str, Any]) -> dict[str, float]:
+    """The target ratios again from the levels wrk measured (none without wrk)."""
+    if report["wrk"] is None:
+        return {}
+    pipe, bounds = report["pipeline"], report["wrk_bounds"]
+
+    def at(name: str, level: int) -> dict[str, Any] | None:
+        return next((r for r in report["wrk"][name] if r["concurrency"] == level), None)
+
+    out = {}
+    if on1 := at("service, batching on", 1):
+        out["wrk_c1_p50_ms"] = on1["p50_ms"]
+        out["wrk_c1_ratio"] = on1["p50_ms"] / pipe["single_ms"]
+        out["wrk_c1_floor_ms"] = bounds["HTTP floor"]["p50_ms"]
+        for where in THIN_ROUTES:
+            key = "wrk_c1_thin_ratio" if where == "worker thread" else "wrk_c1_thin_on_loop_ratio"
+            out[key] = bounds[f"thin route, {where}"]["p50_ms"] / pipe["single_ms"]
+    on16, naive16 = at("service, batching on", 16), at("naive peer", 16)
+    if on16 and naive16:
+        limit = pipe["limit_with_decode_images_per_s"]
+        out["wrk_on_vs_limit_with_decode"] = on16["throughput_rps"] / limit
+        out["wrk_on_vs_naive"] = on16["throughput_rps"] / naive16["throughput_rps"]
+    return out
+
+
+def wrk_lines(report: dict[str, Any]) -> list[str]:
+    """The markdown section of the levels measured by wrk."""
+    lines = ["", "## The target levels again, measured by wrk", ""]
+    if report["wrk"] is None:
+        return [*lines, "wrk is not installed here (`apt-get install wrk`): not measured.", ""]
+    lines += [
+        "The same servers and upload, closed loop, with wrk (C, epoll, one thread) as the load "
+        "generator instead of loadgen.py, straight after loadgen.py's row at each level: "
+        "its latencies hold less of the client's own time on the shared CPUs. Rows after "
+        "the servers are the one-client bounds.",
+        "",
+        "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | non-2xx | errors "
+        "| server CPU ms/request |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [(name, row) for name, level_rows in report["wrk"].items() for row in level_rows]
+    rows += list(report["wrk_bounds"].items())
+    for name, row in rows:
+        lines.append(
+            f"| {name} | {row['concurrency']} | {row['throughput_rps']:.1f} | "
+            f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['p99_ms']:.2f} | "
+            f"{row['non_2xx']} | {row['errors']} | {_fmt(row['server_cpu_ms_per_request'], 2)} |"
+        )
+    return lines
+
+
+def wrk_headline_lines(report: dict[str, Any]) -> list[str]:
+    """The headline's figures from the wrk rows, where they were measured."""
+    head, pipe = report["headline"], report["pipeline"]
+    lines = []
+    if "wrk_on_vs_limit_with_decode" in head:
+        lines.append(
+            f"- measured by wrk, concurrency 16: service (batching on) / limit with decode "
+            f"included {head['wrk_on_vs_limit_with_decode']:.3f} (target >= 0.80), / naive "
+            f"peer {head['wrk_on_vs_naive']:.3f} (target >= 2)"
+        )
+    if "wrk_c1_ratio" in head:
+        lines.append(
+            f"- measured by wrk, concurrency 1: p50 {head['wrk_c1_p50_ms']:.2f} ms vs decode + "
+            f"pre + run {pipe['single_ms']:.2f} ms: ratio {head['wrk_c1_ratio']:.2f} (target "
+            f"<= 1.2); thin route {head['wrk_c1_thin_ratio']:.2f}, on the event loop "
+            f"{head['wrk_c1_thin_on_loop_ratio']:.2f}; HTTP floor p50 "
+            f"{head['wrk_c1_floor_ms']:.2f} ms"
+        )
+    return lines
 
 
 def _fmt(value: float, digits: int = 1) -> str:
@@ -410,6 +519,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"{_fmt(row['server_cpu_ms_per_request'], 2)} | "
                 f"{_fmt(row['client_cpu_ms_per_request'], 2)} |"
             )
+    lines += wrk_lines(report)
     lines += [
         "",
         "## Where the service's time goes (its Server-Timing header, medians)",
@@ -468,6 +578,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{over['errors'] + over['other_status']} errors; accepted p99 "
         f"{_fmt(over['p99_ms'])} ms vs {OVERLOAD_BASE}-client p99 "
         f"{_fmt(head['base_p99_ms'])} ms: ratio {head['overload_p99_ratio']:.2f} (target <= 2)",
+        *wrk_headline_lines(report),
         "",
     ]
     path.write_text("\n".join(lines))
@@ -583,12 +694,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         thin = stack.enter_context(server(thin_app, service_env(True, Path(tmp)), "/docs"))
         report["http"] = {name: [] for name in servers}
+        report["wrk"] = {name: [] for name in servers} if wrk.available() else None
+        report["wrk_bounds"] = {}
+        if report["wrk"] is None:
+            print("wrk is not installed (apt-get install wrk): loadgen.py only", flush=True)
         for concurrency in args.concurrency:
             for name, (port, pid) in servers.items():
                 print(name, flush=True)
                 report["http"][name] += load_levels(
                     port, pid, image, [concurrency], args.duration, args.warmup
                 )
+            if report["wrk"] is not None and concurrency in WRK_LEVELS:
+                for name, (port, pid) in servers.items():
+                    print(f"{name}, measured by wrk", flush=True)
+                    report["wrk"][name].append(
+                        wrk_level(port, pid, image, concurrency, args.duration, args.warmup)
+                    )
             if concurrency == 1:
                 # The one-client bounds, straight after the service's own one-client row.
                 one_client_bounds(report, servers["naive peer"], thin, image, args)
@@ -626,6 +747,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "base_p99_ms": base["p99_ms"],
         "overload_p99_ratio": report["overload"]["p99_ms"] / base["p99_ms"],
     }
+    report["headline"] |= wrk_headline(report)
     report["machine"]["load_after"] = load_average()
     report["seconds_total"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)

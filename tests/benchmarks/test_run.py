@@ -108,3 +108,29 @@ def test_overload_and_headline_are_written(report: tuple[dict, Path]) -> None:
     markdown = (out / "benchmark.md").read_text()
     assert "naive peer" in markdown and "Headline" in markdown
     assert (out / "benchmark.png").stat().st_size > 0
+
+
+def test_the_one_client_level_and_its_bounds_are_measured_by_wrk_too(
+    report: tuple[dict, Path],
+) -> None:
+    """Of the levels asked for (1 and 2), wrk measures the target levels: one client, for
+    each server and each bound; every answer a 200, and the headline's ratio is its p50
+    over the same pipeline as loadgen.py's."""
+    from benchmarks import wrk
+
+    if not wrk.available():
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    data, out = report
+    assert set(data["wrk"]) == set(SERVERS)
+    bounds = {"HTTP floor", *(f"thin route, {where}" for where in run.THIN_ROUTES)}
+    assert set(data["wrk_bounds"]) == bounds
+    rows = [row for name in SERVERS for row in data["wrk"][name]]
+    assert [row["concurrency"] for row in rows] == [1, 1, 1]
+    for row in [*rows, *data["wrk_bounds"].values()]:
+        assert row["ok"] == row["answers"] > 0 and row["errors"] == 0, row
+        assert row["server_cpu_ms_per_request"] > 0, row
+    (on1,) = data["wrk"]["service, batching on"]
+    head = data["headline"]
+    assert head["wrk_c1_ratio"] == pytest.approx(on1["p50_ms"] / data["pipeline"]["single_ms"])
+    assert "wrk_on_vs_naive" not in head  # no level of 16 clients was asked for
+    assert "measured by wrk, concurrency 1" in (out / "benchmark.md").read_text()

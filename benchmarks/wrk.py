@@ -1,0 +1,88 @@
+"""Closed-loop levels measured by wrk, a C load generator (Debian's ``wrk``), as a second
+opinion on benchmarks/loadgen.py.
+
+The load generator shares the two CPUs with the server it measures, so its own cost is in
+every latency: loadgen.py is Python on uvloop (about 0.3 ms of CPU per request at one
+client), wrk is C on epoll. ``closed_loop`` runs ``wrk`` with one thread and
+``concurrency`` keep-alive connections, each sending its next request as soon as the
+previous answer arrived, and reads its latency percentiles through a Lua ``done`` hook.
+Unlike loadgen.py it does not wait out a 503's Retry-After, and its latencies mix every
+status: use it only where the server answers all 200s (``non_2xx`` says whether it did).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# wrk reads durations as whole seconds.
+MIN_SECONDS = 1
+# As loadgen.REQUEST_TIMEOUT_S: an answer taking longer is a failure, not a latency.
+TIMEOUT_S = 60
+
+# Sets the upload from the file and Content-Type given after "--", and prints one JSON line
+# when done. wrk's latency statistics are in microseconds.
+SCRIPT = r"""
+init = function(args)
+  local file = assert(io.open(args[1], "rb"))
+  wrk.body = file:read("*a")
+  file:close()
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = args[2]
+end
+
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    "WRK-RESULT {\"requests\": %d, \"duration_us\": %d, \"non_2xx\": %d, \"errors\": %d, "
+    .. "\"p50_us\": %d, \"p95_us\": %d, \"p99_us\": %d}\n",
+    summary.requests, summary.duration, errors.status,
+    errors.connect + errors.read + errors.write + errors.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+MARKER = "WRK-RESULT "
+
+
+def available() -> bool:
+    """Whether ``wrk`` is on PATH (``apt-get install wrk``)."""
+    return shutil.which("wrk") is not None
+
+
+def closed_loop(
+    url: str, content_type: str, body: bytes, concurrency: int, duration_s: float
+) -> dict[str, Any]:
+    """POST ``body`` to ``url`` from ``concurrency`` connections for ``duration_s`` (rounded
+    to whole seconds, at least one): answers, non-2xx answers, socket errors and timeouts,
+    throughput of the 2xx answers (req/s) and the p50/p95/p99 latency of all answers (ms).
+    Raises RuntimeError when wrk fails (no server to connect to, a bad option)."""
+    seconds = max(MIN_SECONDS, round(duration_s))
+    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
+        script, upload = Path(tmp) / "upload.lua", Path(tmp) / "body"
+        script.write_text(SCRIPT)
+        upload.write_bytes(body)
+        command = ["wrk", "--threads", "1", "--connections", str(concurrency)]
+        command += ["--duration", f"{seconds}s", "--timeout", f"{TIMEOUT_S}s"]
+        command += ["--script", str(script), url, "--", str(upload), content_type]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + TIMEOUT_S)
+    output = done.stdout
+    line = next((line for line in output.splitlines() if line.startswith(MARKER)), None)
+    if done.returncode != 0 or line is None:
+        # wrk gives up (exit 1) when it cannot connect at all.
+        raise RuntimeError(f"wrk failed (exit {done.returncode}): {done.stderr or output!r}")
+    raw = json.loads(line.removeprefix(MARKER))
+    wall_s = raw["duration_us"] / 1e6
+    ok = raw["requests"] - raw["non_2xx"]
+    return {
+        "concurrency": concurrency,
+        "answers": raw["requests"],
+        "ok": ok,
+        "non_2xx": raw["non_2xx"],
+        "errors": raw["errors"],
+        "throughput_rps": ok / wall_s if wall_s > 0 else 0.0,
+        **{f"p{q}_ms": raw[f"p{q}_us"] / 1000 for q in (50, 95, 99)},
+    }
