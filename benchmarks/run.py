@@ -464,6 +464,12 @@ def wrk_headline_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def above_or_below(difference_ms: float) -> str:
+    """``1.25`` -> "1.25 ms above", ``-0.31`` -> "0.31 ms below" (runs that swing by more
+    than the difference do put the service under the thin route)."""
+    return f"{abs(difference_ms):.2f} ms {'below' if difference_ms < 0 else 'above'}"
+
+
 def _fmt(value: float, digits: int = 1) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"  # NaN check
 
@@ -570,7 +576,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"worker-thread trip): p50 {thin['p50_ms']:.2f} ms, ratio {head['c1_thin_ratio']:.2f} "
         f"to decode + pre + run; the same on the event loop, blocking it (which the service "
         f"must not): p50 {on_loop['p50_ms']:.2f} ms, ratio {head['c1_thin_on_loop_ratio']:.2f}. "
-        f"The service's p50 is {head['c1_p50_ms'] - thin['p50_ms']:.2f} ms above the thin "
+        f"The service's p50 is {above_or_below(head['c1_p50_ms'] - thin['p50_ms'])} the thin "
         f"route's (its batcher, middleware, checks, metrics and response model)",
         f"- overload: {over['offered_rps']:.0f} req/s offered (2x the {OVERLOAD_BASE}-client "
         f"throughput) for {report['settings']['duration_s']:.0f} s: {over['ok']} accepted, "

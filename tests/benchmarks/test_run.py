@@ -134,3 +134,11 @@ def test_the_one_client_level_and_its_bounds_are_measured_by_wrk_too(
     assert head["wrk_c1_ratio"] == pytest.approx(on1["p50_ms"] / data["pipeline"]["single_ms"])
     assert "wrk_on_vs_naive" not in head  # no level of 16 clients was asked for
     assert "measured by wrk, concurrency 1" in (out / "benchmark.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("difference", "words"),
+    [(1.254, "1.25 ms above"), (-0.31, "0.31 ms below"), (0.0, "0.00 ms above")],
+)
+def test_the_gap_to_the_thin_route_reads_as_above_or_below(difference: float, words: str) -> None:
+    assert run.above_or_below(difference) == words
