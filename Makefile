@@ -45,7 +45,9 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 	$(BIN)/mypy
 
 # Throughput and latency of POST /recognize against the raw ONNX Runtime limit and a naive
-# FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/).
+# FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/). With
+# wrk installed (make system-packages, or apt-get install wrk) the target levels are also
+# measured with it; without, the run says so and measures them with loadgen.py only.
 .PHONY: benchmark benchmark-jpeg-draft
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run

@@ -128,6 +128,7 @@ def test_the_one_client_level_and_its_bounds_are_measured_by_wrk_too(
     assert [row["concurrency"] for row in rows] == [1, 1, 1]
     for row in [*rows, *data["wrk_bounds"].values()]:
         assert row["ok"] == row["answers"] > 0 and row["errors"] == 0, row
+        assert row["status_400_up"] == 0, row
         assert row["server_cpu_ms_per_request"] > 0, row
     (on1,) = data["wrk"]["service, batching on"]
     head = data["headline"]
@@ -142,3 +143,45 @@ def test_the_one_client_level_and_its_bounds_are_measured_by_wrk_too(
 )
 def test_the_gap_to_the_thin_route_reads_as_above_or_below(difference: float, words: str) -> None:
     assert run.above_or_below(difference) == words
+
+
+def test_wrk_headline_reads_the_target_levels_from_the_wrk_rows() -> None:
+    """A made-up report with both target levels: the ratios come from wrk's rows, over the
+    same pipeline and limit as loadgen.py's, and the headline says them."""
+    pipeline = {"single_ms": 4.0, "limit_with_decode_images_per_s": 400.0}
+
+    def row(concurrency: int, rps: float, p50: float) -> dict:
+        return {"concurrency": concurrency, "throughput_rps": rps, "p50_ms": p50}
+
+    report = {
+        "pipeline": pipeline,
+        "wrk": {
+            "naive peer": [row(1, 100.0, 9.0), row(16, 150.0, 100.0)],
+            "service, batching off": [row(1, 180.0, 5.5), row(16, 250.0, 60.0)],
+            "service, batching on": [row(1, 190.0, 5.0), row(16, 330.0, 48.0)],
+        },
+        "wrk_bounds": {
+            "HTTP floor": row(1, 2000.0, 0.4),
+            "thin route, worker thread": row(1, 220.0, 4.4),
+            "thin route, event loop": row(1, 230.0, 4.6),
+        },
+    }
+    head = run.wrk_headline(report)
+    assert head == pytest.approx(
+        {
+            "wrk_c1_p50_ms": 5.0,
+            "wrk_c1_ratio": 1.25,
+            "wrk_c1_floor_ms": 0.4,
+            "wrk_c1_thin_ratio": 1.1,
+            "wrk_c1_thin_on_loop_ratio": 1.15,
+            "wrk_on_vs_limit_with_decode": 0.825,
+            "wrk_on_vs_naive": 2.2,
+        }
+    )
+    lines = run.wrk_headline_lines({"headline": head, "pipeline": pipeline})
+    assert lines[0].startswith("- measured by wrk, concurrency 16")
+    assert "0.825 (target >= 0.80)" in lines[0] and "2.200 (target >= 2)" in lines[0]
+    assert "ratio 1.25 (target <= 1.2)" in lines[1] and "thin route 1.10" in lines[1]
+    # Without wrk: no wrk figures, and the section says why.
+    assert run.wrk_headline({"wrk": None}) == {}
+    assert "not installed" in "\n".join(run.wrk_lines({"wrk": None}))
