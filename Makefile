@@ -77,7 +77,7 @@ export-landmark: $(VENV)/.dev  ## export the landmark run as version 1
 # model and its ablation (semantic only, contour only, fused); see its MODEL_CARD.md.
 # Version 7's recipe in one command (it ran as two: stage 1, fused and semantic-only, then
 # contour-only with the same contour network on the same garments; see its card).
-train-gender: $(VENV)/.dev  ## train the gender model, its contour network and ablation (about 90 min)
+train-gender: $(VENV)/.dev  ## train the gender model, its contour network and ablation (about 110 min)
 	$(BIN)/python -m models.gender.train --out runs/gender-v7 --threads 2 --outline-garments 10000 --contour-epochs 6 --train-images 16000 --epochs 16 --contour-dropout 0 --regenerate
 
 # Served as version 7, with letterbox bars that repeat the photo's edge (as version 6).
