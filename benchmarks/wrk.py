@@ -28,10 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.loadgen import REQUEST_TIMEOUT_S
+
 # wrk reads durations as whole seconds.
 MIN_SECONDS = 1
-# As loadgen.REQUEST_TIMEOUT_S: an answer taking longer is a failure, not a latency.
-TIMEOUT_S = 60
 
 # Sets the upload from the file and Content-Type given after "--", and prints one JSON line
 # when done. wrk's latency statistics are in microseconds.
@@ -81,9 +81,17 @@ def closed_loop(
         script.write_text(SCRIPT)
         upload.write_bytes(body)
         command = ["wrk", "--threads", "1", "--connections", str(concurrency)]
-        command += ["--duration", f"{seconds}s", "--timeout", f"{TIMEOUT_S}s"]
+        # As loadgen.py: an answer taking longer is a failure, not a latency.
+        command += [
+            "--duration",
+            f"{seconds}s",
+            "--timeout",
+            f"{whole_seconds(REQUEST_TIMEOUT_S)}s",
+        ]
         command += ["--script", str(script), url, "--", str(upload), content_type]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + TIMEOUT_S)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + REQUEST_TIMEOUT_S
+        )
     output = done.stdout
     line = next((line for line in output.splitlines() if line.startswith(MARKER)), None)
     if done.returncode != 0 or line is None:
