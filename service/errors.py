@@ -168,8 +168,8 @@ class StoreUnavailable(NotReady):
 
 
 class UploadStorageUnavailable(NotReady):
-    """The temporary directory that uploads over 1 MiB are spooled to is full or failing
-    (503): the server's condition, to be retried, not a malformed request."""
+    """The temporary directory that uploads over ``upload_spool_bytes`` are spooled to is
+    full or failing (503): the server's condition, to be retried, not a malformed request."""
 
     title = "Upload storage unavailable"
     type = PROBLEM_TYPE_PREFIX + "upload-storage-unavailable"

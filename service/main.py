@@ -19,6 +19,7 @@ from service.head import HeadAsGetMiddleware
 from service.imaging import configure_pillow
 from service.limits import BodyLimits, BodySizeLimitMiddleware
 from service.logs import RequestIdMiddleware, make_handler
+from service.memory import configure_uploads, tune_malloc
 from service.metrics import Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
 from service.routers.v2 import router as v2_router
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     configure_pillow(settings.max_image_pixels)
+    configure_uploads(settings.upload_spool_bytes)
+    tune_malloc(settings.malloc_mmap_threshold_bytes)
 
     app = FastAPI(
         title="Vision inference service",

@@ -1,8 +1,8 @@
 """The container runs as a non-root user with a read-only root filesystem, writable only
 where the service writes: the feedback database's directory (/app/var) and /tmp (the
-multipart parser spools uploads over 1 MiB there). Checked on the files: the Dockerfile,
-docker-compose.yml and every pod of deploy/kubernetes/ (Deployments and the KServe
-InferenceService). Nothing here starts a container (no engine on these machines)."""
+multipart parser spools uploads over VISION_UPLOAD_SPOOL_BYTES there). Checked on the
+files: the Dockerfile, docker-compose.yml and every pod of deploy/kubernetes/ (Deployments
+and the KServe InferenceService). Nothing here starts a container (no engine on these machines)."""
 
 from __future__ import annotations
 

@@ -122,9 +122,9 @@ def test_a_broken_model_is_reported_isolated_and_recoverable(tmp_path: Path, fau
 def test_temporary_storage_full_while_spooling_an_upload_is_503(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Uploads over 1 MiB are spooled to the temp directory (a small tmpfs in the
-    container, whose root is read-only); when it is full the answer is 503 + Retry-After,
-    not a 400 telling the client that its request was malformed."""
+    """Uploads over ``upload_spool_bytes`` (here 1 MiB) are spooled to the temp directory (a
+    small tmpfs in the container, whose root is read-only); when it is full the answer is
+    503 + Retry-After, not a 400 telling the client that its request was malformed."""
 
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -132,7 +132,7 @@ def test_temporary_storage_full_while_spooling_an_upload_is_503(
     noise = np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)
     big = encode(noise)  # ~1.5 MB of PNG: past the spooling threshold
     assert len(big) > 1 << 20
-    with TestClient(create_app(make_settings(repo))) as client:
+    with TestClient(create_app(make_settings(repo, upload_spool_bytes=1 << 20))) as client:
         monkeypatch.setattr(tempfile, "TemporaryFile", no_space)
         full = client.post("/recognize", files={"image": ("big.png", big, "image/png")})
         assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
