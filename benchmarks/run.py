@@ -59,7 +59,6 @@ from benchmarks.loadgen import closed_loop, multipart_body, multipart_request, o
 from benchmarks.loadgen import run as loadgen_run
 from service.batching import Normalization
 from service.imaging import decode_image, decode_to_fit, fit_image
-from service.memory import tune_malloc
 from service.runtime import NUMPY_TYPES, OnnxSession, read_config, select_version
 from service.settings import Settings, available_cpus
 from service.timing import STAGE_ORDER
@@ -194,10 +193,7 @@ def measure_pipeline(image: bytes, settings: Settings, seconds: float = 1.0) -> 
     """In-process cost of one /recognize image: decode, letterbox + normalise, one run; the
     decode as the service does it (``VISION_JPEG_DRAFT``) and, for reference, in full. Each
     part is the median of back-to-back calls over ``seconds``; ``single_ms`` is the sum of
-    the service's three, what the one-client target multiplies by 1.2. The allocator is
-    tuned as the service tunes its own (``service.memory.tune_malloc``), so a large image's
-    buffers cost the same here as there."""
-    tune_malloc(settings.malloc_mmap_threshold_bytes)
+    the service's three, what the one-client target multiplies by 1.2."""
     version_dir = landmark_version(settings)
     config = read_config(version_dir)
     pre = config.preprocess

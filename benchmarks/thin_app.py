@@ -30,15 +30,14 @@ from fastapi import FastAPI, File, UploadFile
 from benchmarks.run import landmark_version
 from service.batching import Normalization, decode_rows_for
 from service.decoding import LandmarkPointsDecoder, build_decoder
-from service.memory import configure_uploads, tune_malloc
+from service.limits import configure_uploads
 from service.runtime import OnnxSession, read_config
 from service.settings import Settings
 
 settings = Settings()
-# The service's process-wide upload memory (its create_app does the same), so a large
-# upload costs the same here as there.
+# The service's spool size (its create_app does the same), so a large upload costs the same
+# here as there.
 configure_uploads(settings.upload_spool_bytes)
-tune_malloc(settings.malloc_mmap_threshold_bytes)
 version_dir = landmark_version(settings)  # the version benchmarks.run's pipeline times
 config = read_config(version_dir)
 graph = config.graph_configs()["model"]

@@ -17,9 +17,8 @@ from service.errors import StoreUnavailable, install_exception_handlers
 from service.feedback import FeedbackStore, open_store
 from service.head import HeadAsGetMiddleware
 from service.imaging import configure_pillow
-from service.limits import BodyLimits, BodySizeLimitMiddleware
+from service.limits import BodyLimits, BodySizeLimitMiddleware, configure_uploads
 from service.logs import RequestIdMiddleware, make_handler
-from service.memory import configure_uploads, tune_malloc
 from service.metrics import Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
 from service.routers.v2 import router as v2_router
@@ -92,7 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     configure_pillow(settings.max_image_pixels)
     configure_uploads(settings.upload_spool_bytes)
-    tune_malloc(settings.malloc_mmap_threshold_bytes)
 
     app = FastAPI(
         title="Vision inference service",

@@ -31,12 +31,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGE_SIDE = 16_384
 # Uploads this large stay in memory while the form is parsed: most 12 MP phone photos are
 # 2-4 MB as JPEGs. Spooling them to disk instead (Starlette's 1 MiB) costs a thread trip per
-# 64 KiB (service/memory.py). Each connection sending an upload holds up to this much, so
-# not the whole upload limit.
+# 64 KiB (service/limits.py, configure_uploads). Each connection sending an upload holds up
+# to this much, so not the whole upload limit.
 DEFAULT_UPLOAD_SPOOL_BYTES = 4 * 1024 * 1024
-# Above the largest upload, so an upload's buffers come from the heap (service/memory.py);
-# what is larger (a big image decoded in full) still gets its own mapping.
-DEFAULT_MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -163,11 +160,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_image_side: int = Field(default=DEFAULT_MAX_IMAGE_SIDE, ge=1)
     # Uploads up to this many bytes stay in memory while the form is parsed; larger ones are
-    # spooled to the temporary directory (process-wide: service/memory.py).
+    # spooled to the temporary directory (process-wide: service/limits.py).
     upload_spool_bytes: int = Field(default=DEFAULT_UPLOAD_SPOOL_BYTES, ge=1)
-    # glibc malloc serves allocations under this from the heap, not fresh pages, and keeps
-    # twice it free before trimming; 0 = glibc's adaptive default (service/memory.py).
-    malloc_mmap_threshold_bytes: int = Field(default=DEFAULT_MALLOC_MMAP_THRESHOLD, ge=0, le=2**30)
     # Non-empty: every endpoint needs `X-API-Key` or `Authorization: Bearer`, except health,
     # the API docs and the /ui page and its scripts (static; its API calls carry the key).
     api_keys: list[str] = Field(default_factory=list)

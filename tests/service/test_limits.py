@@ -1,14 +1,22 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import anyio
 import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from service.limits import DRAIN_LIMIT_FACTOR, BodyLimits, BodySizeLimitMiddleware
+from service.main import create_app
+from service.settings import Settings
 from tests.live_server import live_process
+from tests.service.conftest import make_settings
 from tests.service.fakes import process_env
 from tests.service.images import encode, scene
 
@@ -154,3 +162,27 @@ def test_over_limit_upload_gets_its_413_over_real_tcp(tmp_path: Path) -> None:
 
     with live_process(env, tmp_path / "stderr.log") as served:
         assert anyio.run(post_big_then_good, served.url) == [413, 413, 413, 200]
+
+
+def test_an_upload_under_the_spool_size_never_touches_the_temp_directory(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1.5 MB upload under a 4 MiB spool size is parsed in memory: with every temporary
+    file failing it is still answered 200 (with Starlette's 1 MiB it is spooled, and then
+    503: test_faults.py)."""
+
+    def no_temp_files(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the upload was spooled to a temporary file")
+
+    noise = np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)
+    big = encode(noise)
+    assert 1 << 20 < len(big) < 4 << 20
+    with TestClient(create_app(make_settings(repo, upload_spool_bytes=4 << 20))) as client:
+        monkeypatch.setattr(tempfile, "TemporaryFile", no_temp_files)
+        answer = client.post("/recognize", files={"image": ("big.png", big, "image/png")})
+    assert answer.status_code == 200, answer.text
+
+
+def test_the_spool_size_must_be_positive() -> None:
+    with pytest.raises(ValidationError):
+        Settings(upload_spool_bytes=0)
