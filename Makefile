@@ -48,9 +48,15 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 # FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/). With
 # wrk installed (make system-packages, or apt-get install wrk) the target levels are also
 # measured with it; without, the run says so and measures them with loadgen.py only.
-.PHONY: benchmark benchmark-jpeg-draft
+.PHONY: benchmark benchmark-sizes benchmark-jpeg-draft
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run
+
+# The one-client ratio from a thumbnail to a 12 MP photo, upscaled and with camera-like
+# grain (about 13 minutes; writes benchmarks/results/sizes*.{json,md,png}).
+benchmark-sizes: $(VENV)/.dev  ## one-client p50 / (decode + pre + run) across photo sizes
+	$(BIN)/python -m benchmarks.sizes
+	$(BIN)/python -m benchmarks.sizes --grain 6
 
 # Accuracy with JPEG draft decoding on and off (the held-out images need the train extra).
 benchmark-jpeg-draft: $(VENV)/.dev  ## landmark, attention, gender accuracy with JPEG draft on/off

@@ -225,8 +225,10 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     axis.set_ylabel("one-client p50 / (decode + pre + run)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+    grain = report["settings"]["grain"]
     axis.set_title(
         f"POST /recognize at one client, CPU ({report['machine']['cpus_usable']} usable CPUs)"
+        + (f"\nphotos with grain sd {grain:g}" if grain else "")
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
