@@ -20,11 +20,13 @@ client, closed loop, loadgen.py over loopback:
 3. the thin route (``benchmarks/thin_app.py``, worker thread): the same work behind one bare
    handler, the bound for any design that keeps the event loop free;
 4. the HTTP floor (the naive peer's ``POST /upload``: the upload read, nothing else): what
-   the upload alone costs at that size;
+   the upload alone costs at that size, with Starlette's 1 MiB spool size (the naive peer
+   is tutorial code), so past 1 MiB it includes the spooling the service no longer does;
 5. the pipeline again.
 
-Rounds take the sizes in alternating order (forward, then backward) so a slow stretch of
-the host does not land on one size. The photos are ``benchmarks.run.benchmark_image``
+Rounds take the sizes, and the routes within each size, in alternating order (forward,
+then backward) so that neither a slow stretch of the host nor a place in the sequence
+lands on one of them. The photos are ``benchmarks.run.benchmark_image``
 (Grace Hopper, 512x600, resized and saved at JPEG quality 90). An upscaled photo has less
 fine detail than a camera's, so its JPEG is smaller and decodes faster than a real photo of
 that size (a 12 MP one is 1.1 MB, where a phone's is 2-5 MB); ``--grain 6`` adds the noise
@@ -61,14 +63,18 @@ from benchmarks.run import (
 )
 from service.settings import Settings, available_cpus
 
+# A thumbnail, the benchmark's photo (benchmarks.run), two camera-roll downscales and a
+# 12 MP phone photo.
 DEFAULT_SIZES = ("320x240", "640x480", "1280x960", "1920x1440", "4032x3024")
 # The issue's one-client target: p50 <= TARGET x (decode + pre-processing + one run).
 TARGET = 1.2
 # Seconds each part of the pipeline is timed for, before and after each level: long enough
-# for a 12-megapixel decode (about 15 ms here) to be timed tens of times.
+# for a 12-megapixel decode (15-30 ms here, with grain the most) to be timed 16 times or more.
 PIPELINE_SECONDS = 0.5
+# The service as it was before VISION_UPLOAD_SPOOL_BYTES, measured beside it.
 SPOOLED = "service, 1 MiB spool"
-# Where each one-client row comes from: (server, route).
+# Where each one-client row comes from: (server, route), in the order of the even rounds
+# (odd rounds take them backwards, so no route always follows the pipeline's timing).
 ROUTES = {
     "service": ("service", "/recognize"),
     SPOOLED: ("spooled", "/recognize"),
@@ -91,6 +97,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def size_name(size: tuple[int, int]) -> str:
+    """``(640, 480)`` -> ``"640x480"``, the key of a size in the report."""
     return f"{size[0]}x{size[1]}"
 
 
@@ -116,16 +123,18 @@ def measure_round(
     servers: dict[str, tuple[int, int]],
     settings: Settings,
     args: argparse.Namespace,
+    routes: list[str],
 ) -> dict[str, dict[str, Any]]:
-    """One round over ``sizes`` in the order given: per size, the pipeline, the three routes
-    at one client, the pipeline again."""
+    """One round over ``sizes`` in the order given: per size, the pipeline, the ``routes``
+    (names in ROUTES) in the order given at one client, the pipeline again."""
     out = {}
     for size in sizes:
         image = images[size]
         print(f"{size_name(size)} ({len(image)} bytes)", flush=True)
         before = measure_pipeline(image, settings, args.pipeline_seconds)
         rows = {}
-        for name, (which, path) in ROUTES.items():
+        for name in routes:
+            which, path = ROUTES[name]
             port, pid = servers[which]
             rows[name] = load_levels(port, pid, image, [1], args.duration, args.warmup, path=path)[
                 0
@@ -149,6 +158,7 @@ def measure_round(
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
+    """The report's table (medians over rounds, and the service's ratio in each) as markdown."""
     machine = report["machine"]
     lines = [
         "# One client across photo sizes: POST /recognize (landmark), CPU",
@@ -196,6 +206,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
+    """Ratio against megapixels (log scale), each route's median and the service's rounds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,9 +298,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "thin": stack.enter_context(server(thin_app, env, "/docs")),
         }
         for index in range(args.rounds):
-            order = sizes if index % 2 == 0 else sizes[::-1]
+            forward = index % 2 == 0
+            order, routes = (sizes, list(ROUTES)) if forward else (sizes[::-1], list(ROUTES)[::-1])
             print(f"round {index + 1} of {args.rounds}", flush=True)
-            report["rounds"].append(measure_round(order, images, servers, settings, args))
+            report["rounds"].append(measure_round(order, images, servers, settings, args, routes))
     report["summary"] = {
         size_name(size): summarize([round_[size_name(size)] for round_ in report["rounds"]])
         for size in sizes

@@ -29,10 +29,10 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 # Pillow's decoders and our resize allocate per row/column; a 1 x 40M strip passes the pixel
 # limit but is no real photo, so the longest side is capped as well.
 DEFAULT_MAX_IMAGE_SIDE = 16_384
-# Uploads this large stay in memory while the form is parsed: most 12 MP phone photos are
-# 2-4 MB as JPEGs. Spooling them to disk instead (Starlette's 1 MiB) costs a thread trip per
-# 64 KiB (service/limits.py, configure_uploads). Each connection sending an upload holds up
-# to this much, so not the whole upload limit.
+# Uploads this large stay in memory while the form is parsed: a 12 MP phone photo is 2-5 MB
+# as a JPEG. Spooling them to disk instead (Starlette's 1 MiB) costs a thread trip per 64 KiB
+# (service/limits.py, configure_uploads). Each upload being received may hold this much, so
+# not the whole upload limit.
 DEFAULT_UPLOAD_SPOOL_BYTES = 4 * 1024 * 1024
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

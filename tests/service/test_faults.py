@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from starlette.formparsers import MultiPartParser
 
 from service.main import create_app
 from tests.service.conftest import make_settings
@@ -128,6 +129,9 @@ def test_temporary_storage_full_while_spooling_an_upload_is_503(
 
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
+
+    # create_app sets Starlette's class attribute for the process: put it back afterwards.
+    monkeypatch.setattr(MultiPartParser, "spool_max_size", MultiPartParser.spool_max_size)
 
     noise = np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)
     big = encode(noise)  # ~1.5 MB of PNG: past the spooling threshold

@@ -659,8 +659,8 @@ def test_sqlite_full_disk_is_a_503_and_corrupts_nothing(tmp_path: Path) -> None:
     with services(service), httpx.Client(base_url=service.base_url, timeout=30) as client:
         first = save(client, small[0])
         assert first.status_code == 200, first.text
-        # ~600 kB: held in memory by the multipart parser (it spools above 1 MiB), too big
-        # for the WAL under the limit.
+        # ~600 kB: held in memory by the multipart parser (it spools above the 4 MiB of
+        # VISION_UPLOAD_SPOOL_BYTES), too big for the WAL under the limit.
         assert_store_unavailable(save(client, noise_png(50, side=450)))
         second = save(client, small[1])
         assert second.status_code == 200, second.text

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from starlette.formparsers import MultiPartParser
 from starlette.types import Message, Receive, Scope, Send
 
 from service.limits import DRAIN_LIMIT_FACTOR, BodyLimits, BodySizeLimitMiddleware
@@ -173,6 +174,9 @@ def test_an_upload_under_the_spool_size_never_touches_the_temp_directory(
 
     def no_temp_files(*args: object, **kwargs: object) -> None:
         raise AssertionError("the upload was spooled to a temporary file")
+
+    # create_app sets Starlette's class attribute for the process: put it back afterwards.
+    monkeypatch.setattr(MultiPartParser, "spool_max_size", MultiPartParser.spool_max_size)
 
     noise = np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)
     big = encode(noise)
