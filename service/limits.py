@@ -35,10 +35,10 @@ def configure_uploads(spool_bytes: int) -> None:
     are spooled to the temporary directory.
 
     Starlette spools past 1 MiB, and then every 64 KiB chunk written and the final read is
-    a trip to a worker thread and back: at one client a 2.8 MB photo's request took 0.5-2.4
-    ms longer that way, with 1.2-2.2 ms more server CPU, in the three rounds of
-    ``benchmarks/results/sizes-grain6.md`` ("1 MiB spool"). Starlette reads this class
-    attribute for every form (there is no per-app setting), so it holds for the whole
+    a trip to a worker thread and back: at one client a 2.8 MB photo's request took 1.3-5.1
+    ms longer that way, with 2.3-5.8 ms more server CPU, in the three rounds of
+    ``benchmarks/results/sizes-grain6.json`` ("service, 1 MiB spool"). Starlette reads this
+    class attribute for every form (there is no per-app setting), so it holds for the whole
     process."""
     MultiPartParser.spool_max_size = spool_bytes
 
