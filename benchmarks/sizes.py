@@ -136,9 +136,8 @@ def measure_round(
         for name in routes:
             which, path = ROUTES[name]
             port, pid = servers[which]
-            rows[name] = load_levels(port, pid, image, [1], args.duration, args.warmup, path=path)[
-                0
-            ]
+            levels = load_levels(port, pid, image, [1], args.duration, args.warmup, path=path)
+            rows[name] = levels[0]
         after = measure_pipeline(image, settings, args.pipeline_seconds)
         pipeline_ms = (before["single_ms"] + after["single_ms"]) / 2
         out[size_name(size)] = {
