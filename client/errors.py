@@ -55,6 +55,11 @@ class NotFound(ApiError):
     serve."""
 
 
+class RequestTimeout(ApiError):
+    """408: the request body stopped arriving for the server's ``BODY_TIMEOUT_S``; the
+    connection was closed. Sending again may succeed."""
+
+
 class PayloadTooLarge(ApiError):
     """413: the upload exceeds the size or pixel limit."""
 
@@ -103,6 +108,7 @@ STATUS_ERRORS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: Unauthorized,
     404: NotFound,
+    408: RequestTimeout,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: InvalidRequest,

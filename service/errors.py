@@ -92,6 +92,15 @@ class PayloadTooLarge(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "payload-too-large"
 
 
+class RequestTimeout(ServiceError):
+    """The request body stopped arriving for longer than ``body_timeout_s`` (408); the
+    connection is closed, since the rest of the body may still come."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    title = "Request timeout"
+    type = PROBLEM_TYPE_PREFIX + "request-timeout"
+
+
 class UnsupportedMediaType(ServiceError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     title = "Unsupported media type"

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, ServiceError
+from service.metrics import Metrics
 from service.schemas import PROBLEM_MEDIA_TYPE
 
 # Multipart framing (boundaries, part headers, the other small fields) on top of the file
 # itself; 64 KiB is far more than a client legitimately sends around one upload.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+# What receiving a body costs beyond its bytes, reserved with each by UploadGateMiddleware:
+# uvicorn buffers up to 64 KiB of a connection's unread body before it stops reading, and the
+# request's own objects (scope, task, parser) come on top. It also keeps thousands of tiny
+# bodies from passing as free.
+BODY_OVERHEAD_BYTES = 64 * 1024
 
 # An over-limit body is read and dropped, up to this many times the path's limit, before the
 # 413 goes out: most clients (browsers, requests, httpx) send the whole body before reading
@@ -95,7 +102,7 @@ class BodySizeLimitMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             reason = f"the request body is {declared} bytes"
-            if Headers(scope=scope).get("expect", "").lower() == "100-continue":
+            if _expects_continue(scope):
                 await self._reject(send, reason, path, close=True)  # nothing sent yet
                 return
             drained = declared <= DRAIN_LIMIT_FACTOR * limit and await drain_body(
@@ -141,27 +148,31 @@ class BodySizeLimitMiddleware:
     async def _reject(self, send: Send, reason: str, path: str, *, close: bool) -> None:
         """413 problem+json; ``close`` when the body was not read to its end (the
         connection cannot carry another request)."""
-        error = PayloadTooLarge(f"{reason}; {self.limits.describe(path)}")
-        body = json.dumps(
-            {
-                "type": error.type,
-                "title": error.title,
-                "status": int(error.status),
-                "detail": str(error),
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
-                "headers": [
-                    (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    *([(b"connection", b"close")] if close else []),
-                ],
-            }
+        await send_problem(
+            send, PayloadTooLarge(f"{reason}; {self.limits.describe(path)}"), close=close
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def send_problem(send: Send, error: ServiceError, *, close: bool) -> None:
+    """Answer ``error`` as problem+json with its headers, straight through ``send`` (from a
+    middleware, outside the app's exception handlers); ``close`` when the body was not read
+    to its end (the connection cannot carry another request)."""
+    body = json.dumps(
+        {
+            "type": error.type,
+            "title": error.title,
+            "status": int(error.status),
+            "detail": error.detail,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+        *([(b"connection", b"close")] if close else []),
+    ]
+    await send({"type": "http.response.start", "status": int(error.status), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def drain_body(receive: Receive, received: int, cap: int) -> bool:
@@ -186,3 +197,145 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class BodyStalled(Exception):
+    """Raised into the app from ``receive`` when the next piece of the body is late."""
+
+
+class UploadGateMiddleware:
+    """At most ``max_bytes`` of request bodies in flight at once, none of them waiting more
+    than ``timeout_s`` for its next piece.
+
+    While a request with a body is received and handled it holds the body: a form's file
+    parts up to the spool size in memory and the rest in the temporary directory (a tmpfs
+    in the container, memory too), a V2 JSON body whole. Nothing else bounds how many are
+    received at once (uvicorn takes every connection), so each request with a body reserves
+    its declared length (the path's limit when it declares none: chunked), at most that
+    limit, plus BODY_OVERHEAD_BYTES, until it is answered. One that would take the
+    reservations past ``max_bytes`` is answered 503 problem+json with Retry-After, its body
+    read and dropped unbuffered so that the client reads the answer; with nothing reserved
+    any request passes, so a budget under one body still serves one at a time. Requests
+    without a body (probes, scrapes, every GET) reserve nothing and always pass.
+
+    uvicorn waits for a body as long as the client keeps its socket open; here a body that
+    stops arriving for ``timeout_s`` is answered 408 (whatever the app made of the cut-off
+    body is dropped) and the connection closed, which frees its reservation and memory.
+    Once the body is complete the app's own waits on ``receive`` (for a disconnect) are
+    left alone.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: BodyLimits,
+        max_bytes: int,
+        timeout_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+        self.reserved = 0  # bytes reserved by the requests now past this middleware
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = _declared_body(scope)
+        if scope["type"] != "http" or declared == 0:
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.for_path(str(scope.get("path", "")))
+        reservation = (limit if declared is None else min(declared, limit)) + BODY_OVERHEAD_BYTES
+        ended = False
+        stalled = False
+        response_started = False
+
+        async def timed_receive() -> Message:
+            nonlocal ended, stalled
+            if ended:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                stalled = True
+                raise BodyStalled from None
+            ended = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if stalled:  # the app's answer to a body cut short; the 408 goes instead
+                return
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        if self.reserved and self.reserved + reservation > self.max_bytes:
+            self._count("full")
+            # Not read when it would not fit the path's limit anyway, or when the client
+            # waits for 100 Continue before sending it: answered at once and closed.
+            unread = (declared is not None and declared > limit) or _expects_continue(scope)
+            await self._refuse(timed_receive, send, None if unread else limit, reservation)
+            return
+        self._reserve(reservation)
+        try:
+            with contextlib.suppress(BodyStalled):
+                await self.app(scope, timed_receive, guarded_send)
+        finally:
+            self._reserve(-reservation)
+        if stalled:
+            self._count("stalled")
+            if not response_started:
+                await send_problem(send, self._timeout(), close=True)
+
+    def _reserve(self, size: int) -> None:
+        self.reserved += size
+        if self.metrics is not None:
+            self.metrics.body_bytes_in_flight.set(self.reserved)
+
+    def _count(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.bodies_refused.labels(reason).inc()
+
+    async def _refuse(
+        self, receive: Receive, send: Send, limit: int | None, reservation: int
+    ) -> None:
+        """503 with the body read and dropped, up to the path's ``limit`` (None: not read);
+        closed when it was not read to its end."""
+        error = Overloaded(  # said as it was when refused, not after the drain
+            f"{self.reserved} bytes of request bodies are being received or handled; this "
+            f"one's {reservation} would pass the {self.max_bytes} this server takes at once "
+            "(VISION_MAX_BODY_BYTES_IN_FLIGHT)"
+        )
+        drained = False
+        if limit is not None:
+            with contextlib.suppress(BodyStalled):
+                drained = await drain_body(receive, 0, limit)
+        await send_problem(send, error, close=not drained)
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"no part of the request body arrived for {self.timeout_s:g} s "
+            "(VISION_BODY_TIMEOUT_S); the connection is closed"
+        )
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return Headers(scope=scope).get("expect", "").lower() == "100-continue"
+
+
+def _declared_body(scope: Scope) -> int | None:
+    """The body length a request declares: its Content-Length, 0 with neither that nor a
+    Transfer-Encoding (no body), None when it is unknown (chunked, or a length that does
+    not parse)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            try:
+                return max(int(value), 0)
+            except ValueError:
+                return None
+    return 0

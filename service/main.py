@@ -17,7 +17,12 @@ from service.errors import StoreUnavailable, install_exception_handlers
 from service.feedback import FeedbackStore, open_store
 from service.head import HeadAsGetMiddleware
 from service.imaging import configure_pillow
-from service.limits import BodyLimits, BodySizeLimitMiddleware, configure_uploads
+from service.limits import (
+    BodyLimits,
+    BodySizeLimitMiddleware,
+    UploadGateMiddleware,
+    configure_uploads,
+)
 from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
@@ -141,6 +146,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, limits=body_limits)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
     app.add_middleware(AdmissionMiddleware, limits=body_limits)
+    # Outside admission, so that its drains of refused bodies time out too; inside metrics.
+    app.add_middleware(
+        UploadGateMiddleware,
+        limits=body_limits,
+        max_bytes=settings.max_body_bytes_in_flight,
+        timeout_s=settings.body_timeout_s,
+        metrics=app.state.metrics,
+    )
     app.add_middleware(
         MetricsMiddleware, metrics=app.state.metrics, early_paths=MODEL_ENDPOINTS.keys()
     )

@@ -37,6 +37,8 @@ class Metrics:
     queue_depth: Gauge
     rejected: Counter
     feature_cache: Counter
+    body_bytes_in_flight: Gauge
+    bodies_refused: Counter
 
 
 def create_metrics() -> Metrics:
@@ -99,6 +101,19 @@ def create_metrics() -> Metrics:
             "vision_batch_rejected",
             "Requests that never reached the model: queue_full (503) or client_gone.",
             ["model", "version", "graph", "reason"],
+            registry=registry,
+        ),
+        body_bytes_in_flight=Gauge(
+            "vision_request_body_bytes_in_flight",
+            "Bytes reserved by requests with a body being received or handled "
+            "(VISION_MAX_BODY_BYTES_IN_FLIGHT caps it).",
+            registry=registry,
+        ),
+        bodies_refused=Counter(
+            "vision_request_bodies_refused",
+            "Requests with a body refused by the upload gate: full (503, "
+            "VISION_MAX_BODY_BYTES_IN_FLIGHT) or stalled (408, VISION_BODY_TIMEOUT_S).",
+            ["reason"],
             registry=registry,
         ),
         feature_cache=Counter(

@@ -353,6 +353,7 @@ UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
     (413, "an upload exceeds the size or pixel limit"),
     (415, "an upload's content type is not an image"),
     (404, "this server does not serve the endpoint's model (its repository, VISION_MODELS)"),
+    (408, "the body stopped arriving for VISION_BODY_TIMEOUT_S; the connection is closed"),
 )
 
 

@@ -34,6 +34,19 @@ DEFAULT_MAX_IMAGE_SIDE = 16_384
 # (service/limits.py, configure_uploads). Each upload being received may hold this much, so
 # not the whole upload limit.
 DEFAULT_UPLOAD_SPOOL_BYTES = 4 * 1024 * 1024
+# Request bodies (uploads, V2 JSON) in flight at once, by their declared length: each is
+# held while it is received and handled (a form's file part up to UPLOAD_SPOOL_BYTES in
+# memory and the rest in the temporary directory, a tmpfs in the container; a V2 JSON body
+# whole). 256 MiB is an eighth of the compose file's 2 GiB: 12 uploads at the 20 MiB
+# limit, or about 85 phone photos of 3 MB, at once. On a busy server the graphs' queues
+# (16 requests each) refuse first, cheaply, for the endpoint that is busy.
+DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+# Longest wait for the next piece of a request body (s) before 408 and the connection
+# closed. uvicorn has no such limit: a client that stops sending mid-upload holds its
+# buffered body and its share of MAX_BODY_BYTES_IN_FLIGHT for as long as it keeps the socket
+# open. nginx's client_body_timeout is 60 s; 30 s is still ages on any network that can
+# send a photo at all.
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -162,6 +175,13 @@ class Settings(BaseSettings):
     # Uploads up to this many bytes stay in memory while the form is parsed; larger ones are
     # spooled to the temporary directory (process-wide: service/limits.py).
     upload_spool_bytes: int = Field(default=DEFAULT_UPLOAD_SPOOL_BYTES, ge=1)
+    # Bytes of request bodies being received or handled at once (each by its declared
+    # length, at most its path's limit); a request that would pass it gets 503 +
+    # Retry-After before its body is read (service/limits.py, UploadGateMiddleware).
+    max_body_bytes_in_flight: int = Field(default=DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, ge=1)
+    # Seconds to wait for the next piece of a request body; then 408 and the connection is
+    # closed.
+    body_timeout_s: float = Field(default=DEFAULT_BODY_TIMEOUT_S, gt=0, allow_inf_nan=False)
     # Non-empty: every endpoint needs `X-API-Key` or `Authorization: Bearer`, except health,
     # the API docs and the /ui page and its scripts (static; its API calls carry the key).
     api_keys: list[str] = Field(default_factory=list)

@@ -17,7 +17,7 @@ router = APIRouter(tags=["gender"])
 ERROR_RESPONSES = problem_responses(
     *UPLOAD_PROBLEMS,
     (422, "a missing field, an out-of-range parameter, or a field or parameter sent twice"),
-    (503, "the gender model is not loaded; retry after Retry-After seconds"),
+    (503, "the gender model is not loaded, or overloaded; retry after Retry-After seconds"),
 )
 
 

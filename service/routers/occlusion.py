@@ -34,7 +34,7 @@ router = APIRouter(tags=["faces"])
 ERROR_RESPONSES = problem_responses(
     *UPLOAD_PROBLEMS,
     (422, "a missing field, or a field or parameter sent twice"),
-    (503, "the occlusion model is not loaded; retry after Retry-After seconds"),
+    (503, "the occlusion model is not loaded, or overloaded; retry after Retry-After seconds"),
 )
 
 

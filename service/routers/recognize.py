@@ -28,7 +28,7 @@ DEFAULT_MIN_SCORE = 0.5
 ERROR_RESPONSES = problem_responses(
     *UPLOAD_PROBLEMS,
     (422, "a missing field, an out-of-range parameter, or a field or parameter sent twice"),
-    (503, "the landmark model is not loaded or its queue is full; retry after Retry-After s"),
+    (503, "the landmark model is not loaded, or overloaded; retry after Retry-After seconds"),
 )
 
 

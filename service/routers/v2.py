@@ -16,8 +16,9 @@ Every error a V2 route answers is ``{"error": "..."}`` with a 4xx status for any
 request got wrong (400 malformed, 401 key, 404 unknown model, 413 too large once inflated)
 and 503 while models load; the endpoints' own schema is the protocol's, not problem+json.
 What is answered before a V2 route runs stays the service's problem+json: a path under
-``/v2`` that matches no route (404), a wrong method (405) and a body over the upload limit
-(413, from the body-size middleware while it streams).
+``/v2`` that matches no route (404), a wrong method (405), a body over the upload limit
+(413, from the body-size middleware while it streams), and the upload gate's 503 (the
+server's body budget full) and 408 (a body that stopped arriving).
 """
 
 from __future__ import annotations

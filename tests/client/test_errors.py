@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from client import ServiceUnavailable
+from client import RequestTimeout, ServiceUnavailable
 from client.errors import error_from_response
 
 
@@ -42,3 +42,16 @@ def test_retry_after_in_the_past_is_now() -> None:
 @pytest.mark.parametrize("header", [None, "soon", ""])
 def test_retry_after_missing_or_unreadable(header: str | None) -> None:
     assert unavailable(header).retry_after is None
+
+
+def test_a_stalled_body_is_a_request_timeout() -> None:
+    problem = {
+        "type": "urn:vision-service:problem:request-timeout",
+        "title": "Request timeout",
+        "status": 408,
+        "detail": "no part of the request body arrived for 30 s (VISION_BODY_TIMEOUT_S)",
+    }
+    error = error_from_response(httpx.Response(408, json=problem))
+    assert isinstance(error, RequestTimeout)
+    assert error.status == 408 and error.type.endswith("request-timeout")
+    assert "VISION_BODY_TIMEOUT_S" in error.detail

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import anyio
@@ -13,7 +16,13 @@ from pydantic import ValidationError
 from starlette.formparsers import MultiPartParser
 from starlette.types import Message, Receive, Scope, Send
 
-from service.limits import DRAIN_LIMIT_FACTOR, BodyLimits, BodySizeLimitMiddleware
+from service.limits import (
+    BODY_OVERHEAD_BYTES,
+    DRAIN_LIMIT_FACTOR,
+    BodyLimits,
+    BodySizeLimitMiddleware,
+    UploadGateMiddleware,
+)
 from service.main import create_app
 from service.settings import Settings
 from tests.live_server import live_process
@@ -190,3 +199,268 @@ def test_an_upload_under_the_spool_size_never_touches_the_temp_directory(
 def test_the_spool_size_must_be_positive() -> None:
     with pytest.raises(ValidationError):
         Settings(upload_spool_bytes=0)
+
+
+# --- UploadGateMiddleware: bytes of bodies in flight, and bodies that stop arriving ---
+
+DECLARED = 3 * CHUNK
+POST = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"3000")]}
+CHUNKED = {**POST, "headers": [(b"transfer-encoding", b"chunked")]}
+GET = {"type": "http", "method": "GET", "path": "/health/ready", "headers": []}
+# What one POST above reserves: its declared length and the per-body overhead.
+RESERVED = DECLARED + BODY_OVERHEAD_BYTES
+
+
+def gate(app, *, max_bytes: int = RESERVED, timeout_s: float = 10.0) -> UploadGateMiddleware:
+    limits = BodyLimits(10 * CHUNK, overhead_bytes=0, uploads={})
+    return UploadGateMiddleware(app, limits, max_bytes, timeout_s)
+
+
+def body_of(chunks: int):
+    """A ``receive`` that gives ``chunks`` chunks of the body; returns it and a read count."""
+    consumed = [0]
+
+    async def receive() -> Message:
+        consumed[0] += 1
+        more = consumed[0] < chunks
+        return {"type": "http.request", "body": b"\0" * CHUNK, "more_body": more}
+
+    return receive, consumed
+
+
+def stalls_after(chunks: int):
+    """A ``receive`` that gives ``chunks`` chunks with more to come, then nothing ever."""
+    consumed = [0]
+
+    async def receive() -> Message:
+        if consumed[0] >= chunks:
+            await anyio.sleep_forever()
+        consumed[0] += 1
+        return {"type": "http.request", "body": b"\0" * CHUNK, "more_body": True}
+
+    return receive
+
+
+def collector() -> tuple[list[Message], Send]:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return sent, send
+
+
+def test_gate_refuses_a_body_past_its_budget_and_passes_requests_without_one() -> None:
+    async def scenario() -> None:
+        entered, release = anyio.Event(), anyio.Event()
+
+        async def held(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["method"] == "POST" and not entered.is_set():
+                entered.set()
+                await release.wait()
+            await read_all(scope, receive, send)
+
+        # Room for two such bodies, less one byte: the first fills it.
+        middleware = gate(held, max_bytes=2 * RESERVED - 1)
+        first, send_first = collector()
+        async with anyio.create_task_group() as group:
+            group.start_soon(middleware, POST, body_of(3)[0], send_first)
+            await entered.wait()
+            assert middleware.reserved == RESERVED
+            # Past the budget: 503 with Retry-After, the body read to its end and dropped
+            # (the connection can carry another request).
+            receive, consumed = body_of(3)
+            refused, send = collector()
+            await middleware(POST, receive, send)
+            assert consumed[0] == 3 and refused[0]["status"] == 503 and not closes(refused)
+            headers = dict(refused[0]["headers"])
+            assert headers[b"retry-after"] == b"1"
+            assert headers[b"content-type"] == b"application/problem+json"
+            problem = json.loads(refused[1]["body"])
+            assert problem["status"] == 503
+            assert "VISION_MAX_BODY_BYTES_IN_FLIGHT" in problem["detail"]
+            # Refused and stalling: 503, closed (the rest of the body may still come).
+            short = gate(held, max_bytes=RESERVED, timeout_s=0.05)
+            short.reserved = 1  # as if something else were in flight
+            refused, send = collector()
+            await short(POST, stalls_after(1), send)
+            assert refused[0]["status"] == 503 and closes(refused)
+            # A request without a body (a probe) reserves nothing and passes.
+            probe, send = collector()
+            await middleware(GET, body_of(1)[0], send)
+            assert probe[0]["status"] == 200
+            release.set()
+        assert first[0]["status"] == 200 and middleware.reserved == 0
+        # The room is free again.
+        again, send = collector()
+        await middleware(POST, body_of(3)[0], send)
+        assert again[0]["status"] == 200
+
+    anyio.run(scenario)
+
+
+def test_gate_refuses_unread_a_body_it_would_not_read_anyway() -> None:
+    """Past the budget, a body over the path's limit, or one whose client waits for 100
+    Continue, is answered 503 at once without reading it, and the connection closed."""
+
+    async def scenario() -> None:
+        over_limit = [(b"content-length", str(20 * CHUNK).encode())]
+        expecting = [*POST["headers"], (b"expect", b"100-continue")]
+        for headers in (over_limit, expecting):
+            middleware = gate(read_all, max_bytes=RESERVED)
+            middleware.reserved = 1  # as if something else were in flight
+            receive, consumed = body_of(20)
+            sent, send = collector()
+            await middleware({**POST, "headers": headers}, receive, send)
+            assert consumed[0] == 0 and sent[0]["status"] == 503 and closes(sent)
+
+    anyio.run(scenario)
+
+
+def test_gate_reserves_the_path_limit_for_a_body_of_unknown_length() -> None:
+    async def scenario() -> None:
+        seen: list[int] = []
+        middleware = gate(read_all, max_bytes=10**9)
+
+        async def records(scope: Scope, receive: Receive, send: Send) -> None:
+            seen.append(middleware.reserved)
+            await read_all(scope, receive, send)
+
+        middleware.app = records
+        for scope in (POST, CHUNKED):
+            sent, send = collector()
+            await middleware(scope, body_of(3)[0], send)
+            assert sent[0]["status"] == 200
+        # Declared 3000 bytes; chunked: the path's whole limit (10 chunks).
+        assert seen == [RESERVED, 10 * CHUNK + BODY_OVERHEAD_BYTES]
+        # Alone, a body larger than the whole budget still passes: one at a time.
+        sent, send = collector()
+        await gate(read_all, max_bytes=1)(POST, body_of(3)[0], send)
+        assert sent[0]["status"] == 200
+
+    anyio.run(scenario)
+
+
+def test_a_body_that_stops_arriving_gets_408_and_its_connection_closed() -> None:
+    async def scenario() -> None:
+        # swallow_errors answers the cut-off body with its own 400, as FastAPI does: dropped.
+        middleware = gate(swallow_errors, timeout_s=0.05)
+        sent, send = collector()
+        started = time.monotonic()
+        await middleware(POST, stalls_after(2), send)
+        assert time.monotonic() - started >= 0.05
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        assert sent[0]["status"] == 408 and closes(sent)
+        problem = json.loads(sent[1]["body"])
+        assert problem["status"] == 408 and problem["type"].endswith("request-timeout")
+        assert middleware.reserved == 0
+
+    anyio.run(scenario)
+
+
+def test_the_timeout_leaves_waits_after_the_body_alone() -> None:
+    """Once the body is complete, an app waiting on ``receive`` for a disconnect (as the
+    batcher's watch does) may wait longer than the body timeout."""
+
+    async def scenario() -> None:
+        calls = 0
+
+        async def receive() -> Message:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": b"x" * 3000, "more_body": False}
+            await anyio.sleep(0.2)
+            return {"type": "http.disconnect"}
+
+        async def waits_for_disconnect(scope: Scope, receive: Receive, send: Send) -> None:
+            await read_all(scope, receive, lambda message: anyio.sleep(0))
+            assert (await receive())["type"] == "http.disconnect"
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        sent, send = collector()
+        await gate(waits_for_disconnect, timeout_s=0.05)(POST, receive, send)
+        assert sent[0]["status"] == 200
+
+    anyio.run(scenario)
+
+
+def test_the_gate_needs_a_positive_budget_and_timeout() -> None:
+    for bad in ({"max_body_bytes_in_flight": 0}, {"body_timeout_s": 0}, {"body_timeout_s": "nan"}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)
+
+
+STALLED_BODY = 100_000  # bytes a stalled upload declares
+
+
+def stalled_upload(port: int) -> socket.socket:
+    """A raw connection that sends a /recognize form's first kilobyte of a 100 kB body,
+    then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    part = (
+        b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + b"\xff" * 1000
+    )
+    head = (
+        b"POST /recognize HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: multipart/form-data; boundary=B\r\n"
+        b"Content-Length: %d\r\n\r\n" % STALLED_BODY
+    )
+    sock.sendall(head + part)
+    return sock
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def in_flight(client: httpx.Client) -> float:
+    text = client.get("/metrics").text
+    match = re.search(r"^vision_http_requests_in_flight (\S+)$", text, re.MULTILINE)
+    assert match is not None
+    return float(match.group(1))
+
+
+def test_stalled_uploads_fill_the_gate_then_get_408_over_real_tcp(tmp_path: Path) -> None:
+    """The entry command as its own process: two uploads that stop mid-body fill the
+    budget, a third upload is refused 503 at once while probes still pass, and after the
+    body timeout both stalled clients read a 408 and are disconnected; then uploads pass."""
+    timeout_s = 4.0
+    budget = 2 * (STALLED_BODY + BODY_OVERHEAD_BYTES)
+    env = process_env(
+        tmp_path,
+        VISION_MAX_BODY_BYTES_IN_FLIGHT=str(budget),
+        VISION_BODY_TIMEOUT_S=str(timeout_s),
+    )
+    good = {"image": ("s.png", encode(scene()), "image/png")}
+    with (
+        live_process(env, tmp_path / "stderr.log") as served,
+        httpx.Client(base_url=served.url, timeout=30) as client,
+    ):
+        started = time.monotonic()
+        stalled = [stalled_upload(served.port) for _ in range(2)]
+        try:
+            deadline = started + timeout_s / 2
+            while in_flight(client) < 2:  # both are in the app, parsing their forms
+                assert time.monotonic() < deadline, "the stalled uploads never arrived"
+                time.sleep(0.02)
+            refused = client.post("/recognize", files=good)
+            assert time.monotonic() - started < timeout_s  # before either timed out
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["type"].endswith(":overloaded")
+            assert client.get("/health/ready").status_code == 200
+            answers = [read_to_close(sock) for sock in stalled]
+        finally:
+            for sock in stalled:
+                sock.close()
+        assert time.monotonic() - started >= timeout_s
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b"connection: close" in answer.lower()
+            assert b"VISION_BODY_TIMEOUT_S" in answer
+        assert client.post("/recognize", files=good).status_code == 200
