@@ -21,8 +21,8 @@ default's), and in each:
 3. once every byte is sent and the server's memory has stopped growing: its VmRSS, the
    in-flight gauges (the gate's and all requests'), and a fresh upload's status and time,
    and ``GET /health/ready``'s;
-4. every stalled connection is read to its end: its status and when it came, from the
-   moment the last one finished sending;
+4. every stalled connection is read to its end, all at once: its status, and how long
+   after its own last byte the answer came;
 5. the server's VmRSS and peak (VmHWM) after, a fresh upload's status, and the gate's
    refusals by reason (``vision_request_bodies_refused_total``).
 
@@ -35,11 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import selectors
 import socket
 import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,19 +122,46 @@ def stalled_upload(port: int, size: int) -> socket.socket:
     return sock
 
 
-def answer_status(sock: socket.socket) -> int | None:
-    """The status of the answer read to the connection's close; None for none (a reset,
-    or closed without a word)."""
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-    match = re.match(rb"HTTP/1\.1 (\d{3}) ", b"".join(chunks))
-    return int(match.group(1)) if match else None
+def read_answers(stalled: list[tuple[socket.socket, float]]) -> list[dict[str, Any]]:
+    """Read every connection to its close at once (a selector, so each answer's time is
+    when it came, not when its turn to be read came): per connection the status (None for
+    none: a reset, or closed without a word) and the seconds from its last byte sent to
+    the first byte of the answer."""
+    selector = selectors.DefaultSelector()
+    received: dict[int, list[bytes]] = {}
+    first: dict[int, float] = {}
+    for index, (sock, _) in enumerate(stalled):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, index)
+        received[index] = []
+    open_count = len(stalled)
+    while open_count:
+        for key, _ in selector.select():
+            index, sock = key.data, stalled[key.data][0]
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if chunk:
+                first.setdefault(index, time.monotonic())
+                received[index].append(chunk)
+                continue
+            selector.unregister(sock)
+            sock.close()
+            open_count -= 1
+    selector.close()
+    answers = []
+    for index, (_, sent) in enumerate(stalled):
+        match = re.match(rb"HTTP/1\.1 (\d{3}) ", b"".join(received[index]))
+        answers.append(
+            {
+                "status": int(match.group(1)) if match else None,
+                "after_s": first[index] - sent if index in first else None,
+            }
+        )
+    return answers
 
 
 def samples(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -164,8 +193,7 @@ def measure(port: int, pid: int, clients: int, size: int, photo: bytes) -> dict[
     with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=60) as client:
         warm = timed_post(client, photo)
         rest = settled_rss(pid)
-        sockets = [stalled_upload(port, size) for _ in range(clients)]
-        sent = time.monotonic()
+        stalled_at = [(stalled_upload(port, size), time.monotonic()) for _ in range(clients)]
         stalled = settled_rss(pid)
         gauges = samples(client)
         during = {
@@ -175,10 +203,7 @@ def measure(port: int, pid: int, clients: int, size: int, photo: bytes) -> dict[
             "upload": timed_post(client, photo),
             "health_status": client.get("/health/ready").status_code,
         }
-        answers = []
-        for sock in sockets:
-            status = answer_status(sock)
-            answers.append({"status": status, "after_s": time.monotonic() - sent})
+        answers = read_answers(stalled_at)
         after = {
             "rss_mib": settled_rss(pid),
             "peak_mib": status_mib(pid, "VmHWM"),
@@ -186,12 +211,13 @@ def measure(port: int, pid: int, clients: int, size: int, photo: bytes) -> dict[
         }
         refusals = refused(client)
     statuses = Counter(str(answer["status"]) for answer in answers)
+    times = [answer["after_s"] for answer in answers if answer["after_s"] is not None]
     return {
         "warm_upload": warm,
         "rest_rss_mib": rest,
         "during": during,
         "answers": dict(sorted(statuses.items())),
-        "answer_after_s": [min(a["after_s"] for a in answers), max(a["after_s"] for a in answers)],
+        "answer_after_s": [min(times), max(times)] if times else None,
         "after": after,
         "refused": dict(sorted(refusals.items())),
         "held_mib": stalled - rest,
@@ -202,14 +228,14 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     rows = [
         "| server | body budget MiB | RSS at rest MiB | RSS stalled MiB (+held) | "
         "reserved MiB (requests in flight) | fresh upload while stalled | /health/ready | "
-        "stalled clients' answers (s after the last byte) | RSS after MiB | peak MiB | "
+        "stalled clients' answers (s after each one's last byte) | RSS after MiB | peak MiB | "
         "fresh upload after | gate's refusals |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
         during, after = run["during"], run["after"]
         answers = ", ".join(f"{count} x {status}" for status, count in run["answers"].items())
-        first, last = run["answer_after_s"]
+        first, last = run["answer_after_s"] or (float("nan"), float("nan"))
         refusals = ", ".join(f"{count} {reason}" for reason, count in run["refused"].items())
         rows.append(
             f"| {run['label']} | {run['max_body_bytes_in_flight'] / MIB:.0f} | "
@@ -225,7 +251,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = [
         "# Uploads that stop arriving: server memory, CPU",
         "",
-        f"Machine: {machine['cpu']}; load average (1/5/15 min) before "
+        f"Run {report['started_utc']}. Machine: {machine['cpu']}; load average (1/5/15 min) before "
         f"{machine['load_before']}, after {machine['load_after']}. Command: "
         f"`{report['command']}` ({report['seconds']:.0f} s). {report['clients']} connections "
         f"each send a `POST /recognize` form's headers and {report['bytes']} bytes of its "
@@ -255,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": "python -m benchmarks.stalled_uploads "
         + " ".join(sys.argv[1:] if argv is None else argv),
+        "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpu": cpu_model(), "load_before": load_average()},
         "clients": args.clients,
         "bytes": args.bytes,

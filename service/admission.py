@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.dependencies import check_api_key
 from service.errors import Overloaded, ServiceError, problem_response
-from service.limits import BodyLimits, drain_body
+from service.limits import BodyLimits, drain_body, release_body
 from service.runtime import ModelRegistry
 from service.settings import Settings
 
@@ -50,6 +50,8 @@ class AdmissionMiddleware:
             if rejection is not None:
                 headers = dict(rejection.headers)
                 # Read and dropped unparsed; past the upload limit the connection closes.
+                # Dropping holds no memory: the upload gate's reservation goes back first.
+                release_body(scope)
                 limit = self.limits.for_path(str(scope["path"]))
                 if not await drain_body(receive, 0, limit):
                     headers["Connection"] = "close"

@@ -26,6 +26,10 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # bodies from passing as free.
 BODY_OVERHEAD_BYTES = 64 * 1024
 
+# Where UploadGateMiddleware leaves, in the request's scope, the callable that gives its
+# reservation back (release_body).
+RELEASE_BODY_SCOPE_KEY = "vision.release_body"
+
 # An over-limit body is read and dropped, up to this many times the path's limit, before the
 # 413 goes out: most clients (browsers, requests, httpx) send the whole body before reading
 # the answer, and a server that closes on unread data resets the connection, so they would
@@ -101,6 +105,7 @@ class BodySizeLimitMiddleware:
         limit = self.limits.for_path(path)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
+            release_body(scope)
             reason = f"the request body is {declared} bytes"
             if _expects_continue(scope):
                 await self._reject(send, reason, path, close=True)  # nothing sent yet
@@ -140,6 +145,7 @@ class BodySizeLimitMiddleware:
         with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if exceeded and not response_started:
+            release_body(scope)
             drained = ended or await drain_body(receive, received, DRAIN_LIMIT_FACTOR * limit)
             await self._reject(
                 send, f"the request body exceeds {limit} bytes", path, close=not drained
@@ -211,12 +217,16 @@ class UploadGateMiddleware:
     parts up to the spool size in memory and the rest in the temporary directory (a tmpfs
     in the container, memory too), a V2 JSON body whole. Nothing else bounds how many are
     received at once (uvicorn takes every connection), so each request with a body reserves
-    its declared length (the path's limit when it declares none: chunked), at most that
-    limit, plus BODY_OVERHEAD_BYTES, until it is answered. One that would take the
-    reservations past ``max_bytes`` is answered 503 problem+json with Retry-After, its body
-    read and dropped unbuffered so that the client reads the answer; with nothing reserved
-    any request passes, so a budget under one body still serves one at a time. Requests
-    without a body (probes, scrapes, every GET) reserve nothing and always pass.
+    its declared length (the path's limit when it declares none: chunked) plus
+    BODY_OVERHEAD_BYTES until it is answered, or until a refusal inside starts to read and
+    drop its body (``release_body``). One that would take the reservations past
+    ``max_bytes`` is refused without buffering its body: the body is read and dropped, then
+    503 problem+json with Retry-After, so that a client that sends its whole body before
+    reading can read the answer (at once and closed, unread, when the client waits for 100
+    Continue). With nothing reserved any request passes, so a budget under one body still
+    serves one at a time. Requests without a body (probes, scrapes, every GET) and bodies
+    declared over the path's limit (the size limit's 413, read and dropped) reserve nothing
+    and pass.
 
     uvicorn waits for a body as long as the client keeps its socket open; here a body that
     stops arriving for ``timeout_s`` is answered 408 (whatever the app made of the cut-off
@@ -246,14 +256,19 @@ class UploadGateMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limits.for_path(str(scope.get("path", "")))
-        reservation = (limit if declared is None else min(declared, limit)) + BODY_OVERHEAD_BYTES
+        # A declared length over the limit is refused by the size limit (inside) and read
+        # and dropped there, never buffered: it reserves nothing, so it gets its 413.
+        oversize = declared is not None and declared > limit
+        reservation = 0 if oversize else (declared or limit) + BODY_OVERHEAD_BYTES
         ended = False
         stalled = False
         response_started = False
 
         async def timed_receive() -> Message:
             nonlocal ended, stalled
-            if ended:
+            if stalled:  # the body is given up; no second wait
+                raise BodyStalled
+            if ended or response_started:
                 return await receive()
             try:
                 async with asyncio.timeout(self.timeout_s):
@@ -272,19 +287,26 @@ class UploadGateMiddleware:
                 response_started = True
             await send(message)
 
-        if self.reserved and self.reserved + reservation > self.max_bytes:
+        if reservation and self.reserved and self.reserved + reservation > self.max_bytes:
             self._count("full")
-            # Not read when it would not fit the path's limit anyway, or when the client
-            # waits for 100 Continue before sending it: answered at once and closed.
-            unread = (declared is not None and declared > limit) or _expects_continue(scope)
+            # A client waiting for 100 Continue has sent nothing: answered at once, closed.
+            unread = _expects_continue(scope)
             await self._refuse(timed_receive, send, None if unread else limit, reservation)
             return
-        self._reserve(reservation)
+        held = reservation
+
+        def release() -> None:
+            nonlocal held
+            self._reserve(-held)
+            held = 0
+
+        self._reserve(held)
+        scope[RELEASE_BODY_SCOPE_KEY] = release
         try:
             with contextlib.suppress(BodyStalled):
                 await self.app(scope, timed_receive, guarded_send)
         finally:
-            self._reserve(-reservation)
+            release()
         if stalled:
             self._count("stalled")
             if not response_started:
@@ -320,6 +342,15 @@ class UploadGateMiddleware:
             f"no part of the request body arrived for {self.timeout_s:g} s "
             "(VISION_BODY_TIMEOUT_S); the connection is closed"
         )
+
+
+def release_body(scope: Scope) -> None:
+    """Give the request's reservation back to UploadGateMiddleware's budget, before its body
+    is read and dropped (a refusal's drain holds no memory); once is enough, and a request
+    that did not pass the gate has nothing to give back."""
+    release = scope.get(RELEASE_BODY_SCOPE_KEY)
+    if release is not None:
+        release()
 
 
 def _expects_continue(scope: Scope) -> bool:

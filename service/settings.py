@@ -38,7 +38,7 @@ DEFAULT_UPLOAD_SPOOL_BYTES = 4 * 1024 * 1024
 # held while it is received and handled (a form's file part up to UPLOAD_SPOOL_BYTES in
 # memory and the rest in the temporary directory, a tmpfs in the container; a V2 JSON body
 # whole). 256 MiB is an eighth of the compose file's 2 GiB: 12 uploads at the 20 MiB
-# limit, or about 85 phone photos of 3 MB, at once. On a busy server the graphs' queues
+# limit, or about 87 phone photos of 3 MB, at once. On a busy server the graphs' queues
 # (16 requests each) refuse first, cheaply, for the endpoint that is busy.
 DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 # Longest wait for the next piece of a request body (s) before 408 and the connection
@@ -176,8 +176,9 @@ class Settings(BaseSettings):
     # spooled to the temporary directory (process-wide: service/limits.py).
     upload_spool_bytes: int = Field(default=DEFAULT_UPLOAD_SPOOL_BYTES, ge=1)
     # Bytes of request bodies being received or handled at once (each by its declared
-    # length, at most its path's limit); a request that would pass it gets 503 +
-    # Retry-After before its body is read (service/limits.py, UploadGateMiddleware).
+    # length, the path's limit when chunked); a request that would pass it is refused
+    # without buffering its body: read and dropped, then 503 + Retry-After
+    # (service/limits.py, UploadGateMiddleware).
     max_body_bytes_in_flight: int = Field(default=DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, ge=1)
     # Seconds to wait for the next piece of a request body; then 408 and the connection is
     # closed.

@@ -21,7 +21,9 @@ from service.limits import (
     DRAIN_LIMIT_FACTOR,
     BodyLimits,
     BodySizeLimitMiddleware,
+    BodyStalled,
     UploadGateMiddleware,
+    release_body,
 )
 from service.main import create_app
 from service.settings import Settings
@@ -299,20 +301,61 @@ def test_gate_refuses_a_body_past_its_budget_and_passes_requests_without_one() -
     anyio.run(scenario)
 
 
-def test_gate_refuses_unread_a_body_it_would_not_read_anyway() -> None:
-    """Past the budget, a body over the path's limit, or one whose client waits for 100
-    Continue, is answered 503 at once without reading it, and the connection closed."""
+def test_gate_refuses_a_client_waiting_for_100_continue_unread() -> None:
+    """Past the budget, a client that waits for 100 Continue is answered 503 at once, its
+    body unread (it has sent none), and the connection closed."""
 
     async def scenario() -> None:
-        over_limit = [(b"content-length", str(20 * CHUNK).encode())]
         expecting = [*POST["headers"], (b"expect", b"100-continue")]
-        for headers in (over_limit, expecting):
-            middleware = gate(read_all, max_bytes=RESERVED)
-            middleware.reserved = 1  # as if something else were in flight
-            receive, consumed = body_of(20)
-            sent, send = collector()
-            await middleware({**POST, "headers": headers}, receive, send)
-            assert consumed[0] == 0 and sent[0]["status"] == 503 and closes(sent)
+        middleware = gate(read_all, max_bytes=RESERVED)
+        middleware.reserved = 1  # as if something else were in flight
+        receive, consumed = body_of(3)
+        sent, send = collector()
+        await middleware({**POST, "headers": expecting}, receive, send)
+        assert consumed[0] == 0 and sent[0]["status"] == 503 and closes(sent)
+
+    anyio.run(scenario)
+
+
+def test_a_body_over_the_path_limit_reserves_nothing_and_gets_its_413() -> None:
+    """The size limit (inside the gate) reads and drops such a body: it holds no memory, so
+    it passes a full gate and the client learns the real reason."""
+
+    async def scenario() -> None:
+        limits = BodyLimits(10 * CHUNK, overhead_bytes=0, uploads={})
+        inner = BodySizeLimitMiddleware(read_all, limits)
+        middleware = UploadGateMiddleware(inner, limits, RESERVED, 10.0)
+        middleware.reserved = RESERVED  # full
+        over = {**POST, "headers": [(b"content-length", str(20 * CHUNK).encode())]}
+        receive, consumed = body_of(20)
+        sent, send = collector()
+        await middleware(over, receive, send)
+        assert sent[0]["status"] == 413 and consumed[0] == 20 and not closes(sent)
+        assert middleware.reserved == RESERVED
+
+    anyio.run(scenario)
+
+
+def test_a_refusal_inside_gives_the_reservation_back_before_it_drains() -> None:
+    """Admission's 503 (a full model queue) and the size limit's 413 read and drop the body,
+    which holds no memory: ``release_body`` frees the request's share first, once."""
+
+    async def scenario() -> None:
+        seen: list[int] = []
+
+        async def drains(scope: Scope, receive: Receive, send: Send) -> None:
+            seen.append(middleware.reserved)
+            release_body(scope)
+            release_body(scope)  # a second call gives nothing more back
+            seen.append(middleware.reserved)
+            await read_all(scope, receive, send)
+
+        middleware = gate(drains, max_bytes=10**9)
+        middleware.reserved = 5  # another request's share
+        sent, send = collector()
+        await middleware(POST, body_of(3)[0], send)
+        assert seen == [5 + RESERVED, 5] and middleware.reserved == 5
+        assert sent[0]["status"] == 200
 
     anyio.run(scenario)
 
@@ -343,12 +386,22 @@ def test_gate_reserves_the_path_limit_for_a_body_of_unknown_length() -> None:
 
 def test_a_body_that_stops_arriving_gets_408_and_its_connection_closed() -> None:
     async def scenario() -> None:
-        # swallow_errors answers the cut-off body with its own 400, as FastAPI does: dropped.
-        middleware = gate(swallow_errors, timeout_s=0.05)
+        again: list[float] = []
+
+        async def reads_again(scope: Scope, receive: Receive, send: Send) -> None:
+            # swallow_errors answers the cut-off body with its own 400, as FastAPI does:
+            # dropped. A second read after the stall fails at once, with no second wait.
+            await swallow_errors(scope, receive, send)
+            started = time.monotonic()
+            with pytest.raises(BodyStalled):
+                await receive()
+            again.append(time.monotonic() - started)
+
+        middleware = gate(reads_again, timeout_s=0.05)
         sent, send = collector()
         started = time.monotonic()
         await middleware(POST, stalls_after(2), send)
-        assert time.monotonic() - started >= 0.05
+        assert time.monotonic() - started >= 0.05 and again[0] < 0.05
         assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
         assert sent[0]["status"] == 408 and closes(sent)
         problem = json.loads(sent[1]["body"])
