@@ -26,6 +26,9 @@ default's), and in each:
 5. the server's VmRSS and peak (VmHWM) after, a fresh upload's status, and the gate's
    refusals by reason (``vision_request_bodies_refused_total``).
 
+Last, in this process, what the gate itself adds to each request with a body
+(``gate_overhead_us``).
+
 Writes ``stalled_uploads.json`` and ``stalled_uploads.md`` under ``--out``; reading in
 ``benchmarks/README.md`` ("Uploads that stop arriving").
 """
@@ -33,6 +36,7 @@ Writes ``stalled_uploads.json`` and ``stalled_uploads.md`` under ``--out``; read
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import selectors
@@ -47,6 +51,7 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from benchmarks.run import (
     HOST,
@@ -58,8 +63,13 @@ from benchmarks.run import (
     server_commands,
     service_env,
 )
-from service.limits import BODY_OVERHEAD_BYTES
-from service.settings import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES_IN_FLIGHT
+from service.limits import BODY_OVERHEAD_BYTES, BodyLimits, UploadGateMiddleware
+from service.metrics import create_metrics
+from service.settings import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_UPLOAD_BYTES,
+)
 
 # The part's bytes beyond what is sent: the body never ends.
 MISSING_BYTES = 1000
@@ -78,6 +88,9 @@ PART_HEAD = (
 PHOTO_SIZE = (640, 480)
 PHOTO_ROOM = 1024 * 1024  # more than its JPEG and form take
 MIB = 1024 * 1024
+# Calls per timing of the gate's own cost, and alternating rounds of them: about a second.
+OVERHEAD_CALLS = 20_000
+OVERHEAD_ROUNDS = 4
 
 
 def status_mib(pid: int, field: str) -> float:
@@ -224,6 +237,51 @@ def measure(port: int, pid: int, clients: int, size: int, photo: bytes) -> dict[
     }
 
 
+async def _bare_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads a body and answers 200 with nothing else: what the gate is timed around."""
+    while (await receive()).get("more_body", False):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def gate_overhead_us(calls: int = OVERHEAD_CALLS, rounds: int = OVERHEAD_ROUNDS) -> list[float]:
+    """What UploadGateMiddleware (with its metrics) adds per request with a body, in
+    microseconds of event-loop time: ``calls`` ASGI calls of a 79 kB POST (its body in one
+    message) with and without the gate around a bare app, alternating, ``rounds`` times."""
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/recognize",
+        "headers": [(b"content-length", b"79000")],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    gate = UploadGateMiddleware(
+        _bare_app,
+        BodyLimits(DEFAULT_MAX_UPLOAD_BYTES),
+        DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+        DEFAULT_BODY_TIMEOUT_S,
+        create_metrics(),
+    )
+
+    async def per_call_s(app: ASGIApp) -> float:
+        started = time.perf_counter()
+        for _ in range(calls):
+            await app(scope, receive, send)
+        return (time.perf_counter() - started) / calls
+
+    async def measure_all() -> list[float]:
+        return [(await per_call_s(gate) - await per_call_s(_bare_app)) * 1e6 for _ in range(rounds)]
+
+    return asyncio.run(measure_all())
+
+
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     rows = [
         "| server | body budget MiB | RSS at rest MiB | RSS stalled MiB (+held) | "
@@ -248,6 +306,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{refusals} |"
         )
     machine = report["machine"]
+    overhead = ", ".join(f"{value:.1f}" for value in report["gate_overhead_us"])
     lines = [
         "# Uploads that stop arriving: server memory, CPU",
         "",
@@ -260,6 +319,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "VmRSS once it settled; held = stalled - at rest.",
         "",
         *rows,
+        "",
+        f"What the gate adds to a request with a body, event-loop time in-process (alternating "
+        f"rounds of {OVERHEAD_CALLS} ASGI calls with and without it around a bare app): "
+        f"{overhead} us.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -303,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run = measure(port, pid, args.clients, args.bytes, photo)
             report["runs"].append({"label": label, "max_body_bytes_in_flight": budget, **run})
             print(json.dumps(report["runs"][-1]), flush=True)
+    report["gate_overhead_us"] = gate_overhead_us()
     report["machine"]["load_after"] = load_average()
     report["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)

@@ -359,14 +359,12 @@ def _expects_continue(scope: Scope) -> bool:
 
 def _declared_body(scope: Scope) -> int | None:
     """The body length a request declares: its Content-Length, 0 with neither that nor a
-    Transfer-Encoding (no body), None when it is unknown (chunked, or a length that does
-    not parse)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"transfer-encoding":
-            return None
-        if name == b"content-length":
-            try:
-                return max(int(value), 0)
-            except ValueError:
-                return None
-    return 0
+    Transfer-Encoding (no body), None when it is unknown (chunked, which HTTP/1.1 puts
+    before any Content-Length, or a length that does not parse)."""
+    names = {name for name, _ in scope.get("headers", ())}
+    if b"transfer-encoding" in names:
+        return None
+    if b"content-length" not in names:
+        return 0
+    length = _content_length(scope)
+    return None if length is None else max(length, 0)

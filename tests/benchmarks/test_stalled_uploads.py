@@ -46,6 +46,9 @@ def test_the_gate_refuses_past_its_count_and_every_stalled_body_times_out(
         # Each answer came a body timeout after that client's last byte, none before.
         first, last = run["answer_after_s"]
         assert timeout_s * 0.95 <= first <= last < timeout_s + 5
+    # The gate's own cost: one positive figure per round (time spent, not asserted).
+    assert len(report["gate_overhead_us"]) == stalled_uploads.OVERHEAD_ROUNDS
+    assert all(value > 0 for value in report["gate_overhead_us"])
     text = (tmp_path / "stalled_uploads.md").read_text()
     assert "2 x 408, 2 x 503" in text and "4 x 408" in text
     assert (tmp_path / "stalled_uploads.json").is_file()
