@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.dependencies import check_api_key
-from service.errors import Overloaded, ServiceError, problem_response
-from service.limits import BodyLimits, drain_body, release_body
+from service.errors import Overloaded, ServiceError
+from service.limits import BodyLimits, drain_body, release_body, send_problem
 from service.runtime import ModelRegistry
 from service.settings import Settings
 
@@ -48,21 +48,12 @@ class AdmissionMiddleware:
         if scope["type"] == "http" and scope.get("method") == "POST":
             rejection = self._rejection(scope)
             if rejection is not None:
-                headers = dict(rejection.headers)
                 # Read and dropped unparsed; past the upload limit the connection closes.
                 # Dropping holds no memory: the upload gate's reservation goes back first.
                 release_body(scope)
                 limit = self.limits.for_path(str(scope["path"]))
-                if not await drain_body(receive, 0, limit):
-                    headers["Connection"] = "close"
-                response = problem_response(
-                    rejection.status,
-                    title=rejection.title,
-                    detail=rejection.detail,
-                    type_=rejection.type,
-                    headers=headers,
-                )
-                await response(scope, receive, send)
+                drained = await drain_body(receive, 0, limit)
+                await send_problem(send, rejection, close=not drained)
                 return
         await self.app(scope, receive, send)
 

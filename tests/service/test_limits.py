@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import tempfile
 import time
@@ -31,6 +30,7 @@ from tests.live_server import live_process
 from tests.service.conftest import make_settings
 from tests.service.fakes import process_env
 from tests.service.images import encode, scene
+from tests.service.test_api_metrics import samples
 
 CHUNK = 1_000
 
@@ -473,10 +473,7 @@ def read_to_close(sock: socket.socket) -> bytes:
 
 
 def in_flight(client: httpx.Client) -> float:
-    text = client.get("/metrics").text
-    match = re.search(r"^vision_http_requests_in_flight (\S+)$", text, re.MULTILINE)
-    assert match is not None
-    return float(match.group(1))
+    return samples(client.get("/metrics").text)[("vision_http_requests_in_flight", ())]
 
 
 def test_stalled_uploads_fill_the_gate_then_get_408_over_real_tcp(tmp_path: Path) -> None:
