@@ -48,7 +48,7 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 # FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/). With
 # wrk installed (make system-packages, or apt-get install wrk) the target levels are also
 # measured with it; without, the run says so and measures them with loadgen.py only.
-.PHONY: benchmark benchmark-sizes benchmark-stalled-uploads benchmark-jpeg-draft
+.PHONY: benchmark benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-jpeg-draft
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run
 
@@ -62,6 +62,11 @@ benchmark-sizes: $(VENV)/.dev  ## one-client p50 / (decode + pre + run) across p
 # (about a minute; writes benchmarks/results/stalled_uploads.{json,md}).
 benchmark-stalled-uploads: $(VENV)/.dev  ## memory held by stalled uploads, gate on and off
 	$(BIN)/python -m benchmarks.stalled_uploads
+
+# Connections that never finish a request head (idle, or a byte a second), with the header
+# timeout and without it (about 30 s; writes benchmarks/results/slow_heads.{json,md}).
+benchmark-slow-heads: $(VENV)/.dev  ## connections held by idle and slowloris clients, header timeout on and off
+	$(BIN)/python -m benchmarks.slow_heads
 
 # Accuracy with JPEG draft decoding on and off (the held-out images need the train extra).
 benchmark-jpeg-draft: $(VENV)/.dev  ## landmark, attention, gender accuracy with JPEG draft on/off

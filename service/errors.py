@@ -93,8 +93,9 @@ class PayloadTooLarge(ServiceError):
 
 
 class RequestTimeout(ServiceError):
-    """The request body stopped arriving for longer than ``body_timeout_s`` (408); the
-    connection is closed, since the rest of the body may still come."""
+    """The request body stopped arriving for longer than ``body_timeout_s``, or its head
+    for longer than ``header_timeout_s`` (408); the connection is closed, since the rest may
+    still come."""
 
     status = HTTPStatus.REQUEST_TIMEOUT
     title = "Request timeout"

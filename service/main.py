@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import Depends, FastAPI
@@ -24,7 +25,7 @@ from service.limits import (
     configure_uploads,
 )
 from service.logs import RequestIdMiddleware, make_handler
-from service.metrics import Metrics, MetricsMiddleware, create_metrics
+from service.metrics import METRICS_STATE_KEY, Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
 from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
@@ -61,8 +62,10 @@ async def load_registry(settings: Settings, metrics: Metrics | None = None) -> M
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load and warm the models before the first request; drop them at shutdown."""
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    """Load and warm the models before the first request; drop them at shutdown. The state
+    it yields reaches the server too: the entry command's connection protocol counts its
+    timeouts in the app's metrics (service/protocol.py)."""
     settings: Settings = app.state.settings
     registry = await load_registry(settings, app.state.metrics)
     for model in registry.models.values():
@@ -84,7 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # and retry the migration until the database is back.
         logger.error("teacher records unavailable at start: %s", exc.detail)
     try:
-        yield
+        yield {METRICS_STATE_KEY: app.state.metrics}
     finally:
         app.state.registry = ModelRegistry(problem="shutting down")
         await anyio.to_thread.run_sync(store.close)

@@ -22,6 +22,10 @@ UNMATCHED_ENDPOINT = "unmatched"
 # Paths that are not work: probes and scrapes would otherwise keep the in-flight gauge (and
 # so an autoscaler reading it) above zero on an idle server.
 NOT_IN_FLIGHT_PREFIXES = ("/health/", "/v2/health/", "/metrics")
+# Key of the lifespan state (service/main.py yields it) under which the server's connection
+# protocol finds the app's metrics: it closes connections outside any request, where no
+# middleware sees them (service/protocol.py).
+METRICS_STATE_KEY = "vision_metrics"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Metrics:
     feature_cache: Counter
     body_bytes_in_flight: Gauge
     bodies_refused: Counter
+    connections_timed_out: Counter
 
 
 def create_metrics() -> Metrics:
@@ -114,6 +119,13 @@ def create_metrics() -> Metrics:
             "Requests with a body refused by the upload gate: full (503, "
             "VISION_MAX_BODY_BYTES_IN_FLIGHT) or stalled (408, VISION_BODY_TIMEOUT_S).",
             ["reason"],
+            registry=registry,
+        ),
+        connections_timed_out=Counter(
+            "vision_connections_timed_out",
+            "Connections closed for VISION_HEADER_TIMEOUT_S: idle (no request began) or "
+            "headers (a request's head was incomplete; answered 408).",
+            ["phase"],
             registry=registry,
         ),
         feature_cache=Counter(

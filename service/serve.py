@@ -24,6 +24,7 @@ import sys
 import uvicorn
 
 from service.logs import uvicorn_log_config
+from service.protocol import header_timeout_protocol
 from service.runtime import gpu_visible, preload_cuda_libraries, wants_cuda
 from service.settings import get_settings
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         host=os.environ.get("HOST", DEFAULT_HOST),
         port=int(os.environ.get("PORT", DEFAULT_PORT)),
         workers=1,
+        # httptools with a deadline on request heads (VISION_HEADER_TIMEOUT_S).
+        http=header_timeout_protocol(settings.header_timeout_s),
         timeout_graceful_shutdown=int(
             os.environ.get("GRACEFUL_SHUTDOWN_S", DEFAULT_GRACEFUL_SHUTDOWN_S)
         ),

@@ -47,6 +47,12 @@ DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 # open. nginx's client_body_timeout is 60 s; 30 s is still ages on any network that can
 # send a photo at all.
 DEFAULT_BODY_TIMEOUT_S = 30.0
+# Longest time (s) from a connection's start, or from its last answer, to the end of the next
+# request's headers; then the connection is closed (408 if part of a head had come). uvicorn
+# has none: a connection that never sends a request, or sends its head a byte at a time
+# (slowloris), is held as long as the client likes. A head fits in one packet, so 10 s is
+# generous; idle keep-alive connections are closed sooner by uvicorn (5 s).
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -183,6 +189,9 @@ class Settings(BaseSettings):
     # Seconds to wait for the next piece of a request body; then 408 and the connection is
     # closed.
     body_timeout_s: float = Field(default=DEFAULT_BODY_TIMEOUT_S, gt=0, allow_inf_nan=False)
+    # Seconds a connection gets to deliver a request's headers, from its start or from its
+    # last answer (service/protocol.py; only the entry command, python -m service.serve).
+    header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
     # Non-empty: every endpoint needs `X-API-Key` or `Authorization: Bearer`, except health,
     # the API docs and the /ui page and its scripts (static; its API calls carry the key).
     api_keys: list[str] = Field(default_factory=list)

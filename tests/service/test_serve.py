@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from service import serve
+from service.protocol import HeaderTimeoutProtocol
 from service.runtime import preload_cuda_libraries
 
 
@@ -18,6 +19,7 @@ def test_main_runs_one_worker_with_env_options(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("VISION_PROVIDERS", "cpu")
     monkeypatch.setenv("PORT", "9001")
     monkeypatch.setenv("GRACEFUL_SHUTDOWN_S", "7")
+    monkeypatch.setenv("VISION_HEADER_TIMEOUT_S", "4.5")
     serve.get_settings.cache_clear()
     try:
         serve.main([])
@@ -28,6 +30,8 @@ def test_main_runs_one_worker_with_env_options(monkeypatch: pytest.MonkeyPatch) 
     assert kwargs["factory"] is True and kwargs["workers"] == 1
     assert kwargs["host"] == "0.0.0.0" and kwargs["port"] == 9001
     assert kwargs["timeout_graceful_shutdown"] == 7
+    assert issubclass(kwargs["http"], HeaderTimeoutProtocol)
+    assert kwargs["http"].header_timeout_s == 4.5
 
 
 def test_help_prints_the_environment_it_reads_and_starts_nothing(

@@ -1,0 +1,149 @@
+"""uvicorn's HTTP/1.1 protocol (httptools) with a deadline on request headers.
+
+uvicorn arms a timer only between keep-alive requests, and any byte cancels it: a connection
+that never sends a request, or sends its head a byte at a time (slowloris), is held, with
+its buffers and its place in the server's connection set, for as long as the client keeps
+it open. The upload gate's body timeout (service/limits.py) starts only once the headers
+are in. This protocol closes a connection whose next request's headers have not all
+arrived ``header_timeout_s`` after the connection started or after its last answer, as
+nginx's ``client_header_timeout`` does: silently when nothing of a request came, with a 408
+problem+json when part of a head did. The deadline is off from the end of a head until the
+request's answer is sent and its body has all arrived (an app that answers early, a 404 to
+an upload say, leaves uvicorn reading and dropping the rest), so a request whose head is in
+is never cut by it, however long its body or answer takes.
+
+It overrides uvicorn's parser callbacks (``on_message_begin``, ``on_headers_complete``,
+``on_response_complete``), which are not a public API; tests/service/test_protocol.py runs
+it in the entry command over TCP, so an upgrade that changes them fails there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.errors import RequestTimeout
+from service.metrics import METRICS_STATE_KEY, Metrics
+from service.schemas import PROBLEM_MEDIA_TYPE
+
+
+def timeout_response(
+    header_timeout_s: float, default_headers: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """The raw HTTP/1.1 408 written to a connection whose request head stopped arriving,
+    after uvicorn's ``default_headers`` (date, server) as its own answers have them."""
+    error = RequestTimeout(
+        f"the request headers did not arrive within {header_timeout_s:g} s "
+        "(VISION_HEADER_TIMEOUT_S); the connection is closed"
+    )
+    status = HTTPStatus(error.status)
+    body = json.dumps(
+        {
+            "type": error.type,
+            "title": error.title,
+            "status": int(status),
+            "detail": error.detail,
+        }
+    ).encode()
+    fields = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)
+    head = (
+        f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    status_line = f"HTTP/1.1 {int(status)} {status.phrase}\r\n"
+    return status_line.encode("ascii") + fields + head.encode("ascii") + body
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that closes connections slow to deliver a request head; build a
+    subclass with the timeout through :func:`header_timeout_protocol`."""
+
+    header_timeout_s: ClassVar[float]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        # Requests whose headers are in and whose answer is not complete (more than one when
+        # a client pipelines); the timer runs only while there are none.
+        self._open_requests = 0
+        # Some bytes of the next request's head have arrived (it gets a 408, not silence).
+        self._head_begun = False
+        # The last request whose head came has not had all its body yet.
+        self._body_pending = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_begun = True
+
+    def on_headers_complete(self) -> None:
+        self._head_begun = False
+        self._body_pending = True
+        self._open_requests += 1
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._body_pending = False
+        self._arm_when_idle()
+
+    def on_response_complete(self) -> None:
+        self._open_requests -= 1
+        super().on_response_complete()
+        self._arm_when_idle()
+
+    def _arm_when_idle(self) -> None:
+        """Start the deadline once every request has its answer and all of its body."""
+        if not (self._open_requests or self._body_pending or self.transport.is_closing()):
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _timed_out(self) -> None:
+        self._header_timer = None
+        if self._open_requests or self.transport.is_closing():
+            return
+        phase = "headers" if self._head_begun else "idle"
+        if self._head_begun:
+            self.transport.write(
+                timeout_response(self.header_timeout_s, self.server_state.default_headers)
+            )
+            self.logger.warning(
+                "%s:%s - request headers incomplete after %g s: 408, connection closed",
+                *(self.client or ("-", "-")),
+                self.header_timeout_s,
+            )
+        metrics: Metrics | None = self.app_state.get(METRICS_STATE_KEY)
+        if metrics is not None:
+            metrics.connections_timed_out.labels(phase).inc()
+        self.transport.close()  # after the write is flushed
+
+
+def header_timeout_protocol(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
+    """A protocol class for ``uvicorn.run(http=...)`` with this header timeout (seconds).
+    Made at run time, so it cannot be pickled: fine for the one worker of service/serve.py
+    (uvicorn pickles its config only to spawn several)."""
+    return type(
+        "HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": header_timeout_s}
+    )

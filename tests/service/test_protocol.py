@@ -1,0 +1,157 @@
+"""The entry command's connection protocol: a deadline on request heads, over real TCP."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from service.protocol import timeout_response
+from service.settings import Settings
+from tests.live_server import LiveProcess, live_process
+from tests.service.fakes import process_env
+from tests.service.images import encode, scene
+from tests.service.test_api_metrics import samples
+from tests.service.test_limits import read_to_close
+
+HEADER_TIMEOUT_S = 1.5
+# Slack for a busy CI machine: a close is on time when it comes within this much of the
+# deadline, and "not cut" means it outlived the deadline by more than this.
+SLACK_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProcess]:
+    tmp = tmp_path_factory.mktemp("protocol")
+    env = process_env(tmp, VISION_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S))
+    with live_process(env, tmp / "stderr.log") as process:
+        yield process
+
+
+def connect(served: LiveProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", served.port), timeout=10 * HEADER_TIMEOUT_S)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole answer (head and its Content-Length of body), however it is split."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+    assert length, head
+    while len(body) < int(length[1]):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def timed_out(served: LiveProcess) -> dict[str, float]:
+    metrics = samples(httpx.get(f"{served.url}/metrics").text)
+    return {
+        labels[0][1]: value
+        for (name, labels), value in metrics.items()
+        if name == "vision_connections_timed_out_total"
+    }
+
+
+def test_a_connection_that_never_sends_a_request_is_closed(served: LiveProcess) -> None:
+    before = timed_out(served).get("idle", 0.0)
+    started = time.monotonic()
+    with connect(served) as sock:
+        assert read_to_close(sock) == b""  # closed without a word: nothing was asked
+    waited = time.monotonic() - started
+    assert HEADER_TIMEOUT_S - 0.1 <= waited <= HEADER_TIMEOUT_S + SLACK_S
+    assert timed_out(served)["idle"] == before + 1
+
+
+def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_deadline(served: LiveProcess) -> None:
+    """Slowloris: every byte would reset a per-read timer; the deadline is on the head."""
+    before = timed_out(served).get("headers", 0.0)
+    started = time.monotonic()
+    with connect(served) as sock:
+        sock.sendall(b"GET /health/ready HTTP/1.1\r\nHost: test\r\n")
+        try:
+            for _ in range(int(4 * HEADER_TIMEOUT_S / 0.2)):
+                sock.sendall(b"X")
+                time.sleep(0.2)
+        except OSError:  # the server closed it: what is tested
+            pass
+        answer = read_to_close(sock)
+    waited = time.monotonic() - started
+    assert waited <= HEADER_TIMEOUT_S + SLACK_S
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
+    problem = json.loads(body)
+    assert problem["status"] == 408 and "VISION_HEADER_TIMEOUT_S" in problem["detail"]
+    assert timed_out(served)["headers"] == before + 1
+
+
+def test_a_slow_body_and_keep_alive_requests_are_not_cut(served: LiveProcess) -> None:
+    """Once a head is in, the deadline is off: a body that takes longer than the header
+    timeout (within the body timeout) is answered, and so is a second request on the same
+    connection sent soon after the answer; two pipelined requests are both answered."""
+    image = encode(scene())
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="image"; filename="s.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--B--\r\n"
+    )
+    head = (
+        b"POST /recognize HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: multipart/form-data; boundary=B\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with connect(served) as sock:
+        sock.sendall(head + body[:100])
+        time.sleep(HEADER_TIMEOUT_S + SLACK_S)
+        sock.sendall(body[100:])
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(HEADER_TIMEOUT_S / 3)
+        ping = b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+        sock.sendall(ping + ping)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_body_still_arriving_after_an_early_answer_is_not_cut(served: LiveProcess) -> None:
+    """An upload to a path that does not exist is answered 404 before its body is read;
+    uvicorn reads and drops the rest. The deadline waits for that body to end: the client
+    keeps sending past the header timeout, then asks again on the same connection."""
+    chunks, size = 10, 100
+    with connect(served) as sock:
+        sock.sendall(
+            b"POST /nowhere HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % (chunks * size)
+        )
+        assert read_response(sock).startswith(b"HTTP/1.1 404 ")
+        for _ in range(chunks):  # over (HEADER_TIMEOUT_S + SLACK_S) in all
+            time.sleep((HEADER_TIMEOUT_S + SLACK_S) / chunks)
+            sock.sendall(b"x" * size)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_raw_408_is_well_formed() -> None:
+    raw = timeout_response(2.5, [(b"server", b"uvicorn")])
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("ascii").split("\r\n")
+    assert lines[0] == "HTTP/1.1 408 Request Timeout"
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert fields["server"] == "uvicorn" and fields["connection"] == "close"
+    assert fields["content-type"] == "application/problem+json"
+    assert int(fields["content-length"]) == len(body)
+    assert json.loads(body)["detail"].startswith("the request headers did not arrive within 2.5 s")
+
+
+def test_header_timeout_must_be_positive() -> None:
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ValidationError):
+            Settings(header_timeout_s=bad)
