@@ -51,9 +51,9 @@ class AdmissionMiddleware:
                 # Read and dropped unparsed; past the upload limit the connection closes.
                 # Dropping holds no memory: the upload gate's reservation goes back first.
                 release_body(scope)
-                limit = self.limits.for_path(str(scope["path"]))
-                drained = await drain_body(receive, 0, limit)
-                await send_problem(send, rejection, close=not drained)
+                path = str(scope["path"])
+                drained = await drain_body(receive, 0, self.limits.for_path(path))
+                await send_problem(send, rejection, close=not drained, path=path)
                 return
         await self.app(scope, receive, send)
 

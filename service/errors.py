@@ -37,6 +37,20 @@ OVERLOADED_RETRY_AFTER_S = 1
 CLIENT_CLOSED_REQUEST = 499
 # Problem types are URNs: identifiers that nobody is tempted to dereference (RFC 9457 3.1.1).
 PROBLEM_TYPE_PREFIX = "urn:vision-service:problem:"
+# The Open Inference Protocol's paths. Its clients read an error's message from an "error"
+# member (tritonclient: ``json.loads(body)["error"]``, else "an exception occurred in the
+# client while decoding the response"); what is answered on these paths before a V2 route
+# runs (404, 405, 413, the upload gate's 503 and 408) is still problem+json, with the
+# detail in an "error" extension member too (RFC 9457 3.2).
+V2_PATH_PREFIX = "/v2"
+
+
+def protocol_members(path: str, detail: str) -> dict[str, str]:
+    """The extension members a problem document on ``path`` carries for its protocol's
+    clients: ``{"error": detail}`` under V2_PATH_PREFIX, none elsewhere."""
+    if path == V2_PATH_PREFIX or path.startswith(V2_PATH_PREFIX + "/"):
+        return {"error": detail}
+    return {}
 
 
 class ServiceError(Exception):
@@ -197,11 +211,14 @@ def problem_response(
     type_: str = "about:blank",
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    """An RFC 9457 problem document; ``extra`` adds extension members."""
+    """An RFC 9457 problem document; ``extra`` adds extension members, and so does the
+    request's ``path`` where its protocol wants them (``protocol_members``)."""
     body: dict[str, Any] = {"type": type_, "title": title, "status": int(status), "detail": detail}
     if extra:
         body.update(jsonable_encoder(extra))
+    body.update(protocol_members(path, detail))
     return JSONResponse(
         body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE
     )
@@ -225,6 +242,7 @@ async def _handle_service_error(request: Request, exc: Exception) -> JSONRespons
         type_=exc.type,
         headers=exc.headers,
         extra=exc.extra,
+        path=request.url.path,
     )
 
 
@@ -257,6 +275,7 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
         detail=detail,
         type_=PROBLEM_TYPE_PREFIX + "invalid-request",
         extra={"errors": slim},
+        path=request.url.path,
     )
 
 
@@ -277,6 +296,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
         title=_status_phrase(exc.status_code),
         detail=str(exc.detail),
         headers=exc.headers,
+        path=request.url.path,
     )
 
 
@@ -299,6 +319,7 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
         title=_status_phrase(HTTPStatus.INTERNAL_SERVER_ERROR),
         detail="the server failed to handle the request",
         headers=headers or None,
+        path=request.url.path,
     )
 
 

@@ -12,7 +12,13 @@ from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, ServiceError
+from service.errors import (
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    protocol_members,
+)
 from service.metrics import Metrics
 from service.schemas import PROBLEM_MEDIA_TYPE
 
@@ -154,21 +160,21 @@ class BodySizeLimitMiddleware:
     async def _reject(self, send: Send, reason: str, path: str, *, close: bool) -> None:
         """413 problem+json; ``close`` when the body was not read to its end (the
         connection cannot carry another request)."""
-        await send_problem(
-            send, PayloadTooLarge(f"{reason}; {self.limits.describe(path)}"), close=close
-        )
+        error = PayloadTooLarge(f"{reason}; {self.limits.describe(path)}")
+        await send_problem(send, error, close=close, path=path)
 
 
-async def send_problem(send: Send, error: ServiceError, *, close: bool) -> None:
-    """Answer ``error`` as problem+json with its headers, straight through ``send`` (from a
-    middleware, outside the app's exception handlers); ``close`` when the body was not read
-    to its end (the connection cannot carry another request)."""
+async def send_problem(send: Send, error: ServiceError, *, close: bool, path: str) -> None:
+    """Answer ``error`` to a request for ``path`` as problem+json with its headers, straight
+    through ``send`` (from a middleware, outside the app's exception handlers); ``close``
+    when the body was not read to its end (the connection cannot carry another request)."""
     body = json.dumps(
         {
             "type": error.type,
             "title": error.title,
             "status": int(error.status),
             "detail": error.detail,
+            **protocol_members(path, error.detail),
         }
     ).encode()
     headers = [
@@ -255,7 +261,8 @@ class UploadGateMiddleware:
         if scope["type"] != "http" or declared == 0:
             await self.app(scope, receive, send)
             return
-        limit = self.limits.for_path(str(scope.get("path", "")))
+        path = str(scope.get("path", ""))
+        limit = self.limits.for_path(path)
         # A declared length over the limit is refused by the size limit (inside) and read
         # and dropped there, never buffered: it reserves nothing, so it gets its 413.
         oversize = declared is not None and declared > limit
@@ -291,7 +298,7 @@ class UploadGateMiddleware:
             self._count("full")
             # A client waiting for 100 Continue has sent nothing: answered at once, closed.
             unread = _expects_continue(scope)
-            await self._refuse(timed_receive, send, None if unread else limit, reservation)
+            await self._refuse(timed_receive, send, path, None if unread else limit, reservation)
             return
         held = reservation
 
@@ -310,7 +317,7 @@ class UploadGateMiddleware:
         if stalled:
             self._count("stalled")
             if not response_started:
-                await send_problem(send, self._timeout(), close=True)
+                await send_problem(send, self._timeout(), close=True, path=path)
 
     def _reserve(self, size: int) -> None:
         self.reserved += size
@@ -322,7 +329,7 @@ class UploadGateMiddleware:
             self.metrics.bodies_refused.labels(reason).inc()
 
     async def _refuse(
-        self, receive: Receive, send: Send, limit: int | None, reservation: int
+        self, receive: Receive, send: Send, path: str, limit: int | None, reservation: int
     ) -> None:
         """503 with the body read and dropped, up to the path's ``limit`` (None: not read);
         closed when it was not read to its end."""
@@ -335,7 +342,7 @@ class UploadGateMiddleware:
         if limit is not None:
             with contextlib.suppress(BodyStalled):
                 drained = await drain_body(receive, 0, limit)
-        await send_problem(send, error, close=not drained)
+        await send_problem(send, error, close=not drained, path=path)
 
     def _timeout(self) -> RequestTimeout:
         return RequestTimeout(

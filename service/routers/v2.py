@@ -18,7 +18,9 @@ and 503 while models load; the endpoints' own schema is the protocol's, not prob
 What is answered before a V2 route runs stays the service's problem+json: a path under
 ``/v2`` that matches no route (404), a wrong method (405), a body over the upload limit
 (413, from the body-size middleware while it streams), and the upload gate's 503 (the
-server's body budget full) and 408 (a body that stopped arriving).
+server's body budget full) and 408 (a body that stopped arriving). Those carry the
+detail in an ``error`` member as well (``service.errors.protocol_members``), where V2
+clients look for the message.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.dependencies import RegistryDep, require_api_key
-from service.errors import DEFAULT_RETRY_AFTER_S, ServiceError, echo
+from service.errors import DEFAULT_RETRY_AFTER_S, V2_PATH_PREFIX, ServiceError, echo
 from service.runtime import (
     DEFAULT_GRAPH,
     NUMPY_TYPES,
@@ -104,7 +106,7 @@ class V2Route(APIRoute):
         return route
 
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=V2Route)
+router = APIRouter(prefix=V2_PATH_PREFIX, tags=["open inference protocol (v2)"], route_class=V2Route)
 protected = [Depends(require_api_key)]
 
 

@@ -304,6 +304,26 @@ def test_gzip_bomb_is_413(tmp_path: Path) -> None:
         assert "inflated" in error_of(response, 413)
 
 
+def test_problems_answered_before_a_v2_route_carry_an_error_member(tmp_path: Path) -> None:
+    """404, 405 and the size limit's 413 on V2 paths are problem+json (no V2 route ran),
+    with the detail in "error" too, where V2 clients read the message; elsewhere not."""
+    root = write_v2_repository(tmp_path / "repository")
+    with TestClient(create_app(make_settings(root, max_upload_bytes=1000))) as client:
+        answers = [
+            (client.get("/v2/models/landmark/nowhere"), 404),
+            (client.get("/v2/models/landmark/infer"), 405),
+            (client.post("/v2/models/landmark/infer", content=b" " * 200_000), 413),
+        ]
+        for response, status in answers:
+            assert response.status_code == status
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["error"] == problem["detail"] and problem["detail"]
+        elsewhere = client.get("/nowhere")
+        assert elsewhere.status_code == 404 and "error" not in elsewhere.json()
+        assert "error" not in client.get("/v2x").json()
+
+
 def test_api_keys_guard_everything_but_health(tmp_path: Path) -> None:
     root = write_v2_repository(tmp_path / "repository")
     with TestClient(create_app(make_settings(root, api_keys=["k"]))) as client:

@@ -120,6 +120,25 @@ def test_errors_reach_the_client_as_messages(triton: httpclient.InferenceServerC
     assert unknown.value.status() == "404" and "chain.front" in unknown.value.message()
 
 
+def test_a_body_over_the_limit_reaches_the_client_as_a_message(tmp_path: Path) -> None:
+    """The size limit's 413 comes from a middleware, before any V2 route: its "error"
+    member is what the client shows (without it: "an exception occurred in the client
+    while decoding the response")."""
+    root = write_v2_repository(tmp_path / "repository")
+    with live_server(create_app(make_settings(root, max_upload_bytes=10_000))) as url:
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        try:
+            image = httpclient.InferInput("image", [4, 3, SIZE, SIZE], "FP32")
+            image.set_data_from_numpy(square_tensor(batch=4), binary_data=True)
+            with pytest.raises(InferenceServerException) as too_large:
+                client.infer("landmark", [image])
+        finally:
+            client.close()
+    assert too_large.value.status() == "413"
+    message = too_large.value.message()
+    assert message.startswith("the request body is ") and "the limit is 75536 bytes" in message
+
+
 @pytest.mark.skipif(not COMMITTED, reason="no model committed to models/repository yet")
 def test_every_graph_of_the_committed_models() -> None:
     """Each V2 model (each graph of each committed model) answers zeros of its declared
