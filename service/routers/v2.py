@@ -106,7 +106,9 @@ class V2Route(APIRoute):
         return route
 
 
-router = APIRouter(prefix=V2_PATH_PREFIX, tags=["open inference protocol (v2)"], route_class=V2Route)
+router = APIRouter(
+    prefix=V2_PATH_PREFIX, tags=["open inference protocol (v2)"], route_class=V2Route
+)
 protected = [Depends(require_api_key)]
 
 
