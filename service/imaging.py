@@ -139,7 +139,30 @@ def jpeg_structure(data: bytes | memoryview) -> tuple[int, int, int]:
     to the next marker, as libjpeg does (with a warning) and Pillow does one Python step at a
     time until the first scan; so junk cannot hide the scans after it. The walk stops after
     MAX_JPEG_SEGMENTS + 1 segments or MAX_JPEG_SKIPPED_BYTES + 1 skipped bytes."""
+    scans, segments, junk = _walk_jpeg(data)
+    return scans, segments, sum(end - start for start, end in junk)
+
+
+def without_header_junk(data: bytes) -> bytes | None:
+    """The JPEG ``data`` without the bytes before its first scan that stand where a marker
+    should (libjpeg skips them, with a warning), or None when there are none. The picture is
+    the same; what libjpeg then warns about is the rest of the file's own doing."""
+    junk = _walk_jpeg(data)[2]
+    if not junk:
+        return None
+    kept, position = [], 0
+    for start, end in junk:
+        kept.append(data[position:start])
+        position = end
+    kept.append(data[position:])
+    return b"".join(kept)
+
+
+def _walk_jpeg(data: bytes | memoryview) -> tuple[int, int, list[tuple[int, int]]]:
+    """``(scans, marker segments, junk)`` for jpeg_structure; junk: the ``(start, end)``
+    byte ranges skipped before the first scan."""
     position, scans, segments, skipped = len(JPEG_SOI), 0, 0, 0
+    junk: list[tuple[int, int]] = []
     while segments <= MAX_JPEG_SEGMENTS and skipped <= MAX_JPEG_SKIPPED_BYTES:
         if position + 4 > len(data):
             break
@@ -157,6 +180,7 @@ def jpeg_structure(data: bytes | memoryview) -> tuple[int, int, int]:
                 start = end_of_run.start() - 1
             if scans == 0:
                 skipped += start - position
+                junk.append((position, start))
             position = start
             continue
         if marker == _EOI:
@@ -172,7 +196,7 @@ def jpeg_structure(data: bytes | memoryview) -> tuple[int, int, int]:
             if following is None:
                 break
             position = following.start()
-    return scans, segments, skipped
+    return scans, segments, junk
 
 
 def png_chunks(data: bytes) -> int:
@@ -435,10 +459,15 @@ def decode_jpeg_rgb(
                 "the image could not be decoded (truncated or corrupt): its compressed data "
                 f"ends before the picture does (libjpeg: {exc})"
             ) from exc
+        cleaned = without_header_junk(data)
+        if cleaned is not None:
+            # Stray bytes among the header's markers: without them the picture is the same,
+            # and a strict decode again sees whatever comes after (data that ends early).
+            return decode_jpeg_rgb(cleaned, header, reduce_to)
         # Another warning stopped the strict decode, possibly at its very end (stray bytes
         # before the end marker): once more without stopping, about what one Pillow decode
-        # costs in all, rather than a Pillow decode on top. A truncation after that first
-        # warning goes unseen, as it did with Pillow alone.
+        # costs in all, rather than a Pillow decode on top. A truncation after stray bytes
+        # between scans goes unseen, as it did with Pillow alone.
         try:
             rgb = simplejpeg.decode_jpeg(
                 data, "RGB", min_width=width, min_height=height, strict=False

@@ -221,6 +221,12 @@ def _picture_jpeg(**params: Any) -> bytes:
     return _save(_picture(), "JPEG", quality=85, **params)
 
 
+def _with_header_junk(jpeg: bytes) -> bytes:
+    """``jpeg`` with three stray bytes after its first marker segment (SOI, then APP0)."""
+    end = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:end] + b"\x00\x11\x22" + jpeg[end:]
+
+
 JPEG, PNG, GIF, TIFF = "image/jpeg", "image/png", "image/gif", "image/tiff"
 OCTET = "application/octet-stream"
 
@@ -250,6 +256,14 @@ FILES: list[tuple[Entry, Callable[[], bytes]]] = [
            "three stray bytes before the end-of-image marker: libjpeg warns, the picture is "
            "whole", image_size=(SIDE, SIDE)),
      lambda: _picture_jpeg()[:-2] + b"\x00\x11\x22\xff\xd9"),
+    (Entry("stray_bytes_in_header.jpg", "image", JPEG, 200,
+           "three stray bytes after the first header segment: libjpeg warns and skips them, "
+           "the picture is whole", image_size=(SIDE, SIDE)),
+     lambda: _with_header_junk(_picture_jpeg())),
+    (Entry("stray_bytes_in_header_then_truncated.jpg", "image", JPEG, 400,
+           "stray bytes in the header, then cut at half its bytes with an end marker appended "
+           "(the first warning used to hide the second)"),
+     lambda: _with_header_junk(_picture_jpeg())[: len(_picture_jpeg()) // 2] + b"\xff\xd9"),
     (Entry("truncated.png", "image", PNG, 400, "PNG cut inside IDAT"),
      lambda: _save(_picture(), "PNG")[:200]),
     (Entry("jpeg_header_then_noise.jpg", "image", JPEG, 400, "SOI marker then noise"),

@@ -749,6 +749,28 @@ def test_stray_bytes_before_the_end_marker_still_decode_whole(
     np.testing.assert_array_equal(turbo, pillow)
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_stray_bytes_in_the_header_decode_whole_and_do_not_hide_a_cut(
+    monkeypatch: pytest.MonkeyPatch, progressive: bool
+) -> None:
+    """libjpeg skips stray bytes between header segments with a warning, and with them
+    TurboJPEG gives up even without stopping at warnings: decoded without them, the picture
+    is the clean file's (simplejpeg, not Pillow), and a cut after them is still found."""
+    data = encode(gradient_photo(640, 480), "JPEG", quality=90, progressive=progressive)
+    end_of_app0 = 4 + int.from_bytes(data[4:6], "big")
+    stray = data[:end_of_app0] + b"\x00\x11\x22" + data[end_of_app0:]
+    assert imaging.without_header_junk(data) is None
+    assert imaging.without_header_junk(stray) == data
+    turbo, pillow = turbo_and_pillow(monkeypatch, decode, stray)
+    np.testing.assert_array_equal(turbo, decode(data))
+    np.testing.assert_array_equal(turbo, pillow)
+    cut = stray[: len(stray) * 6 // 10] + b"\xff\xd9"
+    with pytest.raises(InvalidImage, match="ends before the picture does"):
+        decode(cut)
+    with pytest.raises(InvalidImage, match="ends before the picture does"):
+        decode_to_fit(cut, 160, 160, **LIMITS)
+
+
 def tiff_orientation(kind: int, value: bytes) -> bytes:
     """A little-endian EXIF block whose one entry is the orientation, of TIFF type ``kind``
     (``value``: its bytes, at most 4, or stored after the IFD)."""
