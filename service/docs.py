@@ -7,7 +7,8 @@ two HTML pages are generated. Create the app with ``docs_url=None, redoc_url=Non
 call :func:`install_offline_docs`.
 
 It also documents the 401 of every operation behind the API key (those ``require_api_key``
-marks with a security scheme), so no router has to repeat it.
+marks with a security scheme), so no router has to repeat it, files every problem document
+under the media type it is sent as, and documents Retry-After on every 503.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.schemas import Problem
+from service.schemas import PROBLEM_MEDIA_TYPE, Problem
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -42,13 +43,14 @@ def assets_directory() -> Path:
     return Path(str(files("fastapi_offline") / "static"))
 
 
+PROBLEM_REF = f"#/components/schemas/{Problem.__name__}"
 # Added to the finished schema, so the body is a reference (Problem is in the components:
 # /health/ready and /recognize use it).
 UNAUTHORIZED: dict[str, Any] = {
     "description": "API keys are configured and none or a wrong one was sent",
     "content": {
         "application/problem+json": {
-            "schema": {"$ref": f"#/components/schemas/{Problem.__name__}"},
+            "schema": {"$ref": PROBLEM_REF},
             "example": {
                 "type": "urn:vision-service:problem:unauthorized",
                 "title": "Unauthorized",
@@ -58,6 +60,37 @@ UNAUTHORIZED: dict[str, Any] = {
         }
     },
 }
+
+
+VALIDATION_ERROR_REF = "#/components/schemas/HTTPValidationError"  # FastAPI's
+# Every 503 says when to retry (service/errors.py: Overloaded, ModelNotReady...).
+RETRY_AFTER: dict[str, Any] = {
+    "description": "seconds to wait before retrying",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def document_problems(schema: dict[str, Any]) -> None:
+    """FastAPI files a ``responses=`` model under application/json, whatever the route
+    declares beside it; a Problem is sent as application/problem+json, so its schema moves
+    there. FastAPI's own 422 (HTTPValidationError) is answered as a Problem too
+    (service/errors.py, with an ``errors`` member). Every 503 gets its Retry-After header."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                as_json = content.get("application/json", {})
+                if as_json.get("schema", {}).get("$ref") == VALIDATION_ERROR_REF:
+                    as_json["schema"]["$ref"] = PROBLEM_REF
+                if as_json.get("schema", {}).get("$ref") == PROBLEM_REF:
+                    content[PROBLEM_MEDIA_TYPE] = {
+                        **content.pop("application/json"),
+                        **content.get(PROBLEM_MEDIA_TYPE, {}),
+                    }
+                if status == "503":
+                    response.setdefault("headers", {}).setdefault("Retry-After", RETRY_AFTER)
 
 
 def document_api_key(schema: dict[str, Any]) -> None:
@@ -74,7 +107,9 @@ def install_offline_docs(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         schema = build_schema()
-        document_api_key(schema)  # idempotent: the schema is cached and reused
+        # Both idempotent: the schema is cached and reused.
+        document_api_key(schema)
+        document_problems(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

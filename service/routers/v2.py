@@ -51,6 +51,7 @@ from service.runtime import (
     OnnxSession,
     TensorSpec,
 )
+from service.schemas import PROBLEM_MEDIA_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,19 @@ UNKNOWN_MODEL: Responses = {
     404: _error("no such V2 model (or version) on this server"),
 }
 MODEL_RESPONSES: Responses = {**UNKNOWN_MODEL, **NOT_READY, **OTHER_CLIENT_ERRORS}
+# What the middlewares answer before a V2 route runs (the size limit's 413, the upload
+# gate's 503 and 408): problem+json, with the detail in an "error" member too.
+BEFORE_THE_ROUTE = {"schema": {"$ref": "#/components/schemas/Problem"}}
+
+
+def _or_before_the_route(response: dict[str, Any], when: str) -> dict[str, Any]:
+    """``response`` (the protocol's shape) and the problem+json a middleware may answer
+    with the same status, ``when`` said in the description."""
+    return {
+        **response,
+        "description": f"{response['description']}; {when}",
+        "content": {**response["content"], PROBLEM_MEDIA_TYPE: BEFORE_THE_ROUTE},
+    }
 
 
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -728,8 +742,21 @@ INFER_RESPONSES: Responses = {
     },
     400: _error("malformed request: JSON, names, datatypes, shapes or binary sizes"),
     **UNKNOWN_MODEL,
-    413: _error("the body exceeds the upload limit"),
-    **NOT_READY,
+    408: {
+        "description": "the body stopped arriving for VISION_BODY_TIMEOUT_S (before the route "
+        "runs: problem+json with an `error` member); the connection is closed",
+        "content": {PROBLEM_MEDIA_TYPE: BEFORE_THE_ROUTE},
+    },
+    413: _or_before_the_route(
+        _error("the body exceeds the upload limit"),
+        "as problem+json with an `error` member when its length or its bytes pass it, "
+        "as the protocol's shape when it inflates past it",
+    ),
+    503: _or_before_the_route(
+        NOT_READY[503],
+        "or, as problem+json with an `error` member, the server's body budget is full "
+        "(VISION_MAX_BODY_BYTES_IN_FLIGHT)",
+    ),
     **OTHER_CLIENT_ERRORS,
 }
 

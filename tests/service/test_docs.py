@@ -75,3 +75,23 @@ def test_v2_documents_its_own_error_shape(client: TestClient) -> None:
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
     assert "422" not in infer  # V2 answers malformed requests with 400, never 422
     assert infer["404"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorDocument")
+
+
+def test_problems_are_documented_as_sent(client: TestClient) -> None:
+    """A Problem body is filed under application/problem+json (the media type it is sent
+    as), FastAPI's own 422 schema is nowhere (422s are problem documents too), and every
+    503 documents its Retry-After header."""
+    spec = client.get("/openapi.json").json()
+    wrong = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                name = f"{method.upper()} {path} {status}"
+                content = response.get("content", {})
+                if "Problem" in str(content.get("application/json", {})):
+                    wrong.append(f"{name}: a Problem under application/json")
+                if "HTTPValidationError" in str(content):
+                    wrong.append(f"{name}: FastAPI's 422 schema")
+                if status == "503" and "Retry-After" not in response.get("headers", {}):
+                    wrong.append(f"{name}: no Retry-After")
+    assert not wrong, wrong

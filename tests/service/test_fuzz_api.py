@@ -1,5 +1,6 @@
 """Property-based fuzzing of every operation in the service's own OpenAPI schema
-(schemathesis): whatever the generated request, the answer is never a 5xx.
+(schemathesis): whatever the generated request, the answer is never a 5xx, and it is what
+the schema documents (status, media type, body schema, headers).
 
 The app serves every committed model (lifespan run), with API keys off. The number of
 examples per operation is ``FUZZ_EXAMPLES`` (default 20, what CI runs); the longer run is
@@ -21,7 +22,14 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import CheckContext, not_a_server_error
+from schemathesis.checks import (
+    CheckContext,
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.core.transport import Response
 from schemathesis.python.asgi import shutdown_lifespans
 
@@ -82,6 +90,17 @@ def no_server_error(ctx: CheckContext, response: Response, case: schemathesis.Ca
     not_a_server_error(ctx, response, case)
 
 
+# Beyond "never a 5xx": every answer is one the schema documents, in its status, media type,
+# body (problem documents against Problem) and headers (Retry-After on every 503).
+CHECKS = [
+    no_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+
 @schema.parametrize()
 @settings(
     max_examples=FUZZ_EXAMPLES,
@@ -90,6 +109,6 @@ def no_server_error(ctx: CheckContext, response: Response, case: schemathesis.Ca
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_no_operation_answers_5xx(case: schemathesis.Case) -> None:
-    response = case.call_and_validate(checks=[no_server_error])
+def test_every_operation_answers_as_documented_never_5xx(case: schemathesis.Case) -> None:
+    response = case.call_and_validate(checks=CHECKS)
     SENT[(case.operation.label, response.status_code)] += 1
