@@ -47,8 +47,16 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 async def reject_repeated_fields(request: Request) -> None:
     """422 when a query parameter or a form field comes more than once. FastAPI keeps the
     last silently, so two images, or two labels for a saved teacher record, would be
-    answered as if the client had meant the last one."""
+    answered as if the client had meant the last one. Also 422 for a POST whose body has a
+    content type but is no form (the photo sent as the whole body, or JSON), saying so:
+    FastAPI reads such a body as an empty form, "body.image: Field required"."""
     content_type = request.headers.get("content-type", "").lower()
+    if request.method == "POST" and content_type and not content_type.startswith(FORM_TYPES):
+        media_type = content_type.split(";", 1)[0].strip()
+        raise InvalidField(
+            f"the request body is {echo(media_type)}; send multipart/form-data with the image "
+            "as a file in the field 'image' (curl -F image=@photo.jpg)"
+        )
     is_form = request.method == "POST" and content_type.startswith(FORM_TYPES)
     form = await request.form() if is_form else None
     for where, names in (

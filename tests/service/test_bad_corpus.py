@@ -207,9 +207,14 @@ def test_malformed_requests(client: TestClient, endpoint: UploadEndpoint) -> Non
         headers={"content-type": "multipart/form-data; boundary=vision-boundary"},
     )
     check(empty, REQUESTS["empty_multipart"]["status"])
-    check(
-        client.post(endpoint.path, json={"image": "aGVsbG8="}), REQUESTS["not_multipart"]["status"]
-    )
+    not_a_form = [
+        client.post(endpoint.path, json={"image": "aGVsbG8="}),
+        client.post(endpoint.path, content=b"\xff\xd8\xff", headers={"content-type": "image/jpeg"}),
+    ]
+    for response, sent in zip(not_a_form, ("application/json", "image/jpeg"), strict=True):
+        body = assert_safe_problem(response, REQUESTS["not_multipart"]["status"])
+        # Said as it is, not FastAPI's "body.image: Field required" of an empty form.
+        assert body["detail"].startswith(f"the request body is '{sent}'; send multipart"), body
     for name in endpoint.file_fields:
         twice = [*good.items(), (name, good[name])]
         response = client.post(endpoint.path, files=twice)
