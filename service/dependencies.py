@@ -44,12 +44,14 @@ async def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-async def reject_repeated_fields(request: Request) -> None:
-    """422 when a query parameter or a form field comes more than once. FastAPI keeps the
-    last silently, so two images, or two labels for a saved teacher record, would be
-    answered as if the client had meant the last one. Also 422 for a POST whose body has a
-    content type but is no form (the photo sent as the whole body, or JSON), saying so:
-    FastAPI reads such a body as an empty form, "body.image: Field required"."""
+async def check_request_fields(request: Request) -> None:
+    """422 for what FastAPI would answer as if the client had meant something else:
+    - a query parameter or form field sent more than once (FastAPI keeps the last, so two
+      images, or two labels for a saved teacher record, would pass as the last one);
+    - a field the route reads from the form sent in the query, or the other way round
+      (FastAPI drops it: save=true in the query would store nothing);
+    - a POST body that has a content type but is no form (the photo as the whole body, or
+      JSON), which FastAPI reads as an empty form: "body.image: Field required"."""
     content_type = request.headers.get("content-type", "").lower()
     if request.method == "POST" and content_type and not content_type.startswith(FORM_TYPES):
         media_type = content_type.split(";", 1)[0].strip()
@@ -59,14 +61,44 @@ async def reject_repeated_fields(request: Request) -> None:
         )
     is_form = request.method == "POST" and content_type.startswith(FORM_TYPES)
     form = await request.form() if is_form else None
-    for where, names in (
-        ("query parameter", Counter(name for name, _ in request.query_params.multi_items())),
-        ("form field", Counter(name for name, _ in form.multi_items()) if form else Counter()),
-    ):
+    sent = {
+        "query parameter": Counter(name for name, _ in request.query_params.multi_items()),
+        "form field": Counter(name for name, _ in form.multi_items()) if form else Counter(),
+    }
+    for where, names in sent.items():
         repeated = sorted(name for name, count in names.items() if count > 1)
         if repeated:
             listed = ", ".join(f"{echo(name)} ({names[name]} times)" for name in repeated)
             raise InvalidField(f"{where} sent more than once: {listed}; send each once")
+    # A field sent where the route does not read it would be dropped without a word: a
+    # label or save=true in the query stores no teacher record, a min_score in the form
+    # leaves the default. Other unknown names pass (cache busters, tracing tags).
+    declared = _declared_fields(request.scope.get("route"))
+    for where, names in sent.items():
+        elsewhere = "form field" if where == "query parameter" else "query parameter"
+        misplaced = sorted(set(names) & (declared[elsewhere] - declared[where]))
+        if misplaced:
+            listed = ", ".join(echo(name) for name in misplaced)
+            if len(misplaced) == 1:
+                said = f"sent as a {where}; this endpoint reads it as a {elsewhere}"
+            else:
+                said = f"sent as {where}s; this endpoint reads them as {elsewhere}s"
+            raise InvalidField(f"{listed} {said}")
+
+
+def _declared_fields(route: object) -> dict[str, set[str]]:
+    """The query parameters and form fields the matched route reads, by their names on the
+    wire (its dependencies' too)."""
+    declared: dict[str, set[str]] = {"query parameter": set(), "form field": set()}
+    pending = [getattr(route, "dependant", None)]
+    while pending:
+        dependant = pending.pop()
+        if dependant is None:
+            continue
+        declared["query parameter"] |= {p.alias for p in dependant.query_params}
+        declared["form field"] |= {p.alias for p in dependant.body_params}
+        pending.extend(dependant.dependencies)
+    return declared
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

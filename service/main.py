@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 
 from service.admission import MODEL_ENDPOINTS, AdmissionMiddleware
 from service.attention import FeatureCache
-from service.dependencies import reject_repeated_fields, require_api_key
+from service.dependencies import check_request_fields, require_api_key
 from service.docs import install_offline_docs
 from service.errors import StoreUnavailable, install_exception_handlers
 from service.feedback import FeedbackStore, open_store
@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_exception_handlers(app)
     protected = [Depends(require_api_key)]
     # The key first: a request without one is 401 whatever its fields.
-    single_fields = [*protected, Depends(reject_repeated_fields)]
+    single_fields = [*protected, Depends(check_request_fields)]
     app.include_router(health.router)
     app.include_router(models.router, dependencies=protected)
     app.include_router(recognize.router, dependencies=single_fields)

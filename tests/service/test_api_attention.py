@@ -326,6 +326,21 @@ def test_a_repeated_label_is_422_and_stores_nothing(client: TestClient) -> None:
     assert client.get("/attention/feedback").json()["total"] == before
 
 
+def test_save_and_label_in_the_query_are_422_and_store_nothing(client: TestClient) -> None:
+    """They are form fields: FastAPI would drop them and answer 200 with nothing saved."""
+    before = client.get("/attention/feedback").json()["total"]
+    mask = encode(Image.new("L", (4, 4), 255))
+    response = client.post(
+        "/attention/correct?save=true&label=dress",
+        files={"image": ("i.png", _square_upload(), "image/png"), "mask": ("m.png", mask)},
+    )
+    body = assert_problem(response, 422)
+    assert body["detail"] == (
+        "'label', 'save' sent as query parameters; this endpoint reads them as form fields"
+    )
+    assert client.get("/attention/feedback").json()["total"] == before
+
+
 @pytest.mark.parametrize(
     ("mask", "status", "type_suffix"),
     [
