@@ -36,5 +36,5 @@ def test_idle_and_slow_heads_are_closed_at_the_timeout_and_held_without_it(
         assert run["during"]["upload"]["status"] == 200
         assert run["during"]["health_status"] == 200
         assert run["after"]["upload"]["status"] == 200
-    assert len(report["timer_us"]) == slow_heads.TIMER_ROUNDS
+    assert len(report["protocol_overhead_us"]) == slow_heads.OVERHEAD_ROUNDS
     assert "| no header timeout |" in (tmp_path / "slow_heads.md").read_text()
