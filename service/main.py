@@ -27,6 +27,7 @@ from service.limits import (
 from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import METRICS_STATE_KEY, Metrics, MetricsMiddleware, create_metrics
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
+from service.routers.v2 import BODY_PATHS as V2_BODY_PATHS
 from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
 from service.settings import Settings, get_settings
@@ -158,7 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=app.state.metrics,
     )
     app.add_middleware(
-        MetricsMiddleware, metrics=app.state.metrics, early_paths=MODEL_ENDPOINTS.keys()
+        MetricsMiddleware,
+        metrics=app.state.metrics,
+        early_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS],
     )
     # Every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Request latency buckets (seconds): from a cached health check (ms) to a big upload's
@@ -144,10 +146,11 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, early_paths: Collection[str] = ()) -> None:
         self.app = app
         self.metrics = metrics
-        # Paths a middleware may answer before routing (the model endpoints' early 503s and
-        # 413s): labelled as themselves, not "unmatched", so overload shows per endpoint.
-        # A fixed set, so no client can mint label values with made-up paths.
-        self.early_paths = frozenset(early_paths)
+        # Route templates a middleware may answer before routing (the model endpoints' and
+        # V2 infer's early 503s, 413s and 408s): a request for one is labelled with its
+        # template, not "unmatched", so overload shows per endpoint. A fixed set, so no
+        # client can mint label values with made-up paths.
+        self.early_paths = tuple((path, compile_path(path)[0]) for path in early_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -178,10 +181,13 @@ class MetricsMiddleware:
             )
 
 
-def _endpoint(scope: Scope, early_paths: frozenset[str] = frozenset()) -> str:
+def _endpoint(scope: Scope, early_paths: Sequence[tuple[str, re.Pattern[str]]] = ()) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
     requested = str(scope.get("path", ""))
-    return requested if requested in early_paths else UNMATCHED_ENDPOINT
+    return next(
+        (template for template, pattern in early_paths if pattern.match(requested)),
+        UNMATCHED_ENDPOINT,
+    )

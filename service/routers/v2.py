@@ -761,8 +761,15 @@ INFER_RESPONSES: Responses = {
 }
 
 
+INFER_PATH = "/models/{name}/infer"
+INFER_VERSION_PATH = "/models/{name}/versions/{version}/infer"
+# The V2 routes that take a body, as the app sees them: the size limit and the upload gate
+# may answer them before routing, and the request metrics label those answers with these.
+BODY_PATHS = (V2_PATH_PREFIX + INFER_PATH, V2_PATH_PREFIX + INFER_VERSION_PATH)
+
+
 @router.post(
-    "/models/{name}/infer",
+    INFER_PATH,
     dependencies=protected,
     responses=INFER_RESPONSES,
     openapi_extra=INFER_OPENAPI,
@@ -774,7 +781,7 @@ async def infer_model(name: V2_NAME, request: Request, registry: RegistryDep) ->
 
 
 @router.post(
-    "/models/{name}/versions/{version}/infer",
+    INFER_VERSION_PATH,
     dependencies=protected,
     responses=INFER_RESPONSES,
     openapi_extra=INFER_OPENAPI,

@@ -59,8 +59,16 @@ def test_early_refusals_are_counted_under_their_endpoint(repo: Path) -> None:
             full = client.post("/recognize", files={"image": ("a.png", b"x" * 10, "image/png")})
         big = client.post("/recognize", files={"image": ("a.png", b"x" * 200_000, "image/png")})
         stray = client.post("/no/such/path", content=b"x" * 200_000)
+        v2 = [
+            client.post("/v2/models/landmark/infer", content=b"x" * 200_000),
+            client.post("/v2/models/any-name/versions/7/infer", content=b"x" * 200_000),
+        ]
         values = samples(client.get("/metrics").text)
     assert (full.status_code, big.status_code, stray.status_code) == (503, 413, 413)
+    assert [response.status_code for response in v2] == [413, 413]
+    for template in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        labels = (("endpoint", template), ("method", "POST"), ("status", "413"))
+        assert values[("vision_http_requests_total", labels)] == 1
     request = "vision_http_requests_total"
     for status in ("503", "413"):
         labels = (("endpoint", "/recognize"), ("method", "POST"), ("status", status))
