@@ -125,8 +125,9 @@ def create_metrics() -> Metrics:
         ),
         connections_timed_out=Counter(
             "vision_connections_timed_out",
-            "Connections closed for VISION_HEADER_TIMEOUT_S: idle (no request began) or "
-            "headers (a request's head was incomplete; answered 408).",
+            "Connections closed for VISION_HEADER_TIMEOUT_S: idle (no request began), "
+            "headers (a request's head was incomplete; answered 408) or body (answered "
+            "early, the rest of the body stopped arriving).",
             ["phase"],
             registry=registry,
         ),

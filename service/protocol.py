@@ -8,9 +8,11 @@ are in. This protocol closes a connection whose next request's headers have not 
 arrived ``header_timeout_s`` after the connection started or after its last answer, as
 nginx's ``client_header_timeout`` does: silently when nothing of a request came, with a 408
 problem+json when part of a head did. The deadline is off from the end of a head until the
-request's answer is sent and its body has all arrived (an app that answers early, a 404 to
-an upload say, leaves uvicorn reading and dropping the rest), so a request whose head is in
-is never cut by it, however long its body or answer takes.
+request is answered, so a request whose head is in is never cut by it, however long its
+body or answer takes. An app that answers before reading the body (a 404 to an upload)
+leaves uvicorn reading and dropping the rest: each piece of it restarts the deadline, so
+the client may finish sending, and a connection whose dropped body stops arriving for
+``header_timeout_s`` is closed too (uvicorn's own keep-alive timer never restarts then).
 
 It overrides uvicorn's parser callbacks (``on_message_begin``, ``on_headers_complete``,
 ``on_response_complete``), which are not a public API; tests/service/test_protocol.py runs
@@ -74,7 +76,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._open_requests = 0
         # Some bytes of the next request's head have arrived (it gets a 408, not silence).
         self._head_begun = False
-        # The last request whose head came has not had all its body yet.
+        # The last request whose head came has not had all its body yet (with no request
+        # open: it was answered early, and uvicorn drops the rest as it comes).
         self._body_pending = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -96,6 +99,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        if self._open_requests == 0:
+            # Answered before its body was read (a 404 to an upload): uvicorn drops the
+            # rest, and each piece of it restarts the deadline, so a client still sending
+            # is not cut while one that stops is not held for good.
+            self._arm()
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._body_pending = False
@@ -107,8 +118,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._arm_when_idle()
 
     def _arm_when_idle(self) -> None:
-        """Start the deadline once every request has its answer and all of its body."""
-        if not (self._open_requests or self._body_pending or self.transport.is_closing()):
+        """Start the deadline once every request has its answer: on the next head, or on
+        the next piece of a body being dropped after an early answer."""
+        if not (self._open_requests or self.transport.is_closing()):
             self._arm()
 
     def _arm(self) -> None:
@@ -124,8 +136,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self._open_requests or self.transport.is_closing():
             return
-        phase = "headers" if self._head_begun else "idle"
-        if self._head_begun:
+        if self._body_pending:  # answered; the rest of its body stopped arriving
+            phase = "body"
+        elif self._head_begun:
+            phase = "headers"
+        else:
+            phase = "idle"
+        if phase == "headers":
             self.transport.write(
                 timeout_response(self.header_timeout_s, self.server_state.default_headers)
             )

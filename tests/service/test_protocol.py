@@ -122,6 +122,20 @@ def test_a_body_still_arriving_after_an_early_answer_is_not_cut(served: LiveProc
         assert read_response(sock)[0] == 200
 
 
+def test_a_dropped_body_that_stops_arriving_is_closed(served: LiveProcess) -> None:
+    """After the early 404, one more byte of the body and then nothing: uvicorn's keep-alive
+    timer never restarts, so without the deadline the connection stayed open for good."""
+    before = timed_out(served).get("body", 0.0)
+    with connect(served) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n")
+        assert read_response(sock)[0] == 404
+        sock.sendall(b"x")
+        started = time.monotonic()
+        assert read_to_close(sock) == b""
+    assert time.monotonic() - started <= HEADER_TIMEOUT_S + SLACK_S
+    assert timed_out(served)["body"] == before + 1
+
+
 def test_the_raw_408_is_well_formed() -> None:
     raw = timeout_response(2.5, [(b"server", b"uvicorn")])
     head, _, body = raw.partition(b"\r\n\r\n")
