@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.dependencies import check_api_key
 from service.errors import Overloaded, ServiceError
 from service.limits import BodyLimits, drain_body, release_body, send_problem
+from service.paths import route_path
 from service.runtime import ModelRegistry
 from service.settings import Settings
 
@@ -51,14 +52,14 @@ class AdmissionMiddleware:
                 # Read and dropped unparsed; past the upload limit the connection closes.
                 # Dropping holds no memory: the upload gate's reservation goes back first.
                 release_body(scope)
-                path = str(scope["path"])
+                path = route_path(scope)
                 drained = await drain_body(receive, 0, self.limits.for_path(path))
                 await send_problem(send, rejection, close=not drained, path=path)
                 return
         await self.app(scope, receive, send)
 
     def _rejection(self, scope: Scope) -> Overloaded | None:
-        attribute = self.endpoints.get(str(scope.get("path", "")))
+        attribute = self.endpoints.get(route_path(scope))
         if attribute is None:
             return None
         state = scope["app"].state

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_var
+from service.paths import route_path
 from service.schemas import PROBLEM_MEDIA_TYPE
 from service.timing import SERVER_TIMING_HEADER, scope_header
 
@@ -242,7 +243,7 @@ async def _handle_service_error(request: Request, exc: Exception) -> JSONRespons
         type_=exc.type,
         headers=exc.headers,
         extra=exc.extra,
-        path=request.url.path,
+        path=route_path(request.scope),
     )
 
 
@@ -275,7 +276,7 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
         detail=detail,
         type_=PROBLEM_TYPE_PREFIX + "invalid-request",
         extra={"errors": slim},
-        path=request.url.path,
+        path=route_path(request.scope),
     )
 
 
@@ -296,7 +297,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
         title=_status_phrase(exc.status_code),
         detail=str(exc.detail),
         headers=exc.headers,
-        path=request.url.path,
+        path=route_path(request.scope),
     )
 
 
@@ -319,7 +320,7 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
         title=_status_phrase(HTTPStatus.INTERNAL_SERVER_ERROR),
         detail="the server failed to handle the request",
         headers=headers or None,
-        path=request.url.path,
+        path=route_path(request.scope),
     )
 
 

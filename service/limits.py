@@ -20,6 +20,7 @@ from service.errors import (
     protocol_members,
 )
 from service.metrics import Metrics
+from service.paths import route_path
 from service.schemas import PROBLEM_MEDIA_TYPE
 
 # Multipart framing (boundaries, part headers, the other small fields) on top of the file
@@ -107,7 +108,7 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = str(scope.get("path", ""))
+        path = route_path(scope)
         limit = self.limits.for_path(path)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
@@ -261,7 +262,7 @@ class UploadGateMiddleware:
         if scope["type"] != "http" or declared == 0:
             await self.app(scope, receive, send)
             return
-        path = str(scope.get("path", ""))
+        path = route_path(scope)
         limit = self.limits.for_path(path)
         # A declared length over the limit is refused by the size limit (inside) and read
         # and dropped there, never buffered: it reserves nothing, so it gets its 413.

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.paths import route_path
+
 # Request latency buckets (seconds): from a cached health check (ms) to a big upload's
 # decode on a slow CPU (seconds).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -159,7 +161,7 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
-        counted = not str(scope.get("path", "")).startswith(NOT_IN_FLIGHT_PREFIXES)
+        counted = not route_path(scope).startswith(NOT_IN_FLIGHT_PREFIXES)
         if counted:
             self.metrics.in_flight.inc()
 
@@ -187,7 +189,7 @@ def _endpoint(scope: Scope, early_paths: Sequence[tuple[str, re.Pattern[str]]] =
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    requested = str(scope.get("path", ""))
+    requested = route_path(scope)
     return next(
         (template for template, pattern in early_paths if pattern.match(requested)),
         UNMATCHED_ENDPOINT,
