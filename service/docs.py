@@ -13,6 +13,7 @@ under the media type it is sent as, and documents Retry-After on every 503.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -91,6 +92,13 @@ def document_problems(schema: dict[str, Any]) -> None:
                     }
                 if status == "503":
                     response.setdefault("headers", {}).setdefault("Retry-After", RETRY_AFTER)
+    # FastAPI's 422 schemas, now referred to by nothing, would still be listed.
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):  # the first refers to the second
+        others = {key: value for key, value in schema.items() if key != "components"}
+        others["schemas"] = {key: value for key, value in components.items() if key != name}
+        if f"#/components/schemas/{name}" not in json.dumps(others):
+            components.pop(name, None)
 
 
 def document_api_key(schema: dict[str, Any]) -> None:
