@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m service.serve",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Settings: VISION_* environment variables (README, 'Settings').",
+        epilog="Settings: VISION_* environment variables (README, 'Configuration').",
     ).parse_args(sys.argv[1:] if argv is None else argv)
     settings = get_settings()
     if wants_cuda(settings.providers, gpu_visible()) and preload_cuda_libraries():
