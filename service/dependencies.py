@@ -53,13 +53,13 @@ async def check_request_fields(request: Request) -> None:
     - a POST body that has a content type but is no form (the photo as the whole body, or
       JSON), which FastAPI reads as an empty form: "body.image: Field required"."""
     content_type = request.headers.get("content-type", "").lower()
-    if request.method == "POST" and content_type and not content_type.startswith(FORM_TYPES):
+    is_form = request.method == "POST" and content_type.startswith(FORM_TYPES)
+    if request.method == "POST" and content_type and not is_form:
         media_type = content_type.split(";", 1)[0].strip()
         raise InvalidField(
             f"the request body is {echo(media_type)}; send multipart/form-data with the image "
             "as a file in the field 'image' (curl -F image=@photo.jpg)"
         )
-    is_form = request.method == "POST" and content_type.startswith(FORM_TYPES)
     form = await request.form() if is_form else None
     sent = {
         "query parameter": Counter(name for name, _ in request.query_params.multi_items()),

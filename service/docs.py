@@ -28,7 +28,7 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.schemas import PROBLEM_MEDIA_TYPE, Problem
+from service.schemas import PROBLEM_MEDIA_TYPE, PROBLEM_REF
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -44,7 +44,6 @@ def assets_directory() -> Path:
     return Path(str(files("fastapi_offline") / "static"))
 
 
-PROBLEM_REF = f"#/components/schemas/{Problem.__name__}"
 # Added to the finished schema, so the body is a reference (Problem is in the components:
 # /health/ready and /recognize use it).
 UNAUTHORIZED: dict[str, Any] = {

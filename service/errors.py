@@ -71,6 +71,18 @@ class ServiceError(Exception):
         """Headers the response must carry."""
         return {}
 
+    def document(self, path: str = "") -> dict[str, Any]:
+        """The problem document for this error on a request for ``path``: the RFC 9457
+        members, ``extra``, and what the path's protocol wants (``protocol_members``)."""
+        return {
+            "type": self.type,
+            "title": self.title,
+            "status": int(self.status),
+            "detail": self.detail,
+            **jsonable_encoder(self.extra),
+            **protocol_members(path, self.detail),
+        }
+
 
 class InvalidImage(ServiceError):
     status = HTTPStatus.BAD_REQUEST

@@ -17,7 +17,6 @@ from service.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceError,
-    protocol_members,
 )
 from service.metrics import Metrics
 from service.paths import route_path
@@ -169,15 +168,7 @@ async def send_problem(send: Send, error: ServiceError, *, close: bool, path: st
     """Answer ``error`` to a request for ``path`` as problem+json with its headers, straight
     through ``send`` (from a middleware, outside the app's exception handlers); ``close``
     when the body was not read to its end (the connection cannot carry another request)."""
-    body = json.dumps(
-        {
-            "type": error.type,
-            "title": error.title,
-            "status": int(error.status),
-            "detail": error.detail,
-            **protocol_members(path, error.detail),
-        }
-    ).encode()
+    body = json.dumps(error.document(path)).encode()
     headers = [
         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),

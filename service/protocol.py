@@ -44,14 +44,7 @@ def timeout_response(
         "(VISION_HEADER_TIMEOUT_S); the connection is closed"
     )
     status = HTTPStatus(error.status)
-    body = json.dumps(
-        {
-            "type": error.type,
-            "title": error.title,
-            "status": int(status),
-            "detail": error.detail,
-        }
-    ).encode()
+    body = json.dumps(error.document()).encode()
     fields = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)
     head = (
         f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"

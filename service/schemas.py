@@ -346,6 +346,10 @@ class Problem(BaseModel):
     detail: str
 
 
+# Where the OpenAPI document lists Problem, for responses written as plain schema dicts.
+PROBLEM_REF = f"#/components/schemas/{Problem.__name__}"
+
+
 # The errors every image endpoint shares (one upload or two), for problem_responses.
 UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
     (400, "an upload is not a decodable image"),

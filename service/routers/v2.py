@@ -51,7 +51,7 @@ from service.runtime import (
     OnnxSession,
     TensorSpec,
 )
-from service.schemas import PROBLEM_MEDIA_TYPE
+from service.schemas import PROBLEM_MEDIA_TYPE, PROBLEM_REF
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ UNKNOWN_MODEL: Responses = {
 MODEL_RESPONSES: Responses = {**UNKNOWN_MODEL, **NOT_READY, **OTHER_CLIENT_ERRORS}
 # What the middlewares answer before a V2 route runs (the size limit's 413, the upload
 # gate's 503 and 408): problem+json, with the detail in an "error" member too.
-BEFORE_THE_ROUTE = {"schema": {"$ref": "#/components/schemas/Problem"}}
+BEFORE_THE_ROUTE = {"schema": {"$ref": PROBLEM_REF}}
 
 
 def _or_before_the_route(response: dict[str, Any], when: str) -> dict[str, Any]:
