@@ -7,7 +7,10 @@ built from those alone, an image rebuilt next month could get another ONNX Runti
 major version than the one measured here. This resolves both images' requirements with
 ``pip install --dry-run --report`` (Python 3.11 on linux x86_64: run it on the image's
 platform) and pins every package either installs; the Dockerfile installs with
-``--constraint docker/constraints.txt``. Standard library only.
+``--constraint docker/constraints.txt``. The CPU image's ``onnxruntime`` is pinned to the
+version the GPU image's ``onnxruntime-gpu`` resolves to (the package the development venv,
+the tests and every benchmark run), even when PyPI has a newer CPU-only release: both
+images then serve with the ONNX Runtime that was measured. Standard library only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ONNXRUNTIME = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu[cuda,cudnn]"}
+GPU_DISTRIBUTION = "onnxruntime-gpu"
 HEADER = """\
 # Exact versions for the images' pip installs (docker/Dockerfile: --constraint). Written by
 # `python docker/lock.py` (Python {python}, {platform}); rerun it after changing pyproject's
@@ -28,8 +32,10 @@ HEADER = """\
 """
 
 
-def resolve(onnxruntime: str, work: Path) -> dict[str, str]:
-    """name -> version of everything pip would install for the serving requirements."""
+def resolve(onnxruntime: str, work: Path, constraints: str = "") -> dict[str, str]:
+    """name -> version of everything pip would install for the serving requirements, within
+    ``constraints`` (pip constraint-file lines)."""
+    (work / "constraints.txt").write_text(constraints)
     requirements = work / "requirements.txt"
     requirements.write_text(
         subprocess.run(
@@ -44,6 +50,7 @@ def resolve(onnxruntime: str, work: Path) -> dict[str, str]:
         [
             *(sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"),
             *("--quiet", "--report", str(report), "--requirement", str(requirements)),
+            *("--constraint", str(work / "constraints.txt")),
         ],
         check=True,
     )
@@ -54,10 +61,11 @@ def resolve(onnxruntime: str, work: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    pins: dict[str, str] = {}
-    for onnxruntime in ONNXRUNTIME.values():
-        with tempfile.TemporaryDirectory() as work:
-            pins |= resolve(onnxruntime, Path(work))
+    with tempfile.TemporaryDirectory() as work:
+        pins = resolve(ONNXRUNTIME["gpu"], Path(work))
+    same_release = f"{ONNXRUNTIME['cpu']}=={pins[GPU_DISTRIBUTION]}\n"
+    with tempfile.TemporaryDirectory() as work:
+        pins |= resolve(ONNXRUNTIME["cpu"], Path(work), same_release)
     header = HEADER.format(python=sys.version.split()[0], platform=sys.platform)
     lines = "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
     (HERE / "constraints.txt").write_text(header + lines)

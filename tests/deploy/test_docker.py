@@ -120,6 +120,8 @@ def test_every_serving_requirement_is_pinned_where_its_specifier_allows() -> Non
             assert requirement.specifier.contains(pinned), (text, pinned)
     runs = " ".join(STAGES["build-cpu"].all("RUN") + STAGES["build-gpu"].all("RUN"))
     assert runs.count("--constraint docker/constraints.txt") == 2
+    # Both images serve with the ONNX Runtime release the venv, tests and benchmarks use.
+    assert pins["onnxruntime"] == pins["onnxruntime-gpu"]
 
 
 def test_dockerignore_keeps_what_the_image_copies() -> None:
