@@ -14,6 +14,7 @@ from client._client import AsyncVisionClient, VisionClient
 from client.errors import (
     ApiError,
     BadRequest,
+    Conflict,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -29,6 +30,7 @@ __all__ = [
     "ApiError",
     "AsyncVisionClient",
     "BadRequest",
+    "Conflict",
     "ImageInput",
     "InferResult",
     "InvalidRequest",

@@ -60,6 +60,11 @@ class RequestTimeout(ApiError):
     connection was closed. Sending again may succeed."""
 
 
+class Conflict(ApiError):
+    """409: ``reload_model`` found a new version that failed to load; the version that was
+    serving keeps serving (``body["serving_version"]``)."""
+
+
 class PayloadTooLarge(ApiError):
     """413: the upload exceeds the size or pixel limit."""
 
@@ -109,6 +114,7 @@ STATUS_ERRORS: dict[int, type[ApiError]] = {
     401: Unauthorized,
     404: NotFound,
     408: RequestTimeout,
+    409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: InvalidRequest,

@@ -12,6 +12,7 @@ import pytest
 from client import (
     AsyncVisionClient,
     BadRequest,
+    Conflict,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -163,6 +164,11 @@ def test_reload_model_swaps_in_a_new_version(tmp_path: Path) -> None:
         assert vision.v2_model_metadata("landmark")["versions"] == ["2"]
         with pytest.raises(NotFound):
             vision.reload_model("nope")
+        write_model(root, version="3", file_bytes=b"not an onnx graph")
+        with pytest.raises(Conflict) as failed:
+            vision.reload_model("landmark")
+        assert failed.value.body["serving_version"] == "2"
+        assert vision.models().models[0].version == "2"
 
 
 ATTENTION = Path(__file__).resolve().parents[2] / "models" / "repository" / "attention"
