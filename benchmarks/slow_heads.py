@@ -160,11 +160,14 @@ def measure(
         for connection in watched:
             selector.register(connection.sock, selectors.EVENT_READ, connection)
         watch(watched, opened + timeout_s / 2, drip_s, selector)
-        during = {
-            "rss_mib": status_mib(pid, "VmRSS"),
-            "upload": timed_post(client, photo),
-            "health_status": client.get("/health/ready").status_code,
-        }
+        # A fresh connection: the pooled one has been idle for about the header timeout by
+        # now, and a POST reused as the server closes it would fail (httpx does not retry).
+        with httpx.Client(base_url=client.base_url, timeout=60) as fresh:
+            during = {
+                "rss_mib": status_mib(pid, "VmRSS"),
+                "upload": timed_post(fresh, photo),
+                "health_status": fresh.get("/health/ready").status_code,
+            }
         watch(watched, opened + timeout_s + GRACE_S, drip_s, selector)
         selector.close()
         still_open = Counter(c.kind for c in watched if c.closed_after_s is None)

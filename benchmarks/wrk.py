@@ -106,6 +106,7 @@ def closed_loop(
         "ok": ok,
         "status_400_up": raw["status_400_up"],
         "errors": raw["errors"],
+        "seconds": wall_s,
         "throughput_rps": ok / wall_s if wall_s > 0 else 0.0,
         **{f"p{q}_ms": raw[f"p{q}_us"] / 1000 for q in (50, 95, 99)},
     }

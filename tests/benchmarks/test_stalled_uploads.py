@@ -24,7 +24,7 @@ def test_the_gate_refuses_past_its_count_and_every_stalled_body_times_out(
     argv = ["--clients", "4", "--bytes", "20000", "--max-body-bytes-in-flight", str(budget)]
     # The timeout leaves room for the memory to settle (0.5 s or more) and the checks
     # between the stall and the first 408.
-    timeout_s = 3.0
+    timeout_s = 5.0
     argv += ["--body-timeout", str(timeout_s), "--out", str(tmp_path)]
     report = stalled_uploads.main(argv)
     gated, open_ = report["runs"]

@@ -36,8 +36,10 @@ def test_a_well_formed_upload_is_answered_200_every_time(upload_url: str) -> Non
     assert row["ok"] == row["answers"], row
     # The Lua hook's fields land in the right keys: percentiles in order, in ms.
     assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] < 1000 * SECONDS, row
-    # Throughput is the 200s over wrk's own measured wall time, about SECONDS.
-    assert row["throughput_rps"] == pytest.approx(row["ok"] / SECONDS, rel=0.2)
+    # Throughput is the 200s over wrk's own measured wall time (a busy machine stretches it
+    # past SECONDS, so the ratio is checked against wrk's figure, not the nominal one).
+    assert 0.9 * SECONDS <= row["seconds"] < SECONDS + 10, row
+    assert row["throughput_rps"] == pytest.approx(row["ok"] / row["seconds"]), row
 
 
 def test_refused_answers_count_against_throughput(upload_url: str) -> None:

@@ -12,11 +12,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.live_server import LiveProcess, live_process
 from tests.service.fakes import process_env
 from tests.service.images import encode, scene
+from tests.service.test_api_metrics import samples
 
 GRACE_S = 3
 BOUNDARY = "drain-boundary"
@@ -52,6 +54,18 @@ def start_request(port: int, body: bytes, sent: int) -> socket.socket:
     return sock
 
 
+def wait_in_flight(served: LiveProcess) -> None:
+    """Until the server counts one request in flight: its headers are in and the app has
+    it (uvicorn's shutdown would close a connection whose request had not started)."""
+    deadline = time.monotonic() + 10
+    while True:
+        metrics = samples(httpx.get(f"{served.url}/metrics").text)
+        if metrics[("vision_http_requests_in_flight", ())] >= 1:
+            return
+        assert time.monotonic() < deadline, "the request never reached the app"
+        time.sleep(0.02)
+
+
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -83,7 +97,7 @@ def refused(port: int) -> bool:
 def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(served: LiveProcess) -> None:
     body = multipart(encode(scene()))
     in_flight = start_request(served.port, body, len(body) // 2)
-    time.sleep(0.3)  # the server has read the headers: the request is in flight
+    wait_in_flight(served)
     terminated = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
 
@@ -112,7 +126,7 @@ def test_sigterm_exits_within_the_grace_period_when_a_client_never_finishes(
 ) -> None:
     body = multipart(encode(scene()))
     stalled = start_request(served.port, body, 10)  # the rest never comes
-    time.sleep(0.3)
+    wait_in_flight(served)
     terminated = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
     served.process.wait(timeout=GRACE_S + 10)

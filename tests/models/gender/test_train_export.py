@@ -693,7 +693,8 @@ def test_an_interrupted_run_resumed_ends_as_an_uninterrupted_one(
     assert "resume" not in history["config"]
     assert history["config"] == alone_history["config"] | {"out": cut.out}
     # The time kept from the interrupted process plus the resumed one's.
-    assert abs(history["seconds"] - (saved["seconds"] + plotted[0] - began)) < 0.2
+    # (1 s: two wall-clock reads and a file write apart on a shared machine; rounded to 0.1)
+    assert abs(history["seconds"] - (saved["seconds"] + plotted[0] - began)) < 1.0
     for variant in config.variants:
         got, expected = history["variants"][variant], alone_history["variants"][variant]
         for key in ("train_loss", "val_accuracy"):
