@@ -41,7 +41,7 @@ PROBLEM_TYPE_PREFIX = "urn:vision-service:problem:"
 # The Open Inference Protocol's paths. Its clients read an error's message from an "error"
 # member (tritonclient: ``json.loads(body)["error"]``, else "an exception occurred in the
 # client while decoding the response"); what is answered on these paths before a V2 route
-# runs (404, 405, 413, the upload gate's 503 and 408) is still problem+json, with the
+# runs (404, 405, 413, the upload gate's 401, 503 and 408) is still problem+json, with the
 # detail in an "error" extension member too (RFC 9457 3.2).
 V2_PATH_PREFIX = "/v2"
 

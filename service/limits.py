@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
+from starlette.requests import Request
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
@@ -231,6 +233,11 @@ class UploadGateMiddleware:
     body is dropped) and the connection closed, which frees its reservation and memory.
     Once the body is complete the app's own waits on ``receive`` (for a disconnect) are
     left alone.
+
+    A request to one of ``keyed_paths`` (templates, as routes have them) that ``check_key``
+    refuses is answered with that error (401) before it reserves anything: FastAPI reads a
+    form before the routes' key check runs, so without this a client with no key could hold
+    the budget with bodies it trickles in. Its body is read and dropped as for a 503.
     """
 
     def __init__(
@@ -240,12 +247,16 @@ class UploadGateMiddleware:
         max_bytes: int,
         timeout_s: float,
         metrics: Metrics | None = None,
+        check_key: Callable[[Request], None] | None = None,
+        keyed_paths: Collection[str] = (),
     ) -> None:
         self.app = app
         self.limits = limits
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.check_key = check_key
+        self.keyed_paths = tuple(compile_path(path)[0] for path in keyed_paths)
         self.reserved = 0  # bytes reserved by the requests now past this middleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -286,11 +297,22 @@ class UploadGateMiddleware:
                 response_started = True
             await send(message)
 
+        # A client waiting for 100 Continue has sent nothing: a refusal is answered at once,
+        # and the connection closed.
+        drain_limit = None if _expects_continue(scope) else limit
+        refused = self._unauthorized(scope, path)
+        if refused is not None:
+            self._count("unauthorized")
+            await self._refuse(timed_receive, send, path, drain_limit, refused)
+            return
         if reservation and self.reserved and self.reserved + reservation > self.max_bytes:
             self._count("full")
-            # A client waiting for 100 Continue has sent nothing: answered at once, closed.
-            unread = _expects_continue(scope)
-            await self._refuse(timed_receive, send, path, None if unread else limit, reservation)
+            error = Overloaded(  # said as it was when refused, not after the drain
+                f"{self.reserved} bytes of request bodies are being received or handled; "
+                f"this one's {reservation} would pass the {self.max_bytes} this server takes "
+                "at once (VISION_MAX_BODY_BYTES_IN_FLIGHT)"
+            )
+            await self._refuse(timed_receive, send, path, drain_limit, error)
             return
         held = reservation
 
@@ -320,16 +342,21 @@ class UploadGateMiddleware:
         if self.metrics is not None:
             self.metrics.bodies_refused.labels(reason).inc()
 
+    def _unauthorized(self, scope: Scope, path: str) -> ServiceError | None:
+        """The key check's error for a request to a keyed path, None when it passes."""
+        if self.check_key is None or not any(p.match(path) for p in self.keyed_paths):
+            return None
+        try:
+            self.check_key(Request(scope))
+        except ServiceError as error:
+            return error
+        return None
+
     async def _refuse(
-        self, receive: Receive, send: Send, path: str, limit: int | None, reservation: int
+        self, receive: Receive, send: Send, path: str, limit: int | None, error: ServiceError
     ) -> None:
-        """503 with the body read and dropped, up to the path's ``limit`` (None: not read);
-        closed when it was not read to its end."""
-        error = Overloaded(  # said as it was when refused, not after the drain
-            f"{self.reserved} bytes of request bodies are being received or handled; this "
-            f"one's {reservation} would pass the {self.max_bytes} this server takes at once "
-            "(VISION_MAX_BODY_BYTES_IN_FLIGHT)"
-        )
+        """``error`` with the body read and dropped, up to the path's ``limit`` (None: not
+        read); closed when it was not read to its end."""
         drained = False
         if limit is not None:
             with contextlib.suppress(BodyStalled):

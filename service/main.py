@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -12,7 +13,7 @@ from fastapi import Depends, FastAPI
 
 from service.admission import MODEL_ENDPOINTS, AdmissionMiddleware
 from service.attention import FeatureCache
-from service.dependencies import check_request_fields, require_api_key
+from service.dependencies import check_api_key, check_request_fields, require_api_key
 from service.docs import install_offline_docs
 from service.errors import StoreUnavailable, install_exception_handlers
 from service.feedback import FeedbackStore, open_store
@@ -151,12 +152,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
     app.add_middleware(AdmissionMiddleware, limits=body_limits)
     # Outside admission, so that its drains of refused bodies time out too; inside metrics.
+    # It answers a missing key on the routes that take bodies before reserving for one.
     app.add_middleware(
         UploadGateMiddleware,
         limits=body_limits,
         max_bytes=settings.max_body_bytes_in_flight,
         timeout_s=settings.body_timeout_s,
         metrics=app.state.metrics,
+        check_key=partial(check_api_key, settings=settings) if settings.api_keys else None,
+        keyed_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS, models.RELOAD_PATH],
     )
     app.add_middleware(
         MetricsMiddleware,

@@ -121,7 +121,8 @@ def create_metrics() -> Metrics:
         bodies_refused=Counter(
             "vision_request_bodies_refused",
             "Requests with a body refused by the upload gate: full (503, "
-            "VISION_MAX_BODY_BYTES_IN_FLIGHT) or stalled (408, VISION_BODY_TIMEOUT_S).",
+            "VISION_MAX_BODY_BYTES_IN_FLIGHT), stalled (408, VISION_BODY_TIMEOUT_S) or "
+            "unauthorized (401 before the body is read, when API keys are set).",
             ["reason"],
             registry=registry,
         ),

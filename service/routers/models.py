@@ -59,7 +59,11 @@ RELOAD_ERRORS = problem_responses(
 )
 
 
-@router.post("/models/{name}/reload", responses=RELOAD_ERRORS)
+# Also named to the upload gate, which checks the API key of a body sent here early.
+RELOAD_PATH = "/models/{name}/reload"
+
+
+@router.post(RELOAD_PATH, responses=RELOAD_ERRORS)
 async def reload_model(
     name: str,
     request: Request,

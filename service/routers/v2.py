@@ -17,8 +17,9 @@ request got wrong (400 malformed, 401 key, 404 unknown model, 413 too large once
 and 503 while models load; the endpoints' own schema is the protocol's, not problem+json.
 What is answered before a V2 route runs stays the service's problem+json: a path under
 ``/v2`` that matches no route (404), a wrong method (405), a body over the upload limit
-(413, from the body-size middleware while it streams), and the upload gate's 503 (the
-server's body budget full) and 408 (a body that stopped arriving). Those carry the
+(413, from the body-size middleware while it streams), and the upload gate's 401 (a body
+sent without a valid key, when keys are set), 503 (the server's body budget full) and 408
+(a body that stopped arriving). Those carry the
 detail in an ``error`` member as well (``service.errors.protocol_members``), where V2
 clients look for the message.
 """
@@ -272,7 +273,7 @@ UNKNOWN_MODEL: Responses = {
 }
 MODEL_RESPONSES: Responses = {**UNKNOWN_MODEL, **NOT_READY, **OTHER_CLIENT_ERRORS}
 # What the middlewares answer before a V2 route runs (the size limit's 413, the upload
-# gate's 503 and 408): problem+json, with the detail in an "error" member too.
+# gate's 401, 503 and 408): problem+json, with the detail in an "error" member too.
 BEFORE_THE_ROUTE = {"schema": {"$ref": PROBLEM_REF}}
 
 
@@ -742,6 +743,12 @@ INFER_RESPONSES: Responses = {
     },
     400: _error("malformed request: JSON, names, datatypes, shapes or binary sizes"),
     **UNKNOWN_MODEL,
+    401: _or_before_the_route(
+        UNKNOWN_MODEL[401],
+        "as problem+json with an `error` member when the request has a body: the upload "
+        "gate answers it before reading the body, so that no key means no share of the "
+        "server's body budget",
+    ),
     408: {
         "description": "the body stopped arriving for VISION_BODY_TIMEOUT_S (before the route "
         "runs: problem+json with an `error` member); the connection is closed",

@@ -516,3 +516,38 @@ def test_stalled_uploads_fill_the_gate_then_get_408_over_real_tcp(tmp_path: Path
             assert b"connection: close" in answer.lower()
             assert b"VISION_BODY_TIMEOUT_S" in answer
         assert client.post("/recognize", files=good).status_code == 200
+
+
+def test_uploads_without_a_key_do_not_hold_the_budget_over_real_tcp(tmp_path: Path) -> None:
+    """With API keys set, two keyless uploads that stop mid-body would fill a two-body
+    budget if they reserved it (FastAPI reads a form before the route's key check). The gate
+    answers them 401 without reserving: a keyed upload meanwhile gets 200, not 503, and each
+    keyless client reads its 401 when its body times out."""
+    timeout_s = 3.0
+    env = process_env(
+        tmp_path,
+        VISION_API_KEYS='["k1"]',
+        VISION_MAX_BODY_BYTES_IN_FLIGHT=str(2 * (STALLED_BODY + BODY_OVERHEAD_BYTES)),
+        VISION_BODY_TIMEOUT_S=str(timeout_s),
+    )
+    good = {"image": ("s.png", encode(scene()), "image/png")}
+    with (
+        live_process(env, tmp_path / "stderr.log") as served,
+        httpx.Client(base_url=served.url, timeout=30, headers={"X-API-Key": "k1"}) as client,
+    ):
+        stalled = [stalled_upload(served.port) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + timeout_s / 2
+            while in_flight(client) < 2:  # both are past their heads, in the middlewares
+                assert time.monotonic() < deadline, "the stalled uploads never arrived"
+                time.sleep(0.02)
+            assert client.post("/recognize", files=good).status_code == 200
+            answers = [read_to_close(sock) for sock in stalled]
+        finally:
+            for sock in stalled:
+                sock.close()
+        refusals = samples(client.get("/metrics").text)
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert b"www-authenticate: bearer" in answer.lower()
+    assert refusals[("vision_request_bodies_refused_total", (("reason", "unauthorized"),))] == 2

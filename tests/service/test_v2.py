@@ -331,7 +331,13 @@ def test_api_keys_guard_everything_but_health(tmp_path: Path) -> None:
         assert client.get("/v2/health/live").status_code == 200
         for path in ("/v2", "/v2/models/landmark", "/v2/models/landmark/ready"):
             assert "API key" in error_of(client.get(path), 401)
-        assert error_of(client.post("/v2/models/landmark/infer", json={}), 401)
+        # A body without a key is refused before it is read (the upload gate), as
+        # problem+json whose `error` member the protocol's clients read.
+        refused = client.post("/v2/models/landmark/infer", json={})
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "API key" in refused.json()["error"]
+        assert "API key" in error_of(client.post("/v2/models/landmark/infer"), 401)  # no body
         assert client.get("/v2/models/landmark", headers={"X-API-Key": "k"}).status_code == 200
 
 
