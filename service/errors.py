@@ -135,6 +135,14 @@ class UnsupportedMediaType(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "unsupported-media-type"
 
 
+class HeaderFieldsTooLarge(ServiceError):
+    """The request head passed ``max_header_bytes`` (431); the connection is closed."""
+
+    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    title = "Request header fields too large"
+    type = PROBLEM_TYPE_PREFIX + "request-header-fields-too-large"
+
+
 class Unauthorized(ServiceError):
     status = HTTPStatus.UNAUTHORIZED
     title = "Unauthorized"

@@ -17,6 +17,12 @@ the client may finish sending, and a connection whose dropped body stops arrivin
 It overrides uvicorn's parser callbacks (``on_message_begin``, ``on_headers_complete``,
 ``on_response_complete``), which are not a public API; tests/service/test_protocol.py runs
 it in the entry command over TCP, so an upgrade that changes them fails there.
+
+Nor does uvicorn bound a head's size, and httptools joins a long header by copying it again
+for each piece that arrives. From the read after the one a head began in, this protocol
+counts its bytes; past ``max_header_bytes`` it answers 431 problem+json and closes, before
+the parser sees them. So a head holds at most that plus one read (uvicorn reads up to 64 KiB
+at a time).
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.errors import RequestTimeout
+from service.errors import HeaderFieldsTooLarge, RequestTimeout, ServiceError
 from service.metrics import METRICS_STATE_KEY, Metrics
 from service.schemas import PROBLEM_MEDIA_TYPE
+from service.settings import DEFAULT_MAX_HEADER_BYTES
 
 
 def timeout_response(
@@ -43,6 +50,23 @@ def timeout_response(
         f"the request headers did not arrive within {header_timeout_s:g} s "
         "(VISION_HEADER_TIMEOUT_S); the connection is closed"
     )
+    return raw_response(error, default_headers)
+
+
+def too_large_response(
+    max_header_bytes: int, default_headers: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """The raw HTTP/1.1 431 written to a connection whose request head grew too large."""
+    error = HeaderFieldsTooLarge(
+        f"the request line and headers passed {max_header_bytes} bytes "
+        "(VISION_MAX_HEADER_BYTES); the connection is closed"
+    )
+    return raw_response(error, default_headers)
+
+
+def raw_response(error: ServiceError, default_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``error`` as a raw HTTP/1.1 problem+json answer that closes the connection, written
+    where no ASGI request exists yet (its head is not complete)."""
     status = HTTPStatus(error.status)
     body = json.dumps(error.document()).encode()
     fields = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)
@@ -60,6 +84,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     subclass with the timeout through :func:`header_timeout_protocol`."""
 
     header_timeout_s: ClassVar[float]
+    max_header_bytes: ClassVar[int]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -69,6 +94,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._open_requests = 0
         # Some bytes of the next request's head have arrived (it gets a 408, not silence).
         self._head_begun = False
+        # Bytes of that head counted so far (from the read after the one it began in).
+        self._head_bytes = 0
         # The last request whose head came has not had all its body yet (with no request
         # open: it was answered early, and uvicorn drops the rest as it comes).
         self._body_pending = False
@@ -81,9 +108,18 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._head_begun:  # a head that began in an earlier read is still incomplete
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse_head()
+                return
+        super().data_received(data)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begun = True
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._head_begun = False
@@ -125,6 +161,19 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def _refuse_head(self) -> None:
+        """431 and close: the head passed ``max_header_bytes`` (nothing more is parsed)."""
+        self._disarm()
+        self.transport.write(
+            too_large_response(self.max_header_bytes, self.server_state.default_headers)
+        )
+        self.logger.warning(
+            "%s:%s - request head over %d bytes: 431, connection closed",
+            *(self.client or ("-", "-")),
+            self.max_header_bytes,
+        )
+        self.transport.close()  # after the write is flushed
+
     def _timed_out(self) -> None:
         self._header_timer = None
         if self._open_requests or self.transport.is_closing():
@@ -150,10 +199,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.transport.close()  # after the write is flushed
 
 
-def header_timeout_protocol(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
-    """A protocol class for ``uvicorn.run(http=...)`` with this header timeout (seconds).
-    Made at run time, so it cannot be pickled: fine for the one worker of service/serve.py
-    (uvicorn pickles its config only to spawn several)."""
+def header_timeout_protocol(
+    header_timeout_s: float, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+) -> type[HeaderTimeoutProtocol]:
+    """A protocol class for ``uvicorn.run(http=...)`` with this header timeout (seconds)
+    and head size limit (bytes). Made at run time, so it cannot be pickled: fine for the
+    one worker of service/serve.py (uvicorn pickles its config only to spawn several)."""
     return type(
-        "HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": header_timeout_s}
+        "HeaderTimeoutProtocol",
+        (HeaderTimeoutProtocol,),
+        {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes},
     )

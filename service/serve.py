@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         port=int(os.environ.get("PORT", DEFAULT_PORT)),
         workers=1,
         # httptools with a deadline on request heads (VISION_HEADER_TIMEOUT_S).
-        http=header_timeout_protocol(settings.header_timeout_s),
+        http=header_timeout_protocol(settings.header_timeout_s, settings.max_header_bytes),
         timeout_graceful_shutdown=int(
             os.environ.get("GRACEFUL_SHUTDOWN_S", DEFAULT_GRACEFUL_SHUTDOWN_S)
         ),

@@ -53,6 +53,11 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 # (slowloris), is held as long as the client likes. A head fits in one packet, so 10 s is
 # generous; idle keep-alive connections are closed sooner by uvicorn (5 s).
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+# Most bytes of one request head (request line and headers). uvicorn's httptools parser has
+# no limit, and it joins a long header by copying it again for every piece: one client could
+# send a gigabyte of header within the header timeout. nginx takes 4 x 8 KiB by default and
+# h11 16 KiB; 64 KiB leaves room for large cookies and tokens.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -192,6 +197,8 @@ class Settings(BaseSettings):
     # Seconds a connection gets to deliver a request's headers, from its start or from its
     # last answer (service/protocol.py; only the entry command, python -m service.serve).
     header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
+    # Most bytes of a request head; past it 431 and the connection is closed (same place).
+    max_header_bytes: int = Field(default=DEFAULT_MAX_HEADER_BYTES, ge=1024)
     # Non-empty: every endpoint needs `X-API-Key` or `Authorization: Bearer`, except health,
     # the API docs and the /ui page and its scripts (static; its API calls carry the key).
     api_keys: list[str] = Field(default_factory=list)

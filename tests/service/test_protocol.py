@@ -21,6 +21,7 @@ from tests.service.test_api_metrics import samples
 from tests.service.test_limits import read_to_close
 
 HEADER_TIMEOUT_S = 1.5
+MAX_HEADER_BYTES = 16 * 1024
 # Slack for a busy CI machine: a close is on time when it comes within this much of the
 # deadline, and "not cut" means it outlived the deadline by more than this.
 SLACK_S = 1.0
@@ -29,7 +30,11 @@ SLACK_S = 1.0
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProcess]:
     tmp = tmp_path_factory.mktemp("protocol")
-    env = process_env(tmp, VISION_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S))
+    env = process_env(
+        tmp,
+        VISION_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        VISION_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+    )
     with live_process(env, tmp / "stderr.log") as process:
         yield process
 
@@ -168,6 +173,47 @@ def test_a_dropped_body_that_stops_arriving_is_closed(served: LiveProcess) -> No
         assert read_to_close(sock) == b""
     assert time.monotonic() - started <= HEADER_TIMEOUT_S + SLACK_S
     assert timed_out(served)["body"] == before + 1
+
+
+def send_in_pieces(sock: socket.socket, data: bytes, piece: int = 4096) -> bool:
+    """Send ``data`` a piece at a time, each its own read on the server; False when the
+    server answered or closed first."""
+    for start in range(0, len(data), piece):
+        if select.select([sock], [], [], 0)[0]:
+            return False
+        try:
+            sock.sendall(data[start : start + piece])
+        except OSError:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_head_past_the_size_limit_gets_431_and_is_closed(served: LiveProcess) -> None:
+    """One header of 1 MB, sent in pieces: httptools would hold all of it (copying it again
+    for each piece); the server stops reading at the limit, answers 431 and closes."""
+    head = b"GET /health/live HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 1_000_000
+    with connect(served) as sock:
+        assert not send_in_pieces(sock, head)  # cut off long before the end
+        answer = read_to_close(sock)
+    status, body = responses(answer)[0]
+    assert status == 431
+    problem = json.loads(body)
+    assert problem["status"] == 431 and "VISION_MAX_HEADER_BYTES" in problem["detail"]
+
+
+def test_a_head_under_the_limit_is_answered_in_pieces_too(served: LiveProcess) -> None:
+    """Headers of three quarters of the limit, in pieces, then a second request on the same
+    connection: the count starts again with each head."""
+    head = (
+        b"GET /health/live HTTP/1.1\r\nHost: test\r\nX-Fill: "
+        + b"a" * (3 * MAX_HEADER_BYTES // 4)
+        + b"\r\n\r\n"
+    )
+    with connect(served) as sock:
+        for _ in range(2):
+            assert send_in_pieces(sock, head)
+            assert read_responses(sock, 1)[0][0] == 200
 
 
 def test_the_raw_408_is_well_formed() -> None:
