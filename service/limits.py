@@ -37,6 +37,8 @@ BODY_OVERHEAD_BYTES = 64 * 1024
 # Where UploadGateMiddleware leaves, in the request's scope, the callable that gives its
 # reservation back (release_body).
 RELEASE_BODY_SCOPE_KEY = "vision.release_body"
+# ...and the one that adds to it (reserve_more).
+RESERVE_MORE_SCOPE_KEY = "vision.reserve_more"
 
 # An over-limit body is read and dropped, up to this many times the path's limit, before the
 # 413 goes out: most clients (browsers, requests, httpx) send the whole body before reading
@@ -321,8 +323,22 @@ class UploadGateMiddleware:
             self._reserve(-held)
             held = 0
 
+        def reserve_more(size: int, why: str) -> None:
+            nonlocal held
+            others = self.reserved - held
+            if others and others + held + size > self.max_bytes:
+                self._count("full")
+                raise Overloaded(
+                    f"{why} takes {held + size} bytes; with the {others} that other requests "
+                    f"hold, that would pass the {self.max_bytes} this server takes at once "
+                    "(VISION_MAX_BODY_BYTES_IN_FLIGHT)"
+                )
+            self._reserve(size)
+            held += size
+
         self._reserve(held)
         scope[RELEASE_BODY_SCOPE_KEY] = release
+        scope[RESERVE_MORE_SCOPE_KEY] = reserve_more
         try:
             with contextlib.suppress(BodyStalled):
                 await self.app(scope, timed_receive, guarded_send)
@@ -377,6 +393,16 @@ def release_body(scope: Scope) -> None:
     release = scope.get(RELEASE_BODY_SCOPE_KEY)
     if release is not None:
         release()
+
+
+def reserve_more(scope: Scope, size: int, why: str) -> None:
+    """Add ``size`` bytes to the request's reservation, for what its body becomes beyond
+    the bytes sent (a gzip body inflated); raises Overloaded (503) when that would take the
+    budget past its bound while others hold part of it. ``why`` names the larger body in
+    the 503's detail. A request that did not pass the gate is not counted."""
+    grow: Callable[[int, str], None] | None = scope.get(RESERVE_MORE_SCOPE_KEY)
+    if grow is not None:
+        grow(size, why)
 
 
 def _expects_continue(scope: Scope) -> bool:

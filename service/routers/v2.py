@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.dependencies import RegistryDep, require_api_key
 from service.errors import DEFAULT_RETRY_AFTER_S, V2_PATH_PREFIX, ServiceError, echo
+from service.limits import reserve_more
 from service.runtime import (
     DEFAULT_GRAPH,
     NUMPY_TYPES,
@@ -696,7 +697,9 @@ async def check_model_version_ready(
 async def _infer(found: V2Model, request: Request) -> Response:
     _, config = ready_session(found)
     assert found.graph is not None  # ready_session saw to it
-    body = await request.body()
+    # Read from the stream, not request.body(), which would keep a copy on the request for
+    # as long as it waits in the queue.
+    body = b"".join([chunk async for chunk in request.stream()])
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     # The slot first: a full queue answers 503 before any parsing. Parsing stays on the event
     # loop: the parser, pydantic and numpy's list conversion hold the GIL throughout, so a
@@ -705,10 +708,17 @@ async def _infer(found: V2Model, request: Request) -> Response:
     # 0.1-0.2 s (python -m benchmarks.v2_json). Large tensors belong in the binary extension.
     with found.model.batcher(found.graph).slot() as reservation:
         if encoding != "identity":
+            sent = len(body)
             body = _decompress(body, encoding, request.app.state.settings.max_upload_bytes)
+            # The body budget counted the bytes sent; the inflated body is what is held.
+            reserve_more(request.scope, len(body) - sent, "the inflated body")
         parsed, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         feeds = decode_inputs(parsed, binary, config)
         wanted = requested_outputs(parsed, config)
+        request_id = parsed.id
+        # The parsed JSON holds its numbers as Python objects, 5-8x the body's bytes: let it
+        # and the body go before the wait in the queue, which only needs the arrays.
+        del body, parsed, binary
         try:
             # Batched with concurrent requests for the same graph and per-row shape.
             results = await found.model.infer(
@@ -724,8 +734,8 @@ async def _infer(found: V2Model, request: Request) -> Response:
             raise V2Error(500, f"inference failed: {exc}") from exc
     version = found.model.version or ""
     head: dict[str, Any] = {"model_name": found.name, "model_version": version}
-    if parsed.id is not None:
-        head["id"] = parsed.id
+    if request_id is not None:
+        head["id"] = request_id
     return encode_outputs(results, wanted, config, head)
 
 

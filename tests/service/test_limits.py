@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.formparsers import MultiPartParser
 from starlette.types import Message, Receive, Scope, Send
 
+from service.errors import Overloaded
 from service.limits import (
     BODY_OVERHEAD_BYTES,
     DRAIN_LIMIT_FACTOR,
@@ -23,6 +24,7 @@ from service.limits import (
     BodyStalled,
     UploadGateMiddleware,
     release_body,
+    reserve_more,
 )
 from service.main import create_app
 from service.settings import Settings
@@ -551,3 +553,46 @@ def test_uploads_without_a_key_do_not_hold_the_budget_over_real_tcp(tmp_path: Pa
         assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
         assert b"www-authenticate: bearer" in answer.lower()
     assert refusals[("vision_request_bodies_refused_total", (("reason", "unauthorized"),))] == 2
+
+
+def test_a_reservation_grows_within_the_budget_or_is_refused() -> None:
+    """What a body becomes beyond its bytes (a gzip V2 body inflated) is added to its
+    reservation: alone it may pass the budget (one at a time is always served), beside
+    another request's reservation only within it; refused, it is a 503 and nothing leaks."""
+
+    async def scenario() -> None:
+        held = anyio.Event()
+        release = anyio.Event()
+        outcomes: list[str] = []
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await receive()
+            if scope["path"] == "/hold":
+                held.set()
+                await release.wait()
+            else:
+                for size in scope["sizes"]:
+                    try:
+                        reserve_more(scope, size, "the inflated body")
+                        outcomes.append(f"+{size // RESERVED}")
+                    except Overloaded as error:
+                        outcomes.append(f"503 {error.detail[:23]}")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        middleware = gate(app, max_bytes=3 * RESERVED)
+        body = body_of(1)[0]
+        alone = {**POST, "path": "/grow", "sizes": [10 * RESERVED]}
+        await middleware(alone, body, collector()[1])
+        assert outcomes == ["+10"] and middleware.reserved == 0
+        outcomes.clear()
+        async with anyio.create_task_group() as group:
+            group.start_soon(middleware, {**POST, "path": "/hold"}, body_of(1)[0], collector()[1])
+            await held.wait()
+            beside = {**POST, "path": "/grow", "sizes": [RESERVED, RESERVED]}
+            await middleware(beside, body_of(1)[0], collector()[1])
+            release.set()
+        assert outcomes == ["+1", "503 the inflated body takes"]
+        assert middleware.reserved == 0
+
+    anyio.run(scenario)

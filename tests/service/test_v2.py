@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
@@ -489,3 +491,36 @@ def test_a_full_queue_answers_503_before_parsing(
     assert full.headers["retry-after"]
     assert after.status_code == 200
     assert len(parsed) == 1  # only the request that got a slot was parsed
+
+
+def test_the_parsed_body_is_let_go_before_the_run(
+    v2: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON tensor parsed into Python numbers takes several times its bytes; only the
+    arrays are needed once the request waits for its run. Traced memory when the run
+    starts: the input and its copy in the batch buffer, about 1.9x the float32 input (12x
+    before the handler let go of the body and the parsed request)."""
+    held: list[int] = []
+    run = ort.InferenceSession.run
+
+    def traced_run(self: ort.InferenceSession, *args: Any, **kwargs: Any) -> Any:
+        held.append(tracemalloc.get_traced_memory()[0])
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", traced_run)
+    rows = 4
+    values = np.random.default_rng(0).random(rows * 3 * SIZE * SIZE).round(6).tolist()
+    body = json.dumps(_input(shape=[rows, 3, SIZE, SIZE], data=values)).encode()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        answer = v2.post(
+            "/v2/models/landmark/infer",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+    finally:
+        tracemalloc.stop()
+    assert answer.status_code == 200, answer.text
+    input_bytes = rows * 3 * SIZE * SIZE * 4
+    assert held and held[-1] - base < 4 * input_bytes, (held[-1] - base, input_bytes)
