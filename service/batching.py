@@ -270,6 +270,10 @@ class Batcher:
     _running: set[asyncio.Task[None]] = field(default_factory=set)
     _alone: int = 0  # lone requests in run_alone now (they hold a run slot too)
     _run_slots: asyncio.Semaphore | None = None
+    # Threads for batch runs, policy.parallel of them: anyio's default pool (40 threads) is
+    # shared with blocking work such as teacher-record store calls, which can hold threads
+    # for seconds while a database is down; runs must never wait behind those.
+    _run_threads: anyio.CapacityLimiter | None = None
     # Free pre-allocated float32 batches (max_size rows) for ImageRows inputs: one list per
     # key, since batches running at once each need their own; taken and given back by the
     # worker threads, hence the lock.
@@ -539,7 +543,11 @@ class Batcher:
             for item in batch:
                 waited.observe(started - item.enqueued)
         try:
-            outputs, seconds = await anyio.to_thread.run_sync(self._run, batch)
+            if self._run_threads is None:
+                self._run_threads = anyio.CapacityLimiter(self.policy.parallel)
+            outputs, seconds = await anyio.to_thread.run_sync(
+                self._run, batch, limiter=self._run_threads
+            )
         except Exception as exc:  # ORT failures belong to every request of the batch
             logger.exception("batch of %d on %s/%s failed", len(batch), self.model, self.graph)
             for item in batch:

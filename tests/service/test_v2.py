@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -524,3 +526,34 @@ def test_the_parsed_body_is_let_go_before_the_run(
     assert answer.status_code == 200, answer.text
     input_bytes = rows * 3 * SIZE * SIZE * 4
     assert held and held[-1] - base < 4 * input_bytes, (held[-1] - base, input_bytes)
+
+
+def test_runs_do_not_wait_for_threads_held_by_other_work(v2: TestClient) -> None:
+    """Blocking work (the teacher-record store, while its database is down) runs in anyio's
+    default thread pool; batch runs have threads of their own, so with that pool held to
+    its last thread inference still answers."""
+    portal = v2.portal
+    assert portal is not None
+    default = portal.call(anyio.to_thread.current_default_thread_limiter)
+
+    def hold_the_pool(tokens: float) -> None:
+        default.total_tokens = tokens
+
+    tokens = default.total_tokens
+    portal.call(hold_the_pool, 1)
+    release = threading.Event()
+    portal.start_task_soon(anyio.to_thread.run_sync, release.wait)  # takes the one thread
+    answers: list[int] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(
+            v2.post("/v2/models/landmark/infer", json=_input()).status_code
+        )
+    )
+    try:
+        caller.start()
+        caller.join(timeout=10)
+        assert answers == [200]
+    finally:
+        release.set()
+        caller.join()
+        portal.call(hold_the_pool, tokens)
