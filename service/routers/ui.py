@@ -15,13 +15,29 @@ ASSETS = {
     "editor.css": "text/css",
 }
 
+# The page loads only its own script and styles, talks only to this origin, shows the
+# user's photo (blob:) and the model's maps (data:), and may not be framed by another site
+# (a framed page could be steered into saving a teacher record).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
 router = APIRouter(tags=["ui"])
 
 
 @router.get("/ui", include_in_schema=False)
 async def get_editor_page() -> FileResponse:
     """The attention editor (seed 002's first embodiment, for people)."""
-    return FileResponse(STATIC_DIR / "editor.html", media_type="text/html; charset=utf-8")
+    return FileResponse(
+        STATIC_DIR / "editor.html",
+        media_type="text/html; charset=utf-8",
+        headers=SECURITY_HEADERS,
+    )
 
 
 @router.get("/ui/static/{asset}", include_in_schema=False)
@@ -30,4 +46,6 @@ async def get_editor_asset(asset: str) -> FileResponse:
     media_type = ASSETS.get(asset)
     if media_type is None:
         raise HTTPException(status_code=404, detail=f"no asset {asset!r}")
-    return FileResponse(STATIC_DIR / asset, media_type=f"{media_type}; charset=utf-8")
+    return FileResponse(
+        STATIC_DIR / asset, media_type=f"{media_type}; charset=utf-8", headers=SECURITY_HEADERS
+    )

@@ -31,3 +31,12 @@ def test_unknown_assets_are_404_problems(client: TestClient) -> None:
         response = client.get(path)
         assert response.status_code == 404
         assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_page_and_assets_forbid_framing_sniffing_and_other_origins(client: TestClient) -> None:
+    """What the browser test's CSP check relies on is sent with the page and each asset."""
+    for path in ("/ui", "/ui/static/editor.js", "/ui/static/editor.css"):
+        headers = client.get(path).headers
+        policy = headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert headers["x-content-type-options"] == "nosniff"

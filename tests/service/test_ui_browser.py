@@ -81,14 +81,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 @contextmanager
 def editor_page(url: str) -> Iterator[Any]:
-    """The editor page of the server at ``url``, open in a fresh headless Chromium."""
+    """The editor page of the server at ``url``, open in a fresh headless Chromium; on a
+    clean exit, no Content-Security-Policy violation was reported (the page's own CSP)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            violations: list[str] = []
+            page.on(
+                "console",
+                lambda message: (
+                    violations.append(message.text)
+                    if "Content Security Policy" in message.text
+                    else None
+                ),
+            )
             page.goto(url + "/ui")
             yield page
+            assert not violations, violations
         finally:
             browser.close()
 
