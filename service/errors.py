@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, request_id_var
+from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, printable, request_id_var
 from service.paths import route_path
 from service.schemas import PROBLEM_MEDIA_TYPE
 from service.timing import SERVER_TIMING_HEADER, scope_header
@@ -255,7 +255,9 @@ def _status_phrase(status: int) -> str:
 async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status >= 500:
-        logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc)
+        logger.warning(
+            "%s %s -> %d: %s", request.method, printable(request.url.path), exc.status, exc
+        )
     return problem_response(
         exc.status,
         title=exc.title,
@@ -307,7 +309,10 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
         # the server's temporary storage for spooled uploads (full tmpfs), not the client.
         reason = exc.__cause__.strerror or type(exc.__cause__).__name__
         logger.error(
-            "%s %s: spooling the upload failed: %s", request.method, request.url.path, exc.__cause__
+            "%s %s: spooling the upload failed: %s",
+            request.method,
+            printable(request.url.path),
+            exc.__cause__,
         )
         storage = UploadStorageUnavailable(f"the upload could not be buffered ({reason}); retry")
         return await _handle_service_error(request, storage)
@@ -327,7 +332,7 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id: str | None = request.scope.get(REQUEST_ID_SCOPE_KEY)
     token = request_id_var.set(request_id) if request_id else None
     try:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        logger.exception("unhandled error on %s %s", request.method, printable(request.url.path))
     finally:
         if token is not None:
             request_id_var.reset(token)

@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -44,16 +44,25 @@ def application_name(pid: int | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe for logs and model cards)."""
+    """``url`` with its password, in the address or as libpq's ``?password=`` parameter,
+    replaced by ``***`` (safe for logs and model cards)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
+        password = parts.password
     except ValueError:  # not a URL (an argument list is redacted word by word)
         return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    changed = False
+    if password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+        changed = True
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in query):
+        hidden = [(name, "***" if name == "password" else value) for name, value in query]
+        parts = parts._replace(query=urlencode(hidden, safe="*"))
+        changed = True
+    return urlunsplit(parts) if changed else url
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:

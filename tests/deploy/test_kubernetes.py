@@ -124,6 +124,7 @@ def test_probes_resources_and_drain(name: str) -> None:
     drain = int(settings["GRACEFUL_SHUTDOWN_S"])
     assert pod["terminationGracePeriodSeconds"] > pause + drain
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert container["envFrom"] == [{"configMapRef": {"name": "vision-settings"}}]
 
@@ -231,6 +232,8 @@ def test_kserve_inference_service(version: str) -> None:
     # What remains is the predictor's PodSpec: validate it as one.
     validate_definition(predictor, "podspec-v1", version)
     validate_definition(service["metadata"], "objectmeta-meta-v1", version)
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    assert predictor["automountServiceAccountToken"] is False
     (container,) = predictor["containers"]
     assert container["name"] == "kserve-container"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"

@@ -682,3 +682,20 @@ def test_sqlite_commits_are_fsynced(tmp_path: Path) -> None:
     store = SQLiteFeedbackStore(tmp_path / "feedback.sqlite3")
     with closing(store._open()) as connection:
         assert connection.execute("PRAGMA synchronous").fetchone() == (2,)  # 2 = FULL
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@db:5432/v", "postgresql://u:***@db:5432/v"),
+        (
+            "postgresql://u@db/v?sslmode=require&password=secret",
+            "postgresql://u@db/v?sslmode=require&password=***",
+        ),
+        ("postgresql://u:a@db/v?password=b", "postgresql://u:***@db/v?password=***"),
+        ("postgresql://db/v?sslmode=require", "postgresql://db/v?sslmode=require"),
+        ("sqlite:////var/feedback.sqlite3", "sqlite:////var/feedback.sqlite3"),
+    ],
+)
+def test_a_database_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert postgres_backend.redact(url) == shown
