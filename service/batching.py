@@ -272,7 +272,8 @@ class Batcher:
     _run_slots: asyncio.Semaphore | None = None
     # Threads for batch runs, policy.parallel of them: anyio's default pool (40 threads) is
     # shared with blocking work such as teacher-record store calls, which can hold threads
-    # for seconds while a database is down; runs must never wait behind those.
+    # for seconds while a database is down; runs must never wait behind those. Made with
+    # the loop (_bind_loop), like the run slots.
     _run_threads: anyio.CapacityLimiter | None = None
     # Free pre-allocated float32 batches (max_size rows) for ImageRows inputs: one list per
     # key, since batches running at once each need their own; taken and given back by the
@@ -435,6 +436,7 @@ class Batcher:
             # A new event loop (a new test client, say): nothing of the old one is usable.
             self._loop, self._wakeup, self._worker = loop, asyncio.Event(), None
             self._run_slots = asyncio.Semaphore(max(1, self.policy.parallel))
+            self._run_threads = anyio.CapacityLimiter(max(1, self.policy.parallel))
             self._running = set()
         return loop
 
@@ -543,8 +545,6 @@ class Batcher:
             for item in batch:
                 waited.observe(started - item.enqueued)
         try:
-            if self._run_threads is None:
-                self._run_threads = anyio.CapacityLimiter(self.policy.parallel)
             outputs, seconds = await anyio.to_thread.run_sync(
                 self._run, batch, limiter=self._run_threads
             )

@@ -37,8 +37,8 @@ BODY_OVERHEAD_BYTES = 64 * 1024
 # Where UploadGateMiddleware leaves, in the request's scope, the callable that gives its
 # reservation back (release_body).
 RELEASE_BODY_SCOPE_KEY = "vision.release_body"
-# ...and the one that adds to it (reserve_more).
-RESERVE_MORE_SCOPE_KEY = "vision.reserve_more"
+# ...and the one that makes it cover a larger body (reserve_at_least).
+RESERVE_AT_LEAST_SCOPE_KEY = "vision.reserve_at_least"
 
 # An over-limit body is read and dropped, up to this many times the path's limit, before the
 # 413 goes out: most clients (browsers, requests, httpx) send the whole body before reading
@@ -323,10 +323,11 @@ class UploadGateMiddleware:
             self._reserve(-held)
             held = 0
 
-        def reserve_more(size: int, why: str) -> None:
+        def reserve_at_least(body_bytes: int, why: str) -> None:
             nonlocal held
+            size = max(0, body_bytes + BODY_OVERHEAD_BYTES - held)
             others = self.reserved - held
-            if others and others + held + size > self.max_bytes:
+            if size and others and others + held + size > self.max_bytes:
                 self._count("full")
                 raise Overloaded(
                     f"{why} takes {held + size} bytes; with the {others} that other requests "
@@ -338,7 +339,7 @@ class UploadGateMiddleware:
 
         self._reserve(held)
         scope[RELEASE_BODY_SCOPE_KEY] = release
-        scope[RESERVE_MORE_SCOPE_KEY] = reserve_more
+        scope[RESERVE_AT_LEAST_SCOPE_KEY] = reserve_at_least
         try:
             with contextlib.suppress(BodyStalled):
                 await self.app(scope, timed_receive, guarded_send)
@@ -395,14 +396,16 @@ def release_body(scope: Scope) -> None:
         release()
 
 
-def reserve_more(scope: Scope, size: int, why: str) -> None:
-    """Add ``size`` bytes to the request's reservation, for what its body becomes beyond
-    the bytes sent (a gzip body inflated); raises Overloaded (503) when that would take the
-    budget past its bound while others hold part of it. ``why`` names the larger body in
-    the 503's detail. A request that did not pass the gate is not counted."""
-    grow: Callable[[int, str], None] | None = scope.get(RESERVE_MORE_SCOPE_KEY)
+def reserve_at_least(scope: Scope, body_bytes: int, why: str) -> None:
+    """Make the request's reservation cover a body of ``body_bytes`` (what it became beyond
+    the bytes sent: a gzip body inflated), growing it if it is smaller (a declared length),
+    never shrinking it (a chunked body reserved the path's limit); raises Overloaded (503)
+    when growing would take the budget past its bound while others hold part of it. ``why``
+    names the larger body in the 503's detail. A request that did not pass the gate is not
+    counted."""
+    grow: Callable[[int, str], None] | None = scope.get(RESERVE_AT_LEAST_SCOPE_KEY)
     if grow is not None:
-        grow(size, why)
+        grow(body_bytes, why)
 
 
 def _expects_continue(scope: Scope) -> bool:

@@ -20,9 +20,11 @@ it in the entry command over TCP, so an upgrade that changes them fails there.
 
 Nor does uvicorn bound a head's size, and httptools joins a long header by copying it again
 for each piece that arrives. From the read after the one a head began in, this protocol
-counts its bytes; past ``max_header_bytes`` it answers 431 problem+json and closes, before
-the parser sees them. So a head holds at most that plus one read (uvicorn reads up to 64 KiB
-at a time).
+counts its bytes and gives the parser no more than ``max_header_bytes`` of them: when the
+head ends within those, the rest of the read (a body, the next requests) follows; when it
+does not, the answer is 431 problem+json and the connection is closed, after the answers
+to any requests before it. So a head holds at most that limit plus the read it began in
+(asyncio and uvloop read up to 256 KiB at a time).
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._head_begun = False
         # Bytes of that head counted so far (from the read after the one it began in).
         self._head_bytes = 0
+        # Heads completed on this connection (tells whether a head ended within a read).
+        self._heads_completed = 0
+        # A head went over the limit: nothing more is read; the 431 goes out once the
+        # requests before it are answered.
+        self._refusing = False
         # The last request whose head came has not had all its body yet (with no request
         # open: it was answered early, and uvicorn drops the rest as it comes).
         self._body_pending = False
@@ -109,12 +116,22 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_begun:  # a head that began in an earlier read is still incomplete
+        if self._refusing:
+            return
+        if not self._head_begun:  # a head starting in this read is counted from the next
+            super().data_received(data)
+            return
+        room = self.max_header_bytes - self._head_bytes
+        if len(data) <= room:
             self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
-                self._refuse_head()
-                return
-        super().data_received(data)
+            super().data_received(data)
+            return
+        heads = self._heads_completed
+        super().data_received(data[:room])
+        if self._heads_completed == heads:  # the head did not end within the limit
+            self._refuse_head()
+        elif not self.transport.is_closing():
+            super().data_received(data[room:])
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -122,6 +139,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
+        self._heads_completed += 1
         self._head_begun = False
         self._body_pending = True
         self._open_requests += 1
@@ -144,6 +162,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self._open_requests -= 1
         super().on_response_complete()
+        if self._refusing:
+            if not self._open_requests:
+                self._send_refusal()
+            return
         self._arm_when_idle()
 
     def _arm_when_idle(self) -> None:
@@ -162,8 +184,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._header_timer = None
 
     def _refuse_head(self) -> None:
-        """431 and close: the head passed ``max_header_bytes`` (nothing more is parsed)."""
+        """Stop reading: the head passed ``max_header_bytes``. The 431 goes out now, or
+        after the answers to the requests before it (pipelined) are complete."""
         self._disarm()
+        self._refusing = True
+        if not self._open_requests:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
         self.transport.write(
             too_large_response(self.max_header_bytes, self.server_state.default_headers)
         )

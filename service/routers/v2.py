@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.dependencies import RegistryDep, require_api_key
 from service.errors import DEFAULT_RETRY_AFTER_S, V2_PATH_PREFIX, ServiceError, echo
-from service.limits import reserve_more
+from service.limits import reserve_at_least
 from service.runtime import (
     DEFAULT_GRAPH,
     NUMPY_TYPES,
@@ -708,10 +708,9 @@ async def _infer(found: V2Model, request: Request) -> Response:
     # 0.1-0.2 s (python -m benchmarks.v2_json). Large tensors belong in the binary extension.
     with found.model.batcher(found.graph).slot() as reservation:
         if encoding != "identity":
-            sent = len(body)
             body = _decompress(body, encoding, request.app.state.settings.max_upload_bytes)
             # The body budget counted the bytes sent; the inflated body is what is held.
-            reserve_more(request.scope, len(body) - sent, "the inflated body")
+            reserve_at_least(request.scope, len(body), "the inflated body")
         parsed, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         feeds = decode_inputs(parsed, binary, config)
         wanted = requested_outputs(parsed, config)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import tempfile
@@ -24,7 +25,7 @@ from service.limits import (
     BodyStalled,
     UploadGateMiddleware,
     release_body,
-    reserve_more,
+    reserve_at_least,
 )
 from service.main import create_app
 from service.settings import Settings
@@ -470,9 +471,12 @@ def stalled_upload(port: int) -> socket.socket:
 
 
 def read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sent until it closed. A server that closes with input unread
+    resets the connection; what had arrived before the reset still stands."""
     chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -556,14 +560,16 @@ def test_uploads_without_a_key_do_not_hold_the_budget_over_real_tcp(tmp_path: Pa
 
 
 def test_a_reservation_grows_within_the_budget_or_is_refused() -> None:
-    """What a body becomes beyond its bytes (a gzip V2 body inflated) is added to its
-    reservation: alone it may pass the budget (one at a time is always served), beside
-    another request's reservation only within it; refused, it is a 503 and nothing leaks."""
+    """What a body becomes beyond its bytes (a gzip V2 body inflated) is covered by its
+    reservation: grown from a declared length, never shrunk; alone it may pass the budget
+    (one at a time is always served), beside another request's reservation only within
+    it; refused, it is a 503 and nothing leaks. Each outcome: the gate's total after it."""
 
     async def scenario() -> None:
         held = anyio.Event()
         release = anyio.Event()
         outcomes: list[str] = []
+        middleware = gate(None, max_bytes=3 * RESERVED)
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             await receive()
@@ -573,26 +579,27 @@ def test_a_reservation_grows_within_the_budget_or_is_refused() -> None:
             else:
                 for size in scope["sizes"]:
                     try:
-                        reserve_more(scope, size, "the inflated body")
-                        outcomes.append(f"+{size // RESERVED}")
+                        reserve_at_least(scope, size, "the inflated body")
+                        outcomes.append(str(middleware.reserved))
                     except Overloaded as error:
                         outcomes.append(f"503 {error.detail[:23]}")
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b""})
 
-        middleware = gate(app, max_bytes=3 * RESERVED)
-        body = body_of(1)[0]
-        alone = {**POST, "path": "/grow", "sizes": [10 * RESERVED]}
-        await middleware(alone, body, collector()[1])
-        assert outcomes == ["+10"] and middleware.reserved == 0
+        middleware.app = app
+        alone = {**POST, "path": "/grow", "sizes": [10 * DECLARED, 0]}
+        await middleware(alone, body_of(1)[0], collector()[1])
+        big = str(10 * DECLARED + BODY_OVERHEAD_BYTES)
+        assert outcomes == [big, big] and middleware.reserved == 0  # grown, not shrunk
         outcomes.clear()
         async with anyio.create_task_group() as group:
             group.start_soon(middleware, {**POST, "path": "/hold"}, body_of(1)[0], collector()[1])
             await held.wait()
-            beside = {**POST, "path": "/grow", "sizes": [RESERVED, RESERVED]}
+            beside = {**POST, "path": "/grow", "sizes": [DECLARED // 2, 2 * DECLARED, 2 * RESERVED]}
             await middleware(beside, body_of(1)[0], collector()[1])
             release.set()
-        assert outcomes == ["+1", "503 the inflated body takes"]
+        grown = str(RESERVED + 2 * DECLARED + BODY_OVERHEAD_BYTES)
+        assert outcomes == [str(2 * RESERVED), grown, "503 the inflated body takes"]
         assert middleware.reserved == 0
 
     anyio.run(scenario)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -214,6 +215,35 @@ def test_a_head_under_the_limit_is_answered_in_pieces_too(served: LiveProcess) -
         for _ in range(2):
             assert send_in_pieces(sock, head)
             assert read_responses(sock, 1)[0][0] == 200
+
+
+def test_a_head_split_across_reads_is_not_charged_for_the_body_after_it(
+    served: LiveProcess,
+) -> None:
+    """The read that ends a head may carry a body much larger than the head limit: only
+    the head's bytes count, and the rest goes on to the request."""
+    body = b"x" * (3 * MAX_HEADER_BYTES)
+    with connect(served) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: test\r\n")
+        time.sleep(0.2)  # a read of its own: the head began in it
+        sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert read_responses(sock, 1)[0][0] == 404
+
+
+def test_a_pipelined_head_over_the_limit_waits_for_the_answer_before_it(
+    served: LiveProcess,
+) -> None:
+    """A request, then a head that passes the limit while the request is still being
+    handled: its answer comes first, whole, then the 431, then the close."""
+    head, body = recognize_request()
+    with connect(served) as sock:
+        sock.sendall(head + body + b"GET /health/live HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        time.sleep(0.001)
+        with contextlib.suppress(OSError):  # closed while sending: its answers are read below
+            sock.sendall(b"a" * (2 * MAX_HEADER_BYTES))
+        answers = responses(read_to_close(sock))
+    assert [status for status, _ in answers] == [200, 431]
+    assert json.loads(answers[0][1])["model"]["name"] == "landmark"
 
 
 def test_the_raw_408_is_well_formed() -> None:

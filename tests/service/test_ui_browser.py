@@ -268,14 +268,14 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
         # Locator assertions, not wait_for_function: a string predicate is eval'd in the
         # page, which the page's CSP (no 'unsafe-eval') refuses.
         expect = pytest.importorskip("playwright.sync_api").expect
-        expect(page.locator("#save")).to_be_enabled()
+        expect(page.locator("#save")).to_be_enabled(timeout=20_000)
         saved = open_store(feedback).records()
         assert len(saved) == before + 1
         assert saved[-1].label == chosen
 
         sent = requests.count(url + "/attention")
         page.set_input_files("#image-input", str(tiff))
-        expect(page.locator("#status")).to_contain_text("cannot display")
+        expect(page.locator("#status")).to_contain_text("cannot display", timeout=20_000)
         assert requests.count(url + "/attention") == sent  # never sent
         for button in ("#clear-map", "#reset-map", "#submit", "#save"):
             assert page.is_disabled(button), button
