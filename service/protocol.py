@@ -24,7 +24,10 @@ counts its bytes and gives the parser no more than ``max_header_bytes`` of them:
 head ends within those, the rest of the read (a body, the next requests) follows; when it
 does not, the answer is 431 problem+json and the connection is closed, after the answers
 to any requests before it. So a head holds at most that limit plus the read it began in
-(asyncio and uvloop read up to 256 KiB at a time).
+(asyncio and uvloop read up to 256 KiB at a time). httptools gathers a chunked body's
+trailer fields the same way, after the head: while a body arrives, what of each read does
+not reach the body (chunk sizes, trailers) may not pass ``max_header_bytes`` plus the body
+so far, or the connection is closed.
 """
 
 from __future__ import annotations
@@ -103,6 +106,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # A head went over the limit: nothing more is read; the 431 goes out once the
         # requests before it are answered.
         self._refusing = False
+        # Of the current message after its head: body bytes, and the rest (chunk framing,
+        # trailer fields), counted while its body arrives.
+        self._body_bytes = 0
+        self._framing_bytes = 0
         # The last request whose head came has not had all its body yet (with no request
         # open: it was answered early, and uvicorn drops the rest as it comes).
         self._body_pending = False
@@ -118,9 +125,15 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusing:
             return
-        if not self._head_begun:  # a head starting in this read is counted from the next
+        if self._head_begun:
+            self._feed_head(data)
+        elif self._body_pending:
+            self._feed_body(data)
+        else:  # a head starting in this read is counted from the next
             super().data_received(data)
-            return
+
+    def _feed_head(self, data: bytes) -> None:
+        """A read that continues a head begun in an earlier one."""
         room = self.max_header_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)
@@ -133,6 +146,25 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         elif not self.transport.is_closing():
             super().data_received(data[room:])
 
+    def _feed_body(self, data: bytes) -> None:
+        """A read while a body arrives: what does not reach the body is framing or
+        trailers, bounded like a head (plus the body so far: chunk sizes grow with it)."""
+        body_before = self._body_bytes
+        super().data_received(data)
+        if not self._body_pending or self.transport.is_closing():
+            return  # the message ended in this read (what followed it: the next head)
+        self._framing_bytes += len(data) - (self._body_bytes - body_before)
+        if self._framing_bytes > self.max_header_bytes + self._body_bytes:
+            self._refusing = True
+            self.logger.warning(
+                "%s:%s - %d bytes of chunk framing and trailers beside %d of body: "
+                "connection closed",
+                *(self.client or ("-", "-")),
+                self._framing_bytes,
+                self._body_bytes,
+            )
+            self.transport.close()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begun = True
@@ -140,6 +172,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._heads_completed += 1
+        self._body_bytes = self._framing_bytes = 0
         self._head_begun = False
         self._body_pending = True
         self._open_requests += 1
@@ -147,6 +180,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         super().on_body(body)
         if self._open_requests == 0:
             # Answered before its body was read (a 404 to an upload): uvicorn drops the

@@ -246,6 +246,32 @@ def test_a_pipelined_head_over_the_limit_waits_for_the_answer_before_it(
     assert json.loads(answers[0][1])["model"]["name"] == "landmark"
 
 
+def test_chunked_trailers_past_the_limit_close_the_connection(served: LiveProcess) -> None:
+    """httptools gathers a trailer field like a header, after the head: an upload in
+    chunks whose trailer grows past the limit is cut off at once (not at the 30 s body
+    timeout); the same upload with a short trailer is answered."""
+    head, body = recognize_request()
+    chunked = head.replace(b"Content-Length: %d" % len(body), b"Transfer-Encoding: chunked")
+    chunks = b"".join(
+        b"%x\r\n" % len(body[i : i + 4096]) + body[i : i + 4096] + b"\r\n"
+        for i in range(0, len(body), 4096)
+    )
+    with connect(served) as sock:
+        sock.sendall(chunked + chunks + b"0\r\nX-Trailer: ")
+        time.sleep(0.1)
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # the server closes while this is sent
+            for _ in range(4 * MAX_HEADER_BYTES // 4096 + len(body) // 4096 + 2):
+                sock.sendall(b"a" * 4096)
+                time.sleep(0.01)
+        assert read_to_close(sock) == b""  # the app never saw its body end
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + SLACK_S
+    with connect(served) as sock:
+        sock.sendall(chunked + chunks + b"0\r\nX-Trailer: short\r\n\r\n")
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert [status for status, _ in read_responses(sock, 2)] == [200, 200]
+
+
 def test_the_raw_408_is_well_formed() -> None:
     raw = timeout_response(2.5, [(b"server", b"uvicorn")])
     head, _, body = raw.partition(b"\r\n\r\n")
