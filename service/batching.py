@@ -500,6 +500,7 @@ class Batcher:
         """Pop the oldest live request and every later one that fits with it."""
         batch: list[_Item] = []
         kept: list[_Item] = []
+        checking: list[_Item] = []  # the item whose client is being asked about, if any
         rows = 0
         try:
             while self._queue:
@@ -513,7 +514,10 @@ class Batcher:
                 if item.future.done():  # the request's task was cancelled while queued
                     self._count_rejected("client_gone")
                     continue
-                if await _client_gone(item):
+                checking.append(item)
+                gone = await _client_gone(item)
+                checking.clear()
+                if gone:
                     self._count_rejected("client_gone")
                     item.future.set_exception(
                         ClientClosedRequest("the client disconnected before its batch ran")
@@ -525,8 +529,9 @@ class Batcher:
                     break
         except BaseException as exc:
             # The worker is cancelled (shutdown) or hit a bug: requests already taken off the
-            # queue would otherwise wait for an answer that never comes.
-            for item in batch:
+            # queue (the one being checked too) would otherwise wait for an answer that never
+            # comes.
+            for item in [*batch, *checking]:
                 if item.future.done():  # its request was cancelled meanwhile
                     continue
                 if isinstance(exc, Exception):
@@ -554,6 +559,10 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        except BaseException:  # cancelled (shutdown): no request may wait on it forever
+            for item in batch:
+                item.future.cancel()
+            raise
         if self.metrics is not None:
             self.metrics.batch_size.labels(*self._labels()).observe(sum(i.rows for i in batch))
             self.metrics.inference_seconds.labels(self.model, self.version).observe(seconds)

@@ -456,6 +456,31 @@ def test_cancelled_requests_are_dropped(repo: Path) -> None:
     assert batcher.runner.batches == [1]  # type: ignore[attr-defined]
 
 
+def test_a_request_being_checked_when_the_worker_stops_is_not_left_waiting(repo: Path) -> None:
+    """The worker cancelled (shutdown) while it asks whether a request's client is still
+    there: that request, taken off the queue, is cancelled too instead of waiting for good."""
+    batcher = _batcher(_model(repo))
+
+    async def main() -> None:
+        asked = asyncio.Event()
+
+        async def never_answers() -> bool:
+            asked.set()
+            await asyncio.Event().wait()
+            return False
+
+        request = asyncio.ensure_future(
+            batcher.infer({"image": _images(1)[0]}, disconnected=never_answers)
+        )
+        await asked.wait()
+        assert batcher._worker is not None
+        batcher._worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(request, timeout=PATIENT_S / 3)
+
+    asyncio.run(main())
+
+
 def test_batching_off_runs_every_request_alone(repo: Path) -> None:
     model = _model(repo, batching=False)
     batcher = model.batcher()
