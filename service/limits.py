@@ -11,17 +11,11 @@ from dataclasses import dataclass, field
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
-from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import (
-    Overloaded,
-    PayloadTooLarge,
-    RequestTimeout,
-    ServiceError,
-)
+from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, ServiceError
 from service.metrics import Metrics
-from service.paths import route_path
+from service.paths import RouteTemplates, route_path
 from service.schemas import PROBLEM_MEDIA_TYPE
 
 # Multipart framing (boundaries, part headers, the other small fields) on top of the file
@@ -258,7 +252,7 @@ class UploadGateMiddleware:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self.check_key = check_key
-        self.keyed_paths = tuple(compile_path(path)[0] for path in keyed_paths)
+        self.keyed_paths = RouteTemplates(keyed_paths)
         self.reserved = 0  # bytes reserved by the requests now past this middleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -361,7 +355,7 @@ class UploadGateMiddleware:
 
     def _unauthorized(self, scope: Scope, path: str) -> ServiceError | None:
         """The key check's error for a request to a keyed path, None when it passes."""
-        if self.check_key is None or not any(p.match(path) for p in self.keyed_paths):
+        if self.check_key is None or self.keyed_paths.match(path) is None:
             return None
         try:
             self.check_key(Request(scope))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.paths import route_path
+from service.paths import RouteTemplates, route_path
 
 # Request latency buckets (seconds): from a cached health check (ms) to a big upload's
 # decode on a slow CPU (seconds).
@@ -154,7 +152,7 @@ class MetricsMiddleware:
         # V2 infer's early 503s, 413s and 408s): a request for one is labelled with its
         # template, not "unmatched", so overload shows per endpoint. A fixed set, so no
         # client can mint label values with made-up paths.
-        self.early_paths = tuple((path, compile_path(path)[0]) for path in early_paths)
+        self.early_paths = RouteTemplates(early_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,13 +183,9 @@ class MetricsMiddleware:
             )
 
 
-def _endpoint(scope: Scope, early_paths: Sequence[tuple[str, re.Pattern[str]]] = ()) -> str:
+def _endpoint(scope: Scope, early_paths: RouteTemplates) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    requested = route_path(scope)
-    return next(
-        (template for template, pattern in early_paths if pattern.match(requested)),
-        UNMATCHED_ENDPOINT,
-    )
+    return early_paths.match(route_path(scope)) or UNMATCHED_ENDPOINT

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+from starlette.routing import compile_path
 from starlette.types import Scope
 
 
@@ -16,3 +19,15 @@ def route_path(scope: Scope) -> str:
         return path
     rest = path[len(root) :]
     return rest if rest == "" or rest.startswith("/") else path
+
+
+class RouteTemplates:
+    """Route path templates (``/v2/models/{name}/infer``), matched as the router matches
+    them, for the middlewares that must know a request's route before routing."""
+
+    def __init__(self, templates: Collection[str]) -> None:
+        self._patterns = tuple((template, compile_path(template)[0]) for template in templates)
+
+    def match(self, path: str) -> str | None:
+        """The first template ``path`` (a ``route_path``) matches; None when none does."""
+        return next((template for template, pattern in self._patterns if pattern.match(path)), None)
