@@ -54,6 +54,26 @@ def protocol_members(path: str, detail: str) -> dict[str, str]:
     return {}
 
 
+def problem_document(
+    status: int,
+    title: str,
+    detail: str,
+    type_: str = "about:blank",
+    extra: Mapping[str, Any] | None = None,
+    path: str = "",
+) -> dict[str, Any]:
+    """An RFC 9457 problem document: its members, ``extra`` extension members, and what
+    the request's ``path`` wants for its protocol (``protocol_members``)."""
+    return {
+        "type": type_,
+        "title": title,
+        "status": int(status),
+        "detail": detail,
+        **jsonable_encoder(extra or {}),
+        **protocol_members(path, detail),
+    }
+
+
 class ServiceError(Exception):
     """Base of every error the service answers deliberately; carries its HTTP mapping."""
 
@@ -72,16 +92,8 @@ class ServiceError(Exception):
         return {}
 
     def document(self, path: str = "") -> dict[str, Any]:
-        """The problem document for this error on a request for ``path``: the RFC 9457
-        members, ``extra``, and what the path's protocol wants (``protocol_members``)."""
-        return {
-            "type": self.type,
-            "title": self.title,
-            "status": int(self.status),
-            "detail": self.detail,
-            **jsonable_encoder(self.extra),
-            **protocol_members(path, self.detail),
-        }
+        """The problem document for this error on a request for ``path``."""
+        return problem_document(self.status, self.title, self.detail, self.type, self.extra, path)
 
 
 class InvalidImage(ServiceError):
@@ -234,14 +246,12 @@ def problem_response(
     extra: Mapping[str, Any] | None = None,
     path: str = "",
 ) -> JSONResponse:
-    """An RFC 9457 problem document; ``extra`` adds extension members, and so does the
-    request's ``path`` where its protocol wants them (``protocol_members``)."""
-    body: dict[str, Any] = {"type": type_, "title": title, "status": int(status), "detail": detail}
-    if extra:
-        body.update(jsonable_encoder(extra))
-    body.update(protocol_members(path, detail))
+    """``problem_document`` as a problem+json response with ``headers``."""
     return JSONResponse(
-        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE
+        problem_document(status, title, detail, type_, extra, path),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_MEDIA_TYPE,
     )
 
 
