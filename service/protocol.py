@@ -14,8 +14,9 @@ leaves uvicorn reading and dropping the rest: each piece of it restarts the dead
 the client may finish sending, and a connection whose dropped body stops arriving for
 ``header_timeout_s`` is closed too (uvicorn's own keep-alive timer never restarts then).
 
-It overrides uvicorn's parser callbacks (``on_message_begin``, ``on_headers_complete``,
-``on_response_complete``), which are not a public API; tests/service/test_protocol.py runs
+It overrides uvicorn's ``data_received`` and parser callbacks (``on_message_begin``,
+``on_headers_complete``, ``on_body``, ``on_message_complete``, ``on_response_complete``),
+which are not a public API; tests/service/test_protocol.py runs
 it in the entry command over TCP, so an upgrade that changes them fails there.
 
 Nor does uvicorn bound a head's size, and httptools joins a long header by copying it again
@@ -156,14 +157,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._framing_bytes += len(data) - (self._body_bytes - body_before)
         if self._framing_bytes > self.max_header_bytes + self._body_bytes:
             self._refusing = True
-            self.logger.warning(
-                "%s:%s - %d bytes of chunk framing and trailers beside %d of body: "
-                "connection closed",
-                *(self.client or ("-", "-")),
+            self._close(
+                b"",
+                "%d bytes of chunk framing and trailers beside %d of body: connection closed",
                 self._framing_bytes,
                 self._body_bytes,
             )
-            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -226,15 +225,19 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._send_refusal()
 
     def _send_refusal(self) -> None:
-        self.transport.write(
-            too_large_response(self.max_header_bytes, self.server_state.default_headers)
-        )
-        self.logger.warning(
-            "%s:%s - request head over %d bytes: 431, connection closed",
-            *(self.client or ("-", "-")),
+        self._close(
+            too_large_response(self.max_header_bytes, self.server_state.default_headers),
+            "request head over %d bytes: 431, connection closed",
             self.max_header_bytes,
         )
-        self.transport.close()  # after the write is flushed
+
+    def _close(self, answer: bytes, why: str, *args: object) -> None:
+        """Write ``answer`` (raw bytes, may be empty), log ``why`` (a %-format, with
+        ``args``) as this client's warning, and close once the write is flushed."""
+        if answer:
+            self.transport.write(answer)
+        self.logger.warning("%s:%s - " + why, *(self.client or ("-", "-")), *args)
+        self.transport.close()
 
     def _timed_out(self) -> None:
         self._header_timer = None
@@ -246,19 +249,17 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             phase = "headers"
         else:
             phase = "idle"
-        if phase == "headers":
-            self.transport.write(
-                timeout_response(self.header_timeout_s, self.server_state.default_headers)
-            )
-            self.logger.warning(
-                "%s:%s - request headers incomplete after %g s: 408, connection closed",
-                *(self.client or ("-", "-")),
-                self.header_timeout_s,
-            )
         metrics: Metrics | None = self.app_state.get(METRICS_STATE_KEY)
         if metrics is not None:
             metrics.connections_timed_out.labels(phase).inc()
-        self.transport.close()  # after the write is flushed
+        if phase == "headers":
+            self._close(
+                timeout_response(self.header_timeout_s, self.server_state.default_headers),
+                "request headers incomplete after %g s: 408, connection closed",
+                self.header_timeout_s,
+            )
+        else:  # nothing of a request is pending: closed without a word
+            self.transport.close()
 
 
 def header_timeout_protocol(
