@@ -47,6 +47,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,43 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def report_start(module: str, argv: list[str] | None) -> dict[str, Any]:
+    """The first members of a benchmark script's JSON report: the command as run (``argv``
+    given, or this process's), when, and the machine with its load before."""
+    return {
+        "command": f"python -m benchmarks.{module} "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpu": cpu_model(), "load_before": load_average()},
+    }
+
+
+def report_run_line(report: dict[str, Any]) -> str:
+    """The markdown sentences saying when, where and how a ``report_start`` report ran."""
+    machine = report["machine"]
+    return (
+        f"Run {report['started_utc']}. Machine: {machine['cpu']}; load average (1/5/15 min) "
+        f"before {machine['load_before']}, after {machine['load_after']}. Command: "
+        f"`{report['command']}` ({report['seconds']:.0f} s)."
+    )
+
+
+def write_report(
+    report: dict[str, Any],
+    out: Path,
+    name: str,
+    write_markdown: Callable[[dict[str, Any], Path], None],
+    started: float,
+) -> None:
+    """Close a ``report_start`` report (load after, seconds since ``started``, a
+    ``time.perf_counter()``) and write ``name``.json and ``name``.md under ``out``."""
+    report["machine"]["load_after"] = load_average()
+    report["seconds"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(report, out / f"{name}.md")
 
 
 def benchmark_image(size: tuple[int, int], grain: float = 0.0) -> bytes:

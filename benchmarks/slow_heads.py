@@ -42,11 +42,9 @@ import json
 import re
 import selectors
 import socket
-import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +57,12 @@ from benchmarks.run import (
     HOST,
     ROOT,
     benchmark_image,
-    cpu_model,
-    load_average,
+    report_run_line,
+    report_start,
     server,
     server_commands,
     service_env,
+    write_report,
 )
 from benchmarks.stalled_uploads import PHOTO_SIZE, samples, settled_rss, status_mib, timed_post
 from service.protocol import header_timeout_protocol
@@ -305,16 +304,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{answers}; {closed(slow)}, {slow['still_open']} | "
             f"{run['after']['rss_mib']:.0f} | {counts or 'none'} |"
         )
-    machine = report["machine"]
     pairs = ", ".join(
         f"{plain:.2f} / {timed:.2f}" for plain, timed in report["protocol_overhead_us"]
     )
     lines = [
         "# Request heads that never end: connections held, memory",
         "",
-        f"Run {report['started_utc']}. Machine: {machine['cpu']}; load average (1/5/15 min) before "
-        f"{machine['load_before']}, after {machine['load_after']}. Command: "
-        f"`{report['command']}` ({report['seconds']:.0f} s). {report['clients']} connections "
+        f"{report_run_line(report)} {report['clients']} connections "
         f"send nothing and {report['clients']} send a request line and then one header byte "
         f"every {report['drip_interval_s']:g} s; each is watched until the timeout plus "
         f"{GRACE_S:g} s after the last one opened. RSS held is the server's VmRSS halfway "
@@ -345,10 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     photo = benchmark_image(PHOTO_SIZE)
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.slow_heads "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": cpu_model(), "load_before": load_average()},
+        **report_start("slow_heads", argv),
         "clients": args.clients,
         "drip_interval_s": args.drip_interval,
         "runs": [],
@@ -367,11 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(json.dumps(report["runs"][-1]), flush=True)
     report["protocol_overhead_us"] = protocol_overhead_us()
     report["event_loop"] = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    report["machine"]["load_after"] = load_average()
-    report["seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "slow_heads.json").write_text(json.dumps(report, indent=1) + "\n")
-    write_markdown(report, args.out / "slow_heads.md")
+    write_report(report, args.out, "slow_heads", write_markdown, started)
     return report
 
 

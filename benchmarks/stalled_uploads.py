@@ -41,11 +41,9 @@ import json
 import re
 import selectors
 import socket
-import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +55,12 @@ from benchmarks.run import (
     HOST,
     ROOT,
     benchmark_image,
-    cpu_model,
-    load_average,
+    report_run_line,
+    report_start,
     server,
     server_commands,
     service_env,
+    write_report,
 )
 from service.limits import BODY_OVERHEAD_BYTES, BodyLimits, UploadGateMiddleware
 from service.metrics import create_metrics
@@ -305,14 +304,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{after['rss_mib']:.0f} | {after['peak_mib']:.0f} | {after['upload']['status']} | "
             f"{refusals} |"
         )
-    machine = report["machine"]
     overhead = ", ".join(f"{value:.1f}" for value in report["gate_overhead_us"])
     lines = [
         "# Uploads that stop arriving: server memory, CPU",
         "",
-        f"Run {report['started_utc']}. Machine: {machine['cpu']}; load average (1/5/15 min) before "
-        f"{machine['load_before']}, after {machine['load_after']}. Command: "
-        f"`{report['command']}` ({report['seconds']:.0f} s). {report['clients']} connections "
+        f"{report_run_line(report)} {report['clients']} connections "
         f"each send a `POST /recognize` form's headers and {report['bytes']} bytes of its "
         f"image part, then stop ({MISSING_BYTES} bytes short of the declared length); body "
         f"timeout {report['body_timeout_s']:g} s. RSS is the server process's "
@@ -342,10 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     photo = benchmark_image(PHOTO_SIZE)
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.stalled_uploads "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": cpu_model(), "load_before": load_average()},
+        **report_start("stalled_uploads", argv),
         "clients": args.clients,
         "bytes": args.bytes,
         "body_timeout_s": args.body_timeout,
@@ -367,11 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["runs"].append({"label": label, "max_body_bytes_in_flight": budget, **run})
             print(json.dumps(report["runs"][-1]), flush=True)
     report["gate_overhead_us"] = gate_overhead_us()
-    report["machine"]["load_after"] = load_average()
-    report["seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stalled_uploads.json").write_text(json.dumps(report, indent=1) + "\n")
-    write_markdown(report, args.out / "stalled_uploads.md")
+    write_report(report, args.out, "stalled_uploads", write_markdown, started)
     return report
 
 
