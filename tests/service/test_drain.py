@@ -19,6 +19,7 @@ from tests.live_server import LiveProcess, live_process
 from tests.service.fakes import process_env
 from tests.service.images import encode, scene
 from tests.service.test_api_metrics import samples
+from tests.service.test_protocol import read_responses
 
 GRACE_S = 3
 BOUNDARY = "drain-boundary"
@@ -66,26 +67,6 @@ def wait_in_flight(served: LiveProcess) -> None:
         time.sleep(0.02)
 
 
-def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk
-        rest += chunk
-    return status, rest
-
-
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -107,7 +88,7 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(served: Liv
         time.sleep(0.05)
 
     in_flight.sendall(body[len(body) // 2 :])
-    status, answer = read_response(in_flight)
+    ((status, answer),) = read_responses(in_flight, 1)
     in_flight.close()
     assert status == 200 and json.loads(answer)["model"]["name"] == "landmark"
 
