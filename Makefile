@@ -73,6 +73,12 @@ benchmark-jpeg-draft: $(VENV)/.dev  ## landmark, attention, gender accuracy with
 	$(BIN)/python -m benchmarks.jpeg_draft
 	$(BIN)/python -m benchmarks.jpeg_draft_classifiers --count 10000
 
+# The export-<model> targets reproduce a committed version into EXPORT_REPOSITORY, a
+# scratch repository next to the runs, to compare with models/repository: an export never
+# overwrites a version that exists (--overwrite does). Publish a new version with
+# `python -m models.<model>.export ... --version N` into models/repository.
+EXPORT_REPOSITORY ?= runs/repository
+
 # Reproduce the committed landmark model (tens of minutes on two CPU cores).
 train-landmark: $(VENV)/.dev  ## train the landmark model (tens of minutes)
 	$(BIN)/python -m models.landmark.train --out runs/landmark-v1 --epochs 20 \
@@ -81,9 +87,10 @@ train-landmark: $(VENV)/.dev  ## train the landmark model (tens of minutes)
 ablation-landmark: $(VENV)/.dev  ## the landmark model's ablation
 	$(BIN)/python -m models.landmark.ablation --out runs/ablation --train-images 4000 --epochs 6
 
-export-landmark: $(VENV)/.dev  ## export the landmark run as version 1
+export-landmark: $(VENV)/.dev  ## export the landmark run as version 1 into EXPORT_REPOSITORY
 	$(BIN)/python -m models.landmark.export --checkpoint runs/landmark-v1/best.pt --version 1 \
-		--history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json
+		--history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json \
+		--repository $(EXPORT_REPOSITORY)
 
 .PHONY: system-packages train-attention export-attention finetune-attention
 
@@ -97,8 +104,9 @@ train-gender: $(VENV)/.dev  ## train the gender model, its contour network and a
 	$(BIN)/python -m models.gender.train --out runs/gender-v7 --threads 2 --outline-garments 10000 --contour-epochs 6 --train-images 16000 --epochs 16 --contour-dropout 0 --regenerate
 
 # Served as version 7, with letterbox bars that repeat the photo's edge (as version 6).
-export-gender: $(VENV)/.dev  ## export the gender run as version 7
-	$(BIN)/python -m models.gender.export --run runs/gender-v7 --version 7 --pad edge
+export-gender: $(VENV)/.dev  ## export the gender run as version 7 into EXPORT_REPOSITORY
+	$(BIN)/python -m models.gender.export --run runs/gender-v7 --version 7 --pad edge \
+		--repository $(EXPORT_REPOSITORY)
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
 # chromium (the editor's browser test), postgresql (the teacher-record store's tests
@@ -117,18 +125,27 @@ system-packages:  ## Debian packages: Fashion-MNIST, chromium, postgresql, wrk
 train-attention: $(VENV)/.dev system-packages  ## train attention version 1
 	$(BIN)/python -m models.attention.train --out runs/attention-v1
 
-export-attention: $(VENV)/.dev system-packages  ## export the attention run as version 1
+export-attention: $(VENV)/.dev system-packages  ## export the attention run as version 1 into EXPORT_REPOSITORY
 	$(BIN)/python -m models.attention.export --checkpoint runs/attention-v1/best.pt \
-		--version 1 --history runs/attention-v1/history.json
+		--version 1 --history runs/attention-v1/history.json --repository $(EXPORT_REPOSITORY)
 
 # Second embodiment: simulated teacher records (a stand-in for people's edits), then
-# fine-tuning version 1 into version 2. With real records, point FEEDBACK at
-# var/feedback.sqlite3 (the service's default) and skip the simulate step.
-FEEDBACK ?= data/attention/simulated_feedback.sqlite3
-finetune-attention: $(VENV)/.dev system-packages  ## simulated teacher records, then version 1 -> 2
+# fine-tuning version 1 into version 2 in EXPORT_REPOSITORY (the committed version 1 is
+# copied there unless one is). The simulated store is made afresh; a store FEEDBACK names
+# instead (real records, e.g. var/feedback.sqlite3, the service's default) is only read,
+# never emptied or simulated into.
+SIMULATED_FEEDBACK := data/attention/simulated_feedback.sqlite3
+FEEDBACK ?= $(SIMULATED_FEEDBACK)
+finetune-attention: $(VENV)/.dev system-packages  ## teacher records (simulated unless FEEDBACK), then version 1 -> 2
+	test -d $(EXPORT_REPOSITORY)/attention/1 || { mkdir -p $(EXPORT_REPOSITORY)/attention && \
+		cp -r models/repository/attention/1 $(EXPORT_REPOSITORY)/attention/1; }
+ifeq ($(FEEDBACK),$(SIMULATED_FEEDBACK))
 	rm -f $(FEEDBACK) $(FEEDBACK)-wal $(FEEDBACK)-shm
-	$(BIN)/python -m models.attention.finetune simulate --base-version 1 --feedback $(FEEDBACK)
-	$(BIN)/python -m models.attention.finetune --base-version 1 --version 2 --feedback $(FEEDBACK)
+	$(BIN)/python -m models.attention.finetune simulate --base-version 1 --feedback $(FEEDBACK) \
+		--repository $(EXPORT_REPOSITORY)
+endif
+	$(BIN)/python -m models.attention.finetune --base-version 1 --version 2 --feedback $(FEEDBACK) \
+		--repository $(EXPORT_REPOSITORY)
 
 .PHONY: train-occlusion export-occlusion
 
@@ -140,9 +157,9 @@ train-occlusion: $(VENV)/.dev  ## train the occlusion model and its masking-off 
 	$(BIN)/python -m models.occlusion.train --out runs/occlusion-nomask --no-masking \
 		--steps 1400 --eval-every 200 --threads 1
 
-export-occlusion: $(VENV)/.dev  ## export the occlusion run as version 1
+export-occlusion: $(VENV)/.dev  ## export the occlusion run as version 1 into EXPORT_REPOSITORY
 	$(BIN)/python -m models.occlusion.export --checkpoint runs/occlusion-v1/best.pt \
-		--ablation runs/occlusion-nomask/best.pt --version 1
+		--ablation runs/occlusion-nomask/best.pt --version 1 --repository $(EXPORT_REPOSITORY)
 
 clean:  ## remove the virtual environment and tool caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

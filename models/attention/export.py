@@ -30,9 +30,12 @@ from models.attention.train import MEAN, STD, TrainConfig, make_split, to_tensor
 from models.common.checkpoint import read_checkpoint
 from models.common.export import (
     PARITY_TOLERANCE,
+    add_overwrite_argument,
     check_parity,
     export_onnx,
     letterbox_preprocess,
+    new_version_dir,
+    refuse_existing_version,
     write_config,
 )
 
@@ -444,12 +447,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test-items", type=int, default=None, help="default: all 10,000")
     p.add_argument("--data-root", default=None)
     p.add_argument("--extra-card", type=Path, default=None, help="markdown appended to the card")
+    add_overwrite_argument(p)
     a = p.parse_args(argv)
+    refuse_existing_version(a.repository / NAME / a.version, a.overwrite)
 
     net, ckpt = load_checkpoint(a.checkpoint)
     config = TrainConfig(data_root=a.data_root, net=net.config)
     single, pairs = test_split(config, a.test_pairs, a.test_items)
-    version_dir = a.repository / NAME / a.version
+    version_dir = new_version_dir(a.repository, NAME, a.version, a.overwrite)
     graphs = export_graphs(net, version_dir, to_tensor(single.images[:16]))
     metrics, s, pr = measure(OnnxAttention(version_dir), net, single, pairs)
     history = json.loads(a.history.read_text()) if a.history else None

@@ -50,6 +50,7 @@ from models.attention.data import LABELS, Canvases, box_masks
 from models.attention.loss import finetune_loss
 from models.attention.net import AttentionNet, load_checkpoint, save_checkpoint
 from models.attention.train import MEAN, STD, TrainConfig, make_split, predict, to_tensor
+from models.common.export import add_overwrite_argument, new_version_dir, refuse_existing_version
 from models.common.plots import plot_bars
 from service.attention import area_average, map_to_png
 from service.feedback import TeacherRecord, open_store, redact
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test-items", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-root", default=None, help="Fashion-MNIST directory (idx .gz files)")
+    add_overwrite_argument(p)
     a = p.parse_args(argv)
     parts = tuple(part.strip() for part in a.train.split(",") if part.strip())
     if not parts or any(part not in PARTS for part in parts):
@@ -283,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     started = time.time()
     version = a.version or str(int(a.base_version) + 1)
+    refuse_existing_version(a.repository / exporter.NAME / version, a.overwrite)
     net, ckpt = load_checkpoint(base_checkpoint(a.repository, a.base_version))
     with open_store(a.feedback) as store:
         records = store.records(model_name=exporter.NAME)
@@ -303,8 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     after = distractor_metrics(net, held_out)
     print(json.dumps({"before": before, "after": after}, indent=1))
 
-    version_dir = a.repository / exporter.NAME / version
-    version_dir.mkdir(parents=True, exist_ok=True)
+    version_dir = new_version_dir(a.repository, exporter.NAME, version, a.overwrite)
     # The --feedback URL's password must not reach the card or the checkpoint.
     command = "python -m models.attention.finetune " + " ".join(redact(arg) for arg in argv)
     finetune_info = {

@@ -7,9 +7,11 @@ everything the service needs to use the graph, with the graph's sha256.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
+import shutil
 import subprocess
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,6 +34,43 @@ ONNX_TO_V2 = {
     onnx.TensorProto.UINT8: "UINT8",
     onnx.TensorProto.BOOL: "BOOL",
 }
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``, the one way an export may replace a version folder that exists."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the version folder if it exists (its files are deleted first); without "
+        "it an existing version is refused, so a committed release and the files kept beside "
+        "its card are never lost to a re-export",
+    )
+
+
+def refuse_existing_version(version_dir: Path, overwrite: bool) -> None:
+    """Exit if ``version_dir`` exists and ``overwrite`` is not set.
+
+    A released version's card carries hand-kept sections and evidence files (rule files,
+    measurements) that no export writes, and a version is what a client pins, so it must not
+    change under the same number. Called before any training or measuring, so a refusal
+    costs nothing.
+    """
+    if version_dir.exists() and not overwrite:
+        raise SystemExit(
+            f"{version_dir} exists: a released version is not overwritten. Write a new "
+            "--version, or to another --repository to compare with it, or pass --overwrite "
+            "to replace it."
+        )
+
+
+def new_version_dir(repository: Path, name: str, version: str, overwrite: bool) -> Path:
+    """Create and return ``repository/name/version``, empty (see ``refuse_existing_version``)."""
+    version_dir = repository / name / version
+    refuse_existing_version(version_dir, overwrite)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    version_dir.mkdir(parents=True)
+    return version_dir
 
 
 def sha256(path: Path) -> str:

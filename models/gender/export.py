@@ -26,9 +26,11 @@ from PIL import Image, ImageDraw
 from models.common.checkpoint import config_from_dict
 from models.common.export import (
     PARITY_TOLERANCE,
+    add_overwrite_argument,
     check_parity,
     export_onnx,
     letterbox_preprocess,
+    new_version_dir,
     write_config,
 )
 from models.common.plots import plot_bars
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--run", default="runs/gender-v1", help="the training run's --out")
     p.add_argument("--version", default="1")
     p.add_argument("--repository", default="models/repository")
+    add_overwrite_argument(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--extra-card", default=None, help="markdown appended to the card (version history)"
@@ -223,10 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"from {history['contour'].get('from_checkpoint', '?')}): such a run is measured "
             "with models.gender.shift, not exported"
         )
-    version_dir = Path(a.repository) / NAME / a.version
-    if version_dir.exists():
-        shutil.rmtree(version_dir)
-    version_dir.mkdir(parents=True)
+    version_dir = new_version_dir(Path(a.repository), NAME, a.version, a.overwrite)
 
     # The test split of the training run (same seed), measured through the exported graph.
     test_images, test_labels, test_kinds, data_note = run_test_split(config, garments, size)

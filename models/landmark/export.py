@@ -23,9 +23,12 @@ from PIL import Image, ImageDraw
 
 from models.common.export import (
     PARITY_TOLERANCE,
+    add_overwrite_argument,
     check_parity,
     export_onnx,
     letterbox_preprocess,
+    new_version_dir,
+    refuse_existing_version,
     write_config,
 )
 from models.landmark.data import PAD_VALUE, LandmarkDataset
@@ -242,7 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ablation", type=Path, default=None)
     p.add_argument("--test-images", type=int, default=None)
     p.add_argument("--command", default=None, help="the training command, for the model card")
+    add_overwrite_argument(p)
     a = p.parse_args(argv)
+    refuse_existing_version(a.repository / NAME / a.version, a.overwrite)
 
     net, ckpt = load_checkpoint(a.checkpoint)
     train_cfg = ckpt.get("train_config", {})
@@ -256,8 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     cfg.test_images = a.test_images or train_cfg.get("test_images", cfg.test_images)
     cfg.net = net.config
-    version_dir = a.repository / NAME / a.version
-    version_dir.mkdir(parents=True, exist_ok=True)
+    version_dir = new_version_dir(a.repository, NAME, a.version, a.overwrite)
     export = LandmarkExport(net).eval()
     size = net.config.input_size
     model = export_onnx(

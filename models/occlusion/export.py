@@ -25,9 +25,12 @@ from PIL import Image, ImageDraw
 
 from models.common.export import (
     PARITY_TOLERANCE,
+    add_overwrite_argument,
     check_parity,
     export_onnx,
     letterbox_preprocess,
+    new_version_dir,
+    refuse_existing_version,
     write_config,
 )
 from models.common.plots import plot_bars
@@ -374,15 +377,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--version", default="1")
     p.add_argument("--repository", type=Path, default=REPOSITORY)
     p.add_argument("--threads", type=int, default=1)
+    add_overwrite_argument(p)
     a = p.parse_args(argv)
+    refuse_existing_version(a.repository / NAME / a.version, a.overwrite)
     torch.set_num_threads(a.threads)
     net, ckpt = load_checkpoint(a.checkpoint)
     tc = ckpt["train_config"]
     as_run = tc["command"]
     tc["command"] = reproducible_command(a.checkpoint, tc)
     grid = net.config.grid
-    version_dir = a.repository / NAME / a.version
-    version_dir.mkdir(parents=True, exist_ok=True)
+    version_dir = new_version_dir(a.repository, NAME, a.version, a.overwrite)
     sets = held_out_sets(tc)
     model, parity = export_graph(net, version_dir, sets["test"].occluded[:8])
     onnx_path = version_dir / "model.onnx"

@@ -1,4 +1,5 @@
-"""write_config: both layouts are read back by the service's loader."""
+"""write_config: both layouts are read back by the service's loader; version folders are
+not overwritten unless asked."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from models.common.export import write_config
+from models.common.export import new_version_dir, write_config
 from service.runtime import read_config
 
 
@@ -64,3 +65,15 @@ def test_single_and_multi_graph_configs_read_back(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="either"):
         write_config(two, first, graphs={"a": ("a.onnx", first)}, **COMMON)
+
+
+def test_a_released_version_is_refused_unless_overwrite_is_asked(tmp_path: Path) -> None:
+    fresh = new_version_dir(tmp_path, "m", "1", overwrite=False)
+    assert fresh == tmp_path / "m" / "1" and fresh.is_dir() and not any(fresh.iterdir())
+    kept = fresh / "RULE.txt"  # a hand-kept file no export writes
+    kept.write_text("written before the run")
+    with pytest.raises(SystemExit, match="not overwritten"):
+        new_version_dir(tmp_path, "m", "1", overwrite=False)
+    assert kept.read_text() == "written before the run"
+    replaced = new_version_dir(tmp_path, "m", "1", overwrite=True)
+    assert replaced == fresh and not any(replaced.iterdir())

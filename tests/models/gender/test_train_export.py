@@ -400,6 +400,21 @@ def test_stage_one_can_come_from_a_gender_checkpoint_file(pipeline: dict) -> Non
     assert kept.read_bytes() == before
 
 
+def test_export_refuses_a_version_that_exists(pipeline: dict) -> None:
+    """``make export-gender`` once deleted version 7's hand-kept card sections and files."""
+    version_dir = pipeline["repo"] / "gender" / "3"
+    rule = version_dir / "nonsquare-RULE.txt"
+    rule.write_text("a rule written before a measurement")
+    card = (version_dir / "MODEL_CARD.md").read_bytes()
+    args = ["--run", pipeline["config"].out, "--version", "3"]
+    try:
+        with pytest.raises(SystemExit, match="not overwritten"):
+            exporter.main([*args, "--repository", str(pipeline["repo"])])
+        assert rule.exists() and (version_dir / "MODEL_CARD.md").read_bytes() == card
+    finally:
+        rule.unlink()  # the module's other tests read this version folder
+
+
 def test_regenerated_training_sets_differ_per_epoch_not_per_variant(pipeline: dict) -> None:
     config = replace(pipeline["config"], regenerate=True, train_images=12)
     contour, _ = load_checkpoint(pipeline["root"] / "run" / "contour.pt")
