@@ -1,8 +1,9 @@
 """Typed errors raised by the client, one per status the service documents.
 
 The service answers errors as RFC 9457 problem+json (``type``, ``title``, ``status``,
-``detail``) and the Open Inference Protocol routes as ``{"error": "..."}``; both become an
-:class:`ApiError` subclass carrying the same fields.
+``detail``; under ``/v2`` an ``error`` member repeats the detail, and an older server's V2
+routes sent ``{"error": "..."}`` alone); each becomes an :class:`ApiError` subclass
+carrying the same fields.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import InvalidField, Unauthorized, echo
+from service.errors import InvalidField, Unauthorized, UnsupportedMediaType, echo
 from service.metrics import Metrics
 from service.runtime import ModelRegistry
 from service.settings import Settings
@@ -45,18 +45,18 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 async def check_request_fields(request: Request) -> None:
-    """422 for what FastAPI would answer as if the client had meant something else:
-    - a query parameter or form field sent more than once (FastAPI keeps the last, so two
-      images, or two labels for a saved teacher record, would pass as the last one);
-    - a field the route reads from the form sent in the query, or the other way round
+    """4xx for what FastAPI would answer as if the client had meant something else:
+    - 422, a query parameter or form field sent more than once (FastAPI keeps the last, so
+      two images, or two labels for a saved teacher record, would pass as the last one);
+    - 422, a field the route reads from the form sent in the query, or the other way round
       (FastAPI drops it: save=true in the query would store nothing);
-    - a POST body that has a content type but is no form (the photo as the whole body, or
-      JSON), which FastAPI reads as an empty form: "body.image: Field required"."""
+    - 415, a POST body that has a content type but is no form (the photo as the whole body,
+      or JSON), which FastAPI reads as an empty form: "body.image: Field required"."""
     content_type = request.headers.get("content-type", "").lower()
     is_form = request.method == "POST" and content_type.startswith(FORM_TYPES)
     if request.method == "POST" and content_type and not is_form:
         media_type = content_type.split(";", 1)[0].strip()
-        raise InvalidField(
+        raise UnsupportedMediaType(
             f"the request body is {echo(media_type)}; send multipart/form-data with the image "
             "as a file in the field 'image' (curl -F image=@photo.jpg)"
         )

@@ -28,7 +28,7 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.schemas import PROBLEM_MEDIA_TYPE, PROBLEM_REF
+from service.schemas import PROBLEM_MEDIA_TYPE, PROBLEM_REF, PROBLEM_REFS
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -72,8 +72,8 @@ RETRY_AFTER: dict[str, Any] = {
 
 def document_problems(schema: dict[str, Any]) -> None:
     """FastAPI files a ``responses=`` model under application/json, whatever the route
-    declares beside it; a Problem is sent as application/problem+json, so its schema moves
-    there. FastAPI's own 422 (HTTPValidationError) is answered as a Problem too
+    declares beside it; a Problem (or V2Problem) is sent as application/problem+json, so its
+    schema moves there. FastAPI's own 422 (HTTPValidationError) is answered as a Problem too
     (service/errors.py, with an ``errors`` member). Every 503 gets its Retry-After header."""
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
@@ -84,7 +84,7 @@ def document_problems(schema: dict[str, Any]) -> None:
                 as_json = content.get("application/json", {})
                 if as_json.get("schema", {}).get("$ref") == VALIDATION_ERROR_REF:
                     as_json["schema"]["$ref"] = PROBLEM_REF
-                if as_json.get("schema", {}).get("$ref") == PROBLEM_REF:
+                if as_json.get("schema", {}).get("$ref") in PROBLEM_REFS:
                     content[PROBLEM_MEDIA_TYPE] = {
                         **content.pop("application/json"),
                         **content.get(PROBLEM_MEDIA_TYPE, {}),

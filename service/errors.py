@@ -255,7 +255,8 @@ def problem_response(
     )
 
 
-def _status_phrase(status: int) -> str:
+def status_phrase(status: int) -> str:
+    """The status's reason phrase: the title of an ``about:blank`` problem (RFC 9457 4.2.1)."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -329,7 +330,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     # about:blank means "no more than the status says", so the title is the status phrase.
     return problem_response(
         exc.status_code,
-        title=_status_phrase(exc.status_code),
+        title=status_phrase(exc.status_code),
         detail=str(exc.detail),
         headers=exc.headers,
         path=route_path(request.scope),
@@ -352,7 +353,7 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
         headers[SERVER_TIMING_HEADER.decode("ascii")] = timing
     return problem_response(
         HTTPStatus.INTERNAL_SERVER_ERROR,
-        title=_status_phrase(HTTPStatus.INTERNAL_SERVER_ERROR),
+        title=status_phrase(HTTPStatus.INTERNAL_SERVER_ERROR),
         detail="the server failed to handle the request",
         headers=headers or None,
         path=route_path(request.scope),

@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         metrics.router, dependencies=protected if settings.metrics_require_key else []
     )
-    # KServe V2 answers its own errors ({"error": ...}) and checks API keys per route.
+    # KServe V2 maps its own errors to its statuses (400, not 422) and checks keys per route.
     app.include_router(v2_router)
     install_offline_docs(app)
 

@@ -346,8 +346,32 @@ class Problem(BaseModel):
     detail: str
 
 
+class V2Problem(Problem):
+    """A problem document on a ``/v2`` path: the detail again in ``error``, where the Open
+    Inference Protocol's clients read an error's message."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": "unknown model 'nope'; this server serves ['landmark']",
+                    "error": "unknown model 'nope'; this server serves ['landmark']",
+                }
+            ]
+        },
+    )
+
+    error: str
+
+
 # Where the OpenAPI document lists Problem, for responses written as plain schema dicts.
 PROBLEM_REF = f"#/components/schemas/{Problem.__name__}"
+# Every schema sent as application/problem+json (service/docs.py files them there).
+PROBLEM_REFS = (PROBLEM_REF, f"#/components/schemas/{V2Problem.__name__}")
 
 
 # The errors every image endpoint shares (one upload or two), for problem_responses.

@@ -12,16 +12,14 @@ Outputs come back binary when the request asks (``binary_data`` per output, or
 ``binary_data_output`` for all), JSON otherwise. Request bodies may be gzip or deflate
 encoded (``Content-Encoding``), as tritonclient sends them on request.
 
-Every error a V2 route answers is ``{"error": "..."}`` with a 4xx status for anything the
-request got wrong (400 malformed, 401 key, 404 unknown model, 413 too large once inflated)
-and 503 while models load; the endpoints' own schema is the protocol's, not problem+json.
-What is answered before a V2 route runs stays the service's problem+json: a path under
-``/v2`` that matches no route (404), a wrong method (405), a body over the upload limit
-(413, from the body-size middleware while it streams), and the upload gate's 401 (a body
-sent without a valid key, when keys are set), 503 (the server's body budget full) and 408
-(a body that stopped arriving). Those carry the
-detail in an ``error`` member as well (``service.errors.protocol_members``), where V2
-clients look for the message.
+Every error on a ``/v2`` path is problem+json (RFC 9457), like the rest of the service, with
+the detail also in an ``error`` member, where the protocol's clients read it (tritonclient:
+``json.loads(body)["error"]``; ``service.errors.protocol_members``). The statuses are the
+protocol's: 400 for anything malformed (no FastAPI 422), 401 key, 404 unknown model, 413
+too large (also once inflated), 503 while models load or when the server is full. The same
+shape comes from the routes and from what answers before them: a path that matches no
+route (404), a wrong method (405), the body-size middleware (413) and the upload gate
+(401, 503, 408).
 """
 
 from __future__ import annotations
@@ -37,12 +35,18 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.dependencies import RegistryDep, require_api_key
-from service.errors import DEFAULT_RETRY_AFTER_S, V2_PATH_PREFIX, ServiceError, echo
+from service.errors import (
+    DEFAULT_RETRY_AFTER_S,
+    V2_PATH_PREFIX,
+    ServiceError,
+    echo,
+    problem_response,
+    status_phrase,
+)
 from service.limits import reserve_at_least
 from service.runtime import (
     DEFAULT_GRAPH,
@@ -53,7 +57,7 @@ from service.runtime import (
     OnnxSession,
     TensorSpec,
 )
-from service.schemas import PROBLEM_MEDIA_TYPE, PROBLEM_REF
+from service.schemas import PROBLEM_MEDIA_TYPE, V2Problem
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ V2_VERSION = Annotated[str, Path(description="model version; only the served one
 
 
 class V2Error(Exception):
-    """An error answered as the protocol's ``{"error": message}``."""
+    """An error a V2 route answers: ``status`` and the message for ``detail`` and ``error``."""
 
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
         super().__init__(message)
@@ -86,11 +90,19 @@ class V2Error(Exception):
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+    """``message`` as a problem document on a V2 path (an ``error`` member included)."""
+    return problem_response(
+        status,
+        title=status_phrase(status),
+        detail=message,
+        headers=headers,
+        path=V2_PATH_PREFIX,
+    )
 
 
 class V2Route(APIRoute):
-    """Answers every error of a V2 route, the app's own included, as ``{"error": ...}``."""
+    """Answers every error of a V2 route, the app's own included, in the protocol's statuses
+    (a validation error is 400, not FastAPI's 422) as problem+json with ``error``."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -104,7 +116,15 @@ class V2Route(APIRoute):
                 detail = "; ".join(str(error.get("msg", "invalid")) for error in exc.errors())
                 return error_response(400, detail or "invalid request")
             except ServiceError as exc:  # 401 from the API key check, 503s
-                return error_response(int(exc.status), exc.detail, exc.headers)
+                return problem_response(
+                    exc.status,
+                    title=exc.title,
+                    detail=exc.detail,
+                    type_=exc.type,
+                    headers=exc.headers,
+                    extra=exc.extra,
+                    path=V2_PATH_PREFIX,
+                )
 
         return route
 
@@ -181,16 +201,6 @@ class ModelReadyStatus(BaseModel):
     ready: bool
 
 
-class ErrorDocument(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"error": "unknown model 'nope'; this server serves ['landmark']"}]
-        }
-    )
-
-    error: str
-
-
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -259,13 +269,13 @@ Responses = dict[int | str, dict[str, Any]]
 
 def _error(description: str) -> dict[str, Any]:
     return {
-        "model": ErrorDocument,
+        "model": V2Problem,
         "description": description,
-        "content": {"application/json": {"example": {"error": description}}},
+        "content": {PROBLEM_MEDIA_TYPE: {}},
     }
 
 
-# Every other client error, also in the protocol's shape (and no FastAPI 422: V2 says 400).
+# Every other client error, in the same shape (and no FastAPI 422: V2 says 400).
 OTHER_CLIENT_ERRORS: Responses = {"4XX": _error("any other client error")}
 NOT_READY: Responses = {503: _error("not ready (models loading or failed); see Retry-After")}
 UNKNOWN_MODEL: Responses = {
@@ -273,19 +283,6 @@ UNKNOWN_MODEL: Responses = {
     404: _error("no such V2 model (or version) on this server"),
 }
 MODEL_RESPONSES: Responses = {**UNKNOWN_MODEL, **NOT_READY, **OTHER_CLIENT_ERRORS}
-# What the middlewares answer before a V2 route runs (the size limit's 413, the upload
-# gate's 401, 503 and 408): problem+json, with the detail in an "error" member too.
-BEFORE_THE_ROUTE = {"schema": {"$ref": PROBLEM_REF}}
-
-
-def _or_before_the_route(response: dict[str, Any], when: str) -> dict[str, Any]:
-    """``response`` (the protocol's shape) and the problem+json a middleware may answer
-    with the same status, ``when`` said in the description."""
-    return {
-        **response,
-        "description": f"{response['description']}; {when}",
-        "content": {**response["content"], PROBLEM_MEDIA_TYPE: BEFORE_THE_ROUTE},
-    }
 
 
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -752,26 +749,16 @@ INFER_RESPONSES: Responses = {
     },
     400: _error("malformed request: JSON, names, datatypes, shapes or binary sizes"),
     **UNKNOWN_MODEL,
-    401: _or_before_the_route(
-        UNKNOWN_MODEL[401],
-        "as problem+json with an `error` member when the request has a body: the upload "
-        "gate answers it before reading the body, so that no key means no share of the "
-        "server's body budget",
+    401: _error(
+        "API keys are configured and none or a wrong one was sent; a request with a body is "
+        "answered before its body is read, so that no key means no share of the server's "
+        "body budget"
     ),
-    408: {
-        "description": "the body stopped arriving for VISION_BODY_TIMEOUT_S (before the route "
-        "runs: problem+json with an `error` member); the connection is closed",
-        "content": {PROBLEM_MEDIA_TYPE: BEFORE_THE_ROUTE},
-    },
-    413: _or_before_the_route(
-        _error("the body exceeds the upload limit"),
-        "as problem+json with an `error` member when its length or its bytes pass it, "
-        "as the protocol's shape when it inflates past it",
-    ),
-    503: _or_before_the_route(
-        NOT_READY[503],
-        "or, as problem+json with an `error` member, the server's body budget is full "
-        "(VISION_MAX_BODY_BYTES_IN_FLIGHT)",
+    408: _error("the body stopped arriving for VISION_BODY_TIMEOUT_S; the connection is closed"),
+    413: _error("the body exceeds the upload limit, as sent or once inflated"),
+    503: _error(
+        "not ready (models loading or failed), the graph's queue full, or the server's body "
+        "budget full (VISION_MAX_BODY_BYTES_IN_FLIGHT); see Retry-After"
     ),
     **OTHER_CLIENT_ERRORS,
 }

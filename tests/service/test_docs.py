@@ -74,7 +74,11 @@ def test_v2_documents_its_own_error_shape(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
     assert "422" not in infer  # V2 answers malformed requests with 400, never 422
-    assert infer["404"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorDocument")
+    # Problem documents with the detail again in `error`, where V2 clients read it.
+    problem = infer["404"]["content"]
+    assert "application/json" not in problem
+    assert problem["application/problem+json"]["schema"]["$ref"].endswith("/V2Problem")
+    assert "error" in spec["components"]["schemas"]["V2Problem"]["required"]
 
 
 def test_problems_are_documented_as_sent(client: TestClient) -> None:

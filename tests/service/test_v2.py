@@ -69,10 +69,14 @@ def binary_image_request(tensor: np.ndarray, **extra: Any) -> tuple[bytes, dict[
 
 
 def error_of(response: Any, status: int) -> str:
+    """The message of a V2 error: problem+json (API.md) whose ``error`` member, where V2
+    clients read it, repeats the ``detail``."""
     assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    assert {"type", "title", "status", "detail", "error"} <= set(body)
+    assert body["status"] == status and isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["error"], str) and body["error"] and body["error"] == body["detail"]
     message: str = body["error"]
     return message
 
@@ -341,7 +345,8 @@ def test_api_keys_guard_everything_but_health(tmp_path: Path) -> None:
         assert refused.status_code == 401
         assert refused.headers["content-type"] == "application/problem+json"
         assert "API key" in refused.json()["error"]
-        assert "API key" in error_of(client.post("/v2/models/landmark/infer"), 401)  # no body
+        # Without a body the route's key check answers, in the same shape.
+        assert "API key" in error_of(client.post("/v2/models/landmark/infer"), 401)
         assert client.get("/v2/models/landmark", headers={"X-API-Key": "k"}).status_code == 200
 
 
