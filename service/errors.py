@@ -263,12 +263,8 @@ def status_phrase(status: int) -> str:
         return "Error"
 
 
-async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
-        logger.warning(
-            "%s %s -> %d: %s", request.method, printable(request.url.path), exc.status, exc
-        )
+def service_error_response(exc: ServiceError, path: str) -> JSONResponse:
+    """``exc`` as a problem+json response to a request for ``path``."""
     return problem_response(
         exc.status,
         title=exc.title,
@@ -276,8 +272,17 @@ async def _handle_service_error(request: Request, exc: Exception) -> JSONRespons
         type_=exc.type,
         headers=exc.headers,
         extra=exc.extra,
-        path=route_path(request.scope),
+        path=path,
     )
+
+
+async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        logger.warning(
+            "%s %s -> %d: %s", request.method, printable(request.url.path), exc.status, exc
+        )
+    return service_error_response(exc, route_path(request.scope))
 
 
 # FastAPI's message when a file field came as a plain value (a part without a filename):

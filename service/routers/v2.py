@@ -45,6 +45,7 @@ from service.errors import (
     ServiceError,
     echo,
     problem_response,
+    service_error_response,
     status_phrase,
 )
 from service.limits import reserve_at_least
@@ -116,15 +117,7 @@ class V2Route(APIRoute):
                 detail = "; ".join(str(error.get("msg", "invalid")) for error in exc.errors())
                 return error_response(400, detail or "invalid request")
             except ServiceError as exc:  # 401 from the API key check, 503s
-                return problem_response(
-                    exc.status,
-                    title=exc.title,
-                    detail=exc.detail,
-                    type_=exc.type,
-                    headers=exc.headers,
-                    extra=exc.extra,
-                    path=V2_PATH_PREFIX,
-                )
+                return service_error_response(exc, V2_PATH_PREFIX)
 
         return route
 
