@@ -58,6 +58,9 @@ def _mask_attention(image: Image.Image) -> npt.NDArray[np.float32]:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba)
+    if image.mode == "LAB":
+        # Pillow converts LAB to RGB but not to L; through RGB, the luma is every mode's.
+        image = image.convert("RGB")
     return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
 
 

@@ -45,6 +45,18 @@ def test_colour_mask_uses_luminance_and_transparency_is_no_attention() -> None:
     assert 0.25 < red[0, 0] < 0.35  # ITU-R 601 luma of red: 0.299
 
 
+def test_a_lab_mask_is_read_by_its_luma_like_any_image() -> None:
+    """Pillow has no LAB -> L conversion: a LAB TIFF mask was a 400 "could not be decoded"
+    though the same file is a valid upload."""
+    rgb = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255], [200, 40, 40]]], np.uint8))
+    lab = io.BytesIO()
+    rgb.convert("LAB").save(lab, "TIFF")
+    got = decode_mask(lab.getvalue(), **LIMITS)
+    want = decode_mask(encode(rgb), **LIMITS)
+    assert got.shape == (1, 3)
+    np.testing.assert_allclose(got, want, atol=0.02)  # LAB's round trip through RGB
+
+
 def test_sixteen_bit_mask_is_scaled() -> None:
     deep = Image.fromarray(np.array([[0, 65535]], np.uint16))
     got = decode_mask(encode(deep), **LIMITS)
