@@ -147,6 +147,15 @@ class UnsupportedMediaType(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "unsupported-media-type"
 
 
+class MalformedRequest(ServiceError):
+    """Bytes the HTTP/1.1 parser refuses (a bad request line, header field or length), answered
+    by the connection's protocol before any ASGI request exists."""
+
+    status = HTTPStatus.BAD_REQUEST
+    title = "Malformed request"
+    type = PROBLEM_TYPE_PREFIX + "malformed-request"
+
+
 class HeaderFieldsTooLarge(ServiceError):
     """The request head passed ``max_header_bytes`` (431); the connection is closed."""
 

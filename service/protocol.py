@@ -14,9 +14,12 @@ leaves uvicorn reading and dropping the rest: each piece of it restarts the dead
 the client may finish sending, and a connection whose dropped body stops arriving for
 ``header_timeout_s`` is closed too (uvicorn's own keep-alive timer never restarts then).
 
-It overrides uvicorn's ``data_received`` and parser callbacks (``on_message_begin``,
-``on_headers_complete``, ``on_body``, ``on_message_complete``, ``on_response_complete``),
-which are not a public API; tests/service/test_protocol.py runs
+Bytes httptools refuses (a Content-Length of ``abc``, ``-5`` or two values, a broken request
+line) get a 400 problem+json, like every other error, where uvicorn writes a text/plain one.
+
+It overrides uvicorn's ``data_received``, ``send_400_response`` and parser callbacks
+(``on_message_begin``, ``on_headers_complete``, ``on_body``, ``on_message_complete``,
+``on_response_complete``), which are not a public API; tests/service/test_protocol.py runs
 it in the entry command over TCP, so an upgrade that changes them fails there.
 
 Nor does uvicorn bound a head's size, and httptools joins a long header by copying it again
@@ -41,7 +44,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.errors import HeaderFieldsTooLarge, RequestTimeout, ServiceError
+from service.errors import HeaderFieldsTooLarge, MalformedRequest, RequestTimeout, ServiceError
 from service.metrics import METRICS_STATE_KEY, Metrics
 from service.schemas import PROBLEM_MEDIA_TYPE
 from service.settings import DEFAULT_MAX_HEADER_BYTES
@@ -66,6 +69,15 @@ def too_large_response(
     error = HeaderFieldsTooLarge(
         f"the request line and headers passed {max_header_bytes} bytes "
         "(VISION_MAX_HEADER_BYTES); the connection is closed"
+    )
+    return raw_response(error, default_headers)
+
+
+def malformed_response(default_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """The raw HTTP/1.1 400 written to a connection whose bytes are not a valid request."""
+    error = MalformedRequest(
+        "the request is not valid HTTP/1.1 (its request line, a header field or its "
+        "framing); the connection is closed"
     )
     return raw_response(error, default_headers)
 
@@ -215,6 +227,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses (it has logged ``msg``), as
+        problem+json."""
+        self.transport.write(malformed_response(self.server_state.default_headers))
+        self.transport.close()
 
     def _refuse_head(self) -> None:
         """Stop reading: the head passed ``max_header_bytes``. The 431 goes out now, or

@@ -272,6 +272,21 @@ def test_chunked_trailers_past_the_limit_close_the_connection(served: LiveProces
         assert [status for status, _ in read_responses(sock, 2)] == [200, 200]
 
 
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"5, 5", b"1" * 23])
+def test_a_malformed_request_gets_a_400_problem(served: LiveProcess, length: bytes) -> None:
+    """uvicorn answers what httptools refuses with a text/plain 400."""
+    request = b"POST /recognize HTTP/1.1\r\nHost: test\r\nContent-Length: " + length
+    with connect(served) as sock:
+        sock.sendall(request + b"\r\n\r\nhello")
+        answer = read_to_close(sock)
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"content-type: application/problem+json" in head and b"connection: close" in head
+    status, body = responses(answer)[0]
+    problem = json.loads(body)
+    assert status == 400 and problem["status"] == 400
+    assert problem["type"].endswith(":malformed-request") and "HTTP/1.1" in problem["detail"]
+
+
 def test_the_raw_408_is_well_formed() -> None:
     raw = timeout_response(2.5, [(b"server", b"uvicorn")])
     head, _, body = raw.partition(b"\r\n\r\n")
