@@ -57,9 +57,16 @@ def test_cpu_service_on_8000(compose: dict[str, Any]) -> None:
     assert vision["ports"] == ["${PORT:-8000}:8000"]
     assert vision["environment"]["VISION_PROVIDERS"] == "cpu"
     assert vision["restart"] == "unless-stopped"
-    limits = vision["deploy"]["resources"]["limits"]
-    assert limits["cpus"] == vision["environment"]["VISION_INTRA_OP_THREADS"]
-    assert limits["memory"]
+    assert vision["deploy"]["resources"]["limits"]["memory"]
+
+
+@pytest.mark.parametrize("name", ["vision", "vision-gpu", "vision-postgres"])
+def test_thread_counts_match_each_service_s_cpu_limit(compose: dict[str, Any], name: str) -> None:
+    """The GPU service inherited the CPU service's 2 threads with 4 CPUs of its own."""
+    service = compose["services"][name]
+    cpus = service["deploy"]["resources"]["limits"]["cpus"]
+    assert service["environment"]["VISION_INTRA_OP_THREADS"] == cpus
+    assert service["environment"]["VISION_DECODE_THREADS"] == cpus
 
 
 def test_gpu_profile_reserves_an_nvidia_device(compose: dict[str, Any]) -> None:

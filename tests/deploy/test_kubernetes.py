@@ -244,3 +244,17 @@ def test_kserve_inference_service(version: str) -> None:
 def test_manifests_are_plain_yaml_files() -> None:
     for path in MANIFESTS.iterdir():
         assert path.suffix == ".yaml", path
+
+
+def test_a_deployment_an_hpa_scales_sets_no_replica_count() -> None:
+    """A count in the Deployment resets the HPA's on every ``kubectl apply``."""
+    resources = all_resources()
+    scaled = {
+        document["spec"]["scaleTargetRef"]["name"]
+        for _, document in resources
+        if document["kind"] == "HorizontalPodAutoscaler"
+    }
+    deployments = {d["metadata"]["name"]: d for _, d in resources if d["kind"] == "Deployment"}
+    assert scaled and scaled <= set(deployments)
+    for name in scaled:
+        assert "replicas" not in deployments[name]["spec"], name
