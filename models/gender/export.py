@@ -33,6 +33,7 @@ from models.common.export import (
     new_version_dir,
     write_config,
 )
+from models.common.paired import mcnemar_exact, only_right
 from models.common.plots import plot_bars
 from models.gender.data import (
     LABELS,
@@ -42,7 +43,7 @@ from models.gender.data import (
     generate,
     load_image_folder,
 )
-from models.gender.evaluate import f_measure, mcnemar_exact, only_right
+from models.gender.evaluate import f_measure
 from models.gender.net import GenderExport, GenderNet, GenderNetConfig, load_checkpoint
 from models.gender.train import MEAN, STD, predict, shared_pooled_features, to_tensor
 from service.imaging import PadMode

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.common.paired import mcnemar_exact, only_right, paired_difference_ci95
 from models.common.plots import plot_bars
 from models.gender.data import (
     BACKDROPS,
@@ -64,7 +65,7 @@ from models.gender.data import (
     colour_augment,
     generate,
 )
-from models.gender.evaluate import f_measure, mcnemar_exact, only_right, paired_difference_ci95
+from models.gender.evaluate import f_measure
 from models.gender.net import GenderNet, load_checkpoint
 from models.gender.train import TrainConfig, contour_maps, predict, shared_pooled_features
 
