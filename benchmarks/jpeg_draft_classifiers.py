@@ -85,8 +85,8 @@ from PIL import Image
 from benchmarks.jpeg_draft import JPEG_QUALITY, PATHS, encode_jpeg, finish_report
 from benchmarks.run import load_average
 from models.attention.data import CanvasConfig, compose, load_fashion_mnist
+from models.common.paired import mcnemar_exact, only_right, paired_difference_ci95
 from models.gender.data import GarmentConfig, generate
-from models.gender.evaluate import mcnemar_exact, only_right, paired_difference_ci95
 from service.batching import Normalization, decode_rows_for
 from service.decoding import GenderDecoder, build_decoder
 from service.imaging import fit_image
