@@ -58,14 +58,21 @@ def pattern_metrics(pred: np.ndarray, true: np.ndarray, grid: int, h: int, w: in
     }
 
 
-def pair_scores(clean: np.ndarray, occluded: np.ndarray, identities: np.ndarray):
-    """Cosine similarities of every clean sample with every other sample's occluded copy:
+def pair_scores(
+    clean: np.ndarray,
+    occluded: np.ndarray,
+    identities: np.ndarray,
+    columns: np.ndarray | None = None,
+):
+    """Cosine similarities of every clean sample with every other sample's "occluded" copy
+    (``columns``, an ``(N,)`` bool, keeps only those copies; a third of them are clean):
     (same-person scores, different-person scores). Paired by identity, not by photo: two
     photos of one person (a user's ``--faces`` folder) are a same pair."""
-    sims = clean @ occluded.T
-    same = identities[:, None] == identities[None, :]
-    off_diagonal = ~np.eye(len(identities), dtype=bool)
-    return sims[same & off_diagonal], sims[~same]
+    kept = np.arange(len(identities)) if columns is None else np.flatnonzero(columns)
+    sims = clean @ occluded[kept].T
+    same = identities[:, None] == identities[kept][None, :]
+    not_itself = np.arange(len(identities))[:, None] != kept[None, :]
+    return sims[same & not_itself], sims[~same]
 
 
 def auc(same: np.ndarray, diff: np.ndarray) -> float:
@@ -88,6 +95,17 @@ def best_threshold(same: np.ndarray, diff: np.ndarray) -> float:
     return float(cands[int(np.argmax(acc))])
 
 
+def verification(same: np.ndarray, diff: np.ndarray, t: float, suffix: str) -> dict:
+    """ROC AUC and balanced accuracy at ``t`` of same/different pair scores, keys ending in
+    ``suffix``."""
+    return {
+        f"verify_auc{suffix}": auc(same, diff),
+        f"verify_balanced_accuracy{suffix}": float(((same >= t).mean() + (diff < t).mean()) / 2),
+        f"same_mean_cos{suffix}": float(same.mean()),
+        f"different_mean_cos{suffix}": float(diff.mean()),
+    }
+
+
 def evaluate(predict: Predict, data: Batch, grid: int, threshold: float | None = None) -> dict:
     """Every measure on one fixed set; ``threshold`` None picks the best one on this set
     (validation), else it is applied (test)."""
@@ -102,11 +120,11 @@ def evaluate(predict: Predict, data: Batch, grid: int, threshold: float | None =
     same, diff = pair_scores(emb_clean, emb_occ, identities)
     t = best_threshold(same, diff) if threshold is None else threshold
     m |= {
-        "verify_auc": auc(same, diff),
         "verify_threshold": t,
-        "verify_balanced_accuracy": float(((same >= t).mean() + (diff < t).mean()) / 2),
-        "same_mean_cos": float(same.mean()),
-        "different_mean_cos": float(diff.mean()),
+        **verification(same, diff, t, ""),
+        # The copies above include the clean third (pattern 0, unchanged): the same measures
+        # against truly occluded copies only, at the same threshold.
+        **verification(*pair_scores(emb_clean, emb_occ, identities, occluded), t, "_occluded"),
         "samples": len(true),
         "identities": len(np.unique(identities)),
     }
