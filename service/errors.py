@@ -148,8 +148,8 @@ class UnsupportedMediaType(ServiceError):
 
 
 class MalformedRequest(ServiceError):
-    """Bytes the HTTP/1.1 parser refuses (a bad request line, header field or length), answered
-    by the connection's protocol before any ASGI request exists."""
+    """Bytes the HTTP/1.1 parser refuses (a bad request line, header field, length or chunk
+    size), answered by the connection's protocol itself (service/protocol.py)."""
 
     status = HTTPStatus.BAD_REQUEST
     title = "Malformed request"

@@ -73,20 +73,27 @@ def too_large_response(
     return raw_response(error, default_headers)
 
 
-def malformed_response(default_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
-    """The raw HTTP/1.1 400 written to a connection whose bytes are not a valid request."""
+def malformed_response(
+    default_headers: Sequence[tuple[bytes, bytes]] = (), path: str = ""
+) -> bytes:
+    """The raw HTTP/1.1 400 written to a connection whose bytes are not a valid request
+    (``path``: the request's, when its request line was read)."""
     error = MalformedRequest(
         "the request is not valid HTTP/1.1 (its request line, a header field or its "
         "framing); the connection is closed"
     )
-    return raw_response(error, default_headers)
+    return raw_response(error, default_headers, path)
 
 
-def raw_response(error: ServiceError, default_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+def raw_response(
+    error: ServiceError, default_headers: Sequence[tuple[bytes, bytes]], path: str = ""
+) -> bytes:
     """``error`` as a raw HTTP/1.1 problem+json answer that closes the connection, written
-    where no ASGI request exists yet (its head is not complete)."""
+    by the protocol itself: before an ASGI request exists (its head is not complete), or,
+    for the 400, also when a body's chunk framing breaks while the app is reading it.
+    ``path`` (when known) adds its protocol's members (``error`` under ``/v2``)."""
     status = HTTPStatus(error.status)
-    body = json.dumps(error.document()).encode()
+    body = json.dumps(error.document(path)).encode()
     fields = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)
     head = (
         f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"
@@ -230,8 +237,18 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its parser refuses (it has logged ``msg``), as
-        problem+json."""
-        self.transport.write(malformed_response(self.server_state.default_headers))
+        problem+json. The parser also refuses a broken chunk size mid-body: if an answer
+        is already being written then, a 400 would land inside it, so the connection is
+        only closed."""
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()
+            return
+        # The request line's target, when one was read (uvicorn sets url once a message
+        # begins; bytes refused before that have none).
+        url: bytes = getattr(self, "url", b"")
+        path = url.split(b"?", 1)[0].decode("latin-1")
+        self.transport.write(malformed_response(self.server_state.default_headers, path))
         self.transport.close()
 
     def _refuse_head(self) -> None:

@@ -287,6 +287,33 @@ def test_a_malformed_request_gets_a_400_problem(served: LiveProcess, length: byt
     assert problem["type"].endswith(":malformed-request") and "HTTP/1.1" in problem["detail"]
 
 
+def test_a_broken_chunk_size_mid_body_gets_a_400_problem_with_its_protocol_s_members(
+    served: LiveProcess,
+) -> None:
+    """httptools refuses a bad chunk size after the head, while the route reads the body: the
+    400 then knows the path, and on /v2 carries the ``error`` member V2 clients read."""
+    head = (
+        b"POST /v2/models/landmark/infer HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with connect(served) as sock:
+        sock.sendall(head + b"2\r\n{}\r\nzz\r\n")
+        answer = read_to_close(sock)
+    status, body = responses(answer)[0]
+    problem = json.loads(body)
+    assert status == 400 and problem["error"] == problem["detail"]
+
+
+def test_bytes_that_are_no_request_line_get_a_400_problem(served: LiveProcess) -> None:
+    with connect(served) as sock:
+        sock.sendall(b"\x00\x01\x02 not http\r\n\r\n")
+        answer = read_to_close(sock)
+    status, body = responses(answer)[0]
+    problem = json.loads(body)
+    assert status == 400 and problem["type"].endswith(":malformed-request")
+    assert "error" not in problem
+
+
 def test_the_raw_408_is_well_formed() -> None:
     raw = timeout_response(2.5, [(b"server", b"uvicorn")])
     head, _, body = raw.partition(b"\r\n\r\n")
