@@ -74,10 +74,16 @@ benchmark-jpeg-draft: $(VENV)/.dev  ## landmark, attention, gender accuracy with
 	$(BIN)/python -m benchmarks.jpeg_draft_classifiers --count 10000
 
 # The export-<model> targets reproduce a committed version into EXPORT_REPOSITORY, a
-# scratch repository next to the runs, to compare with models/repository: an export never
-# overwrites a version that exists (--overwrite does). Publish a new version with
-# `python -m models.<model>.export ... --version N` into models/repository.
-EXPORT_REPOSITORY ?= runs/repository
+# scratch repository next to the runs, to compare with models/repository. An export never
+# overwrites a version that exists unless given --overwrite: the targets pass it for the
+# scratch repository only (EXPORT_FLAGS), so a second run replaces the first there, while
+# with EXPORT_REPOSITORY=models/repository a committed release is refused. Publish a new
+# version with `python -m models.<model>.export ... --version N` into models/repository.
+SCRATCH_REPOSITORY := runs/repository
+EXPORT_REPOSITORY ?= $(SCRATCH_REPOSITORY)
+ifeq ($(EXPORT_REPOSITORY),$(SCRATCH_REPOSITORY))
+EXPORT_FLAGS ?= --overwrite
+endif
 
 # Reproduce the committed landmark model (tens of minutes on two CPU cores).
 train-landmark: $(VENV)/.dev  ## train the landmark model (tens of minutes)
@@ -90,7 +96,7 @@ ablation-landmark: $(VENV)/.dev  ## the landmark model's ablation
 export-landmark: $(VENV)/.dev  ## export the landmark run as version 1 into EXPORT_REPOSITORY
 	$(BIN)/python -m models.landmark.export --checkpoint runs/landmark-v1/best.pt --version 1 \
 		--history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json \
-		--repository $(EXPORT_REPOSITORY)
+		--repository $(EXPORT_REPOSITORY) $(EXPORT_FLAGS)
 
 .PHONY: system-packages train-attention export-attention finetune-attention
 
@@ -106,7 +112,7 @@ train-gender: $(VENV)/.dev  ## train the gender model, its contour network and a
 # Served as version 7, with letterbox bars that repeat the photo's edge (as version 6).
 export-gender: $(VENV)/.dev  ## export the gender run as version 7 into EXPORT_REPOSITORY
 	$(BIN)/python -m models.gender.export --run runs/gender-v7 --version 7 --pad edge \
-		--repository $(EXPORT_REPOSITORY)
+		--repository $(EXPORT_REPOSITORY) $(EXPORT_FLAGS)
 
 # Debian packages the attention model and its tests need: the Fashion-MNIST files,
 # chromium (the editor's browser test), postgresql (the teacher-record store's tests
@@ -127,7 +133,7 @@ train-attention: $(VENV)/.dev system-packages  ## train attention version 1
 
 export-attention: $(VENV)/.dev system-packages  ## export the attention run as version 1 into EXPORT_REPOSITORY
 	$(BIN)/python -m models.attention.export --checkpoint runs/attention-v1/best.pt \
-		--version 1 --history runs/attention-v1/history.json --repository $(EXPORT_REPOSITORY)
+		--version 1 --history runs/attention-v1/history.json --repository $(EXPORT_REPOSITORY) $(EXPORT_FLAGS)
 
 # Second embodiment: simulated teacher records (a stand-in for people's edits), then
 # fine-tuning version 1 into version 2 in EXPORT_REPOSITORY (the committed version 1 is
@@ -145,7 +151,7 @@ ifeq ($(FEEDBACK),$(SIMULATED_FEEDBACK))
 		--repository $(EXPORT_REPOSITORY)
 endif
 	$(BIN)/python -m models.attention.finetune --base-version 1 --version 2 --feedback $(FEEDBACK) \
-		--repository $(EXPORT_REPOSITORY)
+		--repository $(EXPORT_REPOSITORY) $(EXPORT_FLAGS)
 
 .PHONY: train-occlusion export-occlusion
 
@@ -159,7 +165,7 @@ train-occlusion: $(VENV)/.dev  ## train the occlusion model and its masking-off 
 
 export-occlusion: $(VENV)/.dev  ## export the occlusion run as version 1 into EXPORT_REPOSITORY
 	$(BIN)/python -m models.occlusion.export --checkpoint runs/occlusion-v1/best.pt \
-		--ablation runs/occlusion-nomask/best.pt --version 1 --repository $(EXPORT_REPOSITORY)
+		--ablation runs/occlusion-nomask/best.pt --version 1 --repository $(EXPORT_REPOSITORY) $(EXPORT_FLAGS)
 
 clean:  ## remove the virtual environment and tool caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -47,7 +47,7 @@ held-out accuracy on, whether the decode path changes accuracy:
    (``GenderDecoder.decode``). The predicted class is the arg-max.
 4. Per model and path: accuracy; draft - full paired (only-full-right and only-draft-right
    counts, McNemar's exact two-sided p, the 95 % Wald interval of the paired difference:
-   ``models.gender.evaluate``); the share of images whose predicted class is the same on
+   ``models.common.paired``); the share of images whose predicted class is the same on
    both paths; the change of the probability of the full-decode path's predicted class
    (mean and max of ``|p_draft(c) - p_full(c)|``); the median decode + letterbox time.
    As a reference, the accuracy on the held-out image itself (no upscaling, no JPEG,
@@ -424,7 +424,7 @@ def markdown(report: dict[str, Any]) -> str:
         "DCT-domain reduction, the service default), normalised as the service does and run "
         f"through the committed graphs in ONNX Runtime ({report['intra_op_threads']} intra-op "
         "thread). Paired on the same images: draft - full, its 95 % interval (Wald, paired "
-        "proportions) and McNemar's exact two-sided p (`models/gender/evaluate.py`).",
+        "proportions) and McNemar's exact two-sided p (`models/common/paired.py`).",
         "",
         "| model | held-out images | card's input (no upscale, no JPEG) | full decode "
         "(`draft=False`) | draft (`draft=True`, service default) | draft - full | 95 % interval "

@@ -71,7 +71,7 @@ class PayloadTooLarge(ApiError):
 
 
 class UnsupportedMediaType(ApiError):
-    """415: the upload's content type is not an image."""
+    """415: the upload's content type is not an image, or the body is not a multipart form."""
 
 
 class InvalidRequest(ApiError):
@@ -84,7 +84,7 @@ class InvalidRequest(ApiError):
 
 
 class ServiceUnavailable(ApiError):
-    """503: not ready (models loading or failed) or overloaded; retry after ``retry_after``."""
+    """503: not ready (a model failed to load) or overloaded; retry after ``retry_after``."""
 
     @property
     def retry_after(self) -> float | None:

@@ -379,7 +379,7 @@ UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
     (400, "an upload is not a decodable image"),
     (401, "API keys are configured and none or a wrong one was sent"),
     (413, "an upload exceeds the size or pixel limit"),
-    (415, "an upload's content type is not an image"),
+    (415, "an upload's content type is not an image, or the body is not a multipart form"),
     (404, "this server does not serve the endpoint's model (its repository, VISION_MODELS)"),
     (408, "the body stopped arriving for VISION_BODY_TIMEOUT_S; the connection is closed"),
 )

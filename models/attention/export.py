@@ -1,7 +1,10 @@
 """Export an attention checkpoint into the model repository, measured on the test split.
 
     python -m models.attention.export --checkpoint runs/attention/best.pt --version 1 \
-        --history runs/attention/history.json
+        --history runs/attention/history.json --repository runs/repository
+
+A version that exists is refused unless ``--overwrite``: the examples write to a scratch
+``--repository`` to compare with the committed release.
 
 Writes ``models/repository/attention/<version>/``: features.onnx (image -> feature map,
 attention map, attention-branch probabilities), perception.onnx (feature map + attention

@@ -1,12 +1,13 @@
 """Fine-tune the attention model from teacher maps (seed 002, second embodiment).
 
     python -m models.attention.finetune --base-version 1 --version 2 \
-        --feedback var/feedback.sqlite3
+        --feedback var/feedback.sqlite3 --repository runs/repository
 
-reads the teacher records the editor stored (service/feedback/; ``--feedback`` takes what
-the service's ``VISION_FEEDBACK_URL`` takes: a SQLite path, ``sqlite:///<path>`` or
-``postgresql://user:password@host:port/dbname``), selects by default the
-misrecognised ones (the perception branch's answer with the model's own map was wrong;
+(``runs/repository`` holding a copy of version 1; a version that exists is refused unless
+``--overwrite``) reads the teacher records the editor stored (service/feedback/;
+``--feedback`` takes what the service's ``VISION_FEEDBACK_URL`` takes: a SQLite path,
+``sqlite:///<path>`` or ``postgresql://user:password@host:port/dbname``), selects by default
+the misrecognised ones (the perception branch's answer with the model's own map was wrong;
 ``--select attention`` uses the attention branch's answer, ``either`` both, ``all`` every
 record: the seed's variation 7), and fine-tunes the base version's network with
 

@@ -1,9 +1,9 @@
 """What non-square uploads cost the attention model: ``python -m models.attention.nonsquare``.
 
     python -m models.attention.nonsquare --version 5 --split val --count 10000 --seed 7 \
-        --out runs/attention-nonsquare-val.json
+        --out models/repository/attention/6/nonsquare-val.json
     python -m models.attention.nonsquare --version 5 --split test \
-        --out models/repository/attention/5/nonsquare-test.json
+        --out models/repository/attention/6/nonsquare-test.json
 
 Training shows the network full 64x64 canvases only, while the service letterboxes a
 non-square upload, so the network sees bars it never saw. This takes the canvases whose
@@ -13,9 +13,10 @@ crop back to the input size with the service's own ``service.imaging.letterbox``
 bars of the version's ``pad_value`` (``pad constant``) and once repeating the crop's edge
 (``pad edge``). The served prediction (the perception head with the model's own attention
 map) is measured on the square canvas and on both, with the paired counts and McNemar's
-exact p of edge against constant bars. ``--split test`` is the export's test set (every
-test item once, seed ``TEST_SEED``); any other split draws ``--count`` canvases with
-``--seed``.
+exact p of edge against constant bars; "pooled" joins both cuts' crops, so an item clear
+of both counts twice and its p and interval are approximate. ``--split test`` is the
+export's test set (every test item once, seed ``TEST_SEED``); any other split draws
+``--count`` canvases with ``--seed``.
 """
 
 from __future__ import annotations

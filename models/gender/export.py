@@ -1,6 +1,9 @@
 """Export the fused gender model into the model repository, measured on held-out data.
 
-    python -m models.gender.export --run runs/gender-v1 --version 1
+    python -m models.gender.export --run runs/gender-v1 --version 1 --repository runs/repository
+
+A version that exists is refused unless ``--overwrite``: the examples write to a scratch
+``--repository`` to compare with the committed release.
 
 Writes ``models/repository/gender/<version>/``: model.onnx (image -> gender logits and the
 contour map), config.json, MODEL_CARD.md, plots and the checkpoint. The fused model's

@@ -1,7 +1,11 @@
 """Export a landmark checkpoint into the model repository, measured on the test split.
 
     python -m models.landmark.export --checkpoint runs/landmark-v1/best.pt --version 1 \
-        --history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json
+        --history runs/landmark-v1/history.json --ablation runs/ablation/ablation.json \
+        --repository runs/repository
+
+A version that exists is refused unless ``--overwrite``: the examples write to a scratch
+``--repository`` to compare with the committed release.
 
 Writes ``models/repository/landmark/<version>/`` : model.onnx, config.json, MODEL_CARD.md
 and plots. The test metrics are those of the exported ONNX graph run by ONNX Runtime with

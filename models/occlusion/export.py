@@ -1,7 +1,10 @@
 """Export the occlusion model to the repository and measure it on the held-out test split.
 
     python -m models.occlusion.export --checkpoint runs/occlusion-v1/best.pt \
-        --ablation runs/occlusion-nomask/best.pt --version 1
+        --ablation runs/occlusion-nomask/best.pt --version 1 --repository runs/repository
+
+A version that exists is refused unless ``--overwrite``: the examples write to a scratch
+``--repository`` to compare with the committed release.
 
 Writes ``models/repository/occlusion/<version>/``: ``model.onnx`` (face -> pattern_logits,
 embedding; dynamic batch), ``config.json`` (input size, normalisation, grid, pattern table,
@@ -241,9 +244,12 @@ def card(
         "  stretched over its pattern's whole-block rectangle with every edge moved by up to",
         f"  {tc['synth']['jitter']} of a block; a third of the faces stay clean.",
         f"- Test set: {t['samples']} samples ({t['identities']} held-out identities x 100",
-        "  augmentations, each with a clean and an occluded copy). Validation: the same",
-        "  construction on the",
-        "  validation identities and occluders (checkpoint choice and the verify threshold).",
+        '  augmentations, each with a clean and an "occluded" copy; a third of those copies',
+        "  are left clean, as in training). Validation: the same construction with",
+        f"  {tc['val_per_face']} augmentations per face ({v['samples']} samples, "
+        f"{v['identities']} identities)",
+        "  on the validation identities and occluders (checkpoint choice and the verify",
+        "  threshold).",
         "- Bring your own data: `--faces DIR` (one sub-folder per identity) trains on it.",
         "",
         "## Held-out test figures (ONNX Runtime, this graph)",
@@ -296,11 +302,13 @@ def card(
         "to choose the checkpoint and the threshold) the same graph scores: exact pattern",
         f"{fmt(v['pattern_exact'])}, mean IoU {fmt(v['mean_iou_occluded'])}, occluded vs not "
         f"{fmt(v['occluded_vs_not'])}, cosine clean vs occluded {fmt(v['cos_clean_vs_occluded'])}, "
-        f"verification AUC {fmt(v['verify_auc'])}.",
+        f"verification AUC {fmt(v['verify_auc'])} ({fmt(v['verify_auc_occluded'])} against "
+        "truly occluded copies only).",
         "",
         *alarm_lines,
-        '"Same face" pairs are two augmentations of one source photograph (one clean, one',
-        'occluded); "different" pairs are different held-out source faces. There is only one',
+        '"Same face" pairs are two augmentations of one source photograph (one clean, the',
+        'other its "occluded" copy); "different" pairs are different held-out source faces.',
+        "There is only one",
         "photograph per identity, so this measures robustness to occlusion and augmentation,",
         "not recognition of a person across photographs.",
         "",

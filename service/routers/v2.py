@@ -16,7 +16,7 @@ Every error on a ``/v2`` path is problem+json (RFC 9457), like the rest of the s
 the detail also in an ``error`` member, where the protocol's clients read it (tritonclient:
 ``json.loads(body)["error"]``; ``service.errors.protocol_members``). The statuses are the
 protocol's: 400 for anything malformed (no FastAPI 422), 401 key, 404 unknown model, 413
-too large (also once inflated), 503 while models load or when the server is full. The same
+too large (also once inflated), 503 for a model not ready or a full server. The same
 shape comes from the routes and from what answers before them: a path that matches no
 route (404), a wrong method (405), the body-size middleware (413) and the upload gate
 (401, 503, 408).
@@ -270,7 +270,7 @@ def _error(description: str) -> dict[str, Any]:
 
 # Every other client error, in the same shape (and no FastAPI 422: V2 says 400).
 OTHER_CLIENT_ERRORS: Responses = {"4XX": _error("any other client error")}
-NOT_READY: Responses = {503: _error("not ready (models loading or failed); see Retry-After")}
+NOT_READY: Responses = {503: _error("not ready (a model failed to load); see Retry-After")}
 UNKNOWN_MODEL: Responses = {
     401: _error("API keys are configured and none or a wrong one was sent"),
     404: _error("no such V2 model (or version) on this server"),
@@ -750,7 +750,7 @@ INFER_RESPONSES: Responses = {
     408: _error("the body stopped arriving for VISION_BODY_TIMEOUT_S; the connection is closed"),
     413: _error("the body exceeds the upload limit, as sent or once inflated"),
     503: _error(
-        "not ready (models loading or failed), the graph's queue full, or the server's body "
+        "not ready (a model failed to load), the graph's queue full, or the server's body "
         "budget full (VISION_MAX_BODY_BYTES_IN_FLIGHT); see Retry-After"
     ),
     **OTHER_CLIENT_ERRORS,

@@ -94,7 +94,7 @@ def test_typed_errors_carry_problem_fields(vision: VisionClient, base_url: str) 
         anonymous.models()
     with VisionClient(base_url, api_key="wrong") as wrong, pytest.raises(Unauthorized) as denied:
         wrong.v2_model_metadata("landmark")
-    assert "API key" in denied.value.detail  # a V2 {"error": ...} body
+    assert "API key" in denied.value.detail  # a V2 problem document, its detail also in "error"
 
 
 def test_v2(vision: VisionClient) -> None:

@@ -1,5 +1,6 @@
 """KServe V2 / Open Inference Protocol routes with hand-made requests: naming, tensors in
-JSON and binary, every error as {"error": ...} with a 4xx (503 while not ready)."""
+JSON and binary, every error as problem+json with an "error" member and a 4xx (503 while not
+ready)."""
 
 from __future__ import annotations
 
