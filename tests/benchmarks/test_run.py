@@ -50,6 +50,28 @@ def test_pipeline_reports_the_service_decode_and_the_full_decode(
     assert report[0]["headline"]["c1_ratio"] == pytest.approx(on1["p50_ms"] / pipe["single_ms"])
 
 
+def test_the_cpu_time_bound_and_the_levels_the_headline_used(report: tuple[dict, Path]) -> None:
+    """The serial limit is no upper bound; the CPU-time one is said beside it. Run at 1 and 2
+    clients, the headline names 2 as the level its throughput and overload figures are from,
+    and the strict overload ratio divides by the one-client p99."""
+    result, out = report
+    pipe, head = result["pipeline"], result["headline"]
+    landmark = next(row for row in result["limits"] if row["model"] == "landmark")
+    cpu_ms = pipe["decode_cpu_ms"] + pipe["preprocess_cpu_ms"] + landmark["best_cpu_ms_per_image"]
+    assert pipe["cpu_ms_per_image"] == pytest.approx(cpu_ms) and cpu_ms > 0
+    cpus = result["machine"]["cpus_usable"]
+    assert pipe["cpu_bound_limit_images_per_s"] == pytest.approx(cpus * 1000 / cpu_ms)
+    assert head["levels"] == {"throughput": 2, "one_client": 1, "overload_base": 2}
+    (on1,) = [row for row in result["http"]["service, batching on"] if row["concurrency"] == 1]
+    assert head["overload_p99_vs_one_client"] == pytest.approx(
+        result["overload"]["p99_ms"] / on1["p99_ms"]
+    )
+    markdown = (out / "benchmark.md").read_text()
+    assert "## Headline (concurrency 2 unless said)" in markdown
+    assert "It is not an upper bound" in markdown and "vs the one-client p99" in markdown
+    assert result["code"] and result["started_utc"].endswith("UTC")
+
+
 def test_all_three_servers_answered_every_level_without_errors(
     report: tuple[dict, Path],
 ) -> None:
@@ -150,13 +172,18 @@ def test_wrk_headline_reads_the_target_levels_from_the_wrk_rows() -> None:
     same pipeline and limit as loadgen.py's, and the headline says them."""
     pipeline = {"single_ms": 4.0, "limit_with_decode_images_per_s": 400.0}
 
-    def row(concurrency: int, rps: float, p50: float) -> dict:
-        return {"concurrency": concurrency, "throughput_rps": rps, "p50_ms": p50}
+    def row(concurrency: int, rps: float, p50: float, not_ok: int = 0) -> dict:
+        return {
+            "concurrency": concurrency,
+            "throughput_rps": rps,
+            "p50_ms": p50,
+            "status_400_up": not_ok,
+        }
 
     report = {
         "pipeline": pipeline,
         "wrk": {
-            "naive peer": [row(1, 100.0, 9.0), row(16, 150.0, 100.0)],
+            "naive peer": [row(1, 100.0, 9.0), row(16, 150.0, 100.0, not_ok=3)],
             "service, batching off": [row(1, 180.0, 5.5), row(16, 250.0, 60.0)],
             "service, batching on": [row(1, 190.0, 5.0), row(16, 330.0, 48.0)],
         },
@@ -176,11 +203,13 @@ def test_wrk_headline_reads_the_target_levels_from_the_wrk_rows() -> None:
             "wrk_c1_thin_on_loop_ratio": 1.15,
             "wrk_on_vs_limit_with_decode": 0.825,
             "wrk_on_vs_naive": 2.2,
+            "wrk_16_status_400_up": 3,
         }
     )
     lines = run.wrk_headline_lines({"headline": head, "pipeline": pipeline})
     assert lines[0].startswith("- measured by wrk, concurrency 16")
     assert "0.825 (target >= 0.80)" in lines[0] and "2.200 (target >= 2)" in lines[0]
+    assert "3 of the answers counted were not 200" in lines[0]  # wrk counts them all
     assert "ratio 1.25 (target <= 1.2)" in lines[1] and "thin route 1.10" in lines[1]
     # Without wrk: no wrk figures, and the section says why.
     assert run.wrk_headline({"wrk": None}) == {}
