@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ ImageInput = bytes | str | Path | IO[bytes]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
+# A part of no declared type: the server looks at the bytes.
+OCTET_STREAM = "application/octet-stream"
 # numpy dtype -> Open Inference Protocol datatype (the ones ONNX graphs use here).
 V2_DATATYPES: dict[np.dtype[Any], str] = {
     np.dtype(np.bool_): "BOOL",
@@ -82,16 +85,22 @@ class InferResult:
 def _image_part(
     image: ImageInput, filename: str | None, default_name: str = "image"
 ) -> tuple[str, bytes, str]:
-    """A multipart file part: the file's own name and type where it has one (the server
-    sniffs the bytes either way)."""
+    """A multipart file part: the file's own name where it has one, and its type when the
+    name says an image; otherwise ``application/octet-stream``, which the server sniffs
+    (it refuses a part declared as any other non-image type, such as ``text/plain``)."""
     if isinstance(image, bytes):
         data, name = image, filename or default_name
     elif isinstance(image, str | Path):
         path = Path(image)
         data, name = path.read_bytes(), filename or path.name
     else:
-        data, name = image.read(), filename or Path(getattr(image, "name", default_name)).name
-    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        # A temporary file's name is an int (its descriptor) or None: not a file name.
+        own = getattr(image, "name", None)
+        data = image.read()
+        name = filename or (Path(os.fsdecode(own)).name if isinstance(own, str | bytes) else "")
+        name = name or default_name
+    guessed = mimetypes.guess_type(name)[0]
+    content_type = guessed if guessed and guessed.startswith("image/") else OCTET_STREAM
     return name, data, content_type
 
 
@@ -259,7 +268,8 @@ def v2_infer(
     chunks: list[bytes] = []
     for input_name, value in inputs.items():
         array = np.asarray(value)
-        datatype = V2_DATATYPES.get(array.dtype)
+        # Big-endian arrays too: the datatype is the value's, the bytes are sent little-endian.
+        datatype = V2_DATATYPES.get(array.dtype.newbyteorder("="))
         if datatype is None:
             raise TypeError(f"input {input_name!r}: dtype {array.dtype} has no V2 datatype")
         tensor: dict[str, Any] = {

@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from client import _calls
 from client._calls import Call, ImageInput, InferResult
-from client.errors import error_from_response
+from client.errors import TransportError, UnexpectedResponse, error_from_response
 from service.schemas import (
     AttentionResponse,
     CorrectionResponse,
@@ -38,20 +38,31 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"X-API-Key": api_key} if api_key else {}
 
 
-def _request_args(call: Call[Any]) -> dict[str, Any]:
+def _request_args(call: Call[Any], extra_headers: Mapping[str, str]) -> dict[str, Any]:
+    headers = {**extra_headers, **(call.headers or {})}
     return {
         "params": call.params,
         "files": call.files,
         "data": call.data,
         "content": call.content,
-        "headers": call.headers,
+        "headers": headers or None,
     }
 
 
 def _result(call: Call[T], response: httpx.Response) -> T:
     if response.is_error and response.status_code not in call.accept:
         raise error_from_response(response)
-    return call.parse(response)
+    try:
+        return call.parse(response)
+    except (ValueError, KeyError) as exc:  # JSON, pydantic's ValidationError, tensor fields
+        raise UnexpectedResponse(
+            f"{call.method} {call.path}: {response.status_code} with a body this client "
+            f"cannot read ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+
+
+def _transport_error(call: Call[Any], exc: httpx.TransportError) -> TransportError:
+    return TransportError(f"{call.method} {call.path}: no answer ({type(exc).__name__}: {exc})")
 
 
 class VisionClient:
@@ -70,11 +81,14 @@ class VisionClient:
         self._http = http_client or httpx.Client(
             base_url=base_url, headers=_headers(api_key), timeout=timeout
         )
-        if http_client is not None and api_key:
-            self._http.headers.update(_headers(api_key))
+        # A caller's client is left as it is: the key goes with each request instead.
+        self._auth = _headers(api_key) if http_client is not None else {}
 
     def _send(self, call: Call[T]) -> T:
-        response = self._http.request(call.method, call.path, **_request_args(call))
+        try:
+            response = self._http.request(call.method, call.path, **_request_args(call, self._auth))
+        except httpx.TransportError as exc:
+            raise _transport_error(call, exc) from exc
         return _result(call, response)
 
     def close(self) -> None:
@@ -201,11 +215,16 @@ class AsyncVisionClient:
         self._http = http_client or httpx.AsyncClient(
             base_url=base_url, headers=_headers(api_key), timeout=timeout
         )
-        if http_client is not None and api_key:
-            self._http.headers.update(_headers(api_key))
+        # A caller's client is left as it is: the key goes with each request instead.
+        self._auth = _headers(api_key) if http_client is not None else {}
 
     async def _send(self, call: Call[T]) -> T:
-        response = await self._http.request(call.method, call.path, **_request_args(call))
+        try:
+            response = await self._http.request(
+                call.method, call.path, **_request_args(call, self._auth)
+            )
+        except httpx.TransportError as exc:
+            raise _transport_error(call, exc) from exc
         return _result(call, response)
 
     async def aclose(self) -> None:

@@ -19,6 +19,18 @@ class VisionError(Exception):
     """Base of every error this client raises."""
 
 
+class TransportError(VisionError):
+    """The request got no answer: the connection failed, timed out or was closed. A server
+    refusing a body early (413 for a body far over its limit, also 401 or 503 before the
+    body is read) may close the connection before the client has sent it all, so an upload
+    that ends this way may have been refused rather than lost. ``__cause__`` is httpx's."""
+
+
+class UnexpectedResponse(VisionError):
+    """A success status whose body is not what the endpoint answers (not JSON, or not the
+    response model: another server or a proxy's page). ``__cause__`` says what failed."""
+
+
 class ApiError(VisionError):
     """The service answered with an error status."""
 
@@ -93,10 +105,8 @@ class ServiceUnavailable(ApiError):
         value = self.headers.get("retry-after")
         if value is None:
             return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
+        if value.strip().isdigit():  # delay-seconds is digits only (RFC 9110 10.2.3)
+            return float(int(value))
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):

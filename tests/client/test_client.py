@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import tempfile
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import anyio
+import httpx
 import numpy as np
 import pytest
 
@@ -17,9 +22,11 @@ from client import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    TransportError,
     Unauthorized,
-    UnsupportedMediaType,
+    UnexpectedResponse,
     VisionClient,
+    VisionError,
 )
 from service.main import create_app
 from tests.live_server import live_server
@@ -80,7 +87,8 @@ def test_typed_errors_carry_problem_fields(vision: VisionClient, base_url: str) 
         vision.recognize(b"not an image", filename="x.png")
     assert bad.value.status == 400 and bad.value.title == "Invalid image" and bad.value.detail
     assert bad.value.type.startswith("urn:vision-service:problem:")
-    with pytest.raises(UnsupportedMediaType):
+    # A name that says no image type is sent untyped, so the server judges the bytes.
+    with pytest.raises(BadRequest):
         vision.recognize(b"hello", filename="notes.txt")
     # Over the pixel limit, not the byte limit: a body refused while it is still being sent
     # races the connection close (the client may see a reset instead of the 413).
@@ -95,6 +103,117 @@ def test_typed_errors_carry_problem_fields(vision: VisionClient, base_url: str) 
     with VisionClient(base_url, api_key="wrong") as wrong, pytest.raises(Unauthorized) as denied:
         wrong.v2_model_metadata("landmark")
     assert "API key" in denied.value.detail  # a V2 problem document, its detail also in "error"
+
+
+def test_unnamed_and_misnamed_files_are_sent(vision: VisionClient, tmp_path: Path) -> None:
+    """A temporary file's ``name`` is its descriptor (an int) or None, which the part's file
+    name was built from; a JPEG or PNG under a .txt name went as text/plain (a 415)."""
+    png = encode(scene(320, 160, (80, 80, 96, 96)))
+    misnamed = tmp_path / "scene.png.txt"
+    misnamed.write_bytes(png)
+    with tempfile.TemporaryFile() as unnamed, tempfile.SpooledTemporaryFile() as spooled:
+        for handle in (unnamed, spooled):
+            handle.write(png)
+            handle.seek(0)
+        results = [vision.recognize(unnamed), vision.recognize(spooled)]
+    results.append(vision.recognize(misnamed))
+    for result in results:
+        assert len(result.landmarks) == 1
+
+
+def test_big_endian_inputs_are_sent_as_their_values(vision: VisionClient) -> None:
+    native = vision.v2_infer("chain.front", {"image": square_tensor()}).outputs["mid"]
+    for binary in (True, False):
+        swapped = square_tensor().astype(">f4")
+        out = vision.v2_infer("chain.front", {"image": swapped}, binary=binary).outputs["mid"]
+        np.testing.assert_array_equal(out, native)
+
+
+def test_a_caller_s_http_client_is_left_as_it_was(base_url: str) -> None:
+    with httpx.Client(base_url=base_url) as http:
+        with VisionClient(api_key=API_KEY, http_client=http) as vision:
+            assert vision.v2_model_metadata("landmark")["name"] == "landmark"
+        assert "x-api-key" not in http.headers  # the key went with each request only
+        assert not http.is_closed
+        assert http.get("/v2/models/landmark").status_code == 401
+
+
+def test_an_upload_far_over_the_limit_is_a_vision_error(base_url: str) -> None:
+    """The server answers 413 and closes without reading a body past 4x its limit: the
+    async client saw the close as a bare httpx.ReadError."""
+    huge = b"\xff\xd8" + b"\0" * (5 * MAX_UPLOAD)
+    with (
+        VisionClient(base_url, api_key=API_KEY) as vision,
+        pytest.raises((PayloadTooLarge, TransportError)),
+    ):
+        vision.recognize(huge, filename="huge.jpg")
+
+    async def main() -> None:
+        async with AsyncVisionClient(base_url, api_key=API_KEY) as vision:
+            with pytest.raises((PayloadTooLarge, TransportError)):
+                await vision.recognize(huge, filename="huge.jpg")
+
+    anyio.run(main)
+
+
+@pytest.fixture
+def closing_port() -> Iterator[int]:
+    """A port whose server accepts each connection and closes it unanswered."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+class NotTheService(BaseHTTPRequestHandler):
+    """200 with a body that is no JSON, as a proxy's page would be."""
+
+    def do_GET(self) -> None:
+        body = b"<html>a proxy's page</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_no_answer_and_an_unreadable_answer_are_vision_errors(closing_port: int) -> None:
+    with (
+        VisionClient(f"http://127.0.0.1:{closing_port}") as vision,
+        pytest.raises(TransportError) as no_answer,
+    ):
+        vision.health_live()
+    assert isinstance(no_answer.value, VisionError)
+    assert isinstance(no_answer.value.__cause__, httpx.TransportError)
+    server = HTTPServer(("127.0.0.1", 0), NotTheService)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with (
+            VisionClient(f"http://127.0.0.1:{server.server_port}") as vision,
+            pytest.raises(UnexpectedResponse),
+        ):
+            vision.health_live()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_v2(vision: VisionClient) -> None:

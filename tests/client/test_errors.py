@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from client import RequestTimeout, ServiceUnavailable
+from client import RequestTimeout, ServiceUnavailable, UnsupportedMediaType
 from client.errors import error_from_response
 
 
@@ -24,7 +24,7 @@ def unavailable(retry_after: str | None) -> ServiceUnavailable:
     return error
 
 
-@pytest.mark.parametrize(("header", "seconds"), [("5", 5.0), ("0.5", 0.5), ("-3", 0.0)])
+@pytest.mark.parametrize(("header", "seconds"), [("5", 5.0), ("0", 0.0), (" 120 ", 120.0)])
 def test_retry_after_in_seconds(header: str, seconds: float) -> None:
     assert unavailable(header).retry_after == seconds
 
@@ -39,7 +39,9 @@ def test_retry_after_in_the_past_is_now() -> None:
     assert unavailable("Wed, 21 Oct 2015 07:28:00 GMT").retry_after == 0.0
 
 
-@pytest.mark.parametrize("header", [None, "soon", ""])
+# RFC 9110's delay-seconds is digits only: float() took "inf" (a retry loop would sleep
+# for ever), "nan" and "1e9".
+@pytest.mark.parametrize("header", [None, "soon", "", "0.5", "-3", "inf", "nan", "1e9"])
 def test_retry_after_missing_or_unreadable(header: str | None) -> None:
     assert unavailable(header).retry_after is None
 
@@ -55,3 +57,9 @@ def test_a_stalled_body_is_a_request_timeout() -> None:
     assert isinstance(error, RequestTimeout)
     assert error.status == 408 and error.type.endswith("request-timeout")
     assert "VISION_BODY_TIMEOUT_S" in error.detail
+
+
+def test_a_415_is_unsupported_media_type() -> None:
+    problem = {"type": "about:blank", "title": "Unsupported media type", "detail": "not a form"}
+    error = error_from_response(httpx.Response(415, json=problem))
+    assert isinstance(error, UnsupportedMediaType) and error.detail == "not a form"
