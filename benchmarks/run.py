@@ -94,6 +94,22 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def physical_cores() -> int | None:
+    """Distinct (package, core) pairs among the CPUs this process may use: what ONNX
+    Runtime's default intra-op thread count follows (the naive peer keeps that default),
+    while the service uses every usable logical CPU. None where the topology is unreadable."""
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return None
+        cores.add((package, core))
+    return len(cores) or None
+
+
 def code_version() -> str:
     """``git describe --always --dirty`` of this checkout, or "unknown" outside git."""
     try:
@@ -580,7 +596,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         f"Run {report.get('started_utc', '(time not recorded)')}, code "
         f"{report.get('code', '(not recorded)')}. "
-        f"Machine: {report['machine']['cpu']}, {report['machine']['cpus_usable']} usable CPUs, "
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cpus_usable']} usable CPUs"
+        f" ({report['machine'].get('physical_cores_usable', '?')} physical cores: the naive "
+        f"peer's default ORT thread count), "
         f"onnxruntime {report['machine']['onnxruntime']}; load average (1/5/15 min) before "
         f"{report['machine']['load_before']}, after {report['machine']['load_after']}. "
         f"Image: {report['image']['size']} JPEG, {report['image']['bytes']} bytes. "
@@ -776,6 +794,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu": cpu_model(),
             "cpus_usable": available_cpus(),
             "cpus_host": os.cpu_count(),
+            "physical_cores_usable": physical_cores(),
             "onnxruntime": ort.__version__,
             "python": platform.python_version(),
             "load_before": load_average(),
