@@ -54,7 +54,9 @@ def _result(call: Call[T], response: httpx.Response) -> T:
         raise error_from_response(response)
     try:
         return call.parse(response)
-    except (ValueError, KeyError) as exc:  # JSON, pydantic's ValidationError, tensor fields
+    # Not JSON, pydantic's ValidationError, or JSON of another shape (a list for a dict, a
+    # number for an output): the body is not this endpoint's.
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnexpectedResponse(
             f"{call.method} {call.path}: {response.status_code} with a body this client "
             f"cannot read ({type(exc).__name__}: {str(exc)[:200]})"
@@ -89,6 +91,8 @@ class VisionClient:
             response = self._http.request(call.method, call.path, **_request_args(call, self._auth))
         except httpx.TransportError as exc:
             raise _transport_error(call, exc) from exc
+        except httpx.DecodingError as exc:  # a Content-Encoding the body does not follow
+            raise UnexpectedResponse(f"{call.method} {call.path}: {exc}") from exc
         return _result(call, response)
 
     def close(self) -> None:
@@ -225,6 +229,8 @@ class AsyncVisionClient:
             )
         except httpx.TransportError as exc:
             raise _transport_error(call, exc) from exc
+        except httpx.DecodingError as exc:  # a Content-Encoding the body does not follow
+            raise UnexpectedResponse(f"{call.method} {call.path}: {exc}") from exc
         return _result(call, response)
 
     async def aclose(self) -> None:

@@ -8,11 +8,18 @@ carrying the same fields.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+
+# Retry-After's delay-seconds: ASCII digits (str.isdigit also takes superscripts and other
+# scripts' digits).
+DELAY_SECONDS = re.compile(r"[0-9]+")
+# A day: longer is no retry hint a client should wait on (and 400 digits overflow a float).
+MAX_RETRY_AFTER_S = 86_400
 
 
 class VisionError(Exception):
@@ -105,8 +112,8 @@ class ServiceUnavailable(ApiError):
         value = self.headers.get("retry-after")
         if value is None:
             return None
-        if value.strip().isdigit():  # delay-seconds is digits only (RFC 9110 10.2.3)
-            return float(int(value))
+        if DELAY_SECONDS.fullmatch(value.strip()):  # digits only (RFC 9110 10.2.3)
+            return float(min(int(value), MAX_RETRY_AFTER_S))
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):

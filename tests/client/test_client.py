@@ -180,12 +180,14 @@ def closing_port() -> Iterator[int]:
 
 
 class NotTheService(BaseHTTPRequestHandler):
-    """200 with a body that is no JSON, as a proxy's page would be."""
+    """200 with a body that is no JSON, as a proxy's page would be; under /v2, JSON of
+    another shape (a list where the protocol answers an object)."""
 
     def do_GET(self) -> None:
-        body = b"<html>a proxy's page</html>"
+        v2 = self.path.startswith("/v2")
+        body = b"[1]" if v2 else b"<html>a proxy's page</html>"
         self.send_response(200)
-        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Type", "application/json" if v2 else "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -206,11 +208,11 @@ def test_no_answer_and_an_unreadable_answer_are_vision_errors(closing_port: int)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with (
-            VisionClient(f"http://127.0.0.1:{server.server_port}") as vision,
-            pytest.raises(UnexpectedResponse),
-        ):
-            vision.health_live()
+        with VisionClient(f"http://127.0.0.1:{server.server_port}") as vision:
+            with pytest.raises(UnexpectedResponse):
+                vision.health_live()
+            with pytest.raises(UnexpectedResponse):  # was a bare TypeError
+                vision.v2_server_metadata()
     finally:
         server.shutdown()
         server.server_close()

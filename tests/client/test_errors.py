@@ -12,7 +12,7 @@ from client import RequestTimeout, ServiceUnavailable, UnsupportedMediaType
 from client.errors import error_from_response
 
 
-def unavailable(retry_after: str | None) -> ServiceUnavailable:
+def unavailable(retry_after: str | bytes | None) -> ServiceUnavailable:
     headers = {"retry-after": retry_after} if retry_after is not None else {}
     response = httpx.Response(
         503,
@@ -41,8 +41,12 @@ def test_retry_after_in_the_past_is_now() -> None:
 
 # RFC 9110's delay-seconds is digits only: float() took "inf" (a retry loop would sleep
 # for ever), "nan" and "1e9".
-@pytest.mark.parametrize("header", [None, "soon", "", "0.5", "-3", "inf", "nan", "1e9"])
-def test_retry_after_missing_or_unreadable(header: str | None) -> None:
+# A superscript two (latin-1 byte 0xb2) and an Arabic-Indic three: str.isdigit takes both.
+@pytest.mark.parametrize(
+    "header",
+    [None, "soon", "", "0.5", "-3", "inf", "nan", "1e9", b"\xb2", "\u0663".encode()],
+)
+def test_retry_after_missing_or_unreadable(header: str | bytes | None) -> None:
     assert unavailable(header).retry_after is None
 
 
@@ -63,3 +67,7 @@ def test_a_415_is_unsupported_media_type() -> None:
     problem = {"type": "about:blank", "title": "Unsupported media type", "detail": "not a form"}
     error = error_from_response(httpx.Response(415, json=problem))
     assert isinstance(error, UnsupportedMediaType) and error.detail == "not a form"
+
+
+def test_a_retry_after_of_400_digits_is_capped_not_an_overflow() -> None:
+    assert unavailable("9" * 400).retry_after == 86_400.0
