@@ -5,6 +5,7 @@ is asserted (speed targets are read from `make benchmark` on a quiet machine).""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,12 @@ def test_wrk_headline_reads_the_target_levels_from_the_wrk_rows() -> None:
     # Without wrk: no wrk figures, and the section says why.
     assert run.wrk_headline({"wrk": None}) == {}
     assert "not installed" in "\n".join(run.wrk_lines({"wrk": None}))
+
+
+def test_physical_cores_counts_the_affinity_s_cores_or_says_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cores = run.physical_cores()
+    assert cores is None or 1 <= cores <= len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")  # as off Linux
+    assert run.physical_cores() is None
