@@ -94,6 +94,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def nearest_level(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
+    """The row measured at concurrency ``level``, else at the nearest level (the lower on a
+    tie); the headline says which level each figure came from."""
+    return min(rows, key=lambda r: (abs(r["concurrency"] - level), r["concurrency"]))
+
+
 def physical_cores() -> int | None:
     """Distinct (package, core) pairs among the CPUs this process's affinity allows (not
     capped by a cgroup quota, as ``available_cpus`` is). ONNX Runtime's default intra-op
@@ -888,7 +894,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "http_floor" not in report:  # no level of one client was asked for
             one_client_bounds(report, servers["naive peer"], thin, image, args)
         rows = report["http"]["service, batching on"]
-        base = min(rows, key=lambda r: (abs(r["concurrency"] - OVERLOAD_BASE), r["concurrency"]))
+        base = nearest_level(rows, OVERLOAD_BASE)
         rate = OVERLOAD_FACTOR * base["throughput_rps"]
         print(f"overload at {rate:.0f} req/s", flush=True)
         port, _ = servers["service, batching on"]
@@ -896,9 +902,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {report['overload']}", flush=True)
 
     def at(name: str, level: int) -> dict[str, Any]:
-        """The row at ``level``, else the nearest level measured (the headline says which)."""
-        rows = report["http"][name]
-        return min(rows, key=lambda r: (abs(r["concurrency"] - level), r["concurrency"]))
+        return nearest_level(report["http"][name], level)
 
     on16, off16 = at("service, batching on", 16), at("service, batching off", 16)
     naive16 = at("naive peer", 16)

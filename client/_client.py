@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -63,8 +64,17 @@ def _result(call: Call[T], response: httpx.Response) -> T:
         ) from exc
 
 
-def _transport_error(call: Call[Any], exc: httpx.TransportError) -> TransportError:
-    return TransportError(f"{call.method} {call.path}: no answer ({type(exc).__name__}: {exc})")
+@contextmanager
+def _answered(call: Call[Any]) -> Iterator[None]:
+    """httpx's failures to get or read an answer as this client's errors (sync and async)."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise TransportError(
+            f"{call.method} {call.path}: no answer ({type(exc).__name__}: {exc})"
+        ) from exc
+    except httpx.DecodingError as exc:  # a Content-Encoding the body does not follow
+        raise UnexpectedResponse(f"{call.method} {call.path}: {exc}") from exc
 
 
 class VisionClient:
@@ -87,12 +97,8 @@ class VisionClient:
         self._auth = _headers(api_key) if http_client is not None else {}
 
     def _send(self, call: Call[T]) -> T:
-        try:
+        with _answered(call):
             response = self._http.request(call.method, call.path, **_request_args(call, self._auth))
-        except httpx.TransportError as exc:
-            raise _transport_error(call, exc) from exc
-        except httpx.DecodingError as exc:  # a Content-Encoding the body does not follow
-            raise UnexpectedResponse(f"{call.method} {call.path}: {exc}") from exc
         return _result(call, response)
 
     def close(self) -> None:
@@ -223,14 +229,10 @@ class AsyncVisionClient:
         self._auth = _headers(api_key) if http_client is not None else {}
 
     async def _send(self, call: Call[T]) -> T:
-        try:
+        with _answered(call):
             response = await self._http.request(
                 call.method, call.path, **_request_args(call, self._auth)
             )
-        except httpx.TransportError as exc:
-            raise _transport_error(call, exc) from exc
-        except httpx.DecodingError as exc:  # a Content-Encoding the body does not follow
-            raise UnexpectedResponse(f"{call.method} {call.path}: {exc}") from exc
         return _result(call, response)
 
     async def aclose(self) -> None:
