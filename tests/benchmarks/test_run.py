@@ -20,8 +20,12 @@ SERVERS = ("naive peer", "service, batching off", "service, batching on")
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("benchmark")
-    argv = ["--duration", "0.4", "--warmup", "0.2", "--concurrency", "1", "2", "--out", str(out)]
-    return run.main(argv), out
+    argv = ["--duration", "0.4", "--warmup", "0.2", "--concurrency", "1", "2", "--rounds", "2"]
+    return run.main([*argv, "--out", str(out)]), out
+
+
+def rounds(report: tuple[dict, Path]) -> list[dict]:
+    return report[0]["rounds"]
 
 
 def test_every_graph_in_the_repository_has_a_limit_row(report: tuple[dict, Path]) -> None:
@@ -46,9 +50,13 @@ def test_pipeline_reports_the_service_decode_and_the_full_decode(
     assert pipe["jpeg_draft"] is True  # the service's default
     for key in ("decode_ms", "preprocess_ms", "run_ms", "full_decode_ms", "full_preprocess_ms"):
         assert pipe[key] > 0, key
-    # The one-client ratio is the batching-on service's p50 at one client over this pipeline.
-    (on1,) = [row for row in report[0]["http"]["service, batching on"] if row["concurrency"] == 1]
-    assert report[0]["headline"]["c1_ratio"] == pytest.approx(on1["p50_ms"] / pipe["single_ms"])
+    # The one-client ratio is the batching-on service's p50 at one client over this pipeline,
+    # in each round; the headline's is their median.
+    for measured in rounds(report):
+        (on1,) = [r for r in measured["http"]["service, batching on"] if r["concurrency"] == 1]
+        assert measured["headline"]["c1_ratio"] == pytest.approx(on1["p50_ms"] / pipe["single_ms"])
+    per_round = [measured["headline"]["c1_ratio"] for measured in rounds(report)]
+    assert report[0]["headline"]["c1_ratio"] == pytest.approx(sum(per_round) / 2)
 
 
 def test_the_cpu_time_bound_and_the_levels_the_headline_used(report: tuple[dict, Path]) -> None:
@@ -63,12 +71,13 @@ def test_the_cpu_time_bound_and_the_levels_the_headline_used(report: tuple[dict,
     cpus = result["machine"]["cpus_usable"]
     assert pipe["cpu_bound_limit_images_per_s"] == pytest.approx(cpus * 1000 / cpu_ms)
     assert head["levels"] == {"throughput": 2, "one_client": 1, "overload_base": 2}
-    (on1,) = [row for row in result["http"]["service, batching on"] if row["concurrency"] == 1]
-    assert head["overload_p99_vs_one_client"] == pytest.approx(
-        result["overload"]["p99_ms"] / on1["p99_ms"]
-    )
+    for measured in result["rounds"]:
+        (on1,) = [r for r in measured["http"]["service, batching on"] if r["concurrency"] == 1]
+        assert measured["headline"]["overload_p99_vs_one_client"] == pytest.approx(
+            measured["overload"]["p99_ms"] / on1["p99_ms"]
+        )
     markdown = (out / "benchmark.md").read_text()
-    assert "## Headline (concurrency 2 unless said)" in markdown
+    assert "## Headline: medians of 2 round(s) (concurrency 2 unless said)" in markdown
     assert "It is not an upper bound" in markdown and "vs the 1-client p99" in markdown
     assert result["code"] and result["started_utc"].endswith("UTC")
 
@@ -76,30 +85,44 @@ def test_the_cpu_time_bound_and_the_levels_the_headline_used(report: tuple[dict,
 def test_all_three_servers_answered_every_level_without_errors(
     report: tuple[dict, Path],
 ) -> None:
-    http = report[0]["http"]
-    assert set(http) == set(SERVERS)
-    for name in SERVERS:
-        assert [row["concurrency"] for row in http[name]] == [1, 2]
-        for row in http[name]:
-            assert row["ok"] > 0 and row["errors"] == 0 and row["other_status"] == 0, (name, row)
+    for measured in rounds(report):
+        http = measured["http"]
+        assert list(http) == list(SERVERS)
+        for name in SERVERS:
+            assert [row["concurrency"] for row in http[name]] == [1, 2]
+            for row in http[name]:
+                assert row["ok"] > 0 and row["errors"] == 0, (name, row)
+                assert row["other_status"] == 0, (name, row)
+
+
+def test_each_round_rotates_the_servers_order(report: tuple[dict, Path]) -> None:
+    assert [measured["order"] for measured in rounds(report)] == [
+        list(SERVERS),
+        [*SERVERS[1:], SERVERS[0]],
+    ]
+    markdown = (report[1] / "benchmark.md").read_text()
+    assert "## Each round against the targets" in markdown
 
 
 def test_the_service_rows_say_where_their_time_went(report: tuple[dict, Path]) -> None:
     """The service's Server-Timing medians are kept per level; the naive peer has none."""
-    data, out = report
-    assert all("server_timing_p50_ms" not in row for row in data["http"]["naive peer"])
-    for name in ("service, batching off", "service, batching on"):
-        for row in data["http"][name]:
-            stages = row["server_timing_p50_ms"]
-            assert stages["app"] > 0 and stages["decode"] > 0 and stages["infer"] > 0
-            assert stages["queue"] >= 0 and stages["outside"] > 0
+    _, out = report
+    for measured in rounds(report):
+        http = measured["http"]
+        assert all("server_timing_p50_ms" not in row for row in http["naive peer"])
+        for name in ("service, batching off", "service, batching on"):
+            for row in http[name]:
+                stages = row["server_timing_p50_ms"]
+                assert stages["app"] > 0 and stages["decode"] > 0 and stages["infer"] > 0
+                assert stages["queue"] >= 0 and stages["outside"] > 0
     assert "Where the service's time goes" in (out / "benchmark.md").read_text()
 
 
 def test_http_floor_is_the_naive_peers_upload_only_endpoint(report: tuple[dict, Path]) -> None:
-    floor = report[0]["http_floor"]
-    assert floor["concurrency"] == 1 and floor["ok"] > 0 and floor["errors"] == 0
-    assert floor["other_status"] == 0  # every answer a 200: the route exists and took the upload
+    for measured in rounds(report):
+        floor = measured["http_floor"]
+        assert floor["concurrency"] == 1 and floor["ok"] > 0 and floor["errors"] == 0
+        assert floor["other_status"] == 0  # every answer a 200: the route took the upload
     assert "HTTP floor" in (report[1] / "benchmark.md").read_text()
 
 
@@ -107,24 +130,28 @@ def test_thin_routes_answer_landmarks_at_one_client(report: tuple[dict, Path]) -
     """Both thin routes ran at one client, answered only 200s, and their ratios are their p50
     over the same pipeline as the service's."""
     data, out = report
-    thin, pipe, head = data["thin_route"], data["pipeline"], data["headline"]
-    assert set(thin) == set(run.THIN_ROUTES)
-    for row in thin.values():
-        assert row["concurrency"] == 1 and row["ok"] > 0, row
-        assert row["errors"] == 0 and row["other_status"] == 0, row
-    assert head["c1_thin_ratio"] == pytest.approx(
-        thin["worker thread"]["p50_ms"] / pipe["single_ms"]
-    )
-    assert head["c1_thin_on_loop_ratio"] == pytest.approx(
-        thin["event loop"]["p50_ms"] / pipe["single_ms"]
-    )
+    pipe = data["pipeline"]
+    for measured in rounds(report):
+        thin, head = measured["thin_route"], measured["headline"]
+        assert set(thin) == set(run.THIN_ROUTES)
+        for row in thin.values():
+            assert row["concurrency"] == 1 and row["ok"] > 0, row
+            assert row["errors"] == 0 and row["other_status"] == 0, row
+        assert head["c1_thin_ratio"] == pytest.approx(
+            thin["worker thread"]["p50_ms"] / pipe["single_ms"]
+        )
+        assert head["c1_thin_on_loop_ratio"] == pytest.approx(
+            thin["event loop"]["p50_ms"] / pipe["single_ms"]
+        )
     assert "thinnest route" in (out / "benchmark.md").read_text()
 
 
 def test_overload_and_headline_are_written(report: tuple[dict, Path]) -> None:
     data, out = report
-    assert data["overload"]["offered_rps"] > 0
-    assert data["overload"]["errors"] == 0
+    for measured in rounds(report):
+        assert measured["overload"]["offered_rps"] > 0
+        assert measured["overload"]["errors"] == 0
+    assert data["headline"]["overload_errors"] == 0
     for key in ("on_vs_limit_with_decode", "on_vs_naive", "c1_ratio", "overload_p99_ratio"):
         assert data["headline"][key] > 0, key
     assert json.loads((out / "benchmark.json").read_text())["headline"] == data["headline"]
@@ -144,18 +171,23 @@ def test_the_one_client_level_and_its_bounds_are_measured_by_wrk_too(
     if not wrk.available():
         pytest.skip("wrk is not installed (apt-get install wrk)")
     data, out = report
-    assert set(data["wrk"]) == set(SERVERS)
     bounds = {"HTTP floor", *(f"thin route, {where}" for where in run.THIN_ROUTES)}
-    assert set(data["wrk_bounds"]) == bounds
-    rows = [row for name in SERVERS for row in data["wrk"][name]]
-    assert [row["concurrency"] for row in rows] == [1, 1, 1]
-    for row in [*rows, *data["wrk_bounds"].values()]:
-        assert row["ok"] == row["answers"] > 0 and row["errors"] == 0, row
-        assert row["status_400_up"] == 0, row
-        assert row["server_cpu_ms_per_request"] > 0, row
-    (on1,) = data["wrk"]["service, batching on"]
+    for measured in rounds(report):
+        assert set(measured["wrk"]) == set(SERVERS)
+        assert set(measured["wrk_bounds"]) == bounds
+        rows = [row for name in SERVERS for row in measured["wrk"][name]]
+        assert [row["concurrency"] for row in rows] == [1, 1, 1]
+        for row in [*rows, *measured["wrk_bounds"].values()]:
+            assert row["ok"] == row["answers"] > 0 and row["errors"] == 0, row
+            assert row["status_400_up"] == 0, row
+            assert row["server_cpu_ms_per_request"] > 0, row
+        (on1,) = measured["wrk"]["service, batching on"]
+        ratio = on1["p50_ms"] / data["pipeline"]["single_ms"]
+        assert measured["headline"]["wrk_c1_ratio"] == pytest.approx(ratio)
     head = data["headline"]
-    assert head["wrk_c1_ratio"] == pytest.approx(on1["p50_ms"] / data["pipeline"]["single_ms"])
+    assert head["per_round"]["wrk_c1_ratio"] == [
+        measured["headline"]["wrk_c1_ratio"] for measured in rounds(report)
+    ]
     assert "wrk_on_vs_naive" not in head  # no level of 16 clients was asked for
     assert "measured by wrk, concurrency 1" in (out / "benchmark.md").read_text()
 
@@ -168,34 +200,41 @@ def test_the_gap_to_the_thin_route_reads_as_above_or_below(difference: float, wo
     assert run.above_or_below(difference) == words
 
 
-def test_wrk_headline_reads_the_target_levels_from_the_wrk_rows() -> None:
-    """A made-up report with both target levels: the ratios come from wrk's rows, over the
-    same pipeline and limit as loadgen.py's, and the headline says them."""
-    pipeline = {"single_ms": 4.0, "limit_with_decode_images_per_s": 400.0}
+def wrk_row(concurrency: int, rps: float, p50: float, not_ok: int = 0) -> dict:
+    return {
+        "concurrency": concurrency,
+        "throughput_rps": rps,
+        "p50_ms": p50,
+        "status_400_up": not_ok,
+    }
 
-    def row(concurrency: int, rps: float, p50: float, not_ok: int = 0) -> dict:
-        return {
-            "concurrency": concurrency,
-            "throughput_rps": rps,
-            "p50_ms": p50,
-            "status_400_up": not_ok,
-        }
 
-    report = {
-        "pipeline": pipeline,
+def wrk_round(on16: float, on1_p50: float, on16_not_ok: int) -> dict:
+    """A made-up round's wrk rows at both target levels."""
+    return {
         "wrk": {
-            "naive peer": [row(1, 100.0, 9.0), row(16, 150.0, 100.0, not_ok=3)],
-            "service, batching off": [row(1, 180.0, 5.5), row(16, 250.0, 60.0)],
-            "service, batching on": [row(1, 190.0, 5.0), row(16, 330.0, 48.0)],
+            "naive peer": [wrk_row(1, 100.0, 9.0), wrk_row(16, 150.0, 100.0, not_ok=3)],
+            "service, batching off": [wrk_row(1, 180.0, 5.5), wrk_row(16, 250.0, 60.0)],
+            "service, batching on": [
+                wrk_row(1, 190.0, on1_p50),
+                wrk_row(16, on16, 48.0, not_ok=on16_not_ok),
+            ],
         },
         "wrk_bounds": {
-            "HTTP floor": row(1, 2000.0, 0.4),
-            "thin route, worker thread": row(1, 220.0, 4.4),
-            "thin route, event loop": row(1, 230.0, 4.6),
+            "HTTP floor": wrk_row(1, 2000.0, 0.4),
+            "thin route, worker thread": wrk_row(1, 220.0, 4.4),
+            "thin route, event loop": wrk_row(1, 230.0, 4.6),
         },
     }
-    head = run.wrk_headline(report)
-    assert head == pytest.approx(
+
+
+def test_wrk_headline_reads_the_target_levels_from_the_wrk_rows() -> None:
+    """Two made-up rounds with both target levels: each round's ratios come from its wrk
+    rows, over the same pipeline and limit as loadgen.py's; the headline says their median,
+    their range and the rounds that met each target, and adds up the non-OK answers."""
+    pipeline = {"single_ms": 4.0, "limit_with_decode_images_per_s": 400.0}
+    first = run.wrk_headline(wrk_round(330.0, 5.0, 0), pipeline)
+    assert first == pytest.approx(
         {
             "wrk_c1_p50_ms": 5.0,
             "wrk_c1_ratio": 1.25,
@@ -207,14 +246,54 @@ def test_wrk_headline_reads_the_target_levels_from_the_wrk_rows() -> None:
             "wrk_16_status_400_up": 3,
         }
     )
+    second = run.wrk_headline(wrk_round(300.0, 4.6, 1), pipeline)
+    levels = {"throughput": 16, "one_client": 1, "overload_base": 16}
+    head = run.summarize_rounds([first | {"levels": levels}, second | {"levels": levels}])
+    assert head["wrk_on_vs_limit_with_decode"] == pytest.approx((0.825 + 0.75) / 2)
+    assert head["wrk_on_vs_naive"] == pytest.approx(2.1)
+    assert head["wrk_c1_ratio"] == pytest.approx(1.2)
+    assert head["wrk_16_status_400_up"] == 7  # 3 + (3 + 1): added up, not a median
+    assert head["met"] == {
+        "wrk_on_vs_limit_with_decode": 1,
+        "wrk_on_vs_naive": 2,  # 2.0 meets ">= 2"
+        "wrk_c1_ratio": 1,  # 1.15 does, 1.25 does not
+    }
+    assert head["rounds"] == 2 and head["levels"] == levels
     lines = run.wrk_headline_lines({"headline": head, "pipeline": pipeline})
     assert lines[0].startswith("- measured by wrk, concurrency 16")
-    assert "0.825 (target >= 0.80)" in lines[0] and "2.200 (target >= 2)" in lines[0]
-    assert "3 answers of status >= 400 (service and peer) left out of them" in lines[0]
-    assert "ratio 1.25 (target <= 1.2)" in lines[1] and "thin route 1.10" in lines[1]
+    assert "0.787 (rounds 0.750-0.825; target >= 0.8, met in 1 of 2)" in lines[0]
+    assert "2.100 (rounds 2.000-2.200; target >= 2, met in 2 of 2)" in lines[0]
+    assert "7 answers of status >= 400 (service and peer, all rounds) left out" in lines[0]
+    assert "ratio 1.20 (rounds 1.15-1.25; target <= 1.2, met in 1 of 2)" in lines[1]
     # Without wrk: no wrk figures, and the section says why.
-    assert run.wrk_headline({"wrk": None}) == {}
-    assert "not installed" in "\n".join(run.wrk_lines({"wrk": None}))
+    assert run.wrk_headline({"wrk": None}, pipeline) == {}
+    assert "not installed" in "\n".join(run.wrk_lines({"rounds": [{"wrk": None}]}))
+
+
+def test_summarize_rounds_takes_medians_and_leaves_out_what_a_round_lacks() -> None:
+    levels = {"throughput": 16, "one_client": 1, "overload_base": 16}
+    heads = [
+        {"on_vs_naive": 1.9, "c1_ratio": 1.7, "overload_errors": 0, "levels": levels},
+        {"on_vs_naive": 2.3, "c1_ratio": 1.5, "overload_errors": 2, "levels": levels},
+        {"on_vs_naive": 2.0, "c1_ratio": 1.6, "overload_errors": 0, "levels": levels, "x": 1},
+    ]
+    head = run.summarize_rounds(heads)
+    assert head["on_vs_naive"] == 2.0 and head["c1_ratio"] == 1.6
+    assert head["overload_errors"] == 2  # an error in any round shows
+    assert "x" not in head and "x" not in head["per_round"]
+    assert head["per_round"]["on_vs_naive"] == [1.9, 2.3, 2.0]
+    assert head["met"] == {"on_vs_naive": 2, "c1_ratio": 0}
+    assert run.spread(head, "on_vs_naive", 2) == "rounds 1.90-2.30; target >= 2, met in 2 of 3"
+
+
+def test_rotated_starts_each_round_one_server_later() -> None:
+    names = ["a", "b", "c"]
+    assert [run.rotated(names, index) for index in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
 
 
 def test_physical_cores_counts_the_affinity_s_cores_or_says_none(
