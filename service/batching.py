@@ -316,7 +316,7 @@ class Batcher:
         if self.full:
             raise self.overloaded()
         self._slots += 1
-        self._observe_depth()
+        self._observe_depth(+1)
         return Reservation(self)
 
     @contextmanager
@@ -385,7 +385,7 @@ class Batcher:
 
     def _release_slot(self) -> None:
         self._slots -= 1
-        self._observe_depth()
+        self._observe_depth(-1)
         self._wake()
 
     # --- the request side -----------------------------------------------------------------
@@ -665,9 +665,12 @@ class Batcher:
     def _labels(self) -> tuple[str, str, str]:
         return self.model, self.version, self.graph
 
-    def _observe_depth(self) -> None:
+    def _observe_depth(self, change: int) -> None:
+        # Moved by each change rather than set to this batcher's count: after a reload of
+        # the same version the old batcher drains while the new one fills, both under the
+        # same labels, and the gauge must read the two together.
         if self.metrics is not None:
-            self.metrics.queue_depth.labels(*self._labels()).set(self._slots)
+            self.metrics.queue_depth.labels(*self._labels()).inc(change)
 
     def _count_rejected(self, reason: str) -> None:
         if self.metrics is not None:

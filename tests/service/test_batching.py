@@ -655,6 +655,24 @@ def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, {"model": "landmark", **labels})
 
 
+def test_queue_depth_reads_old_and_new_batchers_of_one_version_together(repo: Path) -> None:
+    """A reload of the same version: the old batcher drains while the new one fills, both
+    under the same labels. The gauge reads their sum, not whichever changed last."""
+    metrics = create_metrics()
+    settings = make_settings(repo)
+    old = load_model("landmark", settings, metrics).batcher()
+    new = load_model("landmark", settings, metrics).batcher()
+    graph = {"graph": "model", "version": "1"}
+    draining = [old.reserve(), old.reserve()]
+    arriving = new.reserve()
+    assert _sample(metrics, "vision_batch_queue_depth", **graph) == 3
+    draining[0].release()
+    assert _sample(metrics, "vision_batch_queue_depth", **graph) == 2
+    draining[1].release()
+    arriving.release()
+    assert _sample(metrics, "vision_batch_queue_depth", **graph) == 0
+
+
 def test_batch_metrics_count_what_happened(repo: Path) -> None:
     """Depth counts requests still decoding; a departed client is counted by reason; queue
     time is the time a request waited for its batch."""
