@@ -70,6 +70,11 @@ class Unauthorized(ApiError):
     """401: API keys are configured and none or a wrong one was sent."""
 
 
+class Forbidden(ApiError):
+    """403: the API key is valid but may not do this (``reload_model`` with admin keys
+    configured and the key sent not one of them)."""
+
+
 class NotFound(ApiError):
     """404: no such route or V2 model, or a model endpoint whose model this server does not
     serve."""
@@ -130,6 +135,7 @@ class ServerError(ApiError):
 STATUS_ERRORS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     408: RequestTimeout,
     409: Conflict,

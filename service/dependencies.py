@@ -11,7 +11,7 @@ import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import InvalidField, Unauthorized, UnsupportedMediaType, echo
+from service.errors import Forbidden, InvalidField, Unauthorized, UnsupportedMediaType, echo
 from service.metrics import Metrics
 from service.runtime import ModelRegistry
 from service.settings import Settings
@@ -142,17 +142,39 @@ async def require_api_key(
 
 def check_api_key(request: Request, settings: Settings) -> None:
     """Raise Unauthorized (401) unless API keys are off or ``request`` carries a valid one
-    (in X-API-Key or as a Bearer token; when it sends both, both must be valid)."""
+    (in X-API-Key or as a Bearer token; when it sends both, both must be valid). Admin keys
+    are valid keys too."""
     if not settings.api_keys:
         return
     presented = _presented_keys(request)
     if not presented:
         raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
-    # Constant-time comparison against every key (no early exit), so timing reveals neither
-    # a matching prefix nor which key matched; digests first, so not the length either.
-    # With both headers, both must hold a valid key: a wrong one is refused, whichever.
-    keys = [_digest(key) for key in settings.api_keys]
-    offered = [_digest(key) for key in presented]
-    valid = [any([hmac.compare_digest(o, key) for key in keys]) for o in offered]
-    if not all(valid):
+    if not _all_among(presented, [*settings.api_keys, *settings.admin_api_keys]):
         raise Unauthorized("the API key is not valid")
+
+
+def _all_among(presented: list[str], keys: list[str]) -> bool:
+    """Whether every presented key is one of ``keys``.
+
+    Constant-time comparison against every key (no early exit), so timing reveals neither a
+    matching prefix nor which key matched; digests first, so not the length either. With
+    both headers, both must hold a valid key: a wrong one is refused, whichever."""
+    digests = [_digest(key) for key in keys]
+    offered = [_digest(key) for key in presented]
+    return all([any([hmac.compare_digest(o, key) for key in digests]) for o in offered])
+
+
+async def require_admin_key(request: Request, settings: SettingsDep) -> None:
+    """With admin keys set (VISION_ADMIN_API_KEYS): 401 without a key or with one that is
+    no key at all, 403 with a valid key that is not an admin key. After the router's own
+    API-key check, which admits admin keys."""
+    if not settings.admin_api_keys:
+        return
+    presented = _presented_keys(request)
+    if not presented:
+        raise Unauthorized("an admin API key is required: send X-API-Key or Authorization: Bearer")
+    if _all_among(presented, settings.admin_api_keys):
+        return
+    if settings.api_keys and _all_among(presented, settings.api_keys + settings.admin_api_keys):
+        raise Forbidden("this API key may not reload models: that needs an admin API key")
+    raise Unauthorized("the API key is not an admin API key")

@@ -174,6 +174,14 @@ class Unauthorized(ServiceError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    """A valid API key that may not do this (reloading models needs an admin key)."""
+
+    status = HTTPStatus.FORBIDDEN
+    title = "Forbidden"
+    type = PROBLEM_TYPE_PREFIX + "forbidden"
+
+
 class ModelNotFound(ServiceError):
     status = HTTPStatus.NOT_FOUND
     title = "Model not found"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from service.dependencies import MetricsDep, RegistryDep, SettingsDep
+from service.dependencies import MetricsDep, RegistryDep, SettingsDep, require_admin_key
 from service.errors import ModelNotFound, ReloadFailed
 from service.runtime import LoadedModel, TensorSpec, load_model
 from service.schemas import GraphInfo, ModelInfo, ModelsResponse, TensorInfo, problem_responses
@@ -54,6 +54,7 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
 
 
 RELOAD_ERRORS = problem_responses(
+    (403, "admin API keys are configured (VISION_ADMIN_API_KEYS) and the key sent is not one"),
     (404, "no model of that name is served here"),
     (409, "the new version failed to load; the serving version keeps serving"),
 )
@@ -63,7 +64,7 @@ RELOAD_ERRORS = problem_responses(
 RELOAD_PATH = "/models/{name}/reload"
 
 
-@router.post(RELOAD_PATH, responses=RELOAD_ERRORS)
+@router.post(RELOAD_PATH, responses=RELOAD_ERRORS, dependencies=[Depends(require_admin_key)])
 async def reload_model(
     name: str,
     request: Request,

@@ -18,6 +18,7 @@ from client import (
     AsyncVisionClient,
     BadRequest,
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -290,6 +291,18 @@ def test_reload_model_swaps_in_a_new_version(tmp_path: Path) -> None:
             vision.reload_model("landmark")
         assert failed.value.body["serving_version"] == "2"
         assert vision.models().models[0].version == "2"
+
+
+def test_reload_model_with_a_key_that_is_not_an_admin_key_is_forbidden(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    write_model(root)
+    settings = make_settings(root, api_keys=["user"], admin_api_keys=["admin"])
+    with live_server(create_app(settings)) as url:
+        with VisionClient(url, api_key="user") as user, pytest.raises(Forbidden) as refused:
+            user.reload_model("landmark")
+        assert refused.value.status == 403 and "admin" in refused.value.detail
+        with VisionClient(url, api_key="admin") as admin:
+            assert admin.reload_model("landmark").version == "1"
 
 
 ATTENTION = Path(__file__).resolve().parents[2] / "models" / "repository" / "attention"

@@ -69,3 +69,61 @@ def test_health_docs_and_editor_page_need_no_key(keyed: TestClient) -> None:
 
 def test_no_keys_configured_means_open(client: TestClient) -> None:
     assert client.get("/models").status_code == 200
+
+
+ADMIN = "k-admin"
+
+
+@pytest.fixture
+def admin_keyed(repo: Path) -> Iterator[TestClient]:
+    settings = make_settings(repo, api_keys=KEYS, admin_api_keys=[ADMIN])
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"X-API-Key": "wrong"}, 401),
+        ({"X-API-Key": "k-one"}, 403),  # a valid key, but not an admin key
+        ({"X-API-Key": ADMIN, "Authorization": "Bearer k-one"}, 403),  # both must be admin
+        ({"X-API-Key": ADMIN}, 200),
+        ({"Authorization": f"Bearer {ADMIN}"}, 200),
+    ],
+)
+def test_reload_needs_an_admin_key_when_admin_keys_are_set(
+    admin_keyed: TestClient, headers: dict, status: int
+) -> None:
+    response = admin_keyed.post("/models/landmark/reload", headers=headers)
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["status"] == status
+        if status == 403:
+            assert problem["type"].endswith(":forbidden") and "admin" in problem["detail"]
+
+
+def test_an_admin_key_is_a_valid_key_everywhere_else(admin_keyed: TestClient) -> None:
+    assert admin_keyed.get("/models", headers={"X-API-Key": ADMIN}).status_code == 200
+    files = {"image": ("a.png", encode(scene()), "image/png")}
+    assert (
+        admin_keyed.post("/recognize", files=files, headers={"X-API-Key": ADMIN}).status_code == 200
+    )
+
+
+def test_admin_keys_alone_guard_reloading_and_leave_the_rest_open(repo: Path) -> None:
+    with TestClient(create_app(make_settings(repo, admin_api_keys=[ADMIN]))) as client:
+        assert client.get("/models").status_code == 200
+        assert client.post("/models/landmark/reload").status_code == 401
+        assert (
+            client.post("/models/landmark/reload", headers={"X-API-Key": "k-one"}).status_code
+            == 401
+        )
+        reloaded = client.post("/models/landmark/reload", headers={"X-API-Key": ADMIN})
+        assert reloaded.status_code == 200
+
+
+def test_without_admin_keys_any_key_may_reload(keyed: TestClient) -> None:
+    assert keyed.post("/models/landmark/reload", headers={"X-API-Key": "k-one"}).status_code == 200
