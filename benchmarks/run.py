@@ -81,6 +81,12 @@ OVERLOAD_BASE = 16
 # The levels the targets are read at (one client; 16 clients), measured a second time with
 # wrk where it is installed: a C client takes less of the shared CPUs than loadgen.py.
 WRK_LEVELS = (1, 16)
+# Seconds to wait after each wrk run. wrk stops with a request in flight on every
+# connection (loadgen.py waits for its answers); the server still works through them, and
+# at 16 clients those held 16 queue slots while the next run's 16 clients arrived: 46 of
+# 2125 answers were 503s in one run of 2026-12-03, 63 of 1299 in one of three back-to-back
+# pairs without the pause, none in three with it. 16 requests take under 0.1 s here.
+WRK_SETTLE_S = 0.5
 # Rounds of every level: one run's figures move by 15-30 % on a shared two-CPU machine
 # (benchmarks/README.md, "Every run against the targets"); three give a median and show
 # the spread within the run, in about three times the time (some 8 minutes here).
@@ -444,9 +450,11 @@ def wrk_level(
     url = f"http://{HOST}:{port}{path}"
     if warmup >= wrk.MIN_SECONDS:  # a shorter warm-up than wrk can run is left out
         wrk.closed_loop(url, content_type, body, concurrency, warmup)
+        time.sleep(WRK_SETTLE_S)
     cpu_before = cpu_seconds(pid)
     row = wrk.closed_loop(url, content_type, body, concurrency, duration)
     cpu = cpu_seconds(pid) - cpu_before
+    time.sleep(WRK_SETTLE_S)  # what wrk left in flight must not spill into the next level
     row["server_cpu_ms_per_request"] = (
         1000 * cpu / row["answers"] if row["answers"] else float("nan")
     )
@@ -794,6 +802,28 @@ def spread(head: dict[str, Any], key: str, digits: int) -> str:
     return text
 
 
+def median_table_lines(report: dict[str, Any]) -> list[str]:
+    """Per server and level: the median over the rounds of throughput (with the rounds'
+    range), p50 and p99, and the 503s and errors of all rounds added up."""
+    lines = [
+        "| server | concurrency | req/s, median (rounds' range) | p50 ms | p99 ms | 503 | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for name, _, row in round_rows(report, "http"):
+        grouped.setdefault((name, row["concurrency"]), []).append(row)
+    for (name, concurrency), rows in grouped.items():
+        rps = [row["throughput_rps"] for row in rows]
+        lines.append(
+            f"| {name} | {concurrency} | {statistics.median(rps):.1f} ({min(rps):.1f}-"
+            f"{max(rps):.1f}) | {_fmt(statistics.median(row['p50_ms'] for row in rows))} | "
+            f"{_fmt(statistics.median(row['p99_ms'] for row in rows))} | "
+            f"{sum(row['rejected_503'] for row in rows)} | "
+            f"{sum(row['errors'] + row['other_status'] for row in rows)} |"
+        )
+    return lines
+
+
 def round_table_lines(report: dict[str, Any]) -> list[str]:
     """A table of each round's figures against the targets."""
     lines = [
@@ -884,6 +914,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"Each level of each server once per round, {report['settings']['rounds']} "
         "round(s), the servers' order rotated each round (round 1: "
         f"{'; '.join(report['rounds'][0]['order'])}).",
+        "",
+        *median_table_lines(report),
+        "",
+        "Every round's rows:",
         "",
         "| server | concurrency | round | req/s | p50 ms | p95 ms | p99 ms | 503 | errors "
         "| server CPU ms/request | load generator CPU ms/request |",

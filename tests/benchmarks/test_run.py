@@ -104,6 +104,25 @@ def test_each_round_rotates_the_servers_order(report: tuple[dict, Path]) -> None
     assert "## Each round against the targets" in markdown
 
 
+def test_the_median_table_has_one_row_per_server_and_level(report: tuple[dict, Path]) -> None:
+    """Its req/s is the rounds' median, with their range; the rounds' 503s are added up."""
+    lines = run.median_table_lines(report[0])
+    assert len(lines) == 2 + len(SERVERS) * 2
+    name, level = "service, batching on", 2
+    rows = [
+        row
+        for measured in rounds(report)
+        for row in measured["http"][name]
+        if row["concurrency"] == level
+    ]
+    rps = sorted(row["throughput_rps"] for row in rows)
+    (line,) = [line for line in lines if line.startswith(f"| {name} | {level} |")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[2] == f"{sum(rps) / 2:.1f} ({rps[0]:.1f}-{rps[1]:.1f})"
+    assert cells[5] == str(sum(row["rejected_503"] for row in rows))
+    assert "req/s, median (rounds' range)" in (report[1] / "benchmark.md").read_text()
+
+
 def test_the_service_rows_say_where_their_time_went(report: tuple[dict, Path]) -> None:
     """The service's Server-Timing medians are kept per level; the naive peer has none."""
     _, out = report
