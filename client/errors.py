@@ -129,7 +129,8 @@ class ServiceUnavailable(ApiError):
 
 
 class ServerError(ApiError):
-    """A 5xx other than 503: the service failed."""
+    """A 5xx other than 503: the service failed, or (507) the teacher-record store holds
+    its limit of records and nothing was saved."""
 
 
 STATUS_ERRORS: dict[int, type[ApiError]] = {

@@ -241,6 +241,15 @@ class StoreUnavailable(NotReady):
     type = PROBLEM_TYPE_PREFIX + "store-unavailable"
 
 
+class StoreFull(ServiceError):
+    """The teacher-record store holds ``feedback_max_records`` records (507): nothing was
+    stored. Retrying does not help until records are removed or the limit is raised."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    title = "Teacher-record store full"
+    type = PROBLEM_TYPE_PREFIX + "store-full"
+
+
 class UploadStorageUnavailable(NotReady):
     """The temporary directory that uploads over ``upload_spool_bytes`` are spooled to is
     full or failing (503): the server's condition, to be retried, not a malformed request."""

@@ -122,7 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.feature_cache = FeatureCache(
         settings.feature_cache_size, app.state.metrics.feature_cache
     )
-    app.state.feedback_store = open_store(settings.resolved_feedback_url())
+    app.state.feedback_store = open_store(
+        settings.resolved_feedback_url(), max_records=settings.feedback_max_records
+    )
     app.state.reload_lock = anyio.Lock()
 
     install_exception_handlers(app)

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     # Database URL of the teacher records, overriding feedback_db: sqlite:///<path> (SQLite,
     # one host) or postgresql://user:password@host:port/dbname (shared by every replica).
     feedback_url: SecretStr | None = None
+    # Most teacher records the store may hold (all replicas together); a save past it is
+    # refused with 507 and stores nothing. None: no limit. A record holds its upload (at
+    # most max_upload_bytes) and two small map PNGs, so this also bounds the store's size.
+    feedback_max_records: int | None = Field(default=None, ge=1)
     # Feature maps kept per image (LRU by sha256 of the bytes); 0 disables the cache.
     feature_cache_size: int = Field(default=DEFAULT_FEATURE_CACHE_SIZE, ge=0)
     providers: Literal["auto", "cuda", "cpu"] = "auto"

@@ -61,15 +61,20 @@ def check_store_url(url: str) -> str:
 
 
 def open_store(
-    url: str | os.PathLike[str], migrations: tuple[Migration, ...] = MIGRATIONS
+    url: str | os.PathLike[str],
+    migrations: tuple[Migration, ...] = MIGRATIONS,
+    max_records: int | None = None,
 ) -> FeedbackStore:
-    """The store ``url`` names (nothing is connected until ``open`` or the first call)."""
+    """The store ``url`` names (nothing is connected until ``open`` or the first call),
+    holding at most ``max_records`` records (None: no limit)."""
     if isinstance(url, os.PathLike):
-        return SQLiteFeedbackStore(os.fspath(url), migrations=migrations)
+        return SQLiteFeedbackStore(os.fspath(url), migrations=migrations, max_records=max_records)
     check_store_url(url)
     if url.startswith(POSTGRES_SCHEMES):
-        return PostgresFeedbackStore(url, migrations=migrations)
+        return PostgresFeedbackStore(url, migrations=migrations, max_records=max_records)
     if url.startswith(SQLITE_SCHEME):
         path, _, query = url.removeprefix(SQLITE_SCHEME)[1:].partition("?")
-        return SQLiteFeedbackStore(unquote(path), query=query, migrations=migrations)
-    return SQLiteFeedbackStore(url, migrations=migrations)
+        return SQLiteFeedbackStore(
+            unquote(path), query=query, migrations=migrations, max_records=max_records
+        )
+    return SQLiteFeedbackStore(url, migrations=migrations, max_records=max_records)

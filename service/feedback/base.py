@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar
 
-from service.errors import StoreUnavailable
+from service.errors import StoreFull, StoreUnavailable
 from service.feedback.migrations import MIGRATIONS, Migration
 
 logger = logging.getLogger(__name__)
@@ -137,9 +137,17 @@ class FeedbackStore(ABC):
     # What the backend raises when the database is unreachable, read-only, full or broken.
     failures: ClassVar[tuple[type[BaseException], ...]]
 
-    def __init__(self, description: str, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+    def __init__(
+        self,
+        description: str,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        max_records: int | None = None,
+    ) -> None:
         self.description = description  # the URL with any password masked: safe to log
         self.migrations = tuple(sorted(migrations, key=lambda m: m.version))
+        # Most records the store may hold (None: no limit); checked in the insert's own
+        # transaction, under a lock that orders the inserts of every process.
+        self.max_records = max_records
         self._migrate_lock = threading.Lock()
         self._migrated = False
         self._failed: tuple[float, StoreUnavailable] | None = None  # (monotonic s, error)
@@ -167,7 +175,8 @@ class FeedbackStore(ABC):
 
     # ---- the records ---------------------------------------------------------------------
     def add(self, record: TeacherRecord) -> str:
-        """Store ``record`` in one durably committed transaction; returns its id."""
+        """Store ``record`` in one durably committed transaction; returns its id. Raises
+        StoreFull (507) when the store already holds ``max_records``."""
         row = new_row(record)
         with self._guard("store the record (it may not have been stored; retry)"):
             self._ensure_migrated()
@@ -256,7 +265,17 @@ class FeedbackStore(ABC):
         needed, apply those of ``migrations`` not recorded there, record them."""
 
     @abstractmethod
-    def _insert(self, row: dict[str, Any]) -> None: ...
+    def _insert(self, row: dict[str, Any]) -> None:
+        """Insert ``row`` in one transaction; with ``max_records`` set, count first in it
+        (``refuse_if_full``), holding a lock that makes concurrent inserts take turns."""
+
+    def refuse_if_full(self, count: int) -> None:
+        """Raise StoreFull when ``count`` records leave no room under ``max_records``."""
+        if self.max_records is not None and count >= self.max_records:
+            raise StoreFull(
+                f"the teacher-record store holds {count} records, its limit "
+                "(VISION_FEEDBACK_MAX_RECORDS); nothing was stored"
+            )
 
     @abstractmethod
     def _fetch(self, *queries: tuple[str, tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key held while migrating; any constant unlikely to clash with other
 # applications sharing the database (the ASCII of "vistchr1" as a big-endian int64).
 MIGRATION_LOCK_KEY = 0x7669737463687231
+# Held by an insert while it counts the records against feedback_max_records, so that
+# concurrent inserts (any replica) take turns and the limit is never passed ("vistchr2").
+RECORD_LIMIT_LOCK_KEY = 0x7669737463687232
 # Connections per process: requests save from worker threads, a few at a time.
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4
@@ -80,8 +83,13 @@ class PostgresFeedbackStore(FeedbackStore):
     placeholder: ClassVar[str] = "%s"
     failures: ClassVar[tuple[type[BaseException], ...]] = (psycopg.Error, OSError)
 
-    def __init__(self, url: str, migrations: Sequence[Migration] = MIGRATIONS) -> None:
-        super().__init__(redact(url), migrations)
+    def __init__(
+        self,
+        url: str,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        max_records: int | None = None,
+    ) -> None:
+        super().__init__(redact(url), migrations, max_records)
         self._pool = ConnectionPool(
             url,
             min_size=POOL_MIN_SIZE,
@@ -136,6 +144,10 @@ class PostgresFeedbackStore(FeedbackStore):
         placeholders = ", ".join(f"%({name})s" for name in COLUMNS)
         query = f"INSERT INTO teacher_records ({', '.join(COLUMNS)}) VALUES ({placeholders})"
         with self._connection() as connection, connection.transaction():
+            if self.max_records is not None:
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (RECORD_LIMIT_LOCK_KEY,))
+                (count,) = connection.execute("SELECT COUNT(*) FROM teacher_records").fetchone()
+                self.refuse_if_full(int(count))
             connection.execute(query, row)
 
     def _fetch(self, *queries: tuple[str, tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:

@@ -39,11 +39,16 @@ class SQLiteFeedbackStore(FeedbackStore):
     failures: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.Error, OSError)
 
     def __init__(
-        self, path: Path | str, query: str = "", migrations: Sequence[Migration] = MIGRATIONS
+        self,
+        path: Path | str,
+        query: str = "",
+        migrations: Sequence[Migration] = MIGRATIONS,
+        max_records: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.query = query
-        super().__init__(f"sqlite:///{self.path}" + (f"?{query}" if query else ""), migrations)
+        description = f"sqlite:///{self.path}" + (f"?{query}" if query else "")
+        super().__init__(description, migrations, max_records)
 
     @property
     def read_only(self) -> bool:
@@ -131,6 +136,9 @@ class SQLiteFeedbackStore(FeedbackStore):
         }
         placeholders = ", ".join(f":{name}" for name in COLUMNS)
         with self._connect() as connection, self._transaction(connection):
+            if self.max_records is not None:  # BEGIN IMMEDIATE: writers take turns from here
+                (count,) = connection.execute("SELECT COUNT(*) FROM teacher_records").fetchone()
+                self.refuse_if_full(int(count))
             connection.execute(
                 f"INSERT INTO teacher_records ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                 values,

@@ -58,6 +58,10 @@ ERROR_RESPONSES = problem_responses(
     ),
 )
 
+CORRECT_ERRORS = ERROR_RESPONSES | problem_responses(
+    (507, "save was asked and the teacher-record store holds VISION_FEEDBACK_MAX_RECORDS"),
+)
+
 
 @dataclass(frozen=True)
 class AttentionModel:
@@ -205,7 +209,7 @@ def _edited_map(
     return mask_to_grid(mask, features.transform, pre.height, pre.width, grid.height, grid.width)
 
 
-@router.post("/attention/correct", responses=ERROR_RESPONSES)
+@router.post("/attention/correct", responses=CORRECT_ERRORS)
 async def correct_with_edited_map(
     request: Request,
     image: Annotated[UploadFile, File(description="the photo, as sent to /attention")],

@@ -35,7 +35,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.errors import StoreUnavailable
+from service.errors import StoreFull, StoreUnavailable
 from service.feedback import (
     MIGRATIONS,
     Migration,
@@ -119,6 +119,49 @@ def test_records_round_trip_and_counts(store_url: str) -> None:
             **{**record().__dict__, "id": first, "created_at": stored[0].created_at}
         )
         assert store.records(model_name="other") == []
+
+
+def test_a_store_at_its_record_limit_refuses_and_keeps_what_it_had(store_url: str) -> None:
+    with opened(store_url) as store:
+        store.add(record())
+    with closing(open_store(store_url, max_records=3)) as store:
+        store.add(record("dress", 3))
+        store.add(record("dress", 3))
+        with pytest.raises(StoreFull) as full:
+            store.add(record("coat", 4))
+        assert full.value.status == 507 and "holds 3 records" in full.value.detail
+        assert store.counts().total == 3 and "coat" not in store.counts().per_label
+
+
+def test_concurrent_saves_never_pass_the_record_limit(store_url: str) -> None:
+    """Eight threads of two store objects (as two replicas) race for five places: the count
+    and the insert share one transaction under a lock, so exactly five are stored."""
+    limit = 5
+    stores = [open_store(store_url, max_records=limit) for _ in range(2)]
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def save(store: Any) -> None:
+        for _ in range(3):
+            try:
+                store.add(record())
+                result = "stored"
+            except StoreFull:
+                result = "full"
+            with lock:
+                outcomes.append(result)
+
+    try:
+        threads = [threading.Thread(target=save, args=(stores[i % 2],)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert outcomes.count("stored") == limit and outcomes.count("full") == 24 - limit
+        assert stores[0].counts().total == limit
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_records_come_back_in_the_order_they_were_saved(store_url: str) -> None:
@@ -699,3 +742,32 @@ def test_sqlite_commits_are_fsynced(tmp_path: Path) -> None:
 )
 def test_a_database_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert postgres_backend.redact(url) == shown
+
+
+@needs_model
+def test_a_full_store_is_a_507_and_corrections_without_save_still_answer(tmp_path: Path) -> None:
+    settings = make_settings(
+        REPOSITORY,
+        models=["attention"],
+        feedback_db=tmp_path / "f.sqlite3",
+        feedback_max_records=1,
+        warmup_runs=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        first = save(client, noise_png(1))
+        assert first.status_code == 200 and first.json()["feedback_id"]
+        refused = save(client, noise_png(2))
+        assert refused.status_code == 507, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        body = refused.json()
+        assert body["type"] == "urn:vision-service:problem:store-full"
+        assert "holds 1 records" in body["detail"] and "retry-after" not in refused.headers
+        unsaved = client.post(
+            "/attention/correct",
+            files={
+                "image": ("i.png", noise_png(3), "image/png"),
+                "mask": ("m.png", MASK, "image/png"),
+            },
+        )
+        assert unsaved.status_code == 200 and "feedback_id" not in unsaved.json()
+        assert client.get("/attention/feedback").json()["total"] == 1
