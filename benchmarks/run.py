@@ -24,8 +24,9 @@ are read at (1 and 16 clients) and the one-client bounds are measured again with
 (service, batching on: open loop at twice the throughput it reached at concurrency 16) and
 concurrency-1 p50 against decode + pre-processing + one run. All of this after the limit is
 one round; ``--rounds`` of them run, the servers' order rotated each round, and the
-headline is each target ratio's median over the rounds (every ratio taken within its
-round), with the rounds' range and how many met the target.
+headline is each target figure's median over the rounds (ratios between servers taken
+within each round; the limit and the pipeline are measured once, before the rounds), with
+the rounds' range and how many met the target.
 
 Writes ``benchmark.json``, ``benchmark.md`` (the tables) and ``benchmark.png`` under
 ``--out``. Everything runs on the same CPUs as the servers (the load generator too), with
@@ -83,9 +84,11 @@ OVERLOAD_BASE = 16
 WRK_LEVELS = (1, 16)
 # Seconds to wait after each wrk run. wrk stops with a request in flight on every
 # connection (loadgen.py waits for its answers); the server still works through them, and
-# at 16 clients those held 16 queue slots while the next run's 16 clients arrived: 46 of
-# 2125 answers were 503s in one run of 2026-12-03, 63 of 1299 in one of three back-to-back
-# pairs without the pause, none in three with it. 16 requests take under 0.1 s here.
+# at 16 clients those held 16 queue slots while the next run's 16 clients arrived. wrk
+# counted 46 of 2125 answers of status >= 400 in one round of 2026-12-03 and 63 of 1299 in
+# one of three back-to-back pairs without the pause, none in three with it; the service's
+# own counters over four such pairs: 81 answers 503 for a full queue without the pause,
+# none with it. 16 requests take under 0.1 s here.
 WRK_SETTLE_S = 0.5
 # Rounds of every level: one run's figures move by 15-30 % on a shared two-CPU machine
 # (benchmarks/README.md, "Every run against the targets"); three give a median and show
@@ -601,10 +604,13 @@ def round_headline(measured: dict[str, Any], pipeline: dict[str, Any]) -> dict[s
         "c1_ratio_vs_full_decode": on1["p50_ms"] / pipeline["full_single_ms"],
         "floor_p50_ms": floor["p50_ms"],
         "c1_floor_plus_pipeline_ms": floor["p50_ms"] + pipeline["single_ms"],
+        # What the service adds of its own at one client, over the floor and the pipeline.
+        "c1_own_ms": on1["p50_ms"] - floor["p50_ms"] - pipeline["single_ms"],
         "thin_p50_ms": thin["p50_ms"],
         "thin_on_loop_p50_ms": on_loop["p50_ms"],
         "c1_thin_ratio": thin["p50_ms"] / pipeline["single_ms"],
         "c1_thin_on_loop_ratio": on_loop["p50_ms"] / pipeline["single_ms"],
+        "c1_above_thin_ms": on1["p50_ms"] - thin["p50_ms"],
         "base_p99_ms": base["p99_ms"],
         "overload_offered_rps": over["offered_rps"],
         "overload_ok": over["ok"],
@@ -643,10 +649,23 @@ TARGETS = {
 SUMMED = ("overload_errors", "wrk_16_status_400_up")
 
 
+def finite(values: list[float]) -> list[float]:
+    """``values`` without NaN (a p99 of no answers, say), which would make a median or a
+    range depend on the order."""
+    return [value for value in values if value == value]
+
+
+def median_of(values: list[float]) -> float:
+    """The median of the finite ``values``; NaN when there is none."""
+    kept = finite(values)
+    return statistics.median(kept) if kept else float("nan")
+
+
 def summarize_rounds(headlines: list[dict[str, Any]]) -> dict[str, Any]:
-    """The rounds' headlines as one: each figure's median over the rounds (every ratio
-    taken within its round), the counts of SUMMED added up, and every round's figure of
-    each under ``per_round``. Figures missing from some round are left out."""
+    """The rounds' headlines as one: each figure's median over the rounds (each ratio
+    between two servers is taken within its round), the counts of SUMMED added up, and
+    every round's figure of each under ``per_round``. Figures missing from some round are
+    left out."""
     keys = [
         key
         for key in headlines[0]
@@ -654,7 +673,7 @@ def summarize_rounds(headlines: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     per_round = {key: [headline[key] for headline in headlines] for key in keys}
     summary: dict[str, Any] = {
-        key: sum(values) if key in SUMMED else statistics.median(values)
+        key: sum(values) if key in SUMMED else median_of(values)
         for key, values in per_round.items()
     }
     summary["levels"] = headlines[0]["levels"]
@@ -787,15 +806,38 @@ def above_or_below(difference_ms: float) -> str:
     return f"{abs(difference_ms):.2f} ms {'below' if difference_ms < 0 else 'above'}"
 
 
+def _range(values: list[float], digits: int) -> str:
+    """ "lo-hi" of the finite ``values``; "n/a" when there is none."""
+    kept = finite(values)
+    return f"{min(kept):.{digits}f}-{max(kept):.{digits}f}" if kept else "n/a"
+
+
 def _fmt(value: float, digits: int = 1) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"  # NaN check
+
+
+def median_round(head: dict[str, Any], key: str) -> int | None:
+    """The index of the round whose ``key`` is the median: with an odd number of rounds
+    the median is one round's own figure, and that round's operands give it exactly. None
+    with an even number (the median is then no round's)."""
+    values = head["per_round"][key]
+    if len(values) % 2 == 0 or head[key] not in values:
+        return None
+    return int(values.index(head[key]))
+
+
+def in_median_round(head: dict[str, Any], key: str, operands: Callable[[int], str]) -> str:
+    """ "; its median round (2): <operands>" for ``key``, or nothing without one."""
+    index = median_round(head, key)
+    return "" if index is None else f"; in its median round ({index + 1}): {operands(index)}"
 
 
 def spread(head: dict[str, Any], key: str, digits: int) -> str:
     """``key``'s range over the rounds and, for a target, the rounds that met it:
     "rounds 0.65-0.70; target >= 0.80, met in 0 of 3"."""
     values = head["per_round"][key]
-    text = f"rounds {min(values):.{digits}f}-{max(values):.{digits}f}"
+    kept = finite(values)
+    text = f"rounds {min(kept):.{digits}f}-{max(kept):.{digits}f}" if kept else "rounds n/a"
     if key in TARGETS:
         sense, bound = TARGETS[key]
         text += f"; target {sense} {bound:g}, met in {head['met'][key]} of {len(values)}"
@@ -806,7 +848,8 @@ def median_table_lines(report: dict[str, Any]) -> list[str]:
     """Per server and level: the median over the rounds of throughput (with the rounds'
     range), p50 and p99, and the 503s and errors of all rounds added up."""
     lines = [
-        "| server | concurrency | req/s, median (rounds' range) | p50 ms | p99 ms | 503 | errors |",
+        "| server | concurrency | req/s, median (rounds' range) | p50 ms, median | p99 ms, median "
+        "| 503, all rounds | errors, all rounds |",
         "|---|---|---|---|---|---|---|",
     ]
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -816,8 +859,8 @@ def median_table_lines(report: dict[str, Any]) -> list[str]:
         rps = [row["throughput_rps"] for row in rows]
         lines.append(
             f"| {name} | {concurrency} | {statistics.median(rps):.1f} ({min(rps):.1f}-"
-            f"{max(rps):.1f}) | {_fmt(statistics.median(row['p50_ms'] for row in rows))} | "
-            f"{_fmt(statistics.median(row['p99_ms'] for row in rows))} | "
+            f"{max(rps):.1f}) | {_fmt(median_of([row['p50_ms'] for row in rows]))} | "
+            f"{_fmt(median_of([row['p99_ms'] for row in rows]))} | "
             f"{sum(row['rejected_503'] for row in rows)} | "
             f"{sum(row['errors'] + row['other_status'] for row in rows)} |"
         )
@@ -957,54 +1000,82 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 + " |"
             )
     head = report["headline"]
-    levels, count = head["levels"], head["rounds"]
+    levels, count, per = head["levels"], head["rounds"], head["per_round"]
+    limit = pipe["limit_with_decode_images_per_s"]
+
+    def rps(key: str) -> Callable[[int], str]:
+        return lambda k: f"{per['on_rps'][k]:.1f} / {per[key][k]:.1f} req/s"
+
     lines += round_table_lines(report)
     lines += [
         "",
         f"## Headline: medians of {count} round(s) (concurrency {levels['throughput']} unless "
         "said)",
         "",
-        "Every ratio is taken within its round, between servers measured minutes apart; the "
-        "median of the rounds' ratios follows, with their range and the rounds that met the "
-        "target.",
+        "Ratios between servers are taken within each round, between rows measured minutes "
+        "apart; the limit and the in-process pipeline are measured once, before the rounds. "
+        "Each figure is the median of the rounds' figures, with their range, the rounds that "
+        "met the target and, where the rounds are odd in number, the median round's own "
+        "operands.",
         "",
         f"- service (batching on) / limit with decode included: "
-        f"{head['on_vs_limit_with_decode']:.3f} ({spread(head, 'on_vs_limit_with_decode', 3)}; "
-        f"the serial limit above); / the CPU-time bound: {head['on_vs_cpu_bound_limit']:.3f}",
+        f"{head['on_vs_limit_with_decode']:.3f} ({spread(head, 'on_vs_limit_with_decode', 3)}"
+        + in_median_round(
+            head,
+            "on_vs_limit_with_decode",
+            lambda k: f"{per['on_rps'][k]:.1f} req/s / {limit:.0f} img/s",
+        )
+        + f"; the serial limit above); / the CPU-time bound: "
+        f"{head['on_vs_cpu_bound_limit']:.3f}",
         f"- service (batching on) / raw ORT limit, decode not included: "
         f"{head['on_vs_limit_without_decode']:.2f}",
         f"- service (batching on) / naive peer: {head['on_vs_naive']:.3f} "
-        f"({spread(head, 'on_vs_naive', 3)})",
+        f"({spread(head, 'on_vs_naive', 3)}"
+        + in_median_round(head, "on_vs_naive", rps("naive_rps"))
+        + ")",
         f"- service (batching off) / naive peer: {head['off_vs_naive']:.2f}",
-        f"- concurrency {levels['one_client']} p50 {head['c1_p50_ms']:.2f} ms vs decode + pre + "
-        f"run {pipe['single_ms']:.2f} ms: ratio {head['c1_ratio']:.2f} "
-        f"({spread(head, 'c1_ratio', 2)}); against the full-decode pipeline "
-        f"{pipe['full_single_ms']:.2f} ms: {head['c1_ratio_vs_full_decode']:.2f}",
+        f"- concurrency {levels['one_client']} p50 / decode + pre + run "
+        f"{pipe['single_ms']:.2f} ms: ratio {head['c1_ratio']:.2f} "
+        f"({spread(head, 'c1_ratio', 2)}"
+        + in_median_round(head, "c1_ratio", lambda k: f"{per['c1_p50_ms'][k]:.2f} ms")
+        + f"); against the full-decode pipeline {pipe['full_single_ms']:.2f} ms: "
+        f"{head['c1_ratio_vs_full_decode']:.2f}",
         f"- HTTP floor at concurrency 1 (a FastAPI endpoint that only reads the same upload, "
-        f"the naive peer's POST /upload): p50 {head['floor_p50_ms']:.2f} ms; floor + decode + "
-        f"pre + run = {head['c1_floor_plus_pipeline_ms']:.2f} ms, so the service adds "
-        f"{head['c1_p50_ms'] - head['c1_floor_plus_pipeline_ms']:.2f} ms of its own (thread "
-        f"hand-offs, middleware, batcher)",
+        f"the naive peer's POST /upload): p50 {head['floor_p50_ms']:.2f} ms; the service "
+        f"adds {head['c1_own_ms']:.2f} ms of its own over floor + decode + pre + run (rounds "
+        f"{_range(per['c1_own_ms'], 2)}: thread hand-offs, middleware, batcher)",
         f"- thinnest route at concurrency 1 (benchmarks/thin_app.py: the service's decode, "
         f"pre-processing, run and output decoding behind one bare FastAPI handler, in one "
         f"worker-thread trip): p50 {head['thin_p50_ms']:.2f} ms, ratio "
         f"{head['c1_thin_ratio']:.2f} to decode + pre + run; the same on the event loop, "
         f"blocking it (which the service must not): p50 {head['thin_on_loop_p50_ms']:.2f} ms, "
         f"ratio {head['c1_thin_on_loop_ratio']:.2f}. The service's p50 is "
-        f"{above_or_below(head['c1_p50_ms'] - head['thin_p50_ms'])} the thin route's (its "
-        f"batcher, middleware, checks, metrics and response model)",
+        f"{above_or_below(head['c1_above_thin_ms'])} the thin route's (rounds "
+        f"{_range(per['c1_above_thin_ms'], 2)}: its batcher, middleware, checks, metrics and "
+        "response model)",
         f"- overload: 2x the {levels['overload_base']}-client throughput offered for "
-        f"{report['settings']['duration_s']:g} s a round ({head['overload_offered_rps']:.0f} "
-        f"req/s): {head['overload_ok']:.0f} accepted, {head['overload_503']:.0f} answered 503 "
-        f"(p99 {_fmt(head['overload_p99_503_ms'])} ms), {head['overload_errors']} errors in "
-        f"all rounds; accepted p99 {_fmt(head['overload_p99_ms'])} ms vs "
-        f"{levels['overload_base']}-client p99 {_fmt(head['base_p99_ms'])} ms: ratio "
-        f"{head['overload_p99_ratio']:.2f} ({spread(head, 'overload_p99_ratio', 2)}, reading "
-        f"the issue's 'unloaded' as the closed loop at capacity); vs the "
-        f"{levels['one_client']}-client p99 {_fmt(head['c1_p99_ms'])} ms"
+        f"{report['settings']['duration_s']:g} s a round: accepted "
+        f"{', '.join(str(n) for n in per['overload_ok'])}, answered 503 "
+        f"{', '.join(str(n) for n in per['overload_503'])} (their p99 median "
+        f"{_fmt(head['overload_p99_503_ms'])} ms), errors {head['overload_errors']} in all "
+        f"rounds; accepted p99 / {levels['overload_base']}-client p99: ratio "
+        f"{head['overload_p99_ratio']:.2f} ({spread(head, 'overload_p99_ratio', 2)}"
+        + in_median_round(
+            head,
+            "overload_p99_ratio",
+            lambda k: f"{per['overload_p99_ms'][k]:.1f} / {per['base_p99_ms'][k]:.1f} ms",
+        )
+        + "; reading the issue's 'unloaded' as the closed loop at capacity); accepted p99 / "
+        f"{levels['one_client']}-client p99"
         f"{' (no load at all)' if levels['one_client'] == 1 else ''}: ratio "
-        f"{head['overload_p99_vs_one_client']:.1f} ({spread(head, 'overload_p99_vs_one_client', 1)}"
-        ")",
+        f"{head['overload_p99_vs_one_client']:.1f} "
+        f"({spread(head, 'overload_p99_vs_one_client', 1)}"
+        + in_median_round(
+            head,
+            "overload_p99_vs_one_client",
+            lambda k: f"{per['overload_p99_ms'][k]:.1f} / {per['c1_p99_ms'][k]:.1f} ms",
+        )
+        + ")",
         *wrk_headline_lines(report),
         "",
     ]
@@ -1138,7 +1209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # alike rather than whichever happened to be measured at the time. Each round measures
     # every level again with the servers' order rotated, so that no server is always the
     # first after the machine's quiet moment or the last before the overload; the headline
-    # is the median of the rounds' ratios, each taken within its round.
+    # is the median of the rounds' figures, each ratio between servers taken within its
+    # round.
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         servers = {
             "naive peer": stack.enter_context(

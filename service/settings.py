@@ -206,9 +206,9 @@ class Settings(BaseSettings):
     # Non-empty: every endpoint needs `X-API-Key` or `Authorization: Bearer`, except health,
     # the API docs and the /ui page and its scripts (static; its API calls carry the key).
     api_keys: list[str] = Field(default_factory=list)
-    # Non-empty: reloading a model (POST /models/{name}/reload) needs one of these keys, 401
-    # without one and 403 with any other; they are valid API keys elsewhere too. Empty: any
-    # API key may reload (with no API keys at all, anyone).
+    # Non-empty: reloading a model (POST /models/{name}/reload) needs one of these keys: 401
+    # without a key or with one that is no key at all, 403 with one of api_keys. They are
+    # valid API keys elsewhere too. Empty: any API key may reload (with none, anyone).
     admin_api_keys: list[str] = Field(default_factory=list)
     # With API keys set, whether GET /metrics needs one too (False: open to a scraper that
     # has no key, e.g. behind a network policy).

@@ -54,7 +54,11 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
 
 
 RELOAD_ERRORS = problem_responses(
-    (403, "admin API keys are configured (VISION_ADMIN_API_KEYS) and the key sent is not one"),
+    (
+        403,
+        "admin API keys are configured (VISION_ADMIN_API_KEYS) and the key sent is one of "
+        "the other API keys",
+    ),
     (404, "no model of that name is served here"),
     (409, "the new version failed to load; the serving version keeps serving"),
 )
