@@ -684,6 +684,10 @@ def summarize_rounds(headlines: list[dict[str, Any]]) -> dict[str, Any]:
         for key in TARGETS
         if key in per_round
     }
+    # Each figure's median is taken on its own, so a quotient of two medians (on_rps over
+    # naive_rps) need not be the median quotient (on_vs_naive); this names, per figure, the
+    # round whose own figures give its median (None with an even number of rounds).
+    summary["median_round"] = {key: median_round(summary, key) for key in per_round}
     return summary
 
 
@@ -1035,9 +1039,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         + ")",
         f"- service (batching off) / naive peer: {head['off_vs_naive']:.2f}",
         f"- concurrency {levels['one_client']} p50 / decode + pre + run "
-        f"{pipe['single_ms']:.2f} ms: ratio {head['c1_ratio']:.2f} "
+        f"{pipe['single_ms']:.3f} ms: ratio {head['c1_ratio']:.2f} "
         f"({spread(head, 'c1_ratio', 2)}"
-        + in_median_round(head, "c1_ratio", lambda k: f"{per['c1_p50_ms'][k]:.2f} ms")
+        + in_median_round(head, "c1_ratio", lambda k: f"{per['c1_p50_ms'][k]:.3f} ms")
         + f"); against the full-decode pipeline {pipe['full_single_ms']:.2f} ms: "
         f"{head['c1_ratio_vs_full_decode']:.2f}",
         f"- HTTP floor at concurrency 1 (a FastAPI endpoint that only reads the same upload, "
@@ -1046,9 +1050,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{_range(per['c1_own_ms'], 2)}: thread hand-offs, middleware, batcher)",
         f"- thinnest route at concurrency 1 (benchmarks/thin_app.py: the service's decode, "
         f"pre-processing, run and output decoding behind one bare FastAPI handler, in one "
-        f"worker-thread trip): p50 {head['thin_p50_ms']:.2f} ms, ratio "
+        f"worker-thread trip): p50 {head['thin_p50_ms']:.3f} ms, ratio "
         f"{head['c1_thin_ratio']:.2f} to decode + pre + run; the same on the event loop, "
-        f"blocking it (which the service must not): p50 {head['thin_on_loop_p50_ms']:.2f} ms, "
+        f"blocking it (which the service must not): p50 {head['thin_on_loop_p50_ms']:.3f} ms, "
         f"ratio {head['c1_thin_on_loop_ratio']:.2f}. The service's p50 is "
         f"{above_or_below(head['c1_above_thin_ms'])} the thin route's (rounds "
         f"{_range(per['c1_above_thin_ms'], 2)}: its batcher, middleware, checks, metrics and "

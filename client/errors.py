@@ -129,8 +129,13 @@ class ServiceUnavailable(ApiError):
 
 
 class ServerError(ApiError):
-    """A 5xx other than 503: the service failed, or (507) the teacher-record store holds
-    its limit of records and nothing was saved."""
+    """A 5xx other than 503: the service failed (or, as StoreFull, refused to store)."""
+
+
+class StoreFull(ServerError):
+    """507: ``attention_correct(save=True)`` found the teacher-record store at its limit
+    (the server's FEEDBACK_MAX_RECORDS); nothing was stored, and retrying does not help
+    until records are removed or the limit is raised."""
 
 
 STATUS_ERRORS: dict[int, type[ApiError]] = {
@@ -144,6 +149,7 @@ STATUS_ERRORS: dict[int, type[ApiError]] = {
     415: UnsupportedMediaType,
     422: InvalidRequest,
     503: ServiceUnavailable,
+    507: StoreFull,
 }
 
 

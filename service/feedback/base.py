@@ -273,8 +273,8 @@ class FeedbackStore(ABC):
         """Raise StoreFull when ``count`` records leave no room under ``max_records``."""
         if self.max_records is not None and count >= self.max_records:
             raise StoreFull(
-                f"the teacher-record store holds {count} records, its limit "
-                "(VISION_FEEDBACK_MAX_RECORDS); nothing was stored"
+                f"the teacher-record store holds {count} records, at or past its limit of "
+                f"{self.max_records} (VISION_FEEDBACK_MAX_RECORDS); nothing was stored"
             )
 
     @abstractmethod

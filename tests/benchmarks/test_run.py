@@ -129,6 +129,15 @@ def test_each_round_s_row_and_the_median_round_s_operands_agree_with_the_ratios(
     assert float(on) / float(naive) == pytest.approx(float(ratio), abs=2e-3)
     median = data["headline"]["on_vs_naive"]
     assert rounds(report)[int(index) - 1]["headline"]["on_vs_naive"] == median
+    assert data["headline"]["median_round"]["on_vs_naive"] == int(index) - 1
+    found = re.search(
+        r"p50 / decode \+ pre \+ run ([\d.]+) ms: ratio ([\d.]+) \(rounds [^;]*; target <= "
+        r"1.2, met in \d of 3; in its median round \(\d\): ([\d.]+) ms\)",
+        markdown,
+    )
+    assert found is not None, markdown
+    pipeline, ratio, p50 = (float(value) for value in found.groups())
+    assert p50 / pipeline == pytest.approx(ratio, abs=5e-3)
 
 
 def test_a_round_without_a_figure_does_not_decide_its_median_or_range() -> None:

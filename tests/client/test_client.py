@@ -22,7 +22,9 @@ from client import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    ServerError,
     ServiceUnavailable,
+    StoreFull,
     TransportError,
     Unauthorized,
     UnexpectedResponse,
@@ -312,7 +314,10 @@ ATTENTION = Path(__file__).resolve().parents[2] / "models" / "repository" / "att
 def test_attention_endpoints(tmp_path: Path) -> None:
     repository = ATTENTION.parent
     settings = make_settings(
-        repository, models=["attention"], feedback_db=tmp_path / "feedback.sqlite3"
+        repository,
+        models=["attention"],
+        feedback_db=tmp_path / "feedback.sqlite3",
+        feedback_max_records=1,
     )
     image = encode(scene(96, 96, (24, 24, 72, 72)))
     mask = encode(np.full((14, 14), 255, np.uint8))
@@ -327,6 +332,9 @@ def test_attention_endpoints(tmp_path: Path) -> None:
         assert vision.attention_feedback().total == 1
         with pytest.raises(InvalidRequest):
             vision.attention_correct(image, mask, label="no such label")
+        with pytest.raises(StoreFull) as full:  # the store's limit is one record
+            vision.attention_correct(image, mask, label=label, save=True)
+        assert full.value.status == 507 and isinstance(full.value, ServerError)
 
         async def main() -> None:
             async with AsyncVisionClient(url) as client:

@@ -129,13 +129,33 @@ def test_a_store_at_its_record_limit_refuses_and_keeps_what_it_had(store_url: st
         store.add(record("dress", 3))
         with pytest.raises(StoreFull) as full:
             store.add(record("coat", 4))
-        assert full.value.status == 507 and "holds 3 records" in full.value.detail
+        assert full.value.status == 507 and "holds 3 records, at or past its limit of 3" in (
+            full.value.detail
+        )
         assert store.counts().total == 3 and "coat" not in store.counts().per_label
 
 
-def test_concurrent_saves_never_pass_the_record_limit(store_url: str) -> None:
+@pytest.fixture(params=["default", "repeatable read"])
+def racing_store_url(
+    request: pytest.FixtureRequest, store_url: str, postgres_or_none: PostgresServer | None
+) -> str:
+    """``store_url``; for PostgreSQL also with the database's default isolation set to
+    REPEATABLE READ, under which a count after the lock would see a stale snapshot."""
+    if request.param == "repeatable read":
+        if postgres_or_none is None:
+            pytest.skip("an isolation default is PostgreSQL's")
+        with postgres_or_none.admin() as admin:
+            name = database_name(store_url)
+            admin.execute(
+                f"ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"  # type: ignore[arg-type]
+            )
+    return store_url
+
+
+def test_concurrent_saves_never_pass_the_record_limit(racing_store_url: str) -> None:
     """Eight threads of two store objects (as two replicas) race for five places: the count
     and the insert share one transaction under a lock, so exactly five are stored."""
+    store_url = racing_store_url
     limit = 5
     stores = [open_store(store_url, max_records=limit) for _ in range(2)]
     outcomes: list[str] = []
@@ -148,6 +168,8 @@ def test_concurrent_saves_never_pass_the_record_limit(store_url: str) -> None:
                 result = "stored"
             except StoreFull:
                 result = "full"
+            except Exception as exc:  # shown in the assertion rather than lost with the thread
+                result = repr(exc)
             with lock:
                 outcomes.append(result)
 
@@ -157,11 +179,28 @@ def test_concurrent_saves_never_pass_the_record_limit(store_url: str) -> None:
             thread.start()
         for thread in threads:
             thread.join()
+        assert sorted(set(outcomes)) == ["full", "stored"], outcomes
         assert outcomes.count("stored") == limit and outcomes.count("full") == 24 - limit
         assert stores[0].counts().total == limit
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_writer_stuck_holding_the_limit_lock_costs_the_others_a_503_not_a_hang(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_backend, "RECORD_LIMIT_LOCK_TIMEOUT", "300ms")
+    with psycopg.connect(postgres_url) as stuck:  # its transaction stays open, lock held
+        key = postgres_backend.RECORD_LIMIT_LOCK_KEY
+        stuck.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        with closing(open_store(postgres_url, max_records=5)) as store:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as refused:
+                store.add(record())
+            assert time.monotonic() - started < 3
+            assert "lock timeout" in refused.value.detail
+            assert store.counts().total == 0
 
 
 def test_records_come_back_in_the_order_they_were_saved(store_url: str) -> None:
@@ -761,7 +800,7 @@ def test_a_full_store_is_a_507_and_corrections_without_save_still_answer(tmp_pat
         assert refused.headers["content-type"] == "application/problem+json"
         body = refused.json()
         assert body["type"] == "urn:vision-service:problem:store-full"
-        assert "holds 1 records" in body["detail"] and "retry-after" not in refused.headers
+        assert "limit of 1" in body["detail"] and "retry-after" not in refused.headers
         unsaved = client.post(
             "/attention/correct",
             files={
