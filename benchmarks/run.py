@@ -727,13 +727,14 @@ def wrk_headline(measured: dict[str, Any], pipe: dict[str, Any]) -> dict[str, fl
 
 
 def round_rows(report: dict[str, Any], key: str) -> list[tuple[str, int, dict[str, Any]]]:
-    """Every round's rows of ``key`` ("http" or "wrk") as (server, round number from 1,
-    row), by server, then level, then round."""
+    """Every round's rows of ``key`` ("http" or "wrk": a list of rows per server;
+    "wrk_bounds": one row per bound) as (name, round number from 1, row), by name in the
+    first round's order, then level, then round."""
     rows = [
         (name, number, row)
         for number, measured in enumerate(report["rounds"], start=1)
         for name, level_rows in measured[key].items()
-        for row in level_rows
+        for row in (level_rows if isinstance(level_rows, list) else [level_rows])
     ]
     names = list(report["rounds"][0][key])
     return sorted(rows, key=lambda r: (names.index(r[0]), r[2]["concurrency"], r[1]))
@@ -756,17 +757,7 @@ def wrk_lines(report: dict[str, Any]) -> list[str]:
         "| errors | server CPU ms/request |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = round_rows(report, "wrk")
-    bound_names = list(report["rounds"][0]["wrk_bounds"])
-    rows += sorted(
-        (
-            (name, number, row)
-            for number, measured in enumerate(report["rounds"], start=1)
-            for name, row in measured["wrk_bounds"].items()
-        ),
-        key=lambda r: (bound_names.index(r[0]), r[1]),
-    )
-    for name, number, row in rows:
+    for name, number, row in round_rows(report, "wrk") + round_rows(report, "wrk_bounds"):
         lines.append(
             f"| {name} | {row['concurrency']} | {number} | {row['throughput_rps']:.1f} | "
             f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['p99_ms']:.2f} | "
