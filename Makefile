@@ -45,8 +45,9 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 	$(BIN)/mypy
 
 # Throughput and latency of POST /recognize against the raw ONNX Runtime limit and a naive
-# FastAPI + ORT peer, batching off and on (a few minutes; writes benchmarks/results/). With
-# wrk installed (make system-packages, or apt-get install wrk) the target levels are also
+# FastAPI + ORT peer, batching off and on, in three rounds (about 9 minutes; one round, in
+# about 3: python -m benchmarks.run --rounds 1; writes benchmarks/results/). With wrk
+# installed (make system-packages, or apt-get install wrk) the target levels are also
 # measured with it; without, the run says so and measures them with loadgen.py only.
 .PHONY: benchmark benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-jpeg-draft
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
