@@ -246,8 +246,11 @@ def write_version(
     graphs: dict,
     metrics: dict,
     training: dict,
+    preprocess: dict | None = None,
 ) -> dict:
-    """config.json for the two graphs (models/repository/README.md)."""
+    """config.json for the two graphs (models/repository/README.md). ``preprocess``: the
+    block to serve with (a fine-tune keeps its base version's); default black letterbox
+    bars at the network's input size."""
     size, grid = net.config.input_size, net.config.map_size
     protos: dict[str, tuple[str, onnx.ModelProto]] = {
         "features": (FEATURES_FILE, graphs["features"]),
@@ -259,7 +262,7 @@ def write_version(
         graphs=protos,
         name=NAME,
         task=TASK,
-        preprocess=letterbox_preprocess(size, size, [0, 0, 0], MEAN, STD),
+        preprocess=preprocess or letterbox_preprocess(size, size, [0, 0, 0], MEAN, STD),
         labels=LABELS,
         decode={
             "map": {"height": grid, "width": grid},
@@ -308,6 +311,15 @@ SYNTHESIS_TEXT = {"multiply": "f x M, the seed's product", "residual": "(1 + M) 
 
 def _blocks(count: int) -> str:
     return "1 residual block" if count == 1 else f"{count} residual blocks"
+
+
+def bars(preprocess: dict) -> str:
+    """How the service fills the letterbox bars, in words: "letterboxed, pad 0" or
+    "letterboxed, edge-repeating bars"."""
+    if preprocess.get("pad", "constant") == "edge":
+        return "letterboxed, edge-repeating bars"
+    value = [int(v) for v in preprocess["pad_value"]]
+    return f"letterboxed, pad {value[0] if len(set(value)) == 1 else tuple(value)}"
 
 
 def main_card(config: dict) -> str:
@@ -361,7 +373,8 @@ def main_card(config: dict) -> str:
         *t["commands"],
         "```",
         "",
-        f"Input {size}x{size} RGB (letterboxed, pad 0), ImageNet mean/std. ONNX files: "
+        f"Input {size}x{size} RGB ({bars(config['preprocess'])}), ImageNet mean/std. ONNX "
+        "files: "
         + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in t["onnx_bytes"].items())
         + "; ONNX Runtime vs PyTorch max abs difference: "
         + ", ".join(f"{k} {v:.1e}" for k, v in t["parity_max_abs_diff"].items())

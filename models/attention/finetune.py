@@ -95,13 +95,19 @@ def select(records: list[TeacherRecord], how: str) -> list[TeacherRecord]:
     return [r for r in records if keep(r)]
 
 
-def teacher_set(records: list[TeacherRecord], net: AttentionNet) -> TeacherSet:
-    """Decode the records' images and maps into arrays the network takes."""
+def teacher_set(
+    records: list[TeacherRecord], net: AttentionNet, preprocess: dict | None = None
+) -> TeacherSet:
+    """Decode the records' images and maps into arrays the network takes, letterboxed as
+    the service fits them with ``preprocess`` (the base version's config.json block: its
+    bars' value and mode; default black bars)."""
     size, grid = net.config.input_size, net.config.map_size
+    pad_value = tuple(preprocess["pad_value"]) if preprocess else (0, 0, 0)
+    pad = preprocess.get("pad", "constant") if preprocess else "constant"
     images, labels, maps = [], [], []
     for r in records:
         rgb = decode_image(r.image, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
-        boxed, _ = letterbox(rgb, size, size, (0, 0, 0))
+        boxed, _ = letterbox(rgb, size, size, pad_value, pad=pad)
         teacher = np.asarray(Image.open(io.BytesIO(r.edited_map)).convert("L"), np.float32) / 255
         if teacher.shape != (grid, grid):
             teacher = area_average(teacher, grid, grid)
@@ -205,11 +211,37 @@ def distractor_metrics(net: AttentionNet, canvases: Canvases) -> dict[str, float
     }
 
 
-def base_checkpoint(repository: Path, version: str) -> Path:
-    path = repository / exporter.NAME / version / CHECKPOINT
-    if not path.exists():
-        raise SystemExit(f"{path} not found: the base version has no PyTorch checkpoint")
-    return path
+@dataclass(frozen=True)
+class BaseVersion:
+    """What fine-tuning takes from the version it starts from."""
+
+    checkpoint: Path  # the PyTorch weights: the version's own, or its graphs' source's
+    checkpoint_version: str  # the version that checkpoint belongs to
+    preprocess: dict  # its config.json block: how the service fits an image into the input
+
+
+def base_version(repository: Path, version: str) -> BaseVersion:
+    """The base ``version``'s checkpoint and pre-processing. A version re-released from
+    another (``released_from`` in config.json: the same graph bytes, another preprocess
+    block, as version 6 is version 5's) has no checkpoint of its own: its source's, whose
+    weights those graphs are, is taken, and the preprocess block stays the base's own."""
+    directory = repository / exporter.NAME
+    config_path = directory / version / "config.json"
+    if not config_path.exists():
+        raise SystemExit(f"{config_path} not found: no base version {version!r}")
+    preprocess = json.loads(config_path.read_text())["preprocess"]
+    source, seen = version, set()
+    while not (directory / source / CHECKPOINT).exists():
+        seen.add(source)
+        released = json.loads((directory / source / "config.json").read_text())
+        origin = (released.get("released_from") or {}).get("version")
+        if origin is None or str(origin) in seen:
+            raise SystemExit(
+                f"{directory / version / CHECKPOINT} not found, and version {source} names no "
+                "version it was re-released from: the base version has no PyTorch checkpoint"
+            )
+        source = str(origin)
+    return BaseVersion(directory / source / CHECKPOINT, source, preprocess)
 
 
 def simulate(argv: list[str]) -> dict:
@@ -221,7 +253,7 @@ def simulate(argv: list[str]) -> dict:
     p.add_argument("--seed", type=int, default=SIMULATE_SEED)
     p.add_argument("--data-root", default=None, help="Fashion-MNIST directory (idx .gz files)")
     a = p.parse_args(argv)
-    net, _ = load_checkpoint(base_checkpoint(a.repository, a.base_version))
+    net, _ = load_checkpoint(base_version(a.repository, a.base_version).checkpoint)
     config = TrainConfig(net=net.config, data_root=a.data_root)
     canvases = make_split(config, "train", a.count, "distractor", a.seed)
     out = predict(net, canvases.images)
@@ -287,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     version = a.version or str(int(a.base_version) + 1)
     refuse_existing_version(a.repository / exporter.NAME / version, a.overwrite)
-    net, ckpt = load_checkpoint(base_checkpoint(a.repository, a.base_version))
+    base = base_version(a.repository, a.base_version)
+    net, ckpt = load_checkpoint(base.checkpoint)
     with open_store(a.feedback) as store:
         records = store.records(model_name=exporter.NAME)
         source = store.description  # the password masked: this goes into the model card
@@ -296,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(
             f"no teacher records selected ({len(records)} stored, --select {a.select})"
         )
-    data = teacher_set(chosen, net)
+    data = teacher_set(chosen, net, base.preprocess)
     config = TrainConfig(net=net.config, data_root=a.data_root)
     held_out = make_split(config, "test", a.held_out, "distractor", HELD_OUT_SEED)
     before = distractor_metrics(net, held_out)
@@ -312,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m models.attention.finetune " + " ".join(redact(arg) for arg in argv)
     finetune_info = {
         "base_version": a.base_version,
+        "checkpoint_version": base.checkpoint_version,
         "feedback_db": source,
         "records_stored": len(records),
         "records_selected": len(chosen),
@@ -361,10 +395,11 @@ def main(argv: list[str] | None = None) -> dict:
             "net": ckpt["config"],
             "finetune": finetune_info,
         },
+        preprocess=base.preprocess,
     )
     exporter.draw_overlays(single, s, version_dir / "attention_overlays.png")
     exporter.draw_corrections(pairs, pr, net, version_dir / "correction_examples.png")
-    base_net, _ = load_checkpoint(base_checkpoint(a.repository, a.base_version))
+    base_net, _ = load_checkpoint(base.checkpoint)
     draw_before_after(base_net, net, held_out, version_dir / "finetune_examples.png")
     keys = ["perception_accuracy", "attention_branch_accuracy", "attention_on_target"]
     plot_bars(
@@ -428,6 +463,16 @@ def finetune_section(info: dict, version: str, base_config: dict) -> str:
             "large target item, the label, and a small item of another class, from training "
             "items over training photographs), the base model's answers and map, and as the "
             "edited map the target item's box. No person edited these maps.",
+            "",
+            (
+                f"Version {info['base_version']} has no checkpoint of its own: it serves "
+                f"version {info['checkpoint_version']}'s graphs, whose weights were the start. "
+                if info.get("checkpoint_version", info["base_version"]) != info["base_version"]
+                else ""
+            )
+            + f"The teacher records were letterboxed as version {info['base_version']} serves "
+            f"them ({exporter.bars(base_config['preprocess'])}), and this version keeps that "
+            "pre-processing.",
             "",
             f"Held out: {info['held_out_distractor_canvases']} distractor canvases from test "
             "items over test photographs (label = the large item).",

@@ -12,7 +12,7 @@ import torch
 from models.attention import compare, finetune
 from models.attention import export as exporter
 from models.attention.export import training_commands
-from models.attention.net import AttentionNetConfig, load_checkpoint
+from models.attention.net import AttentionNet, AttentionNetConfig, load_checkpoint
 from models.attention.train import TrainConfig, to_tensor, train
 from models.common.export import PARITY_TOLERANCE
 from service.feedback import open_store
@@ -204,6 +204,62 @@ def test_simulate_and_finetune_use_postgresql_by_url(pipeline: dict, postgres_ur
     assert info["records_stored"] == 12 and info["records_selected"] == 12
     assert info["feedback_db"].startswith("postgresql://vision:***@127.0.0.1:")
     assert "test-password" not in (version_dir / "MODEL_CARD.md").read_text()
+
+
+def test_finetune_from_a_rereleased_version_takes_its_source_s_weights_and_keeps_its_bars(
+    pipeline: dict,
+) -> None:
+    """A version re-released with edge bars (as the served attention version 6 is version
+    5's graphs) has no checkpoint: fine-tuning it starts from its source's weights, letterboxes
+    the teacher records with its edge bars, and the new version serves with them too."""
+    from models.common import rerelease
+
+    repo = pipeline["repo"]
+    source = ["--repository", str(repo), "--model", "attention", "--from", "1"]
+    rerelease.main([*source, "--version", "4", "--pad", "edge", "--note", "test"])
+    assert not (repo / "attention" / "4" / "checkpoint.pt").exists()
+    base = finetune.base_version(repo, "4")
+    assert base.checkpoint_version == "1" and base.preprocess["pad"] == "edge"
+    common = ["--repository", str(repo), "--data-root", str(pipeline["data"])]
+    small = ["--epochs", "1", "--replay", "0", "--held-out", "16", "--test-pairs", "16"]
+    records = ["--feedback", str(pipeline["feedback"]), "--select", "all"]
+    finetune.main([*records, "--base-version", "4", "--version", "5", *small, *common])
+    config = json.loads((repo / "attention" / "5" / "config.json").read_text())
+    assert config["preprocess"] == base.preprocess
+    assert config["metrics"]["finetune"]["checkpoint_version"] == "1"
+    card = (repo / "attention" / "5" / "MODEL_CARD.md").read_text()
+    assert "Version 4 has no checkpoint of its own" in card and "edge-repeating bars" in card
+    with pytest.raises(SystemExit, match="no base version"):
+        finetune.base_version(repo, "9")
+
+
+def test_teacher_records_are_letterboxed_with_the_base_version_s_bars() -> None:
+    """A wide upload gets bars above and below: black by default, its edge rows with edge."""
+    from service.feedback import TeacherRecord
+    from tests.service.images import encode
+
+    net = AttentionNetConfig(stem_width=8, feature_width=16, perception_width=16)
+    model = AttentionNet(net)
+    size = net.input_size
+    wide = np.full((size // 2, size, 3), 200, np.uint8)
+    record = TeacherRecord(
+        "attention",
+        "1",
+        "x",
+        0,
+        0,
+        0,
+        -1,
+        encode(wide),
+        encode(np.zeros((4, 4), np.uint8)),
+        b"",
+        4,
+        4,
+    )
+    black = finetune.teacher_set([record], model).images[0]
+    edge = finetune.teacher_set([record], model, {"pad_value": [0, 0, 0], "pad": "edge"}).images[0]
+    assert black[0].max() == 0 and black[size // 2].min() == 200
+    assert edge.min() == 200  # no black row anywhere
 
 
 def test_selection_follows_the_seed() -> None:
