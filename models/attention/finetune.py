@@ -218,30 +218,65 @@ class BaseVersion:
     checkpoint: Path  # the PyTorch weights: the version's own, or its graphs' source's
     checkpoint_version: str  # the version that checkpoint belongs to
     preprocess: dict  # its config.json block: how the service fits an image into the input
+    # The models.common.rerelease commands from the checkpoint's version up to the base
+    # (empty when the base has its own checkpoint): part of the new version's recipe.
+    rerelease_commands: tuple[str, ...] = ()
+
+
+def _graph_digests(config: dict) -> dict[str, str]:
+    return {name: graph["sha256"] for name, graph in config["graphs"].items()}
 
 
 def base_version(repository: Path, version: str) -> BaseVersion:
     """The base ``version``'s checkpoint and pre-processing. A version re-released from
     another (``released_from`` in config.json: the same graph bytes, another preprocess
     block, as version 6 is version 5's) has no checkpoint of its own: its source's, whose
-    weights those graphs are, is taken, and the preprocess block stays the base's own."""
+    weights those graphs are, is taken (the graphs' sha256 must agree along the way), and
+    the preprocess block stays the base's own."""
     directory = repository / exporter.NAME
-    config_path = directory / version / "config.json"
-    if not config_path.exists():
-        raise SystemExit(f"{config_path} not found: no base version {version!r}")
-    preprocess = json.loads(config_path.read_text())["preprocess"]
-    source, seen = version, set()
+
+    def config_of(name: str, why: str) -> dict:
+        path = directory / name / "config.json"
+        if not path.exists():
+            raise SystemExit(f"{path} not found: {why}")
+        config: dict = json.loads(path.read_text())
+        return config
+
+    base = config_of(version, f"no base version {version!r}")
+    digests = _graph_digests(base)
+    source, current, chain, commands = version, base, [version], []
     while not (directory / source / CHECKPOINT).exists():
-        seen.add(source)
-        released = json.loads((directory / source / "config.json").read_text())
-        origin = (released.get("released_from") or {}).get("version")
-        if origin is None or str(origin) in seen:
+        released = current.get("released_from")
+        if not isinstance(released, dict) or "version" not in released:
             raise SystemExit(
-                f"{directory / version / CHECKPOINT} not found, and version {source} names no "
+                f"{directory / source / CHECKPOINT} not found, and version {source} names no "
                 "version it was re-released from: the base version has no PyTorch checkpoint"
             )
-        source = str(origin)
-    return BaseVersion(directory / source / CHECKPOINT, source, preprocess)
+        origin = str(released["version"])
+        if origin in chain:
+            raise SystemExit(
+                f"versions re-released from each other in a loop ({' <- '.join(chain)} <- "
+                f"{origin}): none holds the PyTorch checkpoint"
+            )
+        commands.append(str(released.get("command", "")))
+        current = config_of(
+            origin,
+            f"version {source} was re-released from version {origin}: copy version {origin} "
+            "into the repository too (its checkpoint holds the weights)",
+        )
+        if _graph_digests(current) != digests:
+            raise SystemExit(
+                f"version {source}'s graphs are not version {origin}'s (sha256 differ): "
+                f"{origin}'s checkpoint is not the base's weights"
+            )
+        source = origin
+        chain.append(source)
+    return BaseVersion(
+        directory / source / CHECKPOINT,
+        source,
+        base["preprocess"],
+        tuple(command for command in reversed(commands) if command),
+    )
 
 
 def simulate(argv: list[str]) -> dict:
@@ -321,6 +356,12 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_existing_version(a.repository / exporter.NAME / version, a.overwrite)
     base = base_version(a.repository, a.base_version)
     net, ckpt = load_checkpoint(base.checkpoint)
+    size = net.config.input_size
+    if (base.preprocess["height"], base.preprocess["width"]) != (size, size):
+        raise SystemExit(
+            f"version {a.base_version} serves {base.preprocess['width']}x"
+            f"{base.preprocess['height']} inputs, its checkpoint's network takes {size}x{size}"
+        )
     with open_store(a.feedback) as store:
         records = store.records(model_name=exporter.NAME)
         source = store.description  # the password masked: this goes into the model card
@@ -388,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         {
             "command": base_training.get("command"),
-            "commands": [*base_training.get("commands", []), command],
+            "commands": [*base_training.get("commands", []), *base.rerelease_commands, command],
             "data": exporter.DATA_NOTE,
             "seed": base_training.get("seed", 0),
             "epochs_trained": ckpt.get("epoch"),
@@ -472,7 +513,9 @@ def finetune_section(info: dict, version: str, base_config: dict) -> str:
             )
             + f"The teacher records were letterboxed as version {info['base_version']} serves "
             f"them ({exporter.bars(base_config['preprocess'])}), and this version keeps that "
-            "pre-processing.",
+            "pre-processing; the figures below are on square canvases, so how this network "
+            "does on non-square uploads with those bars was not measured "
+            "(`python -m models.attention.nonsquare` does).",
             "",
             f"Held out: {info['held_out_distractor_canvases']} distractor canvases from test "
             "items over test photographs (label = the large item).",

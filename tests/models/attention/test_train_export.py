@@ -4,6 +4,7 @@ teacher records, fine-tune into the next version, serve that."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,7 +208,7 @@ def test_simulate_and_finetune_use_postgresql_by_url(pipeline: dict, postgres_ur
 
 
 def test_finetune_from_a_rereleased_version_takes_its_source_s_weights_and_keeps_its_bars(
-    pipeline: dict,
+    pipeline: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A version re-released with edge bars (as the served attention version 6 is version
     5's graphs) has no checkpoint: fine-tuning it starts from its source's weights, letterboxes
@@ -223,10 +224,23 @@ def test_finetune_from_a_rereleased_version_takes_its_source_s_weights_and_keeps
     common = ["--repository", str(repo), "--data-root", str(pipeline["data"])]
     small = ["--epochs", "1", "--replay", "0", "--held-out", "16", "--test-pairs", "16"]
     records = ["--feedback", str(pipeline["feedback"]), "--select", "all"]
+    seen: list[dict | None] = []
+    teacher_set = finetune.teacher_set
+
+    def spy(chosen: list, net: object, preprocess: dict | None = None) -> object:
+        seen.append(preprocess)  # the simulated records are square: no bar would show
+        return teacher_set(chosen, net, preprocess)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune, "teacher_set", spy)
     finetune.main([*records, "--base-version", "4", "--version", "5", *small, *common])
+    assert seen == [base.preprocess]
     config = json.loads((repo / "attention" / "5" / "config.json").read_text())
     assert config["preprocess"] == base.preprocess
     assert config["metrics"]["finetune"]["checkpoint_version"] == "1"
+    rereleased = json.loads((repo / "attention" / "4" / "config.json").read_text())
+    commands = config["training"]["commands"]
+    assert commands[-2] == rereleased["released_from"]["command"]  # the recipe rebuilds v5
+    assert commands[-1].startswith("python -m models.attention.finetune")
     card = (repo / "attention" / "5" / "MODEL_CARD.md").read_text()
     assert "Version 4 has no checkpoint of its own" in card and "edge-repeating bars" in card
     with pytest.raises(SystemExit, match="no base version"):
@@ -242,6 +256,7 @@ def test_teacher_records_are_letterboxed_with_the_base_version_s_bars() -> None:
     model = AttentionNet(net)
     size = net.input_size
     wide = np.full((size // 2, size, 3), 200, np.uint8)
+    wide[0], wide[-1] = 10, 250  # distinct edge rows: edge bars must repeat them
     record = TeacherRecord(
         "attention",
         "1",
@@ -258,8 +273,50 @@ def test_teacher_records_are_letterboxed_with_the_base_version_s_bars() -> None:
     )
     black = finetune.teacher_set([record], model).images[0]
     edge = finetune.teacher_set([record], model, {"pad_value": [0, 0, 0], "pad": "edge"}).images[0]
-    assert black[0].max() == 0 and black[size // 2].min() == 200
-    assert edge.min() == 200  # no black row anywhere
+    top = size // 4  # the image's first row in the input; bars above and below it
+    assert black[0].max() == 0 and black[top + 1].min() == 200
+    assert (edge[:top] == edge[top]).all() and (edge[-1] == edge[top + size // 2 - 1]).all()
+    assert 5 <= edge[0].mean() <= 60 and edge[-1].mean() >= 200  # the top and bottom rows
+
+
+def write_version_config(root: Path, version: str, **fields: object) -> None:
+    folder = root / "attention" / version
+    folder.mkdir(parents=True)
+    config = {"preprocess": {"pad": "edge", "height": 8, "width": 8}, "graphs": GRAPHS}
+    (folder / "config.json").write_text(json.dumps(config | fields))
+
+
+GRAPHS = {"features": {"sha256": "aa"}, "perception": {"sha256": "bb"}}
+
+
+def released(version: str) -> dict:
+    return {"released_from": {"version": version, "command": f"rerelease to from {version}"}}
+
+
+def test_base_version_follows_re_releases_and_refuses_what_it_cannot_trust(
+    tmp_path: Path,
+) -> None:
+    write_version_config(tmp_path, "5")
+    (tmp_path / "attention" / "5" / "checkpoint.pt").write_bytes(b"weights")
+    write_version_config(tmp_path, "6", **released("5"))
+    write_version_config(tmp_path, "7", **released("6"))
+    base = finetune.base_version(tmp_path, "7")
+    assert base.checkpoint == tmp_path / "attention" / "5" / "checkpoint.pt"
+    assert base.checkpoint_version == "5"
+    assert base.rerelease_commands == ("rerelease to from 5", "rerelease to from 6")
+    assert finetune.base_version(tmp_path, "5").rerelease_commands == ()
+    cases = {
+        "8": (released("9"), "loop"),
+        "9": (released("8"), "loop"),
+        "10": (released("4"), "copy version 4 into the repository"),
+        "11": ({"released_from": "5"}, "names no version it was re-released from"),
+        "12": ({**released("5"), "graphs": {"features": {"sha256": "cc"}}}, "sha256 differ"),
+    }
+    for version, (fields, _) in cases.items():
+        write_version_config(tmp_path, version, **fields)
+    for version, (_, message) in cases.items():
+        with pytest.raises(SystemExit, match=message):
+            finetune.base_version(tmp_path, version)
 
 
 def test_selection_follows_the_seed() -> None:
