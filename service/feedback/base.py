@@ -183,6 +183,17 @@ class FeedbackStore(ABC):
             self._insert(row)
         return str(row["id"])
 
+    def check_room(self) -> None:
+        """Raise StoreFull (507) when the store already holds ``max_records``: a cheap early
+        refusal, before a save's work is done. Not the guarantee: ``add`` counts again under
+        its lock, since others may save meanwhile. Without a limit, no query at all."""
+        if self.max_records is None:
+            return
+        with self._guard("count the records"):
+            self._ensure_migrated()
+            ((count,),) = self._fetch(("SELECT COUNT(*) FROM teacher_records", ()))[0]
+        self.refuse_if_full(int(count))
+
     def counts(self) -> FeedbackCounts:
         with self._guard("count the records"):
             self._ensure_migrated()

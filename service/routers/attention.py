@@ -242,6 +242,8 @@ async def correct_with_edited_map(
                 f"{list(serving.decoder.labels)}"
             )
         label_id = serving.decoder.labels.index(label)
+    if save:  # a full store refuses before the image is decoded and run, not after
+        await anyio.to_thread.run_sync(get_feedback_store(request).check_room)
     found, hit = await image_features(
         data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
     )

@@ -133,6 +133,10 @@ def test_a_store_at_its_record_limit_refuses_and_keeps_what_it_had(store_url: st
             full.value.detail
         )
         assert store.counts().total == 3 and "coat" not in store.counts().per_label
+        with pytest.raises(StoreFull):  # the early check says the same
+            store.check_room()
+    with closing(open_store(store_url, max_records=4)) as store:
+        store.check_room()  # one place left
 
 
 def race_for_places(store_url: str, limit: int = 5) -> None:
@@ -795,7 +799,14 @@ def test_a_full_store_is_a_507_and_corrections_without_save_still_answer(tmp_pat
     with TestClient(create_app(settings)) as client:
         first = save(client, noise_png(1))
         assert first.status_code == 200 and first.json()["feedback_id"]
+        registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+        runs = {"model": "attention", "version": first.json()["model"]["version"]}
+        ran_before = registry.get_sample_value("vision_inference_duration_seconds_count", runs)
         refused = save(client, noise_png(2))
+        # Refused before the image was decoded and run: no inference counted for it.
+        assert registry.get_sample_value("vision_inference_duration_seconds_count", runs) == (
+            ran_before
+        )
         assert refused.status_code == 507, refused.text
         assert refused.headers["content-type"] == "application/problem+json"
         body = refused.json()
