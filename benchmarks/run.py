@@ -831,8 +831,7 @@ def spread(head: dict[str, Any], key: str, digits: int) -> str:
     """``key``'s range over the rounds and, for a target, the rounds that met it:
     "rounds 0.65-0.70; target >= 0.80, met in 0 of 3"."""
     values = head["per_round"][key]
-    kept = finite(values)
-    text = f"rounds {min(kept):.{digits}f}-{max(kept):.{digits}f}" if kept else "rounds n/a"
+    text = f"rounds {_range(values, digits)}"
     if key in TARGETS:
         sense, bound = TARGETS[key]
         text += f"; target {sense} {bound:g}, met in {head['met'][key]} of {len(values)}"

@@ -43,6 +43,9 @@ from service.feedback.migrations import MIGRATIONS, Migration
 
 logger = logging.getLogger(__name__)
 
+# The count the record limit is checked with (early, and under each backend's insert lock).
+COUNT_RECORDS = "SELECT COUNT(*) FROM teacher_records"
+
 COLUMNS = (
     "id",
     "created_at",
@@ -191,7 +194,7 @@ class FeedbackStore(ABC):
             return
         with self._guard("count the records"):
             self._ensure_migrated()
-            ((count,),) = self._fetch(("SELECT COUNT(*) FROM teacher_records", ()))[0]
+            ((count,),) = self._fetch((COUNT_RECORDS, ()))[0]
         self.refuse_if_full(int(count))
 
     def counts(self) -> FeedbackCounts:

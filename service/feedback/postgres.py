@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from service.feedback.base import COLUMNS, FeedbackStore
+from service.feedback.base import COLUMNS, COUNT_RECORDS, FeedbackStore
 from service.feedback.migrations import MIGRATIONS, Migration
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class PostgresFeedbackStore(FeedbackStore):
                 # 503 after RECORD_LIMIT_LOCK_TIMEOUT, not a wait without end.
                 connection.execute(f"SET LOCAL lock_timeout = '{RECORD_LIMIT_LOCK_TIMEOUT}'")
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (RECORD_LIMIT_LOCK_KEY,))
-                (count,) = connection.execute("SELECT COUNT(*) FROM teacher_records").fetchone()
+                (count,) = connection.execute(COUNT_RECORDS).fetchone()
                 self.refuse_if_full(int(count))
             connection.execute(query, row)
 

@@ -17,7 +17,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from service.feedback.base import COLUMNS, FeedbackStore
+from service.feedback.base import COLUMNS, COUNT_RECORDS, FeedbackStore
 from service.feedback.migrations import MIGRATIONS, Migration
 
 # Seconds a writer waits for another connection's lock before failing.
@@ -137,7 +137,7 @@ class SQLiteFeedbackStore(FeedbackStore):
         placeholders = ", ".join(f":{name}" for name in COLUMNS)
         with self._connect() as connection, self._transaction(connection):
             if self.max_records is not None:  # BEGIN IMMEDIATE: writers take turns from here
-                (count,) = connection.execute("SELECT COUNT(*) FROM teacher_records").fetchone()
+                (count,) = connection.execute(COUNT_RECORDS).fetchone()
                 self.refuse_if_full(int(count))
             connection.execute(
                 f"INSERT INTO teacher_records ({', '.join(COLUMNS)}) VALUES ({placeholders})",
