@@ -1,15 +1,27 @@
 // Attention editor: plain JS, no dependencies. Talks to POST /attention,
-// POST /attention/correct and GET /models of the same server.
+// POST /attention/correct and GET /models of the same server, by relative URLs, so that
+// the page works behind a proxy that serves the API under a path prefix.
 "use strict";
 
-const MAX_SIDE = 512; // displayed image side in CSS pixels (small images are enlarged)
+const MAX_SIDE = 512; // displayed side of the map's square in CSS pixels (small images are enlarged)
+// The formats the server reads that a browser can also show (TIFF it reads, but cannot be
+// shown, so it cannot be edited).
+const SHOWN_FORMATS = "JPEG, PNG, WebP, GIF or BMP";
 
 const $ = (id) => document.getElementById(id);
 const view = $("view");
 const viewCtx = view.getContext("2d");
-// The edited attention, grey (white = attention 1), covering the displayed image exactly.
+// The edited attention, grey (white = attention 1), covering the map's extent exactly:
+// the model's whole square input, letterbox bars included, so that an unedited map sent
+// back is the model's own and attention on the bars can be kept or moved.
 const edit = document.createElement("canvas");
 const editCtx = edit.getContext("2d", { willReadFrequently: true });
+// One stroke is drawn opaque on its own layer and laid over the map as it was when the
+// stroke began, at the brush's strength: where a stroke crosses itself (a slow drag, the
+// round ends of its segments) it is no stronger than where it passes once.
+const strokeBase = document.createElement("canvas");
+const strokeLayer = document.createElement("canvas");
+const stroke = { active: false, colour: "#fff", alpha: 1 };
 
 const state = {
   file: null, // the uploaded File, re-sent with every correction (the server caches it)
@@ -18,27 +30,36 @@ const state = {
   extent: null, // the map's extent in image pixels {x0, y0, x1, y1}
   scale: 1, // display pixels per image pixel
   drawing: false,
+  pointerId: null, // the one pointer that paints (a second finger is ignored)
   last: null,
   cursor: null, // the keyboard brush's centre in display pixels {x, y}
   penDown: false, // the keyboard brush paints as it moves
-  labelChosen: false, // the user picked the true class: answers no longer move it
   busy: false, // a request is in flight: the buttons wait for it
 };
 
 const EDIT_BUTTONS = ["clear-map", "reset-map", "submit", "save"];
 
-// Buttons follow the state: an image to edit, no request in flight, and for saving a label
-// list to pick from (it needs /models, which may need the API key first).
+// Buttons follow the state: an image to edit, no request in flight, and for saving a true
+// class the user picked (the list needs /models, which may need the API key first). The
+// model's own answer is never preselected: one click would store the model's guess as
+// the truth, which teaches the next version nothing.
 function updateButtons() {
   const ready = state.file !== null && !state.busy;
   for (const id of EDIT_BUTTONS) $(id).disabled = !ready;
   $("image-input").disabled = state.busy; // a file chosen meanwhile would be dropped
   view.tabIndex = state.file !== null ? 0 : -1; // a Tab stop only with something to edit
-  if ($("label-select").options.length === 0) $("save").disabled = true;
+  if ($("label-select").value === "") $("save").disabled = true;
 }
+
+// Header values are ISO-8859-1 to fetch; keys are printable ASCII (RFC 9110 tokens and
+// base64 alike), so anything else is a typing or pasting mistake worth naming.
+const KEY_PATTERN = /^[\x21-\x7e]*$/;
 
 function headers() {
   const key = $("api-key").value.trim();
+  if (!KEY_PATTERN.test(key)) {
+    throw new Error("the API key may hold printable ASCII characters only (no spaces or accents)");
+  }
   return key ? { "X-API-Key": key } : {};
 }
 
@@ -46,13 +67,38 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
+// What the page says about a failed request: the problem document's title and detail,
+// what to do about a missing key, and when to retry an overloaded server.
 async function problemText(response) {
-  try {
-    const body = await response.json();
-    return `${response.status} ${body.title || ""}: ${body.detail || ""}`;
-  } catch (err) {
-    return `${response.status} ${response.statusText}`;
+  let text = `${response.status} ${response.statusText}`;
+  if (isJson(response)) {
+    try {
+      const body = await response.json();
+      text = `${response.status} ${body.title || ""}: ${body.detail || ""}`;
+    } catch (err) {
+      // A body that does not parse: the status line says what there is to say.
+    }
   }
+  if (response.status === 401) text += " (enter a valid API key above, then try again)";
+  const retry = response.headers.get("Retry-After");
+  if (retry && /^\d+$/.test(retry)) text += `; try again in ${retry} s`;
+  return text;
+}
+
+function isJson(response) {
+  return /^application\/([\w.+-]+\+)?json\b/.test(response.headers.get("Content-Type") || "");
+}
+
+// The JSON body of a successful answer; something else (a proxy's or a captive portal's
+// HTML page) is named as such rather than shown as a parse error.
+async function jsonBody(response) {
+  if (!isJson(response)) {
+    throw new Error(
+      `the server answered ${response.headers.get("Content-Type") || "no content type"}, ` +
+        "not JSON (is something between this page and the service?)"
+    );
+  }
+  return response.json();
 }
 
 function showClass(element, result) {
@@ -71,24 +117,63 @@ function loadImage(src) {
   });
 }
 
-function drawModelMap() {
+// The photo, decoded by the browser from its File; the object URL goes once it has loaded
+// (the decoded image stays drawable), so a session of uploads does not keep every file.
+async function loadPhoto(file) {
+  const url = URL.createObjectURL(file);
+  try {
+    return await loadImage(url);
+  } finally {
+    URL.revokeObjectURL(url);
+  }
+}
+
+// The rectangle the map covers, in image pixels: the server's `extent`, or, from a server
+// that sends none (API.md has the map cover the model's square input), the square the
+// image is letterboxed into, centred.
+function extentOf(body, w, h) {
+  if (body.attention_map.extent) return body.attention_map.extent;
+  const side = Math.max(w, h);
+  return { x0: (w - side) / 2, y0: (h - side) / 2, x1: (w + side) / 2, y1: (h + side) / 2 };
+}
+
+// The photo's rectangle on the view (and the edit canvas), in display pixels.
+function photoRect() {
   const e = state.extent;
   const s = state.scale;
+  return {
+    x: -e.x0 * s,
+    y: -e.y0 * s,
+    w: state.bitmap.naturalWidth * s,
+    h: state.bitmap.naturalHeight * s,
+  };
+}
+
+function drawModelMap() {
+  endStroke();
   editCtx.globalCompositeOperation = "source-over";
   editCtx.globalAlpha = 1;
   editCtx.fillStyle = "#000";
   editCtx.fillRect(0, 0, edit.width, edit.height);
   editCtx.imageSmoothingEnabled = false; // keep the map's cells as the model made them
-  editCtx.drawImage(state.modelMap, e.x0 * s, e.y0 * s, (e.x1 - e.x0) * s, (e.y1 - e.y0) * s);
+  editCtx.drawImage(state.modelMap, 0, 0, edit.width, edit.height);
 }
+
+// The letterbox bars around a non-square photo, as the view shows them: not the photo,
+// but part of what the model sees and of the map.
+const BAR_COLOUR = "#b8b8b8";
 
 function render() {
   if (!state.bitmap) return;
   // Cleared first: a transparent photo would otherwise keep every earlier overlay.
   viewCtx.clearRect(0, 0, view.width, view.height);
   viewCtx.globalAlpha = 1;
+  const photo = photoRect();
+  viewCtx.fillStyle = BAR_COLOUR;
+  viewCtx.fillRect(0, 0, view.width, view.height);
+  viewCtx.clearRect(photo.x, photo.y, photo.w, photo.h);
   viewCtx.imageSmoothingEnabled = true;
-  viewCtx.drawImage(state.bitmap, 0, 0, view.width, view.height);
+  viewCtx.drawImage(state.bitmap, photo.x, photo.y, photo.w, photo.h);
   const opacity = Number($("opacity").value) / 100;
   const src = editCtx.getImageData(0, 0, edit.width, edit.height).data;
   const overlay = viewCtx.createImageData(edit.width, edit.height);
@@ -123,21 +208,44 @@ function drawKeyboardBrush() {
   viewCtx.stroke();
 }
 
+function clearResult(id) {
+  $(id).textContent = "–";
+  delete $(id).dataset.classId;
+  delete $(id).dataset.label;
+}
+
+function clearSaveStatus() {
+  $("save-status").textContent = "";
+  delete $("save-status").dataset.feedbackId;
+}
+
 // Whatever was on screen belongs to the previous image: it goes before a new one is tried,
 // so a failed upload can never leave the old image editable under the new file's name.
 function forgetImage() {
+  endStroke();
   state.file = state.bitmap = state.modelMap = state.extent = state.cursor = null;
-  state.penDown = false;
+  state.penDown = state.drawing = false;
+  state.pointerId = null;
   $("brush-position").textContent = "";
+  $("image-name").textContent = "";
   viewCtx.clearRect(0, 0, view.width, view.height);
   for (const id of ["original-class", "attention-branch-class", "corrected-class"]) {
-    $(id).textContent = "–";
-    delete $(id).dataset.classId;
-    delete $(id).dataset.label;
+    clearResult(id);
   }
-  $("save-status").textContent = "";
-  delete $("save-status").dataset.feedbackId;
+  clearSaveStatus();
+  $("label-select").value = ""; // the true class is picked anew for each image
   updateButtons();
+}
+
+// The answer with the map and the saved record shown belong to the map as it was: an edit
+// makes them out of date, and the page says so rather than showing them as current.
+function mapChanged() {
+  const corrected = $("corrected-class");
+  if (corrected.dataset.classId !== undefined) {
+    clearResult("corrected-class");
+    corrected.textContent = "– (map changed: classify again)";
+  }
+  clearSaveStatus();
 }
 
 // fetch, with a network failure (server down, connection refused) as a readable error.
@@ -151,32 +259,34 @@ async function send(url, options) {
 
 async function classify(file) {
   forgetImage();
-  let bitmap;
+  let photo;
   try {
     // Shown before it is sent: a format the server reads but this browser cannot show
     // (TIFF) could not be edited, and its answers would not match what is on screen.
-    bitmap = await loadImage(URL.createObjectURL(file));
+    photo = await loadPhoto(file);
   } catch (err) {
-    setStatus("Error: this browser cannot display the image; send it as JPEG, PNG or WebP.");
+    setStatus(`Error: this browser cannot show this file as an image; send ${SHOWN_FORMATS}.`);
     return;
   }
   const form = new FormData();
   form.append("image", file, file.name || "image");
   setStatus("Classifying…");
-  const response = await send("/attention", { method: "POST", body: form, headers: headers() });
+  const response = await send("attention", { method: "POST", body: form, headers: headers() });
   if (!response.ok) {
     setStatus(`Error: ${await problemText(response)}`);
     return;
   }
-  const body = await response.json();
-  state.bitmap = bitmap;
-  state.modelMap = await loadImage("data:image/png;base64," + body.attention_map.png_base64);
-  const w = state.bitmap.naturalWidth;
-  const h = state.bitmap.naturalHeight;
-  state.scale = MAX_SIDE / Math.max(w, h);
-  view.width = edit.width = Math.max(1, Math.round(w * state.scale));
-  view.height = edit.height = Math.max(1, Math.round(h * state.scale));
-  state.extent = body.attention_map.extent || { x0: 0, y0: 0, x1: w, y1: h };
+  const body = await jsonBody(response);
+  const modelMap = await loadImage("data:image/png;base64," + body.attention_map.png_base64);
+  const w = photo.naturalWidth;
+  const h = photo.naturalHeight;
+  const e = extentOf(body, w, h);
+  state.bitmap = photo;
+  state.modelMap = modelMap;
+  state.extent = e;
+  state.scale = MAX_SIDE / Math.max(e.x1 - e.x0, e.y1 - e.y0);
+  view.width = edit.width = Math.max(1, Math.round((e.x1 - e.x0) * state.scale));
+  view.height = edit.height = Math.max(1, Math.round((e.y1 - e.y0) * state.scale));
   state.file = file;
   state.cursor = { x: view.width / 2, y: view.height / 2 };
   state.penDown = false;
@@ -184,47 +294,16 @@ async function classify(file) {
   render();
   showClass($("original-class"), body.prediction);
   showClass($("attention-branch-class"), body.attention_branch);
-  state.labelChosen = false; // a new image: the model's answer is the first guess
-  selectLabel(body.prediction.label);
+  $("image-name").textContent = `Image: ${file.name || "(unnamed)"}, ${w} x ${h} pixels.`;
   updateButtons();
-  const outside = attentionOutside(w, h);
+  const barred = e.x0 < 0 || e.y0 < 0 || e.x1 > w || e.y1 > h;
   setStatus(
     `Model ${body.model.name} v${body.model.version}: edit the map with the brush, then classify.` +
-      (outside >= OUTSIDE_NOTE_SHARE
-        ? ` ${Math.round(100 * outside)} % of the model's attention lies on the bars beside` +
-          " this photo (the model sees it letterboxed into a square); the map you edit covers" +
-          " the photo only, so even unedited it can give another answer."
+      (barred
+        ? " The grey bars are the letterbox the model sees around this photo; its attention" +
+          " there is part of the map and can be kept, moved or erased like the rest."
         : "")
   );
-}
-
-// Below this share of the map's attention on the letterbox bars the difference is noise.
-const OUTSIDE_NOTE_SHARE = 0.05;
-
-// The share of the model's map (its cells, by value) whose centres fall outside the
-// w x h image: attention on the letterbox bars of a non-square upload, which the edited
-// map (stretched over the image) cannot carry.
-function attentionOutside(w, h) {
-  const map = state.modelMap;
-  const cells = document.createElement("canvas");
-  cells.width = map.naturalWidth;
-  cells.height = map.naturalHeight;
-  const ctx = cells.getContext("2d");
-  ctx.drawImage(map, 0, 0);
-  const values = ctx.getImageData(0, 0, cells.width, cells.height).data;
-  const e = state.extent;
-  let total = 0;
-  let outside = 0;
-  for (let row = 0; row < cells.height; row++) {
-    for (let col = 0; col < cells.width; col++) {
-      const v = values[4 * (row * cells.width + col)];
-      const x = e.x0 + ((col + 0.5) * (e.x1 - e.x0)) / cells.width;
-      const y = e.y0 + ((row + 0.5) * (e.y1 - e.y0)) / cells.height;
-      total += v;
-      if (x < 0 || x >= w || y < 0 || y >= h) outside += v;
-    }
-  }
-  return total > 0 ? outside / total : 0;
 }
 
 function pointerPosition(event) {
@@ -235,45 +314,87 @@ function pointerPosition(event) {
   };
 }
 
-function paint(from, to) {
+// A stroke starts from the map as it is, in the brush's mode and strength at that moment.
+function beginStroke() {
+  endStroke();
   const mode = document.querySelector('input[name="brush-mode"]:checked').value;
-  const size = Number($("brush-size").value);
-  editCtx.globalCompositeOperation = "source-over";
-  editCtx.globalAlpha = Number($("brush-strength").value) / 100;
-  editCtx.strokeStyle = editCtx.fillStyle = mode === "add" ? "#fff" : "#000";
-  editCtx.lineWidth = size;
-  editCtx.lineCap = "round";
-  editCtx.beginPath();
-  if (from) {
-    editCtx.moveTo(from.x, from.y);
-    editCtx.lineTo(to.x, to.y);
-    editCtx.stroke();
-  } else {
-    editCtx.arc(to.x, to.y, size / 2, 0, 2 * Math.PI);
-    editCtx.fill();
+  stroke.colour = mode === "add" ? "#fff" : "#000";
+  stroke.alpha = Number($("brush-strength").value) / 100;
+  for (const canvas of [strokeBase, strokeLayer]) {
+    canvas.width = edit.width; // also clears it
+    canvas.height = edit.height;
   }
+  strokeBase.getContext("2d").drawImage(edit, 0, 0);
+  stroke.active = true;
+  mapChanged();
+}
+
+// One segment of the stroke (a dab without `from`), then the map recomposed: the map as
+// the stroke began, with the whole stroke over it at the brush's strength.
+function strokeTo(from, to) {
+  if (!stroke.active) beginStroke();
+  const size = Number($("brush-size").value);
+  const ctx = strokeLayer.getContext("2d");
+  ctx.strokeStyle = ctx.fillStyle = stroke.colour;
+  ctx.lineWidth = size;
+  ctx.lineCap = "round";
+  ctx.beginPath();
+  if (from) {
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x, to.y);
+    ctx.stroke();
+  } else {
+    ctx.arc(to.x, to.y, size / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  editCtx.globalCompositeOperation = "source-over";
+  editCtx.globalAlpha = 1;
+  editCtx.drawImage(strokeBase, 0, 0);
+  editCtx.globalAlpha = stroke.alpha;
+  editCtx.drawImage(strokeLayer, 0, 0);
+  editCtx.globalAlpha = 1;
   render();
 }
 
+function endStroke() {
+  stroke.active = false;
+}
+
 view.addEventListener("pointerdown", (event) => {
-  if (!state.file) return; // not before the image's map is shown
+  // Not before the image's map is shown; and one pointer paints: a second finger would
+  // otherwise join its stroke to the first one's with a band across the map.
+  if (!state.file || state.drawing) return;
   event.preventDefault();
+  view.focus({ preventScroll: true }); // the keys then move this same brush
   view.setPointerCapture(event.pointerId);
   state.drawing = true;
+  state.pointerId = event.pointerId;
+  state.penDown = false;
   state.last = state.cursor = pointerPosition(event); // the keyboard brush follows
-  paint(null, state.last);
+  beginStroke();
+  strokeTo(null, state.last);
 });
 view.addEventListener("pointermove", (event) => {
-  if (!state.drawing) return;
+  if (!state.drawing || event.pointerId !== state.pointerId) return;
   event.preventDefault();
   const point = pointerPosition(event);
-  paint(state.last, point);
+  strokeTo(state.last, point);
   state.last = state.cursor = point;
 });
 for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
-  view.addEventListener(type, () => {
+  view.addEventListener(type, (event) => {
+    if (event.pointerId !== state.pointerId) return;
     state.drawing = false;
+    state.pointerId = null;
     state.last = null;
+    // Cancelled: the browser took the touch for a gesture of its own (a second finger
+    // made it a pinch), so the stroke it began was not meant as paint.
+    if (type === "pointercancel" && stroke.active) {
+      editCtx.globalAlpha = 1;
+      editCtx.drawImage(strokeBase, 0, 0);
+      render();
+    }
+    endStroke();
   });
 }
 
@@ -290,9 +411,14 @@ const KEY_MOVES = {
 
 function showBrushPosition() {
   const c = state.cursor;
+  const x = Math.round(c.x / state.scale + state.extent.x0);
+  const y = Math.round(c.y / state.scale + state.extent.y0);
+  const w = state.bitmap.naturalWidth;
+  const h = state.bitmap.naturalHeight;
+  const onBars = x < 0 || y < 0 || x >= w || y >= h;
   $("brush-position").textContent =
-    `Brush at ${Math.round(c.x / state.scale)}, ${Math.round(c.y / state.scale)} ` +
-    `(image pixels), ${state.penDown ? "painting" : "lifted"}.`;
+    `Brush at ${x}, ${y} (image pixels${onBars ? ", on the letterbox bars" : ""}), ` +
+    `${state.penDown ? "painting" : "lifted"}.`;
 }
 
 view.addEventListener("keydown", (event) => {
@@ -306,19 +432,31 @@ view.addEventListener("keydown", (event) => {
       x: Math.min(view.width - 1, Math.max(0, from.x + dx * step)),
       y: Math.min(view.height - 1, Math.max(0, from.y + dy * step)),
     };
-    if (state.penDown) paint(from, state.cursor);
+    if (state.penDown) strokeTo(from, state.cursor);
     else render();
   } else if ((event.key === " " || event.key === "Enter") && event.repeat) {
     event.preventDefault(); // a held key toggles or dabs once, not at the key-repeat rate
     return;
   } else if (event.key === " ") {
     state.penDown = !state.penDown;
-    if (state.penDown) paint(null, from);
-    else render();
+    if (state.penDown) {
+      beginStroke();
+      strokeTo(null, from);
+    } else {
+      endStroke();
+      render();
+    }
   } else if (event.key === "Enter") {
-    paint(null, from);
+    if (state.penDown) {
+      strokeTo(null, from); // part of the stroke under way
+    } else {
+      beginStroke();
+      strokeTo(null, from);
+      endStroke();
+    }
   } else if (event.key === "Escape") {
     state.penDown = false;
+    endStroke();
     render();
   } else {
     return;
@@ -333,10 +471,13 @@ view.addEventListener("focus", () => {
 });
 view.addEventListener("blur", () => {
   state.penDown = false;
+  if (!state.drawing) endStroke();
   render();
   if (state.cursor) showBrushPosition();
 });
 
+// The edited map as a PNG of the map's extent: the server reads a mask of the map's shape
+// on the map's grid, so an unedited map goes back as the model's own.
 function maskBlob() {
   return new Promise((resolve) => edit.toBlob(resolve, "image/png"));
 }
@@ -349,7 +490,7 @@ async function correct(save) {
     form.append("label", $("label-select").value);
     form.append("save", "true");
   }
-  const response = await send("/attention/correct", {
+  const response = await send("attention/correct", {
     method: "POST",
     body: form,
     headers: headers(),
@@ -360,7 +501,7 @@ async function correct(save) {
     else setStatus(text);
     return null;
   }
-  const body = await response.json();
+  const body = await jsonBody(response);
   showClass($("original-class"), body.original);
   showClass($("corrected-class"), body.corrected);
   return body;
@@ -382,7 +523,7 @@ async function whileBusy(work) {
 $("image-input").addEventListener("change", (event) => {
   const file = event.target.files[0];
   // Emptied, so that choosing the same file again (say after typing the API key) is a
-  // change too.
+  // change too; the file shown is named next to the image instead.
   event.target.value = "";
   if (file) {
     whileBusy(() => classify(file)).catch((err) => setStatus(`Error: ${err.message}`));
@@ -390,27 +531,26 @@ $("image-input").addEventListener("change", (event) => {
 });
 $("opacity").addEventListener("input", render);
 $("clear-map").addEventListener("click", () => {
+  endStroke();
   editCtx.globalCompositeOperation = "source-over";
   editCtx.globalAlpha = 1;
   editCtx.fillStyle = "#000";
   editCtx.fillRect(0, 0, edit.width, edit.height);
+  mapChanged();
   render();
   setStatus("Empty map: paint where the classifier should look.");
 });
 $("reset-map").addEventListener("click", () => {
   drawModelMap();
+  mapChanged();
   render();
 });
 $("submit").addEventListener("click", () =>
   whileBusy(async () => {
     setStatus("Classifying with your map…");
-    $("corrected-class").textContent = "–";
-    delete $("corrected-class").dataset.classId;
+    clearResult("corrected-class");
     const body = await correct(false);
-    if (body) {
-      setStatus(`Done (feature cache ${body.feature_cache}).`);
-      if (!state.labelChosen) selectLabel(body.corrected.label);
-    }
+    if (body) setStatus(`Done (feature cache ${body.feature_cache}).`);
   }).catch((err) => setStatus(`Error: ${err.message}`))
 );
 $("save").addEventListener("click", () =>
@@ -426,31 +566,39 @@ $("save").addEventListener("click", () =>
     $("save-status").textContent = `Error: ${err.message}`;
   })
 );
-$("label-select").addEventListener("change", () => {
-  state.labelChosen = true;
-});
+$("label-select").addEventListener("change", updateButtons);
 
-function selectLabel(label) {
-  const select = $("label-select");
-  if ([...select.options].some((o) => o.value === label)) select.value = label;
-}
-
+// The true-class list, from the attention model's labels in GET /models, with an empty
+// first entry: saving waits for the user's own choice.
 async function loadLabels() {
+  const keyStatus = $("key-status");
+  const typed = $("api-key").value.trim() !== "";
   try {
-    const response = await fetch("/models", { headers: headers() });
+    const response = await send("models", { headers: headers() });
+    if (response.status === 401) {
+      keyStatus.textContent = typed
+        ? "This API key is not accepted."
+        : "This server needs an API key: enter it above.";
+      return;
+    }
+    keyStatus.textContent = "";
     if (!response.ok) return;
-    const body = await response.json();
-    const model = body.models.find((m) => m.task === "attention_classification");
+    const body = await jsonBody(response);
+    const model = body.models.find(
+      (m) => m.task === "attention_classification" || m.name === "attention"
+    );
     if (!model) return;
     const select = $("label-select");
     const chosen = select.value;
     select.replaceChildren(
+      new Option("(choose the true class)", ""),
       ...model.labels.map((label) => new Option(label.replaceAll("_", " "), label))
     );
-    const shown = $("original-class").dataset.label;
-    selectLabel(state.labelChosen ? chosen : shown || chosen);
+    if (model.labels.includes(chosen)) select.value = chosen;
   } catch (err) {
-    // The labels only fill the save box; the editor works without them.
+    // The labels only fill the save box; the editor works without them. A key the
+    // browser cannot send is worth naming.
+    keyStatus.textContent = err.message.startsWith("the API key") ? `Error: ${err.message}.` : "";
   } finally {
     updateButtons();
   }

@@ -13,7 +13,7 @@ def test_page_and_assets_are_served(client: TestClient) -> None:
     page = client.get("/ui")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for asset in ASSETS:
-        assert asset in page.text
+        assert f'"{asset.removeprefix("/")}"' in page.text  # relative: see below
         response = client.get(asset)
         assert response.status_code == 200 and response.text.strip()
     assert client.get("/ui/static/editor.js").headers["content-type"].startswith("text/javascript")
@@ -40,3 +40,13 @@ def test_page_and_assets_forbid_framing_sniffing_and_other_origins(client: TestC
         policy = headers["content-security-policy"]
         assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
         assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_page_names_no_root_absolute_url(client: TestClient) -> None:
+    """Relative URLs only (``ui/static/editor.js``, ``fetch("attention")``), so that behind
+    a proxy serving the service under a path prefix the page reaches its own assets and
+    API; the browser test opens it under one."""
+    for path in ("/ui", "/ui/static/editor.js"):
+        text = client.get(path).text
+        assert not re.search(r"""(src|href)\s*=\s*["']/""", text), path
+        assert not re.search(r"""(fetch|send)\(\s*["'`]/""", text), path

@@ -80,14 +80,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 
 @contextmanager
-def editor_page(url: str) -> Iterator[Any]:
+def editor_page(
+    url: str, *, has_touch: bool = False, prefix: str = "", routed: list[str] | None = None
+) -> Iterator[Any]:
     """The editor page of the server at ``url``, open in a fresh headless Chromium; on a
-    clean exit, no Content-Security-Policy violation was reported (the page's own CSP)."""
+    clean exit, no Content-Security-Policy violation was reported (the page's own CSP).
+
+    With a ``prefix`` the page is opened at ``url + prefix + "/ui"`` and every request
+    under the prefix reaches the server without it, as through a reverse proxy that
+    serves the API under a path; ``routed`` collects the paths it forwarded."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page = browser.new_page(viewport={"width": 1200, "height": 1000}, has_touch=has_touch)
+            if prefix:
+
+                def strip_prefix(route: Any) -> None:
+                    if routed is not None:
+                        routed.append(route.request.url[len(url) :])
+                    route.continue_(url=route.request.url.replace(url + prefix, url, 1))
+
+                page.route(url + prefix + "/**", strip_prefix)
             violations: list[str] = []
             page.on(
                 "console",
@@ -97,7 +111,7 @@ def editor_page(url: str) -> Iterator[Any]:
                     else None
                 ),
             )
-            page.goto(url + "/ui")
+            page.goto(url + prefix + "/ui")
             yield page
             assert not violations, violations
         finally:
@@ -242,8 +256,10 @@ def test_the_same_correction_from_the_keyboard_alone(
 def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
     server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """The editor keeps a true class the user picked, saves once per double click, and
-    leaves nothing editable after an upload it cannot display (the server reads TIFF,
+    """Saving waits for a true class the user picked (the page used to preselect the
+    model's answer, so one click stored the model's guess as the truth), keeps it, saves
+    once per double click, marks the answer and the save out of date once the map changes,
+    and leaves nothing editable after an upload it cannot display (the server reads TIFF,
     Chromium does not show it: the old page sent it and let the previous image's edit be
     saved under it)."""
     url, feedback = server
@@ -256,6 +272,8 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
         page.set_input_files("#image-input", str(image_path))
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
         predicted = page.get_attribute("#original-class", "data-label")
+        assert page.input_value("#label-select") == ""
+        assert page.is_disabled("#save")
         chosen = next(label for label in LABELS if label != predicted)
         page.select_option("#label-select", chosen)
         page.click("#submit")
@@ -272,10 +290,16 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
         saved = open_store(feedback).records()
         assert len(saved) == before + 1
         assert saved[-1].label == chosen
+        # An edit makes the answer with the map and the saved record shown out of date.
+        page.focus("#view")
+        page.keyboard.press("Enter")
+        assert "map changed" in page.inner_text("#corrected-class")
+        assert page.get_attribute("#corrected-class", "data-class-id") is None
+        assert page.inner_text("#save-status") == ""
 
         sent = requests.count(url + "/attention")
         page.set_input_files("#image-input", str(tiff))
-        expect(page.locator("#status")).to_contain_text("cannot display", timeout=20_000)
+        expect(page.locator("#status")).to_contain_text("cannot show", timeout=20_000)
         assert requests.count(url + "/attention") == sent  # never sent
         for button in ("#clear-map", "#reset-map", "#submit", "#save"):
             assert page.is_disabled(button), button
@@ -283,37 +307,151 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
         # The same good file again, right after: a change even with the same name.
         page.set_input_files("#image-input", str(image_path))
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        assert page.input_value("#label-select") == "" and page.is_disabled("#save")
+        page.select_option("#label-select", chosen)
         assert not page.is_disabled("#save")
 
 
-def test_the_page_says_how_much_attention_lies_on_the_letterbox_bars(
+def test_a_wide_photo_is_edited_on_the_models_whole_square(
     server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """A wide photo: the share of the model's map beyond the photo, computed here from the
-    API's map and extent, is the one the page reports."""
-    import base64
-
-    import httpx
-
+    """For a non-square photo the editable map is the model's square input, bars included:
+    sent back unedited it gives the model's own answer (the page used to crop the map to
+    the photo, which moved a wide photo's answer with no edit at all), and the bars can be
+    painted."""
     url, _ = server
     rng = np.random.default_rng(3)
     wide = tmp_path / "wide.png"
     Image.fromarray(rng.integers(0, 255, (160, 400, 3), dtype=np.uint8)).save(wide)
-    body = httpx.post(
-        url + "/attention", files={"image": ("w.png", wide.read_bytes(), "image/png")}, timeout=30
-    ).json()
-    cells = np.asarray(
-        Image.open(io.BytesIO(base64.b64decode(body["attention_map"]["png_base64"]))), np.float64
-    )
-    e = body["attention_map"]["extent"]
-    rows, cols = cells.shape
-    ys = e["y0"] + (np.arange(rows) + 0.5) * (e["y1"] - e["y0"]) / rows
-    xs = e["x0"] + (np.arange(cols) + 0.5) * (e["x1"] - e["x0"]) / cols
-    inside = ((ys >= 0) & (ys < 160))[:, None] & ((xs >= 0) & (xs < 400))[None, :]
-    share = cells[~inside].sum() / cells.sum()
     with editor_page(url) as page:
         page.set_input_files("#image-input", str(wide))
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
-        status = page.inner_text("#status")
-    assert 0.05 <= share < 1  # this wide image's bars hold a good part of the map
-    assert f"{round(100 * share)} % of the model's attention lies on the bars" in status
+        assert "grey bars are the letterbox" in page.inner_text("#status")
+        size = page.evaluate("[edit.width, edit.height, view.width, view.height]")
+        assert size == [512, 512, 512, 512]  # the map's square, not the 512 x 205 photo
+        # How much of the model's own map lies on the bars (above and below the photo):
+        # enough that cropping it away would show.
+        bars = page.evaluate(EDITED_SUM, [0, 0, 512, 150]) + page.evaluate(
+            EDITED_SUM, [0, 362, 512, 150]
+        )
+        assert bars > 0.05 * page.evaluate(EDITED_SUM, [0, 0, 512, 512])
+        with page.expect_response(lambda r: r.url.endswith("/attention/correct")) as answer:
+            page.click("#submit")
+        body = answer.value.json()
+        assert body["corrected"]["class_id"] == body["original"]["class_id"]
+        assert abs(body["corrected"]["score"] - body["original"]["score"]) < 0.01
+        # The bars are part of the map: a dab there paints, and the brush says where it is.
+        page.click("#clear-map")
+        page.focus("#view")
+        for _ in range(30):
+            page.keyboard.press("ArrowUp")  # from the centre to the top bar
+        page.keyboard.press("Enter")
+        assert "on the letterbox bars" in page.inner_text("#brush-position")
+        assert page.evaluate(EDITED_SUM, [0, 0, 512, 150]) > 0
+
+
+# The grey of the edited map at display pixels [[x, y], ...], from the page's edit canvas.
+GREY_AT = "(points) => points.map(([x, y]) => editCtx.getImageData(x, y, 1, 1).data[0])"
+
+
+def test_brush_strength_holds_however_the_stroke_is_drawn(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """At 20 % strength on an empty map every stroke paints grey 51 (20 % of 255): a dab, a
+    slow drag whose segments overlap, a fast one, a keyboard stroke. The page used to lay
+    each segment over the last, so a slow drag painted 244 and a fast one beads of 51-91."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.click("#clear-map")
+        page.fill("#brush-strength", "20")
+        box = page.locator("#view").bounding_box()
+        assert box is not None
+        k = box["width"] / page.evaluate("view.width")  # CSS pixels per display pixel
+
+        def drag(y: float, steps: int) -> None:
+            page.mouse.move(box["x"] + 100 * k, box["y"] + y * k)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 400 * k, box["y"] + y * k, steps=steps)
+            page.mouse.up()
+
+        page.mouse.click(box["x"] + 60 * k, box["y"] + 60 * k)
+        drag(200, 150)
+        drag(300, 3)
+        page.focus("#view")
+        page.evaluate("state.cursor = {x: 100, y: 420}")
+        page.keyboard.press("Space")
+        for _ in range(30):
+            page.keyboard.press("ArrowRight")
+        page.keyboard.press("Space")
+        points = [[60, 60]] + [[x, y] for y in (200, 300, 420) for x in (150, 200, 250, 300)]
+        greys = page.evaluate(GREY_AT, points)
+        assert all(abs(g - 51) <= 2 for g in greys), list(zip(points, greys, strict=True))
+        # A second stroke over the first adds to it, as a second coat does.
+        drag(200, 20)
+        (twice,) = page.evaluate(GREY_AT, [[250, 200]])
+        assert abs(twice - (51 + 0.2 * (255 - 51))) <= 3
+
+
+def test_one_finger_paints_and_two_fingers_do_not(server: tuple[str, Path], tmp_path: Path) -> None:
+    """A one-finger stroke paints; two fingers on the map are the browser's pinch gesture,
+    which leaves the map as it was: no band from one finger to the other (the page used to
+    take every pointer's moves as one stroke) and no dab where the first one landed."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    with editor_page(url, has_touch=True) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.click("#clear-map")
+        page.fill("#brush-size", "10")
+        box = page.locator("#view").bounding_box()
+        assert box is not None
+        k = box["width"] / page.evaluate("view.width")
+        cdp = page.context.new_cdp_session(page)
+
+        def touch(kind: str, points: list[tuple[float, float]]) -> None:
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {
+                    "type": kind,
+                    "touchPoints": [
+                        {"x": box["x"] + x * k, "y": box["y"] + y * k, "id": i}
+                        for i, (x, y) in enumerate(points)
+                    ],
+                },
+            )
+
+        touch("touchStart", [(100, 100)])
+        for step in range(1, 6):
+            touch("touchMove", [(100 + 10 * step, 100)])
+        touch("touchEnd", [])
+        assert page.evaluate(GREY_AT, [[100, 100], [130, 100]]) == [255, 255]
+        touch("touchStart", [(100, 300)])
+        touch("touchStart", [(100, 300), (400, 400)])
+        for step in range(1, 6):
+            touch("touchMove", [(100 + 10 * step, 300), (400 - 10 * step, 400)])
+        touch("touchEnd", [])
+        points = [[100, 300], [130, 300], [250, 350], [370, 400]]
+        assert page.evaluate(GREY_AT, points) == [0, 0, 0, 0]
+
+
+def test_the_page_works_under_a_path_prefix(server: tuple[str, Path], tmp_path: Path) -> None:
+    """Behind a reverse proxy that serves the service under /vision, the page loads its
+    script and talks to the API under the same prefix (its URLs are relative)."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    routed: list[str] = []
+    with editor_page(url, prefix="/vision", routed=routed) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        expect = pytest.importorskip("playwright.sync_api").expect
+        expect(page.locator("#label-select option")).not_to_have_count(0)
+    for path in (
+        "/vision/ui",
+        "/vision/ui/static/editor.js",
+        "/vision/models",
+        "/vision/attention",
+    ):
+        assert path in routed, routed
