@@ -18,6 +18,14 @@ FAIL_ON_SKIP_ENV = "VISION_TESTS_FAIL_ON_SKIP"
 ALLOWED_SKIP_REASONS = ("a working GPU is present", "nvidia-* wheels installed here")
 # Filled by the report hook, which gets no config to stash on; one pytest process per run.
 _unexpected_skips: list[str] = []
+# Read once, when pytest starts: tests clear VISION_* from their environment (the service
+# tests' autouse fixture does), and a flag read at each report would be gone by then.
+_strict = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _strict
+    _strict = os.environ.get(FAIL_ON_SKIP_ENV) == "1"
 
 
 def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
@@ -29,7 +37,7 @@ def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
 
 
 def _check(report: pytest.TestReport | pytest.CollectReport) -> None:
-    if os.environ.get(FAIL_ON_SKIP_ENV) != "1" or not report.skipped:
+    if not _strict or not report.skipped:
         return
     if hasattr(report, "wasxfail"):
         return

@@ -38,6 +38,26 @@ pytest.importorskip("no_such_module_for_the_skip_guard")
 """
 
 
+# A skip in a test whose fixtures clear VISION_* first, as tests/service/conftest.py's
+# autouse fixture does: the guard used to read its flag at each report and so let it pass.
+MISSING_BROWSER_AFTER_ENV_CLEARED = """
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_vision_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("VISION_"):
+            monkeypatch.delenv(key)
+
+
+def test_browser():
+    pytest.skip("chromium not installed")
+"""
+
+
 def run_demo(tmp_path: Path, extra: str, strict: bool) -> subprocess.CompletedProcess[str]:
     """pytest on two files: PASSING and ``extra``."""
     (tmp_path / "test_passing.py").write_text(PASSING)
@@ -61,17 +81,25 @@ def run_demo(tmp_path: Path, extra: str, strict: bool) -> subprocess.CompletedPr
     [
         (MISSING_BROWSER, True, 1),  # a skip CI must not accept
         (MISSING_BROWSER, False, 0),  # a developer's machine may lack the browser
+        (MISSING_BROWSER_AFTER_ENV_CLEARED, True, 1),
         (MISSING_MODULE, True, 1),
         (MISSING_MODULE, False, 0),
         ("", True, 0),  # a GPU skip is expected on CI
     ],
-    ids=["test-skip-ci", "test-skip-local", "module-skip-ci", "module-skip-local", "gpu-skip-ci"],
+    ids=[
+        "test-skip-ci",
+        "test-skip-local",
+        "env-cleared-skip-ci",
+        "module-skip-ci",
+        "module-skip-local",
+        "gpu-skip-ci",
+    ],
 )
 def test_skip_guard(tmp_path: Path, extra: str, strict: bool, returncode: int) -> None:
     result = run_demo(tmp_path, extra, strict)
     assert result.returncode == returncode, result.stdout + result.stderr
     if returncode:
         listed = result.stdout.split("these skips fail the run")[1]
-        expected = "chromium not installed" if extra == MISSING_BROWSER else "no_such_module"
+        expected = "no_such_module" if extra == MISSING_MODULE else "chromium not installed"
         assert "test_extra.py" in listed and expected in listed
         assert "test_gpu_only" not in listed
