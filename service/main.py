@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -61,6 +62,28 @@ async def load_registry(settings: Settings, metrics: Metrics | None = None) -> M
         logger.error("model repository: %s", problem)
     # Keep the configured order, not the order threads happened to finish in.
     return ModelRegistry(models={name: loaded[name] for name in names}, problem=problem)
+
+
+def log_configuration(settings: Settings) -> None:
+    """Say at start what a mistake would otherwise leave unsaid: ``VISION_*`` variables
+    that are no setting (ignored), and whether requests need an API key."""
+    for name, close in Settings.unknown_environment(os.environ).items():
+        hint = f"; did you mean {close}?" if close else ""
+        logger.warning("%s is not a setting and is ignored%s", name, hint)
+    admin = len(settings.admin_api_keys)
+    if settings.api_keys:
+        logger.info(
+            "API keys required: %d keys, %d of them admin; open without one: health, the "
+            "docs, /ui%s",
+            len(settings.api_keys) + admin,
+            admin,
+            "" if settings.metrics_require_key else ", /metrics",
+        )
+    else:
+        logger.warning(
+            "no API keys (VISION_API_KEYS): whoever reaches the port may store teacher records%s",
+            f"; reloading needs one of {admin} admin keys" if admin else " and reload models",
+        )
 
 
 @asynccontextmanager
@@ -125,6 +148,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.feedback_store = open_store(
         settings.resolved_feedback_url(), max_records=settings.feedback_max_records
     )
+    if settings.feedback_require_shared and app.state.feedback_store.backend != "postgresql":
+        raise ValueError(
+            "VISION_FEEDBACK_REQUIRE_SHARED is set, but the teacher records would go to "
+            f"{app.state.feedback_store.description}, a file of this replica's own: set "
+            "VISION_FEEDBACK_URL to the PostgreSQL database every replica shares"
+        )
+    log_configuration(settings)
     app.state.reload_lock = anyio.Lock()
 
     install_exception_handlers(app)

@@ -9,6 +9,13 @@ every model again). Read from the environment besides the ``VISION_*`` settings:
 | ``PORT`` | ``8000`` | port to listen on |
 | ``GRACEFUL_SHUTDOWN_S`` | ``20`` | after SIGTERM, seconds in-flight requests get to finish |
 | ``FORWARDED_ALLOW_IPS`` | ``127.0.0.1`` | proxies whose X-Forwarded-* headers are trusted |
+| ``KEEP_ALIVE_S`` | ``5`` | idle keep-alive connections are closed after this (see below) |
+| ``ROOT_PATH`` | (empty) | the path prefix a proxy serves the service under (``/docs``) |
+
+An idle connection is closed at ``KEEP_ALIVE_S`` or ``VISION_HEADER_TIMEOUT_S``, whichever
+comes first. Behind a proxy that keeps idle upstream connections open (nginx-ingress: 60 s),
+set both above its idle timeout: a connection the service closes just as the proxy reuses
+it fails that request (a 502), and a proxy does not retry a ``POST``.
 
 Before the app is built, CUDA/cuDNN from the ``nvidia-*`` wheels are preloaded when they
 are installed (the GPU image) and CUDA is wanted (``cuda``, or ``auto`` with a GPU visible).
@@ -33,6 +40,18 @@ DEFAULT_PORT = 8000
 # Shorter than the Kubernetes termination grace period minus the preStop pause (see
 # deploy/kubernetes/deployment.yaml), so a draining pod is never killed mid-request.
 DEFAULT_GRACEFUL_SHUTDOWN_S = 20
+# uvicorn's own default: a direct client's idle connection costs a socket and its buffers.
+DEFAULT_KEEP_ALIVE_S = 5
+
+# The variables above, besides the VISION_* settings (the deployment files may set them).
+ENVIRONMENT = (
+    "HOST",
+    "PORT",
+    "GRACEFUL_SHUTDOWN_S",
+    "FORWARDED_ALLOW_IPS",
+    "KEEP_ALIVE_S",
+    "ROOT_PATH",
+)
 
 logger = logging.getLogger("service")
 
@@ -61,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        timeout_keep_alive=int(os.environ.get("KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S)),
+        root_path=os.environ.get("ROOT_PATH", ""),
         log_level=settings.log_level.lower(),
         # uvicorn's loggers write through the service's formatter (VISION_LOG_FORMAT); the
         # access line comes from RequestIdMiddleware, with the request ID.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# VISION_* names that are read elsewhere, not settings: the test suite's skip guard
+# (tests/strict_skips.py). Kubernetes' service links (VISION_SERVICE_HOST, VISION_PORT...
+# for a Service named "vision") are switched off in deploy/kubernetes (enableServiceLinks).
+NOT_SETTINGS = frozenset({"VISION_TESTS_FAIL_ON_SKIP"})
 # Resolved from this file, not the cwd, so `uvicorn --factory` works from any directory.
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models" / "repository"
 # Teacher records of the attention editor (SQLite); var/ is git-ignored.
@@ -166,6 +172,10 @@ class Settings(BaseSettings):
     # Database URL of the teacher records, overriding feedback_db: sqlite:///<path> (SQLite,
     # one host) or postgresql://user:password@host:port/dbname (shared by every replica).
     feedback_url: SecretStr | None = None
+    # The teacher records must go to a database every replica shares (PostgreSQL): a start
+    # that would write them to a file of its own (feedback_url unset, blank or sqlite) fails
+    # instead. The Kubernetes ConfigMap sets it, where a pod's own file is lost with the pod.
+    feedback_require_shared: bool = False
     # Most teacher records the store may hold (all replicas together); a save past it is
     # refused with 507 and stores nothing. None: no limit. A record holds its upload (at
     # most max_upload_bytes) and two small map PNGs, so this also bounds the store's size.
@@ -257,6 +267,21 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # "json": one JSON object per log line (service/logs.py); "text": human-readable.
     log_format: Literal["text", "json"] = "text"
+
+    @classmethod
+    def unknown_environment(cls, environ: Mapping[str, str]) -> dict[str, str | None]:
+        """``VISION_*`` names in ``environ`` that are no setting (pydantic-settings ignores
+        them, so a typo such as ``VISION_API_KEY`` would leave the API open without a
+        word), each with the setting it most resembles, if any."""
+        prefix = cls.model_config.get("env_prefix", "")
+        known = {prefix.upper() + name.upper() for name in cls.model_fields}
+        unknown: dict[str, str | None] = {}
+        for name in environ:
+            upper = name.upper()
+            if upper.startswith(prefix.upper()) and upper not in known | NOT_SETTINGS:
+                close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+                unknown[name] = close[0] if close else None
+        return unknown
 
     def resolved_intra_op_threads(self) -> int:
         """Intra-op threads for ONNX Runtime sessions."""

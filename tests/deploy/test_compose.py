@@ -14,13 +14,14 @@ import jsonschema
 import pytest
 import yaml
 
+from service import serve
 from service.feedback import PostgresFeedbackStore, open_store
 from service.settings import Settings
 from tests.deploy.dockerfile import ROOT, env, lineage, parse
 
 COMPOSE = ROOT / "docker-compose.yml"
 # Environment the entry command reads besides the settings (service/serve.py).
-ENTRY_VARIABLES = {"HOST", "PORT", "GRACEFUL_SHUTDOWN_S", "FORWARDED_ALLOW_IPS"}
+ENTRY_VARIABLES = set(serve.ENVIRONMENT)
 
 
 def compose_schema() -> dict[str, Any]:
@@ -77,12 +78,16 @@ def test_gpu_profile_reserves_an_nvidia_device(compose: dict[str, Any]) -> None:
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert device["count"] == 1
     assert gpu["environment"]["VISION_PROVIDERS"] == "cuda"
+    # CUDA set-up takes longer than the CPU image's start period, as in Kubernetes.
+    assert gpu["healthcheck"]["start_period"] == "120s"
+    assert compose["services"]["vision"]["healthcheck"]["start_period"] == "60s"
 
 
 @pytest.mark.parametrize("name", ["vision", "vision-gpu", "vision-postgres"])
 def test_health_volume_and_settings(compose: dict[str, Any], name: str) -> None:
     service = compose["services"][name]
-    assert "/health/ready" in " ".join(service["healthcheck"]["test"])
+    probe = " ".join(service["healthcheck"]["test"])
+    assert "/health/ready" in probe and "os.environ.get('PORT'" in probe  # as the image's
     assert service["healthcheck"]["start_period"]
     database = service["environment"]["VISION_FEEDBACK_DB"]
     mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}

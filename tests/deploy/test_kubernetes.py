@@ -13,6 +13,7 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
+from service import serve
 from service.feedback import PostgresFeedbackStore, open_store
 from service.metrics import create_metrics
 from service.settings import Settings
@@ -24,7 +25,7 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 NOT_KUBERNETES = {"kustomization.yaml", "inferenceservice.yaml"}
 SECRET_EXAMPLE = "feedback-db-secret.example.yaml"
-ENTRY_VARIABLES = {"HOST", "PORT", "GRACEFUL_SHUTDOWN_S", "FORWARDED_ALLOW_IPS"}
+ENTRY_VARIABLES = set(serve.ENVIRONMENT)
 # Fields of a KServe predictor that are not PodSpec fields (ComponentExtensionSpec).
 KSERVE_PREDICTOR_EXTENSIONS = {
     "minReplicas",
@@ -125,7 +126,12 @@ def test_probes_resources_and_drain(name: str) -> None:
     assert pod["terminationGracePeriodSeconds"] > pause + drain
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
-    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert pod["enableServiceLinks"] is False  # no VISION_SERVICE_HOST... beside the settings
+    # The CPU pool surges (a new pod is ready before an old one goes); the GPU pool cannot
+    # count on a spare GPU, so it replaces one pod at a time and never waits for one.
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    expected = {"vision": (0, 1), "vision-gpu": (1, 0)}[name]
+    assert (rolling["maxUnavailable"], rolling["maxSurge"]) == expected
     assert container["envFrom"] == [{"configMapRef": {"name": "vision-settings"}}]
 
 
@@ -217,7 +223,12 @@ def test_every_replica_takes_the_feedback_database_url_from_the_secret() -> None
         reference = env["VISION_FEEDBACK_URL"]["valueFrom"]["secretKeyRef"]
         assert reference == {"name": secret["metadata"]["name"], "key": "url"}
         assert "optional" not in reference  # no Secret, no pod: never a silent per-pod file
-    assert "VISION_FEEDBACK_URL" not in by_kind("ConfigMap")["vision-settings"]["data"]
+    data = by_kind("ConfigMap")["vision-settings"]["data"]
+    assert "VISION_FEEDBACK_URL" not in data
+    # A Secret whose URL is blank or names SQLite stops the pod too.
+    assert data["VISION_FEEDBACK_REQUIRE_SHARED"] == "true"
+    assert "VISION_FEEDBACK_DB" not in data
+    assert inference["spec"]["predictor"]["enableServiceLinks"] is False
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -20,6 +20,8 @@ def test_main_runs_one_worker_with_env_options(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PORT", "9001")
     monkeypatch.setenv("GRACEFUL_SHUTDOWN_S", "7")
     monkeypatch.setenv("VISION_HEADER_TIMEOUT_S", "4.5")
+    monkeypatch.setenv("KEEP_ALIVE_S", "65")
+    monkeypatch.setenv("ROOT_PATH", "/vision")
     serve.get_settings.cache_clear()
     try:
         serve.main([])
@@ -30,6 +32,7 @@ def test_main_runs_one_worker_with_env_options(monkeypatch: pytest.MonkeyPatch) 
     assert kwargs["factory"] is True and kwargs["workers"] == 1
     assert kwargs["host"] == "0.0.0.0" and kwargs["port"] == 9001
     assert kwargs["timeout_graceful_shutdown"] == 7
+    assert kwargs["timeout_keep_alive"] == 65 and kwargs["root_path"] == "/vision"
     assert issubclass(kwargs["http"], HeaderTimeoutProtocol)
     assert kwargs["http"].header_timeout_s == 4.5
 
@@ -42,7 +45,8 @@ def test_help_prints_the_environment_it_reads_and_starts_nothing(
         serve.main(["--help"])
     assert exited.value.code == 0
     page = capsys.readouterr().out
-    assert all(name in page for name in ("PORT", "HOST", "GRACEFUL_SHUTDOWN_S", "VISION_"))
+    names = ("PORT", "HOST", "GRACEFUL_SHUTDOWN_S", "KEEP_ALIVE_S", "ROOT_PATH", "VISION_")
+    assert all(name in page for name in names)
 
 
 def test_preload_is_a_no_op_without_nvidia_wheels() -> None:

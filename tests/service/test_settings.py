@@ -65,3 +65,21 @@ def test_available_cpus_honours_cgroup_v1_quota(tmp_path: Path) -> None:
     assert available_cpus(tmp_path) == 1
     write(tmp_path / "cpu" / "cpu.cfs_quota_us", "-1\n")
     assert available_cpus(tmp_path) == available_cpus(tmp_path / "none")
+
+
+def test_unknown_vision_names_are_found_with_the_setting_they_resemble() -> None:
+    """pydantic-settings ignores a VISION_* name that is no setting, so a typo such as
+    VISION_API_KEY (for VISION_API_KEYS) would leave the API open without a word."""
+    environ = {
+        "VISION_API_KEY": '["k"]',
+        "vision_max_upload_byte": "1048576",  # names are case-insensitive, as settings are
+        "VISION_SOMETHING_ELSE": "1",
+        "VISION_API_KEYS": '["k"]',
+        "VISION_TESTS_FAIL_ON_SKIP": "1",  # the test suite's, not a setting
+        "PATH": "/usr/bin",
+    }
+    assert Settings.unknown_environment(environ) == {
+        "VISION_API_KEY": "VISION_API_KEYS",
+        "vision_max_upload_byte": "VISION_MAX_UPLOAD_BYTES",
+        "VISION_SOMETHING_ELSE": None,
+    }

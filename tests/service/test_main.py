@@ -1,0 +1,66 @@
+"""create_app's checks at start: a teacher-record store that must be shared, and what it
+says about the configuration (names that are no setting, whether keys are required)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from service.main import create_app
+from tests.service.conftest import make_settings
+
+POSTGRES_URL = "postgresql://vision:secret@db.invalid:5432/vision"  # never connected here
+
+
+@pytest.mark.parametrize("url", [None, "", "  ", "sqlite:///tmp/records.sqlite3"])
+def test_a_store_that_must_be_shared_refuses_a_file_of_its_own(repo: Path, url: str | None) -> None:
+    """With FEEDBACK_REQUIRE_SHARED (the Kubernetes ConfigMap sets it) a URL that is unset,
+    blank (a Secret made from an empty variable) or SQLite stops the start, instead of
+    keeping each pod's records in a file lost with the pod."""
+    settings = make_settings(repo, feedback_url=url, feedback_require_shared=True)
+    with pytest.raises(ValueError, match="VISION_FEEDBACK_URL to the PostgreSQL database"):
+        create_app(settings)
+
+
+def test_a_shared_store_or_no_requirement_starts(repo: Path) -> None:
+    shared = make_settings(repo, feedback_url=POSTGRES_URL, feedback_require_shared=True)
+    assert create_app(shared).state.feedback_store.backend == "postgresql"
+    # Without the requirement a blank URL still means the SQLite file (compose's "${VAR:-}").
+    assert create_app(make_settings(repo, feedback_url="")).state.feedback_store.backend == (
+        "sqlite"
+    )
+
+
+def test_names_that_are_no_setting_are_warned_of(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("VISION_API_KEY", '["k"]')
+    with caplog.at_level(logging.INFO, logger="service"):
+        create_app(make_settings(repo))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "VISION_API_KEY is not a setting and is ignored; did you mean VISION_API_KEYS?" in (
+        warned
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "admin", "level", "text"),
+    [
+        ([], [], logging.WARNING, "may store teacher records and reload models"),
+        ([], ["a"], logging.WARNING, "reloading needs one of 1 admin keys"),
+        (["k", "l"], ["a"], logging.INFO, "API keys required: 3 keys, 1 of them admin"),
+    ],
+)
+def test_the_start_says_whether_keys_are_required(
+    repo: Path,
+    caplog: pytest.LogCaptureFixture,
+    keys: list[str],
+    admin: list[str],
+    level: int,
+    text: str,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="service"):
+        create_app(make_settings(repo, api_keys=keys, admin_api_keys=admin))
+    assert any(r.levelno == level and text in r.getMessage() for r in caplog.records)
