@@ -1,0 +1,120 @@
+"""Warm-up at load (service/runtime.py, load_model and warm_up): every graph of a version
+runs zero batches at the configured batch sizes before it is reported ready, so the first
+user request pays no allocation (or, on CUDA, kernel-selection) cost, and a graph that
+loads but cannot run is refused at load instead of failing every request later.
+
+test_runtime.py checks that a model loads and runs; these check that loading ran it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import numpy_helper
+
+from service.main import create_app
+from service.runtime import ModelState, OnnxSession, load_model
+from tests.service.conftest import make_settings
+from tests.service.fakes import CELLS, landmark_graph, write_model
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
+
+# (session, first-axis length of its first input) for every OnnxSession.run call.
+Runs = list[tuple[OnnxSession, int]]
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> Runs:
+    """Record every OnnxSession.run (warm-up calls it directly) and still run the graph."""
+    seen: Runs = []
+    real_run = OnnxSession.run
+
+    def counting_run(
+        self: OnnxSession,
+        feeds: Mapping[str, npt.NDArray[Any]],
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, npt.NDArray[Any]]:
+        seen.append((self, int(next(iter(feeds.values())).shape[0])))
+        return real_run(self, feeds, output_names)
+
+    monkeypatch.setattr(OnnxSession, "run", counting_run)
+    return seen
+
+
+def batch_sizes(runs: Runs, session: OnnxSession | None = None) -> Counter[int]:
+    """How many runs each batch size got (of ``session`` only, if given)."""
+    return Counter(size for ran, size in runs if session is None or ran is session)
+
+
+def test_load_runs_each_configured_batch_size_warmup_runs_times(repo: Path, runs: Runs) -> None:
+    """warmup_batch_sizes (deduplicated, sizes < 1 dropped) times warmup_runs runs happen
+    inside load_model, before it returns READY: a load that skipped warming would serve its
+    first requests cold, which is what the setting exists to prevent."""
+    settings = make_settings(repo, warmup_runs=2, warmup_batch_sizes=[3, 0, 1, 3])
+    model = load_model("landmark", settings)
+    assert model.state is ModelState.READY, model.error
+    assert batch_sizes(runs) == Counter({1: 2, 3: 2})
+    assert all(session is model.session for session, _ in runs)
+
+
+def test_cpu_default_warms_one_and_the_largest_batch(repo: Path, runs: Runs) -> None:
+    """With no warmup_batch_sizes, a CPU session is warmed at 1 and at the graph's largest
+    batch (so the memory arena is sized for a full batch), warmup_runs times each."""
+    model = load_model("landmark", make_settings(repo, batch_max_size=5))
+    assert model.state is ModelState.READY, model.error
+    assert batch_sizes(runs) == Counter({1: 1, 5: 1})
+
+
+@pytest.mark.skipif(not (REPOSITORY / "attention").is_dir(), reason="no committed attention model")
+def test_every_graph_of_a_multi_graph_version_is_warmed(runs: Runs) -> None:
+    """A version with several graphs (attention: features and perception) warms each of
+    them, not only the first: either one left cold costs the first /attention request."""
+    settings = make_settings(REPOSITORY, warmup_batch_sizes=[1, 2])
+    model = load_model("attention", settings)
+    assert model.state is ModelState.READY, model.error
+    assert sorted(model.sessions) == ["features", "perception"]
+    for graph, session in model.sessions.items():
+        assert batch_sizes(runs, session) == Counter({1: 1, 2: 1}), graph
+
+
+def runtime_failing_graph() -> bytes:
+    """The fake landmark graph with its cell reshape asking for one cell too many: ONNX
+    Runtime loads it and its declared signature matches config.json (the bad axis becomes
+    unknown), but every run fails in the Reshape node."""
+    model = onnx.load_from_string(landmark_graph())
+    for initializer in model.graph.initializer:
+        if initializer.name == "cell_shape":
+            bad = np.array([0, CELLS + 1, 1], np.int64)
+            initializer.CopyFrom(numpy_helper.from_array(bad, "cell_shape"))
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def test_a_graph_that_loads_but_cannot_run_fails_at_load(tmp_path: Path) -> None:
+    """Warm-up is the only run before a model is declared ready: a graph that ONNX Runtime
+    accepts but cannot execute must end FAILED with a reason, so readiness says so and the
+    endpoint answers 503, rather than READY and a 500 on every request."""
+    repo = tmp_path / "repository"
+    write_model(repo, graph=runtime_failing_graph())
+    model = load_model("landmark", make_settings(repo))
+    assert model.state is ModelState.FAILED
+    assert not model.ready and model.session is None and not model.batchers
+    assert "Reshape" in (model.error or ""), model.error
+
+
+def test_a_graph_that_cannot_run_leaves_the_service_not_ready(tmp_path: Path) -> None:
+    """Through the app: the same graph makes /health/ready 503 naming the model, not 200."""
+    repo = tmp_path / "repository"
+    write_model(repo, graph=runtime_failing_graph())
+    with TestClient(create_app(make_settings(repo))) as client:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503, ready.text
+        assert "landmark" in ready.text
