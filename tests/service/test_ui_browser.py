@@ -455,3 +455,27 @@ def test_the_page_works_under_a_path_prefix(server: tuple[str, Path], tmp_path: 
         "/vision/attention",
     ):
         assert path in routed, routed
+
+
+def test_on_a_phone_the_answer_is_within_a_screen_of_the_button(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """At 360 x 740 CSS pixels the buttons follow the image and the answers follow the
+    buttons, so "Classify with my map" and its answer fit on one screen (the buttons used to
+    sit above the image, 920 pixels from the answer) and nothing overflows sideways."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    with editor_page(url) as page:
+        page.set_viewport_size({"width": 360, "height": 740})
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.click("#submit")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        button, answer, image = (
+            page.locator(selector).bounding_box()
+            for selector in ("#submit", "#corrected-class", "#view")
+        )
+        assert button is not None and answer is not None and image is not None
+        assert image["y"] + image["height"] <= button["y"] < answer["y"]
+        assert answer["y"] + answer["height"] - button["y"] < 740
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
