@@ -38,6 +38,7 @@ from models.common.export import (
     export_onnx,
     letterbox_preprocess,
     new_version_dir,
+    read_extra_card,
     refuse_existing_version,
     write_config,
 )
@@ -466,6 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_overwrite_argument(p)
     a = p.parse_args(argv)
     refuse_existing_version(a.repository / NAME / a.version, a.overwrite)
+    extra_card = read_extra_card(a.extra_card)
 
     net, ckpt = load_checkpoint(a.checkpoint)
     config = TrainConfig(data_root=a.data_root, net=net.config)
@@ -501,8 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.history and (a.history.parent / "loss_curves.png").exists():
         shutil.copy(a.history.parent / "loss_curves.png", version_dir / "loss_curves.png")
     card = main_card(cfg) + training_section(history)
-    if a.extra_card:
-        card += "\n" + a.extra_card.read_text()
+    if extra_card:
+        card += "\n" + extra_card
     (version_dir / "MODEL_CARD.md").write_text(card)
     print(json.dumps(metrics, indent=1))
     return cfg

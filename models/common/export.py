@@ -63,6 +63,21 @@ def refuse_existing_version(version_dir: Path, overwrite: bool) -> None:
         )
 
 
+def read_extra_card(path: str | Path | None) -> str:
+    """The hand-written markdown ``--extra-card`` names ("" without one), read before the
+    export writes anything: a missing file used to stop it after the graphs and config.json
+    were written, leaving a version folder without its card that the service would load."""
+    if path is None:
+        return ""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise SystemExit(
+            f"--extra-card {path}: {exc.strerror or exc}. It is a hand-written file of the run "
+            "(not committed): a released card's closing sections are its text"
+        ) from exc
+
+
 def new_version_dir(repository: Path, name: str, version: str, overwrite: bool) -> Path:
     """Create and return ``repository/name/version``, empty (see ``refuse_existing_version``)."""
     version_dir = repository / name / version

@@ -34,6 +34,7 @@ from models.common.export import (
     export_onnx,
     letterbox_preprocess,
     new_version_dir,
+    read_extra_card,
     write_config,
 )
 from models.common.paired import mcnemar_exact, only_right
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="how the service fills a non-square photo's letterbox bars (preprocess.pad)",
     )
     a = p.parse_args(argv)
+    extra = read_extra_card(a.extra_card)
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     history = json.loads((run / "history.json").read_text())
@@ -325,7 +327,6 @@ def main(argv: list[str] | None = None) -> dict:
         {"test accuracy": list(variants.values())},
         title="Gender ablation on the held-out split",
     )
-    extra = Path(a.extra_card).read_text() if a.extra_card else ""
     write_card(
         version_dir,
         metrics,

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from models.common.export import new_version_dir, write_config
+from models.common.export import new_version_dir, read_extra_card, write_config
 from service.runtime import read_config
 
 
@@ -77,3 +77,30 @@ def test_a_released_version_is_refused_unless_overwrite_is_asked(tmp_path: Path)
     assert kept.read_text() == "written before the run"
     replaced = new_version_dir(tmp_path, "m", "1", overwrite=True)
     assert replaced == fresh and not any(replaced.iterdir())
+
+
+def test_an_extra_card_is_read_before_anything_is_written(tmp_path: Path) -> None:
+    """A missing --extra-card stops an export before its version folder exists: it used to
+    stop after the graphs and config.json were written, leaving a card-less version the
+    service would load and a re-export would refuse."""
+    extra = tmp_path / "extra_card.md"
+    extra.write_text("## History\n")
+    assert read_extra_card(extra) == "## History\n"
+    assert read_extra_card(None) == ""
+    with pytest.raises(SystemExit, match="not committed"):
+        read_extra_card(tmp_path / "missing.md")
+
+
+@pytest.mark.parametrize("model", ["attention", "gender"])
+def test_exports_refuse_a_missing_extra_card_first(tmp_path: Path, model: str) -> None:
+    """Both exports that take --extra-card check it before they load anything (the
+    checkpoint and run named here do not exist either) or create the version folder."""
+    import importlib
+
+    export = importlib.import_module(f"models.{model}.export")
+    source = ["--checkpoint", str(tmp_path / "none.pt")] if model == "attention" else []
+    source = source or ["--run", str(tmp_path / "no-run")]
+    argv = [*source, "--repository", str(tmp_path / "repo"), "--version", "9"]
+    with pytest.raises(SystemExit, match="--extra-card"):
+        export.main([*argv, "--extra-card", str(tmp_path / "missing.md")])
+    assert not (tmp_path / "repo").exists()
