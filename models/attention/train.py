@@ -37,24 +37,24 @@ from models.common.tensors import to_tensor
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    out: str = "runs/attention"
-    train_images: int = 48000
-    val_images: int = 2000
-    val_pairs: int = 500
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 4e-3
-    weight_decay: float = 5e-4
+    out: str = "runs/attention"  # run folder: checkpoints, history.json, curves
+    train_images: int = 48000  # single-item training canvases (of the 55 000 train items)
+    val_images: int = 2000  # single-item validation canvases (items of the last 5 000)
+    val_pairs: int = 500  # two-item validation canvases for the correction check
+    epochs: int = 8  # length of the one-cycle schedule
+    batch_size: int = 128  # canvases per step
+    lr: float = 4e-3  # peak learning rate (AdamW)
+    weight_decay: float = 5e-4  # AdamW's decoupled weight decay
     # Probability that a training sample's perception branch sees the box of its item
     # (area-averaged to the map grid, as an edited mask is) instead of the model's own map.
     # The loss stays Latt + Lper; it teaches the perception branch the kind of map a
     # person draws. 0 disables it.
     mask_substitution: float = 0.25
-    seed: int = 0
-    threads: int | None = None
-    data_root: str | None = None
+    seed: int = 0  # canvas composition and initialisation
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    data_root: str | None = None  # Fashion-MNIST folder (None: the Debian package's)
     # Start from this checkpoint's weights instead of from scratch: a second,
     # lower-learning-rate run on freshly composed canvases (another --seed). The network may
     # have more residual blocks than the checkpoint's; the extra ones start as the identity.
@@ -63,8 +63,8 @@ class TrainConfig:
     # instead of reusing one set: with one fixed set the wider network overfits (train
     # loss 0.12 vs validation accuracy 0.91 by epoch 10). Costs ~40 s per epoch.
     recompose: bool = False
-    net: AttentionNetConfig = field(default_factory=AttentionNetConfig)
-    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    net: AttentionNetConfig = field(default_factory=AttentionNetConfig)  # the network built
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)  # how items are placed on photos
 
 
 def make_split(config: TrainConfig, split: str, count: int, kind: str, seed: int) -> Canvases:

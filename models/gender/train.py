@@ -82,26 +82,26 @@ VARIANTS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    out: str = "runs/gender"
+    out: str = "runs/gender"  # run folder: stage checkpoints, history.json, curves
     # Stage 1: contour network.
     teacher_photos: int = 1500  # training crops of the train-split photographs
     eval_photos: int = 200  # crops of the val and of the test photographs, each
     outline_garments: int = 2000  # generated garments with exact outlines
-    contour_epochs: int = 5
-    contour_lr: float = 4e-3
+    contour_epochs: int = 5  # stage 1's schedule length
+    contour_lr: float = 4e-3  # stage 1's peak learning rate
     # Teacher probability at or above which a pixel is an edge; between ignore_below and
     # this it is uncertain and ignored (RCF); below, a non-edge.
     teacher_edge: float = 0.6
     teacher_ignore_below: float = 0.25
     # Stage 2: gender.
-    train_images: int = 8000
-    val_images: int = 1000
-    test_images: int = 2000
-    epochs: int = 10
-    lr: float = 3e-3
-    variants: tuple[str, ...] = ("fused", "semantic", "contour")
+    train_images: int = 8000  # generated garments per training epoch
+    val_images: int = 1000  # generated validation garments (own seed)
+    test_images: int = 2000  # generated test garments (own seed)
+    epochs: int = 10  # stage 2's schedule length, per variant
+    lr: float = 3e-3  # stage 2's peak learning rate
+    variants: tuple[str, ...] = ("fused", "semantic", "contour")  # the ablation's networks
     # Generate fresh training garments every epoch after the first (same seeds for every
     # variant, so the ablation stays like for like): with one fixed set the training loss
     # fell to 0.14 while validation stalled at 0.92 (memorised garments).
@@ -132,13 +132,13 @@ class TrainConfig:
     # count changes how CPU reductions split, so the last bits of the weights).
     resume: bool = False
     # Shared.
-    batch_size: int = 64
-    weight_decay: float = 5e-4
-    seed: int = 0
-    threads: int | None = 1
-    net: GenderNetConfig = field(default_factory=GenderNetConfig)
-    garments: GarmentConfig = field(default_factory=GarmentConfig)
-    colour: ColourAugmentConfig = field(default_factory=ColourAugmentConfig)
+    batch_size: int = 64  # images per step, both stages
+    weight_decay: float = 5e-4  # AdamW's decoupled weight decay, both stages
+    seed: int = 0  # data generation and initialisation
+    threads: int | None = 1  # torch CPU threads: part of a run's recipe (see resume)
+    net: GenderNetConfig = field(default_factory=GenderNetConfig)  # the network built
+    garments: GarmentConfig = field(default_factory=GarmentConfig)  # the garment generator
+    colour: ColourAugmentConfig = field(default_factory=ColourAugmentConfig)  # augmentation
 
 
 @torch.no_grad()

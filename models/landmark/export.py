@@ -16,6 +16,7 @@ photographs were never seen in training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
@@ -263,8 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
             in ("data", "val_data", "test_data", "seed", "cache_dir", "val_images", "test_images")
         }
     )
-    cfg.test_images = a.test_images or train_cfg.get("test_images", cfg.test_images)
-    cfg.net = net.config
+    cfg = dataclasses.replace(
+        cfg,
+        test_images=a.test_images or train_cfg.get("test_images", cfg.test_images),
+        net=net.config,
+    )
     version_dir = new_version_dir(a.repository, NAME, a.version, a.overwrite)
     export = LandmarkExport(net).eval()
     size = net.config.input_size

@@ -47,35 +47,35 @@ OPERATING_SCORE = 0.5  # the API's default min_score
 MINING_RECALL = 0.99  # seed 004 #1: the low threshold is the score at 99 % recall
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    out: str = "runs/landmark"
+    out: str = "runs/landmark"  # run folder: checkpoints, history.json, curves
     data: str = "synthetic"  # synthetic | csv:PATH | coco:PATH
     # Real validation / test sets (csv:PATH | coco:PATH). Left out with real --data, each is
     # a seeded tenth of its images (holdout_split), never the training images themselves.
     val_data: str | None = None
     test_data: str | None = None
-    train_images: int = 12000
-    val_images: int = 1000
-    test_images: int = 1000
+    train_images: int = 12000  # training scenes (synthetic data)
+    val_images: int = 1000  # validation scenes: checkpoint and operating point chosen here
+    test_images: int = 1000  # test scenes, measured by the export
     unlabelled_rate: float = 0.1  # training scenes only: landmarks left out of the labels
     epochs: int = 20  # length of the learning-rate schedule
     # Stop after this many epochs of that schedule (None = all): how the committed model was
     # cut short when the machine's time ran out, reproducibly.
     stop_after_epoch: int | None = None
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    batch_size: int = 64  # scenes per step
+    lr: float = 3e-3  # peak learning rate (AdamW, one-cycle)
+    weight_decay: float = 1e-4  # AdamW's decoupled weight decay
     class_only_epochs: int = 2  # claim 17: localisation loss off while the class loss falls
     loc_ramp_epochs: int = 2  # then its weight rises linearly to 1
     mining: bool = True  # seed 004 #1
-    mine_from_epoch: int = 5
-    mine_every: int = 3
-    seed: int = 0
+    mine_from_epoch: int = 5  # first epoch that turns confident unlabelled hits into ignores
+    mine_every: int = 3  # epochs between mining passes
+    seed: int = 0  # scene generation and initialisation
     cache_dir: str | None = "data/landmark"  # generated scenes are kept here between runs
-    threads: int | None = None
-    net: LandmarkNetConfig = field(default_factory=LandmarkNetConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    net: LandmarkNetConfig = field(default_factory=LandmarkNetConfig)  # the network built
+    loss: LossConfig = field(default_factory=LossConfig)  # loss weights and matching
 
 
 def _read_real(spec: str, size: int) -> LandmarkArrays | None:

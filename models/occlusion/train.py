@@ -39,28 +39,28 @@ from models.occlusion.net import OcclusionNet, OcclusionNetConfig, save_checkpoi
 from models.occlusion.occluders import sprite_bank
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    out: str = "runs/occlusion"
+    out: str = "runs/occlusion"  # run folder: checkpoints, history.json, curves
     faces: str | None = None  # image folder (one sub-folder per identity); None: built-in
-    steps: int = 1200
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
+    steps: int = 1200  # optimiser steps (each a fresh batch of synthesised occlusions)
+    batch_size: int = 128  # occluded faces per step
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    weight_decay: float = 5e-4  # AdamW's decoupled weight decay
     pattern_weight: float = 1.0  # lambda of the pattern classification error
     distill_weight: float = 1.0  # weight of the teacher term inside the recognition error
-    train_sprites: int = 1600
-    val_sprites: int = 200
-    val_per_face: int = 60
-    eval_every: int = 150
-    seed: int = 0
-    threads: int | None = None
+    train_sprites: int = 1600  # occluder sprites drawn for training (train photos' textures)
+    val_sprites: int = 200  # occluder sprites for validation (the val photos' textures)
+    val_per_face: int = 60  # fixed augmented copies of each validation face
+    eval_every: int = 150  # steps between validations (the best one is kept)
+    seed: int = 0  # sprites, synthesis and initialisation
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     # Stop (after an evaluation) once this many minutes have passed; None: run all steps.
     time_limit: float | None = None
     # Stop (after an evaluation) at this step; reproduces a run the time limit cut short.
     stop_after_step: int | None = None
-    net: OcclusionNetConfig = field(default_factory=OcclusionNetConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    net: OcclusionNetConfig = field(default_factory=OcclusionNetConfig)  # the network built
+    synth: SynthConfig = field(default_factory=SynthConfig)  # how occluders are drawn on faces
 
 
 def load_faces(config: TrainConfig) -> FaceBank:
