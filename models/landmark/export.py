@@ -40,13 +40,14 @@ from models.landmark.data import PAD_VALUE, LandmarkDataset
 from models.landmark.evaluate import MATCH_RADIUS, decode, summarize
 from models.landmark.net import LandmarkExport, load_checkpoint
 from models.landmark.operating_point import matched, operating_point, split_matches
-from models.landmark.scenes import LABELS
+from models.landmark.scenes import GENERATOR_VERSION, LABELS, SceneConfig
 from models.landmark.train import (
     CONFIDENCE_THRESHOLD,
     NMS_RADIUS,
     OPERATING_SCORE,
     TrainConfig,
     load_data,
+    scene_config,
 )
 
 NAME = "landmark"
@@ -261,7 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
             k: v
             for k, v in train_cfg.items()
             if k
-            in ("data", "val_data", "test_data", "seed", "cache_dir", "val_images", "test_images")
+            in (
+                *("data", "val_data", "test_data", "seed", "cache_dir"),
+                *("val_images", "test_images", "unlabelled_rate"),
+            )
         }
     )
     cfg = dataclasses.replace(
@@ -299,7 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{train_cfg.get('train_images')} training scenes with "
         f"{train_cfg.get('unlabelled_rate', 0) * 100:.0f} % of their landmarks deliberately left "
         f"unlabelled, {train_cfg.get('val_images')} validation and {cfg.test_images} test scenes, "
-        "fully labelled. No real traffic-scene photograph was used: the figures below say how "
+        f"fully labelled; {SceneConfig().letterbox_rate * 100:.0f} % of the scenes of every "
+        "split are shrunk into a padded band, as non-square uploads are (config.json: "
+        "training.scenes). No real traffic-scene photograph was used: the figures below say how "
         "well the method learns this generator, not how it does on real roads."
         if synthetic
         else f"Real data: {cfg.data}; validation {cfg.val_data or HELD_OUT}, "
@@ -332,6 +338,19 @@ def main(argv: list[str] | None = None) -> dict:
             + shlex.join(argv if argv is not None else sys.argv[1:]),
             "data": data,
             "synthetic": synthetic,
+            # The generator's settings per split (models/landmark/scenes.py), with --seed
+            # enough to regenerate every scene.
+            **(
+                {
+                    "scenes": {
+                        which: dataclasses.asdict(scene_config(cfg, which, size))
+                        for which in ("train", "val", "test")
+                    },
+                    "scene_generator_version": GENERATOR_VERSION,
+                }
+                if synthetic
+                else {}
+            ),
             "seed": cfg.seed,
             "epochs_trained": ckpt.get("epoch"),
             "schedule_epochs": train_cfg.get("epochs"),

@@ -101,12 +101,19 @@ def load_data(config: TrainConfig, which: str) -> LandmarkArrays:
     if real is not None:
         held_out = [s for s in ("val", "test") if getattr(config, f"{s}_data") is None]
         return holdout_split(real, which, held_out, config.seed) if held_out else real
-    scenes = SceneConfig(
-        size=size, unlabelled_rate=config.unlabelled_rate if which == "train" else 0.0
-    )
+    scenes = scene_config(config, which, size)
     count = {"train": config.train_images, "val": config.val_images, "test": config.test_images}
     cache = Path(config.cache_dir) if config.cache_dir else None
     return generate_split(scenes, which, count[which], config.seed, cache)
+
+
+def scene_config(config: TrainConfig, which: str, size: int) -> SceneConfig:
+    """How one split's synthetic scenes are generated: the generator's defaults at the
+    model's input size, with unlabelled landmarks in the training scenes only. The export
+    records it, so the data can be regenerated from the version's config.json alone."""
+    return SceneConfig(
+        size=size, unlabelled_rate=config.unlabelled_rate if which == "train" else 0.0
+    )
 
 
 @torch.no_grad()

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from models.landmark import export, operating_point
+from models.landmark.data import generate_split
 from models.landmark.net import LandmarkExport, LandmarkNet, LandmarkNetConfig, load_checkpoint
-from models.landmark.train import TrainConfig, train
+from models.landmark.scenes import SceneConfig
+from models.landmark.train import TrainConfig, load_data, train
 
 TINY = LandmarkNetConfig(input_size=64, widths=(8, 8, 16, 16), head_width=16)
 
@@ -108,6 +110,16 @@ def test_export_writes_a_checked_graph_that_matches_pytorch(trained, tmp_path):
     assert again["val_images"] == 16
     assert again["score"] == pytest.approx(point["score"])
     assert "synthetic" in (version / "MODEL_CARD.md").read_text().lower()
+    # The generator's settings per split: the test scenes regenerate from config.json alone
+    # (with its seed), and only the training scenes leave landmarks unlabelled (0.3 here).
+    scenes = config["training"]["scenes"]
+    assert [scenes[w]["unlabelled_rate"] for w in ("train", "val", "test")] == [0.3, 0.0, 0.0]
+    test_scenes = SceneConfig(
+        **{**scenes["test"], "distractors": tuple(scenes["test"]["distractors"])}
+    )
+    regenerated = generate_split(test_scenes, "test", 16, config["training"]["seed"])
+    measured = load_data(TrainConfig(test_images=16, cache_dir=None, net=TINY), "test")
+    assert np.array_equal(regenerated.images, measured.images)
 
     # Dynamic batch: a batch size the export never saw.
     net, _ = load_checkpoint(out / "best.pt")
