@@ -1,18 +1,23 @@
 """uvicorn's HTTP/1.1 protocol (httptools) with a deadline on request headers.
 
-uvicorn arms a timer only between keep-alive requests, and any byte cancels it: a connection
-that never sends a request, or sends its head a byte at a time (slowloris), is held, with
-its buffers and its place in the server's connection set, for as long as the client keeps
-it open. The upload gate's body timeout (service/limits.py) starts only once the headers
-are in. This protocol closes a connection whose next request's headers have not all
-arrived ``header_timeout_s`` after the connection started or after its last answer, as
+uvicorn arms a timer only between keep-alive requests (``timeout_keep_alive``, the entry
+command's ``KEEP_ALIVE_S``), and any byte cancels it: a connection that never sends a
+request, or sends its head a byte at a time (slowloris), is held, with its buffers and its
+place in the server's connection set, for as long as the client keeps it open. The upload
+gate's body timeout (service/limits.py) starts only once the headers are in. This protocol
+closes a connection whose request headers have not all arrived ``header_timeout_s`` after
+the connection started or, for a later request, after that request's first byte, as
 nginx's ``client_header_timeout`` does: silently when nothing of a request came, with a 408
-problem+json when part of a head did. The deadline is off from the end of a head until the
-request is answered, so a request whose head is in is never cut by it, however long its
-body or answer takes. An app that answers before reading the body (a 404 to an upload)
-leaves uvicorn reading and dropping the rest: each piece of it restarts the deadline, so
-the client may finish sending, and a connection whose dropped body stops arriving for
-``header_timeout_s`` is closed too (uvicorn's own keep-alive timer never restarts then).
+problem+json when part of a head did. Between requests the connection is idle, and
+uvicorn's keep-alive timer alone decides how long it may stay so; a proxy that reuses its
+upstream connections for longer than ``header_timeout_s`` needs that (see service/serve.py).
+The deadline is off from the end of a head until the request is answered, so a request
+whose head is in is never cut by it, however long its body or answer takes. An app that
+answers before reading the body (a 404 to an upload) leaves uvicorn reading and dropping
+the rest: each piece of it restarts the deadline, so the client may finish sending, and a
+connection whose dropped body stops arriving for ``header_timeout_s`` is closed too; once
+that body has all come, the idle wait is timed here with uvicorn's keep-alive time (its own
+timer, cancelled by the body's bytes, never restarts then).
 
 Bytes httptools refuses (a Content-Length of ``abc``, ``-5`` or two values, a broken request
 line) get a 400 problem+json, like every other error, where uvicorn writes a text/plain one.
@@ -133,6 +138,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # The last request whose head came has not had all its body yet (with no request
         # open: it was answered early, and uvicorn drops the rest as it comes).
         self._body_pending = False
+        # The timer armed times an idle connection (keep-alive), not a head's deadline: the
+        # next request's first byte starts the head's own.
+        self._timing_idle = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -187,6 +195,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_begun = True
         self._head_bytes = 0
+        # A head's deadline runs from the connection's start (armed then) or from its own
+        # first byte: the idle time before it was the keep-alive timer's to bound.
+        if self._header_timer is None or self._timing_idle:
+            self._arm()
 
     def on_headers_complete(self) -> None:
         self._heads_completed += 1
@@ -209,7 +221,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._body_pending = False
-        self._arm_when_idle()
+        if not (self._open_requests or self.transport.is_closing()):
+            # A body dropped after an early answer has all come: its bytes cancelled
+            # uvicorn's keep-alive timer, which never restarts, so the idle wait is timed
+            # here, as long as uvicorn's would have been.
+            self._arm(self.timeout_keep_alive, idle=True)
 
     def on_response_complete(self) -> None:
         self._open_requests -= 1
@@ -218,22 +234,27 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             if not self._open_requests:
                 self._send_refusal()
             return
-        self._arm_when_idle()
-
-    def _arm_when_idle(self) -> None:
-        """Start the deadline once every request has its answer: on the next head, or on
-        the next piece of a body being dropped after an early answer."""
-        if not (self._open_requests or self.transport.is_closing()):
+        if self._open_requests or self.transport.is_closing():
+            return
+        if self._head_begun or self._body_pending:
+            # The next request's head has begun (pipelined), or the rest of an early-answered
+            # body is still to come and dropped: the deadline runs from now.
             self._arm()
+        else:
+            self._disarm()  # idle: uvicorn's keep-alive timer (just armed) closes it
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float | None = None, *, idle: bool = False) -> None:
+        """Start the deadline: ``header_timeout_s`` unless ``seconds`` (an idle wait)."""
         self._disarm()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._timed_out)
+        delay = self.header_timeout_s if seconds is None else seconds
+        self._header_timer = self.loop.call_later(delay, self._timed_out)
+        self._timing_idle = idle
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        self._timing_idle = False
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its parser refuses (it has logged ``msg``), as

@@ -9,13 +9,15 @@ every model again). Read from the environment besides the ``VISION_*`` settings:
 | ``PORT`` | ``8000`` | port to listen on |
 | ``GRACEFUL_SHUTDOWN_S`` | ``20`` | after SIGTERM, seconds in-flight requests get to finish |
 | ``FORWARDED_ALLOW_IPS`` | ``127.0.0.1`` | proxies whose X-Forwarded-* headers are trusted |
-| ``KEEP_ALIVE_S`` | ``5`` | idle keep-alive connections are closed after this (see below) |
+| ``KEEP_ALIVE_S`` | ``5`` | idle connections between requests are closed after this |
 | ``ROOT_PATH`` | (empty) | the path prefix a proxy serves the service under (``/docs``) |
 
-An idle connection is closed at ``KEEP_ALIVE_S`` or ``VISION_HEADER_TIMEOUT_S``, whichever
-comes first. Behind a proxy that keeps idle upstream connections open (nginx-ingress: 60 s),
-set both above its idle timeout: a connection the service closes just as the proxy reuses
-it fails that request (a 502), and a proxy does not retry a ``POST``.
+``KEEP_ALIVE_S`` bounds an idle connection between requests; ``VISION_HEADER_TIMEOUT_S``
+bounds a request's head, from the connection's start or the request's first byte
+(service/protocol.py). Behind a proxy that keeps idle upstream connections open
+(nginx-ingress: 60 s), set ``KEEP_ALIVE_S`` above its idle timeout: a connection the service
+closes just as the proxy reuses it fails that request (a 502), and a proxy does not retry a
+``POST``.
 
 Before the app is built, CUDA/cuDNN from the ``nvidia-*`` wheels are preloaded when they
 are installed (the GPU image) and CUDA is wanted (``cuda``, or ``auto`` with a GPU visible).

@@ -53,11 +53,11 @@ DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 # open. nginx's client_body_timeout is 60 s; 30 s is still ages on any network that can
 # send a photo at all.
 DEFAULT_BODY_TIMEOUT_S = 30.0
-# Longest time (s) from a connection's start, or from its last answer, to the end of the next
-# request's headers; then the connection is closed (408 if part of a head had come). uvicorn
+# Longest time (s) from a connection's start, or from a later request's first byte, to the
+# end of that request's headers; then the connection is closed (408 if part of a head came). uvicorn
 # has none: a connection that never sends a request, or sends its head a byte at a time
 # (slowloris), is held as long as the client likes. A head fits in one packet, so 10 s is
-# generous; idle keep-alive connections are closed sooner by uvicorn (5 s).
+# generous. Idle time between requests is uvicorn's keep-alive timer's (KEEP_ALIVE_S, 5 s).
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 # Most bytes of one request head (request line and headers). uvicorn's httptools parser has
 # no limit, and it joins a long header by copying it again for every piece: one client could
@@ -208,8 +208,8 @@ class Settings(BaseSettings):
     # Seconds to wait for the next piece of a request body; then 408 and the connection is
     # closed.
     body_timeout_s: float = Field(default=DEFAULT_BODY_TIMEOUT_S, gt=0, allow_inf_nan=False)
-    # Seconds a connection gets to deliver a request's headers, from its start or from its
-    # last answer (service/protocol.py; only the entry command, python -m service.serve).
+    # Seconds a connection gets to deliver a request's headers, from its start or from that
+    # request's first byte (service/protocol.py; only the entry command, service.serve).
     header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
     # Most bytes of a request head; past it 431 and the connection is closed (same place).
     max_header_bytes: int = Field(default=DEFAULT_MAX_HEADER_BYTES, ge=1024)

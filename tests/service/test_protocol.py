@@ -22,6 +22,8 @@ from tests.service.test_api_metrics import samples
 from tests.service.test_limits import read_to_close
 
 HEADER_TIMEOUT_S = 1.5
+# Longer than the header deadline, as behind a proxy that reuses idle upstream connections.
+KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16 * 1024
 # Slack for a busy CI machine: a close is on time when it comes within this much of the
 # deadline, and "not cut" means it outlived the deadline by more than this.
@@ -35,6 +37,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProcess]:
         tmp,
         VISION_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         VISION_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+        KEEP_ALIVE_S=str(KEEP_ALIVE_S),
     )
     with live_process(env, tmp / "stderr.log") as process:
         yield process
@@ -127,6 +130,48 @@ def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_deadline(served: LiveProce
     problem = json.loads(body)
     assert problem["status"] == 408 and "VISION_HEADER_TIMEOUT_S" in problem["detail"]
     assert timed_out(served)["headers"] == before + 1
+
+
+PING = b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def test_an_idle_connection_lives_as_long_as_keep_alive_s(served: LiveProcess) -> None:
+    """Between requests only the keep-alive time applies: a request after an idle pause
+    longer than the header timeout is answered (the deadline used to run from the last
+    answer, so a proxy reusing the connection then had its request fail), and the idle
+    connection is closed, without a word, once KEEP_ALIVE_S has passed."""
+    with connect(served) as sock:
+        sock.sendall(PING)
+        assert read_responses(sock, 1)[0][0] == 200
+        time.sleep(HEADER_TIMEOUT_S + SLACK_S)
+        sock.sendall(PING)
+        assert read_responses(sock, 1)[0][0] == 200
+        started = time.monotonic()
+        assert read_to_close(sock) == b""
+    waited = time.monotonic() - started
+    assert KEEP_ALIVE_S - 0.1 <= waited <= KEEP_ALIVE_S + SLACK_S
+
+
+def test_a_slow_head_after_an_idle_pause_gets_408_from_its_first_byte(
+    served: LiveProcess,
+) -> None:
+    """After an answer and an idle pause, a head sent a byte at a time still gets its 408
+    HEADER_TIMEOUT_S after its first byte: the idle time before it is not the head's, and
+    the head is not given the keep-alive time."""
+    with connect(served) as sock:
+        sock.sendall(PING)
+        assert read_responses(sock, 1)[0][0] == 200
+        time.sleep(HEADER_TIMEOUT_S)
+        started = time.monotonic()
+        sock.sendall(b"GET /health/ready HTTP/1.1\r\n")
+        for _ in range(int(4 * HEADER_TIMEOUT_S / 0.2)):
+            sock.sendall(b"X")
+            if select.select([sock], [], [], 0.2)[0]:
+                break
+        answer = read_to_close(sock)
+    waited = time.monotonic() - started
+    assert HEADER_TIMEOUT_S - 0.1 <= waited <= HEADER_TIMEOUT_S + SLACK_S
+    assert answer.startswith(b"HTTP/1.1 408 ")
 
 
 def test_a_slow_body_and_keep_alive_requests_are_not_cut(served: LiveProcess) -> None:
