@@ -75,7 +75,7 @@ def log_configuration(settings: Settings) -> None:
         logger.info(
             "API keys required: %d keys, %d of them admin; open without one: health, the "
             "docs, /ui%s",
-            len(settings.api_keys) + admin,
+            len(set(settings.api_keys) | set(settings.admin_api_keys)),
             admin,
             "" if settings.metrics_require_key else ", /metrics",
         )

@@ -21,7 +21,7 @@ const editCtx = edit.getContext("2d", { willReadFrequently: true });
 // round ends of its segments) it is no stronger than where it passes once.
 const strokeBase = document.createElement("canvas");
 const strokeLayer = document.createElement("canvas");
-const stroke = { active: false, colour: "#fff", alpha: 1 };
+const stroke = { active: false, colour: "#fff", alpha: 1, shown: null };
 
 const state = {
   file: null, // the uploaded File, re-sent with every correction (the server caches it)
@@ -34,6 +34,7 @@ const state = {
   last: null,
   cursor: null, // the keyboard brush's centre in display pixels {x, y}
   penDown: false, // the keyboard brush paints as it moves
+  mapGeneration: 0, // counts edits: an answer to an older map is shown as out of date
   busy: false, // a request is in flight: the buttons wait for it
 };
 
@@ -51,14 +52,15 @@ function updateButtons() {
   if ($("label-select").value === "") $("save").disabled = true;
 }
 
-// Header values are ISO-8859-1 to fetch; keys are printable ASCII (RFC 9110 tokens and
-// base64 alike), so anything else is a typing or pasting mistake worth naming.
-const KEY_PATTERN = /^[\x21-\x7e]*$/;
+// A header value fetch can send: printable ISO-8859-1 (the server reads headers as Latin-1,
+// so any such key it is configured with works); a control character or one past Latin-1 is
+// a typing or pasting mistake worth naming.
+const KEY_PATTERN = /^[\x20-\x7e\xa0-\xff]*$/;
 
 function headers() {
   const key = $("api-key").value.trim();
   if (!KEY_PATTERN.test(key)) {
-    throw new Error("the API key may hold printable ASCII characters only (no spaces or accents)");
+    throw new Error("the API key holds a character no HTTP header can carry");
   }
   return key ? { "X-API-Key": key } : {};
 }
@@ -240,6 +242,7 @@ function forgetImage() {
 // The answer with the map and the saved record shown belong to the map as it was: an edit
 // makes them out of date, and the page says so rather than showing them as current.
 function mapChanged() {
+  state.mapGeneration += 1;
   const corrected = $("corrected-class");
   if (corrected.dataset.classId !== undefined) {
     clearResult("corrected-class");
@@ -296,12 +299,14 @@ async function classify(file) {
   showClass($("attention-branch-class"), body.attention_branch);
   $("image-name").textContent = `Image: ${file.name || "(unnamed)"}, ${w} x ${h} pixels.`;
   updateButtons();
+  if ($("label-select").options.length === 0) loadLabels(); // it failed before: again
   const barred = e.x0 < 0 || e.y0 < 0 || e.x1 > w || e.y1 > h;
   setStatus(
     `Model ${body.model.name} v${body.model.version}: edit the map with the brush, then classify.` +
       (barred
-        ? " The grey bars are the letterbox the model sees around this photo; its attention" +
-          " there is part of the map and can be kept, moved or erased like the rest."
+        ? " The grey bars mark the letterbox the model sees around this photo (its" +
+          " pre-processing fills them); the attention there is part of the map and can be kept," +
+          " moved or erased like the rest."
         : "")
   );
 }
@@ -314,9 +319,35 @@ function pointerPosition(event) {
   };
 }
 
+// What a stroke's start marks out of date, kept until the stroke is known to be paint: a
+// cancelled one (a pinch) leaves the map as it was, so it puts these back too.
+function shownResults() {
+  const corrected = $("corrected-class");
+  const saved = $("save-status");
+  return {
+    generation: state.mapGeneration,
+    corrected: [corrected.textContent, { ...corrected.dataset }],
+    saved: [saved.textContent, { ...saved.dataset }],
+  };
+}
+
+function restoreResults(shown) {
+  state.mapGeneration = shown.generation;
+  for (const [id, [text, data]] of [
+    ["corrected-class", shown.corrected],
+    ["save-status", shown.saved],
+  ]) {
+    const element = $(id);
+    element.textContent = text;
+    for (const key of Object.keys(element.dataset)) delete element.dataset[key];
+    Object.assign(element.dataset, data);
+  }
+}
+
 // A stroke starts from the map as it is, in the brush's mode and strength at that moment.
 function beginStroke() {
   endStroke();
+  stroke.shown = shownResults();
   const mode = document.querySelector('input[name="brush-mode"]:checked').value;
   stroke.colour = mode === "add" ? "#fff" : "#000";
   stroke.alpha = Number($("brush-strength").value) / 100;
@@ -392,6 +423,7 @@ for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
     if (type === "pointercancel" && stroke.active) {
       editCtx.globalAlpha = 1;
       editCtx.drawImage(strokeBase, 0, 0);
+      restoreResults(stroke.shown);
       render();
     }
     endStroke();
@@ -422,8 +454,10 @@ function showBrushPosition() {
 }
 
 view.addEventListener("keydown", (event) => {
-  // state.file and the cursor are set only once an image and its map are fully shown.
-  if (!state.file || !state.cursor || event.altKey || event.ctrlKey || event.metaKey) return;
+  // state.file and the cursor are set only once an image and its map are fully shown; while
+  // a pointer draws, its stroke is the only one (a key would split it in two).
+  if (!state.file || !state.cursor || state.drawing) return;
+  if (event.altKey || event.ctrlKey || event.metaKey) return;
   const from = state.cursor;
   if (event.key in KEY_MOVES) {
     const [dx, dy] = KEY_MOVES[event.key];
@@ -482,10 +516,13 @@ function maskBlob() {
   return new Promise((resolve) => edit.toBlob(resolve, "image/png"));
 }
 
+// The answer to the map as it is now, and whether the map is still that one when the answer
+// comes (edits are not held up while a request is out); null after an error, shown.
 async function correct(save) {
+  const generation = state.mapGeneration;
   const form = new FormData();
   form.append("image", state.file, state.file.name || "image");
-  form.append("mask", await maskBlob(), "mask.png");
+  form.append("mask", await maskBlob(), "mask.png"); // the canvas as it is at this call
   if (save) {
     form.append("label", $("label-select").value);
     form.append("save", "true");
@@ -502,9 +539,11 @@ async function correct(save) {
     return null;
   }
   const body = await jsonBody(response);
+  const current = generation === state.mapGeneration;
   showClass($("original-class"), body.original);
-  showClass($("corrected-class"), body.corrected);
-  return body;
+  if (current) showClass($("corrected-class"), body.corrected);
+  else $("corrected-class").textContent = "– (map changed: classify again)";
+  return { body, current };
 }
 
 // One request at a time from the buttons: a double click sends once, saves one record.
@@ -549,18 +588,27 @@ $("submit").addEventListener("click", () =>
   whileBusy(async () => {
     setStatus("Classifying with your map…");
     clearResult("corrected-class");
-    const body = await correct(false);
-    if (body) setStatus(`Done (feature cache ${body.feature_cache}).`);
+    const answer = await correct(false);
+    if (answer) {
+      setStatus(
+        answer.current
+          ? `Done (feature cache ${answer.body.feature_cache}).`
+          : "Done, but for the map before your last edit: classify again."
+      );
+    }
   }).catch((err) => setStatus(`Error: ${err.message}`))
 );
 $("save").addEventListener("click", () =>
   whileBusy(async () => {
     $("save-status").textContent = "Saving…";
     delete $("save-status").dataset.feedbackId;
-    const body = await correct(true);
-    if (body) {
-      $("save-status").textContent = `Saved teacher map ${body.feedback_id}.`;
-      $("save-status").dataset.feedbackId = body.feedback_id;
+    const answer = await correct(true);
+    if (answer) {
+      const id = answer.body.feedback_id;
+      $("save-status").textContent = answer.current
+        ? `Saved teacher map ${id}.`
+        : `Saved teacher map ${id}: the map as it was before your last edit.`;
+      $("save-status").dataset.feedbackId = id;
     }
   }).catch((err) => {
     $("save-status").textContent = `Error: ${err.message}`;
@@ -570,8 +618,11 @@ $("label-select").addEventListener("change", updateButtons);
 
 // The true-class list, from the attention model's labels in GET /models, with an empty
 // first entry: saving waits for the user's own choice.
+const RETRIED = "saving needs one; it is asked for again with the next image.";
+
 async function loadLabels() {
   const keyStatus = $("key-status");
+  const labelsStatus = $("labels-status");
   const typed = $("api-key").value.trim() !== "";
   try {
     const response = await send("models", { headers: headers() });
@@ -582,12 +633,19 @@ async function loadLabels() {
       return;
     }
     keyStatus.textContent = "";
-    if (!response.ok) return;
+    if (!response.ok) {
+      labelsStatus.textContent = `No class list (${await problemText(response)}): ${RETRIED}`;
+      return;
+    }
     const body = await jsonBody(response);
     const model = body.models.find(
       (m) => m.task === "attention_classification" || m.name === "attention"
     );
-    if (!model) return;
+    if (!model) {
+      labelsStatus.textContent = `No class list (the attention model is not listed): ${RETRIED}`;
+      return;
+    }
+    labelsStatus.textContent = "";
     const select = $("label-select");
     const chosen = select.value;
     select.replaceChildren(
@@ -598,7 +656,8 @@ async function loadLabels() {
   } catch (err) {
     // The labels only fill the save box; the editor works without them. A key the
     // browser cannot send is worth naming.
-    keyStatus.textContent = err.message.startsWith("the API key") ? `Error: ${err.message}.` : "";
+    if (err.message.startsWith("the API key")) keyStatus.textContent = `Error: ${err.message}.`;
+    else labelsStatus.textContent = `No class list (${err.message}): ${RETRIED}`;
   } finally {
     updateButtons();
   }

@@ -50,3 +50,10 @@ def test_the_page_names_no_root_absolute_url(client: TestClient) -> None:
         text = client.get(path).text
         assert not re.search(r"""(src|href)\s*=\s*["']/""", text), path
         assert not re.search(r"""(fetch|send)\(\s*["'`]/""", text), path
+
+
+def test_ui_with_a_slash_redirects_relatively(client: TestClient) -> None:
+    """/ui/ goes to the page by ../ui, which keeps a proxy's path prefix (Starlette's own
+    slash redirect named http://host/ui)."""
+    response = client.get("/ui/", follow_redirects=False)
+    assert response.status_code == 308 and response.headers["location"] == "../ui"

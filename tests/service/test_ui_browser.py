@@ -99,7 +99,14 @@ def editor_page(
                 def strip_prefix(route: Any) -> None:
                     if routed is not None:
                         routed.append(route.request.url[len(url) :])
-                    route.continue_(url=route.request.url.replace(url + prefix, url, 1))
+                    target = route.request.url.replace(url + prefix, url, 1)
+                    if route.request.method != "GET":  # bodies go through as they are
+                        route.continue_(url=target)
+                        return
+                    # Fetched here and answered to the browser's own request, as a proxy
+                    # does: a redirect's relative Location then resolves against the
+                    # prefixed URL the browser asked for.
+                    route.fulfill(response=route.fetch(url=target, max_redirects=0))
 
                 page.route(url + prefix + "/**", strip_prefix)
             violations: list[str] = []
@@ -326,7 +333,7 @@ def test_a_wide_photo_is_edited_on_the_models_whole_square(
     with editor_page(url) as page:
         page.set_input_files("#image-input", str(wide))
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
-        assert "grey bars are the letterbox" in page.inner_text("#status")
+        assert "grey bars mark the letterbox" in page.inner_text("#status")
         size = page.evaluate("[edit.width, edit.height, view.width, view.height]")
         assert size == [512, 512, 512, 512]  # the map's square, not the 512 x 205 photo
         # How much of the model's own map lies on the bars (above and below the photo):
@@ -379,6 +386,14 @@ def test_brush_strength_holds_however_the_stroke_is_drawn(
 
         page.mouse.click(box["x"] + 60 * k, box["y"] + 60 * k)
         drag(200, 150)
+        # Keys while the mouse draws (the click focused the map) do not split its stroke.
+        page.mouse.move(box["x"] + 100 * k, box["y"] + 120 * k)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 250 * k, box["y"] + 120 * k, steps=30)
+        for key in ("Enter", "Space", "Escape"):
+            page.keyboard.press(key)
+        page.mouse.move(box["x"] + 400 * k, box["y"] + 120 * k, steps=30)
+        page.mouse.up()
         drag(300, 3)
         page.focus("#view")
         page.evaluate("state.cursor = {x: 100, y: 420}")
@@ -386,7 +401,7 @@ def test_brush_strength_holds_however_the_stroke_is_drawn(
         for _ in range(30):
             page.keyboard.press("ArrowRight")
         page.keyboard.press("Space")
-        points = [[60, 60]] + [[x, y] for y in (200, 300, 420) for x in (150, 200, 250, 300)]
+        points = [[60, 60]] + [[x, y] for y in (120, 200, 300, 420) for x in (150, 200, 250, 300)]
         greys = page.evaluate(GREY_AT, points)
         assert all(abs(g - 51) <= 2 for g in greys), list(zip(points, greys, strict=True))
         # A second stroke over the first adds to it, as a second coat does.
@@ -428,6 +443,9 @@ def test_one_finger_paints_and_two_fingers_do_not(server: tuple[str, Path], tmp_
             touch("touchMove", [(100 + 10 * step, 100)])
         touch("touchEnd", [])
         assert page.evaluate(GREY_AT, [[100, 100], [130, 100]]) == [255, 255]
+        page.click("#submit")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        answer = page.inner_text("#corrected-class")
         touch("touchStart", [(100, 300)])
         touch("touchStart", [(100, 300), (400, 400)])
         for step in range(1, 6):
@@ -435,6 +453,9 @@ def test_one_finger_paints_and_two_fingers_do_not(server: tuple[str, Path], tmp_
         touch("touchEnd", [])
         points = [[100, 300], [130, 300], [250, 350], [370, 400]]
         assert page.evaluate(GREY_AT, points) == [0, 0, 0, 0]
+        # The map is as it was, so its answer still stands.
+        assert page.inner_text("#corrected-class") == answer
+        assert page.get_attribute("#corrected-class", "data-class-id") is not None
 
 
 def test_the_page_works_under_a_path_prefix(server: tuple[str, Path], tmp_path: Path) -> None:
@@ -448,6 +469,8 @@ def test_the_page_works_under_a_path_prefix(server: tuple[str, Path], tmp_path: 
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
         expect = pytest.importorskip("playwright.sync_api").expect
         expect(page.locator("#label-select option")).not_to_have_count(0)
+        page.goto(url + "/vision/ui/")  # the slash redirect keeps the prefix
+        assert page.url == url + "/vision/ui"
     for path in (
         "/vision/ui",
         "/vision/ui/static/editor.js",
@@ -479,3 +502,92 @@ def test_on_a_phone_the_answer_is_within_a_screen_of_the_button(
         assert image["y"] + image["height"] <= button["y"] < answer["y"]
         assert answer["y"] + answer["height"] - button["y"] < 740
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
+
+
+def test_an_answer_to_a_map_edited_meanwhile_is_shown_out_of_date(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The map may be edited while its answer is out: the answer, when it comes, is for the
+    map before the edit and says so (it used to be shown as current)."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        held: list[Any] = []
+        page.route("**/attention/correct", lambda route: held.append(route))
+        page.click("#submit")
+        for _ in range(200):
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held, "the correction was never sent"
+        page.focus("#view")
+        page.keyboard.press("Enter")  # a dab while the answer is out
+        held[0].continue_()
+        expect = pytest.importorskip("playwright.sync_api").expect
+        expect(page.locator("#status")).to_contain_text("before your last edit", timeout=20_000)
+        assert "map changed" in page.inner_text("#corrected-class")
+        assert page.get_attribute("#corrected-class", "data-class-id") is None
+
+
+def test_the_page_says_what_went_wrong(server: tuple[str, Path], tmp_path: Path) -> None:
+    """Answers the page cannot use are named: /models refused for want of a key, or down (and
+    asked again with the next image), a key no header can carry, an overloaded server's
+    Retry-After, and a 200 that is not JSON (a proxy's page)."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    problem = '{"type": "about:blank", "title": "%s", "status": %d, "detail": "%s"}'
+    with editor_page(url) as page:
+        page.route(
+            "**/models",
+            lambda route: route.fulfill(
+                status=401,
+                content_type="application/problem+json",
+                body=problem % ("Unauthorized", 401, "an API key is required"),
+            ),
+        )
+        page.fill("#api-key", "wrong")
+        expect(page.locator("#key-status")).to_have_text("This API key is not accepted.")
+        page.fill("#api-key", "")
+        expect(page.locator("#key-status")).to_contain_text("needs an API key")
+        page.fill("#api-key", "key\u20ac")  # past Latin-1: fetch cannot send it
+        expect(page.locator("#key-status")).to_contain_text("no HTTP header can carry")
+        page.fill("#api-key", "")
+        page.unroute("**/models")
+        page.route(
+            "**/models",
+            lambda route: route.fulfill(
+                status=503,
+                headers={"Retry-After": "3"},
+                content_type="application/problem+json",
+                body=problem % ("Service Unavailable", 503, "models are loading"),
+            ),
+        )
+        page.reload()
+        expect(page.locator("#labels-status")).to_contain_text("No class list (503")
+        page.unroute("**/models")
+        page.set_input_files("#image-input", str(image_path))  # the list is asked for again
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        expect(page.locator("#label-select option")).not_to_have_count(0)
+        expect(page.locator("#labels-status")).to_have_text("")
+
+        page.route(
+            "**/attention",
+            lambda route: route.fulfill(
+                status=503,
+                headers={"Retry-After": "7"},
+                content_type="application/problem+json",
+                body=problem % ("Service Unavailable", 503, "the attention queue is full"),
+            ),
+        )
+        page.set_input_files("#image-input", str(image_path))
+        expect(page.locator("#status")).to_contain_text("queue is full; try again in 7 s")
+        page.unroute("**/attention")
+        page.route(
+            "**/attention",
+            lambda route: route.fulfill(status=200, content_type="text/html", body="<html>"),
+        )
+        page.set_input_files("#image-input", str(image_path))
+        expect(page.locator("#status")).to_contain_text("text/html, not JSON")
