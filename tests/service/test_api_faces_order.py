@@ -14,14 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import skimage.data
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models.occlusion.faces import align_faces
 from service.main import create_app
 from tests.service.conftest import make_settings
 from tests.service.images import encode
+from tests.service.test_api_occlusion import face
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 MODEL = REPOSITORY / "occlusion" / "1"
@@ -35,15 +34,6 @@ pytestmark = pytest.mark.skipif(
 def client() -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(REPOSITORY, models=["occlusion"]))) as c:
         yield c
-
-
-def face(index: int) -> np.ndarray:
-    """An lfw_subset face aligned to the model's input size, as test_api_occlusion.py."""
-    grey = skimage.data.lfw_subset()[index]
-    grey_image = Image.fromarray((grey * 255).astype(np.uint8))
-    big = grey_image.resize((100, 100), Image.Resampling.BICUBIC)
-    aligned: np.ndarray = align_faces(np.asarray(big.convert("RGB")))[0]["image"]
-    return aligned
 
 
 def lower_half_covered(image: np.ndarray) -> np.ndarray:
