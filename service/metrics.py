@@ -126,7 +126,8 @@ def create_metrics() -> Metrics:
         ),
         connections_timed_out=Counter(
             "vision_connections_timed_out",
-            "Connections closed for VISION_HEADER_TIMEOUT_S: idle (no request began), "
+            "Connections closed for VISION_HEADER_TIMEOUT_S: idle (a new connection sent no "
+            "request; keep-alive running out between requests is not counted), "
             "headers (a request's head was incomplete; answered 408) or body (answered "
             "early, the rest of the body stopped arriving).",
             ["phase"],

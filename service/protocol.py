@@ -6,18 +6,22 @@ request, or sends its head a byte at a time (slowloris), is held, with its buffe
 place in the server's connection set, for as long as the client keeps it open. The upload
 gate's body timeout (service/limits.py) starts only once the headers are in. This protocol
 closes a connection whose request headers have not all arrived ``header_timeout_s`` after
-the connection started or, for a later request, after that request's first byte, as
-nginx's ``client_header_timeout`` does: silently when nothing of a request came, with a 408
-problem+json when part of a head did. Between requests the connection is idle, and
-uvicorn's keep-alive timer alone decides how long it may stay so; a proxy that reuses its
-upstream connections for longer than ``header_timeout_s`` needs that (see service/serve.py).
-The deadline is off from the end of a head until the request is answered, so a request
-whose head is in is never cut by it, however long its body or answer takes. An app that
-answers before reading the body (a 404 to an upload) leaves uvicorn reading and dropping
-the rest: each piece of it restarts the deadline, so the client may finish sending, and a
-connection whose dropped body stops arriving for ``header_timeout_s`` is closed too; once
-that body has all come, the idle wait is timed here with uvicorn's keep-alive time (its own
-timer, cancelled by the body's bytes, never restarts then).
+the connection started or, for a later request, after that request's first byte (after
+its previous request's answer, when it was pipelined behind it), as nginx's
+``client_header_timeout`` does: silently when nothing of a request came, with a 408
+problem+json when part of a head did. Between requests the connection is idle for at most
+uvicorn's keep-alive time (``timeout_keep_alive``), timed here rather than by uvicorn's own
+timer, which any byte cancels (the CRLFs a client may send between requests start no
+request, so they would hold the connection for good); a request's first byte ends the idle
+wait and starts its head's deadline. A proxy that reuses its upstream connections for
+longer than ``header_timeout_s`` needs this (see service/serve.py). An idle close is not
+counted in the timeout metric, as uvicorn's was not. The deadline is off from the end of a
+head until the request is answered, so a request whose head is in is never cut by it,
+however long its body or answer takes. An app that answers before reading the body (a 404
+to an upload) leaves uvicorn reading and dropping the rest: each piece of it restarts the
+deadline, so the client may finish sending, a connection whose dropped body stops arriving
+for ``header_timeout_s`` is closed too, and once that body has all come the connection is
+idle as after any answer.
 
 Bytes httptools refuses (a Content-Length of ``abc``, ``-5`` or two values, a broken request
 line) get a 400 problem+json, like every other error, where uvicorn writes a text/plain one.
@@ -236,12 +240,16 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             return
         if self._open_requests or self.transport.is_closing():
             return
+        # uvicorn's keep-alive timer (just armed) is cancelled by any byte, even the CRLFs
+        # a client may send between requests, which start no message: a connection could
+        # be held by a byte at a time. The protocol times every wait itself instead.
+        self._unset_keepalive_if_required()
         if self._head_begun or self._body_pending:
             # The next request's head has begun (pipelined), or the rest of an early-answered
             # body is still to come and dropped: the deadline runs from now.
             self._arm()
-        else:
-            self._disarm()  # idle: uvicorn's keep-alive timer (just armed) closes it
+        else:  # idle for as long as keep-alive allows; a request's first byte ends it
+            self._arm(self.timeout_keep_alive, idle=True)
 
     def _arm(self, seconds: float | None = None, *, idle: bool = False) -> None:
         """Start the deadline: ``header_timeout_s`` unless ``seconds`` (an idle wait)."""
@@ -298,6 +306,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def _timed_out(self) -> None:
         self._header_timer = None
         if self._open_requests or self.transport.is_closing():
+            return
+        if self._timing_idle:  # keep-alive ran out, as it would in uvicorn: not counted
+            self.transport.close()
             return
         if self._body_pending:  # answered; the rest of its body stopped arriving
             phase = "body"

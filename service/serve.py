@@ -12,12 +12,12 @@ every model again). Read from the environment besides the ``VISION_*`` settings:
 | ``KEEP_ALIVE_S`` | ``5`` | idle connections between requests are closed after this |
 | ``ROOT_PATH`` | (empty) | the path prefix a proxy serves the service under (``/docs``) |
 
-``KEEP_ALIVE_S`` bounds an idle connection between requests; ``VISION_HEADER_TIMEOUT_S``
-bounds a request's head, from the connection's start or the request's first byte
-(service/protocol.py). Behind a proxy that keeps idle upstream connections open
-(nginx-ingress: 60 s), set ``KEEP_ALIVE_S`` above its idle timeout: a connection the service
-closes just as the proxy reuses it fails that request (a 502), and a proxy does not retry a
-``POST``.
+``KEEP_ALIVE_S`` bounds an idle connection between requests (bytes that start no request,
+such as CRLFs, do not extend it); ``VISION_HEADER_TIMEOUT_S`` bounds a request's head,
+from the connection's start or the request's first byte (service/protocol.py). Behind a
+proxy that keeps idle upstream connections open (nginx-ingress: 60 s), set ``KEEP_ALIVE_S``
+above its idle timeout: a connection the service closes just as the proxy reuses it fails
+that request (a 502), and a proxy does not retry a ``POST``.
 
 Before the app is built, CUDA/cuDNN from the ``nvidia-*`` wheels are preloaded when they
 are installed (the GPU image) and CUDA is wanted (``cuda``, or ``auto`` with a GPU visible).

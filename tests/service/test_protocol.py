@@ -152,6 +152,32 @@ def test_an_idle_connection_lives_as_long_as_keep_alive_s(served: LiveProcess) -
     assert KEEP_ALIVE_S - 0.1 <= waited <= KEEP_ALIVE_S + SLACK_S
 
 
+def test_bytes_between_requests_do_not_hold_an_idle_connection(served: LiveProcess) -> None:
+    """CRLFs between requests (RFC 9112 allows them; httptools starts no request for them)
+    cancelled uvicorn's keep-alive timer, and the connection stayed open for good: the idle
+    wait is now the protocol's own, and ends at KEEP_ALIVE_S whatever such bytes come. The
+    same after an early answer whose dropped body has all come. Neither close is counted
+    as a timeout (keep-alive running out is no client fault)."""
+    before = timed_out(served)
+    with connect(served) as sock:
+        sock.sendall(PING)
+        assert read_responses(sock, 1)[0][0] == 200
+        started = time.monotonic()
+        sock.sendall(b"\r\n")
+        time.sleep(0.5)
+        sock.sendall(b"\r\n")
+        assert read_to_close(sock) == b""
+    assert KEEP_ALIVE_S - 0.1 <= time.monotonic() - started <= KEEP_ALIVE_S + SLACK_S
+    with connect(served) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n")
+        assert read_responses(sock, 1)[0][0] == 404
+        sock.sendall(b"x" * 10)  # the dropped body, all of it
+        started = time.monotonic()
+        assert read_to_close(sock) == b""
+    assert KEEP_ALIVE_S - 0.1 <= time.monotonic() - started <= KEEP_ALIVE_S + SLACK_S
+    assert timed_out(served) == before
+
+
 def test_a_slow_head_after_an_idle_pause_gets_408_from_its_first_byte(
     served: LiveProcess,
 ) -> None:
