@@ -57,7 +57,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 # end of that request's headers; then the connection is closed (408 if part of a head came). uvicorn
 # has none: a connection that never sends a request, or sends its head a byte at a time
 # (slowloris), is held as long as the client likes. A head fits in one packet, so 10 s is
-# generous. Idle time between requests is uvicorn's keep-alive timer's (KEEP_ALIVE_S, 5 s).
+# generous. Idle time between requests is bounded by the entry command's KEEP_ALIVE_S (5 s).
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 # Most bytes of one request head (request line and headers). uvicorn's httptools parser has
 # no limit, and it joins a long header by copying it again for every piece: one client could
