@@ -226,10 +226,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._body_pending = False
         if not (self._open_requests or self.transport.is_closing()):
-            # A body dropped after an early answer has all come: its bytes cancelled
-            # uvicorn's keep-alive timer, which never restarts, so the idle wait is timed
-            # here, as long as uvicorn's would have been.
-            self._arm(self.timeout_keep_alive, idle=True)
+            # A body dropped after an early answer has all come: idle, as after any answer.
+            self._arm(idle=True)
 
     def on_response_complete(self) -> None:
         self._open_requests -= 1
@@ -249,12 +247,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             # body is still to come and dropped: the deadline runs from now.
             self._arm()
         else:  # idle for as long as keep-alive allows; a request's first byte ends it
-            self._arm(self.timeout_keep_alive, idle=True)
+            self._arm(idle=True)
 
-    def _arm(self, seconds: float | None = None, *, idle: bool = False) -> None:
-        """Start the deadline: ``header_timeout_s`` unless ``seconds`` (an idle wait)."""
+    def _arm(self, *, idle: bool = False) -> None:
+        """Start the head's deadline (``header_timeout_s``), or with ``idle`` the idle wait
+        between requests (uvicorn's ``timeout_keep_alive``)."""
         self._disarm()
-        delay = self.header_timeout_s if seconds is None else seconds
+        delay = self.timeout_keep_alive if idle else self.header_timeout_s
         self._header_timer = self.loop.call_later(delay, self._timed_out)
         self._timing_idle = idle
 

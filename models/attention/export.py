@@ -292,17 +292,16 @@ def fmt(v: object) -> str:
 
 
 def test_split(
-    config: TrainConfig, pairs: int, single: int | None = None
+    config: TrainConfig, pairs: int, single: int | None = None, seed: int = TEST_SEED
 ) -> tuple[Canvases, Canvases]:
-    """The fixed test canvases: every test item once (or the first ``single``), and pairs."""
+    """The fixed test canvases: every test item once (or the first ``single``), and pairs;
+    another ``seed`` places the same items afresh (models/attention/fresh_test.py)."""
     from models.attention.data import compose, load_fashion_mnist
 
     root = Path(config.data_root) if config.data_root else None
     items, labels = load_fashion_mnist("test", root) if root else load_fashion_mnist("test")
     count = single or len(items)
-    one = compose(
-        items, labels, "test", count, seed=TEST_SEED, config=config.canvas, every_item=True
-    )
+    one = compose(items, labels, "test", count, seed=seed, config=config.canvas, every_item=True)
     two = make_split(config, "test", pairs, "pair", PAIR_SEED)
     return one, two
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from models.attention.data import compose, load_fashion_mnist
 from models.attention.export import TEST_SEED, OnnxAttention, test_split
 from models.attention.train import TrainConfig
 from models.common.paired import mcnemar_exact, only_right, paired_difference_ci95
@@ -38,15 +37,6 @@ def wilson_interval(correct: int, n: int) -> tuple[float, float]:
     centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n**2)) / (1 + Z95**2 / n)
     return centre - half, centre + half
-
-
-def fresh_placement(config: TrainConfig, seed: int, count: int | None = None):
-    """Every test item once (or the first ``count``), composed with ``seed``: the export's
-    test canvases when ``seed`` is ``TEST_SEED``."""
-    root = Path(config.data_root) if config.data_root else None
-    items, labels = load_fashion_mnist("test", root) if root else load_fashion_mnist("test")
-    n = count or len(items)
-    return compose(items, labels, "test", n, seed=seed, config=config.canvas, every_item=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     version_dir = a.repository / "attention" / a.version
     config = TrainConfig(data_root=a.data_root)
     original, _ = test_split(config, pairs=0, single=a.count)
-    fresh = fresh_placement(config, a.seed, a.count)
+    fresh, _ = test_split(config, pairs=0, single=a.count, seed=a.seed)
     # The same item in the same place of both sets: the pairing below relies on it.
     if not np.array_equal(original.labels[:, 0], fresh.labels[:, 0]):
         raise SystemExit("the two placements do not hold the items in the same order")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.attention import export
-from models.attention.fresh_test import fresh_placement, main, wilson_interval
+from models.attention.fresh_test import main, wilson_interval
 from models.attention.train import TrainConfig
 
 REPOSITORY = Path(__file__).resolve().parents[3] / "models" / "repository"
@@ -25,7 +25,7 @@ def test_wilson_interval_matches_a_worked_value() -> None:
 def test_a_fresh_placement_moves_the_items_but_keeps_their_order() -> None:
     config = TrainConfig()
     original, _ = export.test_split(config, pairs=0, single=50)
-    fresh = fresh_placement(config, seed=5, count=50)
+    fresh, _ = export.test_split(config, pairs=0, single=50, seed=5)
     np.testing.assert_array_equal(original.labels[:, 0], fresh.labels[:, 0])
     assert not np.array_equal(original.images, fresh.images)
     assert not np.array_equal(original.boxes, fresh.boxes)
