@@ -46,6 +46,7 @@ so far, or the connection is closed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -254,7 +255,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         between requests (uvicorn's ``timeout_keep_alive``)."""
         self._disarm()
         delay = self.timeout_keep_alive if idle else self.header_timeout_s
-        self._header_timer = self.loop.call_later(delay, self._timed_out)
+        # An empty context: armed as an answer completes, the timer would otherwise carry
+        # that request's context, and its 408 line would name the answered request's id.
+        self._header_timer = self.loop.call_later(
+            delay, self._timed_out, context=contextvars.Context()
+        )
         self._timing_idle = idle
 
     def _disarm(self) -> None:

@@ -216,6 +216,22 @@ def test_a_slow_body_and_keep_alive_requests_are_not_cut(served: LiveProcess) ->
         assert [status for status, _ in read_responses(sock, 2)] == [200, 200]
 
 
+def test_the_408_of_a_head_pipelined_behind_an_answer_names_no_request(
+    served: LiveProcess,
+) -> None:
+    """A head that begins before the answer to the request ahead of it has its deadline
+    armed as that answer completes; its 408 log line carries no request id, not the
+    answered request's (the timer used to inherit that request's context)."""
+    ping = PING.replace(b"\r\n\r\n", b"\r\nX-Request-ID: answered-before-408\r\n\r\n")
+    with connect(served) as sock:
+        sock.sendall(ping + b"GET /health/ready HTTP/1.1\r\n")
+        answer = read_to_close(sock)
+    assert [status for status, _ in responses(answer)] == [200, 408]
+    lines = served.stderr.read_text().splitlines()
+    timed_out_lines = [line for line in lines if "408, connection closed" in line]
+    assert timed_out_lines and "answered-before-408" not in timed_out_lines[-1], timed_out_lines[-1]
+
+
 def test_a_body_still_arriving_after_an_early_answer_is_not_cut(served: LiveProcess) -> None:
     """An upload to a path that does not exist is answered 404 before its body is read;
     uvicorn reads and drops the rest. The deadline waits for that body to end: the client
