@@ -24,7 +24,14 @@ class HeadAsGetMiddleware:
                 if message.get("more_body", False):
                     return  # the body's chunks are dropped; its last message ends it
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
-            await send(message)
+            # The server reads the method from this scope as the answer goes out: as GET,
+            # uvicorn waited for Content-Length bytes of body, raised on the empty one and
+            # dropped the keep-alive connection. So the answer goes out as HEAD's.
+            scope["method"] = "HEAD"
+            try:
+                await send(message)
+            finally:
+                scope["method"] = "GET"
 
         # The scope itself, not a copy: the router records the matched route in it, and the
         # metrics outside read that route (a copy left every HEAD "unmatched").

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 from service.head import HeadAsGetMiddleware
 from service.logs import ACCESS_LOGGER
+from tests.live_server import live_process
+from tests.service.fakes import process_env
 
 # GET paths without parameters, beyond the OpenAPI schema's (the page and its assets are
 # left out of the schema).
@@ -83,3 +87,41 @@ def test_the_middleware_sends_the_headers_and_drops_every_body_chunk() -> None:
         {"type": "http.response.start", "status": 200, "headers": []},
         {"type": "http.response.body", "body": b"", "more_body": False},
     ]
+
+
+def test_head_over_real_tcp_keeps_the_connection_and_logs_no_error(tmp_path: Path) -> None:
+    """Through the entry command (uvicorn), HEADs answered 200, 404 and 405 on one
+    keep-alive connection each send a head and no body, and the GET after them is answered
+    on the same connection. uvicorn reads the method from the request's scope as the
+    answer goes out; while it read GET there, each HEAD raised "Response content shorter
+    than Content-Length" after its head and the connection was dropped."""
+    with (
+        live_process(process_env(tmp_path), tmp_path / "stderr.log") as served,
+        socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock,
+    ):
+        pending = b""
+        for path, status in (("/health/live", 200), ("/models", 200), ("/nope", 404)):
+            sock.sendall(b"HEAD %s HTTP/1.1\r\nHost: test\r\n\r\n" % path.encode())
+            head, pending = read_head(sock, pending)
+            assert head.startswith(b"HTTP/1.1 %d " % status), head
+            assert b"connection: close" not in head.lower(), head
+        sock.sendall(b"HEAD /recognize HTTP/1.1\r\nHost: test\r\n\r\n")
+        head, pending = read_head(sock, pending)
+        assert head.startswith(b"HTTP/1.1 405 ") and b"allow: POST" in head, head
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        # No body bytes came after the heads: the next bytes are the GET's answer.
+        head, pending = read_head(sock, pending)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+    log = served.stderr.read_text()
+    assert "Exception in ASGI application" not in log and " ERROR " not in log, log
+
+
+def read_head(sock: socket.socket, pending: bytes) -> tuple[bytes, bytes]:
+    """The next answer's head (status line and fields) and the bytes read after it."""
+    data = pending
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a whole head: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
