@@ -24,7 +24,8 @@ for ``header_timeout_s`` is closed too, and once that body has all come the conn
 idle as after any answer.
 
 Bytes httptools refuses (a Content-Length of ``abc``, ``-5`` or two values, a broken request
-line) get a 400 problem+json, like every other error, where uvicorn writes a text/plain one.
+line) get a 400 problem+json, like every other error, where uvicorn writes a text/plain one;
+behind whole requests (pipelined), after their answers.
 
 It overrides uvicorn's ``data_received``, ``send_400_response`` and parser callbacks
 (``on_message_begin``, ``on_headers_complete``, ``on_body``, ``on_message_complete``,
@@ -133,9 +134,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         # Heads completed on this connection (tells whether a head ended within a read).
         self._heads_completed = 0
-        # A head went over the limit: nothing more is read; the 431 goes out once the
-        # requests before it are answered.
+        # A head went over the limit or the parser refused bytes after whole requests:
+        # nothing more is read; the refusal (the raw answer, the log line's format and
+        # arguments) goes out once the requests before it are answered.
         self._refusing = False
+        self._refusal: tuple[bytes, str, tuple[object, ...]] = (b"", "", ())
         # Of the current message after its head: body bytes, and the rest (chunk framing,
         # trailer fields), counted while its body arrives.
         self._body_bytes = 0
@@ -270,18 +273,31 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its parser refuses (it has logged ``msg``), as
-        problem+json. The parser also refuses a broken chunk size mid-body: if an answer
-        is already being written then, a 400 would land inside it, so the connection is
-        only closed."""
+        problem+json. Bytes after whole requests (pipelined behind them) get theirs after
+        those requests' answers, as a 431 does: written at once, it replaced an answer
+        still being made, one whose teacher record was stored among them. The parser also
+        refuses a broken chunk size mid-body: if that request's answer is already being
+        written, a 400 would land inside it, so the connection is only closed."""
         cycle = self.cycle
-        if cycle is not None and cycle.response_started and not cycle.response_complete:
+        started = cycle is not None and cycle.response_started and not cycle.response_complete
+        if self._body_pending and started:  # broken mid-body, its answer on its way
             self.transport.close()
             return
         # The request line's target, when one was read (uvicorn sets url once a message
         # begins; bytes refused before that have none).
         url: bytes = getattr(self, "url", b"")
         path = url.split(b"?", 1)[0].decode("latin-1")
-        self.transport.write(malformed_response(self.server_state.default_headers, path))
+        answer = malformed_response(self.server_state.default_headers, path)
+        if self._open_requests and not self._body_pending:
+            self._disarm()
+            self._refusing = True
+            self._refusal = (
+                answer,
+                "bytes that are no request: 400 after the answers before them",
+                (),
+            )
+            return
+        self.transport.write(answer)
         self.transport.close()
 
     def _refuse_head(self) -> None:
@@ -289,15 +305,17 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         after the answers to the requests before it (pipelined) are complete."""
         self._disarm()
         self._refusing = True
+        self._refusal = (
+            too_large_response(self.max_header_bytes, self.server_state.default_headers),
+            "request head over %d bytes: 431",
+            (self.max_header_bytes,),
+        )
         if not self._open_requests:
             self._send_refusal()
 
     def _send_refusal(self) -> None:
-        self._close(
-            too_large_response(self.max_header_bytes, self.server_state.default_headers),
-            "request head over %d bytes: 431, connection closed",
-            self.max_header_bytes,
-        )
+        answer, why, args = self._refusal
+        self._close(answer, why + ", connection closed", *args)
 
     def _close(self, answer: bytes, why: str, *args: object) -> None:
         """Write ``answer`` (raw bytes, may be empty), log ``why`` (a %-format, with

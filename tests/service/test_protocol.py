@@ -401,6 +401,24 @@ def test_bytes_that_are_no_request_line_get_a_400_problem(served: LiveProcess) -
     assert "error" not in problem
 
 
+@pytest.mark.parametrize("pipelined", ["ping", "upload"])
+def test_bytes_that_are_no_request_after_requests_get_their_400_after_those_answers(
+    served: LiveProcess, pipelined: str
+) -> None:
+    """Junk pipelined behind whole requests is refused only once they are answered: the
+    400 used to go out at once and closed the connection, so a request still being handled
+    (a saved teacher record among them) lost its answer."""
+    head, body = recognize_request()
+    first = PING if pipelined == "ping" else head + body
+    with connect(served) as sock:
+        sock.sendall(first + PING + b"GARBAGE\r\n\r\n")
+        answers = responses(read_to_close(sock))
+    assert [status for status, _ in answers] == [200, 200, 400]
+    if pipelined == "upload":
+        assert json.loads(answers[0][1])["model"]["name"] == "landmark"
+    assert json.loads(answers[2][1])["type"].endswith(":malformed-request")
+
+
 def test_the_raw_408_is_well_formed() -> None:
     raw = timeout_response(2.5, [(b"server", b"uvicorn")])
     head, _, body = raw.partition(b"\r\n\r\n")
