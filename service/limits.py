@@ -111,7 +111,7 @@ class BodySizeLimitMiddleware:
         if declared is not None and declared > limit:
             release_body(scope)
             reason = f"the request body is {declared} bytes"
-            if _expects_continue(scope):
+            if expects_continue(scope):
                 await self._reject(send, reason, path, close=True)  # nothing sent yet
                 return
             drained = declared <= DRAIN_LIMIT_FACTOR * limit and await drain_body(
@@ -295,7 +295,7 @@ class UploadGateMiddleware:
 
         # A client waiting for 100 Continue has sent nothing: a refusal is answered at once,
         # and the connection closed.
-        drain_limit = None if _expects_continue(scope) else limit
+        drain_limit = None if expects_continue(scope) else limit
         refused = self._unauthorized(scope, path)
         if refused is not None:
             self._count("unauthorized")
@@ -402,7 +402,8 @@ def reserve_at_least(scope: Scope, body_bytes: int, why: str) -> None:
         grow(body_bytes, why)
 
 
-def _expects_continue(scope: Scope) -> bool:
+def expects_continue(scope: Scope) -> bool:
+    """Whether the client waits for ``100 Continue`` before it sends the request's body."""
     return Headers(scope=scope).get("expect", "").lower() == "100-continue"
 
 

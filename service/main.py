@@ -17,6 +17,7 @@ from service.attention import FeatureCache
 from service.dependencies import check_api_key, check_request_fields, require_api_key
 from service.docs import install_offline_docs
 from service.errors import StoreUnavailable, install_exception_handlers
+from service.expect import ExpectContinueMiddleware
 from service.feedback import FeedbackStore, open_store
 from service.head import HeadAsGetMiddleware
 from service.imaging import configure_pillow
@@ -194,6 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_key=partial(check_api_key, settings=settings) if settings.api_keys else None,
         keyed_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS, models.RELOAD_PATH],
     )
+    # Outside every middleware that reads a body, so that it sees whether any of them did.
+    app.add_middleware(ExpectContinueMiddleware)
     app.add_middleware(
         MetricsMiddleware,
         metrics=app.state.metrics,
