@@ -29,6 +29,7 @@ from service.limits import (
 )
 from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import METRICS_STATE_KEY, Metrics, MetricsMiddleware, create_metrics
+from service.ranges import IgnoreRangeMiddleware
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
 from service.routers.v2 import BODY_PATHS as V2_BODY_PATHS
 from service.routers.v2 import router as v2_router
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each middleware added wraps the ones before it, so this one is innermost: the access
     # log and metrics (outside it) still see the request as the HEAD it was.
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(IgnoreRangeMiddleware)
     # Metrics (outside it) also see the 413s the size limit answers itself.
     app.add_middleware(BodySizeLimitMiddleware, limits=body_limits)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
