@@ -2,8 +2,10 @@
 
 Naming: a single-graph model version is the V2 model ``<model>`` (``landmark``); a version
 with several graphs (config.json ``graphs``) exposes each graph as its own V2 model
-``<model>.<graph>`` (``attention.features``, ``attention.perception``). V2 names are looked
-up in the registry only: nothing here touches the filesystem, so a name cannot reach a path.
+``<model>.<graph>`` (``attention.features``, ``attention.perception``), and ``<model>`` is
+its first graph there, the one that takes the image (``attention`` = ``attention.features``):
+every name ``/models`` lists is a V2 model too. V2 names are looked up in the registry only:
+nothing here touches the filesystem, so a name cannot reach a path.
 
 Tensors travel as JSON (``data``, flat row-major or nested) or with Triton's binary tensor
 data extension: the body is ``Inference-Header-Content-Length`` bytes of JSON followed by
@@ -340,6 +342,9 @@ def v2_models(registry: ModelRegistry) -> dict[str, V2Model]:
             for graph_name, graph in config.graphs.items():
                 name = f"{model.name}{GRAPH_SEPARATOR}{graph_name}"
                 served.setdefault(name, V2Model(name, model, graph_name, graph))
+            # The model's own name: its first graph, which takes the image.
+            entry, graph = next(iter(config.graphs.items()))
+            served.setdefault(model.name, V2Model(model.name, model, entry, graph))
     return served
 
 
@@ -348,10 +353,6 @@ def find_model(registry: ModelRegistry, name: str, version: str | None = None) -
     served = v2_models(registry)
     found = served.get(name)
     if found is None:
-        parent = registry.get(name)
-        if parent is not None and parent.config is not None and parent.config.graphs:
-            graphs = [f"{name}{GRAPH_SEPARATOR}{graph}" for graph in parent.config.graphs]
-            raise V2Error(404, f"model {echo(name)} has several graphs; use one of {graphs}")
         raise V2Error(404, f"unknown model {echo(name)}; this server serves {sorted(served)}")
     if version is not None and version != found.model.version:
         raise V2Error(

@@ -235,8 +235,13 @@ def test_v2(vision: VisionClient) -> None:
         assert confidence[:, square_cell(), 0].min() > 0.99
     every = vision.v2_infer("landmark", {"image": square_tensor()}, request_id="7")
     assert set(every.outputs) == {"class_probs", "confidence", "points"} and every.id == "7"
+    # A model of several graphs answers by its own name as its first graph.
+    by_name = vision.v2_infer("chain", {"image": square_tensor()})
+    by_graph = vision.v2_infer("chain.front", {"image": square_tensor()})
+    assert set(by_name.outputs) == set(by_graph.outputs) == {"mid"}
+    assert np.array_equal(by_name.outputs["mid"], by_graph.outputs["mid"])
     with pytest.raises(NotFound) as missing:
-        vision.v2_infer("chain", {"image": square_tensor()})
+        vision.v2_infer("chain.nope", {"image": square_tensor()})
     assert "chain.front" in missing.value.detail
     with pytest.raises(BadRequest):
         vision.v2_infer("landmark", {"image": square_tensor().astype(np.float64)})

@@ -102,7 +102,32 @@ def test_every_graph_is_a_model_named_model_dot_graph(v2: TestClient) -> None:
     assert head["inputs"][0]["name"] == "mid"
     for name in ("landmark", "chain.front", "chain.head"):
         assert v2.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
-    assert "chain.front" in error_of(v2.get("/v2/models/chain"), 404)
+    # The model's own name (what /models lists) is its first graph, the one taking the image.
+    assert v2.get("/v2/models/chain").json() == {**front, "name": "chain"}
+    assert v2.get("/v2/models/chain/ready").json() == {"name": "chain", "ready": True}
+
+
+def test_a_model_of_several_graphs_answers_inference_by_its_own_name(v2: TestClient) -> None:
+    """Every name /models lists answers on V2; a multi-graph model runs its first graph."""
+    names = [model["name"] for model in v2.get("/models").json()["models"]]
+    assert "chain" in names
+    for name in names:
+        assert v2.get(f"/v2/models/{name}/ready").status_code == 200, name
+    data = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    request = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": list(data.shape),
+                "datatype": "FP32",
+                "data": data.ravel().tolist(),
+            }
+        ]
+    }
+    by_name = v2.post("/v2/models/chain/infer", json=request).json()
+    by_graph = v2.post("/v2/models/chain.front/infer", json=request).json()
+    assert by_name["model_name"] == "chain" and by_graph["model_name"] == "chain.front"
+    assert by_name["outputs"] == by_graph["outputs"]
 
 
 @pytest.mark.parametrize(
