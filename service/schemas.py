@@ -2,42 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 # Here and not in service.errors, so this module needs pydantic only: the Python client
 # (client/) imports it without the server's dependencies.
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# A probability or a product of probabilities: in 0..1 by construction, so the bound is
+# stated in the OpenAPI schema for clients, not checked again on every answer.
+Score = Annotated[float, Field(json_schema_extra={"minimum": 0.0, "maximum": 1.0})]
 
 
-class ModelRef(BaseModel):
+class Schema(BaseModel):
+    """A response body. Every field is sent, defaults included (null where nothing
+    applies), so the OpenAPI schema lists every field as required."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class ModelRef(Schema):
     name: str
     version: str
 
 
-class ImageSize(BaseModel):
+class ImageSize(Schema):
     """Size of the upload as the caller sees it (after EXIF orientation), in pixels."""
 
     width: int
     height: int
 
 
-class Point(BaseModel):
+class Point(Schema):
     """Image pixels, origin top-left, x right, y down."""
 
     x: float
     y: float
 
 
-class Landmark(BaseModel):
+class Landmark(Schema):
     class_id: int
     label: str
-    score: float
+    score: Score
     point: Point
 
 
-class MapExtent(BaseModel):
+class MapExtent(Schema):
     """The rectangle a map covers, in image pixels (beyond the image where the model input
     was letterboxed)."""
 
@@ -47,7 +57,7 @@ class MapExtent(BaseModel):
     y1: float
 
 
-class MapPng(BaseModel):
+class MapPng(Schema):
     """A map in 0..1 (attention, contour) as an 8-bit grey PNG at the map's own resolution,
     value = round(255 * map), with the image-pixel rectangle it covers."""
 
@@ -57,10 +67,10 @@ class MapPng(BaseModel):
     extent: MapExtent
 
 
-class ScoredClass(BaseModel):
+class ScoredClass(Schema):
     class_id: int
     label: str
-    score: float
+    score: Score
 
 
 class ClassPrediction(ScoredClass):
@@ -79,7 +89,7 @@ _MAP: dict[str, JsonValue] = {
 }
 
 
-class AttentionResponse(BaseModel):
+class AttentionResponse(Schema):
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
@@ -100,7 +110,7 @@ class AttentionResponse(BaseModel):
     attention_map: MapPng
 
 
-class CorrectionResponse(BaseModel):
+class CorrectionResponse(Schema):
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
@@ -133,7 +143,7 @@ class CorrectionResponse(BaseModel):
     feedback_id: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
-class FeedbackResponse(BaseModel):
+class FeedbackResponse(Schema):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -155,7 +165,7 @@ class FeedbackResponse(BaseModel):
     per_model_version: dict[str, int]
 
 
-class GenderResponse(BaseModel):
+class GenderResponse(Schema):
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
@@ -178,12 +188,12 @@ class GenderResponse(BaseModel):
 
     model: ModelRef
     label: str
-    score: float
+    score: Score
     probabilities: dict[str, float]
     contour_map: MapPng | None = None  # only with ?contour=true
 
 
-class RecognizeResponse(BaseModel):
+class RecognizeResponse(Schema):
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
@@ -209,19 +219,19 @@ class RecognizeResponse(BaseModel):
     landmarks: list[Landmark]
 
 
-class LiveResponse(BaseModel):
+class LiveResponse(Schema):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "alive"}]})
 
     status: Literal["alive"] = "alive"
 
 
-class ModelHealth(BaseModel):
+class ModelHealth(Schema):
     state: str
     version: str | None = None
     error: str | None = None
 
 
-class ReadyResponse(BaseModel):
+class ReadyResponse(Schema):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -237,13 +247,13 @@ class ReadyResponse(BaseModel):
     models: dict[str, ModelHealth]
 
 
-class TensorInfo(BaseModel):
+class TensorInfo(Schema):
     name: str
     datatype: str
     shape: list[int]
 
 
-class GraphInfo(BaseModel):
+class GraphInfo(Schema):
     """One ONNX graph of a multi-graph model version."""
 
     file: str
@@ -251,7 +261,7 @@ class GraphInfo(BaseModel):
     outputs: list[TensorInfo]
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(Schema):
     """One model as served: what it expects, what it says, where it runs.
 
     A multi-graph version lists the first graph's inputs and every graph's outputs at the
@@ -291,7 +301,7 @@ class ModelInfo(BaseModel):
     graphs: dict[str, GraphInfo] | None = None
 
 
-class ModelsResponse(BaseModel):
+class ModelsResponse(Schema):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -323,7 +333,7 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-class Problem(BaseModel):
+class Problem(Schema):
     """RFC 9457 problem details; extension members may follow."""
 
     model_config = ConfigDict(
@@ -393,12 +403,12 @@ def problem_responses(*described: tuple[int, str]) -> dict[int | str, dict[str, 
     }
 
 
-class OcclusionGrid(BaseModel):
+class OcclusionGrid(Schema):
     rows: int
     cols: int
 
 
-class OcclusionBlocks(BaseModel):
+class OcclusionBlocks(Schema):
     """Grid blocks of the pattern; ``*_end`` are exclusive."""
 
     row_start: int
@@ -407,7 +417,7 @@ class OcclusionBlocks(BaseModel):
     col_end: int
 
 
-class Box(BaseModel):
+class Box(Schema):
     """A rectangle in image pixels, origin top-left."""
 
     x0: float
@@ -416,12 +426,12 @@ class Box(BaseModel):
     y1: float
 
 
-class Occlusion(BaseModel):
+class Occlusion(Schema):
     """The predicted occlusion pattern; ``blocks`` and ``box`` are null when not occluded."""
 
     occluded: bool
     pattern_id: int
-    score: float = Field(description="softmax probability of the pattern")
+    score: Score = Field(description="softmax probability of the pattern")
     grid: OcclusionGrid
     blocks: OcclusionBlocks | None
     box: Box | None = Field(description="the covered area in image pixels")
@@ -437,7 +447,7 @@ OCCLUSION_EXAMPLE: dict[str, Any] = {
 }
 
 
-class OcclusionResponse(BaseModel):
+class OcclusionResponse(Schema):
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
@@ -458,14 +468,14 @@ class OcclusionResponse(BaseModel):
     embedding: list[float] = Field(description="L2-normalised identity embedding")
 
 
-class VerifiedFace(BaseModel):
+class VerifiedFace(Schema):
     """One of the two faces of a verification: its size and its occlusion pattern."""
 
     image: ImageSize
     occlusion: Occlusion
 
 
-class VerifyResponse(BaseModel):
+class VerifyResponse(Schema):
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={

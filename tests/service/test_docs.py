@@ -102,3 +102,19 @@ def test_problems_are_documented_as_sent(client: TestClient) -> None:
     unused = ("HTTPValidationError", "ValidationError")
     wrong += [f"{name} listed, used nowhere" for name in unused if name in listed]
     assert not wrong, wrong
+
+
+def test_response_fields_sent_always_are_required_and_scores_bounded(client: TestClient) -> None:
+    """Clients generated from the schema get the fields every answer carries as required
+    (defaults and nulls included); only a field left out when empty stays optional."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    model_info = schemas["ModelInfo"]
+    assert set(model_info["required"]) == set(model_info["properties"])
+    assert "contour_map" in schemas["GenderResponse"]["required"]
+    assert "feedback_id" not in schemas["CorrectionResponse"]["required"]
+    for name in ("Landmark", "ScoredClass", "GenderResponse", "Occlusion"):
+        score = schemas[name]["properties"]["score"]
+        assert (score["minimum"], score["maximum"]) == (0.0, 1.0), name
+    # And as sent: /models carries every ModelInfo field, null ones included.
+    for model in client.get("/models").json()["models"]:
+        assert set(model) == set(model_info["properties"]), model["name"]
