@@ -1,6 +1,7 @@
 """Write docker/constraints.txt: the exact version of every package the two images install.
 
     python docker/lock.py            # rewrites docker/constraints.txt (network: PyPI)
+    python docker/lock.py --help     # this text; resolves and writes nothing
 
 ``docker/requirements.py`` gives the serving requirements as floors (``fastapi>=0.115``);
 built from those alone, an image rebuilt next month could get another ONNX Runtime or CUDA
@@ -15,6 +16,7 @@ images then serve with the ONNX Runtime that was measured. Standard library only
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -60,7 +62,18 @@ def resolve(onnxruntime: str, work: Path, constraints: str = "") -> dict[str, st
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: no options yet, but ``--help`` answers without resolving or writing."""
+    parser = argparse.ArgumentParser(
+        prog="python docker/lock.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
         pins = resolve(ONNXRUNTIME["gpu"], Path(work))
     same_release = f"{ONNXRUNTIME['cpu']}=={pins[GPU_DISTRIBUTION]}\n"
