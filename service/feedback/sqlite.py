@@ -54,6 +54,18 @@ class SQLiteFeedbackStore(FeedbackStore):
     def read_only(self) -> bool:
         return "mode=ro" in self.query.split("&")
 
+    def _reason(self, exc: BaseException) -> str:
+        reason = super()._reason(exc)
+        if isinstance(exc, sqlite3.Error) and "readonly" in reason:
+            # SQLite makes a new -shm file with the database file's mode: one re-created while
+            # the file was read-only stays read-only when the file is made writable again,
+            # and every write keeps failing until the -shm is fixed too.
+            reason += (
+                "; the database file, its directory and its -wal and -shm files must all be "
+                "writable by the service"
+            )
+        return reason
+
     def _open(self) -> sqlite3.Connection:
         if self.query:
             target = f"{self.path.absolute().as_uri().replace('file://', 'file:', 1)}?{self.query}"

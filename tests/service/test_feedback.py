@@ -471,6 +471,19 @@ def test_a_read_only_database_is_a_503_and_keeps_what_it_had(
         assert [r.id for r in store.records()] == [kept]
 
 
+def test_a_read_only_sqlite_file_says_which_files_must_be_writable(tmp_path: Path) -> None:
+    """SQLite re-creates a missing -shm file with the database file's mode, so after a file
+    was read-only for a while, making the file writable again is not enough: the 503 names
+    the -wal and -shm files (no path: the log has it)."""
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    with opened(url) as store:
+        store.add(record())
+    with opened(url + "?mode=ro") as store, pytest.raises(StoreUnavailable) as refused:
+        store.add(record())
+    assert "readonly" in refused.value.detail and "-shm" in refused.value.detail
+    assert str(tmp_path) not in refused.value.detail
+
+
 @pytest.fixture
 def postgres_or_none(request: pytest.FixtureRequest, store_url: str) -> PostgresServer | None:
     if store_url.startswith("sqlite"):
