@@ -36,7 +36,7 @@ from service.schemas import (
 T = TypeVar("T")
 
 # Anything an image can be given as: its bytes, a path to it, or an open binary file.
-ImageInput = bytes | str | Path | IO[bytes]
+ImageInput = bytes | bytearray | memoryview | str | Path | IO[bytes]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -88,8 +88,8 @@ def _image_part(
     """A multipart file part: the file's own name where it has one, and its type when the
     name says an image; otherwise ``application/octet-stream``, which the server sniffs
     (it refuses a part declared as any other non-image type, such as ``text/plain``)."""
-    if isinstance(image, bytes):
-        data, name = image, filename or default_name
+    if isinstance(image, bytes | bytearray | memoryview):
+        data, name = bytes(image), filename or default_name
     elif isinstance(image, str | Path):
         path = Path(image)
         data, name = path.read_bytes(), filename or path.name
@@ -97,6 +97,12 @@ def _image_part(
         # A temporary file's name is an int (its descriptor) or None: not a file name.
         own = getattr(image, "name", None)
         data = image.read()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(
+                "an image file must be opened in binary mode ('rb'); "
+                f"read gave {type(data).__name__}"
+            )
+        data = bytes(data)
         name = filename or (Path(os.fsdecode(own)).name if isinstance(own, str | bytes) else "")
         name = name or default_name
     guessed = mimetypes.guess_type(name)[0]

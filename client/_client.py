@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from client import _calls
 from client._calls import Call, ImageInput, InferResult
-from client.errors import TransportError, UnexpectedResponse, error_from_response
+from client.errors import TransportError, UnexpectedResponse, VisionError, error_from_response
 from service.schemas import (
     AttentionResponse,
     CorrectionResponse,
@@ -35,6 +35,19 @@ DEFAULT_BASE_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT_S = 30.0
 
 
+def _checked_base_url(base_url: str) -> str:
+    """``base_url`` when it names an HTTP(S) server; ValueError at once otherwise (httpx
+    would fail each request later, as if the server had not answered)."""
+    if httpx.URL(base_url).scheme not in ("http", "https"):
+        raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+    return base_url
+
+
+def _check_open(http: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> None:
+    if http.is_closed:
+        raise VisionError(f"{call.method} {call.path}: this client is closed")
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"X-API-Key": api_key} if api_key else {}
 
@@ -51,6 +64,13 @@ def _request_args(call: Call[Any], extra_headers: Mapping[str, str]) -> dict[str
 
 
 def _result(call: Call[T], response: httpx.Response) -> T:
+    if response.is_redirect:
+        # The service redirects nowhere its clients should follow a POST to: a redirect is
+        # a proxy's (http to https, a path prefix), so the base URL is the thing to fix.
+        raise UnexpectedResponse(
+            f"{call.method} {call.path}: redirected ({response.status_code}) to "
+            f"{response.headers.get('location', '?')}; check the base URL"
+        )
     if response.is_error and response.status_code not in call.accept:
         raise error_from_response(response)
     try:
@@ -91,12 +111,13 @@ class VisionClient:
     ) -> None:
         self._owned = http_client is None
         self._http = http_client or httpx.Client(
-            base_url=base_url, headers=_headers(api_key), timeout=timeout
+            base_url=_checked_base_url(base_url), headers=_headers(api_key), timeout=timeout
         )
         # A caller's client is left as it is: the key goes with each request instead.
         self._auth = _headers(api_key) if http_client is not None else {}
 
     def _send(self, call: Call[T]) -> T:
+        _check_open(self._http, call)
         with _answered(call):
             response = self._http.request(call.method, call.path, **_request_args(call, self._auth))
         return _result(call, response)
@@ -223,12 +244,13 @@ class AsyncVisionClient:
     ) -> None:
         self._owned = http_client is None
         self._http = http_client or httpx.AsyncClient(
-            base_url=base_url, headers=_headers(api_key), timeout=timeout
+            base_url=_checked_base_url(base_url), headers=_headers(api_key), timeout=timeout
         )
         # A caller's client is left as it is: the key goes with each request instead.
         self._auth = _headers(api_key) if http_client is not None else {}
 
     async def _send(self, call: Call[T]) -> T:
+        _check_open(self._http, call)
         with _answered(call):
             response = await self._http.request(
                 call.method, call.path, **_request_args(call, self._auth)

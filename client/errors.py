@@ -61,6 +61,22 @@ class ApiError(VisionError):
         self.body = body
         self.headers = headers if headers is not None else httpx.Headers()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt with its fields when pickled (a multiprocessing worker's error reaches
+        the parent as itself; Exception's default passes only the message back)."""
+        fields = {
+            "title": self.title,
+            "type": self.type,
+            "body": self.body,
+            "headers": list(self.headers.multi_items()),
+        }
+        return (_rebuild, (type(self), self.status, self.detail, fields))
+
+
+def _rebuild(cls: type[ApiError], status: int, detail: str, fields: dict[str, Any]) -> ApiError:
+    headers = httpx.Headers(fields.pop("headers"))
+    return cls(status, detail, headers=headers, **fields)
+
 
 class BadRequest(ApiError):
     """400: not a decodable image, or a malformed V2 request."""
@@ -108,7 +124,8 @@ class InvalidRequest(ApiError):
 
 
 class ServiceUnavailable(ApiError):
-    """503: not ready (a model failed to load) or overloaded; retry after ``retry_after``."""
+    """503: not ready (a model failed to load) or overloaded; retry after ``retry_after``.
+    This client does not retry by itself: sending the request again is the caller's choice."""
 
     @property
     def retry_after(self) -> float | None:

@@ -65,6 +65,7 @@ def test_recognize_from_bytes_path_and_file(vision: VisionClient, tmp_path: Path
     path.write_bytes(png)
     with path.open("rb") as handle:
         results = [vision.recognize(png), vision.recognize(path), vision.recognize(handle)]
+    results += [vision.recognize(bytearray(png)), vision.recognize(memoryview(png))]
     for result in results:
         assert result.model.name == "landmark" and result.model.version == "1"
         assert (result.image.width, result.image.height) == (320, 160)
@@ -383,3 +384,35 @@ def test_gender_occlusion_and_verify(tmp_path: Path) -> None:
                 assert (await client.verify_faces(face, face)).same
 
         anyio.run(main)
+
+
+def test_a_text_mode_file_is_refused_before_sending(vision: VisionClient, tmp_path: Path) -> None:
+    """A file opened without 'b' read as str used to be re-encoded, sent, and refused 400."""
+    path = tmp_path / "scene.png"
+    path.write_bytes(b"not read as text")
+    with path.open() as handle, pytest.raises(TypeError, match="binary mode"):
+        vision.recognize(handle)  # type: ignore[arg-type]
+
+
+def test_misuse_is_said_at_once(base_url: str) -> None:
+    """A base URL without a scheme fails at construction (it used to fail each request as a
+    TransportError, "no answer", though nothing was sent); a closed client says so."""
+    with pytest.raises(ValueError, match="http:// or https://"):
+        VisionClient("127.0.0.1:8000")
+    with pytest.raises(ValueError, match="http:// or https://"):
+        AsyncVisionClient("localhost:8000")
+    vision = VisionClient(base_url, api_key=API_KEY)
+    vision.close()
+    with pytest.raises(VisionError, match="closed"):
+        vision.health_live()
+
+
+def test_a_redirect_is_an_unexpected_response_not_not_ready() -> None:
+    """A proxy's redirect (http to https) made the V2 probes say "not ready"."""
+
+    def redirect(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(308, headers={"location": "https://vision.example/v2/health/ready"})
+
+    http = httpx.Client(base_url="http://vision.example", transport=httpx.MockTransport(redirect))
+    with VisionClient(http_client=http) as vision, pytest.raises(UnexpectedResponse, match="308"):
+        vision.v2_ready()

@@ -71,3 +71,16 @@ def test_a_415_is_unsupported_media_type() -> None:
 
 def test_a_retry_after_of_400_digits_is_capped_not_an_overflow() -> None:
     assert unavailable("9" * 400).retry_after == 86_400.0
+
+
+def test_errors_survive_pickling_with_their_fields() -> None:
+    """A multiprocessing worker's error reaches the parent as itself: Exception's default
+    pickling called ``__init__`` with the message alone and failed."""
+    import copy
+    import pickle
+
+    error = unavailable("7")
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(again) is ServiceUnavailable and again.retry_after == 7.0
+        assert (again.status, again.detail, again.title) == (503, "busy", "Service Unavailable")
+        assert again.body == error.body and str(again) == str(error)
