@@ -13,7 +13,13 @@ from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, ServiceError
+from service.errors import (
+    ClientClosedRequest,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+)
 from service.metrics import Metrics
 from service.paths import RouteTemplates, route_path
 from service.schemas import PROBLEM_MEDIA_TYPE
@@ -226,7 +232,9 @@ class UploadGateMiddleware:
 
     uvicorn waits for a body as long as the client keeps its socket open; here a body that
     stops arriving for ``timeout_s`` is answered 408 (whatever the app made of the cut-off
-    body is dropped) and the connection closed, which frees its reservation and memory.
+    body is dropped) and the connection closed, which frees its reservation and memory. A
+    client that disconnects before its body has all come is logged and counted as 499,
+    whatever the app made of the cut-off body (FastAPI's form parser: a 400).
     Once the body is complete the app's own waits on ``receive`` (for a disconnect) are
     left alone.
 
@@ -268,10 +276,11 @@ class UploadGateMiddleware:
         reservation = 0 if oversize else (declared or limit) + BODY_OVERHEAD_BYTES
         ended = False
         stalled = False
+        gone = False  # the client left before its body had all come
         response_started = False
 
         async def timed_receive() -> Message:
-            nonlocal ended, stalled
+            nonlocal ended, stalled, gone
             if stalled:  # the body is given up; no second wait
                 raise BodyStalled
             if ended or response_started:
@@ -282,12 +291,13 @@ class UploadGateMiddleware:
             except TimeoutError:
                 stalled = True
                 raise BodyStalled from None
-            ended = message["type"] != "http.request" or not message.get("more_body", False)
+            gone = message["type"] == "http.disconnect"
+            ended = gone or not message.get("more_body", False)
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal response_started
-            if stalled:  # the app's answer to a body cut short; the 408 goes instead
+            if stalled or gone:  # the app's answer to a body cut short; the 408 or 499 instead
                 return
             if message["type"] == "http.response.start":
                 response_started = True
@@ -343,6 +353,11 @@ class UploadGateMiddleware:
             self._count("stalled")
             if not response_started:
                 await send_problem(send, self._timeout(), close=True, path=path)
+        elif gone and not response_started:
+            # Nobody reads it; logs and metrics count the request as the client's doing
+            # (499), not as the 400 the form parser makes of a body cut short.
+            left = ClientClosedRequest("the client disconnected before its body had all come")
+            await send_problem(send, left, close=True, path=path)
 
     def _reserve(self, size: int) -> None:
         self.reserved += size

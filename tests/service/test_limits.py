@@ -524,6 +524,32 @@ def test_stalled_uploads_fill_the_gate_then_get_408_over_real_tcp(tmp_path: Path
         assert client.post("/recognize", files=good).status_code == 200
 
 
+def test_a_client_gone_mid_body_is_counted_499_not_400_over_real_tcp(tmp_path: Path) -> None:
+    """An upload whose client disconnects half-way is the client's doing: FastAPI's form
+    parser made a 400 of the cut-off body, which the metrics and the access log counted
+    as a bad request."""
+    with (
+        live_process(process_env(tmp_path), tmp_path / "stderr.log") as served,
+        httpx.Client(base_url=served.url, timeout=30) as client,
+    ):
+        for _ in range(2):
+            stalled_upload(served.port).close()
+        deadline = time.monotonic() + 10
+        while True:
+            counted = {
+                labels: value
+                for (name, labels), value in samples(client.get("/metrics").text).items()
+                if name == "vision_http_requests_total" and ("endpoint", "/recognize") in labels
+            }
+            statuses = {dict(labels)["status"]: value for labels, value in counted.items()}
+            if sum(statuses.values()) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert statuses == {"499": 2.0}
+    access = [line for line in served.stderr.read_text().splitlines() if "POST /recognize" in line]
+    assert len(access) == 2 and all(" 499 " in line for line in access), access
+
+
 def test_uploads_without_a_key_do_not_hold_the_budget_over_real_tcp(tmp_path: Path) -> None:
     """With API keys set, two keyless uploads that stop mid-body would fill a two-body
     budget if they reserved it (FastAPI reads a form before the route's key check). The gate
