@@ -25,6 +25,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.paths import PROBE_PREFIXES, route_path
 from service.timing import timings_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -41,8 +42,6 @@ MAX_MESSAGE_CHARS = 2000
 TRACEBACK_TAIL_CHARS = 1200
 ACCESS_LOGGER = "service.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
-# Paths probed every few seconds: access lines for them only at DEBUG.
-QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -177,6 +176,8 @@ class RequestIdMiddleware:
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
+        # Read before routing: a mount rewrites the scope's root_path on the way in.
+        quiet = route_path(scope).startswith(PROBE_PREFIXES)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -201,7 +202,7 @@ class RequestIdMiddleware:
             # The text format shows only the message, so duration and stages go in it too
             # (the JSON format also has each as its own field).
             self.logger.log(
-                logging.DEBUG if path in QUIET_PATHS else logging.INFO,
+                logging.DEBUG if quiet else logging.INFO,
                 "%s %s %d %.2f ms%s",
                 scope.get("method", ""),
                 path,

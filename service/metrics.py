@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.paths import RouteTemplates, route_path
+from service.paths import PROBE_PREFIXES, RouteTemplates, route_path
 
 # Request latency buckets (seconds): from a cached health check (ms) to a big upload's
 # decode on a slow CPU (seconds).
@@ -21,9 +21,6 @@ INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # Label for requests no route matched, so scanners cannot blow up the label cardinality.
 UNMATCHED_ENDPOINT = "unmatched"
-# Paths that are not work: probes and scrapes would otherwise keep the in-flight gauge (and
-# so an autoscaler reading it) above zero on an idle server.
-NOT_IN_FLIGHT_PREFIXES = ("/health/", "/v2/health/", "/metrics")
 # Key of the lifespan state (service/main.py yields it) under which the server's connection
 # protocol finds the app's metrics: it closes connections outside any request, where no
 # middleware sees them (service/protocol.py).
@@ -161,7 +158,9 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
-        counted = not route_path(scope).startswith(NOT_IN_FLIGHT_PREFIXES)
+        # Probes and scrapes are not work: they would keep the in-flight gauge (and so an
+        # autoscaler reading it) above zero on an idle server.
+        counted = not route_path(scope).startswith(PROBE_PREFIXES)
         if counted:
             self.metrics.in_flight.inc()
 

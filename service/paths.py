@@ -7,6 +7,10 @@ from collections.abc import Collection
 from starlette.routing import compile_path
 from starlette.types import Scope
 
+# Paths of probes and scrapes, asked every few seconds (routed paths, less a root_path): not
+# counted as requests in flight, and their access lines only at DEBUG.
+PROBE_PREFIXES = ("/health/", "/v2/health/", "/metrics")
+
 
 def route_path(scope: Scope) -> str:
     """``scope["path"]`` without the ``root_path`` it starts with. ASGI servers put the

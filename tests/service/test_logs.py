@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
-from service.logs import MAX_MESSAGE_CHARS, JsonFormatter, TextFormatter
+from service.logs import ACCESS_LOGGER, MAX_MESSAGE_CHARS, JsonFormatter, TextFormatter
+from service.main import create_app
+from tests.service.conftest import make_settings
 
 
 def deep_error_record(depth: int = 80) -> logging.LogRecord:
@@ -44,3 +49,29 @@ def test_a_long_message_keeps_its_start() -> None:
     record = logging.LogRecord("service", logging.INFO, __file__, 1, "x" * 5000 + "END", (), None)
     message = json.loads(JsonFormatter().format(record))["message"]
     assert message.startswith("x" * 100) and "END" not in message and "chars cut" in message
+
+
+@pytest.mark.parametrize("root_path", ["", "/vision"])
+def test_probes_and_scrapes_log_their_access_lines_at_debug(
+    repo: Path, json_log: io.StringIO, root_path: str
+) -> None:
+    """Kubernetes and KServe probe every few seconds: those lines (V2's health paths too,
+    and behind a proxy's path prefix) stay at DEBUG; work is logged at INFO."""
+    settings = make_settings(repo, log_level="DEBUG")  # else create_app sets INFO
+    with TestClient(create_app(settings), root_path=root_path) as client:
+        json_log.truncate(0)
+        json_log.seek(0)
+        for path in ("/health/live", "/health/ready", "/v2/health/ready", "/metrics", "/models"):
+            assert client.get(root_path + path).status_code == 200, path
+    levels = {
+        record["path"].removeprefix(root_path): record["level"]
+        for record in map(json.loads, json_log.getvalue().splitlines())
+        if record["logger"] == ACCESS_LOGGER
+    }
+    assert levels == {
+        "/health/live": "DEBUG",
+        "/health/ready": "DEBUG",
+        "/v2/health/ready": "DEBUG",
+        "/metrics": "DEBUG",
+        "/models": "INFO",
+    }
