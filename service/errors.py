@@ -304,7 +304,9 @@ def service_error_response(exc: ServiceError, path: str) -> JSONResponse:
 
 async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
+    # An overload refusal is the access line's alone (at a 2x overload, thousands a minute),
+    # wherever it was decided: the middlewares' early ones are not logged either.
+    if exc.status >= 500 and not isinstance(exc, Overloaded):
         logger.warning(
             "%s %s -> %d: %s", request.method, printable(request.url.path), exc.status, exc
         )

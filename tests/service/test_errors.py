@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -10,6 +11,7 @@ from service.errors import (
     InvalidImage,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
@@ -137,3 +139,15 @@ def test_unexpected_error_still_says_where_the_time_went() -> None:
     stages = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
     assert set(stages) == {"decode", "app"}
     assert float(stages["decode"]) == 2.0 and float(stages["app"]) > 0.0
+
+
+def test_an_overload_refusal_is_not_warned_but_a_model_not_ready_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 503 for a full queue is the access line's alone, as the middlewares' early 503s
+    are; one that needs an operator (a model or the store not ready) is warned."""
+    with caplog.at_level(logging.DEBUG, logger="service.errors"):
+        assert app_raising(Overloaded("queue full")).get("/boom").status_code == 503
+        assert app_raising(NotReady("model failed")).get("/boom").status_code == 503
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "model failed" in warned[0], warned
