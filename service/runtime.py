@@ -619,7 +619,12 @@ def load_model(name: str, settings: Settings, metrics: Metrics | None = None) ->
     """Load, verify and warm one model, with a batcher per graph reporting to ``metrics``;
     never raises: failures come back with their reason."""
     started = time.perf_counter()
-    model = LoadedModel(name=name, state=ModelState.FAILED)
+    # A pinned version that cannot be found is still the version that failed (metrics
+    # label its series with it, /models shows it).
+    pinned = settings.model_versions.get(name)
+    model = LoadedModel(
+        name=name, state=ModelState.FAILED, version=pinned.strip() if pinned else None
+    )
     try:
         version_dir = select_version(
             settings.model_repository / name, settings.model_versions.get(name)

@@ -80,3 +80,16 @@ def test_a_failed_reload_leaves_the_serving_versions_series_at_1(tmp_path: Path)
         gauge = ready_gauge(client)
         assert gauge[("landmark", "1")] == 1.0
         assert gauge.get(("landmark", "2"), 0.0) == 0.0
+
+
+def test_a_pinned_version_that_is_not_there_is_the_version_that_reads_0(tmp_path: Path) -> None:
+    """An alert can name what failed: the series of a pinned version missing from the
+    repository is labelled with that version (it used to read version="")."""
+    repo = tmp_path / "repository"
+    write_model(repo, "landmark", "1")
+    settings = make_settings(repo, model_versions={"landmark": "99"})
+    with TestClient(create_app(settings)) as client:
+        assert ready_gauge(client) == {("landmark", "99"): 0.0}
+        (model,) = client.get("/models").json()["models"]
+        assert (model["version"], model["state"]) == ("99", "failed")
+        assert "pinned version '99' not found" in model["error"]
