@@ -86,7 +86,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and key not in entry:
-                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
+                plain = isinstance(value, int | float | bool | None)
+                # Capped like the message: an access line's path is the client's to make long.
+                entry[key] = value if plain else _capped(str(value))
         if record.exc_info:
             entry["error"] = _capped(self.formatException(record.exc_info), TRACEBACK_TAIL_CHARS)
         return json.dumps(entry, ensure_ascii=False)

@@ -51,6 +51,17 @@ def test_a_long_message_keeps_its_start() -> None:
     assert message.startswith("x" * 100) and "END" not in message and "chars cut" in message
 
 
+def test_long_extra_fields_are_capped_like_the_message() -> None:
+    """An access line's path is as long as the client makes it: 50 000 characters made a
+    52 kB JSON line while the message beside it was capped."""
+    record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "GET", (), None)
+    record.path = "/" + "p" * 50_000
+    record.status = 404
+    entry = json.loads(JsonFormatter().format(record))
+    assert len(entry["path"]) < MAX_MESSAGE_CHARS + 100 and "chars cut" in entry["path"]
+    assert entry["status"] == 404  # numbers stay numbers
+
+
 @pytest.mark.parametrize("root_path", ["", "/vision"])
 def test_probes_and_scrapes_log_their_access_lines_at_debug(
     repo: Path, json_log: io.StringIO, root_path: str
