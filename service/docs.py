@@ -33,6 +33,9 @@ from service.schemas import PROBLEM_MEDIA_TYPE, PROBLEM_REF, PROBLEM_REFS
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 DOCS_ASSETS_URL = "/docs-assets"
+# Paths served by Starlette's own Route and Mount (no FastAPI route to name them), as route
+# templates for the request metrics.
+STARLETTE_PATHS = ("/openapi.json", DOCS_ASSETS_URL + "/{asset:path}")
 SWAGGER_JS = "swagger-ui-bundle.js"
 SWAGGER_CSS = "swagger-ui.css"
 REDOC_JS = "redoc.standalone.js"

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from service.admission import MODEL_ENDPOINTS, AdmissionMiddleware
 from service.attention import FeatureCache
 from service.dependencies import check_api_key, check_request_fields, require_api_key
-from service.docs import install_offline_docs
+from service.docs import STARLETTE_PATHS, install_offline_docs
 from service.errors import StoreUnavailable, install_exception_handlers
 from service.expect import ExpectContinueMiddleware
 from service.feedback import FeedbackStore, open_store
@@ -202,7 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         MetricsMiddleware,
         metrics=app.state.metrics,
-        early_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS],
+        early_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS, *STARLETTE_PATHS],
     )
     # Every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)

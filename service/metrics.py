@@ -146,10 +146,12 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, early_paths: Collection[str] = ()) -> None:
         self.app = app
         self.metrics = metrics
-        # Route templates a middleware may answer before routing (the model endpoints' and
-        # V2 infer's early 503s, 413s and 408s): a request for one is labelled with its
-        # template, not "unmatched", so overload shows per endpoint. A fixed set, so no
-        # client can mint label values with made-up paths.
+        # Route templates of requests that carry no FastAPI route when answered: those a
+        # middleware answers before routing (the model endpoints' and V2 infer's early 503s,
+        # 413s and 408s), and Starlette's own routes and mounts (the OpenAPI document, the
+        # docs' static assets). A request for one is labelled with its template, not
+        # "unmatched", so overload shows per endpoint. A fixed set, so no client can mint
+        # label values with made-up paths.
         self.early_paths = RouteTemplates(early_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -160,7 +162,9 @@ class MetricsMiddleware:
         status = 500  # what the client sees if the app dies before answering
         # Probes and scrapes are not work: they would keep the in-flight gauge (and so an
         # autoscaler reading it) above zero on an idle server.
-        counted = not route_path(scope).startswith(PROBE_PREFIXES)
+        # Read before routing: a mount rewrites the scope's root_path on the way in.
+        path = route_path(scope)
+        counted = not path.startswith(PROBE_PREFIXES)
         if counted:
             self.metrics.in_flight.inc()
 
@@ -175,7 +179,7 @@ class MetricsMiddleware:
         finally:
             if counted:
                 self.metrics.in_flight.dec()
-            endpoint = _endpoint(scope, self.early_paths)
+            endpoint = _endpoint(scope, path, self.early_paths)
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(endpoint, method, str(status)).inc()
             self.metrics.request_seconds.labels(endpoint, method).observe(
@@ -183,9 +187,11 @@ class MetricsMiddleware:
             )
 
 
-def _endpoint(scope: Scope, early_paths: RouteTemplates) -> str:
+def _endpoint(scope: Scope, path: str, early_paths: RouteTemplates) -> str:
+    """The matched FastAPI route's template, else the template of ``early_paths`` that
+    ``path`` (the routed path) matches, else UNMATCHED_ENDPOINT."""
     route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    return early_paths.match(route_path(scope)) or UNMATCHED_ENDPOINT
+    template = getattr(route, "path", None)
+    if isinstance(template, str):
+        return template
+    return early_paths.match(path) or UNMATCHED_ENDPOINT

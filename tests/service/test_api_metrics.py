@@ -77,3 +77,23 @@ def test_early_refusals_are_counted_under_their_endpoint(repo: Path) -> None:
     assert (
         values[(request, (("endpoint", "unmatched"), ("method", "POST"), ("status", "413")))] == 1
     )
+
+
+def test_starlette_routes_are_labelled_with_their_template(client: TestClient) -> None:
+    """The OpenAPI document and the docs' assets are Starlette's Route and Mount, which set
+    no FastAPI route: they were counted as "unmatched", beside scanners' 404s."""
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs-assets/swagger-ui.css").status_code == 200
+    assert client.get("/docs-assets/nope.css").status_code == 404
+    values = samples(client.get("/metrics").text)
+    request = "vision_http_requests_total"
+    assets = "/docs-assets/{asset:path}"
+    assert (
+        values[(request, (("endpoint", "/openapi.json"), ("method", "GET"), ("status", "200")))]
+        == 1
+    )
+    assert values[(request, (("endpoint", assets), ("method", "GET"), ("status", "200")))] == 1
+    assert values[(request, (("endpoint", assets), ("method", "GET"), ("status", "404")))] == 1
+    assert not any(
+        labels[0] == ("endpoint", "unmatched") for name, labels in values if name == request
+    )
