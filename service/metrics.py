@@ -12,9 +12,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.paths import PROBE_PREFIXES, RouteTemplates, route_path
 
-# Request latency buckets (seconds): from a cached health check (ms) to a big upload's
-# decode on a slow CPU (seconds).
-REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Request latency buckets (seconds): from a probe (0.3 ms) and a lone CPU request (2-4 ms)
+# to the longest an upload may take: a body that stalls is cut at BODY_TIMEOUT_S (30 s by
+# default), and a refused one drained as long.
+REQUEST_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 # Inference buckets: a 160x160 graph runs in a few ms on GPU and tens of ms on CPU.
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Batch sizes: powers of two up to well past any max batch size in use.
