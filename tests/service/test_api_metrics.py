@@ -97,3 +97,11 @@ def test_starlette_routes_are_labelled_with_their_template(client: TestClient) -
     assert not any(
         labels[0] == ("endpoint", "unmatched") for name, labels in values if name == request
     )
+
+
+def test_no_created_series_are_exported(client: TestClient) -> None:
+    """One "_created" series per counter and histogram label set doubled the series count."""
+    client.get("/models")
+    names = {name for name, _ in samples(client.get("/metrics").text)}
+    assert "vision_http_requests_total" in names
+    assert not [name for name in names if name.endswith("_created")]
