@@ -66,6 +66,7 @@ class Metrics:
     body_bytes_in_flight: Gauge
     bodies_refused: Counter
     connections_timed_out: Counter
+    connections_refused: Counter
 
 
 def create_metrics() -> Metrics:
@@ -154,6 +155,14 @@ def create_metrics() -> Metrics:
             "headers (a request's head was incomplete; answered 408) or body (answered "
             "early, the rest of the body stopped arriving).",
             ["phase"],
+            registry=registry,
+        ),
+        connections_refused=Counter(
+            "vision_connections_refused",
+            "Connections the HTTP protocol answered and closed before any request reached "
+            "the app: malformed (bytes that are no HTTP/1.1 request: 400) or head_too_large "
+            "(a request head past VISION_MAX_HEADER_BYTES: 431).",
+            ["reason"],
             registry=registry,
         ),
         feature_cache=Counter(

@@ -288,6 +288,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         url: bytes = getattr(self, "url", b"")
         path = url.split(b"?", 1)[0].decode("latin-1")
         answer = malformed_response(self.server_state.default_headers, path)
+        self._count_refused("malformed")
         if self._open_requests and not self._body_pending:
             self._disarm()
             self._refusing = True
@@ -305,6 +306,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         after the answers to the requests before it (pipelined) are complete."""
         self._disarm()
         self._refusing = True
+        self._count_refused("head_too_large")
         self._refusal = (
             too_large_response(self.max_header_bytes, self.server_state.default_headers),
             "request head over %d bytes: 431",
@@ -312,6 +314,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         )
         if not self._open_requests:
             self._send_refusal()
+
+    def _count_refused(self, reason: str) -> None:
+        metrics: Metrics | None = self.app_state.get(METRICS_STATE_KEY)
+        if metrics is not None:
+            metrics.connections_refused.labels(reason).inc()
 
     def _send_refusal(self) -> None:
         answer, why, args = self._refusal

@@ -28,6 +28,7 @@ MAX_HEADER_BYTES = 16 * 1024
 # Slack for a busy CI machine: a close is on time when it comes within this much of the
 # deadline, and "not cut" means it outlived the deadline by more than this.
 SLACK_S = 1.0
+REFUSED = "vision_connections_refused_total"
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,13 @@ def connect(served: LiveProcess) -> socket.socket:
 
 
 def timed_out(served: LiveProcess) -> dict[str, float]:
+    return by_label(served, "vision_connections_timed_out_total")
+
+
+def by_label(served: LiveProcess, counter: str) -> dict[str, float]:
+    """A one-label counter's values in /metrics, by its label's value."""
     metrics = samples(httpx.get(f"{served.url}/metrics").text)
-    return {
-        labels[0][1]: value
-        for (name, labels), value in metrics.items()
-        if name == "vision_connections_timed_out_total"
-    }
+    return {labels[0][1]: value for (name, labels), value in metrics.items() if name == counter}
 
 
 def recognize_request() -> tuple[bytes, bytes]:
@@ -281,6 +283,7 @@ def test_a_head_past_the_size_limit_gets_431_and_is_closed(served: LiveProcess) 
     """One header of 1 MB, sent in pieces: httptools would hold all of it (copying it again
     for each piece); the server stops reading at the limit, answers 431 and closes."""
     head = b"GET /health/live HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 1_000_000
+    before = by_label(served, REFUSED).get("head_too_large", 0)
     with connect(served) as sock:
         assert not send_in_pieces(sock, head)  # cut off long before the end
         answer = read_to_close(sock)
@@ -288,6 +291,7 @@ def test_a_head_past_the_size_limit_gets_431_and_is_closed(served: LiveProcess) 
     assert status == 431
     problem = json.loads(body)
     assert problem["status"] == 431 and "VISION_MAX_HEADER_BYTES" in problem["detail"]
+    assert by_label(served, REFUSED)["head_too_large"] == before + 1
 
 
 def test_a_head_under_the_limit_is_answered_in_pieces_too(served: LiveProcess) -> None:
@@ -392,6 +396,7 @@ def test_a_broken_chunk_size_mid_body_gets_a_400_problem_with_its_protocol_s_mem
 
 
 def test_bytes_that_are_no_request_line_get_a_400_problem(served: LiveProcess) -> None:
+    before = by_label(served, REFUSED).get("malformed", 0)
     with connect(served) as sock:
         sock.sendall(b"\x00\x01\x02 not http\r\n\r\n")
         answer = read_to_close(sock)
@@ -399,6 +404,7 @@ def test_bytes_that_are_no_request_line_get_a_400_problem(served: LiveProcess) -
     problem = json.loads(body)
     assert status == 400 and problem["type"].endswith(":malformed-request")
     assert "error" not in problem
+    assert by_label(served, REFUSED)["malformed"] == before + 1
 
 
 @pytest.mark.parametrize("pipelined", ["ping", "upload"])
