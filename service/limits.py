@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
@@ -347,6 +347,11 @@ class UploadGateMiddleware:
         try:
             with contextlib.suppress(BodyStalled):
                 await self.app(scope, timed_receive, guarded_send)
+        except ClientDisconnect:
+            # Request.stream() raises it for a body cut short (a V2 infer's); the form
+            # parser's 400 takes the other path. Either way the client left: 499 below.
+            if not gone:
+                raise
         finally:
             release()
         if stalled:

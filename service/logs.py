@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.paths import PROBE_PREFIXES, route_path
+from service.paths import PROBE_PATHS, route_path
 from service.timing import timings_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -179,7 +179,7 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
         # Read before routing: a mount rewrites the scope's root_path on the way in.
-        quiet = route_path(scope).startswith(PROBE_PREFIXES)
+        quiet = route_path(scope) in PROBE_PATHS
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

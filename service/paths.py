@@ -7,9 +7,13 @@ from collections.abc import Collection
 from starlette.routing import compile_path
 from starlette.types import Scope
 
-# Paths of probes and scrapes, asked every few seconds (routed paths, less a root_path): not
-# counted as requests in flight, and their access lines only at DEBUG.
+# Paths of probes and scrapes, asked every few seconds (routed paths, less a root_path):
+# under these prefixes nothing counts as a request in flight, and the probes themselves log
+# their access lines only at DEBUG (a scanner's /metrics.php or /health/x stays at INFO).
 PROBE_PREFIXES = ("/health/", "/v2/health/", "/metrics")
+PROBE_PATHS = frozenset(
+    {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"}
+)
 
 
 def route_path(scope: Scope) -> str:

@@ -238,7 +238,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._refusing:
             if not self._open_requests:
-                self._send_refusal()
+                # Not in the context of the request just answered: the log line is no
+                # request's (it carried that request's id).
+                contextvars.Context().run(self._send_refusal)
             return
         if self._open_requests or self.transport.is_closing():
             return
@@ -283,6 +285,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self._body_pending and started:  # broken mid-body, its answer on its way
             self.transport.close()
             return
+        queued = [entry for entry in self.pipeline if entry[0] is cycle]
+        if self._body_pending and queued:
+            # Broken mid-body while queued behind a request still being answered: it never
+            # runs (out of the queue), and its 400 waits for the answers before it.
+            self.pipeline.remove(queued[0])
+            self._open_requests -= 1
+            self._body_pending = False
         # The request line's target, when one was read (uvicorn sets url once a message
         # begins; bytes refused before that have none).
         url: bytes = getattr(self, "url", b"")
@@ -326,7 +335,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def _close(self, answer: bytes, why: str, *args: object) -> None:
         """Write ``answer`` (raw bytes, may be empty), log ``why`` (a %-format, with
-        ``args``) as this client's warning, and close once the write is flushed."""
+        ``args``) as this client's warning, and close once the write is flushed; nothing
+        when the connection is already closing (an answer before said ``Connection: close``):
+        nothing would be sent."""
+        if self.transport.is_closing():
+            return
         if answer:
             self.transport.write(answer)
         self.logger.warning("%s:%s - " + why, *(self.client or ("-", "-")), *args)

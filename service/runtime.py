@@ -601,6 +601,13 @@ def check_graph_roles(config: ModelConfig, decoder: Decoder) -> None:
                 f"decode names graph {role!r}, which config.json does not have "
                 f"(it has {sorted(graphs)})"
             )
+    if next(iter(graphs)) != names.features_graph:
+        # The first graph is the one that takes the image: /models lists its inputs, and
+        # V2 serves it under the model's own name.
+        raise ModelLoadError(
+            f"config.json must list the features graph {names.features_graph!r} first in "
+            f"graphs (it lists {list(graphs)})"
+        )
     inputs = {spec.name for spec in graphs[names.perception_graph].inputs}
     missing = sorted({names.feature_map, names.attention_map} - inputs)
     if missing:

@@ -527,13 +527,19 @@ def test_stalled_uploads_fill_the_gate_then_get_408_over_real_tcp(tmp_path: Path
 def test_a_client_gone_mid_body_is_counted_499_not_400_over_real_tcp(tmp_path: Path) -> None:
     """An upload whose client disconnects half-way is the client's doing: FastAPI's form
     parser made a 400 of the cut-off body, which the metrics and the access log counted
-    as a bad request."""
+    as a bad request; a V2 infer's body read as a stream made a 500 with two tracebacks."""
     with (
         live_process(process_env(tmp_path), tmp_path / "stderr.log") as served,
         httpx.Client(base_url=served.url, timeout=30) as client,
     ):
         for _ in range(2):
             stalled_upload(served.port).close()
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as v2:
+            v2.sendall(
+                b"POST /v2/models/landmark/infer HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                b'{"inputs":'
+            )
         deadline = time.monotonic() + 10
         while True:
             counted = {
@@ -542,12 +548,21 @@ def test_a_client_gone_mid_body_is_counted_499_not_400_over_real_tcp(tmp_path: P
                 if name == "vision_http_requests_total" and ("endpoint", "/recognize") in labels
             }
             statuses = {dict(labels)["status"]: value for labels, value in counted.items()}
-            if sum(statuses.values()) >= 2 or time.monotonic() > deadline:
+            v2_statuses = {
+                dict(labels)["status"]: value
+                for (name, labels), value in samples(client.get("/metrics").text).items()
+                if name == "vision_http_requests_total"
+                and ("endpoint", "/v2/models/{name}/infer") in labels
+            }
+            done = sum(statuses.values()) >= 2 and sum(v2_statuses.values()) >= 1
+            if done or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-    assert statuses == {"499": 2.0}
-    access = [line for line in served.stderr.read_text().splitlines() if "POST /recognize" in line]
+    assert statuses == {"499": 2.0} and v2_statuses == {"499": 1.0}
+    log = served.stderr.read_text()
+    access = [line for line in log.splitlines() if "POST /recognize" in line]
     assert len(access) == 2 and all(" 499 " in line for line in access), access
+    assert "Traceback" not in log and " ERROR " not in log, log
 
 
 def test_uploads_without_a_key_do_not_hold_the_budget_over_real_tcp(tmp_path: Path) -> None:

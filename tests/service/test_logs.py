@@ -74,6 +74,8 @@ def test_probes_and_scrapes_log_their_access_lines_at_debug(
         json_log.seek(0)
         for path in ("/health/live", "/health/ready", "/v2/health/ready", "/metrics", "/models"):
             assert client.get(root_path + path).status_code == 200, path
+        for path in ("/metrics.php", "/health/x"):  # scanners, under the probes' prefixes
+            assert client.get(root_path + path).status_code == 404, path
     levels = {
         record["path"].removeprefix(root_path): record["level"]
         for record in map(json.loads, json_log.getvalue().splitlines())
@@ -85,4 +87,6 @@ def test_probes_and_scrapes_log_their_access_lines_at_debug(
         "/v2/health/ready": "DEBUG",
         "/metrics": "DEBUG",
         "/models": "INFO",
+        "/metrics.php": "INFO",
+        "/health/x": "INFO",
     }

@@ -425,6 +425,45 @@ def test_bytes_that_are_no_request_after_requests_get_their_400_after_those_answ
     assert json.loads(answers[2][1])["type"].endswith(":malformed-request")
 
 
+def test_a_broken_chunked_body_queued_behind_an_answer_waits_for_it(served: LiveProcess) -> None:
+    """A chunked upload whose chunk size is broken, pipelined behind a request still being
+    answered, never runs; its 400 comes after that answer (which it used to replace)."""
+    head, body = recognize_request()
+    broken = (
+        b"POST /v2/models/landmark/infer HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n"
+    )
+    with connect(served) as sock:
+        sock.sendall(head + body + broken)
+        answers = responses(read_to_close(sock))
+    assert [status for status, _ in answers] == [200, 400]
+    assert json.loads(answers[0][1])["model"]["name"] == "landmark"
+
+
+def test_a_deferred_400_logs_no_request_s_id_and_nothing_after_a_close(
+    served: LiveProcess,
+) -> None:
+    """The refusal of junk behind an answer is logged as no request's (it ran in the
+    answered request's context and carried its id); behind an answer that closed the
+    connection (an Expect 404) nothing is sent, and nothing is logged as sent."""
+    ping = PING.replace(b"\r\n\r\n", b"\r\nX-Request-ID: answered-before-junk\r\n\r\n")
+    with connect(served) as sock:
+        sock.sendall(ping + b"JUNK\x00\r\n\r\n")
+        assert [status for status, _ in responses(read_to_close(sock))] == [200, 400]
+    lines = served.stderr.read_text().splitlines()
+    refused = [line for line in lines if "bytes that are no request" in line]
+    assert refused and "answered-before-junk" not in refused[-1], refused[-1]
+    closing = (  # answered 404 with Connection: close: it waits for a 100 Continue
+        b"POST /nowhere HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 0\r\nX-Request-ID: closed-before-junk\r\n\r\n"
+    )
+    with connect(served) as sock:
+        sock.sendall(closing + b"JUNK\x00\r\n\r\n")
+        assert [status for status, _ in responses(read_to_close(sock))] == [404]
+    lines = served.stderr.read_text().splitlines()
+    assert len([line for line in lines if "bytes that are no request" in line]) == len(refused)
+
+
 def test_the_raw_408_is_well_formed() -> None:
     raw = timeout_response(2.5, [(b"server", b"uvicorn")])
     head, _, body = raw.partition(b"\r\n\r\n")

@@ -171,6 +171,19 @@ def test_attention_graph_roles_are_checked_at_load(
     assert message in (model.error or "")
 
 
+def test_an_attention_model_must_list_its_features_graph_first(tmp_path: Path) -> None:
+    """The first graph is the one that takes the image (/models lists its inputs, V2 serves
+    it as the model's own name): listed second, the version is refused at load."""
+    target = tmp_path / "repository" / "attention" / "5"
+    shutil.copytree(REPOSITORY / "attention" / "5", target)
+    config = json.loads((target / "config.json").read_text())
+    config["graphs"] = dict(reversed(list(config["graphs"].items())))
+    (target / "config.json").write_text(json.dumps(config))
+    model = load_model("attention", make_settings(tmp_path / "repository", models=["attention"]))
+    assert not model.ready
+    assert "must list the features graph 'features' first" in (model.error or "")
+
+
 def test_an_image_endpoint_refuses_a_model_of_several_graphs(tmp_path: Path) -> None:
     # /recognize runs one graph; a two-graph landmark version is ready (V2 serves each
     # graph) but not something this endpoint can run: 503 saying so, not a 500.
