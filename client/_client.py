@@ -38,8 +38,11 @@ DEFAULT_TIMEOUT_S = 30.0
 def _checked_base_url(base_url: str) -> str:
     """``base_url`` when it names an HTTP(S) server; ValueError at once otherwise (httpx
     would fail each request later, as if the server had not answered)."""
-    if httpx.URL(base_url).scheme not in ("http", "https"):
-        raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+    url = httpx.URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"base_url must be http:// or https:// and a host (http://host:8000), not {base_url!r}"
+        )
     return base_url
 
 

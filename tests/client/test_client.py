@@ -401,6 +401,8 @@ def test_misuse_is_said_at_once(base_url: str) -> None:
         VisionClient("127.0.0.1:8000")
     with pytest.raises(ValueError, match="http:// or https://"):
         AsyncVisionClient("localhost:8000")
+    with pytest.raises(ValueError, match="a host"):
+        VisionClient("http:/localhost:8000")
     vision = VisionClient(base_url, api_key=API_KEY)
     vision.close()
     with pytest.raises(VisionError, match="closed"):
