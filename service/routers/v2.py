@@ -483,6 +483,34 @@ def decode_inputs(
     return feeds
 
 
+# Bytes a JSON number takes in an answer: a float32 written as a Python float has up to 17
+# significant digits, a sign, an exponent and the ", " after it.
+JSON_BYTES_PER_VALUE = 24
+
+
+def answer_bytes(
+    feeds: Mapping[str, npt.NDArray[Any]],
+    wanted: Sequence[tuple[str, bool]],
+    config: GraphConfig,
+) -> int:
+    """About how many bytes the answer's outputs take: their config.json shapes with the
+    batch axis at the request's rows (another dynamic axis counted as 1), at the datatype's
+    size when binary and JSON_BYTES_PER_VALUE a value in JSON."""
+    rows = max((array.shape[0] for array in feeds.values() if array.ndim), default=1)
+    specs = {spec.name: spec for spec in config.outputs}
+    total = 0
+    for name, binary in wanted:
+        spec = specs[name]
+        values = math.prod(
+            rows if axis == 0 and size == -1 else max(size, 1)
+            for axis, size in enumerate(spec.shape)
+        )
+        total += values * (
+            _little_endian(spec.datatype).itemsize if binary else JSON_BYTES_PER_VALUE
+        )
+    return total
+
+
 def _flag(parameters: Mapping[str, Any], key: str, default: bool) -> bool:
     value = parameters.get(key, default)
     if not isinstance(value, bool):
@@ -706,6 +734,20 @@ async def _infer(found: V2Model, request: Request) -> Response:
         feeds = decode_inputs(parsed, binary, config)
         wanted = requested_outputs(parsed, config)
         request_id = parsed.id
+        # The answer is held too, and in JSON takes several times its tensors: a 20 kB gzip
+        # body of 420 zero images asked for a 125 MB answer (850 MB of memory building it).
+        # Bounded like a body, and counted in the body budget beside the request's own.
+        answer = answer_bytes(feeds, wanted, config)
+        limit = request.app.state.settings.max_upload_bytes
+        if answer > limit:
+            raise V2Error(
+                413,
+                f"the answer would take about {answer} bytes, past the {limit} an answer may "
+                "take (VISION_MAX_UPLOAD_BYTES): ask for fewer rows or outputs, or for binary "
+                "outputs (binary_data), which take a fraction of JSON's",
+            )
+        inputs = sum(array.nbytes for array in feeds.values())
+        reserve_at_least(request.scope, inputs + answer, "the inputs and their answer")
         # The parsed JSON holds its numbers as Python objects, 5-8x the body's bytes: let it
         # and the body go before the wait in the queue, which only needs the arrays.
         del body, parsed, binary

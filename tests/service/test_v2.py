@@ -23,6 +23,7 @@ from service.routers.v2 import HEADER_LENGTH, V2Error, split_body
 from tests.service.conftest import make_settings
 from tests.service.fakes import CELLS, SIZE, write_model
 from tests.service.fakes_v2 import square_cell, square_tensor, write_v2_repository
+from tests.service.test_api_metrics import samples
 
 CONFIDENT = 0.999  # sigmoid(10) of the fake graph's covered cell
 
@@ -336,6 +337,28 @@ def test_gzip_bomb_is_413(tmp_path: Path) -> None:
         headers = {"Content-Encoding": "gzip"}
         response = client.post("/v2/models/landmark/infer", content=bomb, headers=headers)
         assert "inflated" in error_of(response, 413)
+
+
+def test_an_answer_past_the_upload_limit_is_413_before_the_run(tmp_path: Path) -> None:
+    """A small binary (or gzip) request can ask for an answer many times its size: a JSON
+    answer of 125 MB from a 20 kB request took 850 MB to build. Estimated from the outputs'
+    shapes before the run and bounded like a body; the same rows asked as binary pass."""
+    root = write_v2_repository(tmp_path / "repository")
+    # Two rows of chain.front's 3x160x160 output: 614 kB binary, about 3.7 MB in JSON.
+    settings = make_settings(root, max_upload_bytes=1_000_000)
+    tensor = np.zeros((2, 3, SIZE, SIZE), np.float32)
+    with TestClient(create_app(settings)) as client:
+        body, headers = binary_image_request(tensor, outputs=[{"name": "mid"}])
+        refused = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+        detail = error_of(refused, 413)
+        assert "binary_data" in detail and "VISION_MAX_UPLOAD_BYTES" in detail
+        runs = samples(client.get("/metrics").text)
+        assert not [v for (name, _), v in runs.items() if name == "vision_batch_size_count" and v]
+        binary = {"outputs": [{"name": "mid", "parameters": {"binary_data": True}}]}
+        body, headers = binary_image_request(tensor, **binary)
+        answered = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+        assert answered.status_code == 200, answered.text
+        assert len(answered.content) > tensor.nbytes
 
 
 def test_problems_answered_before_a_v2_route_carry_an_error_member(tmp_path: Path) -> None:
