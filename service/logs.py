@@ -145,13 +145,20 @@ def uvicorn_log_config(log_format: str, level: str) -> dict[str, Any]:
     }
 
 
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and Unicode's line and paragraph separators: each can start a new line
+# in some log viewer (NEL, U+0085, and U+2028 do in many).
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def printable(text: str) -> str:
     """``text`` with control characters escaped: a decoded URL path may hold a newline,
     which would forge a second line in a text log."""
-    return CONTROL_CHARS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return CONTROL_CHARS.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.logs import ACCESS_LOGGER, MAX_MESSAGE_CHARS, JsonFormatter, TextFormatter
+from service.logs import (
+    ACCESS_LOGGER,
+    MAX_MESSAGE_CHARS,
+    JsonFormatter,
+    TextFormatter,
+    printable,
+)
 from service.main import create_app
 from tests.service.conftest import make_settings
 
@@ -90,3 +96,10 @@ def test_probes_and_scrapes_log_their_access_lines_at_debug(
         "/metrics.php": "INFO",
         "/health/x": "INFO",
     }
+
+
+def test_printable_escapes_every_line_break_a_log_viewer_may_honour() -> None:
+    """C0 controls, C1 controls (NEL, U+0085) and U+2028 / U+2029, which some viewers break
+    lines at: a path holding one could forge a line of a text log."""
+    assert printable("a\nb\x85c\u2028d\u2029e\x7f") == "a\\x0ab\\x85c\\u2028d\\u2029e\\x7f"
+    assert printable("caf\u00e9 \u4e2d") == "caf\u00e9 \u4e2d"  # letters stay as they are
