@@ -33,6 +33,14 @@ from service.schemas import PROBLEM_MEDIA_TYPE, PROBLEM_REF, PROBLEM_REFS
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 DOCS_ASSETS_URL = "/docs-assets"
+# The docs pages may not be framed by another site (a framed "Try it out" could be steered
+# into a request with the user's key) nor sniffed; their own inline scripts (FastAPI's page
+# templates) rule out a script policy as strict as /ui's.
+DOCS_PAGE_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 # Paths served by Starlette's own Route and Mount (no FastAPI route to name them), as route
 # templates for the request metrics.
 STARLETTE_PATHS = ("/openapi.json", DOCS_ASSETS_URL + "/{asset:path}")
@@ -130,28 +138,36 @@ def install_offline_docs(app: FastAPI) -> None:
     def asset(request: Request, name: str) -> str:
         return f"{request.scope.get('root_path', '')}{DOCS_ASSETS_URL}/{name}"
 
+    def guarded(page: HTMLResponse) -> HTMLResponse:
+        page.headers.update(DOCS_PAGE_HEADERS)
+        return page
+
     @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=f"{request.scope.get('root_path', '')}{openapi_url}",
-            title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=oauth2_redirect_url,
-            swagger_js_url=asset(request, SWAGGER_JS),
-            swagger_css_url=asset(request, SWAGGER_CSS),
-            swagger_favicon_url=asset(request, FAVICON),
-            swagger_ui_parameters=app.swagger_ui_parameters,
+        return guarded(
+            get_swagger_ui_html(
+                openapi_url=f"{request.scope.get('root_path', '')}{openapi_url}",
+                title=f"{app.title} - Swagger UI",
+                oauth2_redirect_url=oauth2_redirect_url,
+                swagger_js_url=asset(request, SWAGGER_JS),
+                swagger_css_url=asset(request, SWAGGER_CSS),
+                swagger_favicon_url=asset(request, FAVICON),
+                swagger_ui_parameters=app.swagger_ui_parameters,
+            )
         )
 
     @app.get(oauth2_redirect_url, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return guarded(get_swagger_ui_oauth2_redirect_html())
 
     @app.get(REDOC_URL, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url=f"{request.scope.get('root_path', '')}{openapi_url}",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=asset(request, REDOC_JS),
-            redoc_favicon_url=asset(request, FAVICON),
-            with_google_fonts=False,
+        return guarded(
+            get_redoc_html(
+                openapi_url=f"{request.scope.get('root_path', '')}{openapi_url}",
+                title=f"{app.title} - ReDoc",
+                redoc_js_url=asset(request, REDOC_JS),
+                redoc_favicon_url=asset(request, FAVICON),
+                with_google_fonts=False,
+            )
         )

@@ -118,3 +118,11 @@ def test_response_fields_sent_always_are_required_and_scores_bounded(client: Tes
     # And as sent: /models carries every ModelInfo field, null ones included.
     for model in client.get("/models").json()["models"]:
         assert set(model) == set(model_info["properties"]), model["name"]
+
+
+def test_docs_pages_may_not_be_framed(client: TestClient) -> None:
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"], path
+        assert page.headers["x-content-type-options"] == "nosniff", path
