@@ -4,6 +4,7 @@ strict: unknown fields fail), and the properties the manifests promise to each o
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import jsonschema
@@ -25,6 +26,7 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 NOT_KUBERNETES = {"kustomization.yaml", "inferenceservice.yaml"}
 SECRET_EXAMPLE = "feedback-db-secret.example.yaml"
+KEYS_EXAMPLE = "api-keys-secret.example.yaml"
 ENTRY_VARIABLES = set(serve.ENVIRONMENT)
 # Fields of a KServe predictor that are not PodSpec fields (ComponentExtensionSpec).
 KSERVE_PREDICTOR_EXTENSIONS = {
@@ -203,6 +205,7 @@ def test_kustomization_lists_existing_manifests() -> None:
     assert set(kustomization["resources"]) == expected - {
         "prometheus-adapter-rules.yaml",
         SECRET_EXAMPLE,  # real credentials are made with kubectl, not applied from git
+        KEYS_EXAMPLE,
     }
 
 
@@ -227,6 +230,37 @@ def test_every_replica_takes_the_feedback_database_url_from_the_secret() -> None
     assert data["VISION_FEEDBACK_REQUIRE_SHARED"] == "true"
     assert "VISION_FEEDBACK_DB" not in data
     assert inference["spec"]["predictor"]["enableServiceLinks"] is False
+
+
+def test_every_replica_requires_api_keys_from_the_secret() -> None:
+    """Shipped open, anyone reaching a pod (or a web page a user opens, by a cross-site
+    form POST) stored teacher records and reloaded models. The keys come from a Secret the
+    pod cannot start without; the example's values are JSON lists the service accepts."""
+    (secret,) = documents(KEYS_EXAMPLE)
+    keys = {name: json.loads(value) for name, value in secret["stringData"].items()}
+    settings = Settings(api_keys=keys["keys"], admin_api_keys=keys["admin-keys"])
+    assert settings.api_keys and settings.admin_api_keys
+    (inference,) = documents("inferenceservice.yaml")
+    containers = [_container(d) for d in by_kind("Deployment").values()]
+    containers += inference["spec"]["predictor"]["containers"]
+    for container in containers:
+        env = {e["name"]: e for e in container["env"]}
+        for variable, key in (("VISION_API_KEYS", "keys"), ("VISION_ADMIN_API_KEYS", "admin-keys")):
+            reference = env[variable]["valueFrom"]["secretKeyRef"]
+            assert reference == {"name": secret["metadata"]["name"], "key": key}
+    data = by_kind("ConfigMap")["vision-settings"]["data"]
+    assert "VISION_API_KEYS" not in data
+    # /metrics is scraped without a key, from the monitoring namespace only.
+    assert data["VISION_METRICS_REQUIRE_KEY"] == "false"
+    assert int(data["VISION_FEEDBACK_MAX_RECORDS"]) > 0
+    (policy,) = by_kind("NetworkPolicy").values()
+    pod_labels = by_kind("Deployment")["vision"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    namespaces = {
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]
+    }
+    assert namespaces == {"ingress-nginx", "monitoring"}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
