@@ -55,7 +55,11 @@ def test_cpu_service_on_8000(compose: dict[str, Any]) -> None:
     vision = compose["services"]["vision"]
     assert "profiles" not in vision  # `docker compose up` starts it
     assert vision["build"] == {"context": ".", "dockerfile": "docker/Dockerfile", "target": "cpu"}
-    assert vision["ports"] == ["${PORT:-8000}:8000"]
+    # Loopback unless BIND says otherwise: no keys are set, so the port must not be public.
+    assert vision["ports"] == ["${BIND:-127.0.0.1}:${PORT:-8000}:8000"]
+    for service in compose["services"].values():
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND:-127.0.0.1}:"), port
     assert vision["environment"]["VISION_PROVIDERS"] == "cpu"
     assert vision["restart"] == "unless-stopped"
     assert vision["deploy"]["resources"]["limits"]["memory"]
