@@ -29,6 +29,7 @@ from service.limits import (
 )
 from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import METRICS_STATE_KEY, Metrics, MetricsMiddleware, create_metrics
+from service.origin import SameSiteMiddleware
 from service.ranges import IgnoreRangeMiddleware
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
 from service.routers.v2 import BODY_PATHS as V2_BODY_PATHS
@@ -199,6 +200,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Outside every middleware that reads a body, so that it sees whether any of them did.
     app.add_middleware(ExpectContinueMiddleware)
+    if not settings.api_keys:
+        # Before any body is read: a cross-site page's request is refused unread.
+        app.add_middleware(SameSiteMiddleware)
     app.add_middleware(
         MetricsMiddleware,
         metrics=app.state.metrics,
