@@ -591,3 +591,37 @@ def test_the_page_says_what_went_wrong(server: tuple[str, Path], tmp_path: Path)
         )
         page.set_input_files("#image-input", str(image_path))
         expect(page.locator("#status")).to_contain_text("text/html, not JSON")
+
+
+def test_a_page_of_another_site_cannot_change_a_server_without_keys(
+    server: tuple[str, Path],
+) -> None:
+    """A form on another site that posts to the service (no preflight needed) is refused
+    403 by a server without API keys; the same request from the service's own page passes."""
+    url, _ = server
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    form = (
+        f'<form id="f" method="post" action="{url}/models/attention/reload"></form>'
+        '<script>document.getElementById("f").submit()</script>'
+    )
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.route(
+                "http://elsewhere.test/",
+                lambda route: route.fulfill(status=200, content_type="text/html", body=form),
+            )
+            with page.expect_response(lambda r: r.url.endswith("/reload")) as answer:
+                page.goto("http://elsewhere.test/")
+            assert answer.value.status == 403
+            assert "VISION_API_KEYS" in answer.value.json()["detail"]
+            # The page's own script may (its CSP allows no form submission at all).
+            page.goto(url + "/ui")
+            status = page.evaluate(
+                "async (action) => (await fetch(action, {method: 'POST'})).status",
+                url + "/models/attention/reload",
+            )
+            assert status == 200
+        finally:
+            browser.close()
