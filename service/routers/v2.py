@@ -483,9 +483,9 @@ def decode_inputs(
     return feeds
 
 
-# Bytes a JSON number takes in an answer: a float32 written as a Python float has up to 17
-# significant digits, a sign, an exponent and the ", " after it.
-JSON_BYTES_PER_VALUE = 24
+# The fewest bytes a value takes in a JSON answer: "0," for an integer, "0.0," for a float.
+# The pre-run bound uses these; the JSON written is measured as it is built (encode_outputs).
+JSON_MIN_BYTES = {"f": 4, "i": 2, "u": 2, "b": 5}
 
 
 def answer_bytes(
@@ -493,21 +493,20 @@ def answer_bytes(
     wanted: Sequence[tuple[str, bool]],
     config: GraphConfig,
 ) -> int:
-    """About how many bytes the answer's outputs take: their config.json shapes with the
+    """The fewest bytes the answer's outputs can take: their config.json shapes with the
     batch axis at the request's rows (another dynamic axis counted as 1), at the datatype's
-    size when binary and JSON_BYTES_PER_VALUE a value in JSON."""
+    size when binary and at the shortest a value is written (JSON_MIN_BYTES) in JSON. A
+    lower bound: past the limit no answer to these rows fits, so they are refused unrun."""
     rows = max((array.shape[0] for array in feeds.values() if array.ndim), default=1)
     specs = {spec.name: spec for spec in config.outputs}
     total = 0
     for name, binary in wanted:
-        spec = specs[name]
+        dtype = _little_endian(specs[name].datatype)
         values = math.prod(
             rows if axis == 0 and size == -1 else max(size, 1)
-            for axis, size in enumerate(spec.shape)
+            for axis, size in enumerate(specs[name].shape)
         )
-        total += values * (
-            _little_endian(spec.datatype).itemsize if binary else JSON_BYTES_PER_VALUE
-        )
+        total += values * (dtype.itemsize if binary else JSON_MIN_BYTES[dtype.kind])
     return total
 
 
@@ -582,6 +581,36 @@ def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, by
 
 # Encodes a response body (plain dicts, lists, str, int, float) to compact JSON bytes.
 JSON_BODY: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+JSON_LIST: TypeAdapter[list[Any]] = TypeAdapter(list[Any])
+
+# Values turned into Python objects at a time while an output is written as JSON: a float
+# object and its list slot take 32 bytes, so 65 536 values hold about 2 MB beside the answer
+# (the whole of a 31 M-value answer as one list once took 850 MB).
+JSON_CHUNK_VALUES = 65_536
+
+
+class AnswerTooLarge(V2Error):
+    """The answer grew past the limit an answer may take while it was written."""
+
+
+def _json_data(array: npt.NDArray[Any], room: int) -> list[bytes]:
+    """The JSON text of ``array``'s values, flattened, as pieces that join with b"," (no
+    brackets); AnswerTooLarge as soon as they pass ``room`` bytes."""
+    flat = array.reshape(-1)
+    pieces: list[bytes] = []
+    used = 0
+    for start in range(0, flat.size, JSON_CHUNK_VALUES):
+        piece = JSON_LIST.dump_json(flat[start : start + JSON_CHUNK_VALUES].tolist())[1:-1]
+        used += len(piece) + 1
+        if used > room:
+            raise AnswerTooLarge(413, "")
+        pieces.append(piece)
+    return pieces
+
+
+def _open_object(value: dict[str, Any]) -> bytes:
+    """``value``'s JSON without its closing brace, for members to be appended."""
+    return JSON_BODY.dump_json(value)[:-1]
 
 
 def encode_outputs(
@@ -589,19 +618,26 @@ def encode_outputs(
     wanted: Sequence[tuple[str, bool]],
     config: GraphConfig,
     body: dict[str, Any],
+    limit: int,
 ) -> Response:
-    """JSON response, or JSON header + binary outputs when any output is binary."""
+    """JSON response, or JSON header + binary outputs when any output is binary. An answer
+    past ``limit`` bytes is a 413, found while it is written: JSON's size depends on the
+    values (a ReLU map of zeros takes 4 bytes a value, other floats up to 24)."""
     datatypes = {spec.name: spec.datatype for spec in config.outputs}
-    outputs: list[dict[str, Any]] = []
+    # The JSON is assembled from pieces so that no output is ever a Python list whole.
+    parts: list[bytes] = [_open_object(body), b',"outputs":[']
     chunks: list[bytes] = []
-    for name, binary in wanted:
+    size = sum(map(len, parts))
+    for index, (name, binary) in enumerate(wanted):
         datatype = datatypes[name]
         array = np.asarray(results[name])
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        data: list[bytes] = []
         if binary:
             raw = np.ascontiguousarray(array, dtype=_little_endian(datatype)).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+            size += len(raw)
         else:
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 # Strict JSON has no NaN or Infinity; the binary extension carries them. Only
@@ -612,12 +648,29 @@ def encode_outputs(
                     f"output {name!r} is not finite for these inputs, and JSON cannot carry "
                     "it; ask for it with binary_data true",
                 )
-            entry["data"] = array.reshape(-1).tolist()
-        outputs.append(entry)
-    body["outputs"] = outputs
+            try:
+                data = _json_data(array, limit - size)
+            except AnswerTooLarge:
+                raise AnswerTooLarge(
+                    413,
+                    f"output {name!r} in JSON takes more than the {limit} bytes an answer may "
+                    "take (VISION_MAX_UPLOAD_BYTES): ask for it with binary_data true (4 bytes "
+                    "a float32 value against JSON's up to 24), or for fewer rows or outputs",
+                ) from None
+        part = (b"," if index else b"") + _open_object(entry)
+        part += b"}" if binary else b',"data":[' + b",".join(data) + b"]}"
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            raise AnswerTooLarge(
+                413,
+                f"the answer takes more than the {limit} bytes an answer may take "
+                "(VISION_MAX_UPLOAD_BYTES): ask for fewer rows or outputs",
+            )
+    parts.append(b"]}")
     # pydantic's encoder: about 10x json.dumps on a feature map (the event loop waits for it).
     # Every float above was checked finite, so no NaN token can reach strict JSON.
-    header = JSON_BODY.dump_json(body)
+    header = b"".join(parts)
     if not chunks:
         return Response(header, media_type="application/json")
     return Response(
@@ -734,17 +787,17 @@ async def _infer(found: V2Model, request: Request) -> Response:
         feeds = decode_inputs(parsed, binary, config)
         wanted = requested_outputs(parsed, config)
         request_id = parsed.id
-        # The answer is held too, and in JSON takes several times its tensors: a 20 kB gzip
+        # The answer is held too, and in JSON takes up to six times its tensors: a 20 kB gzip
         # body of 420 zero images asked for a 125 MB answer (850 MB of memory building it).
-        # Bounded like a body, and counted in the body budget beside the request's own.
+        # Bounded like a body: refused unrun when even its fewest bytes pass the limit, else
+        # measured as it is written (encode_outputs), and counted in the body budget.
         answer = answer_bytes(feeds, wanted, config)
         limit = request.app.state.settings.max_upload_bytes
         if answer > limit:
             raise V2Error(
                 413,
-                f"the answer would take about {answer} bytes, past the {limit} an answer may "
-                "take (VISION_MAX_UPLOAD_BYTES): ask for fewer rows or outputs, or for binary "
-                "outputs (binary_data), which take a fraction of JSON's",
+                f"the answer would take at least {answer} bytes, past the {limit} an answer "
+                "may take (VISION_MAX_UPLOAD_BYTES): ask for fewer rows or outputs",
             )
         inputs = sum(array.nbytes for array in feeds.values())
         reserve_at_least(request.scope, inputs + answer, "the inputs and their answer")
@@ -768,7 +821,9 @@ async def _infer(found: V2Model, request: Request) -> Response:
     head: dict[str, Any] = {"model_name": found.name, "model_version": version}
     if request_id is not None:
         head["id"] = request_id
-    return encode_outputs(results, wanted, config, head)
+    response = encode_outputs(results, wanted, config, head, limit)
+    reserve_at_least(request.scope, inputs + len(response.body), "the inputs and their answer")
+    return response
 
 
 INFER_RESPONSES: Responses = {
@@ -791,7 +846,7 @@ INFER_RESPONSES: Responses = {
         "body budget"
     ),
     408: _error("the body stopped arriving for VISION_BODY_TIMEOUT_S; the connection is closed"),
-    413: _error("the body exceeds the upload limit, as sent or once inflated"),
+    413: _error("the body exceeds the upload limit, as sent or once inflated, or the answer would"),
     503: _error(
         "not ready (a model failed to load), the graph's queue full, or the server's body "
         "budget full (VISION_MAX_BODY_BYTES_IN_FLIGHT); see Retry-After"

@@ -339,26 +339,61 @@ def test_gzip_bomb_is_413(tmp_path: Path) -> None:
         assert "inflated" in error_of(response, 413)
 
 
-def test_an_answer_past_the_upload_limit_is_413_before_the_run(tmp_path: Path) -> None:
+def test_an_answer_that_cannot_fit_the_upload_limit_is_413_before_the_run(
+    tmp_path: Path,
+) -> None:
     """A small binary (or gzip) request can ask for an answer many times its size: a JSON
-    answer of 125 MB from a 20 kB request took 850 MB to build. Estimated from the outputs'
-    shapes before the run and bounded like a body; the same rows asked as binary pass."""
+    answer of 125 MB from a 20 kB request took 850 MB to build. When even the fewest bytes
+    its outputs' shapes allow pass the limit, it is refused before the run."""
     root = write_v2_repository(tmp_path / "repository")
-    # Two rows of chain.front's 3x160x160 output: 614 kB binary, about 3.7 MB in JSON.
-    settings = make_settings(root, max_upload_bytes=1_000_000)
+    # Two rows of chain.front's 3x160x160 output: 614 kB binary, and at least that in JSON.
+    # (The body may take the limit and 64 kB of framing; the answer only the limit.)
+    settings = make_settings(root, max_upload_bytes=600_000)
     tensor = np.zeros((2, 3, SIZE, SIZE), np.float32)
     with TestClient(create_app(settings)) as client:
-        body, headers = binary_image_request(tensor, outputs=[{"name": "mid"}])
-        refused = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
-        detail = error_of(refused, 413)
-        assert "binary_data" in detail and "VISION_MAX_UPLOAD_BYTES" in detail
+        for binary in (False, True):
+            outputs = [{"name": "mid", "parameters": {"binary_data": binary}}]
+            body, headers = binary_image_request(tensor, outputs=outputs)
+            refused = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+            detail = error_of(refused, 413)
+            assert "at least 614400 bytes" in detail and "VISION_MAX_UPLOAD_BYTES" in detail
         runs = samples(client.get("/metrics").text)
         assert not [v for (name, _), v in runs.items() if name == "vision_batch_size_count" and v]
-        binary = {"outputs": [{"name": "mid", "parameters": {"binary_data": True}}]}
-        body, headers = binary_image_request(tensor, **binary)
+
+
+def test_a_json_answer_is_bounded_by_its_written_size(tmp_path: Path) -> None:
+    """JSON's size depends on the values: zeros (a ReLU map's many) take 4 bytes, other
+    floats up to 24. Two rows of zeros (614 kB) fit a 2 MB limit (an estimate of 24 bytes a
+    value, 3.7 MB, refused them, and attention's feature maps with them); two rows of random
+    values (2.9 MB) do not, and the 413 says to ask for binary, which then fits."""
+    root = write_v2_repository(tmp_path / "repository")
+    settings = make_settings(root, max_upload_bytes=2_000_000)
+    zeros = np.zeros((2, 3, SIZE, SIZE), np.float32)
+    noise = np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    with TestClient(create_app(settings)) as client:
+        body, headers = binary_image_request(zeros, outputs=[{"name": "mid"}])
         answered = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
-        assert answered.status_code == 200, answered.text
-        assert len(answered.content) > tensor.nbytes
+        assert answered.status_code == 200, answered.text[:200]
+        assert len(answered.content) < 1_000_000
+        np.testing.assert_array_equal(answered.json()["outputs"][0]["data"], zeros.reshape(-1))
+        body, headers = binary_image_request(noise, outputs=[{"name": "mid"}])
+        refused = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+        detail = error_of(refused, 413)
+        assert "'mid' in JSON" in detail and "binary_data" in detail
+        # One row of noise (1.5 MB): 76 800 values, more than one piece of the JSON writer.
+        body, headers = binary_image_request(noise[:1], outputs=[{"name": "mid"}])
+        one = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+        assert one.status_code == 200, one.text[:200]
+        data = np.array(one.json()["outputs"][0]["data"], np.float32)
+        np.testing.assert_array_equal(data, noise[:1].reshape(-1))
+        binary = {"outputs": [{"name": "mid", "parameters": {"binary_data": True}}]}
+        body, headers = binary_image_request(noise, **binary)
+        answered = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+        assert answered.status_code == 200, answered.text[:200]
+        length = int(answered.headers[HEADER_LENGTH])
+        np.testing.assert_array_equal(
+            np.frombuffer(answered.content[length:], "<f4"), noise.reshape(-1)
+        )
 
 
 def test_problems_answered_before_a_v2_route_carry_an_error_member(tmp_path: Path) -> None:
