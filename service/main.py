@@ -202,7 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ExpectContinueMiddleware)
     if not settings.api_keys:
         # Before any body is read: a cross-site page's request is refused unread.
-        app.add_middleware(SameSiteMiddleware)
+        app.add_middleware(SameSiteMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(
         MetricsMiddleware,
         metrics=app.state.metrics,

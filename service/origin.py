@@ -1,19 +1,25 @@
-"""Cross-site requests to a server without API keys.
+"""Requests from web pages to a server without API keys.
 
 With no keys configured (``make run``'s default, a developer's machine) anyone who reaches
 the port may store teacher records and reload models, and that includes any web page the
 user opens: a form POST to ``http://localhost:8000/models/attention/reload`` or a
 multipart POST to ``/attention/correct?save=true`` needs no CORS preflight, so the page
 cannot read the answer but the server acts on it. Browsers say where such a request comes
-from (``Sec-Fetch-Site``; ``Origin`` in older ones); a request that changes something
-and comes from another site is refused with 403. Clients outside a browser (curl, the
-Python client) send neither header and pass. With keys, a cross-site page cannot send
-one (a custom header needs a preflight this server never grants), so the check is not
-installed.
+from (``Sec-Fetch-Site``; ``Origin`` in older ones): a request that changes something is
+accepted only from the server's own origin (not from another port of the same host, which
+browsers count as the same site, nor a sibling subdomain). A page on a name the attacker
+controls that is re-pointed at this server (DNS rebinding) is same-origin to the browser,
+so the ``Host`` it names must also be this server's: an IP address, ``localhost``, or a
+name in ``VISION_ALLOWED_HOSTS``. Clients outside a browser (curl, the Python client) send
+neither header and pass. With keys, a page cannot send one (a custom header needs a
+preflight this server never grants, and a rebound page does not have the key), so the
+check is not installed.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Collection
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -25,34 +31,76 @@ from service.paths import route_path
 
 # Methods that change nothing here: answered whatever their origin.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Sec-Fetch-Site values of a request the server's own page (or the user, typing a URL) sent.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def cross_site(headers: Headers) -> str | None:
-    """Where a browser says the request comes from, when that is another site; None for a
-    same-origin or same-site request and for a client that is not a browser."""
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
+    """(lower-case host without brackets, port) of a ``Host`` or an origin's netloc; the
+    port is the scheme's default when absent, None when it does not parse."""
+    parts = urlsplit(f"//{netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        return (parts.hostname or "", None)
+    return (parts.hostname or "", port if port is not None else DEFAULT_PORTS.get(scheme))
+
+
+def is_local_name(host: str) -> bool:
+    """Whether ``host`` (no port, no brackets) cannot be a name an attacker re-points at
+    this server: an IP address, ``localhost`` or a name under it (RFC 6761)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def refusal(headers: Headers, allowed_hosts: Collection[str]) -> str | None:
+    """Why a browser's request may not change anything (where it comes from), or None for
+    the server's own page and for a client that is not a browser."""
     fetch_site = headers.get("sec-fetch-site")
-    if fetch_site is not None:
-        return "another site (Sec-Fetch-Site: cross-site)" if fetch_site == "cross-site" else None
     origin = headers.get("origin")
-    if origin is None:
-        return None
-    if origin == "null":  # a sandboxed frame, a file:// page, a redirect across sites
-        return "an opaque origin (Origin: null)"
-    if urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
-        return f"another origin ({origin[:100]})"
+    if fetch_site is None and origin is None:
+        return None  # not a browser: curl, the Python client
+    if fetch_site is not None and fetch_site not in OWN_FETCH_SITES:
+        return f"another origin (Sec-Fetch-Site: {fetch_site[:20]})"
+    if fetch_site is None and origin is not None:
+        if origin == "null":  # a sandboxed frame, a file:// page, a redirect across sites
+            return "an opaque origin (Origin: null)"
+        parts = urlsplit(origin)
+        own = _host_port(parts.netloc, parts.scheme)
+        # A proxy that rewrites Host says the one the browser used in X-Forwarded-Host,
+        # which another site's page cannot set (a custom header needs a preflight).
+        hosts = [headers.get("host", ""), headers.get("x-forwarded-host", "").split(",")[0]]
+        if own[1] is None or all(_host_port(h.strip(), parts.scheme) != own for h in hosts):
+            return f"another origin ({origin[:100]})"
+    host = _host_port(headers.get("host", ""), "http")[0]
+    if "*" not in allowed_hosts and not is_local_name(host) and host not in allowed_hosts:
+        return (
+            f"a page that calls this server {host[:100]!r}, a name that is not in "
+            "VISION_ALLOWED_HOSTS (a name re-pointed at this server, DNS rebinding, "
+            "looks the same)"
+        )
     return None
 
 
 class SameSiteMiddleware:
     """403 problem+json for a request that changes something (not GET, HEAD or OPTIONS)
-    and that a browser says comes from another site; install only without API keys."""
+    and that a browser sends from a page other than the server's own; install only
+    without API keys. ``allowed_hosts``: lower-case host names besides IP addresses and
+    localhost under which the server's own page may change something (``*``: any)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: Collection[str] = ()) -> None:
         self.app = app
+        self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
-            source = cross_site(Headers(scope=scope))
+            source = refusal(Headers(scope=scope), self.allowed_hosts)
             if source is not None:
                 error = Forbidden(
                     f"a request from {source} may not change anything on a server without "

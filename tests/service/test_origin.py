@@ -1,8 +1,9 @@
 """service/origin.py: without API keys, a request that changes something and that a browser
-says comes from another site is refused; everything else passes."""
+says comes from a page other than the server's own is refused; everything else passes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,21 +13,33 @@ from service.main import create_app
 from tests.service.conftest import make_settings
 
 RELOAD = "/models/landmark/reload"
+# TestClient's requests say Host: testserver, a name a browser page could be rebound under.
+LOCAL = "http://127.0.0.1:8000"
+
+
+@pytest.fixture
+def local(repo: Path) -> Iterator[TestClient]:
+    """A keyless server reached as a user's browser reaches `make run`'s."""
+    with TestClient(create_app(make_settings(repo)), base_url=LOCAL) as client:
+        yield client
 
 
 @pytest.mark.parametrize(
     "headers",
     [
         {"Sec-Fetch-Site": "cross-site"},
+        # Another port of the same host, or a sibling subdomain: the same site to a browser.
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:3000"},
         {"Origin": "http://evil.example"},
         {"Origin": "null"},
-        {"Origin": "http://testserver.evil.example"},
+        {"Origin": "http://127.0.0.1:8000.evil.example"},
+        {"Origin": "http://127.0.0.1:3000"},  # an older browser, another port
     ],
 )
-def test_a_cross_site_change_is_refused_without_keys(
-    client: TestClient, headers: dict[str, str]
+def test_a_change_from_another_origin_is_refused_without_keys(
+    local: TestClient, headers: dict[str, str]
 ) -> None:
-    refused = client.post(RELOAD, headers=headers)
+    refused = local.post(RELOAD, headers=headers)
     assert refused.status_code == 403, refused.text
     problem = refused.json()
     assert problem["type"].endswith(":forbidden") and "VISION_API_KEYS" in problem["detail"]
@@ -37,20 +50,43 @@ def test_a_cross_site_change_is_refused_without_keys(
     "headers",
     [
         {},  # curl, the Python client: no browser headers
-        {"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"},  # the /ui page
+        {"Sec-Fetch-Site": "same-origin", "Origin": LOCAL},  # the /ui page
         {"Sec-Fetch-Site": "none"},  # typed into the address bar
-        {"Sec-Fetch-Site": "same-site", "Origin": "http://ui.testserver"},
-        {"Origin": "http://testserver"},  # an older browser, same origin
+        {"Origin": LOCAL},  # an older browser, same origin
+        # A proxy that rewrote Host names the one the browser used.
+        {"Origin": "http://localhost", "X-Forwarded-Host": "localhost:80"},
     ],
 )
-def test_same_origin_and_non_browser_changes_pass(
-    client: TestClient, headers: dict[str, str]
+def test_the_servers_own_page_and_non_browser_changes_pass(
+    local: TestClient, headers: dict[str, str]
 ) -> None:
-    assert client.post(RELOAD, headers=headers).status_code == 200
+    assert local.post(RELOAD, headers=headers).status_code == 200
 
 
-def test_reads_from_another_site_pass(client: TestClient) -> None:
-    assert client.get("/models", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+def test_an_origin_with_the_default_port_is_the_same_origin(repo: Path) -> None:
+    """``Host: localhost:80`` and ``Origin: http://localhost`` name one origin."""
+    with TestClient(create_app(make_settings(repo)), base_url="http://localhost:80") as client:
+        client.headers["host"] = "localhost:80"
+        assert client.post(RELOAD, headers={"Origin": "http://localhost"}).status_code == 200
+
+
+def test_a_page_under_a_name_that_is_not_allowed_is_refused(repo: Path) -> None:
+    """DNS rebinding: a page of evil.example re-pointed at this server is same-origin to the
+    browser, but its requests name Host evil.example. Names other than IP addresses and
+    localhost change something only when VISION_ALLOWED_HOSTS lists them."""
+    own = {"Sec-Fetch-Site": "same-origin", "Origin": "http://evil.example:8000"}
+    with TestClient(create_app(make_settings(repo)), base_url="http://evil.example:8000") as c:
+        detail = c.post(RELOAD, headers=own).json()["detail"]
+        assert "VISION_ALLOWED_HOSTS" in detail and "'evil.example'" in detail
+        assert c.post(RELOAD).status_code == 200  # not a browser: no rebinding to fear
+    for allowed in (["EVIL.example"], ["*"]):
+        settings = make_settings(repo, allowed_hosts=allowed)
+        with TestClient(create_app(settings), base_url="http://evil.example:8000") as c:
+            assert c.post(RELOAD, headers=own).status_code == 200
+
+
+def test_reads_from_another_site_pass(local: TestClient) -> None:
+    assert local.get("/models", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
 
 
 def test_with_keys_the_key_decides(repo: Path) -> None:

@@ -593,11 +593,19 @@ def test_the_page_says_what_went_wrong(server: tuple[str, Path], tmp_path: Path)
         expect(page.locator("#status")).to_contain_text("text/html, not JSON")
 
 
-def test_a_page_of_another_site_cannot_change_a_server_without_keys(
-    server: tuple[str, Path],
+@pytest.mark.parametrize(
+    "attacker",
+    [
+        "http://elsewhere.test/",  # another site: Sec-Fetch-Site cross-site
+        "http://127.0.0.1:8999/",  # another port of the host: same-site to the browser
+    ],
+)
+def test_a_page_of_another_origin_cannot_change_a_server_without_keys(
+    server: tuple[str, Path], attacker: str
 ) -> None:
-    """A form on another site that posts to the service (no preflight needed) is refused
-    403 by a server without API keys; the same request from the service's own page passes."""
+    """A form on another site, or on another port of the same host, that posts to the
+    service (no preflight needed) is refused 403 by a server without API keys; the same
+    request from the service's own page passes."""
     url, _ = server
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     form = (
@@ -609,11 +617,11 @@ def test_a_page_of_another_site_cannot_change_a_server_without_keys(
         try:
             page = browser.new_page()
             page.route(
-                "http://elsewhere.test/",
+                attacker,
                 lambda route: route.fulfill(status=200, content_type="text/html", body=form),
             )
             with page.expect_response(lambda r: r.url.endswith("/reload")) as answer:
-                page.goto("http://elsewhere.test/")
+                page.goto(attacker)
             assert answer.value.status == 403
             assert "VISION_API_KEYS" in answer.value.json()["detail"]
             # The page's own script may (its CSP allows no form submission at all).
@@ -622,6 +630,31 @@ def test_a_page_of_another_site_cannot_change_a_server_without_keys(
                 "async (action) => (await fetch(action, {method: 'POST'})).status",
                 url + "/models/attention/reload",
             )
+            assert status == 200
+        finally:
+            browser.close()
+
+
+def test_a_page_rebound_to_the_server_cannot_change_it(server: tuple[str, Path]) -> None:
+    """DNS rebinding: the browser resolves rebound.test to the server (Chromium's resolver
+    rules stand in for the attacker's DNS), so the page is same-origin to it and its fetch
+    reaches the server, which refuses the change by the Host it names."""
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    args = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP rebound.test 127.0.0.1"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://rebound.test:{port}/ui")  # the server's own page, rebound
+            answer = page.evaluate(
+                "async () => { const r = await fetch('/models/attention/reload', "
+                "{method: 'POST'}); return [r.status, (await r.json()).detail]; }"
+            )
+            assert answer[0] == 403 and "VISION_ALLOWED_HOSTS" in answer[1]
+            # Reads stay open (they show counts and model names only).
+            status = page.evaluate("async () => (await fetch('/models')).status")
             assert status == 200
         finally:
             browser.close()
