@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,16 @@ from tests.deploy.dockerfile import ROOT, env, lineage, parse
 COMPOSE = ROOT / "docker-compose.yml"
 # Environment the entry command reads besides the settings (service/serve.py).
 ENTRY_VARIABLES = set(serve.ENVIRONMENT)
+
+
+# Compose's ${NAME:-default} and ${NAME}, read as docker compose does in `environment`.
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def interpolated(value: str, environment: dict[str, str]) -> str:
+    """``value`` with each ${NAME:-default} replaced from ``environment`` (the default when
+    unset or empty) and each ${NAME} by its value or ""."""
+    return INTERPOLATION.sub(lambda m: environment.get(m.group(1)) or (m.group(2) or ""), value)
 
 
 def compose_schema() -> dict[str, Any]:
@@ -100,11 +111,17 @@ def test_health_volume_and_settings(compose: dict[str, Any], name: str) -> None:
     fields = {f"VISION_{field.upper()}" for field in Settings.model_fields}
     for key in service["environment"]:
         assert key in fields | ENTRY_VARIABLES, f"{key} is not a setting"
-    # The values parse as the service will parse them: from the environment.
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in service["environment"].items():
-            patch.setenv(key, str(value))
-        Settings()
+    # The values parse as the service will parse them: from the environment, as compose
+    # fills them in from the shell's (here: none, then keys).
+    shells: list[dict[str, str]] = [{}, {"VISION_API_KEYS": '["k"]'}]
+    parsed = []
+    for shell in shells:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in service["environment"].items():
+                patch.setenv(key, interpolated(str(value), shell))
+            parsed.append(Settings())
+    # Keys are the shell's or .env's, not edited into this file (which git tracks).
+    assert [settings.api_keys for settings in parsed] == [[], ["k"]]
     # Longer than the drain the entry command allows after SIGTERM.
     grace = int(service["stop_grace_period"].removesuffix("s"))
     assert grace > int(service["environment"]["GRACEFUL_SHUTDOWN_S"])

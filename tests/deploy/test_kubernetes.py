@@ -15,7 +15,9 @@ from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
 from service import serve
+from service.docs import DOCS_ASSETS_URL
 from service.feedback import PostgresFeedbackStore, open_store
+from service.main import create_app
 from service.metrics import create_metrics
 from service.settings import Settings
 from tests.deploy.dockerfile import ROOT
@@ -27,6 +29,7 @@ VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 NOT_KUBERNETES = {"kustomization.yaml", "inferenceservice.yaml"}
 SECRET_EXAMPLE = "feedback-db-secret.example.yaml"
 KEYS_EXAMPLE = "api-keys-secret.example.yaml"
+INGRESS_EXAMPLE = "ingress.example.yaml"
 ENTRY_VARIABLES = set(serve.ENVIRONMENT)
 # Fields of a KServe predictor that are not PodSpec fields (ComponentExtensionSpec).
 KSERVE_PREDICTOR_EXTENSIONS = {
@@ -206,7 +209,42 @@ def test_kustomization_lists_existing_manifests() -> None:
         "prometheus-adapter-rules.yaml",
         SECRET_EXAMPLE,  # real credentials are made with kubectl, not applied from git
         KEYS_EXAMPLE,
+        INGRESS_EXAMPLE,  # the class, host and certificate are the cluster's
     }
+
+
+def _routed(path: str, rules: list[dict[str, Any]]) -> bool:
+    """Whether an Ingress path rule matches ``path`` (Kubernetes' Prefix matches whole
+    path elements: /docs matches /docs/x, not /docsx)."""
+    for rule in rules:
+        if rule["pathType"] == "Exact" and path == rule["path"]:
+            return True
+        prefix = rule["path"].rstrip("/")
+        if rule["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
+            return True
+    return False
+
+
+def test_the_example_ingress_routes_the_api_and_not_metrics() -> None:
+    """/metrics is open without a key in these manifests (for Prometheus); the NetworkPolicy
+    admits the ingress controller to every path, so the Ingress must not route it. Every
+    other operation, the docs and /ui are routed, to the CPU pool's Service."""
+    (ingress,) = documents(INGRESS_EXAMPLE)
+    (rule,) = ingress["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    assert {p["backend"]["service"]["name"] for p in paths} == {"vision"}
+    assert {p["backend"]["service"]["port"]["name"] for p in paths} == {"http"}
+    app = create_app(Settings(model_repository=ROOT / "models" / "repository"))
+    operations = [path.replace("{", "").replace("}", "") for path in app.openapi()["paths"]]
+    public = [*operations, "/docs", "/redoc", "/openapi.json", "/ui", "/ui/static/ui.js"]
+    public.append(DOCS_ASSETS_URL + "/swagger-ui-bundle.js")
+    assert "/metrics" in public
+    assert [path for path in public if not _routed(path, paths)] == ["/metrics"]
+    (configmap,) = documents("configmap.yaml")
+    assert configmap["data"]["VISION_METRICS_REQUIRE_KEY"] == "false"
+    body = int(configmap["data"]["VISION_MAX_UPLOAD_BYTES"]) + 65_536  # and form framing
+    limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert limit.endswith("m") and int(limit[:-1]) * 2**20 >= body
 
 
 def test_every_replica_takes_the_feedback_database_url_from_the_secret() -> None:
@@ -261,6 +299,17 @@ def test_every_replica_requires_api_keys_from_the_secret() -> None:
         p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]
     }
     assert namespaces == {"ingress-nginx", "monitoring"}
+    # Every pod the policy selects (KServe's carry the InferenceService's labels) is
+    # admitted on the port it serves, whatever that port is named there.
+    (isvc,) = documents("inferenceservice.yaml")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items() <= isvc["metadata"]["labels"].items()
+    )
+    containers = [isvc["spec"]["predictor"]["containers"][0]] + [
+        d["spec"]["template"]["spec"]["containers"][0] for d in by_kind("Deployment").values()
+    ]
+    served = {port["containerPort"] for c in containers for port in c["ports"]}
+    assert [port["port"] for port in rule["ports"]] == sorted(served) == [8000]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
