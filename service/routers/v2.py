@@ -483,31 +483,38 @@ def decode_inputs(
     return feeds
 
 
-# The fewest bytes a value takes in a JSON answer: "0," for an integer, "0.0," for a float.
-# The pre-run bound uses these; the JSON written is measured as it is built (encode_outputs).
+# The fewest and the most bytes a value takes in a JSON answer, by numpy kind: "0," or
+# "-9223372036854775808," for an integer, "0.0," or "-1.1754943508222875e-38," for a float
+# (float32 written as a Python float), "true," or "false,". The pre-run bounds use these; the
+# JSON written is measured as it is built (encode_outputs).
 JSON_MIN_BYTES = {"f": 4, "i": 2, "u": 2, "b": 5}
+JSON_MAX_BYTES = {"f": 24, "i": 21, "u": 21, "b": 6}
 
 
-def answer_bytes(
+def answer_bounds(
     feeds: Mapping[str, npt.NDArray[Any]],
     wanted: Sequence[tuple[str, bool]],
     config: GraphConfig,
-) -> int:
-    """The fewest bytes the answer's outputs can take: their config.json shapes with the
-    batch axis at the request's rows (another dynamic axis counted as 1), at the datatype's
-    size when binary and at the shortest a value is written (JSON_MIN_BYTES) in JSON. A
-    lower bound: past the limit no answer to these rows fits, so they are refused unrun."""
+) -> tuple[int, int | None]:
+    """The fewest and the most bytes the answer's outputs can take, from their config.json
+    shapes with the batch axis at the request's rows: the datatype's size a value in
+    binary, JSON_MIN_BYTES and JSON_MAX_BYTES in JSON. Another dynamic axis counts 1 in
+    the fewest and leaves the most unknown (None). Past the limit, the fewest means no
+    answer to these rows fits, so they are refused unrun."""
     rows = max((array.shape[0] for array in feeds.values() if array.ndim), default=1)
     specs = {spec.name: spec for spec in config.outputs}
-    total = 0
+    fewest = 0
+    most: int | None = 0
     for name, binary in wanted:
         dtype = _little_endian(specs[name].datatype)
-        values = math.prod(
-            rows if axis == 0 and size == -1 else max(size, 1)
-            for axis, size in enumerate(specs[name].shape)
-        )
-        total += values * (dtype.itemsize if binary else JSON_MIN_BYTES[dtype.kind])
-    return total
+        shape = specs[name].shape
+        values = math.prod(rows if a == 0 and n == -1 else max(n, 1) for a, n in enumerate(shape))
+        fewest += values * (dtype.itemsize if binary else JSON_MIN_BYTES[dtype.kind])
+        if most is not None:
+            known = all(n != -1 for n in shape[1:])
+            most = most + values * (dtype.itemsize if binary else JSON_MAX_BYTES[dtype.kind])
+            most = most if known else None
+    return fewest, most
 
 
 def _flag(parameters: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -627,7 +634,8 @@ def encode_outputs(
     # The JSON is assembled from pieces so that no output is ever a Python list whole.
     parts: list[bytes] = [_open_object(body), b',"outputs":[']
     chunks: list[bytes] = []
-    size = sum(map(len, parts))
+    closing = b"]}"
+    size = sum(map(len, parts)) + len(closing)
     for index, (name, binary) in enumerate(wanted):
         datatype = datatypes[name]
         array = np.asarray(results[name])
@@ -667,7 +675,7 @@ def encode_outputs(
                 f"the answer takes more than the {limit} bytes an answer may take "
                 "(VISION_MAX_UPLOAD_BYTES): ask for fewer rows or outputs",
             )
-    parts.append(b"]}")
+    parts.append(closing)
     # pydantic's encoder: about 10x json.dumps on a feature map (the event loop waits for it).
     # Every float above was checked finite, so no NaN token can reach strict JSON.
     header = b"".join(parts)
@@ -791,14 +799,17 @@ async def _infer(found: V2Model, request: Request) -> Response:
         # body of 420 zero images asked for a 125 MB answer (850 MB of memory building it).
         # Bounded like a body: refused unrun when even its fewest bytes pass the limit, else
         # measured as it is written (encode_outputs), and counted in the body budget.
-        answer = answer_bytes(feeds, wanted, config)
+        fewest, most = answer_bounds(feeds, wanted, config)
         limit = request.app.state.settings.max_upload_bytes
-        if answer > limit:
+        if fewest > limit:
             raise V2Error(
                 413,
-                f"the answer would take at least {answer} bytes, past the {limit} an answer "
+                f"the answer would take at least {fewest} bytes, past the {limit} an answer "
                 "may take (VISION_MAX_UPLOAD_BYTES): ask for fewer rows or outputs",
             )
+        # The most it may take: encode_outputs stops it at the limit, so this holds whatever
+        # the values turn out to be, and nothing is reserved (nor refused) after the run.
+        answer = limit if most is None else min(most, limit)
         inputs = sum(array.nbytes for array in feeds.values())
         reserve_at_least(request.scope, inputs + answer, "the inputs and their answer")
         # The parsed JSON holds its numbers as Python objects, 5-8x the body's bytes: let it
@@ -821,9 +832,7 @@ async def _infer(found: V2Model, request: Request) -> Response:
     head: dict[str, Any] = {"model_name": found.name, "model_version": version}
     if request_id is not None:
         head["id"] = request_id
-    response = encode_outputs(results, wanted, config, head, limit)
-    reserve_at_least(request.scope, inputs + len(response.body), "the inputs and their answer")
-    return response
+    return encode_outputs(results, wanted, config, head, limit)
 
 
 INFER_RESPONSES: Responses = {

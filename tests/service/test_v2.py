@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -20,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.routers.v2 import HEADER_LENGTH, V2Error, split_body
+from tests.live_server import live_server
 from tests.service.conftest import make_settings
 from tests.service.fakes import CELLS, SIZE, write_model
 from tests.service.fakes_v2 import square_cell, square_tensor, write_v2_repository
@@ -394,6 +398,53 @@ def test_a_json_answer_is_bounded_by_its_written_size(tmp_path: Path) -> None:
         np.testing.assert_array_equal(
             np.frombuffer(answered.content[length:], "<f4"), noise.reshape(-1)
         )
+
+
+IN_FLIGHT = ("vision_request_body_bytes_in_flight", ())
+
+
+def test_an_answer_of_exactly_the_limit_passes_and_one_byte_more_is_413(tmp_path: Path) -> None:
+    """The limit counts every byte of the JSON written, its closing brackets too."""
+    root = write_v2_repository(tmp_path / "repository")
+    zeros = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    body, headers = binary_image_request(zeros, outputs=[{"name": "mid"}])
+    with TestClient(create_app(make_settings(root))) as client:
+        size = len(
+            client.post("/v2/models/chain.front/infer", content=body, headers=headers).content
+        )
+    for limit, status in ((size, 200), (size - 1, 413)):
+        with TestClient(create_app(make_settings(root, max_upload_bytes=limit))) as client:
+            answer = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+            assert answer.status_code == status, (limit, answer.text[:200])
+
+
+def test_the_answer_is_reserved_before_the_run_not_refused_after_it(tmp_path: Path) -> None:
+    """The body budget must hold the answer's most (capped at the limit) before the run: a
+    503 after it would throw the run away and invite the client to run it again. With a
+    stalled upload holding most of the budget, a request whose JSON answer would not fit
+    is refused unrun; with room for it, the same request is answered."""
+    root = write_v2_repository(tmp_path / "repository")
+    noise = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    body, headers = binary_image_request(noise, outputs=[{"name": "mid"}])
+    stalled_length = 2_000_000
+    for budget, status in ((2_800_000, 503), (6_000_000, 200)):
+        settings = make_settings(root, max_upload_bytes=2_000_000, max_body_bytes_in_flight=budget)
+        with live_server(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+            port = int(url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as stalled:
+                stalled.sendall(
+                    b"POST /v2/models/landmark/infer HTTP/1.1\r\nHost: localhost\r\n"
+                    + f"Content-Length: {stalled_length}\r\n\r\n{{".encode()
+                )
+                deadline = time.monotonic() + 10
+                while samples(client.get("/metrics").text).get(IN_FLIGHT, 0) < stalled_length:
+                    assert time.monotonic() < deadline, "the stalled upload never arrived"
+                    time.sleep(0.02)
+                answer = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+                assert answer.status_code == status, answer.text[:300]
+                runs = samples(client.get("/metrics").text)
+        ran = [v for (name, _), v in runs.items() if name == "vision_batch_size_count" and v]
+        assert ran == ([] if status == 503 else [1.0])
 
 
 def test_problems_answered_before_a_v2_route_carry_an_error_member(tmp_path: Path) -> None:
