@@ -9,8 +9,8 @@ from (``Sec-Fetch-Site``; ``Origin`` in older ones): a request that changes some
 accepted only from the server's own origin (not from another port of the same host, which
 browsers count as the same site, nor a sibling subdomain). A page on a name the attacker
 controls that is re-pointed at this server (DNS rebinding) is same-origin to the browser,
-so the ``Host`` it names must also be this server's: an IP address, ``localhost``, or a
-name in ``VISION_ALLOWED_HOSTS``. Clients outside a browser (curl, the Python client) send
+so the ``Host`` it names (and ``X-Forwarded-Host``, when a proxy sends one) must also be
+this server's: an IP address, ``localhost``, or a name in ``VISION_ALLOWED_HOSTS``. Clients outside a browser (curl, the Python client) send
 neither header and pass. With keys, a page cannot send one (a custom header needs a
 preflight this server never grants, and a rebound page does not have the key), so the
 check is not installed.
@@ -36,15 +36,28 @@ OWN_FETCH_SITES = frozenset({"same-origin", "none"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def host_name(name: str) -> str:
+    """A host name as DNS compares it: lower case, no trailing dot (``localhost.`` is
+    ``localhost``), non-ASCII labels in their IDNA form (what a browser sends)."""
+    name = name.lower().rstrip(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return name
+    return name
+
+
 def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
-    """(lower-case host without brackets, port) of a ``Host`` or an origin's netloc; the
-    port is the scheme's default when absent, None when it does not parse."""
+    """(host name without brackets, port) of a ``Host`` or an origin's netloc; the port is
+    the scheme's default when absent, None when it does not parse."""
     parts = urlsplit(f"//{netloc}")
+    host = host_name(parts.hostname or "")
     try:
         port = parts.port
     except ValueError:
-        return (parts.hostname or "", None)
-    return (parts.hostname or "", port if port is not None else DEFAULT_PORTS.get(scheme))
+        return (host, None)
+    return (host, port if port is not None else DEFAULT_PORTS.get(scheme))
 
 
 def is_local_name(host: str) -> bool:
@@ -78,25 +91,38 @@ def refusal(headers: Headers, allowed_hosts: Collection[str]) -> str | None:
         hosts = [headers.get("host", ""), headers.get("x-forwarded-host", "").split(",")[0]]
         if own[1] is None or all(_host_port(h.strip(), parts.scheme) != own for h in hosts):
             return f"another origin ({origin[:100]})"
-    host = _host_port(headers.get("host", ""), "http")[0]
-    if "*" not in allowed_hosts and not is_local_name(host) and host not in allowed_hosts:
-        return (
-            f"a page that calls this server {host[:100]!r}, a name that is not in "
-            "VISION_ALLOWED_HOSTS (a name re-pointed at this server, DNS rebinding, "
-            "looks the same)"
-        )
+    if "*" in allowed_hosts:
+        return None
+    # Every name the request carries: a proxy that rewrites Host says the browser's in
+    # X-Forwarded-Host, and a rebound page could add a local one there (a same-origin page
+    # may set any header), so neither alone may vouch for the other.
+    names = [headers.get("host", "")]
+    if "x-forwarded-host" in headers:
+        names.append(headers["x-forwarded-host"].split(",")[0].strip())
+    for name in names:
+        host = _host_port(name, "http")[0]
+        if not is_local_name(host) and host not in allowed_hosts:
+            return (
+                f"a page that calls this server {host[:100]!r}, a name that is not in "
+                "VISION_ALLOWED_HOSTS (a name re-pointed at this server, DNS rebinding, "
+                "looks the same)"
+            )
     return None
 
 
 class SameSiteMiddleware:
     """403 problem+json for a request that changes something (not GET, HEAD or OPTIONS)
     and that a browser sends from a page other than the server's own; install only
-    without API keys. ``allowed_hosts``: lower-case host names besides IP addresses and
-    localhost under which the server's own page may change something (``*``: any)."""
+    without API keys. ``allowed_hosts``: host names besides IP addresses and localhost
+    under which the server's own page may change something (``*``: any); a port, case or
+    a trailing dot in them does not matter."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Collection[str] = ()) -> None:
         self.app = app
-        self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+        # As the Host is compared: "Gpu-Box.lan.:8000" is gpu-box.lan.
+        self.allowed_hosts = frozenset(
+            host if host == "*" else _host_port(host, "http")[0] for host in allowed_hosts
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:

@@ -221,8 +221,9 @@ class Settings(BaseSettings):
     # valid API keys elsewhere too. Empty: any API key may reload (with none, anyone).
     admin_api_keys: list[str] = Field(default_factory=list)
     # Without API keys: host names (besides IP addresses and localhost) under which a browser
-    # page may change something (POST); "*" = any. Other names are refused 403, because a
-    # name an attacker re-points at this server (DNS rebinding) looks the same to a browser.
+    # page may change something (POST); "*" = any. Other names, in Host or X-Forwarded-Host,
+    # are refused 403: a name an attacker re-points at this server (DNS rebinding) looks the
+    # same to a browser.
     allowed_hosts: list[str] = Field(default_factory=list)
     # With API keys set, whether GET /metrics needs one too (False: open to a scraper that
     # has no key, e.g. behind a network policy).

@@ -97,3 +97,29 @@ def test_with_keys_the_key_decides(repo: Path) -> None:
         cross = {"Sec-Fetch-Site": "cross-site"}
         assert keyed.post(RELOAD, headers=cross).status_code == 401
         assert keyed.post(RELOAD, headers={**cross, "X-API-Key": "k"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "forwarded", "status"),
+    [
+        ([], "localhost.:8000", None, 200),  # a trailing dot is the same name
+        (["Gpu-Box.lan:8000"], "gpu-box.lan.:8000", None, 200),  # port, case and dot ignored
+        (["bücher.lan"], "xn--bcher-kva.lan:8000", None, 200),  # browsers send IDNA
+        # Behind a proxy that rewrites Host, both names it carries must be allowed...
+        (["vision", "vision.example.com"], "vision:8000", "vision.example.com", 200),
+        (["vision.example.com"], "vision:8000", "vision.example.com", 403),
+        # ...so that a rebound page cannot vouch for itself with a local X-Forwarded-Host,
+        ([], "rebound.example:8000", "localhost", 403),
+        # nor a proxy that sends Host 127.0.0.1 hide the rebound name it forwards.
+        ([], "127.0.0.1:8000", "rebound.example", 403),
+    ],
+)
+def test_every_host_name_a_browser_request_carries_must_be_allowed(
+    repo: Path, allowed: list[str], host: str, forwarded: str | None, status: int
+) -> None:
+    headers = {"Host": host, "Sec-Fetch-Site": "same-origin"}
+    if forwarded is not None:
+        headers["X-Forwarded-Host"] = forwarded
+    with TestClient(create_app(make_settings(repo, allowed_hosts=allowed))) as client:
+        answer = client.post(RELOAD, headers=headers)
+        assert answer.status_code == status, answer.text
