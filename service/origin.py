@@ -10,10 +10,11 @@ accepted only from the server's own origin (not from another port of the same ho
 browsers count as the same site, nor a sibling subdomain). A page on a name the attacker
 controls that is re-pointed at this server (DNS rebinding) is same-origin to the browser,
 so the ``Host`` it names (and ``X-Forwarded-Host``, when a proxy sends one) must also be
-this server's: an IP address, ``localhost``, or a name in ``VISION_ALLOWED_HOSTS``. Clients outside a browser (curl, the Python client) send
-neither header and pass. With keys, a page cannot send one (a custom header needs a
-preflight this server never grants, and a rebound page does not have the key), so the
-check is not installed.
+this server's: an IP address, ``localhost``, or a name in ``VISION_ALLOWED_HOSTS``.
+Clients outside a browser (curl, the Python client) send neither ``Sec-Fetch-Site`` nor
+``Origin`` and pass. With keys, a page cannot send one (a custom header needs a preflight
+this server never grants, and a rebound page does not have the key), so the check is not
+installed.
 """
 
 from __future__ import annotations
