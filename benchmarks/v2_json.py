@@ -10,22 +10,33 @@ event loop before the run: ``split_body`` (pydantic-core parses and validates th
 request parsed by the standard library (``json.loads``, then ``InferRequest.model_validate``)
 and the same ``decode_inputs``: the path the service took before 2026-12-03. Then the other
 way: an answer carrying the attention model's feature map (96 x 16 x 16 FP32 per image) as
-JSON numbers at batch 1 and 16, encoded by the service (``JSON_BODY``, pydantic) and by
-``json.dumps`` (before 2026-12-03). Prints every repeat's milliseconds per path; the
-machine's other load moves them, so compare within a run.
+JSON numbers at batch 1 and 16, from the array to bytes, written by the service
+(``json_values``: 65 536 values a piece turned to Python floats and encoded by pydantic, so
+that no answer is ever one Python list; since 2026-12-04), by the whole list at once
+(``tolist``, then ``JSON_BODY.dump_json``: 2026-12-03) and by ``json.dumps`` (before).
+Prints every repeat's milliseconds per path; the machine's other load moves them, so
+compare within a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from benchmarks.run import each_ms, landmark_version
-from service.routers.v2 import JSON_BODY, InferRequest, decode_inputs, split_body
+from service.routers.v2 import (
+    JSON_BODY,
+    InferRequest,
+    decode_inputs,
+    json_values,
+    split_body,
+)
 from service.runtime import GraphConfig, read_config
 from service.settings import Settings
 
@@ -78,23 +89,33 @@ FEATURE_MAP = (96, 16, 16)
 ANSWER_BATCHES = (1, 16)
 
 
-def answer_body(batch: int) -> dict[str, Any]:
-    """A V2 answer with a random FP32 feature map of ``batch`` images as JSON numbers."""
-    values = np.random.default_rng(0).random((batch, *FEATURE_MAP)).astype(np.float32)
-    output = {"name": "feature_map", "datatype": "FP32", "shape": list(values.shape)}
-    return {
-        "model_name": "attention",
-        "model_version": "5",
-        "outputs": [output | {"data": values.reshape(-1).tolist()}],
-    }
+def answer_values(batch: int) -> npt.NDArray[np.float32]:
+    """A random FP32 feature map of ``batch`` images, as the graph answers it."""
+    return np.random.default_rng(0).random((batch, *FEATURE_MAP)).astype(np.float32)
+
+
+def service_writer(values: npt.NDArray[Any]) -> bytes:
+    """The answer's data as encode_outputs writes it (no limit to stop it here)."""
+    return b"[" + b",".join(json_values(values, sys.maxsize)) + b"]"
+
+
+ENCODERS: dict[str, Callable[[npt.NDArray[Any]], bytes]] = {
+    "service (json_values: pieces of 65 536 values)": service_writer,
+    "whole list (tolist, JSON_BODY.dump_json)": lambda values: JSON_BODY.dump_json(
+        {"data": values.reshape(-1).tolist()}
+    ),
+    "standard library (tolist, json.dumps)": lambda values: json.dumps(
+        {"data": values.reshape(-1).tolist()}, separators=(",", ":"), allow_nan=False
+    ).encode(),
+}
 
 
 def time_encoding(
-    encode: Callable[[dict[str, Any]], bytes], batch: int, repeats: int
+    encode: Callable[[npt.NDArray[Any]], bytes], batch: int, repeats: int
 ) -> list[float]:
-    """Milliseconds to encode ``answer_body(batch)``, per repeat."""
-    body = answer_body(batch)
-    return each_ms(lambda: encode(body), repeats)
+    """Milliseconds to write ``answer_values(batch)`` as JSON, per repeat."""
+    values = answer_values(batch)
+    return each_ms(lambda: encode(values), repeats)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -114,15 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times = time_path(parse, body, graph, args.repeats)
         result[label] = times
         print(f"  {label}: " + ", ".join(f"{t:.0f}" for t in times) + " ms")
-    encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {
-        "service (JSON_BODY.dump_json)": JSON_BODY.dump_json,
-        "standard library (json.dumps)": lambda body: json.dumps(
-            body, separators=(",", ":"), allow_nan=False
-        ).encode(),
-    }
     for batch in ANSWER_BATCHES:
         print(f"V2 JSON answer: feature map of {batch} image(s)")
-        for label, encode in encoders.items():
+        for label, encode in ENCODERS.items():
             times = time_encoding(encode, batch, args.repeats)
             result[f"answer batch {batch}: {label}"] = times
             print(f"  {label}: " + ", ".join(f"{t:.1f}" for t in times) + " ms")

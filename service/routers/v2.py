@@ -600,7 +600,7 @@ class AnswerTooLarge(V2Error):
     """The answer grew past the limit an answer may take while it was written."""
 
 
-def _json_data(array: npt.NDArray[Any], room: int) -> list[bytes]:
+def json_values(array: npt.NDArray[Any], room: int) -> list[bytes]:
     """The JSON text of ``array``'s values, flattened, as pieces that join with b"," (no
     brackets); AnswerTooLarge as soon as they pass ``room`` bytes."""
     flat = array.reshape(-1)
@@ -657,7 +657,7 @@ def encode_outputs(
                     "it; ask for it with binary_data true",
                 )
             try:
-                data = _json_data(array, limit - size)
+                data = json_values(array, limit - size)
             except AnswerTooLarge:
                 raise AnswerTooLarge(
                     413,
