@@ -80,26 +80,26 @@ def refusal(headers: Headers, allowed_hosts: Collection[str]) -> str | None:
     origin = headers.get("origin")
     if fetch_site is None and origin is None:
         return None  # not a browser: curl, the Python client
+    # The names the request was sent to: a proxy that rewrites Host says the one the browser
+    # used in X-Forwarded-Host (the first, when proxies chain).
+    names = [headers.get("host", "")]
+    if "x-forwarded-host" in headers:
+        names.append(headers["x-forwarded-host"].split(",")[0].strip())
     if fetch_site is not None and fetch_site not in OWN_FETCH_SITES:
         return f"another origin (Sec-Fetch-Site: {fetch_site[:20]})"
     if fetch_site is None and origin is not None:
         if origin == "null":  # a sandboxed frame, a file:// page, a redirect across sites
             return "an opaque origin (Origin: null)"
+        # Either name may match: another site's page cannot set X-Forwarded-Host (a custom
+        # header needs a preflight).
         parts = urlsplit(origin)
         own = _host_port(parts.netloc, parts.scheme)
-        # A proxy that rewrites Host says the one the browser used in X-Forwarded-Host,
-        # which another site's page cannot set (a custom header needs a preflight).
-        hosts = [headers.get("host", ""), headers.get("x-forwarded-host", "").split(",")[0]]
-        if own[1] is None or all(_host_port(h.strip(), parts.scheme) != own for h in hosts):
+        if own[1] is None or all(_host_port(n, parts.scheme) != own for n in names):
             return f"another origin ({origin[:100]})"
     if "*" in allowed_hosts:
         return None
-    # Every name the request carries: a proxy that rewrites Host says the browser's in
-    # X-Forwarded-Host, and a rebound page could add a local one there (a same-origin page
-    # may set any header), so neither alone may vouch for the other.
-    names = [headers.get("host", "")]
-    if "x-forwarded-host" in headers:
-        names.append(headers["x-forwarded-host"].split(",")[0].strip())
+    # Every name must be allowed: a rebound page could add a local X-Forwarded-Host (a
+    # same-origin page may set any header), so neither alone may vouch for the other.
     for name in names:
         host = _host_port(name, "http")[0]
         if not is_local_name(host) and host not in allowed_hosts:

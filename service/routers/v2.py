@@ -510,10 +510,10 @@ def answer_bounds(
         shape = specs[name].shape
         values = math.prod(rows if a == 0 and n == -1 else max(n, 1) for a, n in enumerate(shape))
         fewest += values * (dtype.itemsize if binary else JSON_MIN_BYTES[dtype.kind])
-        if most is not None:
-            known = all(n != -1 for n in shape[1:])
-            most = most + values * (dtype.itemsize if binary else JSON_MAX_BYTES[dtype.kind])
-            most = most if known else None
+        if most is not None and -1 not in shape[1:]:
+            most += values * (dtype.itemsize if binary else JSON_MAX_BYTES[dtype.kind])
+        else:
+            most = None
     return fewest, most
 
 
@@ -596,21 +596,18 @@ JSON_LIST: TypeAdapter[list[Any]] = TypeAdapter(list[Any])
 JSON_CHUNK_VALUES = 65_536
 
 
-class AnswerTooLarge(V2Error):
-    """The answer grew past the limit an answer may take while it was written."""
-
-
-def json_values(array: npt.NDArray[Any], room: int) -> list[bytes]:
+def json_values(array: npt.NDArray[Any], room: int) -> list[bytes] | None:
     """The JSON text of ``array``'s values, flattened, as pieces that join with b"," (no
-    brackets); AnswerTooLarge as soon as they pass ``room`` bytes."""
+    brackets); None as soon as they pass ``room`` bytes."""
     flat = array.reshape(-1)
     pieces: list[bytes] = []
     used = 0
     for start in range(0, flat.size, JSON_CHUNK_VALUES):
+        # pydantic's encoder: about 10x json.dumps on a feature map (the event loop waits).
         piece = JSON_LIST.dump_json(flat[start : start + JSON_CHUNK_VALUES].tolist())[1:-1]
         used += len(piece) + 1
         if used > room:
-            raise AnswerTooLarge(413, "")
+            return None
         pieces.append(piece)
     return pieces
 
@@ -640,7 +637,7 @@ def encode_outputs(
         datatype = datatypes[name]
         array = np.asarray(results[name])
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        data: list[bytes] = []
+        data: list[bytes] | None = None  # stays None for a binary output
         if binary:
             raw = np.ascontiguousarray(array, dtype=_little_endian(datatype)).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -656,27 +653,25 @@ def encode_outputs(
                     f"output {name!r} is not finite for these inputs, and JSON cannot carry "
                     "it; ask for it with binary_data true",
                 )
-            try:
-                data = json_values(array, limit - size)
-            except AnswerTooLarge:
-                raise AnswerTooLarge(
+            data = json_values(array, limit - size)
+            if data is None:
+                raise V2Error(
                     413,
                     f"output {name!r} in JSON takes more than the {limit} bytes an answer may "
                     "take (VISION_MAX_UPLOAD_BYTES): ask for it with binary_data true (4 bytes "
                     "a float32 value against JSON's up to 24), or for fewer rows or outputs",
-                ) from None
+                )
         part = (b"," if index else b"") + _open_object(entry)
-        part += b"}" if binary else b',"data":[' + b",".join(data) + b"]}"
+        part += b"}" if data is None else b',"data":[' + b",".join(data) + b"]}"
         parts.append(part)
         size += len(part)
         if size > limit:
-            raise AnswerTooLarge(
+            raise V2Error(
                 413,
                 f"the answer takes more than the {limit} bytes an answer may take "
                 "(VISION_MAX_UPLOAD_BYTES): ask for fewer rows or outputs",
             )
     parts.append(closing)
-    # pydantic's encoder: about 10x json.dumps on a feature map (the event loop waits for it).
     # Every float above was checked finite, so no NaN token can reach strict JSON.
     header = b"".join(parts)
     if not chunks:
