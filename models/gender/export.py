@@ -678,7 +678,13 @@ def write_card(
         "## Training",
         f"Last run: {(history.get('seconds') or 0) / 60:.1f} min on this machine's CPU "
         f"({c.get('threads') or 'all'} thread(s), shared with other jobs). "
-        f"Contour stage: {len(contour)} epochs, last validation F "
+        + (
+            f"Its contour network was taken from `{c['contour_from']}` (`contour_from` "
+            "below), so the contour-stage figures are that earlier run's: "
+            if c.get("contour_from")
+            else "Contour stage: "
+        )
+        + f"{len(contour)} epochs, last validation F "
         f"{contour[-1]['val_photo_f']:.3f} (photos vs teacher) / "
         f"{contour[-1]['val_outline_f']:.3f} (garment outlines). Hyper-parameters: "
         f"`{json.dumps(c)}`.",

@@ -145,6 +145,7 @@ def test_config_card_and_plots(pipeline: dict) -> None:
     assert (version / "model.onnx").stat().st_size < 10 * 1024 * 1024
     card = (version / "MODEL_CARD.md").read_text()
     assert "python -m models.gender.train" in card and "python -m models.gender.export" in card
+    assert "Contour stage:" in card  # this run trained its own contour network
     assert f"{config['metrics']['test_accuracy']:.4f}" in card
     for image in ("contour_examples.png", "ablation.png", "contour_curves.png"):
         assert (version / image).exists() and f"]({image})" in card
@@ -554,6 +555,9 @@ def test_image_folder_run_is_measured_and_described_on_its_own_test_split(
     card = (repo / "gender" / "1" / "MODEL_CARD.md").read_text()
     assert f"Real data: the image folder `{folder}` (13 images" in card
     assert "Synthetic garments" not in card
+    # Its contour stage is the earlier run's, and the card says whose figures they are.
+    assert f"Its contour network was taken from `{pipeline['config'].out}`" in card
+    assert "Contour stage:" not in card
 
 
 def test_variants_with_one_contour_network_share_one_contour_pass() -> None:
