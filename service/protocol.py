@@ -324,9 +324,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if not self._open_requests:
             self._send_refusal()
 
-    def _count_refused(self, reason: str) -> None:
+    def _metrics(self) -> Metrics | None:
+        """The app's metrics (None before the lifespan has put them in its state)."""
         metrics: Metrics | None = self.app_state.get(METRICS_STATE_KEY)
-        if metrics is not None:
+        return metrics
+
+    def _count_refused(self, reason: str) -> None:
+        if (metrics := self._metrics()) is not None:
             metrics.connections_refused.labels(reason).inc()
 
     def _send_refusal(self) -> None:
@@ -358,8 +362,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             phase = "headers"
         else:
             phase = "idle"
-        metrics: Metrics | None = self.app_state.get(METRICS_STATE_KEY)
-        if metrics is not None:
+        if (metrics := self._metrics()) is not None:
             metrics.connections_timed_out.labels(phase).inc()
         if phase == "headers":
             self._close(

@@ -633,9 +633,7 @@ def load_model(name: str, settings: Settings, metrics: Metrics | None = None) ->
         name=name, state=ModelState.FAILED, version=pinned.strip() if pinned else None
     )
     try:
-        version_dir = select_version(
-            settings.model_repository / name, settings.model_versions.get(name)
-        )
+        version_dir = select_version(settings.model_repository / name, pinned)
         model.version, model.path = version_dir.name, version_dir
         config = read_config(version_dir)
         model.config = config
