@@ -30,6 +30,7 @@ from service.limits import (
 from service.logs import RequestIdMiddleware, make_handler
 from service.metrics import METRICS_STATE_KEY, Metrics, MetricsMiddleware, create_metrics
 from service.origin import SameSiteMiddleware
+from service.paths import RelativeSlashRedirect
 from service.ranges import IgnoreRangeMiddleware
 from service.routers import attention, gender, health, metrics, models, occlusion, recognize, ui
 from service.routers.v2 import BODY_PATHS as V2_BODY_PATHS
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # KServe V2 maps its own errors to its statuses (400, not 422) and checks keys per route.
     app.include_router(v2_router)
     install_offline_docs(app)
+    app.router.default = RelativeSlashRedirect(app.router)
 
     body_limits = BodyLimits(settings.max_upload_bytes)
     # Each middleware added wraps the ones before it, so this one is innermost: the access

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -38,14 +38,6 @@ async def get_editor_page() -> FileResponse:
         media_type="text/html; charset=utf-8",
         headers=SECURITY_HEADERS,
     )
-
-
-@router.get("/ui/", include_in_schema=False)
-async def redirect_editor_page() -> RedirectResponse:
-    """``/ui/`` to the page by a relative ``Location`` (``../ui``): behind a proxy that
-    serves the service under a path prefix, Starlette's own slash redirect would name
-    ``/ui`` from the root and leave the prefix."""
-    return RedirectResponse("../ui", status_code=308)
 
 
 @router.get("/ui/static/{asset}", include_in_schema=False)

@@ -4,6 +4,7 @@ path the router sees."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from fastapi.testclient import TestClient
@@ -46,3 +47,44 @@ def test_limits_metrics_and_v2_errors_under_a_mount_prefix(repo: Path) -> None:
         values = samples(client.get("/vision/metrics").text)
     labels = (("endpoint", "/recognize"), ("method", "POST"), ("status", "413"))
     assert values[("vision_http_requests_total", labels)] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "location", "resolved"),
+    [
+        ("GET", "/models/", "../models", "/models"),
+        ("GET", "/models///", "../../../models", "/models"),
+        ("GET", "/health/ready/?verbose=1", "../ready?verbose=1", "/health/ready?verbose=1"),
+        ("GET", "/v2/models/a%20b/", "../a%20b", "/v2/models/a%20b"),  # encoded as it came
+        ("POST", "/recognize/", "../recognize", "/recognize"),  # 307 keeps the method
+        ("GET", "/ui/", "../ui", "/ui"),
+    ],
+)
+def test_slash_redirects_are_relative_to_what_was_asked(
+    client: TestClient, method: str, path: str, location: str, resolved: str
+) -> None:
+    """Starlette's slash redirect named http://<Host>/models: a forged Host sent the client
+    (or a cache) to another site. The relative reference resolves on the URL asked for."""
+    response = client.request(
+        method, path, headers={"Host": "evil.example"}, follow_redirects=False
+    )
+    assert response.status_code == 307 and response.headers["location"] == location
+    target = urljoin(f"http://vision.test{path}", location)
+    assert target == f"http://vision.test{resolved}"
+
+
+def test_slash_redirects_keep_a_mount_prefix(repo: Path) -> None:
+    with TestClient(create_app(make_settings(repo)), root_path="/vision") as client:
+        response = client.get("/vision/models/", follow_redirects=False)
+        assert response.status_code == 307
+        assert urljoin("http://h/vision/models/", response.headers["location"]) == (
+            "http://h/vision/models"
+        )
+        assert client.get("/vision/models/").status_code == 200  # followed
+
+
+@pytest.mark.parametrize("path", ["/nowhere/", "/models/%2F", "/models/x/y/"])
+def test_paths_no_slash_change_would_route_stay_404_problems(client: TestClient, path: str) -> None:
+    response = client.get(path, follow_redirects=False)
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -54,6 +54,6 @@ def test_the_page_names_no_root_absolute_url(client: TestClient) -> None:
 
 def test_ui_with_a_slash_redirects_relatively(client: TestClient) -> None:
     """/ui/ goes to the page by ../ui, which keeps a proxy's path prefix (Starlette's own
-    slash redirect named http://host/ui)."""
+    slash redirect named http://host/ui); every path's slash redirect is in test_paths."""
     response = client.get("/ui/", follow_redirects=False)
-    assert response.status_code == 308 and response.headers["location"] == "../ui"
+    assert response.status_code == 307 and response.headers["location"] == "../ui"
