@@ -107,6 +107,11 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DecodeLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_decode_limiter)]
 
 
+# A key's ID in records and logs: 48 bits, so that no two of a deployment's keys share one
+# by chance, and too few to stand in for a random key.
+KEY_ID_HEX_DIGITS = 12
+
+
 def _digest(key: str) -> bytes:
     """SHA-256 of a key: equal-length inputs for ``hmac.compare_digest``."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
@@ -142,14 +147,14 @@ async def require_api_key(
 
 def check_api_key(request: Request, settings: Settings) -> None:
     """Raise Unauthorized (401) unless API keys are off or ``request`` carries a valid one
-    (in X-API-Key or as a Bearer token; when it sends both, both must be valid). Admin keys
-    are valid keys too."""
+    (in X-API-Key or as a Bearer token; when it sends both, both must be valid). Admin and
+    feedback keys are valid keys too."""
     if not settings.api_keys:
         return
     presented = _presented_keys(request)
     if not presented:
         raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
-    if not _all_among(presented, [*settings.api_keys, *settings.admin_api_keys]):
+    if not _all_among(presented, settings.valid_api_keys()):
         raise Unauthorized("the API key is not valid")
 
 
@@ -175,6 +180,36 @@ async def require_admin_key(request: Request, settings: SettingsDep) -> None:
         raise Unauthorized("an admin API key is required: send X-API-Key or Authorization: Bearer")
     if _all_among(presented, settings.admin_api_keys):
         return
-    if settings.api_keys and _all_among(presented, settings.api_keys + settings.admin_api_keys):
+    if settings.api_keys and _all_among(presented, settings.valid_api_keys()):
         raise Forbidden("this API key may not reload models: that needs an admin API key")
     raise Unauthorized("the API key is not an admin API key")
+
+
+def key_id(key: str) -> str:
+    """The name a key goes by in teacher records and logs: the first KEY_ID_HEX_DIGITS hex
+    digits of its SHA-256. An operator finds a key's with ``printf %s KEY | sha256sum``."""
+    return _digest(key).hex()[:KEY_ID_HEX_DIGITS]
+
+
+def check_feedback_key(request: Request, settings: Settings) -> str:
+    """Whether ``request`` may save a teacher record, and the ID of the key it saves with
+    (``key_id``; "" on a server that needs no key for it). With feedback keys set
+    (VISION_FEEDBACK_API_KEYS) it needs one of them or an admin key: Unauthorized (401)
+    without a key or with one that is no key at all, Forbidden (403) with another valid API
+    key. Otherwise the router's own API-key check has already passed the key."""
+    presented = _presented_keys(request)
+    if settings.feedback_api_keys:
+        if not presented:
+            raise Unauthorized(
+                "saving a teacher record needs a feedback API key: send X-API-Key or "
+                "Authorization: Bearer"
+            )
+        if not _all_among(presented, [*settings.feedback_api_keys, *settings.admin_api_keys]):
+            if settings.api_keys and _all_among(presented, settings.valid_api_keys()):
+                raise Forbidden(
+                    "this API key may not save teacher records: that needs a feedback API key"
+                )
+            raise Unauthorized("the API key is not a feedback API key")
+    elif not settings.api_keys:
+        return ""  # any key sent was never checked: it names no one
+    return key_id(presented[0])

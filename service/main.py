@@ -74,19 +74,24 @@ def log_configuration(settings: Settings) -> None:
     for name, close in Settings.unknown_environment(os.environ).items():
         hint = f"; did you mean {close}?" if close else ""
         logger.warning("%s is not a setting and is ignored%s", name, hint)
-    admin = len(settings.admin_api_keys)
+    admin, feedback = len(settings.admin_api_keys), len(settings.feedback_api_keys)
     if settings.api_keys:
         logger.info(
-            "API keys required: %d keys, %d of them admin; open without one: health, the "
-            "docs, /ui%s",
-            len(set(settings.api_keys) | set(settings.admin_api_keys)),
+            "API keys required: %d keys, %d of them admin, %d feedback%s; open without one: "
+            "health, the docs, /ui%s",
+            len(set(settings.valid_api_keys())),
             admin,
+            feedback,
+            "" if feedback else " (any key may save teacher records)",
             "" if settings.metrics_require_key else ", /metrics",
         )
     else:
         logger.warning(
-            "no API keys (VISION_API_KEYS): whoever reaches the port may store teacher records%s",
-            f"; reloading needs one of {admin} admin keys" if admin else " and reload models",
+            "no API keys (VISION_API_KEYS): whoever reaches the port may %s and %s",
+            f"store teacher records only with one of {feedback} feedback keys"
+            if feedback
+            else "store teacher records",
+            f"reload models only with one of {admin} admin keys" if admin else "reload models",
         )
 
 

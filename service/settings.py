@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     # without a key or with one that is no key at all, 403 with one of api_keys. They are
     # valid API keys elsewhere too. Empty: any API key may reload (with none, anyone).
     admin_api_keys: list[str] = Field(default_factory=list)
+    # Non-empty: saving a teacher record (save=true on POST /attention/correct) needs one of
+    # these keys or an admin key: 401 without a key or with one that is no key at all, 403
+    # with another of api_keys. They are valid API keys elsewhere too. Empty: any API key
+    # may save (with none, anyone). Each record names the key that saved it (key_id).
+    feedback_api_keys: list[str] = Field(default_factory=list)
     # Without API keys: host names (besides IP addresses and localhost) under which a browser
     # page may change something (POST); "*" = any. Other names, in Host or X-Forwarded-Host,
     # are refused 403: a name an attacker re-points at this server (DNS rebinding) looks the
@@ -295,6 +300,11 @@ class Settings(BaseSettings):
     def resolved_decode_threads(self) -> int:
         """Worker threads allowed to decode images at once."""
         return self.decode_threads or available_cpus()
+
+    def valid_api_keys(self) -> list[str]:
+        """Every key a request may carry where API keys are required: the plain ones and
+        those with a role (admin, feedback), which are valid keys everywhere else too."""
+        return [*self.api_keys, *self.admin_api_keys, *self.feedback_api_keys]
 
     def resolved_feedback_url(self) -> str:
         """Where teacher records go: ``feedback_url`` when set and non-empty, else the

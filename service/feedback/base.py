@@ -20,8 +20,9 @@ Schema (read by ``python -m models.attention.finetune``): table ``teacher_record
 (the model's answers with its own map), ``corrected_class_id`` (the answer with the edited
 map), ``misrecognised`` (perception answer != label), ``image`` (the upload as sent),
 ``edited_map`` and ``model_map`` (8-bit grey PNGs at the map's resolution, value =
-round(255 * M)), ``map_height``, ``map_width``. Versioned in ``service/feedback/migrations.py``;
-the applied versions are rows of ``schema_migrations``.
+round(255 * M)), ``map_height``, ``map_width``, ``saved_by`` (the saving API key's ID: the
+first 12 hex digits of its SHA-256; '' without keys). Versioned in
+``service/feedback/migrations.py``; the applied versions are rows of ``schema_migrations``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ COLUMNS = (
     "model_map",
     "map_height",
     "map_width",
+    "saved_by",
 )
 BLOB_COLUMNS = ("image", "edited_map", "model_map")
 # Longest backend message quoted in a 503's detail (the full one goes to the log).
@@ -87,6 +89,9 @@ class TeacherRecord:
     model_map: bytes
     map_height: int
     map_width: int
+    # The API key that saved it, as key_id() names it (a digest's prefix, never the key);
+    # "" on a server without keys.
+    saved_by: str = ""
     id: str = ""
     # ISO 8601, UTC, microseconds: records() sorts by it, and two saves in one millisecond
     # (PostgreSQL takes well under one) must not fall back to the random id for their order.

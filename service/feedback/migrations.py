@@ -81,4 +81,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS teacher_records_label ON teacher_records (label)",
         ),
     ),
+    Migration(
+        version=2,
+        name="saved_by",
+        # Which API key saved the record: the first 12 hex digits of its SHA-256, never the
+        # key; '' where the server had no keys. Rows from before it read ''.
+        sqlite=("ALTER TABLE teacher_records ADD COLUMN saved_by TEXT NOT NULL DEFAULT ''",),
+        postgresql=("ALTER TABLE teacher_records ADD COLUMN saved_by text NOT NULL DEFAULT ''",),
+    ),
 )

@@ -9,6 +9,7 @@ when the image's feature map is cached (FeatureCache, keyed by the image bytes' 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated
@@ -28,7 +29,12 @@ from service.attention import (
 )
 from service.batching import Disconnected, decode_upload
 from service.decoding import AttentionDecoder, Classification
-from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
+from service.dependencies import (
+    DecodeLimiterDep,
+    RegistryDep,
+    SettingsDep,
+    check_feedback_key,
+)
 from service.errors import InvalidField, echo
 from service.feedback import FeedbackStore, TeacherRecord
 from service.imaging import SERVED_FORMATS_TEXT
@@ -46,6 +52,8 @@ from service.schemas import (
 from service.serving import about_field, map_png, read_upload, ready_model
 from service.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(tags=["attention"])
 
 ERROR_RESPONSES = problem_responses(
@@ -59,6 +67,7 @@ ERROR_RESPONSES = problem_responses(
 )
 
 CORRECT_ERRORS = ERROR_RESPONSES | problem_responses(
+    (403, "save was asked with an API key that may not save (VISION_FEEDBACK_API_KEYS)"),
     (507, "save was asked and the teacher-record store holds VISION_FEEDBACK_MAX_RECORDS"),
 )
 
@@ -227,6 +236,7 @@ async def correct_with_edited_map(
     save: Annotated[bool, Form(description="store a teacher record (needs label)")] = False,
 ) -> CorrectionResponse:
     """Re-classify with the edited map replacing the model's; optionally keep the edit."""
+    saved_by = check_feedback_key(request, settings) if save else ""
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     with about_field("mask"):
         mask_data = await read_upload(mask, settings.max_upload_bytes)
@@ -276,10 +286,18 @@ async def correct_with_edited_map(
             model_map=map_to_png(found.attention_map[0, 0]),
             map_height=grid.height,
             map_width=grid.width,
+            saved_by=saved_by,
         )
         # Durably committed (service/feedback) before the response is built; a database
         # failure is a 503 (StoreUnavailable) and nothing half-written stays behind.
         feedback_id = await anyio.to_thread.run_sync(get_feedback_store(request).add, record)
+        logger.info(
+            "teacher record %s saved: %s, label %r, key %s",
+            feedback_id,
+            f"{record.model_name}/{record.model_version}",
+            label,
+            saved_by or "(no keys)",
+        )
     return CorrectionResponse(
         model=serving.ref,
         original=_prediction(original),

@@ -276,8 +276,12 @@ def test_every_replica_requires_api_keys_from_the_secret() -> None:
     pod cannot start without; the example's values are JSON lists the service accepts."""
     (secret,) = documents(KEYS_EXAMPLE)
     keys = {name: json.loads(value) for name, value in secret["stringData"].items()}
-    settings = Settings(api_keys=keys["keys"], admin_api_keys=keys["admin-keys"])
-    assert settings.api_keys and settings.admin_api_keys
+    settings = Settings(
+        api_keys=keys["keys"],
+        admin_api_keys=keys["admin-keys"],
+        feedback_api_keys=keys["feedback-keys"],
+    )
+    assert settings.api_keys and settings.admin_api_keys and settings.feedback_api_keys
     (inference,) = documents("inferenceservice.yaml")
     containers = [_container(d) for d in by_kind("Deployment").values()]
     containers += inference["spec"]["predictor"]["containers"]
@@ -286,6 +290,11 @@ def test_every_replica_requires_api_keys_from_the_secret() -> None:
         for variable, key in (("VISION_API_KEYS", "keys"), ("VISION_ADMIN_API_KEYS", "admin-keys")):
             reference = env[variable]["valueFrom"]["secretKeyRef"]
             assert reference == {"name": secret["metadata"]["name"], "key": key}
+        # Optional: a Secret made before feedback keys existed still starts the pod.
+        reference = env["VISION_FEEDBACK_API_KEYS"]["valueFrom"]["secretKeyRef"]
+        assert reference == {"name": secret["metadata"]["name"], "key": "feedback-keys"} | {
+            "optional": True
+        }
     data = by_kind("ConfigMap")["vision-settings"]["data"]
     assert "VISION_API_KEYS" not in data
     # /metrics is scraped without a key, from the monitoring namespace only.

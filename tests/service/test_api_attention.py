@@ -8,6 +8,7 @@ Two-item canvases come from the Fashion-MNIST test items over test photographs
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import shutil
@@ -282,11 +283,57 @@ def test_save_stores_a_durable_teacher_record(client: TestClient, feedback_db: P
     assert edited.shape == (16, 16) and (edited == 255).all()
     assert Image.open(io.BytesIO(stored.model_map)).size == (16, 16)
     assert stored.perception_class_id == body["original"]["class_id"]
+    assert stored.saved_by == ""  # a server without keys: no key names the saver
     after = client.get("/attention/feedback").json()
     assert after["total"] == before["total"] + 1
     assert after["per_label"]["bag"] == before["per_label"].get("bag", 0) + 1
     wrong = body["original"]["class_id"] != LABELS.index("bag")
     assert after["misrecognised"] == before["misrecognised"] + int(wrong)
+
+
+KEYS, ADMIN, WRITER = ["k-one"], "k-admin", "k-writer"
+
+
+@pytest.mark.parametrize(
+    ("api_keys", "headers", "status"),
+    [
+        (KEYS, {}, 401),
+        (KEYS, {"X-API-Key": "wrong"}, 401),
+        (KEYS, {"X-API-Key": "k-one"}, 403),  # a valid key that may not save
+        (KEYS, {"X-API-Key": WRITER, "Authorization": "Bearer k-one"}, 403),  # both must
+        (KEYS, {"X-API-Key": WRITER}, 200),
+        (KEYS, {"Authorization": f"Bearer {ADMIN}"}, 200),  # admin keys may too
+        ([], {}, 401),  # feedback keys alone guard saving on a server without API keys
+        ([], {"X-API-Key": "k-one"}, 401),
+        ([], {"X-API-Key": WRITER}, 200),
+    ],
+)
+def test_feedback_keys_alone_may_save_and_the_record_names_the_key(
+    tmp_path: Path, api_keys: list[str], headers: dict[str, str], status: int
+) -> None:
+    settings = make_settings(
+        REPOSITORY,
+        models=["attention"],
+        feedback_db=tmp_path / "feedback.sqlite3",
+        api_keys=api_keys,
+        admin_api_keys=[ADMIN],
+        feedback_api_keys=[WRITER],
+    )
+    mask = encode(Image.new("L", (4, 4), 255))
+    with TestClient(create_app(settings), headers=headers) as keyed:
+        response = correct(keyed, _square_upload(), mask, label="bag", save="true")
+        assert response.status_code == status, response.text
+        # Without save only the API keys count: a plain key, or none on a keyless server.
+        unsaved = correct(keyed, _square_upload(), mask, label="bag")
+        assert unsaved.status_code == (401 if api_keys and status == 401 else 200)
+    records = open_store(tmp_path / "feedback.sqlite3").records()
+    if status != 200:
+        assert_problem(response, status)
+        assert records == []
+        return
+    saver = headers.get("X-API-Key") or headers["Authorization"].removeprefix("Bearer ")
+    digest = hashlib.sha256(saver.encode()).hexdigest()
+    assert [(r.id, r.saved_by) for r in records] == [(response.json()["feedback_id"], digest[:12])]
 
 
 def test_label_without_save_stores_nothing(client: TestClient) -> None:

@@ -127,3 +127,12 @@ def test_admin_keys_alone_guard_reloading_and_leave_the_rest_open(repo: Path) ->
 
 def test_without_admin_keys_any_key_may_reload(keyed: TestClient) -> None:
     assert keyed.post("/models/landmark/reload", headers={"X-API-Key": "k-one"}).status_code == 200
+
+
+def test_a_feedback_key_is_a_valid_key_but_may_not_reload(repo: Path) -> None:
+    settings = make_settings(
+        repo, api_keys=KEYS, admin_api_keys=[ADMIN], feedback_api_keys=["k-writer"]
+    )
+    with TestClient(create_app(settings), headers={"X-API-Key": "k-writer"}) as client:
+        assert client.get("/models").status_code == 200
+        assert client.post("/models/landmark/reload").status_code == 403

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from service.feedback import (
     open_store,
 )
 from service.feedback import postgres as postgres_backend
+from service.feedback.base import COLUMNS, new_row
 from service.main import create_app
 from service.settings import Settings
 from tests.postgres import PostgresServer
@@ -251,8 +252,9 @@ def test_a_record_survives_the_process_being_killed_right_after_add(store_url: s
 # ---- migrations --------------------------------------------------------------------------
 def test_migrations_are_recorded_and_applied_once(store_url: str) -> None:
     with opened(store_url) as store:
-        assert store.open() == [1]  # the first open creates the schema
-        assert store.schema_versions() == [m.version for m in MIGRATIONS]
+        versions = [m.version for m in MIGRATIONS]
+        assert store.open() == versions  # the first open creates the schema
+        assert store.schema_versions() == versions
     with opened(store_url) as again:
         assert again.open() == []  # nothing pending: no lock taken, nothing run
 
@@ -261,7 +263,7 @@ def test_replicas_starting_together_apply_each_migration_exactly_once(store_url:
     """Eight stores (own connections) open at the same instant with a second migration
     whose statements would fail if run twice (plain CREATE TABLE, an INSERT)."""
     probe = Migration(
-        version=2,
+        version=MIGRATIONS[-1].version + 1,
         name="probe",
         sqlite=("CREATE TABLE probe (n INTEGER)", "INSERT INTO probe VALUES (1)"),
         postgresql=("CREATE TABLE probe (n integer)", "INSERT INTO probe VALUES (1)"),
@@ -286,8 +288,9 @@ def test_replicas_starting_together_apply_each_migration_exactly_once(store_url:
         thread.join(timeout=60)
     try:
         assert errors == []
-        assert sorted(v for versions in applied for v in versions) == [1, 2]
-        assert stores[0].schema_versions() == [1, 2]
+        expected = [m.version for m in migrations]
+        assert sorted(v for versions in applied for v in versions) == expected
+        assert stores[0].schema_versions() == expected
         assert count_rows(store_url, "probe") == 1
     finally:
         for store in stores:
@@ -325,9 +328,36 @@ def test_a_sqlite_database_from_before_migrations_is_adopted(tmp_path: Path) -> 
             "'attention', '1', 'bag', 8, 8, 8, 8, 0, x'89', x'01', x'02', 16, 16)"
         )
     store = open_store(str(path))
-    assert store.open() == [1]
-    assert [(r.id, r.image) for r in store.records()] == [("a1", b"\x89")]
-    assert store.schema_versions() == [1]
+    assert store.open() == [1, 2]  # 1 adopts the table, 2 adds saved_by
+    assert [(r.id, r.image, r.saved_by) for r in store.records()] == [("a1", b"\x89", "")]
+    assert store.schema_versions() == [1, 2]
+
+
+def test_records_saved_before_saved_by_read_empty_and_new_ones_keep_it(store_url: str) -> None:
+    """Migration 2 on a database of version 1 that a pod of the previous release writes to
+    during a rolling update (its INSERT names no saved_by): both kinds of row read back."""
+    with opened(store_url, MIGRATIONS[:1]) as old:
+        assert old.open() == [1]
+    v1_columns = ", ".join(c for c in COLUMNS if c != "saved_by")
+    old_row = new_row(record()) | {"id": "old"}
+    insert = f"INSERT INTO teacher_records ({v1_columns}) VALUES "
+    with opened(store_url) as store:
+        assert store.open() == [2]
+        execute(store_url, insert, [old_row[c] for c in COLUMNS if c != "saved_by"])
+        new = store.add(replace(record(), saved_by="0123456789ab"))
+        by_id = {r.id: r.saved_by for r in store.records()}
+    assert by_id == {"old": "", new: "0123456789ab"}
+
+
+def execute(url: str, insert: str, values: list[Any]) -> None:
+    """Run ``insert`` (up to VALUES) with ``values`` on a connection of the store's own."""
+    store = open_store(url)
+    if isinstance(store, SQLiteFeedbackStore):
+        with closing(sqlite3.connect(store.path)) as connection, connection:
+            connection.execute(insert + f"({', '.join('?' * len(values))})", values)
+        return
+    with psycopg.connect(url) as connection:
+        connection.execute((insert + f"({', '.join(['%s'] * len(values))})").encode(), values)
 
 
 # ---- URLs and settings -------------------------------------------------------------------

@@ -46,11 +46,13 @@ def test_names_that_are_no_setting_are_warned_of(
 
 
 @pytest.mark.parametrize(
-    ("keys", "admin", "level", "text"),
+    ("keys", "admin", "feedback", "level", "text"),
     [
-        ([], [], logging.WARNING, "may store teacher records and reload models"),
-        ([], ["a"], logging.WARNING, "reloading needs one of 1 admin keys"),
-        (["k", "l"], ["a"], logging.INFO, "API keys required: 3 keys, 1 of them admin"),
+        ([], [], [], logging.WARNING, "may store teacher records and reload models"),
+        ([], ["a"], [], logging.WARNING, "reload models only with one of 1 admin keys"),
+        ([], [], ["f"], logging.WARNING, "teacher records only with one of 1 feedback keys"),
+        (["k", "l"], ["a"], [], logging.INFO, "3 keys, 1 of them admin, 0 feedback (any key"),
+        (["k"], [], ["f", "g"], logging.INFO, "3 keys, 0 of them admin, 2 feedback;"),
     ],
 )
 def test_the_start_says_whether_keys_are_required(
@@ -58,9 +60,11 @@ def test_the_start_says_whether_keys_are_required(
     caplog: pytest.LogCaptureFixture,
     keys: list[str],
     admin: list[str],
+    feedback: list[str],
     level: int,
     text: str,
 ) -> None:
+    settings = make_settings(repo, api_keys=keys, admin_api_keys=admin, feedback_api_keys=feedback)
     with caplog.at_level(logging.INFO, logger="service"):
-        create_app(make_settings(repo, api_keys=keys, admin_api_keys=admin))
+        create_app(settings)
     assert any(r.levelno == level and text in r.getMessage() for r in caplog.records)
