@@ -45,11 +45,15 @@ class RouteTemplates:
 
 class RelativeSlashRedirect:
     """The router's fallback: a path that matches no route but would without its trailing
-    slashes (or with one) is redirected there, as Starlette's ``redirect_slashes`` does,
-    but by a relative ``Location`` (``../models``, ``./ui/``). Starlette's names the URL
-    from the ``Host`` header, so a forged ``Host`` made the answer point at another site
-    (cache poisoning), and a proxy serving the service under a path prefix lost the prefix;
-    a relative reference resolves against what the client itself asked for."""
+    slash (or with one) is redirected there, as Starlette's ``redirect_slashes`` does, but
+    by a relative ``Location`` (``../models``, ``./ui/``). Starlette's names the URL from
+    the ``Host`` header, so a forged ``Host`` made the answer point at another site (cache
+    poisoning), and a proxy serving the service under a path prefix lost the prefix; a
+    relative reference resolves against what the client itself asked for.
+
+    Two or more trailing slashes are a 404: the reference from ``/models//`` is
+    ``../../models`` under RFC 3986 (browsers, curl), but Python's ``urljoin`` and httpx
+    drop empty segments and would follow it to ``/models`` one level up."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -72,11 +76,11 @@ class RelativeSlashRedirect:
         # The path as sent (percent-encoded), for the segment the reference repeats.
         raw = bytes(scope.get("raw_path") or quote(str(scope["path"])).encode()).decode("latin-1")
         trailing = len(path) - len(path.rstrip("/"))
-        if trailing != len(raw) - len(raw.rstrip("/")):
-            return None  # an encoded slash (%2F) at the end: no reference names it
+        if trailing > 1 or trailing != len(raw) - len(raw.rstrip("/")):
+            return None  # see above; or an encoded slash (%2F) at the end, which none names
         if trailing:
-            target, segment = path.rstrip("/"), raw.rstrip("/").rsplit("/", 1)[-1]
-            reference = "../" * trailing + segment
+            target, segment = path[:-1], raw[:-1].rsplit("/", 1)[-1]
+            reference = f"../{segment}"
         else:
             target, segment = path + "/", raw.rsplit("/", 1)[-1]
             reference = f"./{segment}/"  # "./" so that a segment "a:b" is no scheme

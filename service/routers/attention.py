@@ -17,7 +17,7 @@ from typing import Annotated
 import anyio
 import numpy as np
 import numpy.typing as npt
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from service.attention import (
     FeatureCache,
@@ -218,9 +218,26 @@ def _edited_map(
     return mask_to_grid(mask, features.transform, pre.height, pre.width, grid.height, grid.width)
 
 
+# What pydantic reads as true in a form field, so that the key check sees save=true where
+# FastAPI will (the handler checks again, should the two ever disagree).
+TRUE_FORM_VALUES = frozenset({"1", "on", "t", "true", "y", "yes"})
+
+
+async def authorize_save(request: Request, settings: SettingsDep) -> str | None:
+    """The ID of the API key a teacher record would be saved with (``check_feedback_key``),
+    when the form asks to save; None when it does not. A dependency, so that it runs before
+    FastAPI checks the route's fields: like the API key, a key that may not save is 401/403
+    whatever else is wrong with the request."""
+    form = await request.form()  # parsed once: FastAPI reads the same, cached
+    if str(form.get("save", "")).lower() not in TRUE_FORM_VALUES:
+        return None
+    return check_feedback_key(request, settings)
+
+
 @router.post("/attention/correct", responses=CORRECT_ERRORS)
 async def correct_with_edited_map(
     request: Request,
+    checked_saver: Annotated[str | None, Depends(authorize_save)],
     image: Annotated[UploadFile, File(description="the photo, as sent to /attention")],
     mask: Annotated[
         UploadFile,
@@ -236,7 +253,11 @@ async def correct_with_edited_map(
     save: Annotated[bool, Form(description="store a teacher record (needs label)")] = False,
 ) -> CorrectionResponse:
     """Re-classify with the edited map replacing the model's; optionally keep the edit."""
-    saved_by = check_feedback_key(request, settings) if save else ""
+    saved_by = ""
+    if save:
+        saved_by = (
+            checked_saver if checked_saver is not None else check_feedback_key(request, settings)
+        )
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     with about_field("mask"):
         mask_data = await read_upload(mask, settings.max_upload_bytes)

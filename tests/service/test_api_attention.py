@@ -336,6 +336,29 @@ def test_feedback_keys_alone_may_save_and_the_record_names_the_key(
     assert [(r.id, r.saved_by) for r in records] == [(response.json()["feedback_id"], digest[:12])]
 
 
+@pytest.mark.parametrize(("api_keys", "key", "status"), [(KEYS, "k-one", 403), ([], None, 401)])
+def test_a_key_that_may_not_save_is_refused_before_the_fields_are_checked(
+    tmp_path: Path, api_keys: list[str], key: str | None, status: int
+) -> None:
+    """As with the API key: 401/403 whatever else is wrong (here no mask, no label), and a
+    save=true that FastAPI would not read as true (perhaps) is the fields' 422."""
+    settings = make_settings(
+        REPOSITORY,
+        models=["attention"],
+        feedback_db=tmp_path / "feedback.sqlite3",
+        api_keys=api_keys,
+        feedback_api_keys=[WRITER],
+    )
+    headers = {"X-API-Key": key} if key else {}
+    image = {"image": ("i.png", _square_upload(), "image/png")}
+    with TestClient(create_app(settings), headers=headers) as keyed:
+        for save in ("true", "ON", "1"):
+            response = keyed.post("/attention/correct", files=image, data={"save": save})
+            assert_problem(response, status)
+        response = keyed.post("/attention/correct", files=image, data={"save": "perhaps"})
+        assert_problem(response, 422)
+
+
 def test_label_without_save_stores_nothing(client: TestClient) -> None:
     before = client.get("/attention/feedback").json()["total"]
     mask = encode(Image.new("L", (4, 4), 255))

@@ -53,7 +53,6 @@ def test_limits_metrics_and_v2_errors_under_a_mount_prefix(repo: Path) -> None:
     ("method", "path", "location", "resolved"),
     [
         ("GET", "/models/", "../models", "/models"),
-        ("GET", "/models///", "../../../models", "/models"),
         ("GET", "/health/ready/?verbose=1", "../ready?verbose=1", "/health/ready?verbose=1"),
         ("GET", "/v2/models/a%20b/", "../a%20b", "/v2/models/a%20b"),  # encoded as it came
         ("POST", "/recognize/", "../recognize", "/recognize"),  # 307 keeps the method
@@ -83,8 +82,11 @@ def test_slash_redirects_keep_a_mount_prefix(repo: Path) -> None:
         assert client.get("/vision/models/").status_code == 200  # followed
 
 
-@pytest.mark.parametrize("path", ["/nowhere/", "/models/%2F", "/models/x/y/"])
+@pytest.mark.parametrize(
+    "path", ["/nowhere/", "/models/%2F", "/models/x/y/", "/models//", "/health/ready//"]
+)
 def test_paths_no_slash_change_would_route_stay_404_problems(client: TestClient, path: str) -> None:
+    """Two trailing slashes too: Python's urljoin would resolve ../../models wrongly."""
     response = client.get(path, follow_redirects=False)
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
