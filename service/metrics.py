@@ -153,7 +153,8 @@ def create_metrics() -> Metrics:
             "Connections closed for VISION_HEADER_TIMEOUT_S: idle (a new connection sent no "
             "request; keep-alive running out between requests is not counted), "
             "headers (a request's head was incomplete; answered 408) or body (answered "
-            "early, the rest of the body stopped arriving).",
+            "early, the rest of the body stopped arriving); and for VISION_SEND_TIMEOUT_S: "
+            "answer (the client took none of an answer that long; dropped).",
             ["phase"],
             registry=registry,
         ),

@@ -27,7 +27,15 @@ Bytes httptools refuses (a Content-Length of ``abc``, ``-5`` or two values, a br
 line) get a 400 problem+json, like every other error, where uvicorn writes a text/plain one;
 behind whole requests (pipelined), after their answers.
 
-It overrides uvicorn's ``data_received``, ``send_400_response`` and parser callbacks
+Nor does uvicorn bound how long an answer may wait for the client to take it: with the
+send buffer full it waits for ever, holding the answer and, for a request pipelined behind
+it, that request's body reservation. A connection whose client takes nothing of an answer
+for ``send_timeout_s`` is dropped (aborted: a close would wait for the buffer to drain).
+When a connection is lost, every request on it is told so, the running one too, not only
+uvicorn's newest (one pipelined behind it).
+
+It overrides uvicorn's ``data_received``, ``send_400_response``, ``connection_lost``,
+``pause_writing``, ``resume_writing``, ``_start_asgi_task`` and parser callbacks
 (``on_message_begin``, ``on_headers_complete``, ``on_body``, ``on_message_complete``,
 ``on_response_complete``), which are not a public API; tests/service/test_protocol.py runs
 it in the entry command over TCP, so an upgrade that changes them fails there.
@@ -53,12 +61,12 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.errors import HeaderFieldsTooLarge, MalformedRequest, RequestTimeout, ServiceError
 from service.metrics import METRICS_STATE_KEY, Metrics
 from service.schemas import PROBLEM_MEDIA_TYPE
-from service.settings import DEFAULT_MAX_HEADER_BYTES
+from service.settings import DEFAULT_MAX_HEADER_BYTES, DEFAULT_SEND_TIMEOUT_S
 
 
 def timeout_response(
@@ -121,10 +129,16 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     header_timeout_s: ClassVar[float]
     max_header_bytes: ClassVar[int]
+    send_timeout_s: ClassVar[float]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        # Runs while the transport's send buffer is over its high-water mark.
+        self._send_timer: asyncio.TimerHandle | None = None
+        # The request whose app runs (uvicorn's ``cycle`` is the newest: with requests
+        # pipelined behind it, a queued one).
+        self._running: RequestResponseCycle | None = None
         # Requests whose headers are in and whose answer is not complete (more than one when
         # a client pipelines); the timer runs only while there are none.
         self._open_requests = 0
@@ -156,7 +170,50 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_send_timer()
+        # uvicorn tells only its newest request that the client has gone: with one queued
+        # behind it, the running app wrote on into the closed transport (an "unhandled
+        # error" and two tracebacks per connection) and was not dropped as a request
+        # whose client left is.
+        for cycle in (self._running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(
+                self.send_timeout_s, self._send_timed_out, context=contextvars.Context()
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_timer()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        """The client took nothing of an answer for ``send_timeout_s``: drop the connection
+        and what waits in its buffer (``close`` would wait for the buffer to drain first)."""
+        self._send_timer = None
+        if (metrics := self._metrics()) is not None:
+            metrics.connections_timed_out.labels("answer").inc()
+        self.logger.warning(
+            "%s:%s - answer untaken for %g s (%d bytes waiting): connection dropped",
+            *(self.client or ("-", "-")),
+            self.send_timeout_s,
+            self.transport.get_write_buffer_size(),
+        )
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refusing:
@@ -375,13 +432,20 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
 
 def header_timeout_protocol(
-    header_timeout_s: float, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_s: float,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
 ) -> type[HeaderTimeoutProtocol]:
-    """A protocol class for ``uvicorn.run(http=...)`` with this header timeout (seconds)
-    and head size limit (bytes). Made at run time, so it cannot be pickled: fine for the
-    one worker of service/serve.py (uvicorn pickles its config only to spawn several)."""
+    """A protocol class for ``uvicorn.run(http=...)`` with this header timeout (seconds),
+    head size limit (bytes) and send timeout (seconds). Made at run time, so it cannot be
+    pickled: fine for the one worker of service/serve.py (uvicorn pickles its config only
+    to spawn several)."""
     return type(
         "HeaderTimeoutProtocol",
         (HeaderTimeoutProtocol,),
-        {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes},
+        {
+            "header_timeout_s": header_timeout_s,
+            "max_header_bytes": max_header_bytes,
+            "send_timeout_s": send_timeout_s,
+        },
     )

@@ -14,7 +14,8 @@ every model again). Read from the environment besides the ``VISION_*`` settings:
 
 ``KEEP_ALIVE_S`` bounds an idle connection between requests (bytes that start no request,
 such as CRLFs, do not extend it); ``VISION_HEADER_TIMEOUT_S`` bounds a request's head,
-from the connection's start or the request's first byte (service/protocol.py). Behind a
+from the connection's start or the request's first byte, and ``VISION_SEND_TIMEOUT_S`` an
+answer the client takes nothing of (service/protocol.py). Behind a
 proxy that keeps idle upstream connections open (nginx-ingress: 60 s), set ``KEEP_ALIVE_S``
 above its idle timeout: a connection the service closes just as the proxy reuses it fails
 that request (a 502), and a proxy does not retry a ``POST``.
@@ -75,8 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         host=os.environ.get("HOST", DEFAULT_HOST),
         port=int(os.environ.get("PORT", DEFAULT_PORT)),
         workers=1,
-        # httptools with a deadline on request heads (VISION_HEADER_TIMEOUT_S).
-        http=header_timeout_protocol(settings.header_timeout_s, settings.max_header_bytes),
+        # httptools with deadlines on request heads and on answers left untaken
+        # (VISION_HEADER_TIMEOUT_S, VISION_SEND_TIMEOUT_S).
+        http=header_timeout_protocol(
+            settings.header_timeout_s, settings.max_header_bytes, settings.send_timeout_s
+        ),
         timeout_graceful_shutdown=int(
             os.environ.get("GRACEFUL_SHUTDOWN_S", DEFAULT_GRACEFUL_SHUTDOWN_S)
         ),

@@ -25,6 +25,7 @@ HEADER_TIMEOUT_S = 1.5
 # Longer than the header deadline, as behind a proxy that reuses idle upstream connections.
 KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16 * 1024
+SEND_TIMEOUT_S = 1.5
 # Slack for a busy CI machine: a close is on time when it comes within this much of the
 # deadline, and "not cut" means it outlived the deadline by more than this.
 SLACK_S = 1.0
@@ -39,6 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProcess]:
         VISION_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         VISION_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
         KEEP_ALIVE_S=str(KEEP_ALIVE_S),
+        VISION_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
     )
     with live_process(env, tmp / "stderr.log") as process:
         yield process
@@ -462,6 +464,73 @@ def test_a_deferred_400_logs_no_request_s_id_and_nothing_after_a_close(
         assert [status for status, _ in responses(read_to_close(sock))] == [404]
     lines = served.stderr.read_text().splitlines()
     assert len([line for line in lines if "bytes that are no request" in line]) == len(refused)
+
+
+OPENAPI = b"GET /openapi.json HTTP/1.1\r\nHost: test\r\n\r\n"  # about 56 kB of answer
+
+
+def gauges(served: LiveProcess) -> tuple[float, float]:
+    """Requests in flight and request-body bytes reserved, from /metrics."""
+    metrics = samples(httpx.get(f"{served.url}/metrics").text)
+    return (
+        metrics[("vision_http_requests_in_flight", ())],
+        metrics[("vision_request_body_bytes_in_flight", ())],
+    )
+
+
+def test_an_answer_left_untaken_is_dropped_with_the_requests_behind_it(
+    served: LiveProcess,
+) -> None:
+    """A client that asks for answers and reads none: uvicorn waited for ever to write the
+    next one, holding it and the request (with its body's reservation) that made it."""
+    before = timed_out(served).get("answer", 0.0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.connect(("127.0.0.1", served.port))
+    head, body = recognize_request()
+    with sock:
+        sock.sendall((OPENAPI + head + body) * 100)  # some 5.6 MB of answers, none read
+        deadline = time.monotonic() + 10 * SEND_TIMEOUT_S
+        while timed_out(served).get("answer", 0.0) == before:
+            assert time.monotonic() < deadline, "the connection was never dropped"
+            time.sleep(0.2)
+        assert gauges(served) == (0.0, 0.0)
+        # What the kernel had taken still comes, then the end: the rest was dropped.
+        assert len(responses(read_to_close(sock))) < 200
+
+
+def test_a_steady_reader_slower_than_the_answers_is_not_cut(served: LiveProcess) -> None:
+    """Untaken means no progress: a client reading 64 kB each 20 ms takes 100 answers of
+    56 kB over longer than the send timeout, its buffer full and drained again and again."""
+    before = timed_out(served).get("answer", 0.0)
+    with connect(served) as sock:
+        sock.sendall(OPENAPI * 100)
+        data, started = b"", time.monotonic()
+        while len(found := responses(data)) < 100:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(found)} answers"
+            data += chunk
+            time.sleep(0.02)
+        assert time.monotonic() - started > SEND_TIMEOUT_S
+    assert {status for status, _ in found} == {200}
+    assert timed_out(served).get("answer", 0.0) == before
+
+
+def test_requests_pipelined_then_closed_are_all_told_the_client_left(
+    served: LiveProcess,
+) -> None:
+    """uvicorn told only the queued request: the running one wrote on into the closed
+    transport, an "Exception in ASGI application" with two tracebacks per connection."""
+    head, body = recognize_request()
+    for _ in range(10):
+        with connect(served) as sock:
+            sock.sendall((head + body) * 2)
+    deadline = time.monotonic() + 10.0
+    while gauges(served) != (0.0, 0.0):
+        assert time.monotonic() < deadline, gauges(served)
+        time.sleep(0.1)
+    log = served.stderr.read_text()
+    assert "Exception in ASGI application" not in log and "unhandled error" not in log
 
 
 def test_the_raw_408_is_well_formed() -> None:
