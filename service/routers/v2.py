@@ -543,18 +543,32 @@ def requested_outputs(request: InferRequest, config: GraphConfig) -> list[tuple[
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """A gzip/deflate body, inflated to at most ``limit`` bytes (no decompression bombs)."""
+    """A gzip/deflate body, inflated to at most ``limit`` bytes (no decompression bombs).
+    A gzip body may be several members one after another (RFC 1952), as ``gzip.decompress``
+    reads it; a stream cut short, or bytes after the last one that start no member, are a
+    400 (a cut stream was passed on as what it had inflated to, then refused as JSON)."""
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
         raise V2Error(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise V2Error(400, f"the body is not valid {encoding}: {exc}") from exc
-    if len(data) > limit:
-        raise V2Error(413, f"the inflated body exceeds {limit} bytes")
-    return data
+    pieces: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            piece = inflater.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise V2Error(400, f"the body is not valid {encoding}: {exc}") from exc
+        size += len(piece)
+        if size > limit:
+            raise V2Error(413, f"the inflated body exceeds {limit} bytes")
+        if not inflater.eof:
+            raise V2Error(400, f"the body is not valid {encoding}: it ends mid-stream")
+        pieces.append(piece)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(pieces)
+        if encoding != "gzip":
+            raise V2Error(400, f"the body is not valid deflate: {len(rest)} bytes follow it")
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -334,12 +335,39 @@ def test_bad_content_encoding_is_400(v2: TestClient) -> None:
     )
 
 
+def test_gzip_members_truncation_and_trailing_bytes(v2: TestClient) -> None:
+    """Two gzip members are one body (RFC 1952); a stream cut short, or followed by bytes
+    that are no member, is a 400 about the encoding (a cut one was read as broken JSON)."""
+    body, headers = binary_image_request(square_tensor())
+    url = "/v2/models/landmark/infer"
+    whole = v2.post(url, content=gzip.compress(body), headers=headers | GZIP)
+    assert whole.status_code == 200, whole.text
+    half = len(body) // 2
+    members = gzip.compress(body[:half]) + gzip.compress(body[half:])
+    two = v2.post(url, content=members, headers=headers | GZIP)
+    assert two.status_code == 200 and two.content == whole.content
+    cut = gzip.compress(body)[:-12]
+    assert "ends mid-stream" in error_of(v2.post(url, content=cut, headers=headers | GZIP), 400)
+    junk = gzip.compress(body) + b"junk"
+    assert "gzip" in error_of(v2.post(url, content=junk, headers=headers | GZIP), 400)
+    deflated = zlib.compress(body) + b"junk"
+    deflate = headers | {"Content-Encoding": "deflate"}
+    assert "follow" in error_of(v2.post(url, content=deflated, headers=deflate), 400)
+
+
+GZIP = {"Content-Encoding": "gzip"}
+
+
 def test_gzip_bomb_is_413(tmp_path: Path) -> None:
     root = write_v2_repository(tmp_path / "repository")
     with TestClient(create_app(make_settings(root, max_upload_bytes=100_000))) as client:
         bomb = gzip.compress(b" " * 1_000_000)
         headers = {"Content-Encoding": "gzip"}
         response = client.post("/v2/models/landmark/infer", content=bomb, headers=headers)
+        assert "inflated" in error_of(response, 413)
+        # Members each under the limit count together.
+        members = gzip.compress(b" " * 60_000) * 2
+        response = client.post("/v2/models/landmark/infer", content=members, headers=headers)
         assert "inflated" in error_of(response, 413)
 
 
