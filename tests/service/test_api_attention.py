@@ -25,6 +25,7 @@ from service.errors import Overloaded
 from service.feedback import open_store
 from service.main import create_app
 from service.routers.attention import attention_model, compute_features
+from service.settings import Settings
 from tests.service.conftest import assert_problem, make_settings
 from tests.service.images import encode
 
@@ -294,6 +295,18 @@ def test_save_stores_a_durable_teacher_record(client: TestClient, feedback_db: P
 KEYS, ADMIN, WRITER = ["k-one"], "k-admin", "k-writer"
 
 
+def feedback_keyed(tmp_path: Path, api_keys: list[str]) -> Settings:
+    """The attention model with feedback and admin keys, and ``api_keys`` (may be none)."""
+    return make_settings(
+        REPOSITORY,
+        models=["attention"],
+        feedback_db=tmp_path / "feedback.sqlite3",
+        api_keys=api_keys,
+        admin_api_keys=[ADMIN],
+        feedback_api_keys=[WRITER],
+    )
+
+
 @pytest.mark.parametrize(
     ("api_keys", "headers", "status"),
     [
@@ -311,14 +324,7 @@ KEYS, ADMIN, WRITER = ["k-one"], "k-admin", "k-writer"
 def test_feedback_keys_alone_may_save_and_the_record_names_the_key(
     tmp_path: Path, api_keys: list[str], headers: dict[str, str], status: int
 ) -> None:
-    settings = make_settings(
-        REPOSITORY,
-        models=["attention"],
-        feedback_db=tmp_path / "feedback.sqlite3",
-        api_keys=api_keys,
-        admin_api_keys=[ADMIN],
-        feedback_api_keys=[WRITER],
-    )
+    settings = feedback_keyed(tmp_path, api_keys)
     mask = encode(Image.new("L", (4, 4), 255))
     with TestClient(create_app(settings), headers=headers) as keyed:
         response = correct(keyed, _square_upload(), mask, label="bag", save="true")
@@ -342,13 +348,7 @@ def test_a_key_that_may_not_save_is_refused_before_the_fields_are_checked(
 ) -> None:
     """As with the API key: 401/403 whatever else is wrong (here no mask, no label), and a
     save=true that FastAPI would not read as true (perhaps) is the fields' 422."""
-    settings = make_settings(
-        REPOSITORY,
-        models=["attention"],
-        feedback_db=tmp_path / "feedback.sqlite3",
-        api_keys=api_keys,
-        feedback_api_keys=[WRITER],
-    )
+    settings = feedback_keyed(tmp_path, api_keys)
     headers = {"X-API-Key": key} if key else {}
     image = {"image": ("i.png", _square_upload(), "image/png")}
     with TestClient(create_app(settings), headers=headers) as keyed:
