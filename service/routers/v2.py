@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import zlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -542,33 +543,54 @@ def requested_outputs(request: InferRequest, config: GraphConfig) -> list[tuple[
     return wanted
 
 
+# Members of one gzip body: a body concatenated from a few files has a few; each member
+# costs a fresh inflater on the event loop, so a body of a million 20-byte ones is refused.
+MAX_GZIP_MEMBERS = 64
+# Input fed to the inflater at a time (see _decompress).
+INFLATE_SLICE_BYTES = 64 * 1024
+NOT_NUL = re.compile(rb"[^\x00]")
+
+
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """A gzip/deflate body, inflated to at most ``limit`` bytes (no decompression bombs).
-    A gzip body may be several members one after another (RFC 1952), as ``gzip.decompress``
-    reads it; a stream cut short, or bytes after the last one that start no member, are a
-    400 (a cut stream was passed on as what it had inflated to, then refused as JSON)."""
+    A gzip body may be several members one after another (RFC 1952), with NUL padding
+    between them, as ``gzip.decompress`` reads it, up to MAX_GZIP_MEMBERS; a stream cut
+    short, or bytes after the last one that start no member, are a 400 (a cut stream was
+    passed on as what it had inflated to, then refused as JSON)."""
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
         raise V2Error(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    view, offset, size = memoryview(body), 0, 0
     pieces: list[bytes] = []
-    size, rest = 0, body
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         inflater = zlib.decompressobj(wbits)
-        try:
-            piece = inflater.decompress(rest, limit - size + 1)
-        except zlib.error as exc:
-            raise V2Error(400, f"the body is not valid {encoding}: {exc}") from exc
-        size += len(piece)
-        if size > limit:
-            raise V2Error(413, f"the inflated body exceeds {limit} bytes")
+        # Fed a slice at a time: at a member's end zlib copies the input left over into
+        # unused_data, which for the whole rest of a body of tiny members was quadratic.
+        while not inflater.eof and offset < len(view):
+            chunk = view[offset : offset + INFLATE_SLICE_BYTES]
+            offset += len(chunk)
+            try:
+                piece = inflater.decompress(chunk, limit - size + 1)
+            except zlib.error as exc:
+                raise V2Error(400, f"the body is not valid {encoding}: {exc}") from exc
+            size += len(piece)
+            if size > limit:
+                raise V2Error(413, f"the inflated body exceeds {limit} bytes")
+            pieces.append(piece)
         if not inflater.eof:
             raise V2Error(400, f"the body is not valid {encoding}: it ends mid-stream")
-        pieces.append(piece)
-        rest = inflater.unused_data
-        if not rest:
+        offset -= len(inflater.unused_data)
+        if encoding == "gzip" and (found := NOT_NUL.search(body, offset)) is not None:
+            offset = found.start()  # padding after a member, as gzip.decompress skips
+        elif encoding == "gzip":
+            offset = len(body)
+        if offset == len(body):
             return b"".join(pieces)
         if encoding != "gzip":
-            raise V2Error(400, f"the body is not valid deflate: {len(rest)} bytes follow it")
+            raise V2Error(
+                400, f"the body is not valid deflate: {len(body) - offset} bytes follow it"
+            )
+    raise V2Error(400, f"the body has more than {MAX_GZIP_MEMBERS} gzip members")
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:

@@ -350,6 +350,10 @@ def test_gzip_members_truncation_and_trailing_bytes(v2: TestClient) -> None:
     assert "ends mid-stream" in error_of(v2.post(url, content=cut, headers=headers | GZIP), 400)
     junk = gzip.compress(body) + b"junk"
     assert "gzip" in error_of(v2.post(url, content=junk, headers=headers | GZIP), 400)
+    padded = gzip.compress(body[:half]) + b"\0" * 5 + gzip.compress(body[half:]) + b"\0\0"
+    assert v2.post(url, content=padded, headers=headers | GZIP).content == whole.content
+    tiny = gzip.compress(b"") * 65  # 20 bytes each; a million of them held the event loop
+    assert "more than 64" in error_of(v2.post(url, content=tiny, headers=headers | GZIP), 400)
     deflated = zlib.compress(body) + b"junk"
     deflate = headers | {"Content-Encoding": "deflate"}
     assert "follow" in error_of(v2.post(url, content=deflated, headers=deflate), 400)
