@@ -29,8 +29,9 @@ behind whole requests (pipelined), after their answers.
 
 Nor does uvicorn bound how long an answer may wait for the client to take it: with the
 send buffer full it waits for ever, holding the answer and, for a request pipelined behind
-it, that request's body reservation. A connection whose client takes nothing of an answer
-for ``send_timeout_s`` is dropped (aborted: a close would wait for the buffer to drain).
+it, that request's body reservation. A connection whose client takes no part of what waits
+in the send buffer for ``send_timeout_s`` is reset (aborted: a close would wait for the
+buffer to drain); one that takes some, however slowly, is watched again.
 When a connection is lost, every request on it is told so, the running one too, not only
 uvicorn's newest (one pipelined behind it).
 
@@ -55,8 +56,11 @@ so far, or the connection is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
+import socket
+import struct
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -134,8 +138,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
-        # Runs while the transport's send buffer is over its high-water mark.
+        # Times the send buffer's progress while it holds an answer the client has not
+        # taken; with the buffer's size when it started, and whether it drained below its
+        # low-water mark since (progress too: new answers may have refilled it).
         self._send_timer: asyncio.TimerHandle | None = None
+        self._send_waiting = 0
+        self._send_drained = False
         # The request whose app runs (uvicorn's ``cycle`` is the newest: with requests
         # pipelined behind it, a queued one).
         self._running: RequestResponseCycle | None = None
@@ -187,32 +195,50 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_later(
-                self.send_timeout_s, self._send_timed_out, context=contextvars.Context()
-            )
+        self._watch_sending()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._stop_send_timer()
+        self._send_drained = True
+
+    def _watch_sending(self) -> None:
+        """Time the send buffer's progress for ``send_timeout_s``, unless already timing it:
+        from when it passes its high-water mark, or when an answer completes with part of
+        it still in the buffer (a close would wait for that part for ever)."""
+        if self._send_timer is None:
+            self._send_waiting = self.transport.get_write_buffer_size()
+            self._send_drained = False
+            self._send_timer = self.loop.call_later(
+                self.send_timeout_s, self._check_sending, context=contextvars.Context()
+            )
 
     def _stop_send_timer(self) -> None:
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
 
-    def _send_timed_out(self) -> None:
-        """The client took nothing of an answer for ``send_timeout_s``: drop the connection
-        and what waits in its buffer (``close`` would wait for the buffer to drain first)."""
+    def _check_sending(self) -> None:
+        """``send_timeout_s`` after the watch began: done when the buffer is empty, watched
+        again when the client took some of it, else the connection is dropped with what
+        waits in its buffer and the kernel's (reset: a close would wait for both)."""
         self._send_timer = None
+        waiting = self.transport.get_write_buffer_size()
+        if not waiting and not self.flow.write_paused:
+            return
+        if self._send_drained or waiting < self._send_waiting:
+            self._watch_sending()
+            return
         if (metrics := self._metrics()) is not None:
             metrics.connections_timed_out.labels("answer").inc()
         self.logger.warning(
-            "%s:%s - answer untaken for %g s (%d bytes waiting): connection dropped",
+            "%s:%s - no part of an answer taken for %g s (%d bytes waiting): connection reset",
             *(self.client or ("-", "-")),
             self.send_timeout_s,
-            self.transport.get_write_buffer_size(),
+            waiting,
         )
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(AttributeError, OSError):  # no socket, or one without it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -292,6 +318,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._open_requests -= 1
+        if self.transport.get_write_buffer_size():
+            self._watch_sending()
         super().on_response_complete()
         if self._refusing:
             if not self._open_requests:

@@ -6,14 +6,17 @@ import contextlib
 import json
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import uvicorn
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
-from service.protocol import timeout_response
+from service.protocol import header_timeout_protocol, timeout_response
 from service.settings import Settings
 from tests.live_server import LiveProcess, live_process
 from tests.service.fakes import process_env
@@ -531,6 +534,89 @@ def test_requests_pipelined_then_closed_are_all_told_the_client_left(
         time.sleep(0.1)
     log = served.stderr.read_text()
     assert "Exception in ASGI application" not in log and "unhandled error" not in log
+
+
+async def large_answers(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /?n=N``: N bytes in one body message, as a large V2 answer is written."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    size = int(scope["query_string"].decode().removeprefix("n="))
+    length = [(b"content-length", str(size).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": length})
+    await send({"type": "http.response.body", "body": b"x" * size})
+
+
+@contextlib.contextmanager
+def protocol_server() -> Iterator[tuple[int, uvicorn.Server]]:
+    """``large_answers`` under the entry command's protocol, in a thread, on uvloop as
+    there; yields the port and the server (its connections are looked at)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    http = header_timeout_protocol(HEADER_TIMEOUT_S, MAX_HEADER_BYTES, SEND_TIMEOUT_S)
+    config = uvicorn.Config(
+        large_answers, loop="uvloop", http=http, timeout_keep_alive=1, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[1], server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def small_window(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(30)
+    return sock
+
+
+def test_a_slow_reader_of_one_large_write_is_not_cut() -> None:
+    """The send timer times progress, not the whole drain: 8 MiB written at once and read
+    at about 2 MB/s takes longer than the timeout to leave the buffer (it was cut)."""
+    size = 8 * 2**20
+    with protocol_server() as (port, _), socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the kernel takes less
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+        data, started = b"", time.monotonic()
+        while (chunk := sock.recv(65536)) and len(data) + len(chunk) < size:
+            data += chunk
+            time.sleep(0.03)
+        assert time.monotonic() - started > SEND_TIMEOUT_S
+        assert len(data) + len(chunk) >= size, f"cut after {len(data)} bytes"
+
+
+def test_an_unread_answer_under_the_high_water_mark_is_dropped_too() -> None:
+    """Part of an answer left in the buffer, under the mark that pauses writing, when the
+    answer completes: the keep-alive close waited for it for ever, the connection held."""
+    with protocol_server() as (port, server):
+        with small_window(port) as probe:  # how much the kernel takes for an unread client
+            probe.sendall(b"GET /?n=8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.5)
+            (held,) = server.server_state.connections
+            kernel = 8_000_000 - held.transport.get_write_buffer_size()
+        time.sleep(1)
+        with small_window(port) as sock:
+            sock.sendall(b"GET /?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % (kernel + 40_000))
+            time.sleep(0.5)
+            (held,) = server.server_state.connections
+            assert 0 < held.transport.get_write_buffer_size() < 65536
+            deadline = time.monotonic() + 1 + SEND_TIMEOUT_S + 10 * SLACK_S
+            while server.server_state.connections:
+                assert time.monotonic() < deadline, "the connection is still held"
+                time.sleep(0.1)
 
 
 def test_the_raw_408_is_well_formed() -> None:
