@@ -164,6 +164,14 @@ class HeaderFieldsTooLarge(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "request-header-fields-too-large"
 
 
+class URITooLong(ServiceError):
+    """A request target longer than the HTTP parser reads (414); the connection is closed."""
+
+    status = HTTPStatus.REQUEST_URI_TOO_LONG
+    title = "URI too long"
+    type = PROBLEM_TYPE_PREFIX + "uri-too-long"
+
+
 class Unauthorized(ServiceError):
     status = HTTPStatus.UNAUTHORIZED
     title = "Unauthorized"

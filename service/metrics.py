@@ -161,8 +161,9 @@ def create_metrics() -> Metrics:
         connections_refused=Counter(
             "vision_connections_refused",
             "Connections the HTTP protocol answered and closed before any request reached "
-            "the app: malformed (bytes that are no HTTP/1.1 request: 400) or head_too_large "
-            "(a request head past VISION_MAX_HEADER_BYTES: 431).",
+            "the app: malformed (bytes that are no HTTP/1.1 request: 400), head_too_large "
+            "(a request head past VISION_MAX_HEADER_BYTES: 431) or uri_too_long (a request "
+            "target past the 65 535 bytes httptools parses: 414).",
             ["reason"],
             registry=registry,
         ),

@@ -67,10 +67,19 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from service.errors import HeaderFieldsTooLarge, MalformedRequest, RequestTimeout, ServiceError
+from service.errors import (
+    HeaderFieldsTooLarge,
+    MalformedRequest,
+    RequestTimeout,
+    ServiceError,
+    URITooLong,
+)
 from service.metrics import METRICS_STATE_KEY, Metrics
 from service.schemas import PROBLEM_MEDIA_TYPE
 from service.settings import DEFAULT_MAX_HEADER_BYTES, DEFAULT_SEND_TIMEOUT_S
+
+# The longest request target httptools parses (its URL offsets are 16-bit): past it, 414.
+MAX_URL_BYTES = 65535
 
 
 def timeout_response(
@@ -92,6 +101,16 @@ def too_large_response(
     error = HeaderFieldsTooLarge(
         f"the request line and headers passed {max_header_bytes} bytes "
         "(VISION_MAX_HEADER_BYTES); the connection is closed"
+    )
+    return raw_response(error, default_headers)
+
+
+def uri_too_long_response(default_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """The raw HTTP/1.1 414 written to a connection whose request target is longer than
+    httptools parses (its parse error would otherwise be the 400 of malformed bytes)."""
+    error = URITooLong(
+        f"the request target passed {MAX_URL_BYTES} bytes, the most this server reads; "
+        "the connection is closed"
     )
     return raw_response(error, default_headers)
 
@@ -380,9 +399,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # The request line's target, when one was read (uvicorn sets url once a message
         # begins; bytes refused before that have none).
         url: bytes = getattr(self, "url", b"")
-        path = url.split(b"?", 1)[0].decode("latin-1")
-        answer = malformed_response(self.server_state.default_headers, path)
-        self._count_refused("malformed")
+        if len(url) > MAX_URL_BYTES:
+            answer = uri_too_long_response(self.server_state.default_headers)
+            self._count_refused("uri_too_long")
+        else:
+            path = url.split(b"?", 1)[0].decode("latin-1")
+            answer = malformed_response(self.server_state.default_headers, path)
+            self._count_refused("malformed")
         if self._open_requests and not self._body_pending:
             self._disarm()
             self._refusing = True

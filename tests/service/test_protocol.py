@@ -383,6 +383,23 @@ def test_a_malformed_request_gets_a_400_problem(served: LiveProcess, length: byt
     assert problem["type"].endswith(":malformed-request") and "HTTP/1.1" in problem["detail"]
 
 
+def test_a_request_target_past_what_the_parser_reads_gets_414(served: LiveProcess) -> None:
+    """httptools parses no target over 65 535 bytes; its refusal was the 400 of malformed
+    bytes. The longest it reads is still answered; the refusal is counted."""
+    before = by_label(served, REFUSED).get("uri_too_long", 0.0)
+    # (A target sent past MAX_HEADER_BYTES beyond its first read is that limit's 431.)
+    for length, status in ((65535, 200), (65536, 414), (70_000, 414)):
+        target = b"/health/live?q=" + b"a" * (length - len(b"/health/live?q="))
+        with connect(served) as sock:
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            ((answered, body),) = responses(read_to_close(sock))
+        assert answered == status, length
+        if status == 414:
+            problem = json.loads(body)
+            assert problem["type"].endswith(":uri-too-long") and "65535" in problem["detail"]
+    assert by_label(served, REFUSED)["uri_too_long"] == before + 2
+
+
 def test_a_broken_chunk_size_mid_body_gets_a_400_problem_with_its_protocol_s_members(
     served: LiveProcess,
 ) -> None:
