@@ -29,14 +29,16 @@ behind whole requests (pipelined), after their answers.
 
 Nor does uvicorn bound how long an answer may wait for the client to take it: with the
 send buffer full it waits for ever, holding the answer and, for a request pipelined behind
-it, that request's body reservation. A connection whose client takes no part of what waits
-in the send buffer for ``send_timeout_s`` is reset (aborted: a close would wait for the
-buffer to drain); one that takes some, however slowly, is watched again.
+it, that request's body reservation, and a close waits for the buffer for good. Each
+connection's socket gets ``TCP_USER_TIMEOUT`` = ``send_timeout_s`` (Linux): the kernel
+drops a connection whose client acknowledges nothing of what was sent, or opens no window
+for it, for that long, and counts any progress, however slow; the transport's own buffer
+would not show it (the kernel's queue of megabytes sits in front of it).
 When a connection is lost, every request on it is told so, the running one too, not only
 uvicorn's newest (one pipelined behind it).
 
-It overrides uvicorn's ``data_received``, ``send_400_response``, ``connection_lost``,
-``pause_writing``, ``resume_writing``, ``_start_asgi_task`` and parser callbacks
+It overrides uvicorn's ``data_received``, ``send_400_response``, ``connection_made``,
+``connection_lost``, ``_start_asgi_task`` and parser callbacks
 (``on_message_begin``, ``on_headers_complete``, ``on_body``, ``on_message_complete``,
 ``on_response_complete``), which are not a public API; tests/service/test_protocol.py runs
 it in the entry command over TCP, so an upgrade that changes them fails there.
@@ -60,7 +62,6 @@ import contextlib
 import contextvars
 import json
 import socket
-import struct
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -80,6 +81,9 @@ from service.settings import DEFAULT_MAX_HEADER_BYTES, DEFAULT_SEND_TIMEOUT_S
 
 # The longest request target httptools parses (its URL offsets are 16-bit): past it, 414.
 MAX_URL_BYTES = 65535
+# Linux's bound on how long sent data may go unacknowledged (RFC 5482); elsewhere there is
+# no send timeout.
+TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 
 
 def timeout_response(
@@ -157,12 +161,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
-        # Times the send buffer's progress while it holds an answer the client has not
-        # taken; with the buffer's size when it started, and whether it drained below its
-        # low-water mark since (progress too: new answers may have refilled it).
-        self._send_timer: asyncio.TimerHandle | None = None
-        self._send_waiting = 0
-        self._send_drained = False
         # The request whose app runs (uvicorn's ``cycle`` is the newest: with requests
         # pipelined behind it, a queued one).
         self._running: RequestResponseCycle | None = None
@@ -194,10 +192,27 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+        sock = transport.get_extra_info("socket")
+        if TCP_USER_TIMEOUT is not None and sock is not None:
+            # The kernel times what it sent and the client has not acknowledged, or could
+            # not send into its zero window: it measures the client's progress, which the
+            # transport's buffer does not show (the kernel holds megabytes in front of it),
+            # and frees a closed connection's unsent answer too.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, TCP_USER_TIMEOUT, round(self.send_timeout_s * 1000)
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._stop_send_timer()
+        if isinstance(exc, TimeoutError):  # the kernel's ETIMEDOUT: the send timeout
+            if (metrics := self._metrics()) is not None:
+                metrics.connections_timed_out.labels("answer").inc()
+            self.logger.warning(
+                "%s:%s - nothing sent was taken for %g s: connection dropped",
+                *(self.client or ("-", "-")),
+                self.send_timeout_s,
+            )
         # uvicorn tells only its newest request that the client has gone: with one queued
         # behind it, the running app wrote on into the closed transport (an "unhandled
         # error" and two tracebacks per connection) and was not dropped as a request
@@ -211,54 +226,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._running = cycle
         super()._start_asgi_task(cycle, app)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._watch_sending()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._send_drained = True
-
-    def _watch_sending(self) -> None:
-        """Time the send buffer's progress for ``send_timeout_s``, unless already timing it:
-        from when it passes its high-water mark, or when an answer completes with part of
-        it still in the buffer (a close would wait for that part for ever)."""
-        if self._send_timer is None:
-            self._send_waiting = self.transport.get_write_buffer_size()
-            self._send_drained = False
-            self._send_timer = self.loop.call_later(
-                self.send_timeout_s, self._check_sending, context=contextvars.Context()
-            )
-
-    def _stop_send_timer(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
-    def _check_sending(self) -> None:
-        """``send_timeout_s`` after the watch began: done when the buffer is empty, watched
-        again when the client took some of it, else the connection is dropped with what
-        waits in its buffer and the kernel's (reset: a close would wait for both)."""
-        self._send_timer = None
-        waiting = self.transport.get_write_buffer_size()
-        if not waiting and not self.flow.write_paused:
-            return
-        if self._send_drained or waiting < self._send_waiting:
-            self._watch_sending()
-            return
-        if (metrics := self._metrics()) is not None:
-            metrics.connections_timed_out.labels("answer").inc()
-        self.logger.warning(
-            "%s:%s - no part of an answer taken for %g s (%d bytes waiting): connection reset",
-            *(self.client or ("-", "-")),
-            self.send_timeout_s,
-            waiting,
-        )
-        sock = self.transport.get_extra_info("socket")
-        with contextlib.suppress(AttributeError, OSError):  # no socket, or one without it
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refusing:
@@ -337,8 +304,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._open_requests -= 1
-        if self.transport.get_write_buffer_size():
-            self._watch_sending()
         super().on_response_complete()
         if self._refusing:
             if not self._open_requests:

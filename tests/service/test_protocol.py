@@ -567,12 +567,14 @@ async def large_answers(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @contextlib.contextmanager
-def protocol_server() -> Iterator[tuple[int, uvicorn.Server]]:
+def protocol_server(
+    send_timeout_s: float = SEND_TIMEOUT_S,
+) -> Iterator[tuple[int, uvicorn.Server]]:
     """``large_answers`` under the entry command's protocol, in a thread, on uvloop as
     there; yields the port and the server (its connections are looked at)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    http = header_timeout_protocol(HEADER_TIMEOUT_S, MAX_HEADER_BYTES, SEND_TIMEOUT_S)
+    http = header_timeout_protocol(HEADER_TIMEOUT_S, MAX_HEADER_BYTES, send_timeout_s)
     config = uvicorn.Config(
         large_answers, loop="uvloop", http=http, timeout_keep_alive=1, log_level="warning"
     )
@@ -613,6 +615,30 @@ def test_a_slow_reader_of_one_large_write_is_not_cut() -> None:
             time.sleep(0.03)
         assert time.monotonic() - started > SEND_TIMEOUT_S
         assert len(data) + len(chunk) >= size, f"cut after {len(data)} bytes"
+
+
+def test_a_keep_alive_reader_slower_than_the_kernel_queue_frees_is_not_cut() -> None:
+    """A first answer read at once, then a 4 MiB one read at about 640 kB/s, 320 kB in each
+    0.5 s timeout: a timer on the transport's buffer saw no progress (the kernel's
+    megabytes sit in front of it) and reset the client; the kernel's own timeout counts
+    every acknowledged byte."""
+    size, timeout_s = 4 * 2**20, 0.5
+    with protocol_server(timeout_s) as (port, _), socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the kernel takes less
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(30)
+        for pause_s in (0.0, 0.1):
+            sock.sendall(b"GET /?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            taken, started = 0, time.monotonic()
+            while taken < size:
+                chunk = sock.recv(min(65536, size - taken))
+                assert chunk, f"cut after {taken} bytes"
+                taken += len(chunk)
+                time.sleep(pause_s)
+        assert time.monotonic() - started > 4 * timeout_s
 
 
 def test_an_unread_answer_under_the_high_water_mark_is_dropped_too() -> None:
