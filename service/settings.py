@@ -59,11 +59,12 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 # (slowloris), is held as long as the client likes. A head fits in one packet, so 10 s is
 # generous. Idle time between requests is bounded by the entry command's KEEP_ALIVE_S (5 s).
 DEFAULT_HEADER_TIMEOUT_S = 10.0
-# Longest time (s) a client may leave an answer's next piece untaken (its socket's send
-# buffer full); then the connection is dropped. uvicorn waits for ever: a client that sends
-# small requests for large answers and reads nothing pinned each answer (12 MB for a 10 kB
-# V2 request) and, with a request pipelined behind it, that one's body reservation, past
-# every other timeout. As long as BODY_TIMEOUT_S, its counterpart for what comes in.
+# Longest time (s) a client may acknowledge nothing the server sent it (or open no window
+# for it); then the kernel drops the connection (TCP_USER_TIMEOUT). uvicorn waits for ever:
+# a client that sends small requests for large answers and reads nothing pinned each answer
+# (12 MB for a 10 kB V2 request) and, with a request pipelined behind it, that one's body
+# reservation, past every other timeout. As long as BODY_TIMEOUT_S, its counterpart for
+# what comes in.
 DEFAULT_SEND_TIMEOUT_S = 30.0
 # Most bytes of one request head (request line and headers). uvicorn's httptools parser has
 # no limit, and it joins a long header by copying it again for every piece: one client could
@@ -217,8 +218,8 @@ class Settings(BaseSettings):
     # Seconds a connection gets to deliver a request's headers, from its start or from that
     # request's first byte (service/protocol.py; only the entry command, service.serve).
     header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
-    # Seconds a client may take no part of an answer while the server's send buffer for it
-    # is full; then the connection is dropped (same place).
+    # Seconds a client may acknowledge nothing the server sent it (Linux TCP_USER_TIMEOUT);
+    # then the kernel drops the connection (same place).
     send_timeout_s: float = Field(default=DEFAULT_SEND_TIMEOUT_S, gt=0, allow_inf_nan=False)
     # Most bytes of a request head; past it 431 and the connection is closed (same place).
     max_header_bytes: int = Field(default=DEFAULT_MAX_HEADER_BYTES, ge=1024)
