@@ -32,8 +32,9 @@ send buffer full it waits for ever, holding the answer and, for a request pipeli
 it, that request's body reservation, and a close waits for the buffer for good. Each
 connection's socket gets ``TCP_USER_TIMEOUT`` = ``send_timeout_s`` (Linux): the kernel
 drops a connection whose client acknowledges nothing of what was sent, or opens no window
-for it, for that long, and counts any progress, however slow; the transport's own buffer
-would not show it (the kernel's queue of megabytes sits in front of it).
+the kernel can send into (about a segment), for that long; the transport's own buffer would
+not show that progress (the kernel's queue of megabytes sits in front of it). A client
+reading a large answer slower than about a segment and a half per timeout is cut.
 When a connection is lost, every request on it is told so, the running one too, not only
 uvicorn's newest (one pipelined behind it).
 
@@ -209,7 +210,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             if (metrics := self._metrics()) is not None:
                 metrics.connections_timed_out.labels("answer").inc()
             self.logger.warning(
-                "%s:%s - nothing sent was taken for %g s: connection dropped",
+                "%s:%s - too little of an answer taken for %g s: connection dropped",
                 *(self.client or ("-", "-")),
                 self.send_timeout_s,
             )

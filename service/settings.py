@@ -66,6 +66,9 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 # reservation, past every other timeout. As long as BODY_TIMEOUT_S, its counterpart for
 # what comes in.
 DEFAULT_SEND_TIMEOUT_S = 30.0
+# The kernel takes TCP_USER_TIMEOUT in milliseconds as a C int: no longer than this. (A
+# value under a millisecond would round to 0, which turns it off.)
+MAX_SEND_TIMEOUT_S = (2**31 - 1) // 1000
 # Most bytes of one request head (request line and headers). uvicorn's httptools parser has
 # no limit, and it joins a long header by copying it again for every piece: one client could
 # send a gigabyte of header within the header timeout. nginx takes 4 x 8 KiB by default and
@@ -220,7 +223,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
     # Seconds a client may acknowledge nothing the server sent it (Linux TCP_USER_TIMEOUT);
     # then the kernel drops the connection (same place).
-    send_timeout_s: float = Field(default=DEFAULT_SEND_TIMEOUT_S, gt=0, allow_inf_nan=False)
+    send_timeout_s: float = Field(
+        default=DEFAULT_SEND_TIMEOUT_S, ge=0.001, le=MAX_SEND_TIMEOUT_S, allow_inf_nan=False
+    )
     # Most bytes of a request head; past it 431 and the connection is closed (same place).
     max_header_bytes: int = Field(default=DEFAULT_MAX_HEADER_BYTES, ge=1024)
     # Non-empty: every endpoint needs `X-API-Key` or `Authorization: Bearer`, except health,

@@ -678,3 +678,12 @@ def test_header_timeout_must_be_positive() -> None:
     for bad in ("0", "-1", "nan"):
         with pytest.raises(ValidationError):
             Settings(header_timeout_s=bad)
+
+
+def test_send_timeout_fits_the_kernel_s_millisecond_int() -> None:
+    """3 000 000 s passed as 3e9 ms made every setsockopt raise and every connection go
+    unanswered; under a millisecond rounded to 0, which turns the timeout off."""
+    for bad in ("0", "0.0004", "3000000", "inf"):
+        with pytest.raises(ValidationError):
+            Settings(send_timeout_s=bad)
+    assert Settings(send_timeout_s=2_147_483).send_timeout_s == 2_147_483
