@@ -14,10 +14,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,14 +31,22 @@ START_TIMEOUT_S = 30.0
 @contextmanager
 def live_server(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` (lifespan included) on 127.0.0.1; yields the base URL."""
+    with uvicorn_thread(app) as (port, _):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def uvicorn_thread(app: ASGIApp, **options: Any) -> Iterator[tuple[int, uvicorn.Server]]:
+    """Serve ``app`` on 127.0.0.1 in a thread, with these ``uvicorn.Config`` options (an
+    ``http`` protocol, a ``loop``) over quiet defaults; yields the port and the server."""
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
     # and without it Nagle + delayed ACKs add ~40 ms to every small binary V2 response.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
+    defaults: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "access_log": False}
+    server = uvicorn.Server(uvicorn.Config(app, **(defaults | options)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -45,7 +55,7 @@ def live_server(app: FastAPI) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield port, server
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -580,10 +580,9 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
         if not inflater.eof:
             raise V2Error(400, f"the body is not valid {encoding}: it ends mid-stream")
         offset -= len(inflater.unused_data)
-        if encoding == "gzip" and (found := NOT_NUL.search(body, offset)) is not None:
-            offset = found.start()  # padding after a member, as gzip.decompress skips
-        elif encoding == "gzip":
-            offset = len(body)
+        if encoding == "gzip":  # NUL padding after a member is skipped, as gzip.decompress does
+            found = NOT_NUL.search(body, offset)
+            offset = found.start() if found else len(body)
         if offset == len(body):
             return b"".join(pieces)
         if encoding != "gzip":

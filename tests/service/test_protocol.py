@@ -6,7 +6,6 @@ import contextlib
 import json
 import select
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.protocol import header_timeout_protocol, timeout_response
 from service.settings import Settings
-from tests.live_server import LiveProcess, live_process
+from tests.live_server import LiveProcess, live_process, uvicorn_thread
 from tests.service.fakes import process_env
 from tests.service.images import encode, scene
 from tests.service.test_api_metrics import samples
@@ -572,25 +571,9 @@ def protocol_server(
 ) -> Iterator[tuple[int, uvicorn.Server]]:
     """``large_answers`` under the entry command's protocol, in a thread, on uvloop as
     there; yields the port and the server (its connections are looked at)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
     http = header_timeout_protocol(HEADER_TIMEOUT_S, MAX_HEADER_BYTES, send_timeout_s)
-    config = uvicorn.Config(
-        large_answers, loop="uvloop", http=http, timeout_keep_alive=1, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()[1], server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with uvicorn_thread(large_answers, loop="uvloop", http=http, timeout_keep_alive=1) as served:
+        yield served
 
 
 def small_window(port: int) -> socket.socket:
