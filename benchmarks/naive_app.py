@@ -34,7 +34,12 @@ PRE = CONFIG["preprocess"]
 MEAN = np.array(PRE["mean"], dtype=np.float32)
 STD = np.array(PRE["std"], dtype=np.float32)
 
-session = ort.InferenceSession(str(MODEL_DIR / CONFIG["file"]), providers=["CPUExecutionProvider"])
+# The tutorials' provider lists: CPU, or on a GPU "CUDA, then CPU" (benchmarks.run --providers).
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}[os.environ.get("NAIVE_PROVIDERS", "cpu")]
+session = ort.InferenceSession(str(MODEL_DIR / CONFIG["file"]), providers=PROVIDERS)
 input_name = session.get_inputs()[0].name
 app = FastAPI()
 

@@ -1,9 +1,11 @@
 """Throughput and latency of the service against the raw ONNX Runtime limit and a naive peer.
 
     python -m benchmarks.run [--duration 5] [--warmup 1] [--concurrency 1 4 16 64]
-        [--rounds 3] [--image-size 640x480] [--out benchmarks/results]   (or: make benchmark)
+        [--rounds 3] [--image-size 640x480] [--providers cpu] [--out benchmarks/results]
+        (or: make benchmark)
 
-In one run on this machine (CPU provider, the threads the service would use):
+In one run on this machine (the CPU provider and the threads the service would use, or with
+``--providers cuda`` the CUDA provider for the limit, the pipeline and all three servers):
 
 1. the limit: ``InferenceSession.run`` on pre-processed float32 tensors for every graph of
    the served version of every model in the repository, at batch 1, 2, 4, ... 32 (decode
@@ -98,6 +100,28 @@ DEFAULT_ROUNDS = 3
 
 def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
+
+
+def gpu_name() -> str:
+    """The GPU's name and driver as ``nvidia-smi`` reports them, or why not."""
+    try:
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+
+
+def provider_title(report: dict[str, Any]) -> str:
+    """``CPU``, or ``CUDA (<GPU>)`` for a ``--providers cuda`` run (older reports: CPU)."""
+    machine = report["machine"]
+    if machine.get("providers") == "cuda":
+        return f"CUDA ({machine.get('gpu')})"
+    return "CPU"
 
 
 def cpu_model() -> str:
@@ -489,10 +513,10 @@ def server_commands() -> tuple[list[str], list[str], list[str]]:
     return naive, thin_app, [sys.executable, "-m", "service.serve"]
 
 
-def service_env(batching: bool, tmp: Path) -> dict[str, str]:
+def service_env(batching: bool, tmp: Path, providers: str = "cpu") -> dict[str, str]:
     return {
         "VISION_MODELS": '["landmark"]',
-        "VISION_PROVIDERS": "cpu",
+        "VISION_PROVIDERS": providers,
         "VISION_BATCHING": "true" if batching else "false",
         "VISION_LOG_LEVEL": "WARNING",
         "VISION_FEEDBACK_DB": str(tmp / f"feedback-{batching}.sqlite3"),
@@ -896,7 +920,7 @@ def round_table_lines(report: dict[str, Any]) -> list[str]:
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = [
-        "# Benchmark: POST /recognize (landmark), CPU",
+        f"# Benchmark: POST /recognize (landmark), {provider_title(report)}",
         "",
         f"Run {report.get('started_utc', '(time not recorded)')}, code "
         f"{report.get('code', '(not recorded)')}. "
@@ -1116,7 +1140,8 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     right.set_yscale("log")
     left.legend(fontsize=8)
     fig.suptitle(
-        f"POST /recognize, CPU ({report['machine']['cpus_usable']} usable CPUs, load "
+        f"POST /recognize, {provider_title(report)} ({report['machine']['cpus_usable']} "
+        f"usable CPUs, load "
         f"{report['machine']['load_before'][0]} before)"
     )
     fig.tight_layout()
@@ -1137,6 +1162,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=DEFAULT_ROUNDS,
         help="times every level is measured, the servers' order rotated each round",
     )
+    parser.add_argument(
+        "--providers",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="execution provider of the limit, the pipeline, the naive peer and the service",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -1144,7 +1175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     width, height = (int(v) for v in args.image_size.split("x"))
     image = benchmark_image((width, height))
-    settings = Settings(providers="cpu")
+    settings = Settings(providers=args.providers)
     report: dict[str, Any] = {
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1155,6 +1186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpus_host": os.cpu_count(),
             "physical_cores_usable": physical_cores(),
             "onnxruntime": ort.__version__,
+            "providers": args.providers,
+            "gpu": gpu_name() if args.providers == "cuda" else None,
             "python": platform.python_version(),
             "load_before": load_average(),
         },
@@ -1208,16 +1241,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         servers = {
             "naive peer": stack.enter_context(
-                server(naive, {"NAIVE_MODEL_DIR": str(version_dir)}, "/openapi.json")
+                server(
+                    naive,
+                    {"NAIVE_MODEL_DIR": str(version_dir), "NAIVE_PROVIDERS": args.providers},
+                    "/openapi.json",
+                )
             ),
             "service, batching off": stack.enter_context(
-                server(service, service_env(False, Path(tmp)), "/health/ready")
+                server(service, service_env(False, Path(tmp), args.providers), "/health/ready")
             ),
             "service, batching on": stack.enter_context(
-                server(service, service_env(True, Path(tmp)), "/health/ready")
+                server(service, service_env(True, Path(tmp), args.providers), "/health/ready")
             ),
         }
-        thin = stack.enter_context(server(thin_app, service_env(True, Path(tmp)), "/docs"))
+        thin = stack.enter_context(
+            server(thin_app, service_env(True, Path(tmp), args.providers), "/docs")
+        )
         if not wrk.available():
             print("wrk is not installed (apt-get install wrk): loadgen.py only", flush=True)
         report["rounds"] = []
