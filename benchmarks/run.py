@@ -381,7 +381,11 @@ def server(command: list[str], env: dict[str, str], ready_path: str) -> Iterator
     """Start a server subprocess on a free loopback port; stop it (SIGTERM) afterwards."""
     port = free_port()
     full_env = {**os.environ, **env, "HOST": HOST, "PORT": str(port)}
-    full_env["PYTHONPATH"] = str(ROOT)
+    # The repository first, then whatever the caller's PYTHONPATH holds (packages installed
+    # with --target, say), which the servers need as much as this process.
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+    )
     command = [arg.replace("{port}", str(port)) for arg in command]
     # The server's own log (one warning per 503 under overload) goes to a file, not here.
     # Closed in the finally below, after the server has stopped writing to it.

@@ -296,6 +296,9 @@ class OnnxSession:
         self._device = (
             ("cuda", settings.cuda_device_id) if CUDA_PROVIDER in self.providers else ("cpu", 0)
         )
+        # Rows every run is padded to (``Settings.cuda_fixed_batch``), set by ``load_model``
+        # for a batchable graph on CUDA; None runs each batch at its own size.
+        self.pad_batch_to: int | None = None
 
     @property
     def inputs(self) -> list[Any]:
@@ -310,12 +313,19 @@ class OnnxSession:
     def run(
         self, feeds: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run the graph; returns the outputs by name."""
+        """Run the graph; returns the outputs by name. With ``pad_batch_to`` set, a batch of
+        fewer rows runs padded with zero rows and the outputs keep only its own rows."""
         names = list(output_names) if output_names else [arg.name for arg in self.outputs]
+        rows = next(iter(feeds.values())).shape[0] if feeds else 0
+        if self.pad_batch_to is not None and 0 < rows < self.pad_batch_to:
+            feeds = {name: pad_rows(array, self.pad_batch_to) for name, array in feeds.items()}
         if self.io_binding:
-            return self._run_bound(feeds, names)
-        results = self._session.run(names, dict(feeds))
-        return dict(zip(names, results, strict=True))
+            results = self._run_bound(feeds, names)
+        else:
+            results = dict(zip(names, self._session.run(names, dict(feeds)), strict=True))
+        if self.pad_batch_to is not None and 0 < rows < self.pad_batch_to:
+            return {name: array[:rows] for name, array in results.items()}
+        return results
 
     def _run_bound(
         self, feeds: Mapping[str, npt.NDArray[Any]], names: Sequence[str]
@@ -572,16 +582,26 @@ def warm_up(
             session.run(feeds)
 
 
+def pad_rows(array: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
+    """``array`` (N, ...) with zero rows appended up to ``rows`` (>= N), same dtype."""
+    padded = np.zeros((rows, *array.shape[1:]), array.dtype)
+    padded[: array.shape[0]] = array
+    return padded
+
+
 def batchable(config: GraphConfig) -> bool:
     """Whether requests can share a run: every input and output has a dynamic first axis."""
     return all(spec.shape and spec.shape[0] < 0 for spec in (*config.inputs, *config.outputs))
 
 
 def warmup_batch_sizes(settings: Settings, session: OnnxSession, max_size: int) -> list[int]:
-    """The batch sizes to warm: the setting, else every size up to ``max_size`` on CUDA
-    (cuDNN tunes per shape) and 1 and ``max_size`` on CPU (arena sized for the largest)."""
+    """The batch sizes to warm: the setting, else on CUDA the one padded size or, unpadded,
+    every size up to ``max_size`` (cuDNN tunes per shape), and 1 and ``max_size`` on CPU
+    (arena sized for the largest)."""
     if settings.warmup_batch_sizes is not None:
         return sorted({size for size in settings.warmup_batch_sizes if size >= 1})
+    if session.pad_batch_to is not None:
+        return [session.pad_batch_to]
     if CUDA_PROVIDER in session.providers:
         return list(range(1, max_size + 1))
     return sorted({1, max_size})
@@ -664,6 +684,8 @@ def load_model(name: str, settings: Settings, metrics: Metrics | None = None) ->
                 check_signature(graph_config, session)
                 policy = settings.batch_policy(name, None if config.graphs is None else graph_name)
                 can_batch = batchable(graph_config)
+                if can_batch and settings.cuda_fixed_batch and CUDA_PROVIDER in session.providers:
+                    session.pad_batch_to = policy.max_size
                 sizes = warmup_batch_sizes(settings, session, policy.max_size if can_batch else 1)
                 warm_up(graph_config, session, settings.warmup_runs, sizes)
             except ModelLoadError as exc:

@@ -7,7 +7,9 @@ CI machines have none, and tests/strict_skips.py lets this reason pass.
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.main import create_app
 from service.runtime import (
@@ -92,6 +95,15 @@ def assert_close(cuda: Any, cpu: Any, where: str = "") -> None:
             cuda, cpu = sorted(cuda, key=order), sorted(cpu, key=order)
         for index, (a, b) in enumerate(zip(cuda, cpu, strict=True)):
             assert_close(a, b, f"{where}[{index}]")
+    elif isinstance(cpu, str) and where.endswith("_base64"):
+        # An image of floats (an attention map): a last-bit difference can move a pixel one
+        # level and change the encoded bytes, so the pixels are compared instead.
+        got, expected = (
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(v)))) for v in (cuda, cpu)
+        )
+        assert got.shape == expected.shape, where
+        error = np.abs(got.astype(np.int32) - expected.astype(np.int32)).max()
+        assert error <= RELATIVE_TOLERANCE * 255, (where, error)
     else:
         assert cuda == cpu, (where, cuda, cpu)
 
@@ -118,6 +130,16 @@ def test_graph_on_cuda_matches_cpu(cuda: None, version_dir: Path, graph: str, ba
         np.testing.assert_allclose(
             on_cuda[name], expected, rtol=0, atol=RELATIVE_TOLERANCE * scale, err_msg=name
         )
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_cuda_pads_each_batchable_graph_to_its_max_batch(cuda: None, fixed: bool) -> None:
+    settings = make_settings(REPOSITORY, providers="cuda", batch_max_size=8, cuda_fixed_batch=fixed)
+    for name in ("landmark", "attention"):
+        model = load_model(name, settings)
+        assert model.ready, model.error
+        for session in model.sessions.values():
+            assert session.pad_batch_to == (8 if fixed else None)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +185,10 @@ def test_assert_close_tells_a_wrong_answer_from_rounding() -> None:
     }
     swapped = {**cpu, "top_k": [{"class_id": 6, "score": 0.495}, {"class_id": 4, "score": 0.495}]}
     assert_close(swapped, cpu)
+    assert_close(
+        {**cpu, "map_base64": png([[0, 100], [200, 255]])},
+        {**cpu, "map_base64": png([[1, 99], [200, 250]])},
+    )
     assert_close({**cpu, "point": {"x": 122.9, "y": 43.4}}, cpu)  # 1.2 px of 121.7
     for wrong in (
         {**cpu, "label": "shirt"},
@@ -173,3 +199,14 @@ def test_assert_close_tells_a_wrong_answer_from_rounding() -> None:
     ):
         with pytest.raises(AssertionError):
             assert_close(wrong, cpu)
+    with pytest.raises(AssertionError):
+        assert_close(
+            {"map_base64": png([[0, 100], [200, 255]])}, {"map_base64": png([[0, 100], [190, 255]])}
+        )
+
+
+def png(pixels: list[list[int]]) -> str:
+    """A grey PNG of ``pixels``, base64-encoded as the API sends images."""
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, np.uint8)).save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode()

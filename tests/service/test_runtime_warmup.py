@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
 from service.main import create_app
-from service.runtime import ModelState, OnnxSession, load_model
+from service.runtime import ModelState, OnnxSession, load_model, warmup_batch_sizes
 from tests.service.conftest import make_settings
 from tests.service.fakes import CELLS, landmark_graph, write_model
 
@@ -118,3 +118,53 @@ def test_a_graph_that_cannot_run_leaves_the_service_not_ready(tmp_path: Path) ->
         ready = client.get("/health/ready")
         assert ready.status_code == 503, ready.text
         assert "landmark" in ready.text
+
+
+class RecordingSession:
+    """The ORT session's ``run`` and ``io_binding``, recording the first-axis length of
+    every input it is given (what ONNX Runtime itself sees, after any padding)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.rows = session, []
+
+    def run(self, names: Any, feeds: Mapping[str, npt.NDArray[Any]]) -> Any:
+        self.rows.append(int(next(iter(feeds.values())).shape[0]))
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def test_a_padded_session_runs_one_shape_and_returns_only_the_rows_sent(repo: Path) -> None:
+    """``pad_batch_to`` (set on CUDA by ``Settings.cuda_fixed_batch``): ORT always sees that
+    many rows, the caller gets back exactly the rows it sent, equal to an unpadded run's;
+    a batch over the size runs as it is."""
+    graph = next(repo.glob("landmark/1/*.onnx"))
+    plain = OnnxSession(graph, make_settings(repo))
+    padded = OnnxSession(graph, make_settings(repo))
+    padded.pad_batch_to = 4
+    recorder = RecordingSession(padded._session)
+    padded._session = recorder
+    name = plain.inputs[0].name
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in plain.inputs[0].shape[1:]]
+    rng = np.random.default_rng(0)
+    for rows in (1, 3, 4, 6):
+        batch = rng.random((rows, *shape)).astype(np.float32)
+        got, expected = padded.run({name: batch}), plain.run({name: batch})
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key].shape == expected[key].shape
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)
+    assert recorder.rows == [4, 4, 4, 6]
+
+
+def test_only_cuda_pads_and_a_padded_graph_is_warmed_at_its_one_size(
+    repo: Path, runs: Runs
+) -> None:
+    model = load_model("landmark", make_settings(repo, batch_max_size=8))
+    assert model.state is ModelState.READY
+    assert model.session is not None and model.session.pad_batch_to is None  # the CPU
+    session = model.session
+    session.pad_batch_to = 8
+    assert warmup_batch_sizes(make_settings(repo), session, 8) == [8]
+    assert warmup_batch_sizes(make_settings(repo, warmup_batch_sizes=[2]), session, 8) == [2]
