@@ -49,9 +49,14 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 # about 3: python -m benchmarks.run --rounds 1; writes benchmarks/results/). With wrk
 # installed (make system-packages, or apt-get install wrk) the target levels are also
 # measured with it; without, the run says so and measures them with loadgen.py only.
-.PHONY: benchmark benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-jpeg-draft
+.PHONY: benchmark benchmark-cuda benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-jpeg-draft
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run
+
+# The same on the CUDA provider (a GPU with CUDA 13 and cuDNN 9 loadable, e.g. after
+# `.venv/bin/pip install 'onnxruntime-gpu[cuda,cudnn]'`); writes benchmarks/results/.
+benchmark-cuda: $(VENV)/.dev  ## the benchmark with the limit, the naive peer and the service on CUDA
+	$(BIN)/python -m benchmarks.run --providers cuda
 
 # The one-client ratio from a thumbnail to a 12 MP photo, upscaled and with camera-like
 # grain (about 13 minutes; writes benchmarks/results/sizes*.{json,md,png}).

@@ -370,3 +370,23 @@ def test_physical_cores_counts_the_affinity_s_cores_or_says_none(
     assert cores is None or 1 <= cores <= len(os.sched_getaffinity(0))
     monkeypatch.delattr(os, "sched_getaffinity")  # as off Linux
     assert run.physical_cores() is None
+
+
+def test_the_report_names_its_provider(report: tuple[dict, Path]) -> None:
+    data, out = report
+    assert data["machine"]["providers"] == "cpu" and data["machine"]["gpu"] is None
+    assert (
+        (out / "benchmark.md")
+        .read_text()
+        .startswith("# Benchmark: POST /recognize (landmark), CPU\n")
+    )
+    gpu_report = {"machine": {"providers": "cuda", "gpu": "NVIDIA H200, 580.159.04"}}
+    assert run.provider_title(gpu_report) == "CUDA (NVIDIA H200, 580.159.04)"
+    assert run.provider_title({"machine": {}}) == "CPU"  # reports written before the option
+
+
+def test_providers_reach_every_server(tmp_path: Path) -> None:
+    assert run.service_env(True, tmp_path, "cuda")["VISION_PROVIDERS"] == "cuda"
+    assert run.service_env(False, tmp_path)["VISION_PROVIDERS"] == "cpu"
+    naive = (Path(run.__file__).parent / "naive_app.py").read_text()
+    assert 'os.environ.get("NAIVE_PROVIDERS", "cpu")' in naive
