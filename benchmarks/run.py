@@ -517,6 +517,11 @@ def server_commands() -> tuple[list[str], list[str], list[str]]:
     return naive, thin_app, [sys.executable, "-m", "service.serve"]
 
 
+def naive_env(version_dir: Path, providers: str = "cpu") -> dict[str, str]:
+    """The naive peer's environment: the landmark version it serves, on which provider."""
+    return {"NAIVE_MODEL_DIR": str(version_dir), "NAIVE_PROVIDERS": providers}
+
+
 def service_env(batching: bool, tmp: Path, providers: str = "cpu") -> dict[str, str]:
     return {
         "VISION_MODELS": '["landmark"]',
@@ -1245,11 +1250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         servers = {
             "naive peer": stack.enter_context(
-                server(
-                    naive,
-                    {"NAIVE_MODEL_DIR": str(version_dir), "NAIVE_PROVIDERS": args.providers},
-                    "/openapi.json",
-                )
+                server(naive, naive_env(version_dir, args.providers), "/openapi.json")
             ),
             "service, batching off": stack.enter_context(
                 server(service, service_env(False, Path(tmp), args.providers), "/health/ready")

@@ -57,6 +57,7 @@ from benchmarks.run import (
     load_average,
     load_levels,
     measure_pipeline,
+    naive_env,
     server,
     server_commands,
     service_env,
@@ -287,9 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env = service_env(True, Path(tmp))
         version_dir = landmark_version(settings)
         servers = {
-            "naive": stack.enter_context(
-                server(naive, {"NAIVE_MODEL_DIR": str(version_dir)}, "/openapi.json")
-            ),
+            "naive": stack.enter_context(server(naive, naive_env(version_dir), "/openapi.json")),
             "service": stack.enter_context(server(service, env, "/health/ready")),
             "spooled": stack.enter_context(
                 server(service, {**env, **SPOOL_1_MIB}, "/health/ready")

@@ -313,19 +313,40 @@ class OnnxSession:
     def run(
         self, feeds: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run the graph; returns the outputs by name. With ``pad_batch_to`` set, a batch of
-        fewer rows runs padded with zero rows and the outputs keep only its own rows."""
+        """Run the graph; returns the outputs by name. With ``pad_batch_to`` set, the graph
+        only ever sees that many rows: a smaller batch is padded with zero rows, a larger one
+        runs in chunks of that size, and the outputs keep only the rows sent."""
         names = list(output_names) if output_names else [arg.name for arg in self.outputs]
-        rows = next(iter(feeds.values())).shape[0] if feeds else 0
-        if self.pad_batch_to is not None and 0 < rows < self.pad_batch_to:
-            feeds = {name: pad_rows(array, self.pad_batch_to) for name, array in feeds.items()}
+        size = self.pad_batch_to
+        rows = next(iter(feeds.values())).shape[0] if size is not None and feeds else 0
+        if size is None or rows in (0, size):
+            return self._run_once(feeds, names)
+        parts = []
+        for start in range(0, rows, size):
+            taken = min(size, rows - start)
+            chunk = {
+                name: pad_rows(array[start : start + size], size) for name, array in feeds.items()
+            }
+            outputs = self._run_once(chunk, names)
+            for name, array in outputs.items():
+                if array.shape[:1] != (size,):
+                    # Warm-up runs this first, so such a graph fails at load, not per request.
+                    raise ModelLoadError(
+                        f"output {name!r} has shape {list(array.shape)} for a batch of {size}: "
+                        "its first axis is not the batch, so padding cannot be undone; set "
+                        "VISION_CUDA_FIXED_BATCH=false"
+                    )
+            parts.append({name: array[:taken] for name, array in outputs.items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+    def _run_once(
+        self, feeds: Mapping[str, npt.NDArray[Any]], names: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
         if self.io_binding:
-            results = self._run_bound(feeds, names)
-        else:
-            results = dict(zip(names, self._session.run(names, dict(feeds)), strict=True))
-        if self.pad_batch_to is not None and 0 < rows < self.pad_batch_to:
-            return {name: array[:rows] for name, array in results.items()}
-        return results
+            return self._run_bound(feeds, names)
+        return dict(zip(names, self._session.run(names, dict(feeds)), strict=True))
 
     def _run_bound(
         self, feeds: Mapping[str, npt.NDArray[Any]], names: Sequence[str]
@@ -583,7 +604,10 @@ def warm_up(
 
 
 def pad_rows(array: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
-    """``array`` (N, ...) with zero rows appended up to ``rows`` (>= N), same dtype."""
+    """``array`` (N, ...) with zero rows appended up to ``rows`` (>= N), same dtype; the
+    array itself when it has ``rows`` already."""
+    if array.shape[0] == rows:
+        return array
     padded = np.zeros((rows, *array.shape[1:]), array.dtype)
     padded[: array.shape[0]] = array
     return padded

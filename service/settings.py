@@ -285,12 +285,14 @@ class Settings(BaseSettings):
     gpu_mem_limit_mb: int | None = Field(default=None, ge=1)
     # I/O binding (inputs copied once to the device, outputs bound): auto = on CUDA only.
     io_binding: Literal["auto", "on", "off"] = "auto"
-    # On CUDA, every run of a batchable graph is padded to the model's max batch size, so the
-    # graph sees one input shape. ORT's Conv (cuDNN frontend, since ORT 1.20) plans again at
-    # every change of input shape, searched sizes or not: on an H200 a landmark batch of
-    # varying size took 270 ms (EXHAUSTIVE) or 40 ms (HEURISTIC) instead of about 1 ms, so
-    # the service did 37 req/s where batching off did 312 (2026-12-04). Padded, a batch of
-    # 16 costs 1.1 ms against 0.56 ms for a batch of 1. Off: each run at its own size.
+    # On CUDA, every run of a batchable graph is padded to the model's max batch size (a
+    # larger one runs in chunks of it), so the graph sees one input shape. ORT's Conv (cuDNN
+    # frontend, since ORT 1.20) plans again at every change of input shape, searched sizes
+    # or not (microsoft/onnxruntime#23006): on an H200 a landmark batch of varying size took
+    # 270-360 ms (EXHAUSTIVE) or 40 ms (HEURISTIC) instead of about 1 ms, and batching on did
+    # 30.8 req/s at 16 clients where batching off did 312 (2026-12-04). Padded: 362 req/s;
+    # the cost is a lone request's run at 16 rows (1.1 against 0.56 ms on that GPU). Off:
+    # each run at its own size.
     cuda_fixed_batch: bool = True
     # A Server-Timing header on every answer (decode-wait, decode, queue, infer, app in ms;
     # service/timing.py), also written in the access line. False hides how long a

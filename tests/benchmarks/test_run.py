@@ -388,5 +388,9 @@ def test_the_report_names_its_provider(report: tuple[dict, Path]) -> None:
 def test_providers_reach_every_server(tmp_path: Path) -> None:
     assert run.service_env(True, tmp_path, "cuda")["VISION_PROVIDERS"] == "cuda"
     assert run.service_env(False, tmp_path)["VISION_PROVIDERS"] == "cpu"
+    assert run.naive_env(tmp_path, "cuda") == {
+        "NAIVE_MODEL_DIR": str(tmp_path),
+        "NAIVE_PROVIDERS": "cuda",
+    }
     naive = (Path(run.__file__).parent / "naive_app.py").read_text()
     assert 'os.environ.get("NAIVE_PROVIDERS", "cpu")' in naive

@@ -20,8 +20,15 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
+from service.errors import ModelLoadError
 from service.main import create_app
-from service.runtime import ModelState, OnnxSession, load_model, warmup_batch_sizes
+from service.runtime import (
+    CUDA_PROVIDER,
+    ModelState,
+    OnnxSession,
+    load_model,
+    warmup_batch_sizes,
+)
 from tests.service.conftest import make_settings
 from tests.service.fakes import CELLS, landmark_graph, write_model
 
@@ -137,8 +144,8 @@ class RecordingSession:
 
 def test_a_padded_session_runs_one_shape_and_returns_only_the_rows_sent(repo: Path) -> None:
     """``pad_batch_to`` (set on CUDA by ``Settings.cuda_fixed_batch``): ORT always sees that
-    many rows, the caller gets back exactly the rows it sent, equal to an unpadded run's;
-    a batch over the size runs as it is."""
+    many rows, a larger batch in chunks of it, and the caller gets back exactly the rows it
+    sent, equal to an unpadded run's."""
     graph = next(repo.glob("landmark/1/*.onnx"))
     plain = OnnxSession(graph, make_settings(repo))
     padded = OnnxSession(graph, make_settings(repo))
@@ -148,23 +155,76 @@ def test_a_padded_session_runs_one_shape_and_returns_only_the_rows_sent(repo: Pa
     name = plain.inputs[0].name
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in plain.inputs[0].shape[1:]]
     rng = np.random.default_rng(0)
-    for rows in (1, 3, 4, 6):
+    for rows in (1, 3, 4, 6, 9):
         batch = rng.random((rows, *shape)).astype(np.float32)
         got, expected = padded.run({name: batch}), plain.run({name: batch})
         assert got.keys() == expected.keys()
         for key in expected:
             assert got[key].shape == expected[key].shape
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)
-    assert recorder.rows == [4, 4, 4, 6]
+    assert recorder.rows == [4] * 8  # 1, 3 and 4 rows once each; 6 in two runs; 9 in three
 
 
-def test_only_cuda_pads_and_a_padded_graph_is_warmed_at_its_one_size(
-    repo: Path, runs: Runs
+def tiny_graph(node: onnx.NodeProto, x_shape: list[Any], y_shape: list[Any]) -> bytes:
+    """A one-node graph from ``x`` (float) to ``y`` (float)."""
+    graph = onnx.helper.make_graph(
+        [node],
+        "tiny",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, y_shape)],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 11)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_padding_refuses_a_graph_whose_outputs_are_not_batch_first(repo: Path) -> None:
+    """A graph that sums over the batch gives one row whatever it gets: padded rows would
+    leak into it, so the padded run refuses it (warm-up runs it first: a load failure)."""
+    node = onnx.helper.make_node("ReduceSum", ["x"], ["y"], axes=[0], keepdims=1)
+    session = OnnxSession(tiny_graph(node, ["N", 3], [1, 3]), make_settings(repo))
+    batch = np.ones((2, 3), np.float32)
+    assert session.run({"x": batch})["y"].tolist() == [[2.0, 2.0, 2.0]]
+    session.pad_batch_to = 4
+    with pytest.raises(ModelLoadError, match="first axis is not the batch"):
+        session.run({"x": batch})
+
+
+def test_an_unpadded_session_still_runs_a_scalar_input(repo: Path) -> None:
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    session = OnnxSession(tiny_graph(node, [], []), make_settings(repo))
+    assert session.run({"x": np.array(2.5, np.float32)})["y"] == 2.5
+
+
+@pytest.mark.parametrize(("fixed", "pad", "warmed"), [(True, 8, [8]), (False, None, range(1, 9))])
+def test_on_cuda_load_pads_the_graph_and_warms_what_it_will_run(
+    repo: Path,
+    runs: Runs,
+    monkeypatch: pytest.MonkeyPatch,
+    fixed: bool,
+    pad: int | None,
+    warmed: Sequence[int],
 ) -> None:
+    """load_model on a session that runs on CUDA (faked: the providers list says so, the
+    graph runs on the CPU): padded to the max batch and warmed at that size alone; with
+    ``cuda_fixed_batch`` off, unpadded and warmed at every size up to the max."""
+    real_init = OnnxSession.__init__
+
+    def on_cuda(self: OnnxSession, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self.providers = [CUDA_PROVIDER, *self.providers]
+
+    monkeypatch.setattr(OnnxSession, "__init__", on_cuda)
+    settings = make_settings(repo, batch_max_size=8, cuda_fixed_batch=fixed)
+    model = load_model("landmark", settings)
+    assert model.state is ModelState.READY and model.session is not None
+    assert model.session.pad_batch_to == pad
+    assert batch_sizes(runs, model.session) == Counter(
+        {size: settings.warmup_runs for size in warmed}
+    )
+
+
+def test_on_the_cpu_nothing_is_padded(repo: Path) -> None:
     model = load_model("landmark", make_settings(repo, batch_max_size=8))
-    assert model.state is ModelState.READY
-    assert model.session is not None and model.session.pad_batch_to is None  # the CPU
-    session = model.session
-    session.pad_batch_to = 8
-    assert warmup_batch_sizes(make_settings(repo), session, 8) == [8]
-    assert warmup_batch_sizes(make_settings(repo, warmup_batch_sizes=[2]), session, 8) == [2]
+    assert model.session is not None and model.session.pad_batch_to is None
+    assert warmup_batch_sizes(make_settings(repo), model.session, 8) == [1, 8]
