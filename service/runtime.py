@@ -319,7 +319,7 @@ class OnnxSession:
         names = list(output_names) if output_names else [arg.name for arg in self.outputs]
         size = self.pad_batch_to
         rows = next(iter(feeds.values())).shape[0] if size is not None and feeds else 0
-        if size is None or rows in (0, size):
+        if size is None or rows == 0:
             return self._run_once(feeds, names)
         parts = []
         for start in range(0, rows, size):
@@ -330,7 +330,8 @@ class OnnxSession:
             outputs = self._run_once(chunk, names)
             for name, array in outputs.items():
                 if array.shape[:1] != (size,):
-                    # Warm-up runs this first, so such a graph fails at load, not per request.
+                    # Warm-up runs at the padded size first (one chunk, checked like any
+                    # other), so such a graph fails at load, not per request.
                     raise ModelLoadError(
                         f"output {name!r} has shape {list(array.shape)} for a batch of {size}: "
                         "its first axis is not the batch, so padding cannot be undone; set "

@@ -188,6 +188,8 @@ def test_padding_refuses_a_graph_whose_outputs_are_not_batch_first(repo: Path) -
     session.pad_batch_to = 4
     with pytest.raises(ModelLoadError, match="first axis is not the batch"):
         session.run({"x": batch})
+    with pytest.raises(ModelLoadError, match="first axis is not the batch"):
+        session.run({"x": np.zeros((4, 3), np.float32)})  # what warm-up runs
 
 
 def test_an_unpadded_session_still_runs_a_scalar_input(repo: Path) -> None:
