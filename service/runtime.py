@@ -258,6 +258,12 @@ def provider_options(settings: Settings, providers: Sequence[str]) -> list[dict[
     return options
 
 
+class UnpaddableOutputError(RuntimeError):
+    """A padded run's output whose first axis is not the batch (``OnnxSession.pad_batch_to``):
+    the padding rows cannot be told from the request's. ``load_model`` makes it a load
+    failure; after load (an output whose length depends on the data) it is a server fault."""
+
+
 class OnnxSession:
     """An ``InferenceSession`` plus the providers it really uses.
 
@@ -332,10 +338,9 @@ class OnnxSession:
                 if array.shape[:1] != (size,):
                     # Warm-up runs at the padded size first (one chunk, checked like any
                     # other), so such a graph fails at load, not per request.
-                    raise ModelLoadError(
-                        f"output {name!r} has shape {list(array.shape)} for a batch of {size}: "
-                        "its first axis is not the batch, so padding cannot be undone; set "
-                        "VISION_CUDA_FIXED_BATCH=false"
+                    raise UnpaddableOutputError(
+                        f"output {name!r} has shape {list(array.shape)} for a padded batch of "
+                        f"{size}: its first axis is not the batch"
                     )
             parts.append({name: array[:taken] for name, array in outputs.items()})
         if len(parts) == 1:
@@ -713,6 +718,15 @@ def load_model(name: str, settings: Settings, metrics: Metrics | None = None) ->
                     session.pad_batch_to = policy.max_size
                 sizes = warmup_batch_sizes(settings, session, policy.max_size if can_batch else 1)
                 warm_up(graph_config, session, settings.warmup_runs, sizes)
+                if session.pad_batch_to is not None and (settings.warmup_runs < 1 or not sizes):
+                    # A padded run checks that the outputs are batch-first: one, warm-up or
+                    # not, so a graph whose outputs are not fails here, not in requests.
+                    warm_up(graph_config, session, 1, [session.pad_batch_to])
+            except UnpaddableOutputError as exc:
+                reason = f"{exc}; padding cannot be undone: set VISION_CUDA_FIXED_BATCH=false"
+                if config.graphs is not None:
+                    reason = f"graph {graph_name!r}: {reason}"
+                raise ModelLoadError(reason) from exc
             except ModelLoadError as exc:
                 if config.graphs is None:
                     raise

@@ -20,17 +20,17 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
-from service.errors import ModelLoadError
 from service.main import create_app
 from service.runtime import (
     CUDA_PROVIDER,
     ModelState,
     OnnxSession,
+    UnpaddableOutputError,
     load_model,
     warmup_batch_sizes,
 )
 from tests.service.conftest import make_settings
-from tests.service.fakes import CELLS, landmark_graph, write_model
+from tests.service.fakes import CELLS, SIZE, landmark_graph, write_model
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 
@@ -186,9 +186,9 @@ def test_padding_refuses_a_graph_whose_outputs_are_not_batch_first(repo: Path) -
     batch = np.ones((2, 3), np.float32)
     assert session.run({"x": batch})["y"].tolist() == [[2.0, 2.0, 2.0]]
     session.pad_batch_to = 4
-    with pytest.raises(ModelLoadError, match="first axis is not the batch"):
+    with pytest.raises(UnpaddableOutputError, match="first axis is not the batch"):
         session.run({"x": batch})
-    with pytest.raises(ModelLoadError, match="first axis is not the batch"):
+    with pytest.raises(UnpaddableOutputError, match="first axis is not the batch"):
         session.run({"x": np.zeros((4, 3), np.float32)})  # what warm-up runs
 
 
@@ -198,18 +198,9 @@ def test_an_unpadded_session_still_runs_a_scalar_input(repo: Path) -> None:
     assert session.run({"x": np.array(2.5, np.float32)})["y"] == 2.5
 
 
-@pytest.mark.parametrize(("fixed", "pad", "warmed"), [(True, 8, [8]), (False, None, range(1, 9))])
-def test_on_cuda_load_pads_the_graph_and_warms_what_it_will_run(
-    repo: Path,
-    runs: Runs,
-    monkeypatch: pytest.MonkeyPatch,
-    fixed: bool,
-    pad: int | None,
-    warmed: Sequence[int],
-) -> None:
-    """load_model on a session that runs on CUDA (faked: the providers list says so, the
-    graph runs on the CPU): padded to the max batch and warmed at that size alone; with
-    ``cuda_fixed_batch`` off, unpadded and warmed at every size up to the max."""
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every OnnxSession says it runs on CUDA (the graph still runs on the CPU)."""
     real_init = OnnxSession.__init__
 
     def on_cuda(self: OnnxSession, *args: Any, **kwargs: Any) -> None:
@@ -217,6 +208,49 @@ def test_on_cuda_load_pads_the_graph_and_warms_what_it_will_run(
         self.providers = [CUDA_PROVIDER, *self.providers]
 
     monkeypatch.setattr(OnnxSession, "__init__", on_cuda)
+
+
+@pytest.mark.parametrize("warmup", [{}, {"warmup_runs": 0}, {"warmup_batch_sizes": []}])
+def test_on_cuda_a_graph_whose_outputs_are_not_batch_first_fails_its_load(
+    repo: Path, fake_cuda: None, monkeypatch: pytest.MonkeyPatch, warmup: dict[str, Any]
+) -> None:
+    """With the outputs summed over the batch (one row whatever the batch), the load fails
+    and says why, also with warm-up off: the model never serves padding rows."""
+    real_run_once = OnnxSession._run_once
+
+    def summed(self: OnnxSession, feeds: Any, names: Any) -> dict[str, npt.NDArray[Any]]:
+        outputs = real_run_once(self, feeds, names)
+        return {name: array.sum(axis=0, keepdims=True) for name, array in outputs.items()}
+
+    monkeypatch.setattr(OnnxSession, "_run_once", summed)
+    model = load_model("landmark", make_settings(repo, batch_max_size=8, **warmup))
+    assert model.state is ModelState.FAILED
+    assert "first axis is not the batch" in (model.error or "")
+    assert "VISION_CUDA_FIXED_BATCH=false" in (model.error or "")
+
+
+def test_on_cuda_a_graph_with_a_fixed_batch_is_not_padded(tmp_path: Path, fake_cuda: None) -> None:
+    fixed = {
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, SIZE, SIZE]}],
+    }
+    write_model(tmp_path, config_changes=fixed)
+    model = load_model("landmark", make_settings(tmp_path, batch_max_size=8))
+    assert model.state is ModelState.READY, model.error
+    assert model.session is not None and model.session.pad_batch_to is None
+
+
+@pytest.mark.parametrize(("fixed", "pad", "warmed"), [(True, 8, [8]), (False, None, range(1, 9))])
+def test_on_cuda_load_pads_the_graph_and_warms_what_it_will_run(
+    repo: Path,
+    runs: Runs,
+    fake_cuda: None,
+    fixed: bool,
+    pad: int | None,
+    warmed: Sequence[int],
+) -> None:
+    """load_model on a session that runs on CUDA (faked: the providers list says so, the
+    graph runs on the CPU): padded to the max batch and warmed at that size alone; with
+    ``cuda_fixed_batch`` off, unpadded and warmed at every size up to the max."""
     settings = make_settings(repo, batch_max_size=8, cuda_fixed_batch=fixed)
     model = load_model("landmark", settings)
     assert model.state is ModelState.READY and model.session is not None
