@@ -156,6 +156,16 @@ class MalformedRequest(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "malformed-request"
 
 
+class UnsupportedTransferCoding(ServiceError):
+    """A body sent with a transfer coding other than chunked (``gzip, chunked``). RFC 9112
+    asks for 501, but the coding is the client's choice to undo: a 4xx, as every answer to
+    what a client sent is here."""
+
+    status = HTTPStatus.BAD_REQUEST
+    title = "Unsupported transfer coding"
+    type = PROBLEM_TYPE_PREFIX + "unsupported-transfer-coding"
+
+
 class HeaderFieldsTooLarge(ServiceError):
     """The request head passed ``max_header_bytes`` (431); the connection is closed."""
 

@@ -19,6 +19,8 @@ from service.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceError,
+    UnsupportedTransferCoding,
+    echo,
 )
 from service.metrics import Metrics
 from service.paths import RouteTemplates, route_path
@@ -241,7 +243,8 @@ class UploadGateMiddleware:
     A request to one of ``keyed_paths`` (templates, as routes have them) that ``check_key``
     refuses is answered with that error (401) before it reserves anything: FastAPI reads a
     form before the routes' key check runs, so without this a client with no key could hold
-    the budget with bodies it trickles in. Its body is read and dropped as for a 503.
+    the budget with bodies it trickles in. Its body is read and dropped as for a 503, and
+    so is that of a body sent with a transfer coding besides chunked (400).
     """
 
     def __init__(
@@ -310,6 +313,9 @@ class UploadGateMiddleware:
         if refused is not None:
             self._count("unauthorized")
             await self._refuse(timed_receive, send, path, drain_limit, refused)
+            return
+        if declared is None and (coding := _unsupported_coding(scope)) is not None:
+            await self._refuse(timed_receive, send, path, drain_limit, coding)
             return
         if reservation and self.reserved and self.reserved + reservation > self.max_bytes:
             self._count("full")
@@ -425,6 +431,23 @@ def reserve_at_least(scope: Scope, body_bytes: int, why: str) -> None:
 def expects_continue(scope: Scope) -> bool:
     """Whether the client waits for ``100 Continue`` before it sends the request's body."""
     return Headers(scope=scope).get("expect", "").lower() == "100-continue"
+
+
+def _unsupported_coding(scope: Scope) -> UnsupportedTransferCoding | None:
+    """The 400 for a body whose Transfer-Encoding names a coding besides chunked, which the
+    HTTP parser would pass on still encoded (the app would call it a broken form or JSON);
+    None for chunked alone. Other framings (``gzip`` alone, ``chunked, chunked``) the parser
+    refuses itself."""
+    values = [value for name, value in scope.get("headers", ()) if name == b"transfer-encoding"]
+    codings = [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    if all(coding == b"chunked" for coding in codings):
+        return None
+    sent = echo(", ".join(c.decode("latin-1") for c in codings))
+    return UnsupportedTransferCoding(
+        f"the body's Transfer-Encoding is {sent}; this server decodes chunked alone: send the "
+        "body unencoded, chunked or with a Content-Length (a V2 infer body may be gzip as "
+        "Content-Encoding)"
+    )
 
 
 def _declared_body(scope: Scope) -> int | None:

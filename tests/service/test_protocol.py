@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import select
 import socket
@@ -414,6 +415,25 @@ def test_a_broken_chunk_size_mid_body_gets_a_400_problem_with_its_protocol_s_mem
     status, body = responses(answer)[0]
     problem = json.loads(body)
     assert status == 400 and problem["error"] == problem["detail"]
+
+
+def test_a_gzip_chunked_upload_gets_a_400_naming_its_coding_and_keeps_the_connection(
+    served: LiveProcess,
+) -> None:
+    """httptools frames ``Transfer-Encoding: gzip, chunked`` as chunked and hands the body
+    on compressed (the form parser called it "Invalid multipart data"): the answer is a 400
+    that names the coding (RFC 9112's 501 would be the one 5xx a client's choice earns),
+    after the body was read, so a request behind it on the connection is answered."""
+    head, body = recognize_request()
+    packed = gzip.compress(body)
+    coded = head.replace(b"Content-Length: %d" % len(body), b"Transfer-Encoding: gzip, chunked")
+    with connect(served) as sock:
+        sock.sendall(coded + b"%x\r\n" % len(packed) + packed + b"\r\n0\r\n\r\n")
+        sock.sendall(head + body)
+        (status, answer), (after, _) = read_responses(sock, 2)
+    problem = json.loads(answer)
+    assert status == 400 and problem["type"].endswith(":unsupported-transfer-coding")
+    assert "'gzip, chunked'" in problem["detail"] and after == 200
 
 
 def test_bytes_that_are_no_request_line_get_a_400_problem(served: LiveProcess) -> None:
