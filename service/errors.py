@@ -156,6 +156,15 @@ class MalformedRequest(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "malformed-request"
 
 
+class UnclosedForm(ServiceError):
+    """A multipart body that ended before its closing boundary (``--boundary--``): the
+    parser drops the part it was reading, which would otherwise pass for a missing field."""
+
+    status = HTTPStatus.BAD_REQUEST
+    title = "Unclosed multipart body"
+    type = PROBLEM_TYPE_PREFIX + "unclosed-multipart-body"
+
+
 class UnsupportedTransferCoding(ServiceError):
     """A body sent with a transfer coding other than chunked (``gzip, chunked``). RFC 9112
     asks for 501, but the coding is the client's choice to undo: a 4xx, as every answer to

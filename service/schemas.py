@@ -386,7 +386,7 @@ PROBLEM_REFS = (PROBLEM_REF, f"#/components/schemas/{V2Problem.__name__}")
 
 # The errors every image endpoint shares (one upload or two), for problem_responses.
 UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
-    (400, "an upload is not a decodable image"),
+    (400, "an upload is not a decodable image, or the multipart body is broken"),
     (401, "API keys are configured and none or a wrong one was sent"),
     (413, "an upload exceeds the size or pixel limit"),
     (415, "an upload's content type is not an image, or the body is not a multipart form"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -150,6 +151,32 @@ def test_missing_image_field_is_422(client: TestClient) -> None:
     body = assert_problem(client.post("/recognize", files={"picture": ("a.png", b"x")}), 422)
     assert "image" in body["detail"]
     assert_problem(client.post("/recognize"), 422)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_form_without_its_closing_boundary_is_400_not_a_missing_image(
+    client: TestClient, chunked: bool
+) -> None:
+    """python-multipart drops the part it was reading when the body ends before
+    ``--boundary--``, so the image sent would pass for one not sent (422); the same body
+    closed, or closed with an epilogue after it (RFC 2046), is answered."""
+    part = (
+        b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + encode(scene()) + b"\r\n"
+    )
+
+    def post(body: bytes) -> httpx.Response:
+        # In pieces of 1000 bytes (chunked), a delimiter may fall across two of them.
+        content = (body[i : i + 1000] for i in range(0, len(body), 1000)) if chunked else body
+        headers = {"content-type": "multipart/form-data; boundary=B"}
+        return client.post("/recognize", content=content, headers=headers)
+
+    problem = assert_problem(post(part), 400)
+    assert problem["type"].endswith(":unclosed-multipart-body") and "'--B--'" in problem["detail"]
+    assert post(part + b"--B--\r\n").status_code == 200
+    assert post(part + b"--B--\r\nan epilogue").status_code == 200
+    # A form of no parts at all is closed; it lacks the image.
+    assert_problem(post(b"--B--\r\n"), 422)
 
 
 @pytest.fixture

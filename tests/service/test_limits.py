@@ -23,6 +23,7 @@ from service.limits import (
     BodyLimits,
     BodySizeLimitMiddleware,
     BodyStalled,
+    FormEnd,
     UploadGateMiddleware,
     release_body,
     reserve_at_least,
@@ -412,6 +413,101 @@ def test_gate_refuses_a_transfer_coding_besides_chunked_with_its_body_drained(
         problem = json.loads(sent[1]["body"])
         assert problem["type"].endswith(":unsupported-transfer-coding")
         assert coding.decode().split(",")[0] in problem["detail"]
+
+    anyio.run(scenario)
+
+
+def form_end_of(body: bytes, pieces: list[int]) -> bool | None:
+    """FormEnd's verdict on ``body`` fed in pieces that end at the offsets ``pieces``."""
+    end = FormEnd(b"bound")
+    starts = [0, *pieces]
+    for start, stop in zip(starts, [*pieces, len(body)], strict=True):
+        end.feed(body[start:stop], last=stop == len(body))
+    return end.closed
+
+
+def test_form_end_finds_the_close_delimiter_wherever_the_pieces_split_it() -> None:
+    closed = b"--bound\r\nContent-Disposition: form-data; name=a\r\n\r\nxy\r\n--bound--\r\n"
+    for cut in range(len(closed) + 1):  # every split in two, empty pieces too
+        assert form_end_of(closed, [cut]) is True, cut
+    assert form_end_of(closed, list(range(1, len(closed)))) is True  # a byte at a time
+    assert form_end_of(closed + b"an epilogue, ignored by the parser", [7]) is True
+    assert form_end_of(b"--bound--", []) is True  # a form of no parts
+    for unclosed in (closed[:-4], closed[:-9], b"--bound\r\n\r\nxy--bound--", b""):
+        assert form_end_of(unclosed, [3]) is False, unclosed
+    # Two hyphens short of the close, a delimiter of another part does not count.
+    assert form_end_of(closed.replace(b"--bound--", b"--bound\r\n"), []) is False
+
+
+def test_form_end_watches_multipart_forms_with_a_boundary_only() -> None:
+    def scope(content_type: bytes) -> Scope:
+        return {**POST, "headers": [(b"content-type", content_type)]}
+
+    end = FormEnd.of(scope(b'multipart/form-data; boundary="a b"'))
+    assert end is not None and end.delimiter == b"\r\n--a b--"
+    assert FormEnd.of(scope(b"multipart/form-data")) is None
+    assert FormEnd.of(scope(b"application/json")) is None
+    assert FormEnd.of(POST) is None
+
+
+def pieces_of(pieces: list[bytes]) -> Receive:
+    """A ``receive`` that gives (and takes from) ``pieces``, the last one ending the body."""
+
+    async def receive() -> Message:
+        body = pieces.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(pieces)}
+
+    return receive
+
+
+async def answers_or_refuses(scope: Scope, receive: Receive, send: Send) -> None:
+    """``read_all``, with a 400 of its own when reading the body raises (FastAPI's way)."""
+    try:
+        await read_all(scope, receive, send)
+    except Exception:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b"bad body"})
+
+
+def test_gate_answers_a_form_without_its_close_delimiter_with_400() -> None:
+    """The gate raises into the app in place of the last piece (the form parser closes the
+    file it was writing), drops the app's answer and sends its own 400; the body was read
+    to its end, so the connection stays open. Closed, the form reaches the app's answer."""
+
+    async def scenario() -> None:
+        form = (b"content-type", b"multipart/form-data; boundary=b")
+        scope = {**POST, "headers": [*POST["headers"], form]}
+        for last, status in ((b"\r\n--b--\r\n", 200), (b"\r\n--b\r\n", 400)):
+            pieces = [b"--b\r\nContent-Disposition: form-data; name=a\r\n\r\n", b"x" * 99, last]
+            receive = pieces_of(pieces)
+            sent, send = collector()
+            await gate(answers_or_refuses, max_bytes=10**9)(scope, receive, send)
+            assert sent[0]["status"] == status and not pieces and not closes(sent)
+            if status == 400:
+                problem = json.loads(sent[1]["body"])
+                assert problem["type"].endswith(":unclosed-multipart-body")
+                assert "'--b--'" in problem["detail"]
+        # A refusal inside (admission's 503) that drops the body keeps its own answer.
+
+        async def refuses(scope: Scope, receive: Receive, send: Send) -> None:
+            release_body(scope)
+            await read_all(scope, receive, lambda message: anyio.sleep(0))
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"busy"})
+
+        sent, send = collector()
+        await gate(refuses, max_bytes=10**9)(scope, pieces_of([b"--b\r\n", b"x"]), send)
+        assert sent[0]["status"] == 503
+        # So does the gate's own (its budget full), and a transfer coding's 400.
+        full = gate(read_all, max_bytes=RESERVED)
+        full.reserved = 1  # as if something else were in flight
+        sent, send = collector()
+        await full(scope, pieces_of([b"--b\r\n", b"x"]), send)
+        assert sent[0]["status"] == 503
+        coded = {**scope, "headers": [*scope["headers"], (b"transfer-encoding", b"gzip, chunked")]}
+        sent, send = collector()
+        await gate(read_all, max_bytes=10**9)(coded, pieces_of([b"--b\r\n", b"x"]), send)
+        assert json.loads(sent[1]["body"])["type"].endswith(":unsupported-transfer-coding")
 
     anyio.run(scenario)
 
