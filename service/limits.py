@@ -295,8 +295,8 @@ class UploadGateMiddleware:
     form before the routes' key check runs, so without this a client with no key could hold
     the budget with bodies it trickles in. Its body is read and dropped as for a 503, and
     so is that of a body sent with a transfer coding besides chunked (400). A multipart
-    body that ends before its close delimiter is answered 400 too (FormEnd), not with
-    whatever the app makes of a form missing its last part.
+    body sent to one of ``form_paths`` that ends before its close delimiter is answered 400
+    too (FormEnd), not with whatever the app makes of a form missing its last part.
     """
 
     def __init__(
@@ -308,6 +308,7 @@ class UploadGateMiddleware:
         metrics: Metrics | None = None,
         check_key: Callable[[Request], None] | None = None,
         keyed_paths: Collection[str] = (),
+        form_paths: Collection[str] = (),
     ) -> None:
         self.app = app
         self.limits = limits
@@ -316,6 +317,9 @@ class UploadGateMiddleware:
         self.metrics = metrics
         self.check_key = check_key
         self.keyed_paths = RouteTemplates(keyed_paths)
+        # Routes that parse their body as a form: only there is a missing close delimiter
+        # the client's mistake (a V2 body under a multipart label is read as JSON).
+        self.form_paths = frozenset(form_paths)
         self.reserved = 0  # bytes reserved by the requests now past this middleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -339,7 +343,7 @@ class UploadGateMiddleware:
         received = 0
         response_started = False
 
-        form_end = FormEnd.of(scope)
+        form_end = FormEnd.of(scope) if path in self.form_paths else None
 
         async def timed_receive() -> Message:
             nonlocal ended, stalled, gone, unclosed, received

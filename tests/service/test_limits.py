@@ -218,8 +218,9 @@ RESERVED = DECLARED + BODY_OVERHEAD_BYTES
 
 
 def gate(app, *, max_bytes: int = RESERVED, timeout_s: float = 10.0) -> UploadGateMiddleware:
+    """The gate, with POST's path among the routes that parse a form."""
     limits = BodyLimits(10 * CHUNK, overhead_bytes=0, uploads={})
-    return UploadGateMiddleware(app, limits, max_bytes, timeout_s)
+    return UploadGateMiddleware(app, limits, max_bytes, timeout_s, form_paths=["/"])
 
 
 def body_of(chunks: int):
@@ -487,6 +488,11 @@ def test_gate_answers_a_form_without_its_close_delimiter_with_400() -> None:
                 problem = json.loads(sent[1]["body"])
                 assert problem["type"].endswith(":unclosed-multipart-body")
                 assert "'--b--'" in problem["detail"]
+        # A route that reads no form (V2 infer reads JSON whatever the label) gets the body.
+        elsewhere = {**scope, "path": "/v2/models/m/infer"}
+        sent, send = collector()
+        await gate(read_all, max_bytes=10**9)(elsewhere, pieces_of([b"{}"]), send)
+        assert sent[0]["status"] == 200
         # A refusal inside (admission's 503) that drops the body keeps its own answer.
 
         async def refuses(scope: Scope, receive: Receive, send: Send) -> None:
