@@ -87,6 +87,22 @@ MAX_URL_BYTES = 65535
 TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 
 
+def with_path(target: bytes) -> bytes:
+    """An absolute-form request target whose path is empty (``http://host``,
+    ``http://host?q=1``) with the "/" that RFC 3986 (6.2.3) makes it equal to; any other
+    target as it is. uvicorn reads a target without a path as no request (a 400), though
+    RFC 9112 (3.2.2) has servers accept the absolute form."""
+    scheme_end = target.find(b"://")
+    if scheme_end < 0:
+        return target
+    authority = scheme_end + len(b"://")
+    ends = [i for i in (target.find(c, authority) for c in (b"/", b"?", b"#")) if i >= 0]
+    path_start = min(ends, default=len(target))
+    if target[path_start : path_start + 1] == b"/":
+        return target
+    return target[:path_start] + b"/" + target[path_start:]
+
+
 def timeout_response(
     header_timeout_s: float, default_headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> bytes:
@@ -285,6 +301,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._body_pending = True
         self._open_requests += 1
         self._disarm()
+        if self.url[:1] != b"/":  # absolute-form (or "*"): rare, so the check is one byte
+            self.url = with_path(self.url)
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:

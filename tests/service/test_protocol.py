@@ -16,7 +16,7 @@ import uvicorn
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from service.protocol import header_timeout_protocol, timeout_response
+from service.protocol import header_timeout_protocol, timeout_response, with_path
 from service.settings import Settings
 from tests.live_server import LiveProcess, live_process, uvicorn_thread
 from tests.service.fakes import process_env
@@ -434,6 +434,36 @@ def test_a_gzip_chunked_upload_gets_a_400_naming_its_coding_and_keeps_the_connec
     problem = json.loads(answer)
     assert status == 400 and problem["type"].endswith(":unsupported-transfer-coding")
     assert "'gzip, chunked'" in problem["detail"] and after == 200
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"http://h", b"http://h/"),
+        (b"http://h?a=/b", b"http://h/?a=/b"),
+        (b"HTTP://h:80#f", b"HTTP://h:80/#f"),
+        (b"http://h/", b"http://h/"),
+        (b"http://h/p?q", b"http://h/p?q"),
+        (b"/p", b"/p"),
+        (b"*", b"*"),
+    ],
+)
+def test_with_path_gives_an_absolute_target_without_a_path_its_slash(
+    target: bytes, expected: bytes
+) -> None:
+    assert with_path(target) == expected
+
+
+def test_an_absolute_form_target_with_an_empty_path_is_the_root(served: LiveProcess) -> None:
+    """``GET http://host?x=1`` is ``GET /?x=1`` (RFC 3986 6.2.3); uvicorn refused it as
+    malformed. The root serves nothing here, so both are its 404; a path is kept."""
+    answers = []
+    for target in (b"http://test?x=1", b"/?x=1", b"http://test/health/live"):
+        with connect(served) as sock:
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            ((status, body),) = responses(read_to_close(sock))
+        answers.append((status, json.loads(body).get("type")))
+    assert answers[0] == answers[1] == (404, "about:blank") and answers[2] == (200, None)
 
 
 def test_bytes_that_are_no_request_line_get_a_400_problem(served: LiveProcess) -> None:
