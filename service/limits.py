@@ -387,6 +387,7 @@ class UploadGateMiddleware:
             await self._refuse(timed_receive, send, path, drain_limit, refused)
             return
         if declared is None and (coding := _unsupported_coding(scope)) is not None:
+            self._count("transfer_coding")
             await self._refuse(timed_receive, send, path, drain_limit, coding)
             return
         if reservation and self.reserved and self.reserved + reservation > self.max_bytes:
@@ -444,6 +445,7 @@ class UploadGateMiddleware:
             left = ClientClosedRequest("the client disconnected before its body had all come")
             await send_problem(send, left, close=True, path=path)
         elif unclosed and form_end is not None and not response_started:
+            self._count("unclosed_form")
             # The body has all come: the connection can carry the next request.
             await send_problem(send, form_end.error(), close=False, path=path)
 

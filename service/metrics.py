@@ -143,8 +143,10 @@ def create_metrics() -> Metrics:
         bodies_refused=Counter(
             "vision_request_bodies_refused",
             "Requests with a body refused by the upload gate: full (503, "
-            "VISION_MAX_BODY_BYTES_IN_FLIGHT), stalled (408, VISION_BODY_TIMEOUT_S) or "
-            "unauthorized (401 before the body is read, when API keys are set).",
+            "VISION_MAX_BODY_BYTES_IN_FLIGHT), stalled (408, VISION_BODY_TIMEOUT_S), "
+            "unauthorized (401 before the body is read, when API keys are set), "
+            "transfer_coding (400, a coding besides chunked) or unclosed_form (400, a "
+            "multipart body without its close delimiter).",
             ["reason"],
             registry=registry,
         ),

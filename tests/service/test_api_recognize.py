@@ -14,6 +14,7 @@ from service.runtime import ModelRegistry
 from tests.service.conftest import assert_problem, make_settings
 from tests.service.fakes import FAKE_CLASS, LABELS, write_model
 from tests.service.images import encode, jpeg_tiff, repeated_scans, scene
+from tests.service.test_api_metrics import samples
 
 
 def post_image(
@@ -177,6 +178,9 @@ def test_a_form_without_its_closing_boundary_is_400_not_a_missing_image(
     assert post(part + b"--B--\r\nan epilogue").status_code == 200
     # A form of no parts at all is closed; it lacks the image.
     assert_problem(post(b"--B--\r\n"), 422)
+    # The 400 alone is the gate's refusal in the metrics.
+    refused = ("vision_request_bodies_refused_total", (("reason", "unclosed_form"),))
+    assert samples(client.get("/metrics").text)[refused] == 1
 
 
 @pytest.fixture

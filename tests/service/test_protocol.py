@@ -427,6 +427,8 @@ def test_a_gzip_chunked_upload_gets_a_400_naming_its_coding_and_keeps_the_connec
     head, body = recognize_request()
     packed = gzip.compress(body)
     coded = head.replace(b"Content-Length: %d" % len(body), b"Transfer-Encoding: gzip, chunked")
+    refused = "vision_request_bodies_refused_total"
+    before = by_label(served, refused).get("transfer_coding", 0.0)
     with connect(served) as sock:
         sock.sendall(coded + b"%x\r\n" % len(packed) + packed + b"\r\n0\r\n\r\n")
         sock.sendall(head + body)
@@ -434,6 +436,7 @@ def test_a_gzip_chunked_upload_gets_a_400_naming_its_coding_and_keeps_the_connec
     problem = json.loads(answer)
     assert status == 400 and problem["type"].endswith(":unsupported-transfer-coding")
     assert "'gzip, chunked'" in problem["detail"] and after == 200
+    assert by_label(served, refused)["transfer_coding"] == before + 1
 
 
 @pytest.mark.parametrize(
