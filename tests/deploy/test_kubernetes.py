@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -17,6 +19,7 @@ from referencing import Registry, Resource
 from service import serve
 from service.docs import DOCS_ASSETS_URL
 from service.feedback import PostgresFeedbackStore, open_store
+from service.limits import BodyLimits
 from service.main import create_app
 from service.metrics import create_metrics
 from service.settings import Settings
@@ -242,7 +245,11 @@ def test_the_example_ingress_routes_the_api_and_not_metrics() -> None:
     assert [path for path in public if not _routed(path, paths)] == ["/metrics"]
     (configmap,) = documents("configmap.yaml")
     assert configmap["data"]["VISION_METRICS_REQUIRE_KEY"] == "false"
-    body = int(configmap["data"]["VISION_MAX_UPLOAD_BYTES"]) + 65_536  # and form framing
+    # nginx must pass the largest body any routed path takes (two uploads on
+    # /faces/verify): a smaller one gets nginx's HTML 413 where the service would answer.
+    limits = BodyLimits(int(configmap["data"]["VISION_MAX_UPLOAD_BYTES"]))
+    body = max(limits.for_path(path) for path in public)
+    assert body > limits.for_path("/recognize")
     limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert limit.endswith("m") and int(limit[:-1]) * 2**20 >= body
 
@@ -262,6 +269,16 @@ def test_every_replica_takes_the_feedback_database_url_from_the_secret() -> None
         reference = env["VISION_FEEDBACK_URL"]["valueFrom"]["secretKeyRef"]
         assert reference == {"name": secret["metadata"]["name"], "key": "url"}
         assert "optional" not in reference  # no Secret, no pod: never a silent per-pod file
+        # The image's user has no home directory, so libpq never finds its default CA
+        # file: the URL names one, and every pod mounts it there.
+        ca_file = parse_qs(urlsplit(url).query)["sslrootcert"][0]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts[str(PurePosixPath(ca_file).parent)] == "feedback-db-ca"
+    for pod in [d["spec"]["template"]["spec"] for d in by_kind("Deployment").values()] + [
+        inference["spec"]["predictor"]
+    ]:
+        volume = {v["name"]: v for v in pod["volumes"]}["feedback-db-ca"]
+        assert volume["secret"]["secretName"] == "vision-feedback-db-ca"
     data = by_kind("ConfigMap")["vision-settings"]["data"]
     assert "VISION_FEEDBACK_URL" not in data
     # A Secret whose URL is blank or names SQLite stops the pod too.
