@@ -87,8 +87,9 @@ class Unauthorized(ApiError):
 
 
 class Forbidden(ApiError):
-    """403: the API key is valid but may not do this (``reload_model`` with admin keys
-    configured and the key sent not one of them)."""
+    """403: the API key is valid but may not do this: ``reload_model`` with admin keys
+    configured and the key sent not one of them, or ``attention_correct(save=True)`` with
+    feedback keys configured and the key sent neither one of them nor an admin key."""
 
 
 class NotFound(ApiError):
