@@ -126,7 +126,13 @@ class PostgresFeedbackStore(FeedbackStore):
         if isinstance(exc, psycopg.Error) and exc.sqlstate:  # the server's own words
             return f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
         if isinstance(exc, psycopg.OperationalError):  # connecting: the message names hosts
-            return "the database server cannot be reached"
+            # The pool's own log lines (psycopg.pool) carry libpq's message; this detail
+            # must not (host names, paths), but it must not send an operator to the network
+            # alone when TLS or authentication failed.
+            return (
+                "the database server cannot be reached or refused the connection "
+                "(network, TLS or authentication; the service's log names the cause)"
+            )
         return super()._reason(exc)
 
     def _connection(self) -> Any:
