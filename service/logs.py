@@ -62,6 +62,14 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def _tail(record: logging.LogRecord) -> int:
+    """Characters of a capped record's end to keep: a traceback's (with ``exc_info``, or
+    written as the message itself, as uvicorn logs a failed startup), else none."""
+    if record.exc_info or str(record.msg).startswith("Traceback (most recent call last)"):
+        return TRACEBACK_TAIL_CHARS
+    return 0
+
+
 def _capped(text: str, tail: int = 0) -> str:
     """``text`` cut to MAX_MESSAGE_CHARS: its start, and its last ``tail`` characters."""
     if len(text) <= MAX_MESSAGE_CHARS:
@@ -81,7 +89,7 @@ class JsonFormatter(logging.Formatter):
             ),
             "level": record.levelname,
             "logger": record.name,
-            "message": _capped(record.getMessage()),
+            "message": _capped(record.getMessage(), _tail(record) if not record.exc_info else 0),
             "request_id": getattr(record, "request_id", request_id_var.get()),
         }
         for key, value in vars(record).items():
@@ -103,7 +111,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
-        return _capped(super().format(record), TRACEBACK_TAIL_CHARS if record.exc_info else 0)
+        return _capped(super().format(record), _tail(record))
 
 
 def make_formatter(log_format: str) -> logging.Formatter:

@@ -36,6 +36,7 @@ from service.routers import attention, gender, health, metrics, models, occlusio
 from service.routers.v2 import BODY_PATHS as V2_BODY_PATHS
 from service.routers.v2 import router as v2_router
 from service.runtime import LoadedModel, ModelRegistry, discover_models, load_model
+from service.serving import check_endpoint_models
 from service.settings import Settings, get_settings
 from service.timing import ServerTimingMiddleware
 
@@ -106,6 +107,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         app.state.metrics.model_ready.labels(model.name, model.version or "").set(
             1 if model.ready else 0
         )
+    # A setting that sends an endpoint to a model of another task fails the start: served
+    # on, every request there would be refused for good while /health/ready said 200.
+    for warning in check_endpoint_models(settings, registry, MODEL_ENDPOINTS):
+        logger.warning(warning)
     app.state.registry = registry
     logger.info(
         "serving %s; ready=%s",

@@ -3,7 +3,7 @@ the batcher, and return a map (attention, contour) as a PNG over the image."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -15,6 +15,12 @@ from fastapi import UploadFile
 
 from service.attention import map_to_png, png_base64
 from service.batching import Disconnected, Feed, ImageRows, decode_rows_for, decode_upload
+from service.decoding import (
+    AttentionDecoder,
+    GenderDecoder,
+    LandmarkPointsDecoder,
+    OcclusionDecoder,
+)
 from service.errors import (
     InvalidImage,
     ModelNotFound,
@@ -65,6 +71,50 @@ def ready_model(
     if one_graph and model.session is None:
         raise NotReady(f"model {name!r} has several graphs; this endpoint runs one")
     return ServingModel(model, model.config, decoder)
+
+
+# The setting that names each endpoint group's model -> the task its routes decode (the
+# decoder type their ready_model calls ask for).
+ENDPOINT_TASKS: Mapping[str, str] = {
+    "recognize_model": LandmarkPointsDecoder.task,
+    "attention_model": AttentionDecoder.task,
+    "gender_model": GenderDecoder.task,
+    "occlusion_model": OcclusionDecoder.task,
+}
+
+
+class MisconfiguredEndpoint(ValueError):
+    """An endpoint setting names a served model of another task: every request to those
+    routes would be refused, and no retry or reload of that model would change it."""
+
+
+def check_endpoint_models(
+    settings: Settings, registry: ModelRegistry, endpoints: Mapping[str, str]
+) -> list[str]:
+    """Check at start that each endpoint group's model (``endpoints``: POST path -> the
+    setting naming its model) decodes the group's task. Raises MisconfiguredEndpoint for
+    one that does not; returns a warning for each group whose model this server does not
+    serve (those routes answer 404, as a deployment serving some models means)."""
+    if registry.problem is not None:  # no models at all: readiness says why
+        return []
+    warnings = []
+    for setting, task in ENDPOINT_TASKS.items():
+        name: str = getattr(settings, setting)
+        routes = [path for path, named in endpoints.items() if named == setting]
+        paths = " and ".join(routes)
+        model = registry.get(name)
+        if model is None:
+            warnings.append(
+                f"{paths} will answer 404: VISION_{setting.upper()} names {name!r}, which is "
+                "not among this server's models"
+            )
+        elif model.config is not None and model.config.task != task:
+            raise MisconfiguredEndpoint(
+                f"VISION_{setting.upper()} names {name!r}, a {model.config.task} model, but "
+                f"{paths} {'need' if len(routes) > 1 else 'needs'} a {task} model: name "
+                "one of that task, or unset it"
+            )
+    return warnings
 
 
 # What one upload can be refused for: 400, 413, 415.

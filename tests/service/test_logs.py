@@ -51,6 +51,22 @@ def test_a_long_traceback_is_capped_but_keeps_the_exception_line(
     assert "Traceback (most recent call last)" in text  # and its start
 
 
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_a_traceback_logged_as_the_message_keeps_the_exception_line(
+    formatter: logging.Formatter,
+) -> None:
+    """uvicorn logs a failed startup as ``logger.error(traceback.format_exc())``: the cause
+    (the exception's line, last) was cut off and the log said only that startup failed."""
+    record = deep_error_record()
+    assert record.exc_info is not None
+    text = logging.Formatter().formatException(record.exc_info)
+    as_message = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, text, (), None)
+    out = formatter.format(as_message)
+    message = json.loads(out)["message"] if isinstance(formatter, JsonFormatter) else out
+    assert "chars cut" in message and len(message) < MAX_MESSAGE_CHARS + 100
+    assert message.rstrip().endswith("KeyError: 'the-actual-cause'")
+
+
 def test_a_long_message_keeps_its_start() -> None:
     record = logging.LogRecord("service", logging.INFO, __file__, 1, "x" * 5000 + "END", (), None)
     message = json.loads(JsonFormatter().format(record))["message"]

@@ -7,8 +7,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from service.main import create_app
+from service.serving import MisconfiguredEndpoint
 from tests.service.conftest import make_settings
 
 POSTGRES_URL = "postgresql://vision:secret@db.invalid:5432/vision"  # never connected here
@@ -68,3 +70,43 @@ def test_the_start_says_whether_keys_are_required(
     with caplog.at_level(logging.INFO, logger="service"):
         create_app(settings)
     assert any(r.levelno == level and text in r.getMessage() for r in caplog.records)
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "repository"
+
+
+@pytest.mark.parametrize(
+    ("setting", "model", "paths"),
+    [
+        ("recognize_model", "gender", "/recognize needs a landmark_points model"),
+        ("attention_model", "landmark", "/attention and /attention/correct need"),
+        ("gender_model", "occlusion", "/gender needs a gender_contour model"),
+        ("occlusion_model", "attention", "/occlusion and /faces/verify need"),
+    ],
+)
+def test_an_endpoint_sent_to_a_model_of_another_task_stops_the_start(
+    setting: str, model: str, paths: str
+) -> None:
+    """Served on, every request to those routes was a 503 'not ready' with Retry-After, for
+    good, while /health/ready said 200 and the log said nothing (found by a review)."""
+    settings = make_settings(COMMITTED, **{setting: model})
+    with pytest.raises(MisconfiguredEndpoint) as refused, TestClient(create_app(settings)):
+        pass
+    assert f"VISION_{setting.upper()} names '{model}'" in str(refused.value)
+    assert paths in str(refused.value)
+
+
+def test_an_endpoint_whose_model_is_not_served_is_warned_of(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server of some models answers the others' routes 404; the start says which."""
+    with (
+        caplog.at_level(logging.WARNING, logger="service"),
+        TestClient(create_app(make_settings(repo))),
+    ):
+        pass
+    warned = [r.getMessage() for r in caplog.records if "will answer 404" in r.getMessage()]
+    assert any(
+        w.startswith("/gender will answer 404: VISION_GENDER_MODEL names 'gender'") for w in warned
+    )
+    assert not any(w.startswith("/recognize ") for w in warned)  # the fake landmark is served
