@@ -12,6 +12,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.requests import ClientDisconnect, Request
+from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
@@ -78,12 +79,22 @@ class BodyLimits:
     overhead_bytes: int = MULTIPART_OVERHEAD_BYTES  # boundaries, part headers, small fields
     # path -> number of file fields, where more than one
     uploads: Mapping[str, int] = field(default_factory=lambda: UPLOADS_PER_PATH)
+    # The paths that take a form (their uploads plus framing); any other body (V2 JSON) may
+    # be max_upload_bytes, as sent or inflated. None: every path is a form's.
+    form_paths: Collection[str] | None = None
+
+    def _is_form(self, path: str) -> bool:
+        return self.form_paths is None or path in self.form_paths
 
     def for_path(self, path: str) -> int:
+        if not self._is_form(path):
+            return self.max_upload_bytes
         return self.uploads.get(path, 1) * self.max_upload_bytes + self.overhead_bytes
 
     def describe(self, path: str) -> str:
         """The limit for ``path`` and how it is made up, for a 413's detail."""
+        if not self._is_form(path):
+            return f"the limit is {self.for_path(path)} bytes (VISION_MAX_UPLOAD_BYTES)"
         count = self.uploads.get(path, 1)
         files = "one upload" if count == 1 else f"{count} uploads"
         return (
@@ -107,9 +118,12 @@ class BodySizeLimitMiddleware:
     once, having sent nothing yet.
     """
 
-    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+    def __init__(self, app: ASGIApp, limits: BodyLimits, router: Router | None = None) -> None:
         self.app = app
         self.limits = limits
+        # To tell a path no route takes (its answer is the app's own 404, 405 or redirect,
+        # not a 413 about an upload the path never takes).
+        self.router = router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,12 +136,15 @@ class BodySizeLimitMiddleware:
             release_body(scope)
             reason = f"the request body is {declared} bytes"
             if expects_continue(scope):
-                await self._reject(send, reason, path, close=True)  # nothing sent yet
-                return
-            drained = declared <= DRAIN_LIMIT_FACTOR * limit and await drain_body(
-                receive, 0, DRAIN_LIMIT_FACTOR * limit
-            )
-            await self._reject(send, reason, path, close=not drained)
+                drained = False  # nothing sent yet: answered at once, and closed
+            else:
+                drained = declared <= DRAIN_LIMIT_FACTOR * limit and await drain_body(
+                    receive, 0, DRAIN_LIMIT_FACTOR * limit
+                )
+            if self.router is not None and not self._routed(scope):
+                await self.app(scope, _no_body, _closing(send) if not drained else send)
+            else:
+                await self._reject(send, reason, path, close=not drained)
             return
 
         received = 0
@@ -165,11 +182,33 @@ class BodySizeLimitMiddleware:
                 send, f"the request body exceeds {limit} bytes", path, close=not drained
             )
 
+    def _routed(self, scope: Scope) -> bool:
+        """Whether a route takes this request, path and method (Starlette's own match)."""
+        assert self.router is not None
+        return any(route.matches(scope)[0] is Match.FULL for route in self.router.routes)
+
     async def _reject(self, send: Send, reason: str, path: str, *, close: bool) -> None:
         """413 problem+json; ``close`` when the body was not read to its end (the
         connection cannot carry another request)."""
         error = PayloadTooLarge(f"{reason}; {self.limits.describe(path)}")
         await send_problem(send, error, close=close, path=path)
+
+
+async def _no_body() -> Message:
+    """``receive`` of a body already read and dropped (or never to be read)."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _closing(send: Send) -> Send:
+    """``send`` that marks the answer ``Connection: close`` (its body was not read)."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 async def send_problem(send: Send, error: ServiceError, *, close: bool, path: str) -> None:

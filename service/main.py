@@ -190,13 +190,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_offline_docs(app)
     app.router.default = RelativeSlashRedirect(app.router)
 
-    body_limits = BodyLimits(settings.max_upload_bytes)
+    body_limits = BodyLimits(settings.max_upload_bytes, form_paths=MODEL_ENDPOINTS)
     # Each middleware added wraps the ones before it, so this one is innermost: the access
     # log and metrics (outside it) still see the request as the HEAD it was.
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(IgnoreRangeMiddleware)
     # Metrics (outside it) also see the 413s the size limit answers itself.
-    app.add_middleware(BodySizeLimitMiddleware, limits=body_limits)
+    app.add_middleware(BodySizeLimitMiddleware, limits=body_limits, router=app.router)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
     app.add_middleware(AdmissionMiddleware, limits=body_limits)
     # Outside admission, so that its drains of refused bodies time out too; inside metrics.

@@ -17,6 +17,7 @@ from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
 from service import serve
+from service.admission import MODEL_ENDPOINTS
 from service.docs import DOCS_ASSETS_URL
 from service.feedback import PostgresFeedbackStore, open_store
 from service.limits import BodyLimits
@@ -247,7 +248,9 @@ def test_the_example_ingress_routes_the_api_and_not_metrics() -> None:
     assert configmap["data"]["VISION_METRICS_REQUIRE_KEY"] == "false"
     # nginx must pass the largest body any routed path takes (two uploads on
     # /faces/verify): a smaller one gets nginx's HTML 413 where the service would answer.
-    limits = BodyLimits(int(configmap["data"]["VISION_MAX_UPLOAD_BYTES"]))
+    limits = BodyLimits(
+        int(configmap["data"]["VISION_MAX_UPLOAD_BYTES"]), form_paths=MODEL_ENDPOINTS
+    )
     body = max(limits.for_path(path) for path in public)
     assert body > limits.for_path("/recognize")
     limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]

@@ -154,6 +154,29 @@ def test_two_file_form_may_carry_twice_the_limit() -> None:
     assert "the limit is 10000 bytes (2 uploads of at most 5000 bytes" in detail
 
 
+def test_a_body_no_route_takes_gets_the_apps_own_answer_not_a_413(repo: Path) -> None:
+    """A path without a route is a 404 whatever its body's size (before, a large body made
+    it a 413 about an upload and its form framing); a route's wrong method, a 405; a path
+    one slash off, its redirect. Each closes the connection when the body went unread. A
+    route that takes no body (reload) still gets its 413, without form framing."""
+    big = b"x" * 30_000
+    with TestClient(create_app(make_settings(repo, max_upload_bytes=10_000))) as client:
+        answers = {
+            "/nope": (client.post("/nope", content=big), 404),
+            "PUT /recognize": (client.put("/recognize", content=big), 405),
+            "POST /health/ready": (client.post("/health/ready", content=big), 405),
+            "/recognize/": (client.post("/recognize/", content=big, follow_redirects=False), 307),
+            "reload": (client.post("/models/landmark/reload", content=big), 413),
+            "/nope, read": (client.post("/nope", content=b"x" * 45_000), 404),
+        }
+        for name, (response, status) in answers.items():
+            assert response.status_code == status, name
+        assert answers["/nope"][0].json()["status"] == 404
+        assert answers["/nope, read"][0].headers.get("connection") == "close"  # past 4x
+        reload_detail = answers["reload"][0].json()["detail"]
+        assert "the limit is 10000 bytes" in reload_detail and "framing" not in reload_detail
+
+
 def test_over_limit_upload_gets_its_413_over_real_tcp(tmp_path: Path) -> None:
     """The entry command as its own process: a client that sends the whole body before
     reading (httpx, like browsers) reads the 413 rather than a connection reset, and its

@@ -54,6 +54,14 @@ def json_request(tensor: np.ndarray, **extra: Any) -> dict[str, Any]:
     }
 
 
+def zeros_json_body(rows: int, outputs: list[dict[str, Any]]) -> bytes:
+    """A JSON infer body of ``rows`` zero images written as short as JSON allows ("0")."""
+    values = ",".join(["0"] * (rows * 3 * SIZE * SIZE))
+    head = {"name": "image", "datatype": "FP32", "shape": [rows, 3, SIZE, SIZE]}
+    image = json.dumps(head)[:-1] + f', "data": [{values}]}}'
+    return f'{{"inputs": [{image}], "outputs": {json.dumps(outputs)}}}'.encode()
+
+
 def binary_body(header: dict[str, Any], *chunks: bytes) -> tuple[bytes, dict[str, str]]:
     head = json.dumps(header).encode()
     return head + b"".join(chunks), {HEADER_LENGTH: str(len(head))}
@@ -375,6 +383,22 @@ def test_gzip_bomb_is_413(tmp_path: Path) -> None:
         assert "inflated" in error_of(response, 413)
 
 
+def test_a_body_is_held_to_the_upload_limit_alike_sent_plain_or_gzipped(tmp_path: Path) -> None:
+    """A V2 body is JSON, not a form: no 64 KiB of form framing on top of the limit. Before,
+    a body between the two passed sent plain and was a 413 gzipped (found by a review)."""
+    root = write_v2_repository(tmp_path / "repository")
+    limit = 100_000
+    with TestClient(create_app(make_settings(root, max_upload_bytes=limit))) as client:
+        over = b" " * (limit + 1000)  # under the limit plus a form's framing
+        for content, headers in ((over, {}), (gzip.compress(over), GZIP)):
+            response = client.post("/v2/models/landmark/infer", content=content, headers=headers)
+            detail = error_of(response, 413)
+            assert str(limit) in detail and "form framing" not in detail
+        # At the limit, plain, the body reaches the route (and is no JSON): 400.
+        response = client.post("/v2/models/landmark/infer", content=b" " * limit)
+        assert response.status_code == 400
+
+
 def test_an_answer_that_cannot_fit_the_upload_limit_is_413_before_the_run(
     tmp_path: Path,
 ) -> None:
@@ -382,17 +406,17 @@ def test_an_answer_that_cannot_fit_the_upload_limit_is_413_before_the_run(
     answer of 125 MB from a 20 kB request took 850 MB to build. When even the fewest bytes
     its outputs' shapes allow pass the limit, it is refused before the run."""
     root = write_v2_repository(tmp_path / "repository")
-    # Two rows of chain.front's 3x160x160 output: 614 kB binary, and at least that in JSON.
-    # (The body may take the limit and 64 kB of framing; the answer only the limit.)
-    settings = make_settings(root, max_upload_bytes=600_000)
-    tensor = np.zeros((2, 3, SIZE, SIZE), np.float32)
+    # One row of chain.front's 3x160x160 output: 307 kB binary, and at least that in JSON,
+    # asked for by a JSON body of 154 kB (a zero is "0,": two bytes a value).
+    settings = make_settings(root, max_upload_bytes=200_000)
     with TestClient(create_app(settings)) as client:
         for binary in (False, True):
             outputs = [{"name": "mid", "parameters": {"binary_data": binary}}]
-            body, headers = binary_image_request(tensor, outputs=outputs)
-            refused = client.post("/v2/models/chain.front/infer", content=body, headers=headers)
+            body = zeros_json_body(1, outputs)
+            assert len(body) < 200_000
+            refused = client.post("/v2/models/chain.front/infer", content=body)
             detail = error_of(refused, 413)
-            assert "at least 614400 bytes" in detail and "VISION_MAX_UPLOAD_BYTES" in detail
+            assert "at least 307200 bytes" in detail and "VISION_MAX_UPLOAD_BYTES" in detail
         runs = samples(client.get("/metrics").text)
         assert not [v for (name, _), v in runs.items() if name == "vision_batch_size_count" and v]
 
@@ -438,8 +462,9 @@ IN_FLIGHT = ("vision_request_body_bytes_in_flight", ())
 def test_an_answer_of_exactly_the_limit_passes_and_one_byte_more_is_413(tmp_path: Path) -> None:
     """The limit counts every byte of the JSON written, its closing brackets too."""
     root = write_v2_repository(tmp_path / "repository")
-    zeros = np.zeros((1, 3, SIZE, SIZE), np.float32)
-    body, headers = binary_image_request(zeros, outputs=[{"name": "mid"}])
+    # A JSON body of zeros (two bytes a value) for a JSON answer of zeros (four): the body
+    # fits whichever limit the answer is held to.
+    body, headers = zeros_json_body(1, [{"name": "mid"}]), {}
     with TestClient(create_app(make_settings(root))) as client:
         size = len(
             client.post("/v2/models/chain.front/infer", content=body, headers=headers).content
