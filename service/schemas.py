@@ -384,10 +384,17 @@ PROBLEM_REF = f"#/components/schemas/{Problem.__name__}"
 PROBLEM_REFS = (PROBLEM_REF, f"#/components/schemas/{V2Problem.__name__}")
 
 
+# The 403 every operation that changes something may answer (service/origin.py).
+ORIGIN_REFUSAL = (
+    "no API keys are configured and a browser sent the request from a page of another "
+    "origin, or under a host name not in VISION_ALLOWED_HOSTS"
+)
+
 # The errors every image endpoint shares (one upload or two), for problem_responses.
 UPLOAD_PROBLEMS: tuple[tuple[int, str], ...] = (
     (400, "an upload is not a decodable image, or the multipart body is broken"),
     (401, "API keys are configured and none or a wrong one was sent"),
+    (403, ORIGIN_REFUSAL),
     (413, "an upload exceeds the size or pixel limit"),
     (415, "an upload's content type is not an image, or the body is not a multipart form"),
     (404, "this server does not serve the endpoint's model (its repository, VISION_MODELS)"),

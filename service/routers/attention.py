@@ -40,6 +40,7 @@ from service.feedback import FeedbackStore, TeacherRecord
 from service.imaging import SERVED_FORMATS_TEXT
 from service.runtime import LoadedModel, ModelConfig, OnnxSession
 from service.schemas import (
+    ORIGIN_REFUSAL,
     UPLOAD_PROBLEMS,
     AttentionResponse,
     ClassPrediction,
@@ -67,7 +68,11 @@ ERROR_RESPONSES = problem_responses(
 )
 
 CORRECT_ERRORS = ERROR_RESPONSES | problem_responses(
-    (403, "save was asked with an API key that may not save (VISION_FEEDBACK_API_KEYS)"),
+    (
+        403,
+        "save was asked with an API key that may not save (VISION_FEEDBACK_API_KEYS); or "
+        + ORIGIN_REFUSAL,
+    ),
     (507, "save was asked and the teacher-record store holds VISION_FEEDBACK_MAX_RECORDS"),
 )
 

@@ -10,7 +10,14 @@ from fastapi import APIRouter, Depends, Request
 from service.dependencies import MetricsDep, RegistryDep, SettingsDep, require_admin_key
 from service.errors import ModelNotFound, ReloadFailed
 from service.runtime import LoadedModel, TensorSpec, load_model
-from service.schemas import GraphInfo, ModelInfo, ModelsResponse, TensorInfo, problem_responses
+from service.schemas import (
+    ORIGIN_REFUSAL,
+    GraphInfo,
+    ModelInfo,
+    ModelsResponse,
+    TensorInfo,
+    problem_responses,
+)
 
 router = APIRouter(tags=["models"])
 logger = logging.getLogger(__name__)
@@ -57,7 +64,7 @@ RELOAD_ERRORS = problem_responses(
     (
         403,
         "admin API keys are configured (VISION_ADMIN_API_KEYS) and the key sent is one of "
-        "the other API keys",
+        "the other API keys; or " + ORIGIN_REFUSAL,
     ),
     (404, "no model of that name is served here"),
     (409, "the new version failed to load; the serving version keeps serving"),

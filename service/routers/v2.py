@@ -61,7 +61,7 @@ from service.runtime import (
     OnnxSession,
     TensorSpec,
 )
-from service.schemas import PROBLEM_MEDIA_TYPE, V2Problem
+from service.schemas import ORIGIN_REFUSAL, PROBLEM_MEDIA_TYPE, V2Problem
 
 logger = logging.getLogger(__name__)
 
@@ -884,6 +884,7 @@ INFER_RESPONSES: Responses = {
         "answered before its body is read, so that no key means no share of the server's "
         "body budget"
     ),
+    403: _error(ORIGIN_REFUSAL),
     408: _error("the body stopped arriving for VISION_BODY_TIMEOUT_S; the connection is closed"),
     413: _error("the body exceeds the upload limit, as sent or once inflated, or the answer would"),
     503: _error(
