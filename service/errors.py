@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from service.logs import REQUEST_ID_HEADER, REQUEST_ID_SCOPE_KEY, printable, request_id_var
 from service.paths import route_path
@@ -163,6 +164,15 @@ class UnclosedForm(ServiceError):
     status = HTTPStatus.BAD_REQUEST
     title = "Unclosed multipart body"
     type = PROBLEM_TYPE_PREFIX + "unclosed-multipart-body"
+
+
+class InvalidForm(ServiceError):
+    """A multipart body the form parser refuses (broken framing, a part without a name,
+    more fields or files than it takes): Starlette's 400, given this service's type."""
+
+    status = HTTPStatus.BAD_REQUEST
+    title = "Invalid multipart body"
+    type = PROBLEM_TYPE_PREFIX + "invalid-multipart-body"
 
 
 class UnsupportedTransferCoding(ServiceError):
@@ -387,6 +397,18 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
         )
         storage = UploadStorageUnavailable(f"the upload could not be buffered ({reason}); retry")
         return await _handle_service_error(request, storage)
+    if exc.status_code == HTTPStatus.BAD_REQUEST and isinstance(
+        exc.__context__, MultiPartException
+    ):
+        # Starlette's form parser: raised inside its ``except``, so the cause is the context.
+        message = str(exc.detail)
+        if "exceeded maximum size" in message:
+            form_error: ServiceError = PayloadTooLarge(
+                f"a form field other than an upload is over the parser's limit: {message}"
+            )
+        else:
+            form_error = InvalidForm(f"the multipart body could not be parsed: {message}")
+        return await _handle_service_error(request, form_error)
     # about:blank means "no more than the status says", so the title is the status phrase.
     return problem_response(
         exc.status_code,

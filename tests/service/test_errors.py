@@ -20,6 +20,7 @@ from service.errors import (
 )
 from service.logs import RequestIdMiddleware, request_id_var
 from service.timing import ServerTimingMiddleware, record
+from tests.service.images import encode, scene
 
 
 def app_raising(exc: Exception) -> TestClient:
@@ -58,6 +59,40 @@ def test_framework_404_and_405_are_problem_json(client: TestClient) -> None:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["type"] == "about:blank"
         assert response.json()["status"] == status
+
+
+def test_forms_the_parser_refuses_get_this_services_problem_types(client: TestClient) -> None:
+    """Starlette's form parser answered these 400 about:blank with its own words: a field
+    over its 1 MiB part limit is a 413 like any body too large, the rest a typed 400."""
+    image = {"image": ("a.png", encode(scene()), "image/png")}
+    form = {"content-type": "multipart/form-data; boundary=B"}
+    answers = {
+        "a field over 1 MiB": (
+            client.post("/recognize", files=image, data={"note": "x" * ((1 << 20) + 1)}),
+            413,
+            "payload-too-large",
+        ),
+        "1001 fields": (
+            client.post("/recognize", files=image, data={f"f{i}": "x" for i in range(1001)}),
+            400,
+            "invalid-multipart-body",
+        ),
+        "a part without a name": (
+            client.post(
+                "/recognize",
+                content=b"--B\r\nContent-Disposition: form-data\r\n\r\nx\r\n--B--\r\n",
+                headers=form,
+            ),
+            400,
+            "invalid-multipart-body",
+        ),
+    }
+    for name, (response, status, kind) in answers.items():
+        assert response.status_code == status, name
+        problem = response.json()
+        assert problem["type"] == f"urn:vision-service:problem:{kind}", name
+        assert response.headers["content-type"] == "application/problem+json"
+    assert "Too many fields" in answers["1001 fields"][0].json()["detail"]
 
 
 def test_unexpected_error_is_a_500_problem_without_internals() -> None:
