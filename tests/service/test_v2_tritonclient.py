@@ -136,7 +136,7 @@ def test_a_body_over_the_limit_reaches_the_client_as_a_message(tmp_path: Path) -
             client.close()
     assert too_large.value.status() == "413"
     message = too_large.value.message()
-    assert message.startswith("the request body is ") and "the limit is 75536 bytes" in message
+    assert message.startswith("the request body is ") and "the limit is 10000 bytes" in message
 
 
 @pytest.mark.skipif(not COMMITTED, reason="no model committed to models/repository yet")
