@@ -98,23 +98,39 @@ def check_endpoint_models(
     if registry.problem is not None:  # no models at all: readiness says why
         return []
     warnings = []
-    for setting, task in ENDPOINT_TASKS.items():
+    for setting in ENDPOINT_TASKS:
         name: str = getattr(settings, setting)
-        routes = [path for path, named in endpoints.items() if named == setting]
-        paths = " and ".join(routes)
         model = registry.get(name)
         if model is None:
             warnings.append(
-                f"{paths} will answer 404: VISION_{setting.upper()} names {name!r}, which is "
-                "not among this server's models"
+                f"{_routes(endpoints, setting)} will answer 404: VISION_{setting.upper()} "
+                f"names {name!r}, which is not among this server's models"
             )
-        elif model.config is not None and model.config.task != task:
-            raise MisconfiguredEndpoint(
-                f"VISION_{setting.upper()} names {name!r}, a {model.config.task} model, but "
-                f"{paths} {'need' if len(routes) > 1 else 'needs'} a {task} model: name "
-                "one of that task, or unset it"
-            )
+        elif model.config is not None:
+            problem = task_mismatch(settings, endpoints, name, model.config.task)
+            if problem is not None:
+                raise MisconfiguredEndpoint(f"{problem}: name one of that task, or unset it")
     return warnings
+
+
+def task_mismatch(
+    settings: Settings, endpoints: Mapping[str, str], name: str, task: str
+) -> str | None:
+    """Why model ``name`` of ``task`` cannot serve the endpoint groups whose setting names
+    it, or None when it can (or none names it)."""
+    for setting, wanted in ENDPOINT_TASKS.items():
+        if getattr(settings, setting) == name and task != wanted:
+            routes = _routes(endpoints, setting)
+            verb = "need" if " and " in routes else "needs"
+            return (
+                f"VISION_{setting.upper()} names {name!r}, a {task} model, but {routes} "
+                f"{verb} a {wanted} model"
+            )
+    return None
+
+
+def _routes(endpoints: Mapping[str, str], setting: str) -> str:
+    return " and ".join(path for path, named in endpoints.items() if named == setting)
 
 
 # What one upload can be refused for: 400, 413, 415.

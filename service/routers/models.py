@@ -7,6 +7,7 @@ import logging
 import anyio
 from fastapi import APIRouter, Depends, Request
 
+from service.admission import MODEL_ENDPOINTS
 from service.dependencies import MetricsDep, RegistryDep, SettingsDep, require_admin_key
 from service.errors import ModelNotFound, ReloadFailed
 from service.runtime import LoadedModel, TensorSpec, load_model
@@ -18,6 +19,7 @@ from service.schemas import (
     TensorInfo,
     problem_responses,
 )
+from service.serving import task_mismatch
 
 router = APIRouter(tags=["models"])
 logger = logging.getLogger(__name__)
@@ -67,12 +69,26 @@ RELOAD_ERRORS = problem_responses(
         "the other API keys; or " + ORIGIN_REFUSAL,
     ),
     (404, "no model of that name is served here"),
-    (409, "the new version failed to load; the serving version keeps serving"),
+    (
+        409,
+        "the new version failed to load, or is of a task its endpoints cannot serve; the "
+        "serving version keeps serving",
+    ),
 )
 
 
 # Also named to the upload gate, which checks the API key of a body sent here early.
 RELOAD_PATH = "/models/{name}/reload"
+
+
+def _not_swapped(old: LoadedModel, why: str) -> ReloadFailed:
+    """The 409 for a reload that kept ``old`` (serving, or failed before too)."""
+    kept = (
+        f"version {old.version} keeps serving" if old.ready else "it was not serving before either"
+    )
+    return ReloadFailed(
+        f"{why}; {kept}", extra={"serving_version": old.version if old.ready else None}
+    )
 
 
 @router.post(RELOAD_PATH, responses=RELOAD_ERRORS, dependencies=[Depends(require_admin_key)])
@@ -96,15 +112,12 @@ async def reload_model(
         old = registry.models[name]
         new = await anyio.to_thread.run_sync(load_model, name, settings, metrics)
         if not new.ready:
-            raise ReloadFailed(
-                f"model {name!r} could not be reloaded: {new.error}; "
-                + (
-                    f"version {old.version} keeps serving"
-                    if old.ready
-                    else "it was not serving before either"
-                ),
-                extra={"serving_version": old.version if old.ready else None},
-            )
+            raise _not_swapped(old, f"model {name!r} could not be reloaded: {new.error}")
+        # A version of another task would leave its endpoints refusing every request.
+        assert new.config is not None  # a ready model has its config
+        mismatch = task_mismatch(settings, MODEL_ENDPOINTS, name, new.config.task)
+        if mismatch is not None:
+            raise _not_swapped(old, f"version {new.version} was not swapped in: {mismatch}")
         # A dict assignment: requests already holding the old model finish on it.
         registry.models[name] = new
         metrics.model_ready.labels(name, new.version or "").set(1)
