@@ -547,8 +547,13 @@ async function correct(save) {
 }
 
 // One request at a time from the buttons: a double click sends once, saves one record.
+// The control that started it is disabled meanwhile, which drops the keyboard focus to the
+// page's body (the browser does not give it back): it goes back to that control when the
+// request ends, or, if the control stays disabled (Save after a save), to the true-class
+// list beside it; unless the user has put the focus somewhere else meanwhile.
 async function whileBusy(work) {
   if (state.busy) return;
+  const focused = document.activeElement;
   state.busy = true;
   updateButtons();
   try {
@@ -556,7 +561,16 @@ async function whileBusy(work) {
   } finally {
     state.busy = false;
     updateButtons();
+    restoreFocus(focused);
   }
+}
+
+function restoreFocus(focused) {
+  const now = document.activeElement;
+  if (!focused || focused === document.body || (now && now !== document.body)) return;
+  let target = focused;
+  if (focused.disabled) target = focused === $("save") ? $("label-select") : null;
+  if (target && !target.disabled) target.focus({ preventScroll: true });
 }
 
 $("image-input").addEventListener("change", (event) => {

@@ -658,3 +658,55 @@ def test_a_page_rebound_to_the_server_cannot_change_it(server: tuple[str, Path])
             assert status == 200
         finally:
             browser.close()
+
+
+FOCUSED = "document.activeElement.id || document.activeElement.tagName"
+
+
+def test_the_keyboard_focus_stays_on_the_control_used(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A control is disabled while its request is out, which dropped the focus to the page's
+    body for good after every upload, classification and save (Enter then did nothing):
+    it comes back to the control when the answer does."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    with editor_page(url) as page:
+        # (Chosen with the input focused, as after Enter on it; the file chooser that Enter
+        # opens did not always open in time in a busy headless Chromium.)
+        page.focus("#image-input")
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        expect(page.locator("#image-input")).to_be_enabled()
+        assert page.evaluate(FOCUSED) == "image-input"
+        page.focus("#submit")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        expect(page.locator("#submit")).to_be_enabled()
+        assert page.evaluate(FOCUSED) == "submit"
+        # The focus is really there: Enter classifies again.
+        with page.expect_response(lambda r: r.url.endswith("/attention/correct")):
+            page.keyboard.press("Enter")
+        expect(page.locator("#submit")).to_be_enabled(timeout=20_000)
+        assert page.evaluate(FOCUSED) == "submit"
+        page.select_option("#label-select", LABELS[0])
+        page.focus("#save")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        expect(page.locator("#image-input")).to_be_enabled()
+        assert page.evaluate(FOCUSED) == "save"
+        # Focus the user moved meanwhile stays where the user put it.
+        held: list[Any] = []
+        page.route("**/attention/correct", lambda route: held.append(route))
+        page.focus("#submit")
+        page.keyboard.press("Enter")
+        for _ in range(200):
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held, "the correction was never sent"
+        page.focus("#view")
+        held[0].continue_()
+        expect(page.locator("#submit")).to_be_enabled(timeout=20_000)
+        assert page.evaluate(FOCUSED) == "view"
