@@ -543,6 +543,16 @@ async function correct(save) {
   showClass($("original-class"), body.original);
   if (current) showClass($("corrected-class"), body.corrected);
   else $("corrected-class").textContent = "– (map changed: classify again)";
+  // An answer replaces whatever error an earlier request left in the status line (a save
+  // never wrote it, so a 401 stayed next to "Saved teacher map"), and a classification
+  // clears an earlier save's error (that save stored nothing; the record saved, if any,
+  // is kept on show).
+  setStatus(
+    current
+      ? `Done (feature cache ${body.feature_cache}).`
+      : "Done, but for the map before your last edit: classify again."
+  );
+  if (!save && $("save-status").dataset.feedbackId === undefined) clearSaveStatus();
   return { body, current };
 }
 
@@ -602,14 +612,7 @@ $("submit").addEventListener("click", () =>
   whileBusy(async () => {
     setStatus("Classifying with your map…");
     clearResult("corrected-class");
-    const answer = await correct(false);
-    if (answer) {
-      setStatus(
-        answer.current
-          ? `Done (feature cache ${answer.body.feature_cache}).`
-          : "Done, but for the map before your last edit: classify again."
-      );
-    }
+    await correct(false);
   }).catch((err) => setStatus(`Error: ${err.message}`))
 );
 $("save").addEventListener("click", () =>

@@ -710,3 +710,49 @@ def test_the_keyboard_focus_stays_on_the_control_used(
         held[0].continue_()
         expect(page.locator("#submit")).to_be_enabled(timeout=20_000)
         assert page.evaluate(FOCUSED) == "view"
+
+
+def test_a_success_replaces_an_earlier_error(server: tuple[str, Path], tmp_path: Path) -> None:
+    """A failed classification's error stayed in the status line under the image after a
+    later save worked ("Error: 401 ..." next to "Saved teacher map ..."): saving never
+    wrote it. Every answer now replaces it, and a classification that works clears an
+    earlier save's error."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    problem = (
+        '{"type": "about:blank", "title": "Unauthorized", "status": 401, '
+        '"detail": "the API key is not valid"}'
+    )
+    refuse = lambda route: route.fulfill(  # noqa: E731
+        status=401, content_type="application/problem+json", body=problem
+    )
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.select_option("#label-select", LABELS[1])
+        page.route("**/attention/correct", refuse)
+        page.click("#submit")
+        expect(page.locator("#status")).to_contain_text("Error: 401")
+        page.unroute("**/attention/correct")
+        page.click("#save")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        expect(page.locator("#status")).not_to_contain_text("Error")
+        # A key no header can carry, then fixed: the same.
+        page.fill("#api-key", "key\u20ac")
+        page.click("#submit")
+        expect(page.locator("#status")).to_contain_text("no HTTP header can carry")
+        page.fill("#api-key", "")
+        page.select_option("#label-select", LABELS[2])
+        page.click("#save")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        expect(page.locator("#status")).not_to_contain_text("Error")
+        # A failed save's error goes once a classification works.
+        page.select_option("#label-select", LABELS[3])
+        page.route("**/attention/correct", refuse)
+        page.click("#save")
+        expect(page.locator("#save-status")).to_contain_text("Error: 401")
+        page.unroute("**/attention/correct")
+        page.click("#submit")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        expect(page.locator("#save-status")).to_have_text("")
