@@ -607,6 +607,7 @@ $("reset-map").addEventListener("click", () => {
   drawModelMap();
   mapChanged();
   render();
+  setStatus("The model's own map again: edit it with the brush, then classify.");
 });
 $("submit").addEventListener("click", () =>
   whileBusy(async () => {

@@ -756,3 +756,22 @@ def test_a_success_replaces_an_earlier_error(server: tuple[str, Path], tmp_path:
         page.click("#submit")
         page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
         expect(page.locator("#save-status")).to_have_text("")
+
+
+def test_back_to_the_models_map_says_so(server: tuple[str, Path], tmp_path: Path) -> None:
+    """The "Back to the model's map" button brought the map back but left "Empty map: ..."
+    from "Draw from scratch" in the status line."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        model_map = page.evaluate(EDITED_SUM, [0, 0, 512, 512])
+        page.click("#clear-map")
+        expect(page.locator("#status")).to_contain_text("Empty map")
+        assert page.evaluate(EDITED_SUM, [0, 0, 512, 512]) == 0
+        page.click("#reset-map")
+        assert page.evaluate(EDITED_SUM, [0, 0, 512, 512]) == model_map > 0
+        expect(page.locator("#status")).to_contain_text("The model's own map")
+        expect(page.locator("#status")).not_to_contain_text("Empty")
