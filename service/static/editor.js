@@ -299,7 +299,7 @@ async function classify(file) {
   showClass($("attention-branch-class"), body.attention_branch);
   $("image-name").textContent = `Image: ${file.name || "(unnamed)"}, ${w} x ${h} pixels.`;
   updateButtons();
-  if ($("label-select").options.length === 0) loadLabels(); // it failed before: again
+  if (labelsWanted) loadLabels(); // the last try failed: again, as its message says
   const barred = e.x0 < 0 || e.y0 < 0 || e.x1 > w || e.y1 > h;
   setStatus(
     `Model ${body.model.name} v${body.model.version}: edit the map with the brush, then classify.` +
@@ -637,11 +637,15 @@ $("label-select").addEventListener("change", updateButtons);
 // The true-class list, from the attention model's labels in GET /models, with an empty
 // first entry: saving waits for the user's own choice.
 const RETRIED = "saving needs one; it is asked for again with the next image.";
+// Whether the last try failed (the list may still hold an earlier one): the next image
+// asks again, and the message goes once the list comes.
+let labelsWanted = true;
 
 async function loadLabels() {
   const keyStatus = $("key-status");
   const labelsStatus = $("labels-status");
   const typed = $("api-key").value.trim() !== "";
+  labelsWanted = true;
   try {
     const response = await send("models", { headers: headers() });
     if (response.status === 401) {
@@ -671,6 +675,7 @@ async function loadLabels() {
       ...model.labels.map((label) => new Option(label.replaceAll("_", " "), label))
     );
     if (model.labels.includes(chosen)) select.value = chosen;
+    labelsWanted = false;
   } catch (err) {
     // The labels only fill the save box; the editor works without them. A key the
     // browser cannot send is worth naming.

@@ -775,3 +775,30 @@ def test_back_to_the_models_map_says_so(server: tuple[str, Path], tmp_path: Path
         assert page.evaluate(EDITED_SUM, [0, 0, 512, 512]) == model_map > 0
         expect(page.locator("#status")).to_contain_text("The model's own map")
         expect(page.locator("#status")).not_to_contain_text("Empty")
+
+
+def test_a_class_list_that_failed_is_asked_for_with_the_next_image(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A class list that could not be refreshed (the server down as the key was typed) said
+    "it is asked for again with the next image", but the next image asked again only when
+    the list was empty: with the earlier list still there, the message stayed for good."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    with editor_page(url) as page:
+        expect(page.locator("#label-select option")).not_to_have_count(0)
+        page.route("**/models", lambda route: route.abort())
+        page.fill("#api-key", " ")  # typing asks for the list again (a blank key is none)
+        expect(page.locator("#labels-status")).to_contain_text("asked for again")
+        page.unroute("**/models")
+        with page.expect_request(lambda r: r.url.endswith("/models"), timeout=20_000):
+            page.set_input_files("#image-input", str(image_path))
+        expect(page.locator("#labels-status")).to_have_text("")
+        # Once the list is there, the next image does not ask again.
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/models") else None)
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        expect(page.locator("#image-input")).to_be_enabled()
+        assert asked == []
