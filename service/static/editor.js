@@ -396,21 +396,26 @@ view.addEventListener("pointerdown", (event) => {
   // otherwise join its stroke to the first one's with a band across the map.
   if (!state.file || state.drawing) return;
   event.preventDefault();
-  view.focus({ preventScroll: true }); // the keys then move this same brush
   view.setPointerCapture(event.pointerId);
   state.drawing = true;
   state.pointerId = event.pointerId;
   state.penDown = false;
   state.last = state.cursor = pointerPosition(event); // the keyboard brush follows
+  // The keys then move this same brush; focused once it is here, so that what the focus
+  // shows and says is where the pointer is, not where the keys left the brush.
+  view.focus({ preventScroll: true });
   beginStroke();
   strokeTo(null, state.last);
+  showBrushPosition();
 });
 view.addEventListener("pointermove", (event) => {
   if (!state.drawing || event.pointerId !== state.pointerId) return;
   event.preventDefault();
   const point = pointerPosition(event);
+  state.cursor = point; // before the stroke's render draws the brush's outline there
   strokeTo(state.last, point);
-  state.last = state.cursor = point;
+  state.last = point;
+  showBrushPosition();
 });
 for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
   view.addEventListener(type, (event) => {
@@ -427,6 +432,7 @@ for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
       render();
     }
     endStroke();
+    if (state.cursor) showBrushPosition(); // lifted
   });
 }
 
@@ -441,16 +447,21 @@ const KEY_MOVES = {
   ArrowDown: [0, 1],
 };
 
+// The image pixel under the brush's centre: the one the display position falls in (rounded,
+// the last display pixel of a square image, 63.875 of 64, was pixel 64, on the bars), on
+// the map (a captured pointer can be dragged past its edge).
 function showBrushPosition() {
   const c = state.cursor;
-  const x = Math.round(c.x / state.scale + state.extent.x0);
-  const y = Math.round(c.y / state.scale + state.extent.y0);
+  const cx = Math.min(view.width - 1, Math.max(0, c.x));
+  const cy = Math.min(view.height - 1, Math.max(0, c.y));
+  const x = Math.floor(cx / state.scale + state.extent.x0);
+  const y = Math.floor(cy / state.scale + state.extent.y0);
   const w = state.bitmap.naturalWidth;
   const h = state.bitmap.naturalHeight;
   const onBars = x < 0 || y < 0 || x >= w || y >= h;
   $("brush-position").textContent =
     `Brush at ${x}, ${y} (image pixels${onBars ? ", on the letterbox bars" : ""}), ` +
-    `${state.penDown ? "painting" : "lifted"}.`;
+    `${state.penDown || state.drawing ? "painting" : "lifted"}.`;
 }
 
 view.addEventListener("keydown", (event) => {

@@ -802,3 +802,42 @@ def test_a_class_list_that_failed_is_asked_for_with_the_next_image(
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
         expect(page.locator("#image-input")).to_be_enabled()
         assert asked == []
+
+
+def test_the_brush_position_is_where_the_brush_is(server: tuple[str, Path], tmp_path: Path) -> None:
+    """The position line rounded display to image pixels, so the right and bottom edge of a
+    square image (display pixel 511 of 512: image pixel 255.5 of 256) read as pixel 256,
+    "on the letterbox bars"; and after a click or a stroke it kept the keyboard brush's old
+    position (the click focused the map before it moved the brush there)."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)  # SIDE x SIDE, no letterbox
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.focus("#view")
+        for _ in range(40):
+            page.keyboard.press("ArrowRight")
+        for _ in range(40):
+            page.keyboard.press("ArrowDown")
+        last = SIDE - 1
+        assert (
+            page.inner_text("#brush-position") == f"Brush at {last}, {last} (image pixels), lifted."
+        )
+        box = page.locator("#view").bounding_box()
+        assert box is not None
+        k = box["width"] / page.evaluate("view.width")  # CSS pixels per display pixel
+        scale = page.evaluate("view.width") / SIDE  # display pixels per image pixel
+        # Display pixels at the middle of image pixels (a rounding of the mouse's position
+        # by half a CSS pixel stays in the same image pixel).
+        page.mouse.click(box["x"] + 10.5 * scale * k, box["y"] + 20.5 * scale * k)
+        assert page.inner_text("#brush-position") == "Brush at 10, 20 (image pixels), lifted."
+        page.mouse.down()
+        page.mouse.move(box["x"] + 150.5 * scale * k, box["y"] + 100.5 * scale * k, steps=5)
+        assert page.inner_text("#brush-position") == "Brush at 150, 100 (image pixels), painting."
+        page.mouse.up()
+        assert page.inner_text("#brush-position") == "Brush at 150, 100 (image pixels), lifted."
+        # The keys go on from there.
+        page.keyboard.press("ArrowLeft")
+        step = 8 / scale  # editor.js KEY_STEP, in image pixels
+        x = int(150.5 - step)
+        assert page.inner_text("#brush-position") == f"Brush at {x}, 100 (image pixels), lifted."
