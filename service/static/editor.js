@@ -395,6 +395,9 @@ view.addEventListener("pointerdown", (event) => {
   // Not before the image's map is shown; and one pointer paints: a second finger would
   // otherwise join its stroke to the first one's with a band across the map.
   if (!state.file || state.drawing) return;
+  // A mouse paints with its primary button only: a right click is for the context menu, a
+  // middle one for scrolling (a finger or a pen on the screen paints).
+  if (event.pointerType === "mouse" && event.button !== 0) return;
   event.preventDefault();
   view.setPointerCapture(event.pointerId);
   state.drawing = true;

@@ -841,3 +841,28 @@ def test_the_brush_position_is_where_the_brush_is(server: tuple[str, Path], tmp_
         step = 8 / scale  # editor.js KEY_STEP, in image pixels
         x = int(150.5 - step)
         assert page.inner_text("#brush-position") == f"Brush at {x}, 100 (image pixels), lifted."
+
+
+def test_only_the_primary_button_paints(server: tuple[str, Path], tmp_path: Path) -> None:
+    """A right click (for the context menu) or a middle click painted a full-strength dab
+    and put the answer out of date: the pointerdown handler took every button."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.click("#clear-map")
+        page.click("#submit")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        answer = page.inner_text("#corrected-class")
+        box = page.locator("#view").bounding_box()
+        assert box is not None
+        k = box["width"] / page.evaluate("view.width")
+        for button, (x, y) in (("right", (100, 100)), ("middle", (300, 300))):
+            page.mouse.click(box["x"] + x * k, box["y"] + y * k, button=button)
+            page.mouse.move(box["x"] + (x + 50) * k, box["y"] + y * k)
+        page.keyboard.press("Escape")  # the context menu, if one opened
+        assert page.evaluate(EDITED_SUM, [0, 0, 512, 512]) == 0
+        assert page.inner_text("#corrected-class") == answer
+        page.mouse.click(box["x"] + 200 * k, box["y"] + 200 * k)  # the left button does
+        assert page.evaluate(GREY_AT, [[200, 200]]) == [255]
