@@ -36,6 +36,7 @@ const state = {
   penDown: false, // the keyboard brush paints as it moves
   mapGeneration: 0, // counts edits: an answer to an older map is shown as out of date
   busy: false, // a request is in flight: the buttons wait for it
+  saved: null, // the map generation and true class last saved {generation, label}
 };
 
 const EDIT_BUTTONS = ["clear-map", "reset-map", "submit", "save"];
@@ -43,13 +44,18 @@ const EDIT_BUTTONS = ["clear-map", "reset-map", "submit", "save"];
 // Buttons follow the state: an image to edit, no request in flight, and for saving a true
 // class the user picked (the list needs /models, which may need the API key first). The
 // model's own answer is never preselected: one click would store the model's guess as
-// the truth, which teaches the next version nothing.
+// the truth, which teaches the next version nothing. Nor is the map just saved with the
+// same class saved again: the duplicate would weigh that example twice in fine-tuning.
 function updateButtons() {
   const ready = state.file !== null && !state.busy;
   for (const id of EDIT_BUTTONS) $(id).disabled = !ready;
   $("image-input").disabled = state.busy; // a file chosen meanwhile would be dropped
   view.tabIndex = state.file !== null ? 0 : -1; // a Tab stop only with something to edit
-  if ($("label-select").value === "") $("save").disabled = true;
+  const label = $("label-select").value;
+  const saved = state.saved;
+  const unchanged =
+    saved !== null && saved.generation === state.mapGeneration && saved.label === label;
+  if (label === "" || unchanged) $("save").disabled = true;
 }
 
 // A header value fetch can send: printable ISO-8859-1 (the server reads headers as Latin-1,
@@ -226,6 +232,7 @@ function clearSaveStatus() {
 function forgetImage() {
   endStroke();
   state.file = state.bitmap = state.modelMap = state.extent = state.cursor = null;
+  state.saved = null;
   state.penDown = state.drawing = false;
   state.pointerId = null;
   $("brush-position").textContent = "";
@@ -249,6 +256,7 @@ function mapChanged() {
     corrected.textContent = "– (map changed: classify again)";
   }
   clearSaveStatus();
+  updateButtons(); // a changed map can be saved again
 }
 
 // fetch, with a network failure (server down, connection refused) as a readable error.
@@ -342,6 +350,7 @@ function restoreResults(shown) {
     for (const key of Object.keys(element.dataset)) delete element.dataset[key];
     Object.assign(element.dataset, data);
   }
+  updateButtons(); // the map just saved is back: not to be saved twice
 }
 
 // A stroke starts from the map as it is, in the brush's mode and strength at that moment.
@@ -534,11 +543,12 @@ function maskBlob() {
 // comes (edits are not held up while a request is out); null after an error, shown.
 async function correct(save) {
   const generation = state.mapGeneration;
+  const label = $("label-select").value;
   const form = new FormData();
   form.append("image", state.file, state.file.name || "image");
   form.append("mask", await maskBlob(), "mask.png"); // the canvas as it is at this call
   if (save) {
-    form.append("label", $("label-select").value);
+    form.append("label", label);
     form.append("save", "true");
   }
   const response = await send("attention/correct", {
@@ -567,7 +577,7 @@ async function correct(save) {
       : "Done, but for the map before your last edit: classify again."
   );
   if (!save && $("save-status").dataset.feedbackId === undefined) clearSaveStatus();
-  return { body, current };
+  return { body, current, generation, label };
 }
 
 // One request at a time from the buttons: a double click sends once, saves one record.
@@ -636,9 +646,10 @@ $("save").addEventListener("click", () =>
     delete $("save-status").dataset.feedbackId;
     const answer = await correct(true);
     if (answer) {
+      state.saved = { generation: answer.generation, label: answer.label };
       const id = answer.body.feedback_id;
       $("save-status").textContent = answer.current
-        ? `Saved teacher map ${id}.`
+        ? `Saved teacher map ${id}. To save another, edit the map or pick another class.`
         : `Saved teacher map ${id}: the map as it was before your last edit.`;
       $("save-status").dataset.feedbackId = id;
     }

@@ -293,7 +293,8 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
         # Locator assertions, not wait_for_function: a string predicate is eval'd in the
         # page, which the page's CSP (no 'unsafe-eval') refuses.
         expect = pytest.importorskip("playwright.sync_api").expect
-        expect(page.locator("#save")).to_be_enabled(timeout=20_000)
+        expect(page.locator("#image-input")).to_be_enabled(timeout=20_000)
+        expect(page.locator("#save")).to_be_disabled()  # until the map or the class changes
         saved = open_store(feedback).records()
         assert len(saved) == before + 1
         assert saved[-1].label == chosen
@@ -303,6 +304,7 @@ def test_chosen_label_double_clicks_and_an_image_the_browser_cannot_show(
         assert "map changed" in page.inner_text("#corrected-class")
         assert page.get_attribute("#corrected-class", "data-class-id") is None
         assert page.inner_text("#save-status") == ""
+        expect(page.locator("#save")).to_be_enabled()
 
         sent = requests.count(url + "/attention")
         page.set_input_files("#image-input", str(tiff))
@@ -695,7 +697,9 @@ def test_the_keyboard_focus_stays_on_the_control_used(
         page.keyboard.press("Enter")
         page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
         expect(page.locator("#image-input")).to_be_enabled()
-        assert page.evaluate(FOCUSED) == "save"
+        # Save waits for a change now: the focus goes to the true class beside it.
+        expect(page.locator("#save")).to_be_disabled()
+        assert page.evaluate(FOCUSED) == "label-select"
         # Focus the user moved meanwhile stays where the user put it.
         held: list[Any] = []
         page.route("**/attention/correct", lambda route: held.append(route))
@@ -866,3 +870,43 @@ def test_only_the_primary_button_paints(server: tuple[str, Path], tmp_path: Path
         assert page.inner_text("#corrected-class") == answer
         page.mouse.click(box["x"] + 200 * k, box["y"] + 200 * k)  # the left button does
         assert page.evaluate(GREY_AT, [[200, 200]]) == [255]
+
+
+def test_save_waits_for_a_change_after_a_save(server: tuple[str, Path], tmp_path: Path) -> None:
+    """Save stayed enabled after a save, and a second click stored an identical record (the
+    same image, map and label, weighted twice in fine-tuning): it is disabled until the map
+    or the true class changes."""
+    url, feedback = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    with editor_page(url) as page:
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        before = len(open_store(feedback).records())
+        page.select_option("#label-select", LABELS[6])
+        page.click("#save")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        expect(page.locator("#image-input")).to_be_enabled()  # the request is over
+        expect(page.locator("#save")).to_be_disabled()
+        assert len(open_store(feedback).records()) == before + 1
+        # Another class: another record; the same one back: the record saved already.
+        page.select_option("#label-select", LABELS[0])
+        expect(page.locator("#save")).to_be_enabled()
+        page.select_option("#label-select", LABELS[6])
+        expect(page.locator("#save")).to_be_disabled()
+        # An edit of the map: a new record to save.
+        page.focus("#view")
+        page.keyboard.press("Enter")
+        expect(page.locator("#save")).to_be_enabled()
+        page.click("#save")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        expect(page.locator("#image-input")).to_be_enabled()
+        expect(page.locator("#save")).to_be_disabled()
+        records = open_store(feedback).records()
+        assert len(records) == before + 2
+        assert records[-1].edited_map != records[-2].edited_map
+        # A new image starts afresh (its true class is picked anew).
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.select_option("#label-select", LABELS[6])
+        expect(page.locator("#save")).to_be_enabled()
