@@ -910,3 +910,21 @@ def test_save_waits_for_a_change_after_a_save(server: tuple[str, Path], tmp_path
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
         page.select_option("#label-select", LABELS[6])
         expect(page.locator("#save")).to_be_enabled()
+
+
+def test_at_320_pixels_the_saved_record_wraps(server: tuple[str, Path], tmp_path: Path) -> None:
+    """At 320 CSS pixels (WCAG reflow) the page has no sideways scrolling, also once a save
+    names its record: the 32-character id could not wrap and widened the page."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    with editor_page(url) as page:
+        page.set_viewport_size({"width": 320, "height": 568})
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320
+        page.select_option("#label-select", LABELS[4])
+        page.click("#save")
+        page.wait_for_selector("#save-status[data-feedback-id]", timeout=20_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320
+        status = page.locator("#save-status").bounding_box()
+        assert status is not None and status["x"] + status["width"] <= 320
