@@ -567,6 +567,12 @@ async function correct(save) {
   showClass($("original-class"), body.original);
   if (current) showClass($("corrected-class"), body.corrected);
   else $("corrected-class").textContent = "– (map changed: classify again)";
+  // The answer to "Classify with my map", in view when it comes (on a 1366 x 768 screen
+  // it lay below the window); as little scrolling as that takes. Not for a save (its
+  // line is beside the button clicked) nor an answer out of date (the user is editing).
+  if (current && !save) {
+    $("corrected-class").closest(".result").scrollIntoView({ block: "nearest" });
+  }
   // An answer replaces whatever error an earlier request left in the status line (a save
   // never wrote it, so a 401 stayed next to "Saved teacher map"), and a classification
   // clears an earlier save's error (that save stored nothing; the record saved, if any,

@@ -928,3 +928,21 @@ def test_at_320_pixels_the_saved_record_wraps(server: tuple[str, Path], tmp_path
         assert page.evaluate("document.documentElement.scrollWidth") <= 320
         status = page.locator("#save-status").bounding_box()
         assert status is not None and status["x"] + status["width"] <= 320
+
+
+def test_on_a_laptop_the_answer_comes_into_view(server: tuple[str, Path], tmp_path: Path) -> None:
+    """At 1366 x 768 the answer to "Classify with my map" lay below the window (the status
+    said only "Done"): it is scrolled into view when it comes, with the button still in
+    view."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    with editor_page(url) as page:
+        page.set_viewport_size({"width": 1366, "height": 768})
+        page.set_input_files("#image-input", str(image_path))
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+        page.click("#submit")
+        page.wait_for_selector("#corrected-class[data-class-id]", timeout=20_000)
+        answer, button = (page.locator(s).bounding_box() for s in ("#corrected-class", "#submit"))
+        assert answer is not None and button is not None
+        for box in (answer, button):  # in the viewport's coordinates
+            assert 0 <= box["y"] <= box["y"] + box["height"] <= 768
