@@ -142,7 +142,7 @@ class BodySizeLimitMiddleware:
                     receive, 0, DRAIN_LIMIT_FACTOR * limit
                 )
             if self.router is not None and not self._routed(scope):
-                await self.app(scope, _no_body, _closing(send) if not drained else send)
+                await self.app(scope, _no_body(receive), _closing(send) if not drained else send)
             else:
                 await self._reject(send, reason, path, close=not drained)
             return
@@ -183,8 +183,12 @@ class BodySizeLimitMiddleware:
             )
 
     def _routed(self, scope: Scope) -> bool:
-        """Whether a route takes this request, path and method (Starlette's own match)."""
+        """Whether a route takes this request, path and method (Starlette's own match), a
+        HEAD as the GET it becomes inside (HeadAsGetMiddleware: FastAPI's GET routes do
+        not take HEAD themselves)."""
         assert self.router is not None
+        if scope.get("method") == "HEAD":
+            scope = {**scope, "method": "GET"}
         return any(route.matches(scope)[0] is Match.FULL for route in self.router.routes)
 
     async def _reject(self, send: Send, reason: str, path: str, *, close: bool) -> None:
@@ -194,9 +198,21 @@ class BodySizeLimitMiddleware:
         await send_problem(send, error, close=close, path=path)
 
 
-async def _no_body() -> Message:
-    """``receive`` of a body already read and dropped (or never to be read)."""
-    return {"type": "http.request", "body": b"", "more_body": False}
+def _no_body(receive: Receive) -> Receive:
+    """``receive`` of a body already read and dropped (or never to be read): an empty last
+    piece once, then the server's own ``receive``, which waits for the disconnect (a
+    response that listens for one, as Starlette's file responses do, must not be answered
+    at once forever: that loop never yielded, and the server hung)."""
+    given = False
+
+    async def no_body() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    return no_body
 
 
 def _closing(send: Send) -> Send:

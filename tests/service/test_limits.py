@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.formparsers import MultiPartParser
+from starlette.routing import Router
 from starlette.types import Message, Receive, Scope, Send
 
 from service.errors import Overloaded
@@ -175,6 +176,50 @@ def test_a_body_no_route_takes_gets_the_apps_own_answer_not_a_413(repo: Path) ->
         assert answers["/nope, read"][0].headers.get("connection") == "close"  # past 4x
         reload_detail = answers["reload"][0].json()["detail"]
         assert "the limit is 10000 bytes" in reload_detail and "framing" not in reload_detail
+
+
+def test_an_unrouted_answer_that_waits_for_the_disconnect_gets_it() -> None:
+    """The app's own answer to a body no route takes is given an empty body once, then the
+    server's receive: a response that listens for the disconnect (Starlette's file
+    responses under ASGI 2.3) waits for it instead of spinning on empty pieces."""
+
+    async def listens(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive()) == {"type": "http.request", "body": b"", "more_body": False}
+        for _ in range(10):  # a receive that never waits would spin here for good
+            if (await receive())["type"] == "http.disconnect":
+                break
+        else:
+            raise AssertionError("receive kept answering without waiting for the disconnect")
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    pieces: list[Message] = [
+        {"type": "http.request", "body": b"x" * 3000, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return pieces.pop(0)
+
+    async def scenario() -> None:
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        limits = BodyLimits(1000, overhead_bytes=0, uploads={})
+        middleware = BodySizeLimitMiddleware(listens, limits, router=Router(routes=[]))
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/nowhere",
+            "headers": [(b"content-length", b"3000")],
+        }
+        with anyio.fail_after(5):
+            await middleware(scope, receive, send)
+        assert sent[0]["status"] == 404 and not pieces
+
+    anyio.run(scenario)
 
 
 def test_over_limit_upload_gets_its_413_over_real_tcp(tmp_path: Path) -> None:

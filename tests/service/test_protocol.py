@@ -417,6 +417,23 @@ def test_a_broken_chunk_size_mid_body_gets_a_400_problem_with_its_protocol_s_mem
     assert status == 400 and problem["error"] == problem["detail"]
 
 
+def test_a_head_with_a_declared_body_over_the_limit_is_a_413_and_the_server_serves_on(
+    served: LiveProcess,
+) -> None:
+    """A HEAD to a GET route passed for a path no route takes (FastAPI's GET routes do not
+    take HEAD; a middleware inside makes it a GET) and got the app's own answer, with a
+    receive that answered at once forever: /ui's file response, waiting for a disconnect
+    on it, never yielded, and the whole server hung (found by a review)."""
+    for target in (b"/ui", b"/health/live"):
+        with connect(served) as sock:
+            sock.sendall(
+                b"HEAD %s HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n" % target
+            )
+            answer = read_to_close(sock)
+        assert answer.startswith(b"HTTP/1.1 413 "), (target, answer[:200])
+    assert httpx.get(f"{served.url}/health/live", timeout=10).status_code == 200
+
+
 def test_a_gzip_chunked_upload_gets_a_400_naming_its_coding_and_keeps_the_connection(
     served: LiveProcess,
 ) -> None:
