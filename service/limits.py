@@ -79,21 +79,22 @@ class BodyLimits:
     overhead_bytes: int = MULTIPART_OVERHEAD_BYTES  # boundaries, part headers, small fields
     # path -> number of file fields, where more than one
     uploads: Mapping[str, int] = field(default_factory=lambda: UPLOADS_PER_PATH)
-    # The paths that take a form (their uploads plus framing); any other body (V2 JSON) may
-    # be max_upload_bytes, as sent or inflated. None: every path is a form's.
+    # The paths that take a form (their uploads plus framing; UploadGateMiddleware watches
+    # their bodies for the form's end); any other body (V2 JSON) may be max_upload_bytes,
+    # as sent or inflated. None: every path is a form's.
     form_paths: Collection[str] | None = None
 
-    def _is_form(self, path: str) -> bool:
+    def is_form(self, path: str) -> bool:
         return self.form_paths is None or path in self.form_paths
 
     def for_path(self, path: str) -> int:
-        if not self._is_form(path):
+        if not self.is_form(path):
             return self.max_upload_bytes
         return self.uploads.get(path, 1) * self.max_upload_bytes + self.overhead_bytes
 
     def describe(self, path: str) -> str:
         """The limit for ``path`` and how it is made up, for a 413's detail."""
-        if not self._is_form(path):
+        if not self.is_form(path):
             return f"the limit is {self.for_path(path)} bytes (VISION_MAX_UPLOAD_BYTES)"
         count = self.uploads.get(path, 1)
         files = "one upload" if count == 1 else f"{count} uploads"
@@ -350,8 +351,8 @@ class UploadGateMiddleware:
     form before the routes' key check runs, so without this a client with no key could hold
     the budget with bodies it trickles in. Its body is read and dropped as for a 503, and
     so is that of a body sent with a transfer coding besides chunked (400). A multipart
-    body sent to one of ``form_paths`` that ends before its close delimiter is answered 400
-    too (FormEnd), not with whatever the app makes of a form missing its last part.
+    body sent to a form path of ``limits`` that ends before its close delimiter is answered
+    400 too (FormEnd), not with whatever the app makes of a form missing its last part.
     """
 
     def __init__(
@@ -363,7 +364,6 @@ class UploadGateMiddleware:
         metrics: Metrics | None = None,
         check_key: Callable[[Request], None] | None = None,
         keyed_paths: Collection[str] = (),
-        form_paths: Collection[str] = (),
     ) -> None:
         self.app = app
         self.limits = limits
@@ -372,9 +372,6 @@ class UploadGateMiddleware:
         self.metrics = metrics
         self.check_key = check_key
         self.keyed_paths = RouteTemplates(keyed_paths)
-        # Routes that parse their body as a form: only there is a missing close delimiter
-        # the client's mistake (a V2 body under a multipart label is read as JSON).
-        self.form_paths = frozenset(form_paths)
         self.reserved = 0  # bytes reserved by the requests now past this middleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -398,7 +395,9 @@ class UploadGateMiddleware:
         received = 0
         response_started = False
 
-        form_end = FormEnd.of(scope) if path in self.form_paths else None
+        # Only on a route that parses its body as a form is a missing close delimiter the
+        # client's mistake (a V2 body under a multipart label is read as JSON).
+        form_end = FormEnd.of(scope) if self.limits.is_form(path) else None
 
         async def timed_receive() -> Message:
             nonlocal ended, stalled, gone, unclosed, received

@@ -209,7 +209,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=app.state.metrics,
         check_key=partial(check_api_key, settings=settings) if settings.api_keys else None,
         keyed_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS, models.RELOAD_PATH],
-        form_paths=MODEL_ENDPOINTS,
     )
     # Outside every middleware that reads a body, so that it sees whether any of them did.
     app.add_middleware(ExpectContinueMiddleware)

@@ -287,8 +287,8 @@ RESERVED = DECLARED + BODY_OVERHEAD_BYTES
 
 def gate(app, *, max_bytes: int = RESERVED, timeout_s: float = 10.0) -> UploadGateMiddleware:
     """The gate, with POST's path among the routes that parse a form."""
-    limits = BodyLimits(10 * CHUNK, overhead_bytes=0, uploads={})
-    return UploadGateMiddleware(app, limits, max_bytes, timeout_s, form_paths=["/"])
+    limits = BodyLimits(10 * CHUNK, overhead_bytes=0, uploads={}, form_paths=["/"])
+    return UploadGateMiddleware(app, limits, max_bytes, timeout_s)
 
 
 def body_of(chunks: int):
