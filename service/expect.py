@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.limits import expects_continue
+from service.limits import closing, expects_continue
 
 
 class ExpectContinueMiddleware:
@@ -36,12 +36,7 @@ class ExpectContinueMiddleware:
 
         async def closing_send(message: Message) -> None:
             if message["type"] == "http.response.start" and not asked:
-                headers = [
-                    (name, value)
-                    for name, value in message.get("headers", [])
-                    if name.lower() != b"connection"
-                ]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                message = closing(message)
             await send(message)
 
         await self.app(scope, noting_receive, closing_send)

@@ -216,14 +216,18 @@ def _no_body(receive: Receive) -> Receive:
     return no_body
 
 
+def closing(start: Message) -> Message:
+    """An ``http.response.start`` message saying ``Connection: close`` (in place of any
+    Connection header it had): uvicorn closes the connection after the answer."""
+    headers = [(n, v) for n, v in start.get("headers", []) if n.lower() != b"connection"]
+    return {**start, "headers": [*headers, (b"connection", b"close")]}
+
+
 def _closing(send: Send) -> Send:
     """``send`` that marks the answer ``Connection: close`` (its body was not read)."""
 
     async def closing_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != b"connection"]
-            message = {**message, "headers": [*headers, (b"connection", b"close")]}
-        await send(message)
+        await send(closing(message) if message["type"] == "http.response.start" else message)
 
     return closing_send
 
