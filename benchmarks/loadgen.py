@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,29 +40,45 @@ def run(load: Coroutine[Any, Any, T]) -> T:
 
 def multipart_body(field_name: str, filename: str, content: bytes, mime: str) -> tuple[str, bytes]:
     """The Content-Type and body of a multipart/form-data upload of one file field."""
+    return form_body([(field_name, filename, content, mime)])
+
+
+# One part of a form: field name, file name (None for a plain field), content, its type.
+Part = tuple[str, str | None, bytes, str | None]
+
+
+def form_body(parts: Sequence[Part]) -> tuple[str, bytes]:
+    """The Content-Type and body of a multipart/form-data form of files and plain fields."""
     boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
-            f'filename="{filename}"\r\nContent-Type: {mime}\r\n\r\n'
-        ).encode()
-        + content
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    chunks = []
+    for name, filename, content, mime in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+        if mime is not None:
+            head += f"Content-Type: {mime}\r\n"
+        chunks.append(head.encode() + b"\r\n" + content + b"\r\n")
+    body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
     return f"multipart/form-data; boundary={boundary}", body
 
 
-def multipart_request(
-    host: str, port: int, path: str, field_name: str, filename: str, content: bytes, mime: str
-) -> bytes:
-    """The bytes of one keep-alive ``POST path`` with a multipart/form-data upload."""
-    content_type, body = multipart_body(field_name, filename, content, mime)
+def form_request(host: str, port: int, path: str, parts: Sequence[Part]) -> bytes:
+    """The bytes of one keep-alive ``POST path`` with a multipart/form-data form."""
+    content_type, body = form_body(parts)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     ).encode()
     return head + body
+
+
+def multipart_request(
+    host: str, port: int, path: str, field_name: str, filename: str, content: bytes, mime: str
+) -> bytes:
+    """The bytes of one keep-alive ``POST path`` with a multipart/form-data upload."""
+    return form_request(host, port, path, [(field_name, filename, content, mime)])
 
 
 # Stages of the service's Server-Timing header, in its order: those inside "app", then it.
@@ -180,14 +196,31 @@ async def closed_loop(
 ) -> Result:
     """``concurrency`` clients back to back for ``warmup_s`` + ``duration_s``; only requests
     that start inside the measured window count."""
+    results = await closed_loop_mixed(host, port, {"": request}, concurrency, duration_s, warmup_s)
+    return results[""]
+
+
+async def closed_loop_mixed(
+    host: str,
+    port: int,
+    requests: Mapping[str, bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> dict[str, Result]:
+    """``closed_loop`` with client ``i`` sending the ``i % len(requests)``-th request over
+    and over; one Result per request name."""
+    names = list(requests)
     connections = [await Connection.open(host, port) for _ in range(concurrency)]
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop = measure_from + duration_s
-    result = Result(seconds=duration_s)
+    results = {name: Result(seconds=duration_s) for name in names}
 
     async def client(index: int) -> None:
         connection = connections[index]
+        name = names[index % len(names)]
+        request, result = requests[name], results[name]
         while (began := time.perf_counter()) < stop:
             try:
                 status, close, retry_after, timing = await asyncio.wait_for(
@@ -211,7 +244,7 @@ async def closed_loop(
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     for connection in connections:
         connection.close()
-    return result
+    return results
 
 
 async def open_loop(
