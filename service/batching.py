@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-import anyio
 import numpy as np
 import numpy.typing as npt
 
@@ -51,6 +50,7 @@ from service.imaging import (
 from service.metrics import Metrics
 from service.settings import BatchPolicy, Settings
 from service.timing import record, timed
+from service.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -160,15 +160,12 @@ def decode_rows_for(
 
 
 async def decode_upload(
-    data: bytes, pre: Letterbox, settings: Settings, limiter: anyio.CapacityLimiter
+    data: bytes, pre: Letterbox, settings: Settings, pool: WorkerPool
 ) -> tuple[ImageRows, LetterboxTransform]:
-    """``decode_rows`` in the decode pool (``limiter``: VISION_DECODE_THREADS at once), so
-    the event loop stays free; 400/413 for bad or oversized images."""
-    return await anyio.to_thread.run_sync(
-        _timed_decode,
-        time.perf_counter(),
-        partial(decode_rows_for, data, pre, settings),
-        limiter=limiter,
+    """``decode_rows`` in the decode pool (VISION_DECODE_THREADS threads), so the event
+    loop stays free; 400/413 for bad or oversized images."""
+    return await pool.run(
+        _timed_decode, time.perf_counter(), partial(decode_rows_for, data, pre, settings)
     )
 
 
@@ -272,9 +269,10 @@ class Batcher:
     _run_slots: asyncio.Semaphore | None = None
     # Threads for batch runs, policy.parallel of them: anyio's default pool (40 threads) is
     # shared with blocking work such as teacher-record store calls, which can hold threads
-    # for seconds while a database is down; runs must never wait behind those. Made with
-    # the loop (_bind_loop), like the run slots.
-    _run_threads: anyio.CapacityLimiter | None = None
+    # for seconds while a database is down; runs must never wait behind those. A pool of
+    # its own, not a limiter on anyio's, also hands a run over without turns of the event
+    # loop (service/workers.py). Made with the loop (_bind_loop), like the run slots.
+    _run_threads: WorkerPool | None = None
     # Free pre-allocated float32 batches (max_size rows) for ImageRows inputs: one list per
     # key, since batches running at once each need their own; taken and given back by the
     # worker threads, hence the lock.
@@ -338,11 +336,11 @@ class Batcher:
         prepare: Callable[[], tuple[Mapping[str, Feed], T]],
         *,
         reservation: Reservation,
-        limiter: anyio.CapacityLimiter | None = None,
+        pool: WorkerPool,
     ) -> tuple[Outputs, T]:
         """For a request that found the graph ``alone()``: ``prepare()`` (the decode:
         returns the feeds and anything else the caller needs) and the run, in one trip to
-        a worker thread (``limiter``: the decode pool's). Takes a run slot like a batch, so
+        a thread of ``pool`` (the decode pool). Takes a run slot like a batch, so
         requests arriving meanwhile batch up behind it; returns the outputs and what
         ``prepare`` returned besides the feeds."""
         self._bind_loop()
@@ -356,8 +354,8 @@ class Batcher:
         self._alone += 1
         reservation.release()  # like a batch starting: the run slot bounds it from here
         try:
-            feeds, extra, outputs, seconds = await anyio.to_thread.run_sync(
-                self._prepare_and_run, time.perf_counter(), prepare, limiter=limiter
+            feeds, extra, outputs, seconds = await pool.run(
+                self._prepare_and_run, time.perf_counter(), prepare
             )
         finally:
             self._alone -= 1
@@ -436,7 +434,11 @@ class Batcher:
             # A new event loop (a new test client, say): nothing of the old one is usable.
             self._loop, self._wakeup, self._worker = loop, asyncio.Event(), None
             self._run_slots = asyncio.Semaphore(max(1, self.policy.parallel))
-            self._run_threads = anyio.CapacityLimiter(max(1, self.policy.parallel))
+            if self._run_threads is not None:
+                self._run_threads.close()
+            self._run_threads = WorkerPool(
+                max(1, self.policy.parallel), f"run-{self.model}-{self.graph}"
+            )
             self._running = set()
         return loop
 
@@ -550,9 +552,8 @@ class Batcher:
             for item in batch:
                 waited.observe(started - item.enqueued)
         try:
-            outputs, seconds = await anyio.to_thread.run_sync(
-                self._run, batch, limiter=self._run_threads
-            )
+            assert self._run_threads is not None  # made by _bind_loop before any batch
+            outputs, seconds = await self._run_threads.run(self._run, batch)
         except Exception as exc:  # ORT failures belong to every request of the batch
             logger.exception("batch of %d on %s/%s failed", len(batch), self.model, self.graph)
             for item in batch:

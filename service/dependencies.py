@@ -7,7 +7,6 @@ import hmac
 from collections import Counter
 from typing import Annotated
 
-import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -15,6 +14,7 @@ from service.errors import Forbidden, InvalidField, Unauthorized, UnsupportedMed
 from service.metrics import Metrics
 from service.runtime import ModelRegistry
 from service.settings import Settings
+from service.workers import WorkerPool
 
 
 # Every dependency is ``async def`` though none awaits: FastAPI runs a plain ``def``
@@ -34,9 +34,9 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
-    limiter: anyio.CapacityLimiter = request.app.state.decode_limiter
-    return limiter
+async def get_decode_pool(request: Request) -> WorkerPool:
+    pool: WorkerPool = request.app.state.decode_pool
+    return pool
 
 
 # Form bodies whose fields are checked for repeats: a POST's, which FastAPI has parsed by
@@ -104,7 +104,7 @@ def _declared_fields(route: object) -> dict[str, set[str]]:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-DecodeLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_decode_limiter)]
+DecodePoolDep = Annotated[WorkerPool, Depends(get_decode_pool)]
 
 
 # A key's ID in records and logs: 48 bits, so that no two of a deployment's keys share one

@@ -39,6 +39,7 @@ from service.runtime import LoadedModel, ModelRegistry, discover_models, load_mo
 from service.serving import check_endpoint_models
 from service.settings import Settings, get_settings
 from service.timing import ServerTimingMiddleware
+from service.workers import WorkerPool
 
 logger = logging.getLogger("service")
 
@@ -129,6 +130,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         yield {METRICS_STATE_KEY: app.state.metrics}
     finally:
         app.state.registry = ModelRegistry(problem="shutting down")
+        app.state.decode_pool.close()
         await anyio.to_thread.run_sync(store.close)
 
 
@@ -155,7 +157,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = create_metrics()
     # Until the lifespan has loaded models, every model endpoint answers 503.
     app.state.registry = ModelRegistry(problem="models are loading")
-    app.state.decode_limiter = anyio.CapacityLimiter(settings.resolved_decode_threads())
+    # Its threads start with the first decode and stop with the lifespan.
+    app.state.decode_pool = WorkerPool(settings.resolved_decode_threads(), "decode")
     app.state.feature_cache = FeatureCache(
         settings.feature_cache_size, app.state.metrics.feature_cache
     )

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import anyio
 import numpy as np
 import numpy.typing as npt
 from fastapi import UploadFile
@@ -32,6 +31,7 @@ from service.imaging import LetterboxTransform, check_content_type
 from service.runtime import LoadedModel, ModelConfig, ModelRegistry
 from service.schemas import MapExtent, MapPng
 from service.settings import Settings
+from service.workers import WorkerPool
 
 D = TypeVar("D")
 
@@ -163,7 +163,7 @@ async def infer_images(
     serving: ServingModel[Any],
     uploads: Sequence[bytes],
     settings: Settings,
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     disconnected: Disconnected,
     fields: Sequence[str] | None = None,
 ) -> tuple[dict[str, npt.NDArray[Any]], list[LetterboxTransform]]:
@@ -181,16 +181,12 @@ async def infer_images(
                 rows, transform = decode_rows_for(uploads[0], serving.config.preprocess, settings)
                 return {name: rows}, transform
 
-            outputs, transform = await batcher.run_alone(
-                decode, reservation=reservation, limiter=limiter
-            )
+            outputs, transform = await batcher.run_alone(decode, reservation=reservation, pool=pool)
             return outputs, [transform]
         decoded = []
         for index, data in enumerate(uploads):
             with about_field(fields[index] if fields else None):
-                decoded.append(
-                    await decode_upload(data, serving.config.preprocess, settings, limiter)
-                )
+                decoded.append(await decode_upload(data, serving.config.preprocess, settings, pool))
         rows = (
             decoded[0][0]
             if len(decoded) == 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated
 
 import anyio
@@ -30,7 +29,7 @@ from service.attention import (
 from service.batching import Disconnected, decode_upload
 from service.decoding import AttentionDecoder, Classification
 from service.dependencies import (
-    DecodeLimiterDep,
+    DecodePoolDep,
     RegistryDep,
     SettingsDep,
     check_feedback_key,
@@ -52,6 +51,7 @@ from service.schemas import (
 )
 from service.serving import about_field, map_png, read_upload, ready_model
 from service.settings import Settings
+from service.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ async def compute_features(
     data: bytes,
     serving: AttentionModel,
     settings: Settings,
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     disconnected: Disconnected,
 ) -> ImageFeatures:
     """Decode and letterbox (decode pool), then the features graph and the perception graph
@@ -145,7 +145,7 @@ async def compute_features(
         model.batcher(names.features_graph).slot() as features_slot,
         model.batcher(names.perception_graph).slot() as perception_slot,
     ):
-        rows, transform = await decode_upload(data, serving.config.preprocess, settings, limiter)
+        rows, transform = await decode_upload(data, serving.config.preprocess, settings, pool)
         extracted = await model.infer(
             {serving.features.inputs[0].name: rows},
             names.features_graph,
@@ -177,7 +177,7 @@ async def image_features(
     serving: AttentionModel,
     settings: SettingsDep,
     cache: FeatureCache,
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     disconnected: Disconnected,
 ) -> tuple[ImageFeatures, bool]:
     """The upload's features from the cache (True) or freshly computed and cached (False)."""
@@ -185,7 +185,7 @@ async def image_features(
     cached = cache.get(key)
     if cached is not None:
         return cached, True
-    computed = await compute_features(data, serving, settings, limiter, disconnected)
+    computed = await compute_features(data, serving, settings, pool, disconnected)
     cache.put(key, computed)
     return computed, False
 
@@ -196,13 +196,13 @@ async def classify_with_attention(
     image: Annotated[UploadFile, File(description=f"the photo ({SERVED_FORMATS_TEXT})")],
     registry: RegistryDep,
     settings: SettingsDep,
-    decode_limiter: DecodeLimiterDep,
+    decode_pool: DecodePoolDep,
 ) -> AttentionResponse:
     """Classify an image; return both branches' classes and the attention map."""
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     serving = attention_model(registry, settings)
     found, _ = await image_features(
-        data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
+        data, serving, settings, get_feature_cache(request), decode_pool, request.is_disconnected
     )
     branch = serving.decoder.classify(found.attention_probs)
     return AttentionResponse(
@@ -253,7 +253,7 @@ async def correct_with_edited_map(
     ],
     registry: RegistryDep,
     settings: SettingsDep,
-    decode_limiter: DecodeLimiterDep,
+    decode_pool: DecodePoolDep,
     label: Annotated[str | None, Form(description="the true class name")] = None,
     save: Annotated[bool, Form(description="store a teacher record (needs label)")] = False,
 ) -> CorrectionResponse:
@@ -281,11 +281,9 @@ async def correct_with_edited_map(
     if save:  # a full store refuses before the image is decoded and run, not after
         await anyio.to_thread.run_sync(get_feedback_store(request).check_room)
     found, hit = await image_features(
-        data, serving, settings, get_feature_cache(request), decode_limiter, request.is_disconnected
+        data, serving, settings, get_feature_cache(request), decode_pool, request.is_disconnected
     )
-    edited = await anyio.to_thread.run_sync(
-        partial(_edited_map, mask_data, found, serving, settings), limiter=decode_limiter
-    )
+    edited = await decode_pool.run(_edited_map, mask_data, found, serving, settings)
     names = serving.decoder.config
     perceived = await serving.model.infer(
         {names.feature_map: found.feature_map, names.attention_map: edited},

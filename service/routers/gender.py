@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from service.decoding import GenderDecoder
-from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
+from service.dependencies import DecodePoolDep, RegistryDep, SettingsDep
 from service.schemas import UPLOAD_PROBLEMS, GenderResponse, ModelRef, problem_responses
 from service.serving import infer_images, map_png, read_upload, ready_model
 
@@ -27,7 +27,7 @@ async def classify_gender(
     image: Annotated[UploadFile, File(description="a product photo of a garment")],
     registry: RegistryDep,
     settings: SettingsDep,
-    decode_limiter: DecodeLimiterDep,
+    decode_pool: DecodePoolDep,
     contour: Annotated[
         bool, Query(description="also return the contour map as an 8-bit PNG")
     ] = False,
@@ -36,7 +36,7 @@ async def classify_gender(
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     serving = ready_model(registry, settings.gender_model, GenderDecoder)
     outputs, (transform,) = await infer_images(
-        serving, [data], settings, decode_limiter, request.is_disconnected
+        serving, [data], settings, decode_pool, request.is_disconnected
     )
     result = serving.decoder.decode(outputs)
     return GenderResponse(

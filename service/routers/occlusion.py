@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
-import anyio
 import numpy as np
 from fastapi import APIRouter, File, Request, UploadFile
 
 from service.batching import Disconnected
 from service.decoding import OcclusionDecoder, OcclusionResult
-from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
+from service.dependencies import DecodePoolDep, RegistryDep, SettingsDep
 from service.imaging import LetterboxTransform
 from service.schemas import (
     UPLOAD_PROBLEMS,
@@ -28,6 +27,7 @@ from service.schemas import (
 )
 from service.serving import ServingModel, about_field, infer_images, read_upload, ready_model
 from service.settings import Settings
+from service.workers import WorkerPool
 
 router = APIRouter(tags=["faces"])
 
@@ -42,15 +42,13 @@ async def infer_faces(
     serving: ServingModel[OcclusionDecoder],
     uploads: list[bytes],
     settings: Settings,
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     disconnected: Disconnected,
     fields: Sequence[str] | None = None,
 ) -> list[tuple[OcclusionResult, LetterboxTransform]]:
     """Every upload as one request of len(uploads) rows through the model's dynamic
     batcher; each row decoded into its occlusion result (``fields``: see infer_images)."""
-    outputs, transforms = await infer_images(
-        serving, uploads, settings, limiter, disconnected, fields
-    )
+    outputs, transforms = await infer_images(serving, uploads, settings, pool, disconnected, fields)
     size = (serving.config.preprocess.height, serving.config.preprocess.width)
     return [
         (serving.decoder.decode(outputs, transform, size, index), transform)
@@ -83,13 +81,13 @@ async def detect_occlusion(
     image: Annotated[UploadFile, File(description="an aligned or roughly cropped face")],
     registry: RegistryDep,
     settings: SettingsDep,
-    decode_limiter: DecodeLimiterDep,
+    decode_pool: DecodePoolDep,
 ) -> OcclusionResponse:
     """Occlusion pattern (grid blocks and pixel box) and identity embedding of a face."""
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
     serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
     [(result, transform)] = await infer_faces(
-        serving, [data], settings, decode_limiter, request.is_disconnected
+        serving, [data], settings, decode_pool, request.is_disconnected
     )
     return OcclusionResponse(
         model=ModelRef(name=serving.config.name, version=serving.config.version),
@@ -106,7 +104,7 @@ async def verify_faces(
     image_b: Annotated[UploadFile, File(description="the second face")],
     registry: RegistryDep,
     settings: SettingsDep,
-    decode_limiter: DecodeLimiterDep,
+    decode_pool: DecodePoolDep,
 ) -> VerifyResponse:
     """Cosine similarity of two faces, the same-person decision and both occlusions."""
     fields = ("image_a", "image_b")
@@ -116,7 +114,7 @@ async def verify_faces(
             uploads.append(await read_upload(upload, settings.max_upload_bytes))
     serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
     results = await infer_faces(
-        serving, uploads, settings, decode_limiter, request.is_disconnected, fields
+        serving, uploads, settings, decode_pool, request.is_disconnected, fields
     )
     (a, _), (b, _) = results
     similarity = float(np.clip(np.dot(a.embedding, b.embedding), -1.0, 1.0))

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from service.decoding import LandmarkPointsDecoder
-from service.dependencies import DecodeLimiterDep, RegistryDep, SettingsDep
+from service.dependencies import DecodePoolDep, RegistryDep, SettingsDep
 from service.imaging import SERVED_FORMATS_TEXT
 from service.schemas import (
     UPLOAD_PROBLEMS,
@@ -38,7 +38,7 @@ async def recognize_landmarks(
     image: Annotated[UploadFile, File(description=f"the photo ({SERVED_FORMATS_TEXT})")],
     registry: RegistryDep,
     settings: SettingsDep,
-    decode_limiter: DecodeLimiterDep,
+    decode_pool: DecodePoolDep,
     min_score: Annotated[
         float,
         # NaN would fail le=1.0 with a message about the bound; say what is wrong instead.
@@ -51,7 +51,7 @@ async def recognize_landmarks(
     data = await read_upload(image, settings.max_upload_bytes)
     serving = ready_model(registry, settings.recognize_model, LandmarkPointsDecoder)
     outputs, (transform,) = await infer_images(
-        serving, [data], settings, decode_limiter, request.is_disconnected
+        serving, [data], settings, decode_pool, request.is_disconnected
     )
     points = serving.decoder.decode(outputs, transform, min_score=min_score)
     return RecognizeResponse(

@@ -170,7 +170,7 @@ def test_a_full_perception_queue_refuses_before_the_features_graph_runs(
                 _canvas_upload(),
                 serving,
                 settings,
-                app.state.decode_limiter,  # type: ignore[attr-defined]
+                app.state.decode_pool,  # type: ignore[attr-defined]
                 never_disconnected,
             )
     finally:

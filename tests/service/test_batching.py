@@ -33,6 +33,7 @@ from service.runtime import (
     session_options,
 )
 from service.settings import BatchPolicy, Settings
+from service.workers import WorkerPool
 from tests.service.conftest import make_settings
 from tests.service.images import encode, scene
 
@@ -139,7 +140,9 @@ def test_a_request_alone_decodes_and_runs_in_one_worker_thread_trip(repo: Path) 
     async def lone() -> tuple[Any, str]:
         with batcher.slot() as reservation:
             assert batcher.alone()
-            return await batcher.run_alone(prepare, reservation=reservation)
+            return await batcher.run_alone(
+                prepare, reservation=reservation, pool=WorkerPool(1, "t")
+            )
 
     outputs, extra = asyncio.run(lone())
     assert extra == "transform"
@@ -171,7 +174,9 @@ def test_a_request_is_not_alone_while_another_holds_a_slot_or_runs(repo: Path) -
             assert not batcher.alone()
         reservation = batcher.reserve()
         assert batcher.alone()
-        lone = asyncio.ensure_future(batcher.run_alone(slow_prepare, reservation=reservation))
+        lone = asyncio.ensure_future(
+            batcher.run_alone(slow_prepare, reservation=reservation, pool=WorkerPool(1, "t"))
+        )
         await asyncio.to_thread(inside.wait, PATIENT_S)
         with batcher.slot() as other:
             assert batcher.slots == 1  # the lone request gave its slot back when it started

@@ -18,6 +18,7 @@ from service.main import create_app
 from service.runtime import load_model
 from service.settings import BatchPolicy
 from service.timing import Timings, timings_var
+from service.workers import WorkerPool
 from tests.service.conftest import make_settings
 from tests.service.images import encode, scene
 
@@ -131,7 +132,11 @@ def test_a_lone_request_that_waits_for_a_run_slot_reports_the_wait(repo: Path) -
         async def lone() -> None:
             timings_var.set(timings)
             with batcher.slot() as reservation:
-                await batcher.run_alone(lambda: ({"image": image}, None), reservation=reservation)
+                await batcher.run_alone(
+                    lambda: ({"image": image}, None),
+                    reservation=reservation,
+                    pool=WorkerPool(1, "t"),
+                )
 
         task = asyncio.create_task(lone())
         await asyncio.sleep(held_s)
