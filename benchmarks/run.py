@@ -179,11 +179,12 @@ def code_version() -> str:
 
 def report_start(module: str, argv: list[str] | None) -> dict[str, Any]:
     """The first members of a benchmark script's JSON report: the command as run (``argv``
-    given, or this process's), when, and the machine with its load before."""
+    given, or this process's), when, the code, and the machine with its load before."""
     return {
         "command": f"python -m benchmarks.{module} "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": code_version(),
         "machine": {"cpu": cpu_model(), "load_before": load_average()},
     }
 
@@ -192,7 +193,8 @@ def report_run_line(report: dict[str, Any]) -> str:
     """The markdown sentences saying when, where and how a ``report_start`` report ran."""
     machine = report["machine"]
     return (
-        f"Run {report['started_utc']}. Machine: {machine['cpu']}; load average (1/5/15 min) "
+        f"Run {report['started_utc']}, code {report.get('code', 'unknown')}. "
+        f"Machine: {machine['cpu']}; load average (1/5/15 min) "
         f"before {machine['load_before']}, after {machine['load_after']}. Command: "
         f"`{report['command']}` ({report['seconds']:.0f} s)."
     )
