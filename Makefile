@@ -49,7 +49,7 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 # about 3: python -m benchmarks.run --rounds 1; writes benchmarks/results/). With wrk
 # installed (make system-packages, or apt-get install wrk) the target levels are also
 # measured with it; without, the run says so and measures them with loadgen.py only.
-.PHONY: benchmark benchmark-cuda benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-jpeg-draft
+.PHONY: benchmark benchmark-cuda benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-mixed-overload benchmark-jpeg-draft
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run
 
@@ -73,6 +73,12 @@ benchmark-stalled-uploads: $(VENV)/.dev  ## memory held by stalled uploads, gate
 # timeout and without it (about 30 s; writes benchmarks/results/slow_heads.{json,md}).
 benchmark-slow-heads: $(VENV)/.dev  ## connections held by idle and slowloris clients, header timeout on and off
 	$(BIN)/python -m benchmarks.slow_heads
+
+# 256 clients over every model endpoint at once, waiting Retry-After, then retrying at once
+# (about a minute; writes benchmarks/results/mixed_overload{,-retry-at-once}.{json,md}).
+benchmark-mixed-overload: $(VENV)/.dev  ## every model endpoint under 256 clients at once
+	$(BIN)/python -m benchmarks.mixed_overload
+	$(BIN)/python -m benchmarks.mixed_overload --retry-at-once --label retry-at-once
 
 # Accuracy with JPEG draft decoding on and off (the held-out images need the train extra).
 benchmark-jpeg-draft: $(VENV)/.dev  ## landmark, attention, gender accuracy with JPEG draft on/off

@@ -207,9 +207,11 @@ async def closed_loop_mixed(
     concurrency: int,
     duration_s: float,
     warmup_s: float,
+    honour_retry_after: bool = True,
 ) -> dict[str, Result]:
     """``closed_loop`` with client ``i`` sending the ``i % len(requests)``-th request over
-    and over; one Result per request name."""
+    and over; one Result per request name. ``honour_retry_after=False``: clients retry a
+    503 at once, as a careless client does."""
     names = list(requests)
     connections = [await Connection.open(host, port) for _ in range(concurrency)]
     start = time.perf_counter()
@@ -236,7 +238,7 @@ async def closed_loop_mixed(
             if close:
                 connection.close()
                 connection = await Connection.open(host, port)
-            if status == 503 and retry_after > 0:
+            if status == 503 and retry_after > 0 and honour_retry_after:
                 # A well-behaved client (client/ raises ServiceUnavailable with retry_after)
                 # waits as told rather than hammering an overloaded server.
                 await asyncio.sleep(min(retry_after, max(0.0, stop - time.perf_counter())))

@@ -1,14 +1,15 @@
 """Every model endpoint at once, far past capacity: ``python -m benchmarks.mixed_overload``.
 
     python -m benchmarks.mixed_overload [--clients 256] [--duration 20] [--warmup 2]
-        [--env NAME=VALUE ...] [--label TEXT] [--out benchmarks/results]
+        [--retry-at-once] [--env NAME=VALUE ...] [--label TEXT] [--out benchmarks/results]
 
 ``benchmarks.run``'s 2x overload sends ``/recognize`` alone. This starts the service with
 every committed model (CPU provider, its defaults otherwise) and runs ``--clients``
 keep-alive clients closed loop, spread evenly over ``/recognize``, ``/attention``,
 ``/attention/correct``, ``/gender``, ``/occlusion`` and ``/faces/verify``, each sending the
 committed example uploads (``examples/``) over and over and waiting the ``Retry-After`` a
-503 asks for, as ``client/`` does. Beside them a probe asks ``GET /health/live`` every
+503 asks for, as ``client/`` does (``--retry-at-once``: retrying at once, as a careless
+client does). Beside them a probe asks ``GET /health/live`` every
 ``PROBE_INTERVAL_S``. Reported per endpoint: answers a second, 503s, other statuses and
 connection errors, and the accepted answers' p50 / p99 / slowest latency; the probe's p99
 and slowest. ``--env`` passes settings to the server (an A/B of one setting).
@@ -104,14 +105,14 @@ async def probe(port: int, seconds: float) -> list[float]:
 
 
 async def load(
-    port: int, clients: int, duration: float, warmup: float
+    port: int, clients: int, duration: float, warmup: float, honour_retry_after: bool = True
 ) -> tuple[dict[str, Result], list[float]]:
     requests = {
         name: form_request(HOST, port, path, parts)
         for name, (path, parts) in endpoint_forms().items()
     }
     results, probes = await asyncio.gather(
-        closed_loop_mixed(HOST, port, requests, clients, duration, warmup),
+        closed_loop_mixed(HOST, port, requests, clients, duration, warmup, honour_retry_after),
         _after(warmup, probe(port, duration)),
     )
     return results, probes
@@ -150,7 +151,8 @@ def probe_row(latencies: list[float]) -> dict[str, Any]:
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     settings = ", ".join(f"`{k}={v}`" for k, v in report["env"].items()) or "defaults"
     rows = [
-        f"# Every model endpoint at once: {report['clients']} clients, "
+        f"# Every model endpoint at once: {report['clients']} clients"
+        f"{'' if report.get('retry_after_honoured', True) else ' retrying 503s at once'}, "
         f"{report['duration_s']:.0f} s (settings: {settings})",
         "",
         report_run_line(report),
@@ -190,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--duration", type=float, default=20.0, help="measured s")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured s first")
+    parser.add_argument(
+        "--retry-at-once", action="store_true", help="clients ignore Retry-After after a 503"
+    )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     parser.add_argument("--label", default="", help="suffix of the output files")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **report_start("mixed_overload", argv),
         "clients": args.clients,
         "duration_s": args.duration,
+        "retry_after_honoured": not args.retry_at_once,
         "env": env,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **env,
         }
         with server(server_commands()[2], server_env, "/health/ready") as (port, _):
-            results, probes = loadgen_run(load(port, args.clients, args.duration, args.warmup))
+            results, probes = loadgen_run(
+                load(port, args.clients, args.duration, args.warmup, not args.retry_at_once)
+            )
     report["endpoints"] = {name: endpoint_row(result) for name, result in results.items()}
     report["probe"] = probe_row(probes)
     print(json.dumps({"endpoints": report["endpoints"], "probe": report["probe"]}), flush=True)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_endpoint_is_answered_and_reported(tmp_path: Path) -> None:
     argv = ["--clients", "12", "--duration", "1", "--warmup", "0.3", "--label", "token"]
-    argv += ["--env", "VISION_DECODE_THREADS=1", "--out", str(tmp_path)]
+    argv += ["--retry-at-once", "--env", "VISION_DECODE_THREADS=1", "--out", str(tmp_path)]
     report = mixed_overload.main(argv)
     assert list(report["endpoints"]) == list(mixed_overload.endpoint_forms())
     for name, row in report["endpoints"].items():
@@ -25,7 +25,9 @@ def test_every_endpoint_is_answered_and_reported(tmp_path: Path) -> None:
         assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert report["probe"]["probes"] > 0 and report["probe"]["failed"] == 0
     assert report["env"] == {"VISION_DECODE_THREADS": "1"}
+    assert report["retry_after_honoured"] is False
     markdown = (tmp_path / "mixed_overload-token.md").read_text()
+    assert markdown.startswith("# Every model endpoint at once: 12 clients retrying 503s at once")
     for name in report["endpoints"]:
         assert markdown.count(f"\n| `{name}` |") == 1
     assert "`VISION_DECODE_THREADS=1`" in markdown
