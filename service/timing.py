@@ -2,8 +2,8 @@
 Timing; browsers' developer tools draw it) and in the access line.
 
 ``ServerTimingMiddleware`` starts a ``Timings`` for every HTTP request; the serving code
-adds to it through ``record`` (decode pool threads see it too: anyio copies the context
-into them). Stages, each summed over the request's images and graphs, in milliseconds:
+adds to it through ``record`` (pool threads see it too: ``WorkerPool.run`` copies the
+context into them). Stages, each summed over the request's images and graphs, in milliseconds:
 
 | stage | what |
 |---|---|

@@ -1,5 +1,6 @@
 """A fixed pool of threads for the request path's CPU-bound work (decoding an upload, a lone
-request's decode and run), handed work without turns of the event loop.
+request's decode and run, a graph's batch runs), handed work without turns of the event
+loop.
 
 anyio's ``to_thread.run_sync(..., limiter=CapacityLimiter(n))`` passes the limiter's token
 from one waiter to the next on the event loop: the finishing call releases it, the next
@@ -15,6 +16,7 @@ a job finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ T = TypeVar("T")
 
 
 class WorkerPool:
-    """``threads`` threads named ``name``-N, made on first use; ``close()`` stops them (a
+    """``threads`` threads named ``name``_N, made on first use; ``close()`` stops them (a
     later ``run`` makes new ones, as a second lifespan of the same app needs)."""
 
     def __init__(self, threads: int, name: str) -> None:
@@ -39,9 +41,10 @@ class WorkerPool:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` in a pool thread, in the caller's context (Server-Timing
         records its stages through a context variable). A caller cancelled while ``fn``
-        runs waits for it to return before the cancellation goes on, as anyio's
-        ``run_sync`` does, so that what the caller holds (a run slot) is not given back
-        while the thread still uses it; one cancelled before ``fn`` started drops it."""
+        runs waits for it to return before the cancellation goes on, however often it is
+        cancelled meanwhile (anyio's ``run_sync`` waits only under anyio's cancel scopes),
+        so that what the caller holds (a run slot) is not given back while the thread
+        still uses it; one cancelled before ``fn`` started drops it."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=self.name)
         context = contextvars.copy_context()
@@ -49,9 +52,17 @@ class WorkerPool:
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
-            # Cancelling the awaited future cancelled the job unless a thread had it.
+            # Cancelling the awaited future cancelled the job unless a thread had it; a
+            # running one is waited for however often the caller is cancelled meanwhile
+            # (anyio's cancel scopes cancel again on every turn of the loop), and its
+            # result or exception is taken, so that asyncio logs no unretrieved one.
             if not job.cancelled():
-                await asyncio.wait([asyncio.wrap_future(job)])
+                finished = asyncio.wrap_future(job)
+                while not finished.done():
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await asyncio.shield(finished)
+                if not finished.cancelled():
+                    finished.exception()
             raise
 
     def close(self) -> None:

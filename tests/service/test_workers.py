@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -172,3 +173,52 @@ def test_close_stops_the_threads_and_a_later_run_starts_new_ones() -> None:
 def test_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="at least"):
         WorkerPool(0, "t")
+
+
+def test_a_caller_cancelled_again_while_it_waits_still_waits() -> None:
+    """anyio's cancel scopes cancel again on every turn of the loop until the task leaves."""
+    started, release = threading.Event(), threading.Event()
+
+    def job() -> None:
+        started.set()
+        release.wait(PATIENCE_S)
+
+    async def main() -> None:
+        pool = WorkerPool(1, "t")
+        task = asyncio.ensure_future(pool.run(job))
+        assert await asyncio.to_thread(started.wait, PATIENCE_S)
+        task.cancel()
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # still waiting for the job
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_job_failing_after_its_caller_was_cancelled_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = threading.Event()
+
+    def job() -> None:
+        started.set()
+        time.sleep(0.05)
+        raise RuntimeError("boom")
+
+    async def main() -> None:
+        pool = WorkerPool(1, "t")
+        task = asyncio.ensure_future(pool.run(job))
+        assert await asyncio.to_thread(started.wait, PATIENCE_S)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pool.close()
+
+    asyncio.run(main())
+    gc.collect()  # an unretrieved exception is logged when its future is collected
+    assert "never retrieved" not in caplog.text
