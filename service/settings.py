@@ -197,7 +197,11 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(default=None, ge=1)
     # One graph runs at a time per request; parallel branches in our small graphs are rare.
     inter_op_threads: int = Field(default=1, ge=1)
-    # Threads that decode and resize uploads concurrently; None = available_cpus().
+    # Threads that decode and resize uploads concurrently; None = available_cpus() - 1, at
+    # least 1: the event loop needs a CPU's share too. On 2 CPUs one decode thread kept the
+    # 16-client throughput and cut the accepted p99 under a 2x overload by 11-34 % and the
+    # 503s' p99 by half (three alternating pairs, benchmarks/README.md "Every endpoint at
+    # once"), since two decoders and ORT's threads left the loop too little of the CPUs.
     decode_threads: int | None = Field(default=None, ge=1)
     # JPEGs much larger than a model's input decode at 1/2, 1/4 or 1/8 scale (libjpeg's
     # DCT-domain reduction): a 640x480 photo for a 160x160 input decodes in about a
@@ -323,7 +327,7 @@ class Settings(BaseSettings):
 
     def resolved_decode_threads(self) -> int:
         """Worker threads allowed to decode images at once."""
-        return self.decode_threads or available_cpus()
+        return self.decode_threads or max(1, available_cpus() - 1)
 
     def valid_api_keys(self) -> list[str]:
         """Every key a request may carry where API keys are required: the plain ones and

@@ -33,6 +33,15 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert settings.resolved_intra_op_threads() == 3
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (16, 15)])
+def test_decode_threads_leave_the_event_loop_a_cpu(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, threads: int
+) -> None:
+    monkeypatch.setattr("service.settings.available_cpus", lambda: cpus)
+    assert Settings().resolved_decode_threads() == threads
+    assert Settings(decode_threads=4).resolved_decode_threads() == 4
+
+
 def test_get_settings_is_cached() -> None:
     get_settings.cache_clear()
     try:
