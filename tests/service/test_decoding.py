@@ -168,3 +168,45 @@ def test_build_decoder_accepts_matching_config() -> None:
 def test_build_decoder_refuses_mismatch(task: str, decode: dict, shapes: dict, match: str) -> None:
     with pytest.raises(DecodeConfigError, match=match):
         build_decoder(task, decode, LABELS, shapes)
+
+
+def reference_decode(
+    outputs: dict[str, np.ndarray], threshold: float, min_score: float, radius: float
+) -> list[tuple[int, float, float, float]]:
+    """The decode block's rules cell by cell, in plain Python: ``(class, score, u, v)``."""
+    found = []
+    for cell in range(outputs["confidence"].shape[1]):
+        confidences = outputs["confidence"][0, cell]
+        anchor = int(np.argmax(confidences))  # the first of equals
+        probs = outputs["class_probs"][0, cell, anchor, :K]
+        class_id = int(np.argmax(probs))
+        score = np.float32(confidences[anchor]) * np.float32(probs[class_id])
+        if confidences[anchor] >= np.float32(threshold) and score >= np.float32(min_score):
+            u, v = outputs["points"][0, cell, anchor]
+            found.append((cell, class_id, float(score), float(u), float(v)))
+    found.sort(key=lambda item: -item[2])  # stable: equal scores keep cell order
+    kept: list[tuple[int, float, float, float]] = []
+    for _, class_id, score, u, v in found:
+        if all((u - ku) ** 2 + (v - kv) ** 2 > radius**2 for _, _, ku, kv in kept):
+            kept.append((class_id, score, u, v))
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_decoding_matches_the_rules_cell_by_cell(seed: int) -> None:
+    # The decoder picks the cells over the threshold before it computes anything else;
+    # coarse values make ties in confidence, class and score, and points within the radius.
+    rng = np.random.default_rng(seed)
+    cells = 64
+    outputs = {
+        "confidence": np.round(rng.random((1, cells, ANCHORS)), 1).astype(np.float32),
+        "class_probs": np.round(rng.dirichlet(np.ones(K + 1), (1, cells, ANCHORS)), 1).astype(
+            np.float32
+        ),
+        "points": np.round(rng.random((1, cells, ANCHORS, 2)) * 40, 0).astype(np.float32),
+    }
+    threshold, min_score = 0.3, float(rng.choice([0.0, 0.05, 0.2, 0.5]))
+    decoded = decoder(confidence_threshold=threshold).decode(outputs, IDENTITY, min_score=min_score)
+    got = [(LABELS.index(p.label), p.score, p.x, p.y) for p in decoded]
+    assert [p.class_id for p in decoded] == [item[0] for item in got]
+    assert got == reference_decode(outputs, threshold, min_score, DECODE["nms_radius"])
