@@ -49,7 +49,7 @@ lint: $(VENV)/.dev  ## ruff check, ruff format --check, mypy
 # about 3: python -m benchmarks.run --rounds 1; writes benchmarks/results/). With wrk
 # installed (make system-packages, or apt-get install wrk) the target levels are also
 # measured with it; without, the run says so and measures them with loadgen.py only.
-.PHONY: benchmark benchmark-cuda benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-mixed-overload benchmark-jpeg-draft
+.PHONY: benchmark benchmark-cuda benchmark-sizes benchmark-stalled-uploads benchmark-slow-heads benchmark-mixed-overload benchmark-gil-cost benchmark-jpeg-draft
 benchmark: $(VENV)/.dev  ## throughput and latency of POST /recognize vs the ORT limit and a naive peer
 	$(BIN)/python -m benchmarks.run
 
@@ -79,6 +79,12 @@ benchmark-slow-heads: $(VENV)/.dev  ## connections held by idle and slowloris cl
 benchmark-mixed-overload: $(VENV)/.dev  ## every model endpoint under 256 clients at once
 	$(BIN)/python -m benchmarks.mixed_overload
 	$(BIN)/python -m benchmarks.mixed_overload --retry-at-once --label retry-at-once
+
+# What 0.2 and 0.4 ms of work added to every request cost at 16 callers, on the event loop
+# holding the GIL or not, or in the decode thread (about a minute, in-process; writes
+# benchmarks/results/gil_cost.{json,md}).
+benchmark-gil-cost: $(VENV)/.dev  ## where added work costs throughput: the GIL or the CPUs
+	$(BIN)/python -m benchmarks.gil_cost
 
 # Accuracy with JPEG draft decoding on and off (the held-out images need the train extra).
 benchmark-jpeg-draft: $(VENV)/.dev  ## landmark, attention, gender accuracy with JPEG draft on/off
