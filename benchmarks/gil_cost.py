@@ -23,6 +23,12 @@ round, so host drift falls on all alike) and the slope, the wall added per reque
 the work added. A slope near 1 means that work is on the bounding path one for one; near
 0.5, that it shares two CPUs with everything else; near 0, that it fills idle time.
 
+Then what the service's own Python on the loop is made of, as far as middleware goes: the
+event loop's CPU per request at one caller (the least noisy measure of it) for the app as
+served, for the same app without each of its middlewares in turn, and without any, each the
+median over ``--rounds`` (alternating again). The app without one is for measuring only:
+it answers the benchmark's request the same, but without that layer's guard.
+
 Writes ``gil_cost.json`` and ``gil_cost.md`` under ``--out``; the reading is in
 ``benchmarks/README.md`` ("What bounds the 16-client plateau").
 """
@@ -180,6 +186,48 @@ async def measure_places(
     return rows
 
 
+async def measure_middleware(
+    image: bytes, settings: Settings, requests: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Loop CPU ms per request at one caller: the app as served, without each middleware,
+    and without all of them."""
+    from service.main import create_app
+
+    served = create_app(settings)
+    names = [entry.cls.__name__ for entry in served.user_middleware]
+    variants: dict[str, ASGIApp] = {"as served": served}
+    async with served.router.lifespan_context(served):
+        for left_out in [*names, None]:
+            app = create_app(settings)
+            app.user_middleware = [
+                entry
+                for entry in app.user_middleware
+                if left_out is not None and entry.cls.__name__ != left_out
+            ]
+            app.state = served.state  # the served app's models, pools and settings
+            variants[f"without {left_out}" if left_out else "without any"] = app
+        raw = multipart_request(
+            HOST, NOMINAL_PORT, "/recognize", "image", "photo.jpg", image, "image/jpeg"
+        )
+        loop_ms: dict[str, list[float]] = {name: [] for name in variants}
+        for app in variants.values():
+            await measure(app, raw, WARM_REQUESTS // 4, 1)
+        for _ in range(rounds):
+            for name, app in variants.items():
+                row = await measure(app, raw, requests, 1)
+                loop_ms[name].append(row["loop_cpu_ms"])
+    served_ms = statistics.median(loop_ms["as served"])
+    return [
+        {
+            "app": name,
+            "loop_cpu_ms": statistics.median(values),
+            "rounds_loop_cpu_ms": values,
+            "saved_us": 1000 * (served_ms - statistics.median(values)),
+        }
+        for name, values in loop_ms.items()
+    ]
+
+
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = [
         f"# Work added to every request at {report['concurrency']} callers, in-process "
@@ -197,6 +245,19 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines.append(
             f"| {row['place']} | {row['added_ms']:.2f} | {row['wall_ms']:.3f} ({rounds}) "
             f"| {slope} |"
+        )
+    lines += [
+        "",
+        "The event loop's CPU per request at one caller, without each middleware (a layer "
+        "left out for measuring only):",
+        "",
+        "| app | loop CPU ms/request, median (rounds) | less than as served, us |",
+        "|---|---|---|",
+    ]
+    for row in report["middleware"]:
+        rounds = ", ".join(f"{ms:.3f}" for ms in row["rounds_loop_cpu_ms"])
+        lines.append(
+            f"| {row['app']} | {row['loop_cpu_ms']:.3f} ({rounds}) | {row['saved_us']:.1f} |"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -226,6 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             measure_places(
                 image, Settings(), args.added_ms, args.requests, args.concurrency, args.rounds
             )
+        )
+        report["middleware"] = loadgen_run(
+            measure_middleware(image, Settings(), args.requests, args.rounds)
         )
     write_report(report, args.out, "gil_cost", write_markdown, started)
     print((args.out / "gil_cost.md").read_text())

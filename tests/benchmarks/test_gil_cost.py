@@ -89,11 +89,22 @@ def test_a_run_has_a_row_per_place_and_amount(tmp_path: Path) -> None:
         if row["added_ms"]:
             added = row["wall_ms"] - rows[0]["wall_ms"]
             assert row["slope"] == pytest.approx(added / row["added_ms"])
-    assert json.loads((tmp_path / "gil_cost.json").read_text())["rows"] == rows
+    middleware = report["middleware"]
+    names = [row["app"] for row in middleware]
+    assert names[0] == "as served" and names[-1] == "without any"
+    # One row per layer the served app has, each left out once.
+    assert len(names) == len(set(names)) > 4
+    assert all(name.startswith("without ") and name.endswith("Middleware") for name in names[1:-1])
+    assert middleware[0]["saved_us"] == 0
+    for row in middleware:
+        assert len(row["rounds_loop_cpu_ms"]) == 2
+        assert row["loop_cpu_ms"] > 0
+    written = json.loads((tmp_path / "gil_cost.json").read_text())
+    assert (written["rows"], written["middleware"]) == (rows, middleware)
     table = [
         line for line in (tmp_path / "gil_cost.md").read_text().splitlines() if line[:2] == "| "
     ]
-    assert len(table) == 1 + len(rows)
+    assert len(table) == 2 + len(rows) + len(middleware)
 
 
 def test_an_amount_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
