@@ -151,8 +151,8 @@ class LandmarkPointsDecoder:
         # loop (which holds the GIL) microseconds per request.
         confidence = outputs["confidence"][batch_index]  # (C, A)
         best = np.argmax(confidence, axis=1)  # (C,) the anchor with the highest confidence
-        cells = np.arange(confidence.shape[0])
-        best_confidence = confidence[cells, best]  # (C,)
+        best_confidence = confidence[np.arange(confidence.shape[0]), best]  # (C,)
+        # (n,) the cells whose best anchor passes the threshold
         cells = np.flatnonzero(best_confidence >= np.float32(self.config.confidence_threshold))
         if cells.size == 0:
             return []
