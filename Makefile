@@ -81,8 +81,8 @@ benchmark-mixed-overload: $(VENV)/.dev  ## every model endpoint under 256 client
 	$(BIN)/python -m benchmarks.mixed_overload --retry-at-once --label retry-at-once
 
 # What 0.2 and 0.4 ms of work added to every request cost at 16 callers, on the event loop
-# holding the GIL or not, or in the decode thread (about a minute, in-process; writes
-# benchmarks/results/gil_cost.{json,md}).
+# holding the GIL or not, or in the decode thread, then each middleware left out (about
+# 4 minutes, in-process; writes benchmarks/results/gil_cost.{json,md}).
 benchmark-gil-cost: $(VENV)/.dev  ## where added work costs throughput: the GIL or the CPUs
 	$(BIN)/python -m benchmarks.gil_cost
 
