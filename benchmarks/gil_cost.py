@@ -30,7 +30,7 @@ median over ``--rounds`` (alternating again). The app without one is for measuri
 it answers the benchmark's request the same, but without that layer's guard.
 
 Writes ``gil_cost.json`` and ``gil_cost.md`` under ``--out``; the reading is in
-``benchmarks/README.md`` ("What bounds the 16-client plateau").
+``benchmarks/README.md`` ("What bounds it", under "The 16-client plateau").
 """
 
 from __future__ import annotations
@@ -139,6 +139,13 @@ class SpinningPool(WorkerPool):
         return await super().run(job)
 
 
+def recognize_request(image: bytes) -> bytes:
+    """The benchmark's ``POST /recognize`` of ``image`` as raw HTTP/1.1 bytes."""
+    return multipart_request(
+        HOST, NOMINAL_PORT, "/recognize", "image", "photo.jpg", image, "image/jpeg"
+    )
+
+
 async def measure_places(
     image: bytes,
     settings: Settings,
@@ -161,9 +168,7 @@ async def measure_places(
     app.state.decode_pool = SpinningPool(app.state.decode_pool, added)
     async with app.router.lifespan_context(app):
         target = with_loop_work(app, added)
-        raw = multipart_request(
-            HOST, NOMINAL_PORT, "/recognize", "image", "photo.jpg", image, "image/jpeg"
-        )
+        raw = recognize_request(image)
         await measure(target, raw, WARM_REQUESTS, concurrency)
         for _ in range(rounds):
             for place, ms in cases:
@@ -206,9 +211,7 @@ async def measure_middleware(
             ]
             app.state = served.state  # the served app's models, pools and settings
             variants[f"without {left_out}" if left_out else "without any"] = app
-        raw = multipart_request(
-            HOST, NOMINAL_PORT, "/recognize", "image", "photo.jpg", image, "image/jpeg"
-        )
+        raw = recognize_request(image)
         loop_ms: dict[str, list[float]] = {name: [] for name in variants}
         for app in variants.values():
             await measure(app, raw, WARM_REQUESTS // 4, 1)
