@@ -10,7 +10,9 @@ size answered, no decoding, no model, no middleware) is driven the same way as t
 No socket, no HTTP parser and no load generator share the CPUs: what is left is the
 application's Python, its thread hand-offs, decoding and ONNX Runtime. Per row: wall ms per
 request, the event-loop thread's CPU ms per request (``time.thread_time`` on the loop's
-thread) and the whole process's CPU ms per request. Printed first, for scale: the in-process
+thread), the whole process's CPU ms per request, and the cyclic garbage collector's wall ms
+per request with its number of collections (``gc.callbacks``; a collection holds the GIL,
+so every thread's Python waits for it). Printed first, for scale: the in-process
 pipeline timed back to back as ``benchmarks.run`` times it (decode + letterbox and normalise
 + one run), what the one-client target multiplies by 1.2.
 
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -98,6 +102,27 @@ async def call(app: ASGIApp, path: str, headers: list[tuple[bytes, bytes]], body
     return status[0]
 
 
+@contextmanager
+def collections_timed() -> Iterator[dict[str, float]]:
+    """The cyclic garbage collector's work while the block runs: ``seconds`` of wall time
+    inside collections and their ``count``, over every generation and thread."""
+    totals = {"seconds": 0.0, "count": 0.0}
+    started: list[float] = []
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:  # a collection already under way when the block began is not counted
+            totals["seconds"] += time.perf_counter() - started.pop()
+            totals["count"] += 1
+
+    gc.callbacks.append(on_collection)
+    try:
+        yield totals
+    finally:
+        gc.callbacks.remove(on_collection)
+
+
 async def measure(app: ASGIApp, raw: bytes, requests: int, concurrency: int) -> dict[str, float]:
     """``requests`` calls from ``concurrency`` callers; per-request wall and CPU in ms."""
     path, headers, body = split_request(raw)
@@ -117,11 +142,12 @@ async def measure(app: ASGIApp, raw: bytes, requests: int, concurrency: int) -> 
     # other way round, CPU time between the first two reads (a host preempting this VM counts
     # as such) fell in the loop's window only: CI once saw 1.146 ms loop against 1.136 ms
     # process per request.
-    process0 = time.process_time()
-    wall0, loop0 = time.perf_counter(), time.thread_time()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    wall, loop = time.perf_counter() - wall0, time.thread_time() - loop0
-    process = time.process_time() - process0
+    with collections_timed() as collected:
+        process0 = time.process_time()
+        wall0, loop0 = time.perf_counter(), time.thread_time()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        wall, loop = time.perf_counter() - wall0, time.thread_time() - loop0
+        process = time.process_time() - process0
     done = len(statuses)
     if set(statuses) != {200}:
         raise RuntimeError(f"POST {path} answered {sorted(set(statuses))}")
@@ -130,6 +156,8 @@ async def measure(app: ASGIApp, raw: bytes, requests: int, concurrency: int) -> 
         "wall_ms": 1000 * wall / done,
         "loop_cpu_ms": 1000 * loop / done,
         "process_cpu_ms": 1000 * process / done,
+        "gc_ms": 1000 * collected["seconds"] / done,
+        "gc_collections": int(collected["count"]),
     }
 
 
@@ -176,13 +204,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     print(
         "| endpoint | callers | requests | wall ms/request | loop CPU ms/request "
-        "| process CPU ms/request |"
+        "| process CPU ms/request | GC ms/request (collections) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['endpoint']} | {row['concurrency']} | {row['requests']} | "
-            f"{row['wall_ms']:.3f} | {row['loop_cpu_ms']:.3f} | {row['process_cpu_ms']:.3f} |"
+            f"{row['wall_ms']:.3f} | {row['loop_cpu_ms']:.3f} | {row['process_cpu_ms']:.3f} | "
+            f"{row['gc_ms']:.4f} ({row['gc_collections']}) |"
         )
     return rows
 
