@@ -145,7 +145,9 @@ system-packages:  ## Debian packages: Fashion-MNIST, chromium, postgresql, wrk
 		$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium postgresql wrk; \
 	else echo "no apt-get: install dataset-fashion-mnist, chromium, postgresql and wrk yourself" >&2; fi
 
-# Reproduce the committed attention model (see its MODEL_CARD.md for the exact commands).
+# Attention version 1, the seed's first training run. The served version (6) is version 5's
+# graphs after a chain of fine-tuning runs, whose commands are in
+# models/repository/attention/5/MODEL_CARD.md; no single target reproduces it.
 train-attention: $(VENV)/.dev system-packages  ## train attention version 1
 	$(BIN)/python -m models.attention.train --out runs/attention-v1
 
