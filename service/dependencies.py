@@ -7,7 +7,7 @@ import hmac
 from collections import Counter
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Security, params
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Forbidden, InvalidField, Unauthorized, UnsupportedMediaType, echo
@@ -50,16 +50,25 @@ async def check_request_fields(request: Request) -> None:
       two images, or two labels for a saved teacher record, would pass as the last one);
     - 422, a field the route reads from the form sent in the query, or the other way round
       (FastAPI drops it: save=true in the query would store nothing);
-    - 415, a POST body that has a content type but is no form (the photo as the whole body,
-      or JSON), which FastAPI reads as an empty form: "body.image: Field required"."""
+    - 415, a POST body that is no form (the photo as the whole body, or JSON), or, to a route
+      that reads a file, no multipart form: a urlencoded body (what ``curl --data-binary
+      @photo.jpg`` sends) or one without a content type. FastAPI would read each as a form
+      without the file: "body.image: Field required"."""
     content_type = request.headers.get("content-type", "").lower()
-    is_form = request.method == "POST" and content_type.startswith(FORM_TYPES)
-    if request.method == "POST" and content_type and not is_form:
-        media_type = content_type.split(";", 1)[0].strip()
-        raise UnsupportedMediaType(
-            f"the request body is {echo(media_type)}; send multipart/form-data with the image "
-            "as a file in the field 'image' (curl -F image=@photo.jpg)"
-        )
+    media_type = content_type.split(";", 1)[0].strip()
+    declared = _declared_fields(request.scope.get("route"))
+    if request.method == "POST":
+        if declared["file"] and media_type != "multipart/form-data":
+            refused = _no_multipart(request, media_type)
+        else:
+            no_form = content_type and media_type not in FORM_TYPES
+            refused = f"is {echo(media_type)}" if no_form else None
+        if refused is not None:
+            raise UnsupportedMediaType(
+                f"the request body {refused}; send multipart/form-data with the image as a "
+                "file in the field 'image' (curl -F image=@photo.jpg)"
+            )
+    is_form = request.method == "POST" and media_type in FORM_TYPES
     form = await request.form() if is_form else None
     sent = {
         "query parameter": Counter(name for name, _ in request.query_params.multi_items()),
@@ -73,7 +82,6 @@ async def check_request_fields(request: Request) -> None:
     # A field sent where the route does not read it would be dropped without a word: a
     # label or save=true in the query stores no teacher record, a min_score in the form
     # leaves the default. Other unknown names pass (cache busters, tracing tags).
-    declared = _declared_fields(request.scope.get("route"))
     for where, names in sent.items():
         elsewhere = "form field" if where == "query parameter" else "query parameter"
         misplaced = sorted(set(names) & (declared[elsewhere] - declared[where]))
@@ -86,10 +94,22 @@ async def check_request_fields(request: Request) -> None:
             raise InvalidField(f"{listed} {said}")
 
 
+def _no_multipart(request: Request, media_type: str) -> str | None:
+    """What a body sent to a route that reads a file is, for a 415 ("the request body ..."),
+    when it is not a multipart form; None when there is no body at all (the missing field's
+    422 says that)."""
+    if media_type:
+        return f"is {echo(media_type)}"
+    sent = request.headers.get("content-length", "0").strip() not in ("", "0")
+    if sent or "transfer-encoding" in request.headers:
+        return "has no content type"
+    return None
+
+
 def _declared_fields(route: object) -> dict[str, set[str]]:
     """The query parameters and form fields the matched route reads, by their names on the
-    wire (its dependencies' too)."""
-    declared: dict[str, set[str]] = {"query parameter": set(), "form field": set()}
+    wire (its dependencies' too), and ``file``: those of the form fields that are files."""
+    declared: dict[str, set[str]] = {"query parameter": set(), "form field": set(), "file": set()}
     pending = [getattr(route, "dependant", None)]
     while pending:
         dependant = pending.pop()
@@ -97,6 +117,9 @@ def _declared_fields(route: object) -> dict[str, set[str]]:
             continue
         declared["query parameter"] |= {p.alias for p in dependant.query_params}
         declared["form field"] |= {p.alias for p in dependant.body_params}
+        declared["file"] |= {
+            p.alias for p in dependant.body_params if isinstance(p.field_info, params.File)
+        }
         pending.extend(dependant.dependencies)
     return declared
 
@@ -118,14 +141,15 @@ def _digest(key: str) -> bytes:
 
 
 def _presented_keys(request: Request) -> list[str]:
-    """The keys a request carries: its X-API-Key and its Bearer token, either or both."""
-    keys = []
-    key = request.headers.get("x-api-key")
-    if key:
-        keys.append(key)
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        keys.append(credentials.strip())
+    """The keys a request carries: its X-API-Key and its Bearer token, either or both, and
+    each of them as often as the header is repeated. Every one is checked: were only the
+    first read, a valid key in front would carry a wrong one behind it (a proxy that adds
+    its own header sees the request refused, not passed on the other's word)."""
+    keys = [key for key in request.headers.getlist("x-api-key") if key]
+    for authorization in request.headers.getlist("authorization"):
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            keys.append(credentials.strip())
     return keys
 
 

@@ -3,8 +3,8 @@ the batcher, and return a map (attention, contour) as a PNG over the image."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import UploadFile
 
-from service.attention import map_to_png, png_base64
+from service.attention import decode_mask, map_to_png, png_base64
 from service.batching import Disconnected, Feed, ImageRows, decode_rows_for, decode_upload
 from service.decoding import (
     AttentionDecoder,
@@ -27,7 +27,7 @@ from service.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from service.imaging import LetterboxTransform, check_content_type
+from service.imaging import LetterboxTransform, check_content_type, decode_image
 from service.runtime import LoadedModel, ModelConfig, ModelRegistry
 from service.schemas import MapExtent, MapPng
 from service.settings import Settings
@@ -157,6 +157,32 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"the upload is {len(data)} bytes; the limit is {max_bytes}")
     return data
+
+
+@asynccontextmanager
+async def uploads_judged_first(
+    pool: WorkerPool,
+    settings: Settings,
+    images: Sequence[bytes],
+    *,
+    fields: Sequence[str] | None = None,
+    mask: bytes | None = None,
+) -> AsyncIterator[None]:
+    """Around ``ready_model``: when the model is not ready, decode the uploads first (in the
+    decode pool, the pixels dropped), so that an empty, broken or oversized one gets the
+    400 / 413 a ready model would give it instead of the 503. A client's mistake is never a
+    5xx, and a 503's Retry-After would only have it send the same bytes again. ``fields``
+    names each image in the errors, as ``infer_images`` does; ``mask``: an attention mask."""
+    try:
+        yield
+    except NotReady:
+        pixels, side = settings.max_image_pixels, settings.max_image_side
+        for index, data in enumerate(images):
+            with about_field(fields[index] if fields else None):
+                await pool.run(decode_image, data, max_pixels=pixels, max_side=side)
+        if mask is not None:
+            await pool.run(decode_mask, mask, max_pixels=pixels, max_side=side)
+        raise
 
 
 async def infer_images(

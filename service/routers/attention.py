@@ -49,7 +49,7 @@ from service.schemas import (
     ScoredClass,
     problem_responses,
 )
-from service.serving import about_field, map_png, read_upload, ready_model
+from service.serving import about_field, map_png, read_upload, ready_model, uploads_judged_first
 from service.settings import Settings
 from service.workers import WorkerPool
 
@@ -200,7 +200,8 @@ async def classify_with_attention(
 ) -> AttentionResponse:
     """Classify an image; return both branches' classes and the attention map."""
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
-    serving = attention_model(registry, settings)
+    async with uploads_judged_first(decode_pool, settings, [data]):
+        serving = attention_model(registry, settings)
     found, _ = await image_features(
         data, serving, settings, get_feature_cache(request), decode_pool, request.is_disconnected
     )
@@ -268,7 +269,8 @@ async def correct_with_edited_map(
         mask_data = await read_upload(mask, settings.max_upload_bytes)
     if save and (label is None or not label.strip()):  # needs no model either
         raise InvalidField("save=true needs the true class in the label field")
-    serving = attention_model(registry, settings)
+    async with uploads_judged_first(decode_pool, settings, [data], mask=mask_data):
+        serving = attention_model(registry, settings)
     label_id: int | None = None
     if label is not None:
         label = label.strip()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from service.decoding import GenderDecoder
 from service.dependencies import DecodePoolDep, RegistryDep, SettingsDep
 from service.schemas import UPLOAD_PROBLEMS, GenderResponse, ModelRef, problem_responses
-from service.serving import infer_images, map_png, read_upload, ready_model
+from service.serving import infer_images, map_png, read_upload, ready_model, uploads_judged_first
 
 router = APIRouter(tags=["gender"])
 
@@ -34,7 +34,8 @@ async def classify_gender(
 ) -> GenderResponse:
     """Classify a garment as womenswear or menswear, optionally with its contour map."""
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
-    serving = ready_model(registry, settings.gender_model, GenderDecoder)
+    async with uploads_judged_first(decode_pool, settings, [data]):
+        serving = ready_model(registry, settings.gender_model, GenderDecoder)
     outputs, (transform,) = await infer_images(
         serving, [data], settings, decode_pool, request.is_disconnected
     )

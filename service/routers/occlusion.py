@@ -25,7 +25,14 @@ from service.schemas import (
     VerifyResponse,
     problem_responses,
 )
-from service.serving import ServingModel, about_field, infer_images, read_upload, ready_model
+from service.serving import (
+    ServingModel,
+    about_field,
+    infer_images,
+    read_upload,
+    ready_model,
+    uploads_judged_first,
+)
 from service.settings import Settings
 from service.workers import WorkerPool
 
@@ -85,7 +92,8 @@ async def detect_occlusion(
 ) -> OcclusionResponse:
     """Occlusion pattern (grid blocks and pixel box) and identity embedding of a face."""
     data = await read_upload(image, settings.max_upload_bytes)  # before the model: as /recognize
-    serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
+    async with uploads_judged_first(decode_pool, settings, [data]):
+        serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
     [(result, transform)] = await infer_faces(
         serving, [data], settings, decode_pool, request.is_disconnected
     )
@@ -112,7 +120,8 @@ async def verify_faces(
     for field, upload in zip(fields, (image_a, image_b), strict=True):
         with about_field(field):
             uploads.append(await read_upload(upload, settings.max_upload_bytes))
-    serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
+    async with uploads_judged_first(decode_pool, settings, uploads, fields=fields):
+        serving = ready_model(registry, settings.occlusion_model, OcclusionDecoder)
     results = await infer_faces(
         serving, uploads, settings, decode_pool, request.is_disconnected, fields
     )

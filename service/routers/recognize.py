@@ -18,7 +18,7 @@ from service.schemas import (
     RecognizeResponse,
     problem_responses,
 )
-from service.serving import infer_images, read_upload, ready_model
+from service.serving import infer_images, read_upload, ready_model, uploads_judged_first
 
 router = APIRouter(tags=["recognition"])
 
@@ -49,7 +49,8 @@ async def recognize_landmarks(
     # The upload's own checks first: a bad upload is the client's error even while the
     # model is loading (415 / 413, not 503).
     data = await read_upload(image, settings.max_upload_bytes)
-    serving = ready_model(registry, settings.recognize_model, LandmarkPointsDecoder)
+    async with uploads_judged_first(decode_pool, settings, [data]):
+        serving = ready_model(registry, settings.recognize_model, LandmarkPointsDecoder)
     outputs, (transform,) = await infer_images(
         serving, [data], settings, decode_pool, request.is_disconnected
     )

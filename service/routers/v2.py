@@ -804,24 +804,36 @@ async def check_model_version_ready(
     return _model_ready(find_model(registry, name, version))
 
 
+def _parse(body: bytes, request: Request) -> tuple[InferRequest, bytes]:
+    """The request's JSON and binary tail, the body inflated first when it was sent
+    compressed; 400 for one that does not parse."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        body = _decompress(body, encoding, request.app.state.settings.max_upload_bytes)
+        # The body budget counted the bytes sent; the inflated body is what is held.
+        reserve_at_least(request.scope, len(body), "the inflated body")
+    return split_body(body, request.headers.get(HEADER_LENGTH))
+
+
 async def _infer(found: V2Model, request: Request) -> Response:
-    _, config = ready_session(found)
-    assert found.graph is not None  # ready_session saw to it
     # Read from the stream, not request.body(), which would keep a copy on the request for
     # as long as it waits in the queue.
     body = b"".join([chunk async for chunk in request.stream()])
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    try:
+        _, config = ready_session(found)
+    except V2Error:
+        # A request that does not parse is the client's error even while the model cannot
+        # run: its 400, not the 503, whose Retry-After would only bring the same bytes back.
+        _parse(body, request)
+        raise
+    assert found.graph is not None  # ready_session saw to it
     # The slot first: a full queue answers 503 before any parsing. Parsing stays on the event
     # loop: the parser, pydantic and numpy's list conversion hold the GIL throughout, so a
     # worker thread does not free the loop (with json.loads it stalled the loop longer there:
     # 1.2-1.3 s against 0.42-0.49 s on 19.6 MiB). A 19.3 MiB JSON body holds it for about
     # 0.1-0.2 s (python -m benchmarks.v2_json). Large tensors belong in the binary extension.
     with found.model.batcher(found.graph).slot() as reservation:
-        if encoding != "identity":
-            body = _decompress(body, encoding, request.app.state.settings.max_upload_bytes)
-            # The body budget counted the bytes sent; the inflated body is what is held.
-            reserve_at_least(request.scope, len(body), "the inflated body")
-        parsed, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        parsed, binary = _parse(body, request)
         feeds = decode_inputs(parsed, binary, config)
         wanted = requested_outputs(parsed, config)
         request_id = parsed.id

@@ -345,7 +345,12 @@ REQUESTS: list[RequestCase] = [
     RequestCase("wrong_field_name", 422, "each file sent under the name 'file' instead"),
     RequestCase("missing_field", 422, "one file field left out (each in turn)"),
     RequestCase("empty_multipart", 422, "a multipart body with no parts at all"),
-    RequestCase("not_multipart", 415, "a JSON body instead of multipart/form-data"),
+    RequestCase(
+        "not_multipart",
+        415,
+        "a JSON body, a bare image, a urlencoded one (curl --data-binary) or one with no "
+        "content type, instead of multipart/form-data",
+    ),
     RequestCase("field_as_text", 422, "the image field as a plain form value, not a file"),
     RequestCase("repeated_field", 422, "a file field sent twice (each in turn): which is meant?"),
     RequestCase(

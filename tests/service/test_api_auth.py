@@ -59,6 +59,24 @@ def test_both_headers_must_hold_valid_keys(
     assert keyed.get("/models", headers=headers).status_code == status
 
 
+@pytest.mark.parametrize(
+    ("name", "values", "status"),
+    [
+        ("X-API-Key", ["k-one", "k-two"], 200),
+        ("X-API-Key", ["k-one", "wrong"], 401),
+        ("X-API-Key", ["wrong", "k-one"], 401),
+        ("Authorization", ["Bearer k-one", "Bearer wrong"], 401),
+        ("Authorization", ["Bearer k-two", "Bearer k-one"], 200),
+    ],
+)
+def test_a_repeated_header_must_hold_a_valid_key_each_time(
+    keyed: TestClient, name: str, values: list[str], status: int
+) -> None:
+    """Every copy of the header is checked, not only the first."""
+    headers = [(name, value) for value in values]
+    assert keyed.get("/models", headers=headers).status_code == status
+
+
 def test_health_docs_and_editor_page_need_no_key(keyed: TestClient) -> None:
     """What README's API_KEYS row lists as open; the page's own API calls carry the key."""
     for path in ("/health/live", "/health/ready", "/openapi.json", "/docs", "/ui"):

@@ -169,24 +169,58 @@ CASES = [
 ]
 
 
+def post_corpus_file(
+    client: TestClient, endpoint: UploadEndpoint, entry: dict[str, Any]
+) -> Iterator[httpx.Response]:
+    """The answers to the file in each field it can go in; the other fields get a good
+    image."""
+    targets = endpoint.image_fields if entry["field"] == "image" else (endpoint.mask_field,)
+    data = (CORPUS_DIR / entry["file"]).read_bytes()
+    for target in targets:
+        assert target is not None
+        files = good_files(endpoint)
+        files[target] = (entry["file"], data, entry["content_type"])
+        yield client.post(endpoint.path, files=files)
+
+
 @pytest.mark.parametrize(("endpoint", "entry"), CASES)
 def test_corpus_file(
     client: TestClient, serving: dict[str, bool], endpoint: UploadEndpoint, entry: dict[str, Any]
 ) -> None:
-    """The file in each field it can go in; the other fields get a good image."""
-    targets = endpoint.image_fields if entry["field"] == "image" else (endpoint.mask_field,)
     if not serving[endpoint.path]:
         # It answers 503 (not ready) before reading any upload; covered once its model is.
         pytest.skip(f"{endpoint.path}: its model is not in models/repository")
     expected = entry["status"]
     if expected == 200 and endpoint.required_other:
         expected = 422  # a required non-file field we cannot fill generically
-    data = (CORPUS_DIR / entry["file"]).read_bytes()
-    for target in targets:
-        assert target is not None
-        files = good_files(endpoint)
-        files[target] = (entry["file"], data, entry["content_type"])
-        check(client.post(endpoint.path, files=files), expected, entry)
+    for response in post_corpus_file(client, endpoint, entry):
+        check(response, expected, entry)
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The application over an empty model repository: no model is ever ready."""
+    root = tmp_path_factory.mktemp("bare")
+    (root / "repository").mkdir()
+    settings = make_settings(root / "repository", feedback_db=root / "feedback.sqlite3")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.mark.parametrize(("endpoint", "entry"), CASES)
+def test_corpus_file_with_no_model_ready(
+    bare: TestClient, endpoint: UploadEndpoint, entry: dict[str, Any]
+) -> None:
+    """Each file gets the answer it gets from a ready model, 4xx and all, while no model can
+    run (a client's mistake is never a 5xx); only a file a model would take gets the 503."""
+    expected = entry["status"] if entry["status"] >= 400 else 503
+    if expected == 503 and endpoint.required_other:
+        expected = 422  # a required non-file field we cannot fill generically
+    for response in post_corpus_file(bare, endpoint, entry):
+        if expected == 503:
+            assert_safe_problem(response, 503)
+        else:
+            check(response, expected, entry)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=_ids)
@@ -207,23 +241,30 @@ def test_malformed_requests(client: TestClient, endpoint: UploadEndpoint) -> Non
         headers={"content-type": "multipart/form-data; boundary=vision-boundary"},
     )
     check(empty, REQUESTS["empty_multipart"]["status"])
-    not_a_form = [
-        client.post(endpoint.path, json={"image": "aGVsbG8="}),
-        client.post(endpoint.path, content=b"\xff\xd8\xff", headers={"content-type": "image/jpeg"}),
-    ]
-    for response, sent in zip(not_a_form, ("application/json", "image/jpeg"), strict=True):
+    urlencoded = "application/x-www-form-urlencoded"  # what curl --data-binary @photo.jpg sends
+    not_a_form = {
+        "is 'application/json'": client.post(endpoint.path, json={"image": "aGVsbG8="}),
+        "is 'image/jpeg'": client.post(
+            endpoint.path, content=b"\xff\xd8\xff", headers={"content-type": "image/jpeg"}
+        ),
+        f"is '{urlencoded}'": client.post(
+            endpoint.path, content=b"\xff\xd8\xff=&", headers={"content-type": urlencoded}
+        ),
+        "has no content type": client.post(endpoint.path, content=b"\xff\xd8\xff"),
+    }
+    for said, response in not_a_form.items():
         body = assert_safe_problem(response, REQUESTS["not_multipart"]["status"])
         # Said as it is, not FastAPI's "body.image: Field required" of an empty form.
-        assert body["detail"].startswith(f"the request body is '{sent}'; send multipart"), body
+        assert body["detail"].startswith(f"the request body {said}; send multipart"), body
     for name in endpoint.file_fields:
         twice = [*good.items(), (name, good[name])]
         response = client.post(endpoint.path, files=twice)
         body = assert_safe_problem(response, REQUESTS["repeated_field"]["status"])
         assert f"'{name}' (2 times)" in body["detail"], body
     as_text = {key: spec for key, spec in good.items() if key != endpoint.file_fields[0]}
-    response = client.post(
-        endpoint.path, data={endpoint.file_fields[0]: "not a file"}, files=as_text
-    )
+    # A multipart part without a filename (a urlencoded body would be the 415 above).
+    as_value = (endpoint.file_fields[0], (None, b"not a file"))
+    response = client.post(endpoint.path, files=[as_value, *as_text.items()])
     body = assert_safe_problem(response, REQUESTS["field_as_text"]["status"])
     assert body["detail"] == (
         f"body.{endpoint.file_fields[0]}: expected a file: a multipart part with a filename, "

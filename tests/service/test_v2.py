@@ -553,6 +553,14 @@ def test_failed_model_is_503_with_reason(tmp_path: Path) -> None:
         assert client.get("/v2/models/broken").json()["name"] == "broken"  # config was read
         assert "not ready" in error_of(client.post("/v2/models/broken/infer", json=_input()), 503)
         assert client.get("/v2/models/landmark/ready").status_code == 200
+        # A request that does not parse is the client's error even so: a 400, not the 503.
+        for body in ({"inputs": []}, {"outputs": []}):
+            response = client.post("/v2/models/broken/infer", json=body)
+            assert "not an inference request: inputs" in error_of(response, 400)
+        broken = client.post(
+            "/v2/models/broken/infer", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert "not valid JSON" in error_of(broken, 400)
 
 
 def test_openapi_documents_v2_with_examples_and_errors(v2: TestClient) -> None:
