@@ -148,6 +148,14 @@ class UnsupportedMediaType(ServiceError):
     type = PROBLEM_TYPE_PREFIX + "unsupported-media-type"
 
 
+class FormContentCoding(UnsupportedMediaType):
+    """A form sent with a Content-Encoding: the 415 says which codings are taken (none)."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Accept-Encoding": "identity"}
+
+
 class MalformedRequest(ServiceError):
     """Bytes the HTTP/1.1 parser refuses (a bad request line, header field, length or chunk
     size), answered by the connection's protocol itself (service/protocol.py)."""

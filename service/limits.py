@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
     ClientClosedRequest,
+    FormContentCoding,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
@@ -448,6 +449,10 @@ class UploadGateMiddleware:
             self._count("transfer_coding")
             await self._refuse(timed_receive, send, path, drain_limit, coding)
             return
+        if self.limits.is_form(path) and (encoded := _form_content_coding(scope)) is not None:
+            self._count("content_coding")
+            await self._refuse(timed_receive, send, path, drain_limit, encoded)
+            return
         if reservation and self.reserved and self.reserved + reservation > self.max_bytes:
             self._count("full")
             error = Overloaded(  # said as it was when refused, not after the drain
@@ -584,6 +589,22 @@ def _unsupported_coding(scope: Scope) -> UnsupportedTransferCoding | None:
         f"the body's Transfer-Encoding is {sent}; this server decodes chunked alone: send the "
         "body unencoded, chunked or with a Content-Length (a V2 infer body may be gzip as "
         "Content-Encoding)"
+    )
+
+
+def _form_content_coding(scope: Scope) -> FormContentCoding | None:
+    """The 415 for a body sent with a Content-Encoding other than identity to a route that
+    reads a form, which reads it as sent: compressed, it would fail as a broken form, and
+    labelled but sent plain, it would be read against its own label (RFC 9110 8.4.1 lets a
+    server refuse a content coding with 415). None without one."""
+    values = [value for name, value in scope.get("headers", ()) if name == b"content-encoding"]
+    codings = [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    if all(coding == b"identity" for coding in codings):
+        return None
+    sent = echo(", ".join(c.decode("latin-1") for c in codings))
+    return FormContentCoding(
+        f"the form's Content-Encoding is {sent}; forms are read as sent: send it without a "
+        "content coding (the images in it are compressed already; a V2 infer body may be gzip)"
     )
 
 

@@ -145,8 +145,9 @@ def create_metrics() -> Metrics:
             "Requests with a body refused by the upload gate: full (503, "
             "VISION_MAX_BODY_BYTES_IN_FLIGHT), stalled (408, VISION_BODY_TIMEOUT_S), "
             "unauthorized (401 before the body is read, when API keys are set), "
-            "transfer_coding (400, a coding besides chunked) or unclosed_form (400, a "
-            "multipart body without its close delimiter).",
+            "transfer_coding (400, a coding besides chunked), content_coding (415, a form "
+            "sent with a Content-Encoding) or unclosed_form (400, a multipart body without "
+            "its close delimiter).",
             ["reason"],
             registry=registry,
         ),

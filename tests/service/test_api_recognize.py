@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,6 +182,25 @@ def test_a_form_without_its_closing_boundary_is_400_not_a_missing_image(
     # The 400 alone is the gate's refusal in the metrics.
     refused = ("vision_request_bodies_refused_total", (("reason", "unclosed_form"),))
     assert samples(client.get("/metrics").text)[refused] == 1
+
+
+def test_a_form_sent_with_a_content_coding_is_415_and_counted(client: TestClient) -> None:
+    """Compressed, the form was a 400 for a broken one; labelled br but sent plain, a 200
+    read against its label. Both are the 415 now, and the same form plain is answered."""
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + encode(scene()) + b"\r\n--B--\r\n"
+    )
+    form = {"content-type": "multipart/form-data; boundary=B"}
+    for coding, content in (("gzip", gzip.compress(body)), ("br", body)):
+        headers = {**form, "content-encoding": coding}
+        response = client.post("/recognize", content=content, headers=headers)
+        problem = assert_problem(response, 415)
+        assert problem["detail"].startswith(f"the form's Content-Encoding is '{coding}'")
+        assert response.headers["accept-encoding"] == "identity"
+    assert client.post("/recognize", content=body, headers=form).status_code == 200
+    refused = ("vision_request_bodies_refused_total", (("reason", "content_coding"),))
+    assert samples(client.get("/metrics").text)[refused] == 2
 
 
 @pytest.fixture
