@@ -575,13 +575,19 @@ def expects_continue(scope: Scope) -> bool:
     return Headers(scope=scope).get("expect", "").lower() == "100-continue"
 
 
+def _codings(scope: Scope, header: bytes) -> list[bytes]:
+    """The codings a coding header (``header``, lower case) lists, lower case, over all its
+    copies."""
+    values = [value for name, value in scope.get("headers", ()) if name == header]
+    return [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+
+
 def _unsupported_coding(scope: Scope) -> UnsupportedTransferCoding | None:
     """The 400 for a body whose Transfer-Encoding names a coding besides chunked, which the
     HTTP parser would pass on still encoded (the app would call it a broken form or JSON);
     None for chunked alone. Other framings (``gzip`` alone, ``chunked, chunked``) the parser
     refuses itself."""
-    values = [value for name, value in scope.get("headers", ()) if name == b"transfer-encoding"]
-    codings = [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    codings = _codings(scope, b"transfer-encoding")
     if all(coding == b"chunked" for coding in codings):
         return None
     sent = echo(", ".join(c.decode("latin-1") for c in codings))
@@ -597,8 +603,7 @@ def _form_content_coding(scope: Scope) -> FormContentCoding | None:
     reads a form, which reads it as sent: compressed, it would fail as a broken form, and
     labelled but sent plain, it would be read against its own label (RFC 9110 8.4.1 lets a
     server refuse a content coding with 415). None without one."""
-    values = [value for name, value in scope.get("headers", ()) if name == b"content-encoding"]
-    codings = [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    codings = _codings(scope, b"content-encoding")
     if all(coding == b"identity" for coding in codings):
         return None
     sent = echo(", ".join(c.decode("latin-1") for c in codings))
