@@ -202,6 +202,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, limits=body_limits, router=app.router)
     # Inside metrics (its 503s are counted), outside the size limit: refuses before reading.
     app.add_middleware(AdmissionMiddleware, limits=body_limits)
+    # The routes that take a body: the gate and the size limit may answer them before any
+    # route is matched, so the metrics label those answers by these templates too.
+    body_paths = [*MODEL_ENDPOINTS, *V2_BODY_PATHS, models.RELOAD_PATH]
     # Outside admission, so that its drains of refused bodies time out too; inside metrics.
     # It answers a missing key on the routes that take bodies before reserving for one.
     app.add_middleware(
@@ -211,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_s=settings.body_timeout_s,
         metrics=app.state.metrics,
         check_key=partial(check_api_key, settings=settings) if settings.api_keys else None,
-        keyed_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS, models.RELOAD_PATH],
+        keyed_paths=body_paths,
     )
     # Outside every middleware that reads a body, so that it sees whether any of them did.
     app.add_middleware(ExpectContinueMiddleware)
@@ -221,7 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         MetricsMiddleware,
         metrics=app.state.metrics,
-        early_paths=[*MODEL_ENDPOINTS, *V2_BODY_PATHS, *STARLETTE_PATHS],
+        early_paths=[*body_paths, *STARLETTE_PATHS],
     )
     # Every response, the size limit's 413s too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)

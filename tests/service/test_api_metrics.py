@@ -63,11 +63,16 @@ def test_early_refusals_are_counted_under_their_endpoint(repo: Path) -> None:
             client.post("/v2/models/landmark/infer", content=b"x" * 200_000),
             client.post("/v2/models/any-name/versions/7/infer", content=b"x" * 200_000),
         ]
+        reload = client.post("/models/landmark/reload", content=b"x" * 200_000)
         values = samples(client.get("/metrics").text)
     # A path no route takes is a 404 whatever its body's size.
     assert (full.status_code, big.status_code, stray.status_code) == (503, 413, 404)
-    assert [response.status_code for response in v2] == [413, 413]
-    for template in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+    assert [response.status_code for response in [*v2, reload]] == [413, 413, 413]
+    for template in (
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/models/{name}/reload",
+    ):
         labels = (("endpoint", template), ("method", "POST"), ("status", "413"))
         assert values[("vision_http_requests_total", labels)] == 1
     request = "vision_http_requests_total"
