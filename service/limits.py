@@ -575,11 +575,14 @@ def expects_continue(scope: Scope) -> bool:
     return Headers(scope=scope).get("expect", "").lower() == "100-continue"
 
 
-def _codings(scope: Scope, header: bytes) -> list[bytes]:
-    """The codings a coding header (``header``, lower case) lists, lower case, over all its
-    copies."""
+def _other_codings(scope: Scope, header: bytes, allowed: bytes) -> str | None:
+    """The codings a coding header (``header``, lower case; all its copies) lists, quoted for
+    a message, when any of them is not ``allowed``; None when all are (or it is absent)."""
     values = [value for name, value in scope.get("headers", ()) if name == header]
-    return [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    codings = [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    if all(coding == allowed for coding in codings):
+        return None
+    return echo(", ".join(c.decode("latin-1") for c in codings))
 
 
 def _unsupported_coding(scope: Scope) -> UnsupportedTransferCoding | None:
@@ -587,10 +590,9 @@ def _unsupported_coding(scope: Scope) -> UnsupportedTransferCoding | None:
     HTTP parser would pass on still encoded (the app would call it a broken form or JSON);
     None for chunked alone. Other framings (``gzip`` alone, ``chunked, chunked``) the parser
     refuses itself."""
-    codings = _codings(scope, b"transfer-encoding")
-    if all(coding == b"chunked" for coding in codings):
+    sent = _other_codings(scope, b"transfer-encoding", b"chunked")
+    if sent is None:
         return None
-    sent = echo(", ".join(c.decode("latin-1") for c in codings))
     return UnsupportedTransferCoding(
         f"the body's Transfer-Encoding is {sent}; this server decodes chunked alone: send the "
         "body unencoded, chunked or with a Content-Length (a V2 infer body may be gzip as "
@@ -603,10 +605,9 @@ def _form_content_coding(scope: Scope) -> FormContentCoding | None:
     reads a form, which reads it as sent: compressed, it would fail as a broken form, and
     labelled but sent plain, it would be read against its own label (RFC 9110 8.4.1 lets a
     server refuse a content coding with 415). None without one."""
-    codings = _codings(scope, b"content-encoding")
-    if all(coding == b"identity" for coding in codings):
+    sent = _other_codings(scope, b"content-encoding", b"identity")
+    if sent is None:
         return None
-    sent = echo(", ".join(c.decode("latin-1") for c in codings))
     return FormContentCoding(
         f"the form's Content-Encoding is {sent}; forms are read as sent: send it without a "
         "content coding (the images in it are compressed already; a V2 infer body may be gzip)"
