@@ -183,10 +183,19 @@ def attention_feedback() -> Call[FeedbackResponse]:
     return Call("GET", "/attention/feedback", lambda r: FeedbackResponse.model_validate(r.json()))
 
 
+def _segment(value: str) -> str:
+    """``value`` as one path segment. "." and ".." are refused: quoting leaves them as they
+    are, and URL resolution would then drop or climb a segment (``v2_model_metadata("..")``
+    asked ``/v2``, the server's metadata)."""
+    if value in (".", ".."):
+        raise ValueError(f"{value!r} is no model name or version")
+    return quote(value, safe="")
+
+
 def reload_model(name: str) -> Call[ModelInfo]:
     return Call(
         "POST",
-        f"/models/{quote(name, safe='')}/reload",
+        f"/models/{_segment(name)}/reload",
         lambda r: ModelInfo.model_validate(r.json()),
     )
 
@@ -224,8 +233,8 @@ def v2_ready() -> Call[bool]:
 
 
 def _model_path(name: str, version: str | None) -> str:
-    path = f"/v2/models/{quote(name, safe='')}"
-    return path + (f"/versions/{quote(version, safe='')}" if version else "")
+    path = f"/v2/models/{_segment(name)}"
+    return path + (f"/versions/{_segment(version)}" if version else "")
 
 
 def v2_model_metadata(name: str, version: str | None) -> Call[dict[str, Any]]:

@@ -52,7 +52,14 @@ def _check_open(http: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> None
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
+    """The key's header; ValueError, at construction, for a key no header of httpx's can
+    carry (a control character or one outside ASCII), which would otherwise fail each
+    request as if the server had not answered, or with a UnicodeEncodeError."""
+    if not api_key:
+        return {}
+    if not all(" " <= char <= "~" for char in api_key):
+        raise ValueError("api_key must be printable ASCII: an HTTP header carries it")
+    return {"X-API-Key": api_key}
 
 
 def _request_args(call: Call[Any], extra_headers: Mapping[str, str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ carrying the same fields.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -143,7 +144,7 @@ class ServiceUnavailable(ApiError):
             return None
         if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may lack the zone
             when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
 
 
 class ServerError(ApiError):
@@ -180,7 +181,9 @@ def error_from_response(response: httpx.Response) -> ApiError:
         body = response.text
     title, type_, detail = response.reason_phrase, "about:blank", ""
     if isinstance(body, dict):
-        detail = str(body.get("detail", body.get("error", "")))
+        found = body.get("detail", body.get("error"))
+        # A string from this service; another server's (FastAPI's list of errors) as JSON.
+        detail = found if isinstance(found, str) else "" if found is None else json.dumps(found)
         title = str(body.get("title", title))
         type_ = str(body.get("type", type_))
     elif isinstance(body, str):

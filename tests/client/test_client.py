@@ -403,7 +403,20 @@ def test_misuse_is_said_at_once(base_url: str) -> None:
         AsyncVisionClient("localhost:8000")
     with pytest.raises(ValueError, match="a host"):
         VisionClient("http:/localhost:8000")
+    # A key no header can carry failed each request ("no answer", or UnicodeEncodeError).
+    for key in ("a\nb", "\u043a\u043b\u044e\u0447"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            VisionClient(base_url, api_key=key)
     vision = VisionClient(base_url, api_key=API_KEY)
+    # Quoting leaves "." and ".." as they are, and the URL would drop or climb a segment:
+    # v2_model_metadata("..") answered with the server's metadata.
+    for name in (".", ".."):
+        with pytest.raises(ValueError, match="no model name"):
+            vision.v2_model_metadata(name)
+        with pytest.raises(ValueError, match="no model name"):
+            vision.reload_model(name)
+    with pytest.raises(ValueError, match="no model name"):
+        vision.v2_model_ready("landmark", version="..")
     vision.close()
     with pytest.raises(VisionError, match="closed"):
         vision.health_live()

@@ -35,6 +35,20 @@ def test_retry_after_as_an_http_date() -> None:
     assert waited is not None and 100 < waited <= 120
 
 
+def test_retry_after_as_a_far_date_is_capped_as_seconds_are() -> None:
+    assert unavailable("Wed, 21 Oct 2099 07:28:00 GMT").retry_after == 86_400.0
+
+
+@pytest.mark.parametrize(
+    ("detail", "said"),
+    [(None, "Service Unavailable"), ([{"loc": ["body"]}], '[{"loc": ["body"]}]'), (3, "3")],
+)
+def test_a_detail_that_is_no_string_is_said_as_json(detail: object, said: str) -> None:
+    """Another server's (a proxy's, FastAPI's list of errors): None was "None"."""
+    problem = {"title": "Service Unavailable", "detail": detail}
+    assert error_from_response(httpx.Response(503, json=problem)).detail == said
+
+
 def test_retry_after_in_the_past_is_now() -> None:
     assert unavailable("Wed, 21 Oct 2015 07:28:00 GMT").retry_after == 0.0
 
