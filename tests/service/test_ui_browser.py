@@ -914,9 +914,12 @@ def test_save_waits_for_a_change_after_a_save(server: tuple[str, Path], tmp_path
 
 def test_at_320_pixels_the_saved_record_wraps(server: tuple[str, Path], tmp_path: Path) -> None:
     """At 320 CSS pixels (WCAG reflow) the page has no sideways scrolling, also once a save
-    names its record: the 32-character id could not wrap and widened the page."""
+    names its record (the 32-character id could not wrap and widened the page) and for a
+    file whose long name has no spaces (a phone camera's: the page was 672 pixels wide)."""
     url, _ = server
-    image_path, _, _ = _canvas(tmp_path)
+    canvas, _, _ = _canvas(tmp_path)
+    image_path = tmp_path / "IMG_20261204_153012_holiday_photo_of_the_new_summer_dress_v2.png"
+    canvas.rename(image_path)
     with editor_page(url) as page:
         page.set_viewport_size({"width": 320, "height": 568})
         page.set_input_files("#image-input", str(image_path))
@@ -928,6 +931,60 @@ def test_at_320_pixels_the_saved_record_wraps(server: tuple[str, Path], tmp_path
         assert page.evaluate("document.documentElement.scrollWidth") <= 320
         status = page.locator("#save-status").bounding_box()
         assert status is not None and status["x"] + status["width"] <= 320
+
+
+def test_a_server_that_does_not_answer_gives_the_controls_back(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A server that hangs (stopped, not gone) left "Classifying..." and every control
+    disabled until the page was reloaded: after ANSWER_TIMEOUT_MS (60 s, run forward on the
+    page's clock) the page says so and the file chooser works again."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    held: list[Any] = []
+    with editor_page(url) as page:
+        page.clock.install()
+        page.route("**/attention", lambda route: held.append(route))
+        page.set_input_files("#image-input", str(image_path))
+        expect(page.locator("#status")).to_have_text("Classifying…")
+        assert page.locator("#image-input").is_disabled()
+        page.clock.run_for(61_000)
+        expect(page.locator("#status")).to_contain_text("did not answer within 60 s")
+        assert not page.locator("#image-input").is_disabled()
+        page.unroute("**/attention")
+        page.set_input_files("#image-input", str(image_path))  # and the next one is answered
+        page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
+
+
+def test_an_older_key_check_answering_late_is_dropped(server: tuple[str, Path]) -> None:
+    """A wrong key's check held back and the next key's answered first: the late 401 said
+    the key now in the field was not accepted."""
+    url, _ = server
+    expect = pytest.importorskip("playwright.sync_api").expect
+    held: list[Any] = []
+
+    def hold_the_wrong_key(route: Any) -> None:
+        if route.request.headers.get("x-api-key") == "wrong":
+            held.append(route)
+        else:
+            route.continue_()
+
+    with editor_page(url) as page:
+        page.route("**/models", hold_the_wrong_key)
+        page.fill("#api-key", "wrong")
+        page.wait_for_timeout(600)  # the 300 ms typing pause, then the held request
+        assert len(held) == 1
+        with page.expect_response("**/models"):  # no key: this server needs none
+            page.fill("#api-key", "")
+        page.wait_for_timeout(300)  # the page has taken that answer
+        held[0].fulfill(
+            status=401,
+            content_type="application/problem+json",
+            body='{"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "no"}',
+        )
+        page.wait_for_timeout(300)
+        expect(page.locator("#key-status")).to_have_text("")
 
 
 def test_on_a_laptop_the_answer_comes_into_view(server: tuple[str, Path], tmp_path: Path) -> None:
