@@ -220,8 +220,18 @@ def _ok(response: httpx.Response) -> bool:
     return response.status_code == httpx.codes.OK
 
 
+def _metadata(response: httpx.Response) -> dict[str, Any]:
+    """A V2 metadata document: a JSON object naming its server or model. ValueError (the
+    caller's UnexpectedResponse) for any other body: ``dict(r.json())`` passed a proxy's JSON
+    off as metadata, and made a dict of a list of pairs."""
+    body = response.json()
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise ValueError("not a V2 metadata document: no 'name'")
+    return body
+
+
 def v2_server_metadata() -> Call[dict[str, Any]]:
-    return Call("GET", "/v2", lambda r: dict(r.json()))
+    return Call("GET", "/v2", _metadata)
 
 
 def v2_live() -> Call[bool]:
@@ -238,7 +248,7 @@ def _model_path(name: str, version: str | None) -> str:
 
 
 def v2_model_metadata(name: str, version: str | None) -> Call[dict[str, Any]]:
-    return Call("GET", _model_path(name, version), lambda r: dict(r.json()))
+    return Call("GET", _model_path(name, version), _metadata)
 
 
 def v2_model_ready(name: str, version: str | None) -> Call[bool]:

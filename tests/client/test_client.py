@@ -422,6 +422,21 @@ def test_misuse_is_said_at_once(base_url: str) -> None:
         vision.health_live()
 
 
+@pytest.mark.parametrize("body", [[["name", "x"]], {"error": "from a proxy"}, {"name": 3}])
+def test_metadata_that_is_no_v2_document_is_an_unexpected_response(body: object) -> None:
+    """A proxy's JSON was returned as metadata, and a list of pairs made into a dict."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=body)
+
+    http = httpx.Client(base_url="http://vision.example", transport=httpx.MockTransport(answer))
+    with VisionClient(http_client=http) as vision:
+        with pytest.raises(UnexpectedResponse, match="no 'name'"):
+            vision.v2_server_metadata()
+        with pytest.raises(UnexpectedResponse, match="no 'name'"):
+            vision.v2_model_metadata("landmark")
+
+
 def test_a_redirect_is_an_unexpected_response_not_not_ready() -> None:
     """A proxy's redirect (http to https) made the V2 probes say "not ready"."""
 
