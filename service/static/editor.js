@@ -71,8 +71,14 @@ function headers() {
   return key ? { "X-API-Key": key } : {};
 }
 
+// Said after a 401; once the key typed since is accepted, the status line says so instead
+// of still asking for a valid key.
+const KEY_HINT = " (enter a valid API key above, then try again)";
+let statusAsksForKey = false;
+
 function setStatus(text) {
   $("status").textContent = text;
+  statusAsksForKey = text.includes(KEY_HINT);
 }
 
 // What the page says about a failed request: the problem document's title and detail,
@@ -87,7 +93,7 @@ async function problemText(response) {
       // A body that does not parse: the status line says what there is to say.
     }
   }
-  if (response.status === 401) text += " (enter a valid API key above, then try again)";
+  if (response.status === 401) text += KEY_HINT;
   const retry = response.headers.get("Retry-After");
   if (retry && /^\d+$/.test(retry)) text += `; try again in ${retry} s`;
   return text;
@@ -708,6 +714,7 @@ async function loadLabels() {
       labelsStatus.textContent = `No class list (${await problemText(response)}): ${RETRIED}`;
       return;
     }
+    if (statusAsksForKey) setStatus("The API key is accepted: try again.");
     const body = await jsonBody(response);
     if (asked !== labelsAsked) return;
     const model = body.models.find(

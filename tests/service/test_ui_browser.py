@@ -987,6 +987,28 @@ def test_an_older_key_check_answering_late_is_dropped(server: tuple[str, Path]) 
         expect(page.locator("#key-status")).to_have_text("")
 
 
+def test_a_key_accepted_after_a_401_clears_the_request_for_one(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """After an upload refused for want of a key, typing one the server takes left the
+    status line still asking for a valid key."""
+    url, _ = server
+    image_path, _, _ = _canvas(tmp_path)
+    expect = pytest.importorskip("playwright.sync_api").expect
+    problem = '{"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "no key"}'
+    with editor_page(url) as page:
+        page.route(
+            "**/attention",
+            lambda route: route.fulfill(
+                status=401, content_type="application/problem+json", body=problem
+            ),
+        )
+        page.set_input_files("#image-input", str(image_path))
+        expect(page.locator("#status")).to_contain_text("enter a valid API key above")
+        page.fill("#api-key", "a-key")  # this server needs none: the check passes
+        expect(page.locator("#status")).to_have_text("The API key is accepted: try again.")
+
+
 def test_on_a_laptop_the_answer_comes_into_view(server: tuple[str, Path], tmp_path: Path) -> None:
     """At 1366 x 768 the answer to "Classify with my map" lay below the window (the status
     said only "Done"): it is scrolled into view when it comes, with the button still in
