@@ -5,11 +5,12 @@ submit, read the corrected class, save it as a teacher map."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,21 @@ def editor_page(
             assert not violations, violations
         finally:
             browser.close()
+
+
+def answer_problem(
+    status: int, title: str, detail: str, retry_after: str | None = None
+) -> Callable[[Any], None]:
+    """A Playwright route handler that answers a problem+json error, as the service does."""
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+    headers = {"Retry-After": retry_after} if retry_after else {}
+
+    def fulfil(route: Any) -> None:
+        route.fulfill(
+            status=status, headers=headers, content_type="application/problem+json", body=body
+        )
+
+    return fulfil
 
 
 def _canvas(tmp_path: Path) -> tuple[Path, int, tuple[float, float, float, float]]:
@@ -540,16 +556,8 @@ def test_the_page_says_what_went_wrong(server: tuple[str, Path], tmp_path: Path)
     url, _ = server
     image_path, _, _ = _canvas(tmp_path)
     expect = pytest.importorskip("playwright.sync_api").expect
-    problem = '{"type": "about:blank", "title": "%s", "status": %d, "detail": "%s"}'
     with editor_page(url) as page:
-        page.route(
-            "**/models",
-            lambda route: route.fulfill(
-                status=401,
-                content_type="application/problem+json",
-                body=problem % ("Unauthorized", 401, "an API key is required"),
-            ),
-        )
+        page.route("**/models", answer_problem(401, "Unauthorized", "an API key is required"))
         page.fill("#api-key", "wrong")
         expect(page.locator("#key-status")).to_have_text("This API key is not accepted.")
         page.fill("#api-key", "")
@@ -559,13 +567,7 @@ def test_the_page_says_what_went_wrong(server: tuple[str, Path], tmp_path: Path)
         page.fill("#api-key", "")
         page.unroute("**/models")
         page.route(
-            "**/models",
-            lambda route: route.fulfill(
-                status=503,
-                headers={"Retry-After": "3"},
-                content_type="application/problem+json",
-                body=problem % ("Service Unavailable", 503, "models are loading"),
-            ),
+            "**/models", answer_problem(503, "Service Unavailable", "models are loading", "3")
         )
         page.reload()
         expect(page.locator("#labels-status")).to_contain_text("No class list (503")
@@ -577,12 +579,7 @@ def test_the_page_says_what_went_wrong(server: tuple[str, Path], tmp_path: Path)
 
         page.route(
             "**/attention",
-            lambda route: route.fulfill(
-                status=503,
-                headers={"Retry-After": "7"},
-                content_type="application/problem+json",
-                body=problem % ("Service Unavailable", 503, "the attention queue is full"),
-            ),
+            answer_problem(503, "Service Unavailable", "the attention queue is full", "7"),
         )
         page.set_input_files("#image-input", str(image_path))
         expect(page.locator("#status")).to_contain_text("queue is full; try again in 7 s")
@@ -724,13 +721,7 @@ def test_a_success_replaces_an_earlier_error(server: tuple[str, Path], tmp_path:
     url, _ = server
     image_path, _, _ = _canvas(tmp_path)
     expect = pytest.importorskip("playwright.sync_api").expect
-    problem = (
-        '{"type": "about:blank", "title": "Unauthorized", "status": 401, '
-        '"detail": "the API key is not valid"}'
-    )
-    refuse = lambda route: route.fulfill(  # noqa: E731
-        status=401, content_type="application/problem+json", body=problem
-    )
+    refuse = answer_problem(401, "Unauthorized", "the API key is not valid")
     with editor_page(url) as page:
         page.set_input_files("#image-input", str(image_path))
         page.wait_for_selector("#original-class[data-class-id]", timeout=20_000)
@@ -978,11 +969,7 @@ def test_an_older_key_check_answering_late_is_dropped(server: tuple[str, Path]) 
         with page.expect_response("**/models"):  # no key: this server needs none
             page.fill("#api-key", "")
         page.wait_for_timeout(300)  # the page has taken that answer
-        held[0].fulfill(
-            status=401,
-            content_type="application/problem+json",
-            body='{"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "no"}',
-        )
+        answer_problem(401, "Unauthorized", "no")(held[0])
         page.wait_for_timeout(300)
         expect(page.locator("#key-status")).to_have_text("")
 
@@ -995,14 +982,8 @@ def test_a_key_accepted_after_a_401_clears_the_request_for_one(
     url, _ = server
     image_path, _, _ = _canvas(tmp_path)
     expect = pytest.importorskip("playwright.sync_api").expect
-    problem = '{"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "no key"}'
     with editor_page(url) as page:
-        page.route(
-            "**/attention",
-            lambda route: route.fulfill(
-                status=401, content_type="application/problem+json", body=problem
-            ),
-        )
+        page.route("**/attention", answer_problem(401, "Unauthorized", "no key"))
         page.set_input_files("#image-input", str(image_path))
         expect(page.locator("#status")).to_contain_text("enter a valid API key above")
         page.fill("#api-key", "a-key")  # this server needs none: the check passes
